@@ -1,0 +1,187 @@
+//! The log store behind a trait: what the write path and the readers need from storage.
+//!
+//! ### Invariants every implementation keeps
+//!
+//! - Offsets in a namespace start at 0, go up by one per event, and are never handed out
+//!   twice — not after a restart, and not after the namespace is deleted and created again
+//!   (that gets a new epoch and continues after the last offset it ever had).
+//! - [`Storage::append`] is atomic: all events of a batch, and the idempotency record that
+//!   goes with them, are stored together or not at all.
+//! - Retention only ever removes a prefix of the log, so what is left stays dense.
+//! - After [`Storage::sync`] returns, everything appended before it survives `kill -9` and a
+//!   power cut.
+//!
+//! Mutations are serialized inside each implementation; reads may run concurrently with
+//! them from any thread. Every call may block on disk and must not run on an async worker.
+
+pub mod record;
+pub mod sled;
+
+use rewind_protocol::{Event, NewEvent};
+
+use crate::config::Retention;
+
+/// What a namespace keeps about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsInfo {
+    /// The namespace's name.
+    pub name: String,
+    /// Random id of this incarnation of the namespace's log (spec §2).
+    pub epoch: String,
+    /// Retention limits set on this namespace; unset limits fall back to the config.
+    pub retention: Retention,
+    /// The oldest offset still held (equal to `next` when the log is empty).
+    pub earliest: u64,
+    /// The offset the next append gets.
+    pub next: u64,
+    /// Bytes of stored records, as counted by `max_bytes` retention.
+    pub bytes: u64,
+}
+
+impl NsInfo {
+    /// Number of events held.
+    pub fn events(&self) -> u64 {
+        self.next - self.earliest
+    }
+}
+
+/// The outcome of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The events were stored at `first..=last`.
+    New {
+        /// Offset of the first event.
+        first: u64,
+        /// Offset of the last event.
+        last: u64,
+    },
+    /// The idempotency key was seen inside the window: nothing was stored, and these are
+    /// the offsets the original request got.
+    Duplicate {
+        /// Offset of the first event of the original request.
+        first: u64,
+        /// Offset of the last event of the original request.
+        last: u64,
+    },
+}
+
+/// An idempotency key together with the oldest record time that still counts.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKey<'a> {
+    /// The key the publisher sent.
+    pub key: &'a str,
+    /// Records written before this time (ms since the Unix epoch) are ignored.
+    pub not_before_ms: u64,
+}
+
+/// Storage errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The embedded store failed.
+    #[error("store: {0}")]
+    Sled(#[from] ::sled::Error),
+    /// A file operation failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored bytes do not decode.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The namespace does not exist.
+    #[error("namespace {0:?} does not exist")]
+    NotFound(String),
+    /// The namespace exists already.
+    #[error("namespace {0:?} exists already")]
+    Exists(String),
+}
+
+impl StoreError {
+    /// True when the error is the disk being full (`ENOSPC`), which HTTP answers with 507.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        let io = match self {
+            StoreError::Io(e) => Some(e),
+            StoreError::Sled(::sled::Error::Io(e)) => Some(e),
+            _ => None,
+        };
+        io.and_then(std::io::Error::raw_os_error) == Some(ENOSPC)
+    }
+}
+
+/// The operations the broker needs from a log store.
+pub trait Storage: Send + Sync + 'static {
+    /// Every live namespace, sorted by name.
+    fn namespaces(&self) -> Result<Vec<NsInfo>, StoreError>;
+
+    /// One namespace, if it exists.
+    fn info(&self, ns: &str) -> Result<Option<NsInfo>, StoreError>;
+
+    /// Creates a namespace with a fresh epoch. Its offsets continue after any earlier
+    /// incarnation. Fails with [`StoreError::Exists`] if it exists.
+    fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError>;
+
+    /// Replaces a namespace's own retention limits.
+    fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError>;
+
+    /// Deletes a namespace and its events; false if it did not exist.
+    fn delete(&self, ns: &str) -> Result<bool, StoreError>;
+
+    /// Appends events with consecutive offsets, all or nothing, stamped with `ts_ms`.
+    fn append(
+        &self,
+        ns: &str,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError>;
+
+    /// Events with offsets in `from..until`, at most `max_events` of them and, past the
+    /// first, at most `max_bytes` of records. Offsets below `earliest` are skipped.
+    fn read(
+        &self,
+        ns: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError>;
+
+    /// Removes the oldest events that break `policy` at time `now_ms`; returns the new
+    /// `earliest` if anything was removed.
+    fn enforce_retention(
+        &self,
+        ns: &str,
+        policy: &Retention,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError>;
+
+    /// Forgets idempotency records written before `before_ms`; returns how many.
+    fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError>;
+
+    /// Makes everything appended so far survive a crash and a power cut.
+    fn sync(&self) -> Result<(), StoreError>;
+
+    /// Relaxed mode: records that `ns` has unflushed writes, so that a crash before they
+    /// are synced gives it a new epoch on open. The mark counts once a [`Storage::sync`]
+    /// has followed it; the caller syncs before acknowledging or showing those writes.
+    fn mark_dirty(&self, ns: &str) -> Result<(), StoreError>;
+
+    /// Relaxed mode: forgets the dirty marks once a sync has made their writes durable.
+    fn clear_dirty(&self) -> Result<(), StoreError>;
+}
+
+/// A fresh random epoch: 16 hex digits.
+pub fn new_epoch() -> Result<String, StoreError> {
+    let mut bytes = [0u8; 8];
+    getrandom::getrandom(&mut bytes).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(format!("{:016x}", u64::from_be_bytes(bytes)))
+}
+
+/// Milliseconds since the Unix epoch, by the broker's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod contract;

@@ -1,0 +1,126 @@
+//! Error codes shared by every transport, and the protocol layer's error type.
+
+use std::fmt;
+
+/// A machine-readable error code, as listed in the spec (§3.1) plus the few codes that only
+/// HTTP needs (documented in `docs/http-api.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The input could not be parsed or has the wrong shape.
+    BadFrame,
+    /// A frame type the broker does not know.
+    UnknownType,
+    /// The namespace name breaks the naming rules.
+    BadNamespace,
+    /// The read position (`from`, `limit`, `wait`) is not valid.
+    BadPosition,
+    /// The namespace is not open on this connection.
+    NotOpen,
+    /// The namespace is already open on this connection.
+    AlreadyOpen,
+    /// The connection has reached its namespace limit.
+    TooManyNamespaces,
+    /// A payload, frame or body is over its configured limit.
+    PayloadTooLarge,
+    /// No valid credentials.
+    Unauthorized,
+    /// Credentials do not allow this.
+    Forbidden,
+    /// The write queue is full; retry later.
+    Overloaded,
+    /// Something failed inside the broker.
+    Internal,
+    /// HTTP only: the namespace (or route) does not exist.
+    NotFound,
+    /// HTTP only: the method is not allowed on this route.
+    MethodNotAllowed,
+    /// HTTP only: the content type cannot be published.
+    UnsupportedMediaType,
+    /// HTTP only: the disk is full.
+    StorageFull,
+    /// HTTP only: the broker is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadNamespace => "bad_namespace",
+            ErrorCode::BadPosition => "bad_position",
+            ErrorCode::NotOpen => "not_open",
+            ErrorCode::AlreadyOpen => "already_open",
+            ErrorCode::TooManyNamespaces => "too_many_namespaces",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::Internal => "internal",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::StorageFull => "storage_full",
+            ErrorCode::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a piece of input was rejected. Each variant maps to one [`ErrorCode`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// The namespace name breaks the rules of spec §2.
+    #[error("bad namespace {name:?}: {reason}")]
+    BadNamespace {
+        /// The rejected name (truncated to 200 bytes for the message).
+        name: String,
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
+    /// The event name breaks the rules of spec §2.
+    #[error("bad event name: {0}")]
+    BadEventName(&'static str),
+    /// The input is not valid JSON or has the wrong shape.
+    #[error("malformed input: {0}")]
+    Malformed(String),
+    /// A position string is neither a number, `earliest` nor `latest`.
+    #[error("bad position {0:?}: expected an offset, \"earliest\" or \"latest\"")]
+    BadPosition(String),
+    /// A payload is larger than the configured limit.
+    #[error("payload of {size} bytes is over the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The payload's size in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// A batch has more events than the configured limit, or none.
+    #[error("a batch must hold 1 to {limit} events, this one holds {size}")]
+    BatchSize {
+        /// Events in the batch.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+}
+
+impl ProtocolError {
+    /// The wire code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ProtocolError::BadNamespace { .. } => ErrorCode::BadNamespace,
+            ProtocolError::BadEventName(_)
+            | ProtocolError::Malformed(_)
+            | ProtocolError::BatchSize { .. } => ErrorCode::BadFrame,
+            ProtocolError::BadPosition(_) => ErrorCode::BadPosition,
+            ProtocolError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+        }
+    }
+}

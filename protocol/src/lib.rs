@@ -1,0 +1,23 @@
+//! Wire-level vocabulary of rewind, with no I/O.
+//!
+//! A map of the modules:
+//!
+//! - [`names`]: the rules for namespace and event names (spec §2).
+//! - [`event`]: events, their payloads, and read positions.
+//! - [`publish`]: parsing of publish requests (a JSON object, a JSON array, NDJSON) into
+//!   validated [`NewEvent`]s.
+//! - [`codec`]: how an event is written out to a reader, in JSON and in MessagePack.
+//! - [`error`]: the error codes shared by every transport, and this crate's error type.
+//!
+//! Everything here works on byte slices and values; the broker and the clients do the
+//! reading and writing of sockets and files.
+
+pub mod codec;
+pub mod error;
+pub mod event;
+pub mod names;
+pub mod publish;
+
+pub use error::{ErrorCode, ProtocolError};
+pub use event::{Event, NewEvent, Payload, Position};
+pub use names::{validate_event_name, validate_namespace};
