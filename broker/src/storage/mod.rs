@@ -86,6 +86,9 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// Another process has the store open.
+    #[error("the store in {0} is in use by another process")]
+    Locked(std::path::PathBuf),
     /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),

@@ -116,6 +116,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Opens sled, waiting up to a second for its file lock: a store closed a moment ago in the
+/// same process lets go of the lock only when sled's background threads have finished, and
+/// sled offers nothing to wait on. A lock still held after that is another process's.
+fn open_db(dir: &Path, cache_bytes: u64) -> Result<::sled::Db, StoreError> {
+    let config = ::sled::Config::new()
+        .path(dir)
+        .cache_capacity(cache_bytes)
+        .mode(::sled::Mode::HighThroughput)
+        .flush_every_ms(None);
+    let mut attempts = 0;
+    loop {
+        match config.open() {
+            Err(::sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
+                attempts += 1;
+                if attempts == 50 {
+                    return Err(StoreError::Locked(dir.to_owned()));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn sync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path)?.sync_all()?;
     Ok(())
@@ -127,12 +151,7 @@ impl SledStore {
     /// returned.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<(SledStore, Vec<String>), StoreError> {
         std::fs::create_dir_all(dir)?;
-        let db = ::sled::Config::new()
-            .path(dir)
-            .cache_capacity(cache_bytes)
-            .mode(::sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            .open()?;
+        let db = open_db(dir, cache_bytes)?;
         let log_file = File::open(dir.join("db"))?;
         let blob_dir = dir.join("blobs");
         let store = SledStore {
