@@ -4,8 +4,20 @@
 //!
 //! - [`storage`]: the log store trait and its sled implementation (offsets, epochs,
 //!   retention, idempotency records, the durable sync).
+//! - [`writer`]: the one thread that applies every write and commits in groups, so
+//!   concurrent publishes share one `fdatasync`.
+//! - [`namespaces`]: per-namespace state readers see (epoch, the visible end, earliest).
+//! - [`log`]: the handle transports use to publish, read and manage namespaces.
+//! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
+//! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
+//!   call [`server::run`] on a listener bound to port 0.
 //! - [`config`]: the configuration struct, its defaults, and how flags, environment and
 //!   TOML combine.
 
 pub mod config;
+pub mod http;
+pub mod log;
+pub mod namespaces;
+pub mod server;
 pub mod storage;
+pub mod writer;

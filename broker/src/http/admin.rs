@@ -1,0 +1,85 @@
+//! Namespace management and health (spec §3.5).
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Deserialize;
+
+use super::publish::read_body;
+use super::response::{self, ApiError, Body};
+use crate::config::Retention;
+use crate::log::Log;
+use crate::storage::NsInfo;
+
+/// Largest `PUT /v1/namespaces/{ns}` body, in bytes.
+const MAX_PUT_BODY: usize = 64 * 1024;
+
+/// A namespace as the API shows it; `retention` is the policy in force (the namespace's
+/// own limits over the configured defaults).
+fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": info.name,
+        "epoch": info.epoch,
+        "earliest": info.earliest,
+        "next": info.next,
+        "events": info.events(),
+        "bytes": info.bytes,
+        "retention": log.config().retention.overlaid(&info.retention),
+    })
+}
+
+/// `GET /v1/namespaces`.
+pub(super) fn list(log: &Log) -> Result<Response<Body>, ApiError> {
+    let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(log, i)).collect();
+    Ok(response::json(StatusCode::OK, &serde_json::json!({ "namespaces": all })))
+}
+
+/// `GET /v1/namespaces/{ns}`.
+pub(super) fn info(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+    let info = log
+        .info(ns)?
+        .ok_or_else(|| crate::log::LogError::NotFound(ns.to_owned()))?;
+    Ok(response::json(StatusCode::OK, &info_json(log, &info)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutBody {
+    #[serde(default)]
+    retention: Retention,
+}
+
+/// `PUT /v1/namespaces/{ns}`: creates (201) or sets retention (200).
+pub(super) async fn put(req: Request<Incoming>, log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+    let body = read_body(req, MAX_PUT_BODY).await?;
+    let put: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
+        PutBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+    };
+    let (info, created) = log.put(ns, put.retention).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(response::json(status, &info_json(log, &info)))
+}
+
+/// `DELETE /v1/namespaces/{ns}`.
+pub(super) async fn delete(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+    if log.delete(ns).await? {
+        Ok(response::empty(StatusCode::NO_CONTENT))
+    } else {
+        Err(crate::log::LogError::NotFound(ns.to_owned()).into())
+    }
+}
+
+/// `GET /readyz`: 200 while serving, 503 once shutdown has begun.
+pub(super) fn ready(log: &Log) -> Response<Body> {
+    if log.is_ready() {
+        response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            rewind_protocol::ErrorCode::ShuttingDown,
+            "shutting down",
+        )
+        .into_response()
+    }
+}

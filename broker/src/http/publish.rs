@@ -1,0 +1,146 @@
+//! `POST /v1/namespaces/{ns}/events` (spec §3.2).
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use rewind_protocol::publish::{self, PublishLimits};
+use rewind_protocol::ErrorCode;
+
+use super::response::{self, ApiError, Body};
+use super::query;
+use crate::log::Log;
+use crate::storage::Appended;
+
+/// Longest `Idempotency-Key`, in bytes.
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// How the body is to be read.
+enum BodyKind {
+    Json,
+    Ndjson,
+    Raw,
+}
+
+fn unsupported(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ErrorCode::UnsupportedMediaType,
+        message,
+    )
+}
+
+fn body_kind(content_type: Option<&HeaderValue>) -> Result<BodyKind, ApiError> {
+    let Some(value) = content_type else {
+        return Err(unsupported(
+            "a Content-Type is required: application/json, application/x-ndjson, \
+             or the media type of a raw payload",
+        ));
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| unsupported("the Content-Type header is not readable"))?
+        .to_ascii_lowercase();
+    let mut parts = value.split(';').map(str::trim);
+    let media = parts.next().unwrap_or_default();
+    let charset_ok = parts
+        .filter_map(|p| p.strip_prefix("charset="))
+        .all(|c| matches!(c.trim_matches('"'), "utf-8" | "utf8"));
+    match media {
+        "application/json" | "application/x-ndjson" if !charset_ok => {
+            Err(unsupported("JSON bodies must be UTF-8"))
+        }
+        "application/json" => Ok(BodyKind::Json),
+        "application/x-ndjson" => Ok(BodyKind::Ndjson),
+        "application/x-www-form-urlencoded" => Err(unsupported(
+            "form bodies are not published; send application/json (curl: -H 'Content-Type: application/json')",
+        )),
+        m if m.starts_with("multipart/") => Err(unsupported("multipart bodies are not published")),
+        m if !m.contains('/') => Err(unsupported(format!("{m:?} is not a media type"))),
+        _ => Ok(BodyKind::Raw),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge,
+        format!("the body is over the limit of {limit} bytes"),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes.
+pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes().to_vec()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!("could not read the body: {e}"))),
+    }
+}
+
+fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// Publishes the body's events and answers with their offsets once they are durable.
+pub(super) async fn publish(req: Request<Incoming>, log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+    let cfg = log.config();
+    let limits = PublishLimits {
+        max_payload_bytes: cfg.max_payload_bytes,
+        max_batch_events: cfg.max_batch_events,
+    };
+    let kind = body_kind(req.headers().get(CONTENT_TYPE))?;
+    let idempotency = idempotency_key(&req)?;
+    let params = query(&req);
+    let body = read_body(req, cfg.max_body_bytes).await?;
+    let parsed = match kind {
+        BodyKind::Json => publish::parse_json(&body, &limits)?,
+        BodyKind::Ndjson => publish::parse_ndjson(&body, &limits)?,
+        BodyKind::Raw => {
+            let event = params.get("event").ok_or_else(|| {
+                ApiError::bad_request("a raw payload needs its event name as ?event=NAME")
+            })?;
+            let ev = publish::raw_event(event, params.get("key").map(String::as_str), body, &limits)?;
+            publish::PublishBody {
+                events: vec![ev],
+                batch: false,
+            }
+        }
+    };
+    let appended = log.append(ns, parsed.events, idempotency).await?;
+    let (first, last, replayed) = match appended {
+        Appended::New { first, last } => (first, last, false),
+        Appended::Duplicate { first, last } => (first, last, true),
+    };
+    let body = if parsed.batch {
+        serde_json::json!({ "first": first, "last": last })
+    } else {
+        serde_json::json!({ "offset": first })
+    };
+    let mut res = response::json(StatusCode::CREATED, &body);
+    if replayed {
+        res.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(res)
+}

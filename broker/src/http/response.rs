@@ -1,0 +1,106 @@
+//! Building responses: JSON bodies and the `{"error": {"code", "message"}}` shape.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::{Response, StatusCode};
+use rewind_protocol::{ErrorCode, ProtocolError};
+
+use crate::log::LogError;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// A response with a body of `content_type`.
+pub fn with_body(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+/// A JSON response.
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    with_body(status, "application/json", value.to_string())
+}
+
+/// An empty response.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = status;
+    res
+}
+
+/// An HTTP error: its status, code and message.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The error code.
+    pub code: ErrorCode,
+    /// A sentence for people.
+    pub message: String,
+    /// For 405: the `Allow` header.
+    pub allow: Option<String>,
+}
+
+impl ApiError {
+    /// An error with the given parts.
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+
+    /// 400 with `bad_frame`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message)
+    }
+
+    /// The response.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": { "code": self.code.as_str(), "message": self.message }
+        });
+        let mut res = json(self.status, &body);
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            res.headers_mut().insert(ALLOW, allow);
+        }
+        if matches!(
+            self.status,
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS
+        ) {
+            res.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        res
+    }
+}
+
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        let status = match e.code() {
+            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, e.code(), e.to_string())
+    }
+}
+
+impl From<LogError> for ApiError {
+    fn from(e: LogError) -> Self {
+        let (status, code) = match &e {
+            LogError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            LogError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+            LogError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
+            LogError::BadPosition(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadPosition),
+            LogError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull),
+            LogError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}

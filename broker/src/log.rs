@@ -1,0 +1,303 @@
+//! The handle every transport uses: publish, read (with long-poll), and manage namespaces.
+//!
+//! Writes go through the bounded queue to the [`crate::writer`] thread; reads go straight
+//! to the store on the blocking pool, bounded by what the writer has made visible.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rewind_protocol::codec::ReadPage;
+use rewind_protocol::{NewEvent, Position};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{Config, Durability, Retention};
+use crate::namespaces::{NsState, Namespaces};
+use crate::storage::sled::SledStore;
+use crate::storage::{Appended, NsInfo, Storage, StoreError};
+use crate::writer::{Command, Reply, Writer};
+
+/// Why a log operation failed. Cloneable, because one failed sync fails a whole group.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The namespace does not exist.
+    #[error("namespace {0:?} does not exist")]
+    NotFound(String),
+    /// The write queue is full.
+    #[error("the write queue is full; retry shortly")]
+    Overloaded,
+    /// The broker is shutting down and takes no more writes.
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+    /// The read position is not valid for this namespace.
+    #[error("{0}")]
+    BadPosition(String),
+    /// The disk is full.
+    #[error("the disk is full")]
+    DiskFull,
+    /// The store failed.
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<&StoreError> for LogError {
+    fn from(e: &StoreError) -> Self {
+        match e {
+            StoreError::NotFound(ns) => LogError::NotFound(ns.clone()),
+            _ if e.is_disk_full() => LogError::DiskFull,
+            other => LogError::Storage(other.to_string()),
+        }
+    }
+}
+
+/// A read request.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadRequest {
+    /// Where to start.
+    pub from: Position,
+    /// Most events to return (capped by `max_read_events`).
+    pub limit: usize,
+    /// How long to wait for an event when there is none at `from` (capped by
+    /// `max_wait_secs`).
+    pub wait: Duration,
+}
+
+struct Inner {
+    store: Arc<dyn Storage>,
+    namespaces: Arc<Namespaces>,
+    config: Arc<Config>,
+    /// The writer's queue.
+    tx: mpsc::Sender<Command>,
+    /// Set once shutdown begins; wakes waiting readers and stops the timers.
+    shutdown: watch::Sender<bool>,
+    /// The writer thread, joined on shutdown.
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// A cheap, cloneable handle on the log.
+#[derive(Clone)]
+pub struct Log {
+    inner: Arc<Inner>,
+}
+
+impl Log {
+    /// Opens the sled store under `config.data_dir` and starts the writer thread and the
+    /// retention (and, in relaxed mode, flush) timers. Blocks on disk; must be called
+    /// inside a Tokio runtime, from a thread that may block.
+    pub fn open(config: Arc<Config>) -> Result<Log, StoreError> {
+        let (store, reepoched) = SledStore::open(&config.data_dir, config.store_cache_bytes)?;
+        for ns in reepoched {
+            tracing::warn!(ns, "unclean relaxed-mode shutdown: namespace has a new epoch");
+        }
+        Log::start(Arc::new(store), config)
+    }
+
+    /// Starts the writer and timers over any store.
+    pub fn start(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Log, StoreError> {
+        let namespaces = Arc::new(Namespaces::default());
+        for info in store.namespaces()? {
+            namespaces.insert(&info.name, Arc::new(NsState::new(&info)));
+        }
+        let (tx, rx) = mpsc::channel(config.write_queue);
+        let writer = Writer::new(Arc::clone(&store), Arc::clone(&namespaces), Arc::clone(&config));
+        let handle = std::thread::Builder::new()
+            .name("rewind-writer".into())
+            .spawn(move || writer.run(rx))?;
+        let log = Log {
+            inner: Arc::new(Inner {
+                store,
+                namespaces,
+                config: Arc::clone(&config),
+                tx,
+                shutdown: watch::Sender::new(false),
+                writer: Mutex::new(Some(handle)),
+            }),
+        };
+        log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || Command::Retention);
+        if config.durability == Durability::Relaxed {
+            log.spawn_timer(Duration::from_millis(config.flush_interval_ms), || Command::Flush);
+        }
+        Ok(log)
+    }
+
+    fn spawn_timer(&self, period: Duration, cmd: fn() -> Command) {
+        let tx = self.inner.tx.clone();
+        let mut shutdown = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticks.tick() => {
+                        // A full queue means the writer is busy; the next tick will do.
+                        let _ = tx.try_send(cmd());
+                    }
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
+
+    /// The configuration the log runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner.tx.try_send(make(reply)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
+        })?;
+        answer.await.map_err(|_| LogError::ShuttingDown)?
+    }
+
+    /// Appends events (all or nothing); returns once they are durable (in relaxed mode:
+    /// written).
+    pub async fn append(
+        &self,
+        ns: &str,
+        events: Vec<NewEvent>,
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, LogError> {
+        self.request(|reply| Command::Append {
+            ns: ns.to_owned(),
+            events,
+            idempotency_key,
+            reply,
+        })
+        .await
+    }
+
+    /// Creates a namespace or replaces its retention; true if it was created.
+    pub async fn put(&self, ns: &str, retention: Retention) -> Result<(NsInfo, bool), LogError> {
+        self.request(|reply| Command::Put {
+            ns: ns.to_owned(),
+            retention,
+            reply,
+        })
+        .await
+    }
+
+    /// Deletes a namespace; false if it did not exist.
+    pub async fn delete(&self, ns: &str) -> Result<bool, LogError> {
+        self.request(|reply| Command::Delete {
+            ns: ns.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    /// One namespace, with `next` as readers see it.
+    pub fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
+        let Some(state) = self.inner.namespaces.get(ns) else {
+            return Ok(None);
+        };
+        let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;
+        Ok(info.map(|mut i| {
+            i.next = state.visible();
+            i
+        }))
+    }
+
+    /// Every namespace, sorted by name, with `next` as readers see it.
+    pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
+        let mut all = self.inner.store.namespaces().map_err(|e| LogError::from(&e))?;
+        for info in &mut all {
+            if let Some(state) = self.inner.namespaces.get(&info.name) {
+                info.next = state.visible();
+            }
+        }
+        Ok(all)
+    }
+
+    /// Reads a page of events. With a `wait` and nothing at `from`, waits for an append,
+    /// the end of the wait, or shutdown.
+    pub async fn read(&self, ns: &str, req: ReadRequest) -> Result<ReadPage, LogError> {
+        let cfg = &self.inner.config;
+        let state = self
+            .inner
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| LogError::NotFound(ns.to_owned()))?;
+        let mut visible_rx = state.watch_visible();
+        let visible = *visible_rx.borrow_and_update();
+        let start = match req.from {
+            Position::Earliest => state.earliest(),
+            Position::Latest => visible,
+            Position::Offset(n) if n > visible => {
+                return Err(LogError::BadPosition(format!(
+                    "offset {n} is beyond the end of the log (next is {visible})"
+                )))
+            }
+            Position::Offset(n) => n,
+        };
+        let wait = req.wait.min(Duration::from_secs(cfg.max_wait_secs));
+        if start >= visible && !wait.is_zero() {
+            let mut shutdown = self.inner.shutdown.subscribe();
+            tokio::select! {
+                moved = visible_rx.wait_for(|v| *v > start) => {
+                    if moved.is_err() {
+                        return Err(LogError::NotFound(ns.to_owned()));
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+        }
+        let until = state.visible();
+        let read_from = start.max(state.earliest());
+        let limit = req.limit.clamp(1, cfg.max_read_events);
+        let store = Arc::clone(&self.inner.store);
+        let name = ns.to_owned();
+        let max_bytes = cfg.max_read_bytes;
+        let events = tokio::task::spawn_blocking(move || {
+            store.read(&name, read_from, until, limit, max_bytes)
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
+        .map_err(|e| LogError::from(&e))?;
+        let earliest = state.earliest();
+        let first = events.first().map_or(read_from.max(earliest), |e| e.offset);
+        let truncated = matches!(req.from, Position::Offset(n) if n < first);
+        let next = events.last().map_or(first.max(start), |e| e.offset + 1);
+        Ok(ReadPage {
+            events,
+            next,
+            earliest,
+            truncated,
+            epoch: state.epoch.clone(),
+        })
+    }
+
+    /// False once shutdown has begun.
+    pub fn is_ready(&self) -> bool {
+        !*self.inner.shutdown.borrow()
+    }
+
+    /// Wakes waiting readers, stops the timers and reports not ready. Writes are still
+    /// taken until [`Log::shutdown`], so in-flight publishes can finish.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// Lets the writer finish what is queued, sync, and stop; waits for it.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        // `send` waits for room; the writer keeps draining until it sees this.
+        if self.inner.tx.send(Command::Shutdown).await.is_err() {
+            tracing::debug!("writer already stopped");
+        }
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            if tokio::task::spawn_blocking(move || handle.join()).await.is_err() {
+                tracing::error!("writer thread panicked");
+            }
+        }
+    }
+}

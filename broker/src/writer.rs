@@ -1,0 +1,316 @@
+//! The write path: one thread that owns every mutation of the store and commits in groups.
+//!
+//! ### Invariants
+//!
+//! - Commands are applied in the order they were queued; offsets are assigned here only.
+//! - In `durable` mode no publish is acknowledged, and no reader sees an event, before a
+//!   [`Storage::sync`] that covers it has returned. Every command taken from the queue
+//!   while the previous sync ran shares the next one (group commit).
+//! - In `relaxed` mode a namespace's first write after a flush is acknowledged only once
+//!   its dirty mark is synced, so a crash before the next flush gives it a new epoch.
+//! - The queue is bounded; when it is full, callers are told so instead of waiting.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use rewind_protocol::NewEvent;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Config, Durability, Retention};
+use crate::log::LogError;
+use crate::namespaces::{NsState, Namespaces};
+use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
+
+/// The reply channel of a command.
+pub type Reply<T> = oneshot::Sender<Result<T, LogError>>;
+
+/// What the writer can be asked to do.
+pub enum Command {
+    /// Append events to a namespace (all or nothing).
+    Append {
+        /// The namespace.
+        ns: String,
+        /// The events, validated.
+        events: Vec<NewEvent>,
+        /// The publisher's `Idempotency-Key`, if any.
+        idempotency_key: Option<String>,
+        /// Answered once the events are durable.
+        reply: Reply<Appended>,
+    },
+    /// Create a namespace, or set the retention of an existing one. The reply says
+    /// whether it was created.
+    Put {
+        /// The namespace.
+        ns: String,
+        /// Its own retention limits.
+        retention: Retention,
+        /// Answered once the change is durable.
+        reply: Reply<(NsInfo, bool)>,
+    },
+    /// Delete a namespace; the reply says whether it existed.
+    Delete {
+        /// The namespace.
+        ns: String,
+        /// Answered once the change is durable.
+        reply: Reply<bool>,
+    },
+    /// Enforce retention on every namespace (sent on a timer).
+    Retention,
+    /// Relaxed mode: flush everything written so far (sent on a timer).
+    Flush,
+    /// Finish what is queued, sync, and stop.
+    Shutdown,
+}
+
+/// An answer held back until the group's sync.
+enum Ack {
+    Append(Reply<Appended>, Appended),
+    Put(Reply<(NsInfo, bool)>, (NsInfo, bool)),
+    Delete(Reply<bool>, bool),
+}
+
+impl Ack {
+    fn fail(self, err: LogError) {
+        // A caller that gave up waiting has dropped its receiver; nothing to tell it.
+        match self {
+            Ack::Append(r, _) => drop(r.send(Err(err))),
+            Ack::Put(r, _) => drop(r.send(Err(err))),
+            Ack::Delete(r, _) => drop(r.send(Err(err))),
+        }
+    }
+
+    fn succeed(self) {
+        match self {
+            Ack::Append(r, v) => drop(r.send(Ok(v))),
+            Ack::Put(r, v) => drop(r.send(Ok(v))),
+            Ack::Delete(r, v) => drop(r.send(Ok(v))),
+        }
+    }
+}
+
+/// Everything applied since the last sync.
+#[derive(Default)]
+struct Group {
+    acks: Vec<Ack>,
+    visible: Vec<(Arc<NsState>, u64)>,
+    /// Something other than an append (a namespace change) must be made durable.
+    needs_sync: bool,
+    /// Relaxed mode: namespaces written for the first time since the last flush.
+    newly_dirty: Vec<String>,
+    /// Relaxed mode: a flush was asked for.
+    flush: bool,
+    commands: usize,
+}
+
+/// The writer thread's state.
+pub struct Writer {
+    store: Arc<dyn Storage>,
+    namespaces: Arc<Namespaces>,
+    config: Arc<Config>,
+    /// Relaxed mode: namespaces whose dirty mark is durable and not yet cleared.
+    dirty: HashSet<String>,
+    /// Retention passes so far; idempotency records are pruned every 60th.
+    retention_passes: u64,
+}
+
+impl Writer {
+    /// A writer over `store`, publishing visibility to `namespaces`.
+    pub fn new(store: Arc<dyn Storage>, namespaces: Arc<Namespaces>, config: Arc<Config>) -> Writer {
+        Writer {
+            store,
+            namespaces,
+            config,
+            dirty: HashSet::new(),
+            retention_passes: 0,
+        }
+    }
+
+    /// Runs until a [`Command::Shutdown`] has been applied and the queue is drained, then
+    /// syncs a last time. Blocks: run it on its own thread.
+    pub fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        while let Some(first) = rx.blocking_recv() {
+            let mut group = Group::default();
+            self.apply(first, &mut group, &mut rx);
+            while group.commands < self.config.max_group_commit {
+                match rx.try_recv() {
+                    Ok(cmd) => self.apply(cmd, &mut group, &mut rx),
+                    Err(_) => break,
+                }
+            }
+            self.commit(group);
+        }
+        if let Err(e) = self.store.sync() {
+            tracing::error!(error = %e, "final sync failed");
+        }
+        tracing::info!("writer stopped");
+    }
+
+    fn apply(&mut self, cmd: Command, group: &mut Group, rx: &mut mpsc::Receiver<Command>) {
+        group.commands += 1;
+        match cmd {
+            Command::Append {
+                ns,
+                events,
+                idempotency_key,
+                reply,
+            } => self.append(ns, &events, idempotency_key.as_deref(), reply, group),
+            Command::Put { ns, retention, reply } => {
+                let result = match self.store.info(&ns) {
+                    Ok(Some(_)) => self.store.set_retention(&ns, retention).map(|i| (i, false)),
+                    Ok(None) => self.create(&ns, retention).map(|i| (i, true)),
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(v) => {
+                        group.needs_sync = true;
+                        group.acks.push(Ack::Put(reply, v));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(LogError::from(&e)));
+                    }
+                }
+            }
+            Command::Delete { ns, reply } => match self.store.delete(&ns) {
+                Ok(existed) => {
+                    self.namespaces.remove(&ns);
+                    self.dirty.remove(&ns);
+                    group.needs_sync = true;
+                    group.acks.push(Ack::Delete(reply, existed));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(LogError::from(&e)));
+                }
+            },
+            Command::Retention => self.enforce_retention(),
+            Command::Flush => group.flush = true,
+            Command::Shutdown => rx.close(),
+        }
+    }
+
+    fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
+        let info = self.store.create(ns, retention)?;
+        self.namespaces.insert(ns, Arc::new(NsState::new(&info)));
+        tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
+        Ok(info)
+    }
+
+    fn append(
+        &mut self,
+        ns: String,
+        events: &[NewEvent],
+        idempotency_key: Option<&str>,
+        reply: Reply<Appended>,
+        group: &mut Group,
+    ) {
+        let state = match self.namespaces.get(&ns) {
+            Some(state) => state,
+            None if self.config.auto_create => match self.create(&ns, Retention::default()) {
+                Ok(_) => {
+                    group.needs_sync = true;
+                    match self.namespaces.get(&ns) {
+                        Some(state) => state,
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(LogError::from(&e)));
+                    return;
+                }
+            },
+            None => {
+                let _ = reply.send(Err(LogError::NotFound(ns)));
+                return;
+            }
+        };
+        let now = now_ms();
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            key,
+            not_before_ms: now.saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
+        });
+        match self.store.append(&ns, events, now, idempotency) {
+            Ok(appended) => {
+                if let Appended::New { last, .. } = appended {
+                    group.visible.push((state, last + 1));
+                    if self.config.durability == Durability::Relaxed && !self.dirty.contains(&ns) {
+                        group.newly_dirty.push(ns);
+                    }
+                }
+                group.acks.push(Ack::Append(reply, appended));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(LogError::from(&e)));
+            }
+        }
+    }
+
+    fn commit(&mut self, mut group: Group) {
+        let durable = self.config.durability == Durability::Durable;
+        group.newly_dirty.sort();
+        group.newly_dirty.dedup();
+        let result = (|| {
+            for ns in &group.newly_dirty {
+                self.store.mark_dirty(ns)?;
+            }
+            let sync = group.needs_sync
+                || !group.newly_dirty.is_empty()
+                || (durable && !group.acks.is_empty());
+            if sync {
+                self.store.sync()?;
+            }
+            Ok::<_, StoreError>(())
+        })();
+        match result {
+            Ok(()) => {
+                self.dirty.extend(group.newly_dirty);
+                for (state, next) in group.visible {
+                    state.publish_visible(next);
+                }
+                for ack in group.acks {
+                    ack.succeed();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed");
+                let err = LogError::from(&e);
+                for ack in group.acks {
+                    ack.fail(err.clone());
+                }
+            }
+        }
+        if group.flush {
+            let flushed = self.store.sync().and_then(|()| self.store.clear_dirty());
+            match flushed {
+                Ok(()) => self.dirty.clear(),
+                Err(e) => tracing::error!(error = %e, "interval flush failed"),
+            }
+        }
+    }
+
+    fn enforce_retention(&mut self) {
+        let now = now_ms();
+        for (ns, state) in self.namespaces.all() {
+            let own = match self.store.info(&ns) {
+                Ok(Some(info)) => info.retention,
+                _ => continue,
+            };
+            let policy = self.config.retention.overlaid(&own);
+            match self.store.enforce_retention(&ns, &policy, now) {
+                Ok(Some(earliest)) => {
+                    state.set_earliest(earliest);
+                    tracing::debug!(ns, earliest, "retention");
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(ns, error = %e, "retention failed"),
+            }
+        }
+        self.retention_passes += 1;
+        if self.retention_passes % 60 == 1 {
+            let before = now.saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000));
+            match self.store.prune_idempotency(before) {
+                Ok(n) if n > 0 => tracing::debug!(pruned = n, "idempotency records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning idempotency records failed"),
+            }
+        }
+    }
+}
