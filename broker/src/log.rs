@@ -12,7 +12,7 @@ use rewind_protocol::{NewEvent, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, Durability, Retention};
-use crate::namespaces::{NsState, Namespaces};
+use crate::namespaces::{Namespaces, NsState};
 use crate::storage::sled::SledStore;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
 use crate::writer::{Command, Reply, Writer};
@@ -87,7 +87,10 @@ impl Log {
     pub fn open(config: Arc<Config>) -> Result<Log, StoreError> {
         let (store, reepoched) = SledStore::open(&config.data_dir, config.store_cache_bytes)?;
         for ns in reepoched {
-            tracing::warn!(ns, "unclean relaxed-mode shutdown: namespace has a new epoch");
+            tracing::warn!(
+                ns,
+                "unclean relaxed-mode shutdown: namespace has a new epoch"
+            );
         }
         Log::start(Arc::new(store), config)
     }
@@ -99,7 +102,11 @@ impl Log {
             namespaces.insert(&info.name, Arc::new(NsState::new(&info)));
         }
         let (tx, rx) = mpsc::channel(config.write_queue);
-        let writer = Writer::new(Arc::clone(&store), Arc::clone(&namespaces), Arc::clone(&config));
+        let writer = Writer::new(
+            Arc::clone(&store),
+            Arc::clone(&namespaces),
+            Arc::clone(&config),
+        );
         let handle = std::thread::Builder::new()
             .name("rewind-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -113,9 +120,13 @@ impl Log {
                 writer: Mutex::new(Some(handle)),
             }),
         };
-        log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || Command::Retention);
+        log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || {
+            Command::Retention
+        });
         if config.durability == Durability::Relaxed {
-            log.spawn_timer(Duration::from_millis(config.flush_interval_ms), || Command::Flush);
+            log.spawn_timer(Duration::from_millis(config.flush_interval_ms), || {
+                Command::Flush
+            });
         }
         Ok(log)
     }
@@ -202,7 +213,11 @@ impl Log {
 
     /// Every namespace, sorted by name, with `next` as readers see it.
     pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
-        let mut all = self.inner.store.namespaces().map_err(|e| LogError::from(&e))?;
+        let mut all = self
+            .inner
+            .store
+            .namespaces()
+            .map_err(|e| LogError::from(&e))?;
         for info in &mut all {
             if let Some(state) = self.inner.namespaces.get(&info.name) {
                 info.next = state.visible();
@@ -246,7 +261,10 @@ impl Log {
             }
         }
         let until = state.visible();
-        let read_from = start.max(state.earliest());
+        // Taken before the read, so a page never reports an `earliest` above its own events
+        // when retention runs meanwhile (the read then simply starts later).
+        let earliest = state.earliest();
+        let read_from = start.max(earliest);
         let limit = req.limit.clamp(1, cfg.max_read_events);
         let store = Arc::clone(&self.inner.store);
         let name = ns.to_owned();
@@ -257,8 +275,7 @@ impl Log {
         .await
         .map_err(|e| LogError::Storage(e.to_string()))?
         .map_err(|e| LogError::from(&e))?;
-        let earliest = state.earliest();
-        let first = events.first().map_or(read_from.max(earliest), |e| e.offset);
+        let first = events.first().map_or(read_from, |e| e.offset);
         let truncated = matches!(req.from, Position::Offset(n) if n < first);
         let next = events.last().map_or(first.max(start), |e| e.offset + 1);
         Ok(ReadPage {
@@ -295,7 +312,10 @@ impl Log {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(handle) = handle {
-            if tokio::task::spawn_blocking(move || handle.join()).await.is_err() {
+            if tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .is_err()
+            {
                 tracing::error!("writer thread panicked");
             }
         }

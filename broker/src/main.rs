@@ -10,7 +10,11 @@ use rewind_broker::log::Log;
 use rewind_broker::server;
 
 #[derive(Parser)]
-#[command(name = "rewind", version, about = "An offset-based, reliable event-streaming broker")]
+#[command(
+    name = "rewind",
+    version,
+    about = "An offset-based, reliable event-streaming broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

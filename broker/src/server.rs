@@ -69,7 +69,10 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     tracing::info!("shutting down: no new connections");
     log.begin_shutdown();
     let grace = Duration::from_secs(log.config().shutdown_timeout_secs);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the shutdown timeout; closing them");
     }
     log.shutdown().await;

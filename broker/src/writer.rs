@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Durability, Retention};
 use crate::log::LogError;
-use crate::namespaces::{NsState, Namespaces};
+use crate::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 
 /// The reply channel of a command.
@@ -115,7 +115,11 @@ pub struct Writer {
 
 impl Writer {
     /// A writer over `store`, publishing visibility to `namespaces`.
-    pub fn new(store: Arc<dyn Storage>, namespaces: Arc<Namespaces>, config: Arc<Config>) -> Writer {
+    pub fn new(
+        store: Arc<dyn Storage>,
+        namespaces: Arc<Namespaces>,
+        config: Arc<Config>,
+    ) -> Writer {
         Writer {
             store,
             namespaces,
@@ -139,7 +143,14 @@ impl Writer {
             }
             self.commit(group);
         }
-        if let Err(e) = self.store.sync() {
+        // Everything is on disk after the first sync, so the dirty marks can go; the second
+        // sync makes their removal stick, so a clean shutdown never changes an epoch.
+        let last = self
+            .store
+            .sync()
+            .and_then(|()| self.store.clear_dirty())
+            .and_then(|()| self.store.sync());
+        if let Err(e) = last {
             tracing::error!(error = %e, "final sync failed");
         }
         tracing::info!("writer stopped");
@@ -154,7 +165,11 @@ impl Writer {
                 idempotency_key,
                 reply,
             } => self.append(ns, &events, idempotency_key.as_deref(), reply, group),
-            Command::Put { ns, retention, reply } => {
+            Command::Put {
+                ns,
+                retention,
+                reply,
+            } => {
                 let result = match self.store.info(&ns) {
                     Ok(Some(_)) => self.store.set_retention(&ns, retention).map(|i| (i, false)),
                     Ok(None) => self.create(&ns, retention).map(|i| (i, true)),
@@ -225,7 +240,8 @@ impl Writer {
         let now = now_ms();
         let idempotency = idempotency_key.map(|key| IdempotencyKey {
             key,
-            not_before_ms: now.saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
+            not_before_ms: now
+                .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });
         match self.store.append(&ns, events, now, idempotency) {
             Ok(appended) => {
@@ -305,7 +321,8 @@ impl Writer {
         }
         self.retention_passes += 1;
         if self.retention_passes % 60 == 1 {
-            let before = now.saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000));
+            let before =
+                now.saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000));
             match self.store.prune_idempotency(before) {
                 Ok(n) if n > 0 => tracing::debug!(pruned = n, "idempotency records"),
                 Ok(_) => {}

@@ -50,7 +50,11 @@ pub fn write_event_json(out: &mut Vec<u8>, ev: &Event) {
         }
         Payload::Bytes(bytes) => {
             out.extend_from_slice(b",\"data_b64\":\"");
-            out.extend_from_slice(base64::engine::general_purpose::STANDARD.encode(bytes).as_bytes());
+            out.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(bytes)
+                    .as_bytes(),
+            );
             out.push(b'"');
         }
     }
@@ -115,7 +119,11 @@ impl ReadPage {
         let wire: PageIn<MsgEventIn> =
             rmp_serde::from_slice(bytes).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
         Ok(ReadPage {
-            events: wire.events.into_iter().map(MsgEventIn::into_event).collect(),
+            events: wire
+                .events
+                .into_iter()
+                .map(MsgEventIn::into_event)
+                .collect(),
             next: wire.next,
             earliest: wire.earliest,
             truncated: wire.truncated,
@@ -148,7 +156,8 @@ impl Serialize for EventOut<'_> {
         }
         match &ev.data {
             Payload::Json(text) => {
-                let value: serde_json::Value = serde_json::from_str(text).map_err(S::Error::custom)?;
+                let value: serde_json::Value =
+                    serde_json::from_str(text).map_err(S::Error::custom)?;
                 map.serialize_entry("data", &value)?;
             }
             Payload::Bytes(bytes) => map.serialize_entry("data", serde_bytes::Bytes::new(bytes))?,
@@ -240,7 +249,10 @@ impl<'de> Deserialize<'de> for MsgData {
                     fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<OnlyBytes, E> {
                         Ok(OnlyBytes(v.to_vec()))
                     }
-                    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<OnlyBytes, E> {
+                    fn visit_byte_buf<E: serde::de::Error>(
+                        self,
+                        v: Vec<u8>,
+                    ) -> Result<OnlyBytes, E> {
                         Ok(OnlyBytes(v))
                     }
                 }
@@ -306,19 +318,30 @@ mod tests {
     }
 
     fn event() -> impl Strategy<Value = Event> {
-        (any::<u64>(), "\\PC{1,20}", any::<u64>(), prop::option::of(".{0,10}"), payload()).prop_map(
-            |(offset, event, ts, key, data)| Event {
+        (
+            any::<u64>(),
+            "\\PC{1,20}",
+            any::<u64>(),
+            prop::option::of(".{0,10}"),
+            payload(),
+        )
+            .prop_map(|(offset, event, ts, key, data)| Event {
                 offset,
                 event,
                 ts,
                 key,
                 data,
-            },
-        )
+            })
     }
 
     fn page() -> impl Strategy<Value = ReadPage> {
-        (prop::collection::vec(event(), 0..8), any::<u64>(), any::<u64>(), any::<bool>(), "[0-9a-f]{16}")
+        (
+            prop::collection::vec(event(), 0..8),
+            any::<u64>(),
+            any::<u64>(),
+            any::<bool>(),
+            "[0-9a-f]{16}",
+        )
             .prop_map(|(events, next, earliest, truncated, epoch)| ReadPage {
                 events,
                 next,

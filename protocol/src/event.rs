@@ -159,7 +159,15 @@ mod tests {
             assert_eq!(text.parse::<Position>().unwrap(), pos);
             assert_eq!(pos.to_string(), text);
         }
-        for bad in ["", "-1", "+1", "1.5", "18446744073709551616", "LATEST", " 1"] {
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.5",
+            "18446744073709551616",
+            "LATEST",
+            " 1",
+        ] {
             assert!(bad.parse::<Position>().is_err(), "{bad:?}");
         }
     }
@@ -172,6 +180,9 @@ mod tests {
         assert_eq!(p, Position::Earliest);
         assert!(serde_json::from_str::<Position>("-3").is_err());
         assert!(serde_json::from_str::<Position>("\"soon\"").is_err());
-        assert_eq!(serde_json::to_string(&Position::Latest).unwrap(), "\"latest\"");
+        assert_eq!(
+            serde_json::to_string(&Position::Latest).unwrap(),
+            "\"latest\""
+        );
     }
 }

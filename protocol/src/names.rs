@@ -17,7 +17,10 @@ pub fn validate_namespace(name: &str) -> Result<(), ProtocolError> {
             }
             shown.truncate(cut);
         }
-        Err(ProtocolError::BadNamespace { name: shown, reason })
+        Err(ProtocolError::BadNamespace {
+            name: shown,
+            reason,
+        })
     };
     if name.is_empty() {
         return fail("must not be empty");
@@ -66,7 +69,13 @@ mod tests {
 
     #[test]
     fn namespaces() {
-        for ok in ["a", "logs.api", "state.orders-v2", "A_b-9", &"x".repeat(128)] {
+        for ok in [
+            "a",
+            "logs.api",
+            "state.orders-v2",
+            "A_b-9",
+            &"x".repeat(128),
+        ] {
             assert!(validate_namespace(ok).is_ok(), "{ok}");
         }
         for bad in [

@@ -168,8 +168,8 @@ pub fn parse_ndjson(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, 
                 limit: limits.max_batch_events,
             });
         }
-        let wire: WireEvent<'_> = serde_json::from_slice(line)
-            .map_err(|e| at_item("line", i + 1, malformed(e)))?;
+        let wire: WireEvent<'_> =
+            serde_json::from_slice(line).map_err(|e| at_item("line", i + 1, malformed(e)))?;
         events.push(into_new_event(wire, limits).map_err(|e| at_item("line", i + 1, e))?);
     }
     check_batch(events.len(), limits)?;
@@ -220,7 +220,10 @@ mod tests {
         assert!(!body.batch);
         assert_eq!(body.events[0].event, "e");
         assert_eq!(body.events[0].key.as_deref(), Some("k"));
-        assert_eq!(body.events[0].data, Payload::Json(r#"{"a": [1, 2]}"#.into()));
+        assert_eq!(
+            body.events[0].data,
+            Payload::Json(r#"{"a": [1, 2]}"#.into())
+        );
     }
 
     #[test]
@@ -231,11 +234,18 @@ mod tests {
 
     #[test]
     fn arrays_and_ndjson_are_batches() {
-        let body = parse_json(br#"[{"event":"a","data":1},{"event":"b","data":2}]"#, &LIMITS).unwrap();
+        let body = parse_json(
+            br#"[{"event":"a","data":1},{"event":"b","data":2}]"#,
+            &LIMITS,
+        )
+        .unwrap();
         assert!(body.batch);
         assert_eq!(body.events.len(), 2);
-        let nd = parse_ndjson(b"{\"event\":\"a\",\"data\":1}\n\n{\"event\":\"b\",\"data\":2}\n", &LIMITS)
-            .unwrap();
+        let nd = parse_ndjson(
+            b"{\"event\":\"a\",\"data\":1}\n\n{\"event\":\"b\",\"data\":2}\n",
+            &LIMITS,
+        )
+        .unwrap();
         assert_eq!(nd, body);
     }
 
@@ -258,15 +268,31 @@ mod tests {
         ];
         for case in cases {
             let err = parse_json(case, &LIMITS).unwrap_err();
-            assert_eq!(err.code(), crate::ErrorCode::BadFrame, "{}", String::from_utf8_lossy(case));
+            assert_eq!(
+                err.code(),
+                crate::ErrorCode::BadFrame,
+                "{}",
+                String::from_utf8_lossy(case)
+            );
         }
         let big = format!(r#"{{"event":"e","data":"{}"}}"#, "x".repeat(80));
         assert_eq!(
             parse_json(big.as_bytes(), &LIMITS).unwrap_err().code(),
             crate::ErrorCode::PayloadTooLarge
         );
-        let deep = format!("{{\"event\":\"e\",\"data\":{}{}}}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(parse_json(deep.as_bytes(), &PublishLimits { max_payload_bytes: 1 << 20, max_batch_events: 1 }).is_err());
+        let deep = format!(
+            "{{\"event\":\"e\",\"data\":{}{}}}",
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert!(parse_json(
+            deep.as_bytes(),
+            &PublishLimits {
+                max_payload_bytes: 1 << 20,
+                max_batch_events: 1
+            }
+        )
+        .is_err());
         assert!(parse_ndjson(b"\n\n", &LIMITS).is_err());
         assert!(parse_ndjson(b"{\"event\":\"a\"}\nnot json\n", &LIMITS)
             .unwrap_err()
@@ -286,7 +312,9 @@ mod tests {
         assert_eq!(ev.data, Payload::Bytes(vec![0, 255, 1]));
         assert!(raw_event("", None, vec![], &LIMITS).is_err());
         assert_eq!(
-            raw_event("b", None, vec![0; 65], &LIMITS).unwrap_err().code(),
+            raw_event("b", None, vec![0; 65], &LIMITS)
+                .unwrap_err()
+                .code(),
             crate::ErrorCode::PayloadTooLarge
         );
     }

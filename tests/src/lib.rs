@@ -1,1 +1,259 @@
-//! x
+//! Helpers for end-to-end tests: start the real `rewind` binary on an ephemeral port with
+//! a temporary data directory, talk HTTP to it, kill it, restart it.
+//!
+//! The binary is `$REWIND_BIN` if set, else `rewind` next to the test executable's
+//! `deps/` directory, where `cargo test --workspace` builds it (the broker crate has
+//! integration tests of its own, which makes cargo build its binary). `cargo test -p
+//! rewind-tests` alone does not rebuild it, so a binary older than the broker's or the
+//! protocol's sources is refused rather than tested.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tempfile::TempDir;
+
+/// Path of the `rewind` binary under test.
+pub fn rewind_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("REWIND_BIN") {
+        return PathBuf::from(bin);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join(format!("rewind{}", std::env::consts::EXE_SUFFIX));
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{} is missing: run `cargo test --workspace` or `cargo build -p rewind-broker`",
+                bin.display()
+            )
+        });
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for crate_dir in ["broker", "protocol"] {
+        if let Some(newer) = newer_source(&root.join(crate_dir), built) {
+            panic!(
+                "{} is older than {}: run `cargo test --workspace` or `cargo build -p rewind-broker`",
+                bin.display(),
+                newer.display()
+            );
+        }
+    }
+    bin
+}
+
+/// A source file under `dir` modified after `than`, if any.
+fn newer_source(dir: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name != "target" {
+                if let Some(found) = newer_source(&path, than) {
+                    return Some(found);
+                }
+            }
+        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > than)
+        {
+            return Some(path);
+        }
+    }
+    None
+}
+
+/// A running broker process.
+pub struct Broker {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Its data directory (kept across restarts).
+    pub data_dir: PathBuf,
+    _tmp: Option<TempDir>,
+    args: Vec<String>,
+}
+
+impl Broker {
+    /// Starts a broker on port 0 with a fresh temporary data directory and `args` added.
+    pub fn start(args: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&data_dir, "127.0.0.1:0", &args);
+        Broker {
+            child,
+            addr,
+            data_dir,
+            _tmp: Some(tmp),
+            args,
+        }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for broker")
+    }
+
+    /// Starts the broker again on the same data directory and the same port.
+    pub fn restart(&mut self) {
+        let _ = self.child.try_wait();
+        let (child, addr) = spawn(&self.data_dir, &self.addr.to_string(), &self.args);
+        self.child = child;
+        self.addr = addr;
+    }
+
+    /// Sends a request and returns status, headers and body.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Response {
+        request(self.addr, method, path, headers, body.into())
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// `POST` a JSON body.
+    pub async fn post_json(&self, path: &str, body: &str) -> Response {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
+    }
+
+    /// `GET` a path.
+    pub async fn get(&self, path: &str) -> Response {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (Child, SocketAddr) {
+    let mut child = Command::new(rewind_bin())
+        .arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("REWIND_CONFIG")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start rewind");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read the broker's first line");
+    let addr = line
+        .trim()
+        .strip_prefix("rewind listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line from rewind: {line:?}"))
+        .parse()
+        .expect("address");
+    (child, addr)
+}
+
+/// An HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: hyper::HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// The body parsed as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// The `error.code` of a JSON error body.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", String::from_utf8_lossy(&self.body)))
+            .to_owned()
+    }
+}
+
+/// Sends one request on a new connection.
+pub async fn request(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender.send_request(req.body(Full::new(body))?).await?;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

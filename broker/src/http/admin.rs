@@ -30,7 +30,10 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
 /// `GET /v1/namespaces`.
 pub(super) fn list(log: &Log) -> Result<Response<Body>, ApiError> {
     let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(log, i)).collect();
-    Ok(response::json(StatusCode::OK, &serde_json::json!({ "namespaces": all })))
+    Ok(response::json(
+        StatusCode::OK,
+        &serde_json::json!({ "namespaces": all }),
+    ))
 }
 
 /// `GET /v1/namespaces/{ns}`.
@@ -49,7 +52,11 @@ struct PutBody {
 }
 
 /// `PUT /v1/namespaces/{ns}`: creates (201) or sets retention (200).
-pub(super) async fn put(req: Request<Incoming>, log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn put(
+    req: Request<Incoming>,
+    log: &Log,
+    ns: &str,
+) -> Result<Response<Body>, ApiError> {
     let body = read_body(req, MAX_PUT_BODY).await?;
     let put: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
         PutBody::default()
@@ -57,7 +64,11 @@ pub(super) async fn put(req: Request<Incoming>, log: &Log, ns: &str) -> Result<R
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
     };
     let (info, created) = log.put(ns, put.retention).await?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok(response::json(status, &info_json(log, &info)))
 }
 

@@ -7,8 +7,8 @@ use hyper::{Request, Response, StatusCode};
 use rewind_protocol::publish::{self, PublishLimits};
 use rewind_protocol::ErrorCode;
 
-use super::response::{self, ApiError, Body};
 use super::query;
+use super::response::{self, ApiError, Body};
 use crate::log::Log;
 use crate::storage::Appended;
 
@@ -82,7 +82,9 @@ pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Ve
     match Limited::new(req.into_body(), limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!("could not read the body: {e}"))),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "could not read the body: {e}"
+        ))),
     }
 }
 
@@ -103,7 +105,11 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
 }
 
 /// Publishes the body's events and answers with their offsets once they are durable.
-pub(super) async fn publish(req: Request<Incoming>, log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn publish(
+    req: Request<Incoming>,
+    log: &Log,
+    ns: &str,
+) -> Result<Response<Body>, ApiError> {
     let cfg = log.config();
     let limits = PublishLimits {
         max_payload_bytes: cfg.max_payload_bytes,
@@ -120,7 +126,8 @@ pub(super) async fn publish(req: Request<Incoming>, log: &Log, ns: &str) -> Resu
             let event = params.get("event").ok_or_else(|| {
                 ApiError::bad_request("a raw payload needs its event name as ?event=NAME")
             })?;
-            let ev = publish::raw_event(event, params.get("key").map(String::as_str), body, &limits)?;
+            let ev =
+                publish::raw_event(event, params.get("key").map(String::as_str), body, &limits)?;
             publish::PublishBody {
                 events: vec![ev],
                 batch: false,

@@ -19,7 +19,11 @@ fn bad_position(message: impl Into<String>) -> ApiError {
 }
 
 /// Reads a page of events, waiting up to `wait` seconds for the first one.
-pub(super) async fn read(req: Request<Incoming>, log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn read(
+    req: Request<Incoming>,
+    log: &Log,
+    ns: &str,
+) -> Result<Response<Body>, ApiError> {
     let cfg = log.config();
     let params = query(&req);
     let from = match params.get("from") {
@@ -31,12 +35,17 @@ pub(super) async fn read(req: Request<Incoming>, log: &Log, ns: &str) -> Result<
             .parse::<usize>()
             .ok()
             .filter(|n| *n >= 1)
-            .ok_or_else(|| bad_position(format!("limit must be a whole number ≥ 1, not {text:?}")))?,
+            .ok_or_else(|| {
+                bad_position(format!("limit must be a whole number ≥ 1, not {text:?}"))
+            })?,
         None => DEFAULT_LIMIT,
     };
     let wait = match params.get("wait") {
         Some(text) => {
-            let secs = text.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0);
+            let secs = text
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0);
             match secs {
                 Some(s) if s <= cfg.max_wait_secs as f64 => Duration::from_secs_f64(s),
                 _ => {
@@ -57,10 +66,22 @@ pub(super) async fn read(req: Request<Incoming>, log: &Log, ns: &str) -> Result<
     let page = log.read(ns, ReadRequest { from, limit, wait }).await?;
     if msgpack {
         let bytes = page.to_msgpack().map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, e.to_string())
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                e.to_string(),
+            )
         })?;
-        Ok(response::with_body(StatusCode::OK, "application/msgpack", bytes))
+        Ok(response::with_body(
+            StatusCode::OK,
+            "application/msgpack",
+            bytes,
+        ))
     } else {
-        Ok(response::with_body(StatusCode::OK, "application/json", page.to_json()))
+        Ok(response::with_body(
+            StatusCode::OK,
+            "application/json",
+            page.to_json(),
+        ))
     }
 }

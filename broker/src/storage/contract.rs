@@ -37,7 +37,9 @@ fn offsets_dense_and_batches_atomic<S: Subject>() {
         Appended::New { first: 0, last: 0 }
     );
     assert_eq!(
-        store.append("a", &[ev("y", "2"), ev("z", "3")], 11, None).unwrap(),
+        store
+            .append("a", &[ev("y", "2"), ev("z", "3")], 11, None)
+            .unwrap(),
         Appended::New { first: 1, last: 2 }
     );
     let got = store.read("a", 0, 3, 10, 1 << 20).unwrap();
@@ -52,13 +54,18 @@ fn offsets_survive_reopen_delete_and_retention<S: Subject>() {
     let epoch1 = {
         let store = S::open(dir.path());
         let info = store.create("a", Retention::default()).unwrap();
-        store.append("a", &[ev("x", "1"), ev("x", "2")], 1, None).unwrap();
+        store
+            .append("a", &[ev("x", "1"), ev("x", "2")], 1, None)
+            .unwrap();
         store.sync().unwrap();
         info.epoch
     };
     let store = S::open(dir.path());
     let info = store.info("a").unwrap().unwrap();
-    assert_eq!((info.earliest, info.next, info.epoch.clone()), (0, 2, epoch1.clone()));
+    assert_eq!(
+        (info.earliest, info.next, info.epoch.clone()),
+        (0, 2, epoch1.clone())
+    );
     // Retention that empties the log must not let offsets restart.
     let all = Retention {
         max_events: Some(0),
@@ -88,20 +95,30 @@ fn idempotency_keys_dedupe_inside_the_window<S: Subject>() {
         key: "k1",
         not_before_ms,
     };
-    let first = store.append("a", &[ev("x", "1"), ev("x", "2")], 100, Some(key(0))).unwrap();
+    let first = store
+        .append("a", &[ev("x", "1"), ev("x", "2")], 100, Some(key(0)))
+        .unwrap();
     assert_eq!(first, Appended::New { first: 0, last: 1 });
-    let retry = store.append("a", &[ev("x", "1"), ev("x", "2")], 150, Some(key(50))).unwrap();
+    let retry = store
+        .append("a", &[ev("x", "1"), ev("x", "2")], 150, Some(key(50)))
+        .unwrap();
     assert_eq!(retry, Appended::Duplicate { first: 0, last: 1 });
     // Outside the window the key is new again.
-    let late = store.append("a", &[ev("x", "1")], 300, Some(key(200))).unwrap();
+    let late = store
+        .append("a", &[ev("x", "1")], 300, Some(key(200)))
+        .unwrap();
     assert_eq!(late, Appended::New { first: 2, last: 2 });
     store.sync().unwrap();
     drop(store);
     let store = S::open(dir.path());
-    let after = store.append("a", &[ev("x", "1")], 301, Some(key(200))).unwrap();
+    let after = store
+        .append("a", &[ev("x", "1")], 301, Some(key(200)))
+        .unwrap();
     assert_eq!(after, Appended::Duplicate { first: 2, last: 2 });
     assert_eq!(store.prune_idempotency(1000).unwrap(), 1);
-    let pruned = store.append("a", &[ev("x", "1")], 302, Some(key(0))).unwrap();
+    let pruned = store
+        .append("a", &[ev("x", "1")], 302, Some(key(0)))
+        .unwrap();
     assert_eq!(pruned, Appended::New { first: 3, last: 3 });
 }
 
@@ -117,7 +134,16 @@ fn dirty_namespaces_get_a_new_epoch<S: Subject>() {
     };
     let store = S::open(dir.path());
     assert_eq!(store.info("clean").unwrap().unwrap().epoch, clean);
-    assert_ne!(store.info("dirty").unwrap().unwrap().epoch, dirty);
+    let dirty_again = store.info("dirty").unwrap().unwrap().epoch;
+    assert_ne!(dirty_again, dirty);
+    // Marks cleared after a sync are gone for good.
+    store.mark_dirty("dirty").unwrap();
+    store.sync().unwrap();
+    store.clear_dirty().unwrap();
+    store.sync().unwrap();
+    drop(store);
+    let store = S::open(dir.path());
+    assert_eq!(store.info("dirty").unwrap().unwrap().epoch, dirty_again);
 }
 
 macro_rules! contract {
@@ -186,7 +212,13 @@ fn model_run<S: Subject>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     })
                     .collect();
                 let got = store.append("m", &events, 1, None).unwrap();
-                prop_assert_eq!(got, Appended::New { first: next, last: next + bytes.len() as u64 - 1 });
+                prop_assert_eq!(
+                    got,
+                    Appended::New {
+                        first: next,
+                        last: next + bytes.len() as u64 - 1
+                    }
+                );
                 for (i, b) in bytes.iter().enumerate() {
                     let size = super::record::encode(&events[i], 1).len() as u64;
                     log.push((next + i as u64, *b, size));
@@ -204,20 +236,29 @@ fn model_run<S: Subject>(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let got: Vec<(u64, u8)> = got
                     .iter()
                     .map(|e| match &e.data {
-                        Payload::Bytes(d) => (e.offset, d.first().copied().unwrap_or(want_byte(&log, e.offset))),
+                        Payload::Bytes(d) => (
+                            e.offset,
+                            d.first().copied().unwrap_or(want_byte(&log, e.offset)),
+                        ),
                         Payload::Json(_) => (e.offset, 0),
                     })
                     .collect();
                 prop_assert_eq!(got, want);
             }
             Op::KeepLast(n) => {
-                let policy = Retention { max_events: Some(n), ..Retention::default() };
+                let policy = Retention {
+                    max_events: Some(n),
+                    ..Retention::default()
+                };
                 store.enforce_retention("m", &policy, 1).unwrap();
                 let drop = log.len().saturating_sub(n as usize);
                 log.drain(..drop);
             }
             Op::KeepBytes(max) => {
-                let policy = Retention { max_bytes: Some(max), ..Retention::default() };
+                let policy = Retention {
+                    max_bytes: Some(max),
+                    ..Retention::default()
+                };
                 store.enforce_retention("m", &policy, 1).unwrap();
                 let mut total: u64 = log.iter().map(|e| e.2).sum();
                 while total > max {

@@ -175,7 +175,8 @@ pub trait Storage: Send + Sync + 'static {
 /// A fresh random epoch: 16 hex digits.
 pub fn new_epoch() -> Result<String, StoreError> {
     let mut bytes = [0u8; 8];
-    getrandom::getrandom(&mut bytes).map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
+    getrandom::getrandom(&mut bytes)
+        .map_err(|e| StoreError::Io(std::io::Error::other(e.to_string())))?;
     Ok(format!("{:016x}", u64::from_be_bytes(bytes)))
 }
 

@@ -26,9 +26,7 @@ use ::sled::{Batch, Transactional};
 use rewind_protocol::{Event, NewEvent};
 use serde::{Deserialize, Serialize};
 
-use super::{
-    new_epoch, now_ms, record, Appended, IdempotencyKey, NsInfo, Storage, StoreError,
-};
+use super::{new_epoch, now_ms, record, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 use crate::config::Retention;
 
 /// What the `meta` tree keeps per namespace.
@@ -184,7 +182,9 @@ impl SledStore {
             let name = String::from_utf8_lossy(&name).into_owned();
             if let Some(handle) = loaded.get_mut(&name) {
                 handle.meta.epoch = new_epoch()?;
-                store.meta.insert(name.as_bytes(), encode_meta(&handle.meta)?)?;
+                store
+                    .meta
+                    .insert(name.as_bytes(), encode_meta(&handle.meta)?)?;
                 reepoched.push(name);
             }
         }
@@ -359,13 +359,16 @@ impl Storage for SledStore {
         let _w = lock(&self.write_lock);
         let (tree, first) = {
             let map = self.read_map();
-            let h = map.get(ns).ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
+            let h = map
+                .get(ns)
+                .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
             (h.tree.clone(), h.next)
         };
         if let Some(idem) = &idempotency {
             if let Some(rec) = self.idem.get(idem_key(ns, idem.key))? {
                 if rec.len() == 24 {
-                    let field = |i: usize| u64::from_be_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
+                    let field =
+                        |i: usize| u64::from_be_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
                     if field(16) >= idem.not_before_ms {
                         return Ok(Appended::Duplicate {
                             first: field(0),
@@ -448,12 +451,12 @@ impl Storage for SledStore {
         let _w = lock(&self.write_lock);
         let (tree, earliest, next, total_bytes, mut meta) = {
             let map = self.read_map();
-            let h = map.get(ns).ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
+            let h = map
+                .get(ns)
+                .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
             (h.tree.clone(), h.earliest, h.next, h.bytes, h.meta.clone())
         };
-        let count_cut = policy
-            .max_events
-            .map_or(0, |max| next.saturating_sub(max));
+        let count_cut = policy.max_events.map_or(0, |max| next.saturating_sub(max));
         let age_cut_ms = policy
             .max_age_secs
             .map_or(0, |secs| now_ms.saturating_sub(secs.saturating_mul(1000)));
@@ -495,7 +498,10 @@ impl Storage for SledStore {
         let mut n = 0;
         for item in self.idem.iter() {
             let (k, v) = item?;
-            let written = v.get(16..24).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let written = v
+                .get(16..24)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes);
             if written.is_none_or(|t| t < before_ms) {
                 batch.remove(k);
                 n += 1;
