@@ -54,6 +54,9 @@ pub struct Config {
     pub durability: Durability,
     /// In `relaxed` mode, how often writes are flushed, in milliseconds. Default 100.
     pub flush_interval_ms: u64,
+    /// How often the store's write-ahead log is folded into sled (a checkpoint), in
+    /// milliseconds. Default 1000.
+    pub checkpoint_interval_ms: u64,
     /// Write requests that may wait for the writer; when full, publishers get 503 with
     /// `Retry-After`. Default 4096.
     pub write_queue: usize,
@@ -97,6 +100,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./rewind-data"),
             durability: Durability::Durable,
             flush_interval_ms: 100,
+            checkpoint_interval_ms: 1000,
             write_queue: 4096,
             max_group_commit: 1024,
             max_payload_bytes: 1 << 20,
@@ -163,6 +167,9 @@ pub struct ServeArgs {
     /// Relaxed mode: flush interval in ms [default: 100]
     #[arg(long, env = "REWIND_FLUSH_INTERVAL_MS", value_name = "MS")]
     pub flush_interval_ms: Option<u64>,
+    /// How often the write-ahead log is folded into the store, in ms [default: 1000]
+    #[arg(long, env = "REWIND_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    pub checkpoint_interval_ms: Option<u64>,
     /// Write requests that may queue before publishers get 503 [default: 4096]
     #[arg(long, env = "REWIND_WRITE_QUEUE", value_name = "N")]
     pub write_queue: Option<usize>,
@@ -248,6 +255,7 @@ impl Config {
             data_dir,
             durability,
             flush_interval_ms,
+            checkpoint_interval_ms,
             write_queue,
             max_group_commit,
             max_payload_bytes,
@@ -276,6 +284,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let positive = [
             ("flush_interval_ms", self.flush_interval_ms),
+            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
             ("write_queue", self.write_queue as u64),
             ("max_group_commit", self.max_group_commit as u64),
             ("max_payload_bytes", self.max_payload_bytes as u64),

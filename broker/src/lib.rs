@@ -11,9 +11,11 @@
 //! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
+//! - [`bench`]: `rewind bench`, the publish-path benchmark.
 //! - [`config`]: the configuration struct, its defaults, and how flags, environment and
 //!   TOML combine.
 
+pub mod bench;
 pub mod config;
 pub mod http;
 pub mod log;

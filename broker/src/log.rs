@@ -123,6 +123,7 @@ impl Log {
         log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || {
             Command::Retention
         });
+        log.spawn_checkpoints(Duration::from_millis(config.checkpoint_interval_ms));
         if config.durability == Durability::Relaxed {
             log.spawn_timer(Duration::from_millis(config.flush_interval_ms), || {
                 Command::Flush
@@ -144,6 +145,36 @@ impl Log {
                         let _ = tx.try_send(cmd());
                     }
                     _ = shutdown.wait_for(|s| *s) => break,
+                }
+            }
+        });
+    }
+
+    /// Runs the store's checkpoints on the blocking pool every `period`, beside the
+    /// writer, so no commit waits for one.
+    fn spawn_checkpoints(&self, period: Duration) {
+        let store = Arc::clone(&self.inner.store);
+        let mut shutdown = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticks.tick().await;
+            loop {
+                let stop = tokio::select! {
+                    _ = ticks.tick() => false,
+                    _ = shutdown.wait_for(|s| *s) => true,
+                };
+                if stop {
+                    break;
+                }
+                let store = Arc::clone(&store);
+                let started = std::time::Instant::now();
+                match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+                    Ok(Ok(())) => {
+                        tracing::debug!(ms = started.elapsed().as_millis() as u64, "checkpoint")
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "checkpoint failed"),
+                    Err(e) => tracing::error!(error = %e, "checkpoint task failed"),
                 }
             }
         });

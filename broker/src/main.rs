@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use rewind_broker::bench::{self, BenchArgs};
 use rewind_broker::config::{Config, ServeArgs};
 use rewind_broker::log::Log;
 use rewind_broker::server;
@@ -23,7 +24,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Measure durable publish throughput against the raw store (see docs/benchmarks.md)
+    Bench(BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,7 +43,12 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Bench(args) => {
+            let results = runtime.block_on(bench::run(&args))?;
+            print!("{}", bench::table(&results));
+            Ok(())
+        }
     }
 }
 

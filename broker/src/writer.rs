@@ -7,7 +7,7 @@
 //!   [`Storage::sync`] that covers it has returned. Every command taken from the queue
 //!   while the previous sync ran shares the next one (group commit).
 //! - In `relaxed` mode a namespace's first write after a flush is acknowledged only once
-//!   its dirty mark is synced, so a crash before the next flush gives it a new epoch.
+//!   its dirty mark is durable, so a crash before the next flush gives it a new epoch.
 //! - The queue is bounded; when it is full, callers are told so instead of waiting.
 
 use std::collections::HashSet;
@@ -95,7 +95,8 @@ struct Group {
     visible: Vec<(Arc<NsState>, u64)>,
     /// Something other than an append (a namespace change) must be made durable.
     needs_sync: bool,
-    /// Relaxed mode: namespaces written for the first time since the last flush.
+    /// Relaxed mode: namespaces written for the first time since the last flush; their
+    /// marks are made durable before anything in the group is acknowledged.
     newly_dirty: Vec<String>,
     /// Relaxed mode: a flush was asked for.
     flush: bool,
@@ -143,13 +144,12 @@ impl Writer {
             }
             self.commit(group);
         }
-        // Everything is on disk after the first sync, so the dirty marks can go; the second
-        // sync makes their removal stick, so a clean shutdown never changes an epoch.
+        // Everything is on disk after the checkpoint, so the dirty marks can go: a clean
+        // shutdown never changes an epoch.
         let last = self
             .store
-            .sync()
-            .and_then(|()| self.store.clear_dirty())
-            .and_then(|()| self.store.sync());
+            .checkpoint()
+            .and_then(|()| self.store.clear_dirty());
         if let Err(e) = last {
             tracing::error!(error = %e, "final sync failed");
         }
@@ -267,9 +267,7 @@ impl Writer {
             for ns in &group.newly_dirty {
                 self.store.mark_dirty(ns)?;
             }
-            let sync = group.needs_sync
-                || !group.newly_dirty.is_empty()
-                || (durable && !group.acks.is_empty());
+            let sync = group.needs_sync || (durable && !group.acks.is_empty());
             if sync {
                 self.store.sync()?;
             }

@@ -291,7 +291,14 @@ async fn namespace_admin_and_recreate_keeps_offsets_unique() {
 }
 
 /// Method, path, content type, body, expected status, expected error code.
-type BadCase = (Method, String, Option<&'static str>, String, StatusCode, &'static str);
+type BadCase = (
+    Method,
+    String,
+    Option<&'static str>,
+    String,
+    StatusCode,
+    &'static str,
+);
 
 #[tokio::test]
 async fn bad_input_gets_the_right_status_and_code_and_appends_nothing() {

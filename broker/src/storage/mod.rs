@@ -16,6 +16,7 @@
 
 pub mod record;
 pub mod sled;
+pub mod wal;
 
 use rewind_protocol::{Event, NewEvent};
 
@@ -160,12 +161,16 @@ pub trait Storage: Send + Sync + 'static {
     /// Forgets idempotency records written before `before_ms`; returns how many.
     fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError>;
 
-    /// Makes everything appended so far survive a crash and a power cut.
+    /// Makes everything appended so far survive a crash and a power cut. Cheap: this is
+    /// the group commit.
     fn sync(&self) -> Result<(), StoreError>;
 
-    /// Relaxed mode: records that `ns` has unflushed writes, so that a crash before they
-    /// are synced gives it a new epoch on open. The mark counts once a [`Storage::sync`]
-    /// has followed it; the caller syncs before acknowledging or showing those writes.
+    /// Like [`Storage::sync`], and also folds whatever the implementation keeps on the
+    /// side (a write-ahead log) into its main structures. Costlier; run it now and then.
+    fn checkpoint(&self) -> Result<(), StoreError>;
+
+    /// Relaxed mode: records durably, before it returns, that `ns` has writes that are
+    /// not synced yet, so that a crash before they are gives it a new epoch on open.
     fn mark_dirty(&self, ns: &str) -> Result<(), StoreError>;
 
     /// Relaxed mode: forgets the dirty marks once a sync has made their writes durable.

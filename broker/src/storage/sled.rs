@@ -6,27 +6,35 @@
 //! - `meta`: `name → NsMeta` (MessagePack): epoch, retention, and the offset floor that
 //!   keeps offsets from being reused once a log is emptied by retention or deleted. A
 //!   deleted namespace keeps its `meta` entry as a tombstone.
-//! - `idem`: `name \0 key → first u64 BE | last u64 BE | written_ms u64 BE`, written in the
-//!   same transaction as the events it describes.
-//! - `dirty`: relaxed mode's marks of namespaces with unflushed writes.
+//! - `idem`: `name \0 key → first u64 BE | last u64 BE | written_ms u64 BE`, written after
+//!   the events it describes (and logged with them, so a crash cannot split the two).
+//!
+//! Files beside sled's own:
+//!
+//! - `wal/`: the write-ahead log (see [`super::wal`]). Every change is written to it after
+//!   being applied to sled; a durable commit is one `fdatasync` of its current segment.
+//! - `dirty`: relaxed mode's list of namespaces with writes not yet synced.
 //!
 //! Durability: sled's own `flush()` ends in `sync_file_range`, which does not make the
 //! data survive a power cut, and sled never syncs the files it writes large values to
-//! (`blobs/`). [`SledStore::sync`] therefore follows the flush with `fdatasync` of the log
-//! file and of every blob file not yet synced, and an `fsync` of the blob directory.
+//! (`blobs/`). A checkpoint therefore starts a new write-ahead log segment, flushes sled,
+//! `fdatasync`s its log file and every blob file not yet synced, `fsync`s the blob
+//! directory, and only then deletes the older segments. Checkpoints run on a timer beside
+//! the writer (and once on open and on shutdown), never inside a commit.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-use ::sled::transaction::{ConflictableTransactionError, TransactionError};
-use ::sled::{Batch, Transactional};
 use rewind_protocol::{Event, NewEvent};
 use serde::{Deserialize, Serialize};
 
+use super::wal::{self, Wal, WalOp};
 use super::{new_epoch, now_ms, record, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
+
 use crate::config::Retention;
 
 /// What the `meta` tree keeps per namespace.
@@ -38,6 +46,9 @@ struct NsMeta {
     /// No offset below this is ever handed out again.
     floor: u64,
     deleted: bool,
+    /// Sequence number of the last logged change applied to this entry.
+    #[serde(default)]
+    lsn: u64,
 }
 
 /// In-memory view of one live namespace.
@@ -67,7 +78,18 @@ pub struct SledStore {
     db: ::sled::Db,
     meta: ::sled::Tree,
     idem: ::sled::Tree,
-    dirty: ::sled::Tree,
+    /// The write-ahead log.
+    wal: Mutex<Wal>,
+    /// Its directory.
+    wal_dir: PathBuf,
+    /// Lets one checkpoint run at a time.
+    checkpoint_lock: Mutex<()>,
+    /// The next namespace-change sequence number (see [`WalOp::lsn`]).
+    lsn: std::sync::atomic::AtomicU64,
+    /// The data directory (for the `dirty` file).
+    dir: PathBuf,
+    /// Relaxed mode: namespaces marked dirty, mirrored in the `dirty` file.
+    dirty: Mutex<HashSet<String>>,
     /// A handle on sled's log file, kept to `fdatasync` it after each flush.
     log_file: File,
     /// sled's directory of large values.
@@ -138,6 +160,27 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<::sled::Db, StoreError> {
     }
 }
 
+fn idem_value(first: u64, last: u64, ts_ms: u64) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(24);
+    rec.extend_from_slice(&first.to_be_bytes());
+    rec.extend_from_slice(&last.to_be_bytes());
+    rec.extend_from_slice(&ts_ms.to_be_bytes());
+    rec
+}
+
+/// The names in the `dirty` file (none if it does not exist).
+fn read_dirty(dir: &Path) -> Result<Vec<String>, StoreError> {
+    match std::fs::read_to_string(dir.join("dirty")) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn sync_dir(path: &Path) -> Result<(), StoreError> {
     File::open(path)?.sync_all()?;
     Ok(())
@@ -151,22 +194,30 @@ impl SledStore {
         std::fs::create_dir_all(dir)?;
         let db = open_db(dir, cache_bytes)?;
         let log_file = File::open(dir.join("db"))?;
-        let blob_dir = dir.join("blobs");
+        let wal_dir = dir.join("wal");
+        let (wal, ops) = Wal::open(&wal_dir)?;
         let store = SledStore {
             meta: db.open_tree("meta")?,
             idem: db.open_tree("idem")?,
-            dirty: db.open_tree("dirty")?,
+            wal: Mutex::new(wal),
+            wal_dir,
+            checkpoint_lock: Mutex::new(()),
+            lsn: std::sync::atomic::AtomicU64::new(0),
+            dir: dir.to_owned(),
+            dirty: Mutex::new(HashSet::new()),
             db,
             log_file,
-            blob_dir,
+            blob_dir: dir.join("blobs"),
             synced_blobs: Mutex::new(HashSet::new()),
             namespaces: RwLock::new(HashMap::new()),
             write_lock: Mutex::new(()),
         };
         let mut loaded = HashMap::new();
+        let mut max_lsn = ops.iter().map(WalOp::lsn).max().unwrap_or(0);
         for item in store.meta.iter() {
             let (name, value) = item?;
             let meta = decode_meta(&value)?;
+            max_lsn = max_lsn.max(meta.lsn);
             if meta.deleted {
                 continue;
             }
@@ -176,11 +227,18 @@ impl SledStore {
             let handle = Self::load_handle(tree, meta)?;
             loaded.insert(name, handle);
         }
+        *store.write_map() = loaded;
+        store
+            .lsn
+            .store(max_lsn + 1, std::sync::atomic::Ordering::Relaxed);
+        let replayed = ops.len();
+        for op in ops {
+            store.replay(op)?;
+        }
         let mut reepoched = Vec::new();
-        for item in store.dirty.iter() {
-            let (name, _) = item?;
-            let name = String::from_utf8_lossy(&name).into_owned();
-            if let Some(handle) = loaded.get_mut(&name) {
+        for name in read_dirty(dir)? {
+            let mut map = store.write_map();
+            if let Some(handle) = map.get_mut(&name) {
                 handle.meta.epoch = new_epoch()?;
                 store
                     .meta
@@ -188,14 +246,241 @@ impl SledStore {
                 reepoched.push(name);
             }
         }
-        store.dirty.clear()?;
-        *store
-            .namespaces
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = loaded;
-        store.sync()?;
+        store.checkpoint()?;
+        store.clear_dirty()?;
         sync_dir(dir)?;
+        if replayed > 0 {
+            tracing::info!(operations = replayed, "write-ahead log replayed");
+        }
         Ok((store, reepoched))
+    }
+
+    /// The sequence number of the last change sled has for `ns` (live or deleted).
+    fn applied_lsn(&self, ns: &str) -> Result<u64, StoreError> {
+        Ok(match self.meta.get(ns.as_bytes())? {
+            Some(bytes) => decode_meta(&bytes)?.lsn,
+            None => 0,
+        })
+    }
+
+    fn next_lsn(&self) -> u64 {
+        self.lsn.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Applies one logged operation that sled may have lost.
+    fn replay(&self, op: WalOp) -> Result<(), StoreError> {
+        let live_epoch = |ns: &str| self.read_map().get(ns).map(|h| h.meta.epoch.clone());
+        match op {
+            WalOp::Create {
+                lsn,
+                ns,
+                epoch,
+                floor,
+                retention,
+            } => {
+                if self.applied_lsn(&ns)? >= lsn {
+                    return Ok(());
+                }
+                if live_epoch(&ns).is_some() {
+                    self.apply_delete(&ns, lsn)?;
+                }
+                self.apply_create(&ns, epoch, floor, retention, lsn)?;
+            }
+            WalOp::SetRetention {
+                lsn,
+                ns,
+                epoch,
+                retention,
+            } => {
+                if self.applied_lsn(&ns)? < lsn
+                    && live_epoch(&ns).as_deref() == Some(epoch.as_str())
+                {
+                    self.apply_set_retention(&ns, retention, lsn)?;
+                }
+            }
+            WalOp::Delete { lsn, ns, epoch } => {
+                if self.applied_lsn(&ns)? < lsn
+                    && live_epoch(&ns).as_deref() == Some(epoch.as_str())
+                {
+                    self.apply_delete(&ns, lsn)?;
+                }
+            }
+            WalOp::Append {
+                ns,
+                epoch,
+                first,
+                idempotency_key,
+                ts_ms,
+                records,
+            } => {
+                let (tree, earliest, next) = {
+                    let map = self.read_map();
+                    let Some(h) = map.get(&ns).filter(|h| h.meta.epoch == epoch) else {
+                        return Ok(());
+                    };
+                    (h.tree.clone(), h.earliest, h.next)
+                };
+                let n = records.len() as u64;
+                if first > next {
+                    return Err(StoreError::Corrupt(format!(
+                        "write-ahead log: {ns} resumes at offset {first} but its log ends at {next}"
+                    )));
+                }
+                if first + n <= earliest {
+                    return Ok(());
+                }
+                // sled may hold all, part or none of it. Take out what it holds from the
+                // byte count (it is counted again below), then write it all again (same
+                // keys, same bytes), except what retention has removed since.
+                let idem = idempotency_key
+                    .map(|k| (idem_key(&ns, &k), idem_value(first, first + n - 1, ts_ms)));
+                let skip = earliest.saturating_sub(first) as usize;
+                let from = first + skip as u64;
+                let records = &records[skip..];
+                for (i, rec) in records.iter().enumerate() {
+                    if tree.contains_key(key(from + i as u64))? {
+                        if let Some(h) = self.write_map().get_mut(&ns) {
+                            h.bytes = h.bytes.saturating_sub(rec.len() as u64);
+                        }
+                    }
+                }
+                self.apply_append(&ns, &tree, from, records, idem.as_ref())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one operation to the write-ahead log.
+    fn log(&self, op: &WalOp) -> Result<(), StoreError> {
+        let mut frame = Vec::new();
+        wal::encode(&mut frame, op);
+        lock(&self.wal).write(&frame)
+    }
+
+    /// Creates a namespace's state in sled with the given epoch.
+    fn apply_create(
+        &self,
+        ns: &str,
+        epoch: String,
+        floor: u64,
+        retention: Retention,
+        lsn: u64,
+    ) -> Result<NsInfo, StoreError> {
+        let mut floor = match self.meta.get(ns.as_bytes())? {
+            Some(old) => decode_meta(&old)?.floor.max(floor),
+            None => floor,
+        };
+        let tree = self.db.open_tree(tree_name(ns))?;
+        // A delete whose tree drop did not reach the disk before a crash leaves old
+        // events behind; they belong to the old epoch.
+        if let Some((last, _)) = tree.last()? {
+            floor = floor.max(offset_of(&last)? + 1);
+            tree.clear()?;
+        }
+        let meta = NsMeta {
+            epoch,
+            created_ms: now_ms(),
+            retention,
+            floor,
+            deleted: false,
+            lsn,
+        };
+        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
+        let handle = NsHandle {
+            tree,
+            meta,
+            earliest: floor,
+            next: floor,
+            bytes: 0,
+        };
+        let info = handle.info(ns);
+        self.write_map().insert(ns.to_owned(), handle);
+        Ok(info)
+    }
+
+    fn apply_set_retention(
+        &self,
+        ns: &str,
+        retention: Retention,
+        lsn: u64,
+    ) -> Result<NsInfo, StoreError> {
+        let mut map = self.write_map();
+        let handle = map
+            .get_mut(ns)
+            .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
+        let mut meta = handle.meta.clone();
+        meta.retention = retention;
+        meta.lsn = lsn;
+        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
+        handle.meta = meta;
+        Ok(handle.info(ns))
+    }
+
+    fn apply_delete(&self, ns: &str, lsn: u64) -> Result<(), StoreError> {
+        let Some((mut meta, next)) = self.read_map().get(ns).map(|h| (h.meta.clone(), h.next))
+        else {
+            return Ok(());
+        };
+        meta.deleted = true;
+        meta.floor = next;
+        meta.lsn = lsn;
+        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
+        self.write_map().remove(ns);
+        self.db.drop_tree(tree_name(ns))?;
+        let mut prefix = ns.as_bytes().to_vec();
+        prefix.push(0);
+        let keys: Vec<_> = self
+            .idem
+            .scan_prefix(&prefix)
+            .keys()
+            .collect::<Result<_, _>>()?;
+        for k in keys {
+            self.idem.remove(k)?;
+        }
+        Ok(())
+    }
+
+    /// Stores encoded events at `first..`, then their idempotency record.
+    ///
+    /// Plain inserts, not a sled batch or transaction: those take sled's global write
+    /// lock, which waits for a concurrent flush (measured: stalls of seconds). All-or-
+    /// nothing holds without them: readers see nothing of an append before its commit,
+    /// and after a crash the write-ahead log puts back whatever part sled lost.
+    fn apply_append(
+        &self,
+        ns: &str,
+        tree: &::sled::Tree,
+        first: u64,
+        records: &[Vec<u8>],
+        idem: Option<&(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StoreError> {
+        let mut bytes = 0u64;
+        for (i, rec) in records.iter().enumerate() {
+            bytes += rec.len() as u64;
+            tree.insert(key(first + i as u64), rec.as_slice())?;
+        }
+        if let Some((ik, value)) = idem {
+            self.idem.insert(ik.as_slice(), value.as_slice())?;
+        }
+        if let Some(h) = self.write_map().get_mut(ns) {
+            h.next = h.next.max(first + records.len() as u64);
+            h.bytes += bytes;
+        }
+        Ok(())
+    }
+
+    /// Writes the relaxed-mode dirty set to its file, atomically and durably.
+    fn write_dirty(&self, names: &HashSet<String>) -> Result<(), StoreError> {
+        let tmp = self.dir.join("dirty.tmp");
+        let mut f = File::create(&tmp)?;
+        let mut sorted: Vec<&String> = names.iter().collect();
+        sorted.sort();
+        for name in sorted {
+            writeln!(f, "{name}")?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join("dirty"))?;
+        sync_dir(&self.dir)
     }
 
     fn load_handle(tree: ::sled::Tree, meta: NsMeta) -> Result<NsHandle, StoreError> {
@@ -284,68 +569,43 @@ impl Storage for SledStore {
         if self.read_map().contains_key(ns) {
             return Err(StoreError::Exists(ns.to_owned()));
         }
-        let mut floor = match self.meta.get(ns.as_bytes())? {
-            Some(old) => decode_meta(&old)?.floor,
-            None => 0,
-        };
-        let tree = self.db.open_tree(tree_name(ns))?;
-        // A delete whose tree drop did not reach the disk before a crash leaves old
-        // events behind; they belong to the old epoch.
-        if let Some((last, _)) = tree.last()? {
-            floor = floor.max(offset_of(&last)? + 1);
-            tree.clear()?;
-        }
-        let meta = NsMeta {
-            epoch: new_epoch()?,
-            created_ms: now_ms(),
+        let lsn = self.next_lsn();
+        let info = self.apply_create(ns, new_epoch()?, 0, retention, lsn)?;
+        self.log(&WalOp::Create {
+            lsn,
+            ns: ns.to_owned(),
+            epoch: info.epoch.clone(),
+            floor: info.next,
             retention,
-            floor,
-            deleted: false,
-        };
-        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
-        let handle = NsHandle {
-            tree,
-            meta,
-            earliest: floor,
-            next: floor,
-            bytes: 0,
-        };
-        let info = handle.info(ns);
-        self.write_map().insert(ns.to_owned(), handle);
+        })?;
         Ok(info)
     }
 
     fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
         let _w = lock(&self.write_lock);
-        let mut map = self.write_map();
-        let handle = map
-            .get_mut(ns)
-            .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
-        let mut meta = handle.meta.clone();
-        meta.retention = retention;
-        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
-        handle.meta = meta;
-        Ok(handle.info(ns))
+        let lsn = self.next_lsn();
+        let info = self.apply_set_retention(ns, retention, lsn)?;
+        self.log(&WalOp::SetRetention {
+            lsn,
+            ns: ns.to_owned(),
+            epoch: info.epoch.clone(),
+            retention,
+        })?;
+        Ok(info)
     }
 
     fn delete(&self, ns: &str) -> Result<bool, StoreError> {
         let _w = lock(&self.write_lock);
-        let Some(handle) = self.read_map().get(ns).map(|h| (h.meta.clone(), h.next)) else {
+        let Some(epoch) = self.read_map().get(ns).map(|h| h.meta.epoch.clone()) else {
             return Ok(false);
         };
-        let (mut meta, next) = handle;
-        meta.deleted = true;
-        meta.floor = next;
-        self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
-        self.write_map().remove(ns);
-        self.db.drop_tree(tree_name(ns))?;
-        let mut prefix = ns.as_bytes().to_vec();
-        prefix.push(0);
-        let mut batch = Batch::default();
-        for k in self.idem.scan_prefix(&prefix).keys() {
-            batch.remove(k?);
-        }
-        self.idem.apply_batch(batch)?;
+        let lsn = self.next_lsn();
+        self.apply_delete(ns, lsn)?;
+        self.log(&WalOp::Delete {
+            lsn,
+            ns: ns.to_owned(),
+            epoch,
+        })?;
         Ok(true)
     }
 
@@ -357,59 +617,52 @@ impl Storage for SledStore {
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
         let _w = lock(&self.write_lock);
-        let (tree, first) = {
+        let (tree, first, epoch) = {
             let map = self.read_map();
             let h = map
                 .get(ns)
                 .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
-            (h.tree.clone(), h.next)
+            (h.tree.clone(), h.next, h.meta.epoch.clone())
         };
         if let Some(idem) = &idempotency {
             if let Some(rec) = self.idem.get(idem_key(ns, idem.key))? {
-                if rec.len() == 24 {
-                    let field =
-                        |i: usize| u64::from_be_bytes(rec[i..i + 8].try_into().unwrap_or([0; 8]));
-                    if field(16) >= idem.not_before_ms {
-                        return Ok(Appended::Duplicate {
-                            first: field(0),
-                            last: field(8),
-                        });
+                let field = |i: usize| {
+                    rec.get(i..i + 8)
+                        .and_then(|b| b.try_into().ok())
+                        .map(u64::from_be_bytes)
+                };
+                if let (Some(first), Some(last), Some(written)) = (field(0), field(8), field(16)) {
+                    if written >= idem.not_before_ms {
+                        return Ok(Appended::Duplicate { first, last });
                     }
                 }
             }
         }
-        let mut batch = Batch::default();
-        let mut bytes = 0u64;
-        for (i, ev) in events.iter().enumerate() {
-            let rec = record::encode(ev, ts_ms);
-            bytes += rec.len() as u64;
-            batch.insert(&key(first + i as u64), rec);
-        }
-        let last = first + events.len() as u64 - 1;
-        match idempotency {
-            None => tree.apply_batch(batch)?,
-            Some(idem) => {
-                let mut rec = Vec::with_capacity(24);
-                rec.extend_from_slice(&first.to_be_bytes());
-                rec.extend_from_slice(&last.to_be_bytes());
-                rec.extend_from_slice(&ts_ms.to_be_bytes());
-                let ik = idem_key(ns, idem.key);
-                (&tree, &self.idem)
-                    .transaction(|(t, i)| {
-                        t.apply_batch(&batch)?;
-                        i.insert(ik.as_slice(), rec.as_slice())?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(|e| match e {
-                        TransactionError::Storage(e) => StoreError::Sled(e),
-                        TransactionError::Abort(()) => StoreError::Corrupt("append aborted".into()),
-                    })?;
+        let records: Vec<Vec<u8>> = events.iter().map(|ev| record::encode(ev, ts_ms)).collect();
+        let last = first + records.len() as u64 - 1;
+        let idem = idempotency.map(|i| (idem_key(ns, i.key), idem_value(first, last, ts_ms)));
+        self.apply_append(ns, &tree, first, &records, idem.as_ref())?;
+        let op = WalOp::Append {
+            ns: ns.to_owned(),
+            epoch,
+            first,
+            idempotency_key: idempotency.map(|i| i.key.to_owned()),
+            ts_ms,
+            records,
+        };
+        if let Err(e) = self.log(&op) {
+            // Not logged, so not appended: take it back out of sled, so the offsets are
+            // free for the next append and the idempotency key does not point at them.
+            for i in first..=last {
+                let _ = tree.remove(key(i));
             }
-        }
-        let mut map = self.write_map();
-        if let Some(h) = map.get_mut(ns) {
-            h.next = last + 1;
-            h.bytes += bytes;
+            if let Some((ik, _)) = &idem {
+                let _ = self.idem.remove(ik.as_slice());
+            }
+            if let Some(h) = self.write_map().get_mut(ns) {
+                h.next = first;
+            }
+            return Err(e);
         }
         Ok(Appended::New { first, last })
     }
@@ -463,7 +716,7 @@ impl Storage for SledStore {
         let max_bytes = policy.max_bytes.unwrap_or(u64::MAX);
         let mut remaining = total_bytes;
         let mut cut = earliest;
-        let mut batch = Batch::default();
+        let mut doomed = Vec::new();
         for item in tree.range(key(earliest)..) {
             let (k, v) = item?;
             let offset = offset_of(&k)?;
@@ -473,7 +726,7 @@ impl Storage for SledStore {
             }
             remaining -= v.len() as u64;
             cut = offset + 1;
-            batch.remove(k);
+            doomed.push(k);
         }
         if cut == earliest {
             return Ok(None);
@@ -482,7 +735,10 @@ impl Storage for SledStore {
             meta.floor = cut;
             self.meta.insert(ns.as_bytes(), encode_meta(&meta)?)?;
         }
-        tree.apply_batch(batch)?;
+        // Oldest first, so a crash part-way leaves the log dense.
+        for k in doomed {
+            tree.remove(k)?;
+        }
         let mut map = self.write_map();
         if let Some(h) = map.get_mut(ns) {
             h.earliest = cut;
@@ -494,8 +750,7 @@ impl Storage for SledStore {
 
     fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError> {
         let _w = lock(&self.write_lock);
-        let mut batch = Batch::default();
-        let mut n = 0;
+        let mut doomed = Vec::new();
         for item in self.idem.iter() {
             let (k, v) = item?;
             let written = v
@@ -503,27 +758,135 @@ impl Storage for SledStore {
                 .and_then(|b| b.try_into().ok())
                 .map(u64::from_be_bytes);
             if written.is_none_or(|t| t < before_ms) {
-                batch.remove(k);
-                n += 1;
+                doomed.push(k);
             }
         }
-        self.idem.apply_batch(batch)?;
+        let n = doomed.len();
+        for k in doomed {
+            self.idem.remove(k)?;
+        }
         Ok(n)
     }
 
     fn sync(&self) -> Result<(), StoreError> {
+        lock(&self.wal).sync()
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let _one = lock(&self.checkpoint_lock);
+        // Every operation in the segments before `cut` was applied to sled before the
+        // rotation (appends hold the write lock across sled and the log), so the flush
+        // below covers them all.
+        let cut = {
+            let _w = lock(&self.write_lock);
+            lock(&self.wal).rotate()?
+        };
         self.db.flush()?;
         self.log_file.sync_data()?;
-        self.sync_new_blobs()
+        self.sync_new_blobs()?;
+        Wal::remove_before(&self.wal_dir, cut)
     }
 
     fn mark_dirty(&self, ns: &str) -> Result<(), StoreError> {
-        self.dirty.insert(ns.as_bytes(), &[])?;
+        let mut dirty = lock(&self.dirty);
+        if dirty.insert(ns.to_owned()) {
+            if let Err(e) = self.write_dirty(&dirty) {
+                dirty.remove(ns);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
     fn clear_dirty(&self) -> Result<(), StoreError> {
-        self.dirty.clear()?;
+        let mut dirty = lock(&self.dirty);
+        let on_disk = self.dir.join("dirty").exists();
+        if !dirty.is_empty() || on_disk {
+            dirty.clear();
+            self.write_dirty(&dirty)?;
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_protocol::Payload;
+
+    fn ev(data: &str) -> NewEvent {
+        NewEvent {
+            event: "e".into(),
+            key: None,
+            data: Payload::Json(data.into()),
+        }
+    }
+
+    /// Writes an append to the write-ahead log as a crash would leave it: logged, but not
+    /// in sled.
+    fn log_behind_sleds_back(dir: &Path, ns: &str, first: u64, idem: Option<&str>, data: &[&str]) {
+        let (store, _) = SledStore::open(dir, 8 << 20).unwrap();
+        let epoch = store.info(ns).unwrap().unwrap().epoch;
+        drop(store);
+        let op = WalOp::Append {
+            ns: ns.into(),
+            epoch,
+            first,
+            idempotency_key: idem.map(str::to_owned),
+            ts_ms: 7,
+            records: data.iter().map(|d| record::encode(&ev(d), 7)).collect(),
+        };
+        let mut bytes = Vec::new();
+        wal::encode(&mut bytes, &op);
+        let segment = dir.join("wal").join(format!("{:020}.wal", 999_999 + first));
+        std::fs::write(segment, bytes).unwrap();
+    }
+
+    #[test]
+    fn open_replays_what_only_the_write_ahead_log_has() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = SledStore::open(dir.path(), 8 << 20).unwrap();
+            store.create("a", Retention::default()).unwrap();
+            store.append("a", &[ev("0")], 5, None).unwrap();
+        }
+        // Record 0 is in sled already (skipped); 1..=2 are only in the log.
+        log_behind_sleds_back(dir.path(), "a", 0, None, &["0"]);
+        log_behind_sleds_back(dir.path(), "a", 1, Some("key"), &["1", "2"]);
+        let (store, _) = SledStore::open(dir.path(), 8 << 20).unwrap();
+        let got = store.read("a", 0, 10, 10, 1 << 20).unwrap();
+        let data: Vec<_> = got.iter().map(|e| e.data.clone()).collect();
+        assert_eq!(data, ["0", "1", "2"].map(|d| Payload::Json(d.into())));
+        assert_eq!(store.info("a").unwrap().unwrap().next, 3);
+        let retry = store
+            .append(
+                "a",
+                &[ev("x")],
+                8,
+                Some(IdempotencyKey {
+                    key: "key",
+                    not_before_ms: 0,
+                }),
+            )
+            .unwrap();
+        assert_eq!(retry, Appended::Duplicate { first: 1, last: 2 });
+        // The replay was checkpointed: only the fresh, empty segment is left.
+        let segments: Vec<_> = std::fs::read_dir(dir.path().join("wal")).unwrap().collect();
+        assert_eq!(segments.len(), 1);
+    }
+
+    #[test]
+    fn a_gap_between_sled_and_the_log_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (store, _) = SledStore::open(dir.path(), 8 << 20).unwrap();
+            store.create("a", Retention::default()).unwrap();
+        }
+        log_behind_sleds_back(dir.path(), "a", 5, None, &["5"]);
+        match SledStore::open(dir.path(), 8 << 20) {
+            Err(StoreError::Corrupt(msg)) => assert!(msg.contains("offset 5"), "{msg}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("opened a store with a gap"),
+        }
     }
 }

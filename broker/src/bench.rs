@@ -1,0 +1,335 @@
+//! `rewind bench`: measures the durable HTTP publish path against the raw store, in one run
+//! on one machine, so the two numbers can be compared.
+//!
+//! It starts a broker in this process on `127.0.0.1:0` with a temporary data directory
+//! (durable mode, the default configuration otherwise), then runs each scenario for a fixed
+//! time with keep-alive HTTP/1.1 connections, one per publisher. The load generator shares
+//! the machine with the broker, as a dashboard fleet's publishers would not; the numbers
+//! are therefore a floor.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Args;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rewind_protocol::{NewEvent, Payload};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::{Config, Retention};
+use crate::log::Log;
+use crate::server;
+use crate::storage::sled::SledStore;
+use crate::storage::{Storage, StoreError};
+
+/// Numbers the scenarios' namespaces.
+static SCENARIO: AtomicUsize = AtomicUsize::new(0);
+
+/// Options of `rewind bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Seconds each scenario runs
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Size of each event's JSON payload in bytes
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Concurrent single-event publishers, one scenario each (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub publishers: Vec<usize>,
+    /// Events per batch in the batch scenario
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Concurrent publishers in the batch scenario
+    #[arg(long, default_value_t = 4)]
+    pub batch_publishers: usize,
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket or file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The broker answered something other than 201.
+    #[error("publish failed: {0}")]
+    Publish(String),
+}
+
+/// One scenario's result.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// What was measured.
+    pub name: String,
+    /// Events stored per second.
+    pub events_per_sec: f64,
+    /// Median request latency in microseconds (0 where requests are not timed).
+    pub p50_us: u64,
+    /// 99th percentile request latency in microseconds.
+    pub p99_us: u64,
+    /// Slowest request, in microseconds.
+    pub max_us: u64,
+}
+
+fn payload(bytes: usize) -> String {
+    // A JSON string of `bytes` bytes in all, quotes included.
+    format!("\"{}\"", "x".repeat(bytes.saturating_sub(2)))
+}
+
+/// Inserts single records into a bare sled tree (the storage engine alone), never
+/// flushing, for `seconds`.
+fn raw_sled(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let db = sled::Config::new()
+        .path(dir.path())
+        .cache_capacity(Config::default().store_cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        .open()
+        .map_err(StoreError::from)?;
+    let tree = db.open_tree("bench").map_err(StoreError::from)?;
+    let value = crate::storage::record::encode(&bench_event(payload_bytes), 0);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        for _ in 0..256 {
+            tree.insert(n.to_be_bytes(), value.as_slice())
+                .map_err(StoreError::from)?;
+            n += 1;
+        }
+    }
+    Ok(Measured {
+        name: "raw sled insert, no flush (the engine alone)".into(),
+        events_per_sec: n as f64 / start.elapsed().as_secs_f64(),
+        p50_us: 0,
+        p99_us: 0,
+        max_us: 0,
+    })
+}
+
+fn bench_event(payload_bytes: usize) -> NewEvent {
+    NewEvent {
+        event: "bench".into(),
+        key: None,
+        data: Payload::Json(payload(payload_bytes)),
+    }
+}
+
+/// Appends single events through the store (sled plus its write-ahead log), never
+/// syncing, for `seconds`.
+fn raw_store(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let (store, _) = SledStore::open(dir.path(), Config::default().store_cache_bytes)?;
+    store.create("bench", Retention::default())?;
+    let event = [bench_event(payload_bytes)];
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        for _ in 0..256 {
+            store.append("bench", &event, 0, None)?;
+        }
+        n += 256;
+    }
+    Ok(Measured {
+        name: "store append (sled + write-ahead log), no sync".into(),
+        events_per_sec: n as f64 / start.elapsed().as_secs_f64(),
+        p50_us: 0,
+        p99_us: 0,
+        max_us: 0,
+    })
+}
+
+async fn publisher(
+    addr: std::net::SocketAddr,
+    path: String,
+    body: Bytes,
+    per_request: u64,
+    until: Instant,
+) -> Result<(u64, Vec<u32>), BenchError> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| BenchError::Publish(e.to_string()))?;
+    tokio::spawn(conn);
+    let mut events = 0;
+    let mut latencies = Vec::new();
+    while Instant::now() < until {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(path.as_str())
+            .header("host", addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(body.clone()))
+            .map_err(|e| BenchError::Publish(e.to_string()))?;
+        let sent = Instant::now();
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| BenchError::Publish(e.to_string()))?;
+        let status = res.status();
+        let answer = res
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| BenchError::Publish(e.to_string()))?;
+        if status != StatusCode::CREATED {
+            return Err(BenchError::Publish(format!(
+                "{status}: {}",
+                String::from_utf8_lossy(&answer.to_bytes())
+            )));
+        }
+        latencies.push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+        events += per_request;
+    }
+    Ok((events, latencies))
+}
+
+async fn http_scenario(
+    name: String,
+    addr: std::net::SocketAddr,
+    publishers: usize,
+    body: Bytes,
+    per_request: u64,
+    seconds: u64,
+) -> Result<Measured, BenchError> {
+    // Each scenario writes its own namespace, so one does not inherit another's log.
+    let path = format!(
+        "/v1/namespaces/bench.{}/events",
+        SCENARIO.fetch_add(1, Ordering::Relaxed)
+    );
+    let start = Instant::now();
+    let until = start + Duration::from_secs(seconds);
+    let tasks: Vec<_> = (0..publishers)
+        .map(|_| {
+            tokio::spawn(publisher(
+                addr,
+                path.clone(),
+                body.clone(),
+                per_request,
+                until,
+            ))
+        })
+        .collect();
+    let mut events = 0;
+    let mut latencies = Vec::new();
+    for t in tasks {
+        let (n, l) = t.await.map_err(|e| BenchError::Publish(e.to_string()))??;
+        events += n;
+        latencies.extend(l);
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Ok(Measured {
+        name,
+        events_per_sec: events as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: latencies.last().copied().unwrap_or(0) as u64,
+    })
+}
+
+/// Runs every scenario and returns the results in order.
+pub async fn run(args: &BenchArgs) -> Result<Vec<Measured>, BenchError> {
+    let mut results = Vec::new();
+
+    let dir = tempfile::tempdir()?;
+    let config = Arc::new(Config {
+        data_dir: dir.path().to_owned(),
+        ..Config::default()
+    });
+    let open_config = Arc::clone(&config);
+    let log = tokio::task::spawn_blocking(move || Log::open(open_config))
+        .await
+        .map_err(|e| BenchError::Publish(e.to_string()))??;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, log, async {
+        let _ = stop_rx.await;
+    }));
+
+    let one = format!(
+        r#"{{"event":"bench","data":{}}}"#,
+        payload(args.payload_bytes)
+    );
+    for &n in &args.publishers {
+        results.push(
+            http_scenario(
+                format!("durable HTTP publish, {n} concurrent single-event publishers"),
+                addr,
+                n,
+                Bytes::from(one.clone()),
+                1,
+                args.seconds,
+            )
+            .await?,
+        );
+    }
+    let batch = format!("[{}]", vec![one.as_str(); args.batch].join(","));
+    results.push(
+        http_scenario(
+            format!(
+                "durable HTTP publish, batches of {}, {} concurrent publishers",
+                args.batch, args.batch_publishers
+            ),
+            addr,
+            args.batch_publishers,
+            Bytes::from(batch),
+            args.batch as u64,
+            args.seconds,
+        )
+        .await?,
+    );
+    let _ = stop_tx.send(());
+    let _ = server.await;
+    // Last, so the store's background writing does not overlap the HTTP scenarios.
+    let (seconds, payload_bytes) = (args.seconds, args.payload_bytes);
+    for raw in [raw_sled, raw_store] {
+        results.push(
+            tokio::task::spawn_blocking(move || raw(seconds, payload_bytes))
+                .await
+                .map_err(|e| BenchError::Publish(e.to_string()))??,
+        );
+    }
+    Ok(results)
+}
+
+/// The results as a Markdown table.
+pub fn table(results: &[Measured]) -> String {
+    let mut out = String::from(
+        "| scenario | events/s | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in results {
+        let lat = |us: u64| {
+            if us == 0 {
+                "–".to_owned()
+            } else {
+                format!("{:.2} ms", us as f64 / 1000.0)
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} |\n",
+            m.name,
+            m.events_per_sec,
+            lat(m.p50_us),
+            lat(m.p99_us),
+            lat(m.max_us)
+        ));
+    }
+    out
+}
