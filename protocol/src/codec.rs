@@ -26,7 +26,8 @@ pub struct ReadPage {
     pub epoch: String,
 }
 
-fn write_json_str(out: &mut Vec<u8>, s: &str) {
+/// Appends `s` as a JSON string (quoted and escaped).
+pub(crate) fn write_json_str(out: &mut Vec<u8>, s: &str) {
     // Writing a &str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -143,25 +144,34 @@ struct PageOut<'a> {
 
 struct EventOut<'a>(&'a Event);
 
+/// Writes an event's fields (`offset`, `event`, `ts`, `key`?, `data`) into a map being
+/// serialized; `data` is native bytes or the JSON value transcoded.
+pub(crate) fn serialize_event_entries<M: serde::ser::SerializeMap>(
+    map: &mut M,
+    ev: &Event,
+) -> Result<(), M::Error> {
+    use serde::ser::Error;
+    map.serialize_entry("offset", &ev.offset)?;
+    map.serialize_entry("event", &ev.event)?;
+    map.serialize_entry("ts", &ev.ts)?;
+    if let Some(key) = &ev.key {
+        map.serialize_entry("key", key)?;
+    }
+    match &ev.data {
+        Payload::Json(text) => {
+            let value: serde_json::Value = serde_json::from_str(text).map_err(M::Error::custom)?;
+            map.serialize_entry("data", &value)
+        }
+        Payload::Bytes(bytes) => map.serialize_entry("data", serde_bytes::Bytes::new(bytes)),
+    }
+}
+
 impl Serialize for EventOut<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::{Error, SerializeMap};
+        use serde::ser::SerializeMap;
         let ev = self.0;
         let mut map = serializer.serialize_map(Some(if ev.key.is_some() { 5 } else { 4 }))?;
-        map.serialize_entry("offset", &ev.offset)?;
-        map.serialize_entry("event", &ev.event)?;
-        map.serialize_entry("ts", &ev.ts)?;
-        if let Some(key) = &ev.key {
-            map.serialize_entry("key", key)?;
-        }
-        match &ev.data {
-            Payload::Json(text) => {
-                let value: serde_json::Value =
-                    serde_json::from_str(text).map_err(S::Error::custom)?;
-                map.serialize_entry("data", &value)?;
-            }
-            Payload::Bytes(bytes) => map.serialize_entry("data", serde_bytes::Bytes::new(bytes))?,
-        }
+        serialize_event_entries(&mut map, ev)?;
         map.end()
     }
 }
@@ -228,7 +238,7 @@ struct MsgEventIn {
 }
 
 /// A MessagePack payload: `bin` is bytes, anything else is a JSON value.
-enum MsgData {
+pub(crate) enum MsgData {
     Bytes(Vec<u8>),
     Json(serde_json::Value),
 }

@@ -6,6 +6,8 @@
 //! - [`event`]: events, their payloads, and read positions.
 //! - [`publish`]: parsing of publish requests (a JSON object, a JSON array, NDJSON) into
 //!   validated [`NewEvent`]s.
+//! - [`frame`]: WebSocket frames in both encodings, with decoders that tell a broken
+//!   frame (close the connection) from a mistaken one (answer with `error`).
 //! - [`codec`]: how an event is written out to a reader, in JSON and in MessagePack.
 //! - [`error`]: the error codes shared by every transport, and this crate's error type.
 //!
@@ -15,6 +17,7 @@
 pub mod codec;
 pub mod error;
 pub mod event;
+pub mod frame;
 pub mod names;
 pub mod publish;
 

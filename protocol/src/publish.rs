@@ -43,6 +43,16 @@ fn json_depth(text: &str) -> usize {
     max
 }
 
+/// Rejects JSON text nested deeper than [`MAX_JSON_DEPTH`].
+pub(crate) fn check_json_depth(text: &str) -> Result<(), ProtocolError> {
+    if json_depth(text) > MAX_JSON_DEPTH {
+        return Err(ProtocolError::Malformed(format!(
+            "data nests deeper than {MAX_JSON_DEPTH} levels"
+        )));
+    }
+    Ok(())
+}
+
 /// Limits that parsing enforces; the broker fills them from its configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishLimits {
@@ -109,11 +119,7 @@ fn into_new_event(wire: WireEvent<'_>, limits: &PublishLimits) -> Result<NewEven
     validate_event_name(&wire.event)?;
     check_key(&wire.key)?;
     let text = wire.data.map_or("null", RawValue::get);
-    if json_depth(text) > MAX_JSON_DEPTH {
-        return Err(ProtocolError::Malformed(format!(
-            "data nests deeper than {MAX_JSON_DEPTH} levels"
-        )));
-    }
+    check_json_depth(text)?;
     let data = Payload::Json(text.to_owned());
     check_payload(&data, limits)?;
     Ok(NewEvent {

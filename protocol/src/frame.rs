@@ -1,0 +1,984 @@
+//! WebSocket frames (spec §3.1), in both encodings: JSON text frames (`rewind.v1.json`)
+//! and MessagePack binary frames (`rewind.v1.msgpack`). Every frame is a map with a type
+//! field `t`.
+//!
+//! Decoding tells two failures apart, because the broker answers them differently:
+//! [`FrameError::Unparsable`] (not a map with a string `t` at all: the connection is
+//! closed) and [`FrameError::Invalid`] (a frame with a mistake in it: an `error` frame is
+//! sent and the connection stays up).
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codec::write_json_str;
+use crate::publish::{check_json_depth, MAX_KEY_BYTES};
+use crate::{validate_event_name, validate_namespace, ErrorCode, Event, Payload, Position};
+
+/// Credit a subscription starts with when `open` does not say.
+pub const DEFAULT_CREDIT: u64 = 1000;
+
+/// A frame a client sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    /// Subscribe to a namespace.
+    Open {
+        /// The namespace.
+        ns: String,
+        /// Where to start.
+        from: Position,
+        /// The epoch the client last saw, if any.
+        epoch: Option<String>,
+        /// Events the broker may send before more credit.
+        credit: u64,
+    },
+    /// Unsubscribe.
+    Close {
+        /// The namespace.
+        ns: String,
+    },
+    /// More credit for a subscription.
+    Credit {
+        /// The namespace.
+        ns: String,
+        /// Events added to the credit.
+        n: u64,
+    },
+    /// Publish one event.
+    Publish {
+        /// The client's id, echoed in the answer.
+        id: u64,
+        /// The namespace.
+        ns: String,
+        /// The event's name.
+        event: String,
+        /// The payload; `None` when `bin: true` in JSON encoding (the next binary frame
+        /// is the payload).
+        data: Option<Payload>,
+        /// Optional key.
+        key: Option<String>,
+        /// Same meaning as the HTTP `Idempotency-Key`.
+        idempotency_key: Option<String>,
+    },
+    /// Liveness probe; the broker answers `pong`.
+    Ping,
+    /// Answer to the broker's `ping`.
+    Pong,
+}
+
+/// Why a frame was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// Not a frame at all; the connection is closed with a reason.
+    #[error("unparsable frame: {0}")]
+    Unparsable(String),
+    /// A frame with a mistake; answered with an `error` frame.
+    #[error("{code}: {message}")]
+    Invalid {
+        /// The error code.
+        code: ErrorCode,
+        /// A sentence for people.
+        message: String,
+        /// The frame's `id`, if it had one.
+        id: Option<u64>,
+        /// The frame's `ns`, if it had one.
+        ns: Option<String>,
+    },
+}
+
+/// The fields any frame may have; which are required depends on `t`.
+#[derive(Deserialize)]
+struct Wire<D> {
+    t: String,
+    #[serde(default)]
+    ns: Option<String>,
+    #[serde(default)]
+    from: Option<Position>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    credit: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    id: Option<u64>,
+    #[serde(default)]
+    event: Option<String>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
+    #[serde(default)]
+    bin: Option<bool>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+/// Just enough of a frame to call it one.
+#[derive(Deserialize)]
+struct Loose {
+    t: String,
+}
+
+/// JSON `data`: the raw JSON text (a JSON `null` is a value, not a missing field).
+struct JsonData(Box<RawValue>);
+
+impl<'de> Deserialize<'de> for JsonData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Box::<RawValue>::deserialize(d).map(JsonData)
+    }
+}
+
+/// Turns a wire frame's `data` into a payload.
+trait IntoPayload {
+    fn into_payload(self) -> Result<Payload, String>;
+}
+
+impl IntoPayload for JsonData {
+    fn into_payload(self) -> Result<Payload, String> {
+        let text = self.0.get();
+        check_json_depth(text).map_err(|e| e.to_string())?;
+        Ok(Payload::Json(text.to_owned()))
+    }
+}
+
+impl IntoPayload for crate::codec::MsgData {
+    fn into_payload(self) -> Result<Payload, String> {
+        Ok(match self {
+            crate::codec::MsgData::Bytes(b) => Payload::Bytes(b),
+            crate::codec::MsgData::Json(v) => Payload::Json(v.to_string()),
+        })
+    }
+}
+
+/// Decodes a JSON text frame. `max_payload_bytes` limits a publish's payload.
+pub fn decode_json(text: &str, max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
+    match serde_json::from_str::<Wire<JsonData>>(text) {
+        Ok(wire) => validate(wire, true, max_payload_bytes),
+        Err(e) => Err(match serde_json::from_str::<Loose>(text) {
+            Ok(loose) => invalid_shape(&loose, e.to_string(), || {
+                (
+                    serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id),
+                    serde_json::from_str::<NsOnly>(text).ok().and_then(|x| x.ns),
+                )
+            }),
+            Err(_) => FrameError::Unparsable(e.to_string()),
+        }),
+    }
+}
+
+/// Decodes a MessagePack binary frame.
+pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
+    match rmp_serde::from_slice::<Wire<crate::codec::MsgData>>(bytes) {
+        Ok(wire) => validate(wire, false, max_payload_bytes),
+        Err(e) => Err(match rmp_serde::from_slice::<Loose>(bytes) {
+            Ok(loose) => invalid_shape(&loose, e.to_string(), || {
+                (
+                    rmp_serde::from_slice::<IdOnly>(bytes)
+                        .ok()
+                        .and_then(|x| x.id),
+                    rmp_serde::from_slice::<NsOnly>(bytes)
+                        .ok()
+                        .and_then(|x| x.ns),
+                )
+            }),
+            Err(_) => FrameError::Unparsable(e.to_string()),
+        }),
+    }
+}
+
+/// A broken frame's `id`, read on its own so a bad `ns` does not hide it.
+#[derive(Deserialize)]
+struct IdOnly {
+    #[serde(default)]
+    id: Option<u64>,
+}
+
+/// A broken frame's `ns`, read on its own.
+#[derive(Deserialize)]
+struct NsOnly {
+    #[serde(default)]
+    ns: Option<String>,
+}
+
+fn invalid_shape(
+    loose: &Loose,
+    message: String,
+    id_ns: impl FnOnce() -> (Option<u64>, Option<String>),
+) -> FrameError {
+    let (id, ns) = id_ns();
+    let code = if known_type(&loose.t) {
+        ErrorCode::BadFrame
+    } else {
+        ErrorCode::UnknownType
+    };
+    FrameError::Invalid {
+        code,
+        message: format!(
+            "{}: {message}",
+            loose.t.chars().take(32).collect::<String>()
+        ),
+        id,
+        ns,
+    }
+}
+
+fn known_type(t: &str) -> bool {
+    matches!(t, "open" | "close" | "credit" | "publish" | "ping" | "pong")
+}
+
+fn validate<D: IntoPayload>(
+    wire: Wire<D>,
+    json: bool,
+    max_payload_bytes: usize,
+) -> Result<ClientFrame, FrameError> {
+    let id = wire.id;
+    let ns_for_err = wire.ns.clone();
+    let fail = |code: ErrorCode, message: String| FrameError::Invalid {
+        code,
+        message,
+        id,
+        ns: ns_for_err.clone(),
+    };
+    let need_ns = |ns: Option<String>| -> Result<String, FrameError> {
+        let ns = ns.ok_or_else(|| fail(ErrorCode::BadFrame, format!("{} needs ns", wire.t)))?;
+        validate_namespace(&ns).map_err(|e| fail(e.code(), e.to_string()))?;
+        Ok(ns)
+    };
+    match wire.t.as_str() {
+        "open" => Ok(ClientFrame::Open {
+            ns: need_ns(wire.ns.clone())?,
+            from: wire.from.unwrap_or(Position::Latest),
+            epoch: wire.epoch,
+            credit: wire.credit.unwrap_or(DEFAULT_CREDIT),
+        }),
+        "close" => Ok(ClientFrame::Close {
+            ns: need_ns(wire.ns.clone())?,
+        }),
+        "credit" => Ok(ClientFrame::Credit {
+            ns: need_ns(wire.ns.clone())?,
+            n: wire
+                .n
+                .ok_or_else(|| fail(ErrorCode::BadFrame, "credit needs n".into()))?,
+        }),
+        "publish" => {
+            let ns = need_ns(wire.ns.clone())?;
+            let id = id.ok_or_else(|| fail(ErrorCode::BadFrame, "publish needs id".into()))?;
+            let event = wire
+                .event
+                .ok_or_else(|| fail(ErrorCode::BadFrame, "publish needs event".into()))?;
+            validate_event_name(&event).map_err(|e| fail(e.code(), e.to_string()))?;
+            if wire.key.as_ref().is_some_and(|k| k.len() > MAX_KEY_BYTES) {
+                return Err(fail(
+                    ErrorCode::BadFrame,
+                    format!("key is longer than {MAX_KEY_BYTES} bytes"),
+                ));
+            }
+            if wire
+                .idempotency_key
+                .as_ref()
+                .is_some_and(|k| k.is_empty() || k.len() > 256)
+            {
+                return Err(fail(
+                    ErrorCode::BadFrame,
+                    "idempotency_key must be 1 to 256 bytes".into(),
+                ));
+            }
+            let bin = wire.bin.unwrap_or(false);
+            let data = match (wire.data, bin) {
+                (Some(_), true) => {
+                    return Err(fail(
+                        ErrorCode::BadFrame,
+                        "bin: true and data exclude each other".into(),
+                    ))
+                }
+                (None, true) if json => None,
+                (None, true) => {
+                    return Err(fail(
+                        ErrorCode::BadFrame,
+                        "bin: true is for JSON encoding; MessagePack carries bytes in data".into(),
+                    ))
+                }
+                (Some(d), false) => {
+                    Some(d.into_payload().map_err(|m| fail(ErrorCode::BadFrame, m))?)
+                }
+                (None, false) => Some(Payload::Json("null".into())),
+            };
+            if let Some(d) = &data {
+                if d.len() > max_payload_bytes {
+                    return Err(fail(
+                        ErrorCode::PayloadTooLarge,
+                        format!(
+                            "payload of {} bytes is over the limit of {max_payload_bytes}",
+                            d.len()
+                        ),
+                    ));
+                }
+            }
+            Ok(ClientFrame::Publish {
+                id,
+                ns,
+                event,
+                data,
+                key: wire.key,
+                idempotency_key: wire.idempotency_key,
+            })
+        }
+        "ping" => Ok(ClientFrame::Ping),
+        "pong" => Ok(ClientFrame::Pong),
+        other => Err(fail(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown frame type {:?}",
+                other.chars().take(32).collect::<String>()
+            ),
+        )),
+    }
+}
+
+/// A frame the broker sends, other than `event` (see [`encode_event_json`] and
+/// [`encode_event_msgpack`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "lowercase")]
+pub enum ServerFrame {
+    /// A subscription is open.
+    Opened {
+        /// The namespace.
+        ns: String,
+        /// Its current epoch.
+        epoch: String,
+        /// The first offset that will be sent.
+        from: u64,
+        /// The oldest offset held.
+        earliest: u64,
+        /// The offset the next append gets.
+        next: u64,
+    },
+    /// Offsets were skipped: below retention, or from another epoch.
+    Truncated {
+        /// The namespace.
+        ns: String,
+        /// The offset the client asked for.
+        requested: u64,
+        /// The offset it gets instead.
+        from: u64,
+        /// `retention` or `epoch`.
+        reason: String,
+    },
+    /// A subscription ended.
+    Closed {
+        /// The namespace.
+        ns: String,
+        /// Why, when the client did not ask for it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A publish is durable.
+    Published {
+        /// The client's id.
+        id: u64,
+        /// The namespace.
+        ns: String,
+        /// The event's offset.
+        offset: u64,
+    },
+    /// Something went wrong; the connection stays up.
+    Error {
+        /// The error code.
+        code: String,
+        /// A sentence for people.
+        message: String,
+        /// The `id` of the frame it answers, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The namespace concerned, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ns: Option<String>,
+    },
+    /// Liveness probe.
+    Ping,
+    /// Answer to a client's `ping`.
+    Pong,
+}
+
+impl ServerFrame {
+    /// JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// MessagePack bytes.
+    pub fn to_msgpack(&self) -> Vec<u8> {
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    /// An `error` frame.
+    pub fn error(
+        code: ErrorCode,
+        message: impl Into<String>,
+        id: Option<u64>,
+        ns: Option<String>,
+    ) -> ServerFrame {
+        ServerFrame::Error {
+            code: code.as_str().to_owned(),
+            message: message.into(),
+            id,
+            ns,
+        }
+    }
+}
+
+/// An `event` frame in JSON: the text frame, and for a byte payload the binary frame that
+/// must follow it.
+pub fn encode_event_json(ns: &str, ev: &Event) -> (String, Option<Vec<u8>>) {
+    let mut out = Vec::with_capacity(96 + ev.data.len());
+    out.extend_from_slice(b"{\"t\":\"event\",\"ns\":");
+    write_json_str(&mut out, ns);
+    out.extend_from_slice(b",\"offset\":");
+    out.extend_from_slice(ev.offset.to_string().as_bytes());
+    out.extend_from_slice(b",\"event\":");
+    write_json_str(&mut out, &ev.event);
+    out.extend_from_slice(b",\"ts\":");
+    out.extend_from_slice(ev.ts.to_string().as_bytes());
+    if let Some(key) = &ev.key {
+        out.extend_from_slice(b",\"key\":");
+        write_json_str(&mut out, key);
+    }
+    let binary = match &ev.data {
+        Payload::Json(text) => {
+            out.extend_from_slice(b",\"data\":");
+            out.extend_from_slice(text.as_bytes());
+            None
+        }
+        Payload::Bytes(bytes) => {
+            out.extend_from_slice(b",\"bin\":true");
+            Some(bytes.clone())
+        }
+    };
+    out.push(b'}');
+    // Every part written above is valid UTF-8 (JSON text and escaped strings).
+    (String::from_utf8(out).unwrap_or_default(), binary)
+}
+
+/// An `event` frame in MessagePack.
+pub fn encode_event_msgpack(ns: &str, ev: &Event) -> Vec<u8> {
+    struct Out<'a>(&'a str, &'a Event);
+    impl Serialize for Out<'_> {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map =
+                serializer.serialize_map(Some(if self.1.key.is_some() { 7 } else { 6 }))?;
+            map.serialize_entry("t", "event")?;
+            map.serialize_entry("ns", self.0)?;
+            crate::codec::serialize_event_entries(&mut map, self.1)?;
+            map.end()
+        }
+    }
+    rmp_serde::to_vec_named(&Out(ns, ev)).unwrap_or_default()
+}
+
+/// A decoded broker `event` frame (for clients and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFrame {
+    /// The namespace.
+    pub ns: String,
+    /// The event; for JSON with `bin: true`, `data` is an empty byte payload until the
+    /// following binary frame is attached.
+    pub event: Event,
+    /// True when a binary frame with the payload follows (JSON encoding).
+    pub bin: bool,
+}
+
+/// Any frame the broker sends, decoded (for clients and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerMessage {
+    /// An `event` frame.
+    Event(EventFrame),
+    /// Any other frame.
+    Frame(ServerFrame),
+}
+
+#[derive(Deserialize)]
+struct EventWire<D> {
+    ns: String,
+    offset: u64,
+    event: String,
+    ts: u64,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default = "Option::default")]
+    data: Option<D>,
+    #[serde(default)]
+    bin: bool,
+}
+
+#[derive(Deserialize)]
+struct TypeOnly {
+    t: String,
+}
+
+fn event_message<D: IntoPayload>(wire: EventWire<D>) -> Result<ServerMessage, FrameError> {
+    let data = match wire.data {
+        Some(d) => d.into_payload().map_err(FrameError::Unparsable)?,
+        None if wire.bin => Payload::Bytes(Vec::new()),
+        None => return Err(FrameError::Unparsable("event without data".into())),
+    };
+    Ok(ServerMessage::Event(EventFrame {
+        ns: wire.ns,
+        event: Event {
+            offset: wire.offset,
+            event: wire.event,
+            ts: wire.ts,
+            key: wire.key,
+            data,
+        },
+        bin: wire.bin,
+    }))
+}
+
+/// Decodes a broker frame sent as JSON text.
+pub fn decode_server_json(text: &str) -> Result<ServerMessage, FrameError> {
+    let unparsable = |e: serde_json::Error| FrameError::Unparsable(e.to_string());
+    let t: TypeOnly = serde_json::from_str(text).map_err(unparsable)?;
+    if t.t == "event" {
+        event_message(serde_json::from_str::<EventWire<JsonData>>(text).map_err(unparsable)?)
+    } else {
+        serde_json::from_str(text)
+            .map(ServerMessage::Frame)
+            .map_err(unparsable)
+    }
+}
+
+/// Decodes a broker frame sent as MessagePack.
+pub fn decode_server_msgpack(bytes: &[u8]) -> Result<ServerMessage, FrameError> {
+    let unparsable = |e: rmp_serde::decode::Error| FrameError::Unparsable(e.to_string());
+    let t: TypeOnly = rmp_serde::from_slice(bytes).map_err(unparsable)?;
+    if t.t == "event" {
+        event_message(
+            rmp_serde::from_slice::<EventWire<crate::codec::MsgData>>(bytes).map_err(unparsable)?,
+        )
+    } else {
+        rmp_serde::from_slice(bytes)
+            .map(ServerMessage::Frame)
+            .map_err(unparsable)
+    }
+}
+
+/// A client frame encoded for the wire (for clients and tests): JSON text, or MessagePack.
+pub fn encode_client_json(frame: &ClientFrame) -> String {
+    let mut out = Vec::new();
+    let field = |out: &mut Vec<u8>, name: &str| {
+        out.push(b',');
+        write_json_str(out, name);
+        out.push(b':');
+    };
+    let (t, ns) = match frame {
+        ClientFrame::Open { ns, .. } => ("open", Some(ns)),
+        ClientFrame::Close { ns } => ("close", Some(ns)),
+        ClientFrame::Credit { ns, .. } => ("credit", Some(ns)),
+        ClientFrame::Publish { ns, .. } => ("publish", Some(ns)),
+        ClientFrame::Ping => ("ping", None),
+        ClientFrame::Pong => ("pong", None),
+    };
+    out.extend_from_slice(b"{\"t\":");
+    write_json_str(&mut out, t);
+    if let Some(ns) = ns {
+        field(&mut out, "ns");
+        write_json_str(&mut out, ns);
+    }
+    match frame {
+        ClientFrame::Open {
+            from,
+            epoch,
+            credit,
+            ..
+        } => {
+            field(&mut out, "from");
+            out.extend_from_slice(serde_json::to_string(from).unwrap_or_default().as_bytes());
+            if let Some(e) = epoch {
+                field(&mut out, "epoch");
+                write_json_str(&mut out, e);
+            }
+            field(&mut out, "credit");
+            out.extend_from_slice(credit.to_string().as_bytes());
+        }
+        ClientFrame::Credit { n, .. } => {
+            field(&mut out, "n");
+            out.extend_from_slice(n.to_string().as_bytes());
+        }
+        ClientFrame::Publish {
+            id,
+            event,
+            data,
+            key,
+            idempotency_key,
+            ..
+        } => {
+            field(&mut out, "id");
+            out.extend_from_slice(id.to_string().as_bytes());
+            field(&mut out, "event");
+            write_json_str(&mut out, event);
+            match data {
+                Some(Payload::Json(text)) => {
+                    field(&mut out, "data");
+                    out.extend_from_slice(text.as_bytes());
+                }
+                Some(Payload::Bytes(_)) | None => {
+                    field(&mut out, "bin");
+                    out.extend_from_slice(b"true");
+                }
+            }
+            if let Some(k) = key {
+                field(&mut out, "key");
+                write_json_str(&mut out, k);
+            }
+            if let Some(k) = idempotency_key {
+                field(&mut out, "idempotency_key");
+                write_json_str(&mut out, k);
+            }
+        }
+        _ => {}
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// A client frame as MessagePack (byte payloads native).
+pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        t: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ns: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        from: Option<&'a Position>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        credit: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        n: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        event: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<DataOut<'a>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<&'a str>,
+    }
+    struct DataOut<'a>(&'a Payload);
+    impl Serialize for DataOut<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::Error;
+            match self.0 {
+                Payload::Bytes(b) => s.serialize_bytes(b),
+                Payload::Json(text) => serde_json::from_str::<serde_json::Value>(text)
+                    .map_err(S::Error::custom)?
+                    .serialize(s),
+            }
+        }
+    }
+    let mut out = Out {
+        t: "ping",
+        ns: None,
+        from: None,
+        epoch: None,
+        credit: None,
+        n: None,
+        id: None,
+        event: None,
+        data: None,
+        key: None,
+        idempotency_key: None,
+    };
+    match frame {
+        ClientFrame::Open {
+            ns,
+            from,
+            epoch,
+            credit,
+        } => {
+            out.t = "open";
+            out.ns = Some(ns);
+            out.from = Some(from);
+            out.epoch = epoch.as_deref();
+            out.credit = Some(*credit);
+        }
+        ClientFrame::Close { ns } => {
+            out.t = "close";
+            out.ns = Some(ns);
+        }
+        ClientFrame::Credit { ns, n } => {
+            out.t = "credit";
+            out.ns = Some(ns);
+            out.n = Some(*n);
+        }
+        ClientFrame::Publish {
+            id,
+            ns,
+            event,
+            data,
+            key,
+            idempotency_key,
+        } => {
+            out.t = "publish";
+            out.ns = Some(ns);
+            out.id = Some(*id);
+            out.event = Some(event);
+            out.data = data.as_ref().map(DataOut);
+            out.key = key.as_deref();
+            out.idempotency_key = idempotency_key.as_deref();
+        }
+        ClientFrame::Ping => {}
+        ClientFrame::Pong => out.t = "pong",
+    }
+    rmp_serde::to_vec_named(&out).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1 << 20;
+
+    fn client_frame() -> impl Strategy<Value = ClientFrame> {
+        let ns = "[a-z][a-z0-9_.-]{0,20}".prop_filter("valid", |n| !n.contains(".."));
+        let pos = prop_oneof![
+            any::<u64>().prop_map(Position::Offset),
+            Just(Position::Earliest),
+            Just(Position::Latest)
+        ];
+        let json = prop_oneof![
+            Just("null".to_owned()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            "[a-z ]{0,10}".prop_map(|s| serde_json::Value::from(s).to_string()),
+            Just(r#"{"a":[1,2,{"b":null}]}"#.to_owned()),
+        ];
+        prop_oneof![
+            (
+                ns.clone(),
+                pos,
+                prop::option::of("[0-9a-f]{16}"),
+                any::<u64>()
+            )
+                .prop_map(|(ns, from, epoch, credit)| ClientFrame::Open {
+                    ns,
+                    from,
+                    epoch,
+                    credit
+                }),
+            ns.clone().prop_map(|ns| ClientFrame::Close { ns }),
+            (ns.clone(), any::<u64>()).prop_map(|(ns, n)| ClientFrame::Credit { ns, n }),
+            (
+                any::<u64>(),
+                ns,
+                "\\PC{1,20}",
+                json,
+                prop::option::of("[a-z]{1,8}"),
+                prop::option::of("[a-z0-9]{1,12}")
+            )
+                .prop_map(|(id, ns, event, data, key, idempotency_key)| {
+                    ClientFrame::Publish {
+                        id,
+                        ns,
+                        event,
+                        data: Some(Payload::Json(data)),
+                        key,
+                        idempotency_key,
+                    }
+                }),
+            Just(ClientFrame::Ping),
+            Just(ClientFrame::Pong),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn client_frames_round_trip_in_both_encodings(frame in client_frame()) {
+            prop_assert_eq!(decode_json(&encode_client_json(&frame), MAX).unwrap(), frame.clone());
+            prop_assert_eq!(decode_msgpack(&encode_client_msgpack(&frame), MAX).unwrap(), frame);
+        }
+
+        #[test]
+        fn decoders_never_panic_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode_msgpack(&bytes, MAX);
+            let _ = decode_server_msgpack(&bytes);
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                let _ = decode_json(text, MAX);
+                let _ = decode_server_json(text);
+            }
+        }
+
+        #[test]
+        fn mutated_frames_are_rejected_or_decoded_never_panic(frame in client_frame(), at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let mut json = encode_client_json(&frame).into_bytes();
+            let i = at.index(json.len());
+            json[i] = byte;
+            if let Ok(text) = std::str::from_utf8(&json) {
+                let _ = decode_json(text, MAX);
+            }
+            let mut mp = encode_client_msgpack(&frame);
+            let i = at.index(mp.len());
+            mp[i] = byte;
+            let _ = decode_msgpack(&mp, MAX);
+        }
+    }
+
+    fn sample_event(data: Payload) -> Event {
+        Event {
+            offset: 7,
+            event: "changed".into(),
+            ts: 99,
+            key: Some("k".into()),
+            data,
+        }
+    }
+
+    #[test]
+    fn event_frames_round_trip() {
+        let ev = sample_event(Payload::Json(r#"{"x":[1,true]}"#.into()));
+        let (text, bin) = encode_event_json("a.b", &ev);
+        assert!(bin.is_none());
+        let ServerMessage::Event(got) = decode_server_json(&text).unwrap() else {
+            panic!()
+        };
+        assert_eq!((got.ns.as_str(), &got.event, got.bin), ("a.b", &ev, false));
+        let ServerMessage::Event(got) =
+            decode_server_msgpack(&encode_event_msgpack("a.b", &ev)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(got.event, ev);
+
+        let ev = sample_event(Payload::Bytes(vec![0, 1, 255]));
+        let (text, bin) = encode_event_json("a", &ev);
+        assert_eq!(bin.as_deref(), Some(&[0u8, 1, 255][..]));
+        assert!(text.contains(r#""bin":true"#) && !text.contains("data"));
+        let ServerMessage::Event(got) =
+            decode_server_msgpack(&encode_event_msgpack("a", &ev)).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(got.event.data, Payload::Bytes(vec![0, 1, 255]));
+    }
+
+    #[test]
+    fn server_frames_round_trip() {
+        let frames = [
+            ServerFrame::Opened {
+                ns: "n".into(),
+                epoch: "e".into(),
+                from: 1,
+                earliest: 0,
+                next: 5,
+            },
+            ServerFrame::Truncated {
+                ns: "n".into(),
+                requested: 0,
+                from: 3,
+                reason: "retention".into(),
+            },
+            ServerFrame::Closed {
+                ns: "n".into(),
+                reason: None,
+            },
+            ServerFrame::Published {
+                id: 1,
+                ns: "n".into(),
+                offset: 9,
+            },
+            ServerFrame::error(ErrorCode::NotOpen, "no", Some(3), None),
+            ServerFrame::Ping,
+            ServerFrame::Pong,
+        ];
+        for f in frames {
+            assert_eq!(
+                decode_server_json(&f.to_json()).unwrap(),
+                ServerMessage::Frame(f.clone())
+            );
+            assert_eq!(
+                decode_server_msgpack(&f.to_msgpack()).unwrap(),
+                ServerMessage::Frame(f)
+            );
+        }
+        assert_eq!(ServerFrame::Ping.to_json(), r#"{"t":"ping"}"#);
+    }
+
+    fn invalid_code(r: Result<ClientFrame, FrameError>) -> ErrorCode {
+        match r {
+            Err(FrameError::Invalid { code, .. }) => code,
+            other => panic!("expected an invalid frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn mistakes_are_invalid_garbage_is_unparsable() {
+        assert_eq!(
+            invalid_code(decode_json(r#"{"t":"dance"}"#, MAX)),
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            invalid_code(decode_json(r#"{"t":"open"}"#, MAX)),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            invalid_code(decode_json(r#"{"t":"open","ns":".x"}"#, MAX)),
+            ErrorCode::BadNamespace
+        );
+        assert_eq!(
+            invalid_code(decode_json(r#"{"t":"open","ns":"x","from":"soon"}"#, MAX)),
+            ErrorCode::BadFrame
+        );
+        assert_eq!(
+            invalid_code(decode_json(r#"{"t":"publish","ns":"x","event":"e"}"#, MAX)),
+            ErrorCode::BadFrame
+        );
+        let big = format!(
+            r#"{{"t":"publish","id":1,"ns":"x","event":"e","data":"{}"}}"#,
+            "x".repeat(100)
+        );
+        assert_eq!(
+            invalid_code(decode_json(&big, 50)),
+            ErrorCode::PayloadTooLarge
+        );
+        match decode_json(r#"{"t":"open","ns":5,"id":4}"#, MAX) {
+            Err(FrameError::Invalid { id, .. }) => assert_eq!(id, Some(4)),
+            other => panic!("{other:?}"),
+        }
+        let deep = format!(
+            r#"{{"t":"publish","id":1,"ns":"x","event":"e","data":{}{}}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(
+            invalid_code(decode_json(&deep, usize::MAX)),
+            ErrorCode::BadFrame
+        );
+        let deep_frame = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(
+            decode_json(&deep_frame, MAX),
+            Err(FrameError::Unparsable(_))
+        ));
+        for garbage in ["", "nope", "[]", "{}", r#"{"t":5}"#, "42"] {
+            assert!(
+                matches!(decode_json(garbage, MAX), Err(FrameError::Unparsable(_))),
+                "{garbage}"
+            );
+        }
+        assert!(matches!(
+            decode_msgpack(&[0xc1, 0xff], MAX),
+            Err(FrameError::Unparsable(_))
+        ));
+        // bin: true is how JSON says "the payload is the next binary frame".
+        let f = decode_json(
+            r#"{"t":"publish","id":2,"ns":"x","event":"e","bin":true}"#,
+            MAX,
+        )
+        .unwrap();
+        assert!(matches!(f, ClientFrame::Publish { data: None, .. }));
+    }
+}
