@@ -91,6 +91,28 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
     /// Default 30.
     pub shutdown_timeout_secs: u64,
+    /// Live events kept per namespace for subscribers that keep up; one that falls further
+    /// behind reads the log instead. Default 1024.
+    pub fanout_buffer: usize,
+    /// WebSocket: seconds between the broker's `ping`s. Default 25.
+    pub ws_ping_interval_secs: u64,
+    /// WebSocket: seconds after a `ping` within which the client must send something,
+    /// else the connection is dropped. Default 20.
+    pub ws_ping_timeout_secs: u64,
+    /// WebSocket: most namespaces open on one connection. Default 100.
+    pub ws_max_namespaces: usize,
+    /// WebSocket: largest incoming frame or message, in bytes; larger closes the connection
+    /// with 1009 before the payload is read. Default 1114112 (1 MiB of payload plus 64 KiB
+    /// for the frame around it).
+    pub ws_max_frame_bytes: usize,
+    /// WebSocket: read buffer per connection, in bytes. Default 4096.
+    pub ws_read_buffer_bytes: usize,
+    /// WebSocket: bytes buffered before a write to the socket. Default 4096.
+    pub ws_write_buffer_bytes: usize,
+    /// WebSocket: frames queued per connection for the socket. Default 64.
+    pub ws_send_queue: usize,
+    /// WebSocket: publishes one connection may have waiting for durability. Default 64.
+    pub ws_max_inflight_publishes: usize,
 }
 
 impl Default for Config {
@@ -120,6 +142,15 @@ impl Default for Config {
             max_connections: 10_000,
             store_cache_bytes: 128 << 20,
             shutdown_timeout_secs: 30,
+            fanout_buffer: 1024,
+            ws_ping_interval_secs: 25,
+            ws_ping_timeout_secs: 20,
+            ws_max_namespaces: 100,
+            ws_max_frame_bytes: (1 << 20) + (64 << 10),
+            ws_read_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 4096,
+            ws_send_queue: 64,
+            ws_max_inflight_publishes: 64,
         }
     }
 }
@@ -221,6 +252,33 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown [default: 30]
     #[arg(long, env = "REWIND_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
+    /// Live events kept per namespace for subscribers [default: 1024]
+    #[arg(long, env = "REWIND_FANOUT_BUFFER", value_name = "N")]
+    pub fanout_buffer: Option<usize>,
+    /// WebSocket ping interval in seconds [default: 25]
+    #[arg(long, env = "REWIND_WS_PING_INTERVAL_SECS", value_name = "SECS")]
+    pub ws_ping_interval_secs: Option<u64>,
+    /// WebSocket: silence allowed after a ping, in seconds [default: 20]
+    #[arg(long, env = "REWIND_WS_PING_TIMEOUT_SECS", value_name = "SECS")]
+    pub ws_ping_timeout_secs: Option<u64>,
+    /// WebSocket: namespaces per connection [default: 100]
+    #[arg(long, env = "REWIND_WS_MAX_NAMESPACES", value_name = "N")]
+    pub ws_max_namespaces: Option<usize>,
+    /// WebSocket: largest incoming frame in bytes [default: 1114112]
+    #[arg(long, env = "REWIND_WS_MAX_FRAME_BYTES", value_name = "BYTES")]
+    pub ws_max_frame_bytes: Option<usize>,
+    /// WebSocket: read buffer per connection in bytes [default: 4096]
+    #[arg(long, env = "REWIND_WS_READ_BUFFER_BYTES", value_name = "BYTES")]
+    pub ws_read_buffer_bytes: Option<usize>,
+    /// WebSocket: write buffer per connection in bytes [default: 4096]
+    #[arg(long, env = "REWIND_WS_WRITE_BUFFER_BYTES", value_name = "BYTES")]
+    pub ws_write_buffer_bytes: Option<usize>,
+    /// WebSocket: frames queued per connection [default: 64]
+    #[arg(long, env = "REWIND_WS_SEND_QUEUE", value_name = "N")]
+    pub ws_send_queue: Option<usize>,
+    /// WebSocket: publishes in flight per connection [default: 64]
+    #[arg(long, env = "REWIND_WS_MAX_INFLIGHT_PUBLISHES", value_name = "N")]
+    pub ws_max_inflight_publishes: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -269,7 +327,16 @@ impl Config {
             auto_create,
             max_connections,
             store_cache_bytes,
-            shutdown_timeout_secs
+            shutdown_timeout_secs,
+            fanout_buffer,
+            ws_ping_interval_secs,
+            ws_ping_timeout_secs,
+            ws_max_namespaces,
+            ws_max_frame_bytes,
+            ws_read_buffer_bytes,
+            ws_write_buffer_bytes,
+            ws_send_queue,
+            ws_max_inflight_publishes
         );
         cfg.retention = cfg.retention.overlaid(&Retention {
             max_events: args.retention_max_events,
@@ -294,6 +361,17 @@ impl Config {
             ("max_read_bytes", self.max_read_bytes as u64),
             ("retention_interval_ms", self.retention_interval_ms),
             ("max_connections", self.max_connections as u64),
+            ("fanout_buffer", self.fanout_buffer as u64),
+            ("ws_ping_interval_secs", self.ws_ping_interval_secs),
+            ("ws_ping_timeout_secs", self.ws_ping_timeout_secs),
+            ("ws_max_namespaces", self.ws_max_namespaces as u64),
+            ("ws_max_frame_bytes", self.ws_max_frame_bytes as u64),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
+            ("ws_send_queue", self.ws_send_queue as u64),
+            (
+                "ws_max_inflight_publishes",
+                self.ws_max_inflight_publishes as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

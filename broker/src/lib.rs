@@ -7,8 +7,11 @@
 //! - [`writer`]: the one thread that applies every write and commits in groups, so
 //!   concurrent publishes share one `fdatasync`.
 //! - [`namespaces`]: per-namespace state readers see (epoch, the visible end, earliest).
+//! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
 //! - [`log`]: the handle transports use to publish, read and manage namespaces.
 //! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
+//! - [`ws`]: the WebSocket transport — sessions, multiplexed subscriptions with credit,
+//!   publishing, liveness.
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
 //! - [`bench`]: `rewind bench`, the publish-path benchmark.
@@ -17,9 +20,11 @@
 
 pub mod bench;
 pub mod config;
+pub mod fanout;
 pub mod http;
 pub mod log;
 pub mod namespaces;
 pub mod server;
 pub mod storage;
 pub mod writer;
+pub mod ws;

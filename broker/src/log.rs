@@ -74,6 +74,16 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// The writer's answer to a queued command, to be awaited.
+pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>);
+
+impl<T> Pending<T> {
+    /// Waits for the answer.
+    pub async fn wait(self) -> Result<T, LogError> {
+        self.0.await.map_err(|_| LogError::ShuttingDown)?
+    }
+}
+
 /// A cheap, cloneable handle on the log.
 #[derive(Clone)]
 pub struct Log {
@@ -99,7 +109,10 @@ impl Log {
     pub fn start(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Log, StoreError> {
         let namespaces = Arc::new(Namespaces::default());
         for info in store.namespaces()? {
-            namespaces.insert(&info.name, Arc::new(NsState::new(&info)));
+            namespaces.insert(
+                &info.name,
+                Arc::new(NsState::new(&info, config.fanout_buffer)),
+            );
         }
         let (tx, rx) = mpsc::channel(config.write_queue);
         let writer = Writer::new(
@@ -185,13 +198,79 @@ impl Log {
         &self.inner.config
     }
 
-    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+    /// Queues a command now; the returned future waits for its answer. Splitting the two
+    /// keeps the order in which one caller's commands are queued.
+    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<Pending<T>, LogError> {
         let (reply, answer) = oneshot::channel();
         self.inner.tx.try_send(make(reply)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
         })?;
-        answer.await.map_err(|_| LogError::ShuttingDown)?
+        Ok(Pending(answer))
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+        self.submit(make)?.wait().await
+    }
+
+    /// Queues an append now (so appends queued one after another keep their order) and
+    /// returns a future that resolves once it is durable.
+    pub fn submit_append(
+        &self,
+        ns: &str,
+        events: Vec<NewEvent>,
+        idempotency_key: Option<String>,
+    ) -> Result<Pending<Appended>, LogError> {
+        self.submit(|reply| Command::Append {
+            ns: ns.to_owned(),
+            events,
+            idempotency_key,
+            reply,
+        })
+    }
+
+    /// The live state of a namespace, creating the namespace first when it is missing and
+    /// `auto_create` is on.
+    pub async fn open_namespace(&self, ns: &str) -> Result<Arc<NsState>, LogError> {
+        if let Some(state) = self.inner.namespaces.get(ns) {
+            return Ok(state);
+        }
+        if !self.inner.config.auto_create {
+            return Err(LogError::NotFound(ns.to_owned()));
+        }
+        self.request(|reply| Command::Put {
+            ns: ns.to_owned(),
+            retention: None,
+            reply,
+        })
+        .await?;
+        self.inner
+            .namespaces
+            .get(ns)
+            .ok_or_else(|| LogError::NotFound(ns.to_owned()))
+    }
+
+    /// Events of `ns` with offsets in `from..until`, at most `max_events` (and
+    /// `max_read_bytes`), read on the blocking pool.
+    pub async fn read_range(
+        &self,
+        ns: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+    ) -> Result<Vec<rewind_protocol::Event>, LogError> {
+        let store = Arc::clone(&self.inner.store);
+        let name = ns.to_owned();
+        let max_bytes = self.inner.config.max_read_bytes;
+        tokio::task::spawn_blocking(move || store.read(&name, from, until, max_events, max_bytes))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::from(&e))
+    }
+
+    /// A receiver that turns true when shutdown begins.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
     }
 
     /// Appends events (all or nothing); returns once they are durable (in relaxed mode:
@@ -215,7 +294,7 @@ impl Log {
     pub async fn put(&self, ns: &str, retention: Retention) -> Result<(NsInfo, bool), LogError> {
         self.request(|reply| Command::Put {
             ns: ns.to_owned(),
-            retention,
+            retention: Some(retention),
             reply,
         })
         .await
@@ -230,9 +309,14 @@ impl Log {
         .await
     }
 
+    /// The live state of a namespace, if it exists.
+    pub fn namespace(&self, ns: &str) -> Option<Arc<NsState>> {
+        self.inner.namespaces.get(ns)
+    }
+
     /// One namespace, with `next` as readers see it.
     pub fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
-        let Some(state) = self.inner.namespaces.get(ns) else {
+        let Some(state) = self.namespace(ns) else {
             return Ok(None);
         };
         let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;

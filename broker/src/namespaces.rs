@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
+use crate::fanout::SharedEvent;
 use crate::storage::NsInfo;
 
 /// One live namespace as readers see it.
@@ -20,16 +21,41 @@ pub struct NsState {
     visible: watch::Sender<u64>,
     /// The oldest offset still held; moved by retention.
     earliest: AtomicU64,
+    /// Live events for subscribers (see [`crate::fanout`]); dropping it tells them the
+    /// namespace is gone.
+    fanout: broadcast::Sender<Arc<SharedEvent>>,
+    /// The name, shared by every event sent to subscribers.
+    pub name: Arc<str>,
 }
 
 impl NsState {
-    /// State for a namespace the store reports.
-    pub fn new(info: &NsInfo) -> NsState {
+    /// State for a namespace the store reports, with a live ring of `fanout_buffer`
+    /// events.
+    pub fn new(info: &NsInfo, fanout_buffer: usize) -> NsState {
         NsState {
             epoch: info.epoch.clone(),
             visible: watch::Sender::new(info.next),
             earliest: AtomicU64::new(info.earliest),
+            fanout: broadcast::Sender::new(fanout_buffer.max(1)),
+            name: Arc::from(info.name.as_str()),
         }
+    }
+
+    /// A receiver of live events. Subscribe *before* reading `visible`: every event is
+    /// then either below the `visible` read after, or arrives here.
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
+        self.fanout.subscribe()
+    }
+
+    /// True when someone listens for live events.
+    pub fn has_subscribers(&self) -> bool {
+        self.fanout.receiver_count() > 0
+    }
+
+    /// Hands committed events to live subscribers. Call after [`NsState::publish_visible`].
+    pub fn send_live(&self, event: Arc<SharedEvent>) {
+        // An error only means nobody listens any more.
+        let _ = self.fanout.send(event);
     }
 
     /// The offset after the last visible event.

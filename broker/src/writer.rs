@@ -13,10 +13,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use rewind_protocol::NewEvent;
+use rewind_protocol::{Event, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Durability, Retention};
+use crate::fanout::SharedEvent;
 use crate::log::LogError;
 use crate::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
@@ -42,8 +43,9 @@ pub enum Command {
     Put {
         /// The namespace.
         ns: String,
-        /// Its own retention limits.
-        retention: Retention,
+        /// Its own retention limits; `None` creates it with none if missing and leaves an
+        /// existing one as it is.
+        retention: Option<Retention>,
         /// Answered once the change is durable.
         reply: Reply<(NsInfo, bool)>,
     },
@@ -88,11 +90,20 @@ impl Ack {
     }
 }
 
+/// Events appended in this group, kept until the commit for live subscribers.
+struct PendingLive {
+    state: Arc<NsState>,
+    first: u64,
+    ts_ms: u64,
+    events: Vec<NewEvent>,
+}
+
 /// Everything applied since the last sync.
 #[derive(Default)]
 struct Group {
     acks: Vec<Ack>,
     visible: Vec<(Arc<NsState>, u64)>,
+    live: Vec<PendingLive>,
     /// Something other than an append (a namespace change) must be made durable.
     needs_sync: bool,
     /// Relaxed mode: namespaces written for the first time since the last flush; their
@@ -164,20 +175,21 @@ impl Writer {
                 events,
                 idempotency_key,
                 reply,
-            } => self.append(ns, &events, idempotency_key.as_deref(), reply, group),
+            } => self.append(ns, events, idempotency_key.as_deref(), reply, group),
             Command::Put {
                 ns,
                 retention,
                 reply,
             } => {
-                let result = match self.store.info(&ns) {
-                    Ok(Some(_)) => self.store.set_retention(&ns, retention).map(|i| (i, false)),
-                    Ok(None) => self.create(&ns, retention).map(|i| (i, true)),
-                    Err(e) => Err(e),
+                let result = match (self.store.info(&ns), retention) {
+                    (Ok(Some(info)), None) => Ok((info, false)),
+                    (Ok(Some(_)), Some(r)) => self.store.set_retention(&ns, r).map(|i| (i, false)),
+                    (Ok(None), r) => self.create(&ns, r.unwrap_or_default()).map(|i| (i, true)),
+                    (Err(e), _) => Err(e),
                 };
                 match result {
                     Ok(v) => {
-                        group.needs_sync = true;
+                        group.needs_sync |= v.1 || retention.is_some();
                         group.acks.push(Ack::Put(reply, v));
                     }
                     Err(e) => {
@@ -204,7 +216,8 @@ impl Writer {
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
         let info = self.store.create(ns, retention)?;
-        self.namespaces.insert(ns, Arc::new(NsState::new(&info)));
+        self.namespaces
+            .insert(ns, Arc::new(NsState::new(&info, self.config.fanout_buffer)));
         tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
         Ok(info)
     }
@@ -212,7 +225,7 @@ impl Writer {
     fn append(
         &mut self,
         ns: String,
-        events: &[NewEvent],
+        events: Vec<NewEvent>,
         idempotency_key: Option<&str>,
         reply: Reply<Appended>,
         group: &mut Group,
@@ -243,10 +256,16 @@ impl Writer {
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });
-        match self.store.append(&ns, events, now, idempotency) {
+        match self.store.append(&ns, &events, now, idempotency) {
             Ok(appended) => {
-                if let Appended::New { last, .. } = appended {
-                    group.visible.push((state, last + 1));
+                if let Appended::New { first, last } = appended {
+                    group.visible.push((Arc::clone(&state), last + 1));
+                    group.live.push(PendingLive {
+                        state,
+                        first,
+                        ts_ms: now,
+                        events,
+                    });
                     if self.config.durability == Durability::Relaxed && !self.dirty.contains(&ns) {
                         group.newly_dirty.push(ns);
                     }
@@ -278,6 +297,26 @@ impl Writer {
                 self.dirty.extend(group.newly_dirty);
                 for (state, next) in group.visible {
                     state.publish_visible(next);
+                }
+                // After `visible` moved (see `NsState::subscribe_live`), and only where
+                // someone listens.
+                for live in group.live {
+                    if !live.state.has_subscribers() {
+                        continue;
+                    }
+                    for (i, ev) in live.events.into_iter().enumerate() {
+                        let event = Event {
+                            offset: live.first + i as u64,
+                            event: ev.event,
+                            ts: live.ts_ms,
+                            key: ev.key,
+                            data: ev.data,
+                        };
+                        live.state.send_live(Arc::new(SharedEvent::new(
+                            Arc::clone(&live.state.name),
+                            event,
+                        )));
+                    }
                 }
                 for ack in group.acks {
                     ack.succeed();

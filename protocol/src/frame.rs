@@ -87,6 +87,7 @@ pub enum FrameError {
 
 /// The fields any frame may have; which are required depends on `t`.
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
 struct Wire<D> {
     t: String,
     #[serde(default)]
@@ -103,7 +104,7 @@ struct Wire<D> {
     id: Option<u64>,
     #[serde(default)]
     event: Option<String>,
-    #[serde(default = "Option::default")]
+    #[serde(default = "Option::default", deserialize_with = "some")]
     data: Option<D>,
     #[serde(default)]
     bin: Option<bool>,
@@ -111,6 +112,12 @@ struct Wire<D> {
     key: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+}
+
+/// A present field is `Some`, even when its value is `null` (a JSON `null` payload is a
+/// value, not a missing field).
+fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// Just enough of a frame to call it one.
@@ -499,6 +506,7 @@ pub enum ServerMessage {
 }
 
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "D: Deserialize<'de>"))]
 struct EventWire<D> {
     ns: String,
     offset: u64,
@@ -506,7 +514,7 @@ struct EventWire<D> {
     ts: u64,
     #[serde(default)]
     key: Option<String>,
-    #[serde(default = "Option::default")]
+    #[serde(default = "Option::default", deserialize_with = "some")]
     data: Option<D>,
     #[serde(default)]
     bin: bool,

@@ -101,6 +101,11 @@ impl Broker {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The base URL, `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
@@ -256,4 +261,149 @@ pub async fn request(
         headers,
         body,
     })
+}
+
+/// A raw WebSocket client for tests.
+pub mod ws {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use futures::{SinkExt, StreamExt};
+    use rewind_protocol::frame::{
+        decode_server_json, decode_server_msgpack, encode_client_json, encode_client_msgpack,
+        ClientFrame, ServerMessage,
+    };
+    use rewind_protocol::Payload;
+    use tokio::net::TcpStream;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+    /// How long a test waits for a frame before it fails (a guard against hangs).
+    pub const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// One connection.
+    pub struct Client {
+        /// The socket.
+        pub socket: WebSocketStream<MaybeTlsStream<TcpStream>>,
+        /// True for `rewind.v1.msgpack`.
+        pub msgpack: bool,
+    }
+
+    /// What the broker sent: a decoded frame, or the end of the connection.
+    #[derive(Debug)]
+    pub enum Received {
+        /// A frame (for JSON events with `bin: true`, the payload frame is already attached).
+        Message(ServerMessage),
+        /// A close frame.
+        Closed(Option<CloseFrame>),
+    }
+
+    impl Client {
+        /// Connects to `/v1/ws`, offering `protocol` if given.
+        pub async fn connect(addr: SocketAddr, protocol: Option<&str>) -> Client {
+            let mut req = format!("ws://{addr}/v1/ws")
+                .into_client_request()
+                .expect("request");
+            if let Some(p) = protocol {
+                req.headers_mut()
+                    .insert("sec-websocket-protocol", p.parse().expect("header"));
+            }
+            let (socket, res) = tokio_tungstenite::connect_async(req)
+                .await
+                .expect("connect");
+            let chosen = res
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            if let Some(p) = protocol {
+                if p == "rewind.v1.json" || p == "rewind.v1.msgpack" {
+                    assert_eq!(chosen.as_deref(), Some(p));
+                }
+            }
+            Client {
+                socket,
+                msgpack: chosen.as_deref() == Some("rewind.v1.msgpack"),
+            }
+        }
+
+        /// Sends a client frame in the connection's encoding (and, for a JSON publish of
+        /// bytes, the binary frame after it).
+        pub async fn send(&mut self, frame: &ClientFrame) {
+            if self.msgpack {
+                self.raw(Message::Binary(encode_client_msgpack(frame).into()))
+                    .await;
+                return;
+            }
+            self.raw(Message::Text(encode_client_json(frame).into()))
+                .await;
+            if let ClientFrame::Publish {
+                data: Some(Payload::Bytes(b)),
+                ..
+            } = frame
+            {
+                self.raw(Message::Binary(b.clone().into())).await;
+            }
+        }
+
+        /// Sends any message.
+        pub async fn raw(&mut self, m: Message) {
+            self.socket.send(m).await.expect("send");
+        }
+
+        /// The next frame from the broker (pings answered are skipped only if `skip_pings`).
+        pub async fn recv(&mut self) -> Received {
+            loop {
+                let next = tokio::time::timeout(PATIENCE, self.socket.next())
+                    .await
+                    .expect("no frame from the broker in time");
+                let m = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => panic!("socket error: {e}"),
+                    None => return Received::Closed(None),
+                };
+                let decoded = match m {
+                    Message::Text(t) => decode_server_json(&t),
+                    Message::Binary(b) => decode_server_msgpack(&b),
+                    Message::Close(c) => return Received::Closed(c),
+                    Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => continue,
+                };
+                let mut msg =
+                    decoded.unwrap_or_else(|e| panic!("undecodable frame from the broker: {e}"));
+                if let ServerMessage::Event(ev) = &mut msg {
+                    if ev.bin {
+                        let payload = tokio::time::timeout(PATIENCE, self.socket.next())
+                            .await
+                            .expect("payload frame in time");
+                        match payload {
+                            Some(Ok(Message::Binary(b))) => {
+                                ev.event.data = Payload::Bytes(b.to_vec())
+                            }
+                            other => panic!("expected the binary payload, got {other:?}"),
+                        }
+                    }
+                }
+                return Received::Message(msg);
+            }
+        }
+
+        /// The next frame, which must be a message (not a close).
+        pub async fn next(&mut self) -> ServerMessage {
+            match self.recv().await {
+                Received::Message(m) => m,
+                Received::Closed(c) => panic!("connection closed: {c:?}"),
+            }
+        }
+
+        /// Reads until the broker closes; returns the close code.
+        pub async fn close_code(&mut self) -> Option<u16> {
+            loop {
+                if let Received::Closed(c) = self.recv().await {
+                    return c.map(|c| u16::from(c.code));
+                }
+            }
+        }
+    }
 }

@@ -12,17 +12,28 @@ use hyper::{Method, Request, Response, StatusCode};
 use rewind_protocol::{validate_namespace, ErrorCode};
 
 use crate::log::Log;
+use crate::ws::{self, WsContext};
 use response::{ApiError, Body};
 
+/// What every request handler can reach.
+#[derive(Clone)]
+pub struct App {
+    /// The log.
+    pub log: Log,
+    /// The WebSocket sessions' shared state.
+    pub ws: WsContext,
+}
+
 /// Answers one request. Never fails: every error becomes a JSON error response.
-pub async fn handle(req: Request<Incoming>, log: Log) -> Response<Body> {
-    match route(req, &log).await {
+pub async fn handle(req: Request<Incoming>, app: App) -> Response<Body> {
+    match route(req, &app).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
     }
 }
 
-async fn route(req: Request<Incoming>, log: &Log) -> Result<Response<Body>, ApiError> {
+async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
+    let log = &app.log;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
@@ -32,6 +43,10 @@ async fn route(req: Request<Incoming>, log: &Log) -> Result<Response<Body>, ApiE
         ["readyz"] => {
             only(&method, &[Method::GET])?;
             Ok(admin::ready(log))
+        }
+        ["v1", "ws"] => {
+            only(&method, &[Method::GET])?;
+            ws::upgrade(req, &app.ws)
         }
         ["v1", "namespaces"] => {
             only(&method, &[Method::GET])?;

@@ -66,6 +66,15 @@ pub enum Appended {
     },
 }
 
+impl Appended {
+    /// The offset of the first event, new or original.
+    pub fn first(&self) -> u64 {
+        match self {
+            Appended::New { first, .. } | Appended::Duplicate { first, .. } => *first,
+        }
+    }
+}
+
 /// An idempotency key together with the oldest record time that still counts.
 #[derive(Debug, Clone, Copy)]
 pub struct IdempotencyKey<'a> {

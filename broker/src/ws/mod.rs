@@ -1,0 +1,171 @@
+//! `GET /v1/ws`: the WebSocket transport (spec §3.1).
+//!
+//! - [`upgrade`] checks the handshake, picks the encoding from `Sec-WebSocket-Protocol`,
+//!   takes a connection slot and hands the upgraded socket to a session.
+//! - [`session`] runs one connection: it reads client frames, multiplexes subscriptions,
+//!   publishes, keeps the link alive, and writes every outgoing frame.
+//! - [`subscription`] runs one open namespace: catch-up from the log, then live events
+//!   from the namespace's ring, never more than the credit allows.
+
+mod session;
+mod subscription;
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use rewind_protocol::ErrorCode;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::fanout::Encoding;
+use crate::http::response::{empty, ApiError, Body};
+use crate::log::Log;
+
+/// Subprotocol names.
+const JSON_PROTOCOL: &str = "rewind.v1.json";
+const MSGPACK_PROTOCOL: &str = "rewind.v1.msgpack";
+
+/// What every WebSocket session shares.
+#[derive(Clone)]
+pub struct WsContext {
+    /// The log.
+    pub log: Log,
+    /// Connection slots (`max_connections`); a session holds one for its life.
+    slots: Arc<Semaphore>,
+    /// A drop guard: each session holds a clone, and shutdown waits until every clone
+    /// is gone.
+    _sessions_done: mpsc::Sender<()>,
+}
+
+impl WsContext {
+    /// A context; the receiver yields `None` once every session (and every clone of the
+    /// context) is gone.
+    pub fn new(log: Log) -> (WsContext, mpsc::Receiver<()>) {
+        let (sessions_done, done_rx) = mpsc::channel(1);
+        let slots = Arc::new(Semaphore::new(log.config().max_connections));
+        (
+            WsContext {
+                log,
+                slots,
+                _sessions_done: sessions_done,
+            },
+            done_rx,
+        )
+    }
+
+    fn socket_config(&self) -> WebSocketConfig {
+        let cfg = self.log.config();
+        WebSocketConfig::default()
+            .read_buffer_size(cfg.ws_read_buffer_bytes)
+            .write_buffer_size(cfg.ws_write_buffer_bytes)
+            .max_write_buffer_size(
+                cfg.ws_write_buffer_bytes
+                    .saturating_add(cfg.ws_max_frame_bytes.max(cfg.max_read_bytes))
+                    .saturating_mul(2),
+            )
+            .max_message_size(Some(cfg.ws_max_frame_bytes))
+            .max_frame_size(Some(cfg.ws_max_frame_bytes))
+    }
+}
+
+fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The encoding for the offered subprotocols: the first one rewind speaks, in the client's
+/// order; JSON when none is offered or none is known (and then no protocol is echoed).
+fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
+    let offered = headers
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    for p in offered {
+        match p {
+            JSON_PROTOCOL => return (Encoding::Json, Some(JSON_PROTOCOL)),
+            MSGPACK_PROTOCOL => return (Encoding::Msgpack, Some(MSGPACK_PROTOCOL)),
+            _ => {}
+        }
+    }
+    (Encoding::Json, None)
+}
+
+/// Answers the handshake with `101 Switching Protocols` and starts the session.
+pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<Body>, ApiError> {
+    let headers = req.headers();
+    let is_ws = header_has_token(headers, CONNECTION, "upgrade")
+        && header_has_token(headers, UPGRADE, "websocket");
+    if !is_ws {
+        let mut res = ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::BadFrame,
+            "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(UPGRADE, HeaderValue::from_static("websocket"));
+        return Ok(res);
+    }
+    if headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+    }
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))?;
+    let accept = derive_accept_key(key.as_bytes());
+    let (encoding, protocol) = negotiate(headers);
+    let permit = Arc::clone(&ctx.slots).try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "too many connections",
+        )
+    })?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let session_ctx = ctx.clone();
+    let config = ctx.socket_config();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                session::run(ws, encoding, session_ctx).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+        drop(permit);
+    });
+    let mut res = empty(StatusCode::SWITCHING_PROTOCOLS);
+    let h = res.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = protocol {
+        h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    Ok(res)
+}
