@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use rewind_broker::bench::{self, BenchArgs};
+use rewind_broker::bench::{self, BenchCommand};
 use rewind_broker::config::{Config, ServeArgs};
 use rewind_broker::log::Log;
 use rewind_broker::server;
@@ -25,8 +25,9 @@ struct Cli {
 enum Command {
     /// Run the broker
     Serve(Box<ServeArgs>),
-    /// Measure durable publish throughput against the raw store (see docs/benchmarks.md)
-    Bench(BenchArgs),
+    /// Run a benchmark (see docs/benchmarks.md)
+    #[command(subcommand)]
+    Bench(BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,8 +45,15 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
-        Command::Bench(args) => {
-            let results = runtime.block_on(bench::run(&args))?;
+        Command::Bench(which) => {
+            let results = runtime.block_on(async {
+                match &which {
+                    BenchCommand::Publish(a) => bench::publish::run(a).await,
+                    BenchCommand::Fanout(a) => bench::fanout::run(a).await,
+                    BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
+                    BenchCommand::Idle(a) => bench::fanout::idle(a).await,
+                }
+            })?;
             print!("{}", bench::table(&results));
             Ok(())
         }

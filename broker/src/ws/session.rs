@@ -31,8 +31,9 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 pub(super) enum Outgoing {
     /// A control or answer frame.
     Frame(Message),
-    /// An event (one frame, or a header and its payload back to back).
-    Event(EventFrames),
+    /// Events of one subscription, in order (each one frame, or a header and its payload
+    /// back to back). Several at once, so a burst costs one queue hand-off and one write.
+    Events(Vec<EventFrames>),
     /// Write out what is buffered (e.g. the pong tungstenite queued for a ping).
     Flush,
     /// Send a close frame and stop.
@@ -49,19 +50,27 @@ impl Outgoing {
     }
 }
 
+async fn feed_events(sink: &mut SplitSink<Socket, Message>, events: Vec<EventFrames>) -> Result<(), WsError> {
+    for ev in events {
+        match ev {
+            EventFrames::One(m) => sink.feed(m).await?,
+            EventFrames::WithPayload(header, payload) => {
+                sink.feed(header).await?;
+                sink.feed(payload).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Writes queued frames, flushing whenever the queue runs dry.
 async fn write_loop(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(o) = next.take() {
             let fed = match o {
-                Outgoing::Frame(m) | Outgoing::Event(EventFrames::One(m)) => sink.feed(m).await,
-                Outgoing::Event(EventFrames::WithPayload(header, payload)) => {
-                    match sink.feed(header).await {
-                        Ok(()) => sink.feed(payload).await,
-                        Err(e) => Err(e),
-                    }
-                }
+                Outgoing::Frame(m) => sink.feed(m).await,
+                Outgoing::Events(events) => feed_events(&mut sink, events).await,
                 Outgoing::Flush => Ok(()),
                 Outgoing::Close(code, reason) => {
                     let frame = CloseFrame {

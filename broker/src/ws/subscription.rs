@@ -24,6 +24,9 @@ use crate::namespaces::NsState;
 /// Events read from the log per catch-up step, at most.
 const CATCH_UP_BATCH: u64 = 1000;
 
+/// Live events handed to the connection in one piece, at most.
+const LIVE_BATCH: usize = 256;
+
 /// Highest credit a subscription can hold; more is ignored.
 const MAX_CREDIT: u64 = u32::MAX as u64;
 
@@ -115,11 +118,26 @@ impl Subscription {
                 // reads it.
                 Ok(ev) if ev.event.offset > self.cursor => {}
                 Ok(ev) => {
-                    if !self.send(Outgoing::Event(ev.frames(self.encoding))).await {
-                        return Stop::Disconnected;
-                    }
+                    // Take whatever else is already in the ring, as far as the credit goes,
+                    // and hand it over in one piece.
+                    let mut batch = vec![ev.frames(self.encoding)];
                     self.cursor += 1;
                     self.credit.spend_one();
+                    while self.credit.available() > 0 && batch.len() < LIVE_BATCH {
+                        match self.live.try_recv() {
+                            Ok(ev) if ev.event.offset == self.cursor => {
+                                batch.push(ev.frames(self.encoding));
+                                self.cursor += 1;
+                                self.credit.spend_one();
+                            }
+                            Ok(ev) if ev.event.offset < self.cursor => {}
+                            // A jump, a lag or a closed ring: the next round sorts it out.
+                            _ => break,
+                        }
+                    }
+                    if !self.send(Outgoing::Events(batch)).await {
+                        return Stop::Disconnected;
+                    }
                 }
                 Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => return self.deleted().await,
@@ -196,16 +214,20 @@ impl Subscription {
             let to = if to == self.cursor { visible } else { to };
             return self.truncated(to).await;
         }
+        let mut batch = Vec::with_capacity(events.len());
         for ev in events {
             if ev.offset > self.cursor {
+                if !batch.is_empty() && !self.send(Outgoing::Events(std::mem::take(&mut batch))).await {
+                    return Err(Stop::Disconnected);
+                }
                 self.truncated(ev.offset).await?;
             }
-            let frames = fanout::encode(&self.state.name, &ev, self.encoding);
-            if !self.send(Outgoing::Event(frames)).await {
-                return Err(Stop::Disconnected);
-            }
+            batch.push(fanout::encode(&self.state.name, &ev, self.encoding));
             self.cursor = ev.offset + 1;
             self.credit.spend_one();
+        }
+        if !self.send(Outgoing::Events(batch)).await {
+            return Err(Stop::Disconnected);
         }
         Ok(())
     }

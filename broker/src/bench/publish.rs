@@ -1,5 +1,5 @@
-//! `rewind bench`: measures the durable HTTP publish path against the raw store, in one run
-//! on one machine, so the two numbers can be compared.
+//! `rewind bench publish`: measures the durable HTTP publish path against the raw store, in
+//! one run on one machine, so the two numbers can be compared.
 //!
 //! It starts a broker in this process on `127.0.0.1:0` with a temporary data directory
 //! (durable mode, the default configuration otherwise), then runs each scenario for a fixed
@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use rewind_protocol::{NewEvent, Payload};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::{BenchError, Measured};
 use crate::config::{Config, Retention};
 use crate::log::Log;
 use crate::server;
@@ -28,9 +29,9 @@ use crate::storage::{Storage, StoreError};
 /// Numbers the scenarios' namespaces.
 static SCENARIO: AtomicUsize = AtomicUsize::new(0);
 
-/// Options of `rewind bench`.
+/// Options of `rewind bench publish`.
 #[derive(Debug, Clone, Args)]
-pub struct BenchArgs {
+pub struct PublishArgs {
     /// Seconds each scenario runs
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
@@ -46,35 +47,6 @@ pub struct BenchArgs {
     /// Concurrent publishers in the batch scenario
     #[arg(long, default_value_t = 4)]
     pub batch_publishers: usize,
-}
-
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum BenchError {
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A socket or file failed.
-    #[error(transparent)]
-    Io(#[from] std::io::Error),
-    /// The broker answered something other than 201.
-    #[error("publish failed: {0}")]
-    Publish(String),
-}
-
-/// One scenario's result.
-#[derive(Debug, Clone)]
-pub struct Measured {
-    /// What was measured.
-    pub name: String,
-    /// Events stored per second.
-    pub events_per_sec: f64,
-    /// Median request latency in microseconds (0 where requests are not timed).
-    pub p50_us: u64,
-    /// 99th percentile request latency in microseconds.
-    pub p99_us: u64,
-    /// Slowest request, in microseconds.
-    pub max_us: u64,
 }
 
 fn payload(bytes: usize) -> String {
@@ -170,6 +142,10 @@ async fn publisher(
             .header("content-type", "application/json")
             .body(Full::new(body.clone()))
             .map_err(|e| BenchError::Publish(e.to_string()))?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| BenchError::Publish(e.to_string()))?;
         let sent = Instant::now();
         let res = sender
             .send_request(req)
@@ -244,7 +220,7 @@ async fn http_scenario(
 }
 
 /// Runs every scenario and returns the results in order.
-pub async fn run(args: &BenchArgs) -> Result<Vec<Measured>, BenchError> {
+pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     let mut results = Vec::new();
 
     let dir = tempfile::tempdir()?;
@@ -309,27 +285,3 @@ pub async fn run(args: &BenchArgs) -> Result<Vec<Measured>, BenchError> {
     Ok(results)
 }
 
-/// The results as a Markdown table.
-pub fn table(results: &[Measured]) -> String {
-    let mut out = String::from(
-        "| scenario | events/s | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n",
-    );
-    for m in results {
-        let lat = |us: u64| {
-            if us == 0 {
-                "–".to_owned()
-            } else {
-                format!("{:.2} ms", us as f64 / 1000.0)
-            }
-        };
-        out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} |\n",
-            m.name,
-            m.events_per_sec,
-            lat(m.p50_us),
-            lat(m.p99_us),
-            lat(m.max_us)
-        ));
-    }
-    out
-}

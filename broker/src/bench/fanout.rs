@@ -1,0 +1,399 @@
+//! WebSocket benchmarks against a broker started as a child process (`rewind serve` on
+//! `127.0.0.1:0` with a temporary data directory, durable mode), so the broker's CPU time
+//! and memory are read from `/proc/<pid>` apart from the load generator's.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use clap::Args;
+use futures::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rewind_protocol::frame::{decode_server_json, ServerMessage};
+use rewind_protocol::Payload;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{BenchError, Measured};
+
+/// Options of `rewind bench fanout`.
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    /// Subscriber counts, one pair of scenarios each (comma-separated)
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    pub subscribers: Vec<usize>,
+    /// Seconds each scenario measures
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Size of each event's JSON payload in bytes
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// Deliveries per second in the paced (latency) scenario
+    #[arg(long, default_value_t = 20_000)]
+    pub paced_deliveries: u64,
+}
+
+/// Options of `rewind bench catchup`.
+#[derive(Debug, Clone, Args)]
+pub struct CatchupArgs {
+    /// Events in the log to replay
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+    /// Size of each event's JSON payload in bytes
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+}
+
+/// Options of `rewind bench idle`.
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    /// Idle WebSocket connections to open, each with one namespace open
+    #[arg(long, default_value_t = 10_000)]
+    pub connections: usize,
+}
+
+/// The broker under test, as a child process.
+struct ChildBroker {
+    child: Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl ChildBroker {
+    fn start(extra: &[&str]) -> Result<ChildBroker, BenchError> {
+        let dir = tempfile::tempdir()?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .args(["--ws-ping-interval-secs", "3600"])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| BenchError::Publish("no stdout from the broker".into()))?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .strip_prefix("rewind listening on http://")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| BenchError::Publish(format!("unexpected first line {line:?}")))?;
+        Ok(ChildBroker {
+            child,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    fn proc_field(&self, file: &str) -> Result<String, BenchError> {
+        Ok(std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?)
+    }
+
+    /// User plus system CPU seconds so far.
+    fn cpu_secs(&self) -> Result<f64, BenchError> {
+        let stat = self.proc_field("stat")?;
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime, in clock ticks of 1/100 s (USER_HZ on Linux).
+        Ok((ticks(11) + ticks(12)) / 100.0)
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> Result<u64, BenchError> {
+        Ok(self
+            .proc_field("status")?
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0))
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Publish(e.to_string())
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+/// Connects and opens `ns` from `from` with (practically) unlimited credit; returns once
+/// `opened` has arrived.
+async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchError> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
+        .await
+        .map_err(err)?;
+    let open = format!(r#"{{"t":"open","ns":"{ns}","from":{from},"credit":4294967295}}"#);
+    ws.send(Message::Text(open.into())).await.map_err(err)?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.starts_with(r#"{"t":"opened""#) => return Ok(ws),
+            Some(Ok(_)) => {}
+            other => return Err(err(format!("no opened: {other:?}"))),
+        }
+    }
+}
+
+fn is_event(t: &str) -> bool {
+    t.starts_with(r#"{"t":"event""#)
+}
+
+/// A keep-alive HTTP/1.1 publisher.
+struct Publisher {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    addr: SocketAddr,
+}
+
+impl Publisher {
+    async fn connect(addr: SocketAddr) -> Result<Publisher, BenchError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(err)?;
+        tokio::spawn(conn);
+        Ok(Publisher { sender, addr })
+    }
+
+    async fn post(&mut self, ns: &str, body: String) -> Result<(), BenchError> {
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(format!("/v1/namespaces/{ns}/events"))
+            .header("host", self.addr.to_string())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(err)?;
+        self.sender.ready().await.map_err(err)?;
+        let res = self.sender.send_request(req).await.map_err(err)?;
+        let status = res.status();
+        let body = res.into_body().collect().await.map_err(err)?.to_bytes();
+        if status != StatusCode::CREATED {
+            return Err(err(format!("{status}: {}", String::from_utf8_lossy(&body))));
+        }
+        Ok(())
+    }
+}
+
+fn batch(payload_bytes: usize, n: usize) -> String {
+    let one = format!(
+        r#"{{"event":"bench","data":"{}"}}"#,
+        "x".repeat(payload_bytes.saturating_sub(2))
+    );
+    format!("[{}]", vec![one.as_str(); n].join(","))
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Flooding: one publisher sends batches as fast as the broker takes them; every
+/// subscriber counts the events it gets.
+async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
+    let broker = ChildBroker::start(&[])?;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut ws = subscribe(broker.addr, "fan", "\"latest\"").await?;
+        let delivered = Arc::clone(&delivered);
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) if is_event(&t) => {
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    let body = batch(args.payload_bytes, 100);
+    let mut publisher = Publisher::connect(broker.addr).await?;
+    // Warm up for a second, then measure.
+    let warm = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < warm {
+        publisher.post("fan", body.clone()).await?;
+    }
+    let (d0, c0, t0) = (delivered.load(Ordering::Relaxed), broker.cpu_secs()?, Instant::now());
+    let until = t0 + Duration::from_secs(args.seconds);
+    while Instant::now() < until {
+        publisher.post("fan", body.clone()).await?;
+    }
+    let (d1, c1, elapsed) = (delivered.load(Ordering::Relaxed), broker.cpu_secs()?, t0.elapsed());
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let deliveries = (d1 - d0) as f64;
+    Ok(Measured {
+        name: format!(
+            "fan-out flood, 1 publisher (batches of 100) → {subscribers} subscribers; broker CPU {:.3} s per million deliveries",
+            (c1 - c0) / deliveries * 1e6
+        ),
+        events_per_sec: deliveries / elapsed.as_secs_f64(),
+        p50_us: 0,
+        p99_us: 0,
+        max_us: 0,
+    })
+}
+
+/// Paced: single-event publishes at `paced_deliveries / subscribers` per second; every
+/// subscriber measures publish-to-receive latency from the send time in the payload.
+async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
+    let broker = ChildBroker::start(&[])?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for _ in 0..subscribers {
+        let mut ws = subscribe(broker.addr, "paced", "\"latest\"").await?;
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                tokio::select! {
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Text(t))) if is_event(&t) => {
+                            if let Ok(ServerMessage::Event(e)) = decode_server_json(&t) {
+                                if let Payload::Json(sent) = e.event.data {
+                                    if let Ok(sent) = sent.parse::<u64>() {
+                                        lat.push(now_us().saturating_sub(sent));
+                                    }
+                                }
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            lat
+        }));
+    }
+    let rate = (args.paced_deliveries as f64 / subscribers as f64).max(1.0);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut publisher = Publisher::connect(broker.addr).await?;
+    let (c0, t0) = (broker.cpu_secs()?, Instant::now());
+    let until = t0 + Duration::from_secs(args.seconds);
+    let mut published = 0u64;
+    while Instant::now() < until {
+        ticks.tick().await;
+        publisher
+            .post("paced", format!(r#"{{"event":"t","data":{}}}"#, now_us()))
+            .await?;
+        published += 1;
+    }
+    // Let the last events arrive.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c1 = broker.cpu_secs()?;
+    let _ = stop_tx.send(true);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.map_err(err)?);
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let deliveries = lat.len() as f64;
+    Ok(Measured {
+        name: format!(
+            "fan-out paced, {published} single-event publishes → {subscribers} subscribers ({} deliveries); broker CPU {:.3} s per million deliveries",
+            lat.len(),
+            (c1 - c0) / deliveries.max(1.0) * 1e6
+        ),
+        events_per_sec: deliveries / args.seconds as f64,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: lat.last().copied().unwrap_or(0),
+    })
+}
+
+/// Runs the flood and paced scenarios for each subscriber count.
+pub async fn run(args: &FanoutArgs) -> Result<Vec<Measured>, BenchError> {
+    let mut out = Vec::new();
+    for &n in &args.subscribers {
+        out.push(flood(args, n).await?);
+        out.push(paced(args, n).await?);
+    }
+    Ok(out)
+}
+
+/// Fills a log, then measures how fast one subscriber replays it from the start.
+pub async fn catchup(args: &CatchupArgs) -> Result<Vec<Measured>, BenchError> {
+    let broker = ChildBroker::start(&[])?;
+    let mut publisher = Publisher::connect(broker.addr).await?;
+    let body = batch(args.payload_bytes, 1000);
+    let mut n = 0;
+    while n < args.events {
+        publisher.post("replay", body.clone()).await?;
+        n += 1000;
+    }
+    let (c0, t0) = (broker.cpu_secs()?, Instant::now());
+    let mut ws = subscribe(broker.addr, "replay", "\"earliest\"").await?;
+    let mut got = 0u64;
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if is_event(&t) => got += 1,
+            Some(Ok(_)) => {}
+            other => return Err(err(format!("replay ended early: {other:?}"))),
+        }
+    }
+    let (elapsed, c1) = (t0.elapsed(), broker.cpu_secs()?);
+    Ok(vec![Measured {
+        name: format!(
+            "catch-up replay of {n} events to one subscriber; broker CPU {:.3} s per million",
+            (c1 - c0) / n as f64 * 1e6
+        ),
+        events_per_sec: n as f64 / elapsed.as_secs_f64(),
+        p50_us: 0,
+        p99_us: 0,
+        max_us: 0,
+    }])
+}
+
+/// Opens idle connections, each with one namespace, and reports the broker's RSS growth.
+pub async fn idle(args: &IdleArgs) -> Result<Vec<Measured>, BenchError> {
+    let broker = ChildBroker::start(&["--max-connections", &(args.connections + 100).to_string()])?;
+    // One connection first, so the runtime and the namespace exist before the baseline.
+    let first = subscribe(broker.addr, "idle", "\"latest\"").await?;
+    let before = broker.rss_kib()?;
+    let mut open = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        open.push(subscribe(broker.addr, "idle", "\"latest\"").await?);
+    }
+    let after = broker.rss_kib()?;
+    let per = (after.saturating_sub(before)) as f64 / args.connections as f64;
+    drop(open);
+    drop(first);
+    Ok(vec![Measured {
+        name: format!(
+            "idle WebSocket connections with one namespace open: {} connections, broker RSS {before} → {after} KiB, {per:.2} KiB each",
+            args.connections
+        ),
+        events_per_sec: 0.0,
+        p50_us: 0,
+        p99_us: 0,
+        max_us: 0,
+    }])
+}

@@ -1,0 +1,80 @@
+//! `rewind bench`: benchmarks whose numbers go into `docs/benchmarks.md`.
+//!
+//! - [`publish`]: durable HTTP publish against the raw store, in-process.
+//! - [`fanout`]: WebSocket fan-out, latency, catch-up and idle connections against a
+//!   broker started as a child process, so its CPU time is measured apart from the load
+//!   generator's.
+
+pub mod fanout;
+pub mod publish;
+
+use clap::Subcommand;
+
+use crate::storage::StoreError;
+
+/// The benchmarks.
+#[derive(Debug, Clone, Subcommand)]
+pub enum BenchCommand {
+    /// Durable HTTP publish throughput vs the raw store
+    Publish(publish::PublishArgs),
+    /// WebSocket fan-out: deliveries/s flooding, latency paced, broker CPU per million
+    Fanout(fanout::FanoutArgs),
+    /// Catch-up replay rate to one WebSocket subscriber
+    Catchup(fanout::CatchupArgs),
+    /// Broker RSS per idle WebSocket connection with one namespace open
+    Idle(fanout::IdleArgs),
+}
+
+/// Why the benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket or file failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The broker answered something other than 201.
+    #[error("publish failed: {0}")]
+    Publish(String),
+}
+
+/// One scenario's result.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// What was measured.
+    pub name: String,
+    /// Events stored per second.
+    pub events_per_sec: f64,
+    /// Median request latency in microseconds (0 where requests are not timed).
+    pub p50_us: u64,
+    /// 99th percentile request latency in microseconds.
+    pub p99_us: u64,
+    /// Slowest request, in microseconds.
+    pub max_us: u64,
+}
+
+/// The results as a Markdown table.
+pub fn table(results: &[Measured]) -> String {
+    let mut out = String::from(
+        "| scenario | events/s | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n",
+    );
+    for m in results {
+        let lat = |us: u64| {
+            if us == 0 {
+                "–".to_owned()
+            } else {
+                format!("{:.2} ms", us as f64 / 1000.0)
+            }
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {} |\n",
+            m.name,
+            m.events_per_sec,
+            lat(m.p50_us),
+            lat(m.p99_us),
+            lat(m.max_us)
+        ));
+    }
+    out
+}
