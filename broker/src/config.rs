@@ -105,7 +105,9 @@ pub struct Config {
     /// with 1009 before the payload is read. Default 1114112 (1 MiB of payload plus 64 KiB
     /// for the frame around it).
     pub ws_max_frame_bytes: usize,
-    /// WebSocket: read buffer per connection, in bytes. Default 4096.
+    /// WebSocket: read buffer per connection, in bytes. Default 2048: it is allocated for
+    /// every connection, idle or not, and most of a dashboard's connections only read
+    /// small frames; publish-heavy clients gain from a larger one.
     pub ws_read_buffer_bytes: usize,
     /// WebSocket: bytes buffered before a write to the socket. Default 4096.
     pub ws_write_buffer_bytes: usize,
@@ -147,7 +149,7 @@ impl Default for Config {
             ws_ping_timeout_secs: 20,
             ws_max_namespaces: 100,
             ws_max_frame_bytes: (1 << 20) + (64 << 10),
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 4096,
             ws_send_queue: 64,
             ws_max_inflight_publishes: 64,
@@ -267,7 +269,7 @@ pub struct ServeArgs {
     /// WebSocket: largest incoming frame in bytes [default: 1114112]
     #[arg(long, env = "REWIND_WS_MAX_FRAME_BYTES", value_name = "BYTES")]
     pub ws_max_frame_bytes: Option<usize>,
-    /// WebSocket: read buffer per connection in bytes [default: 4096]
+    /// WebSocket: read buffer per connection in bytes [default: 2048]
     #[arg(long, env = "REWIND_WS_READ_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
     /// WebSocket: write buffer per connection in bytes [default: 4096]

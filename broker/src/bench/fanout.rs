@@ -96,14 +96,27 @@ impl ChildBroker {
     }
 
     fn proc_field(&self, file: &str) -> Result<String, BenchError> {
-        Ok(std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id()))?)
+        Ok(std::fs::read_to_string(format!(
+            "/proc/{}/{file}",
+            self.child.id()
+        ))?)
     }
 
     /// User plus system CPU seconds so far.
     fn cpu_secs(&self) -> Result<f64, BenchError> {
         let stat = self.proc_field("stat")?;
-        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        let fields: Vec<&str> = stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         // utime and stime, in clock ticks of 1/100 s (USER_HZ on Linux).
         Ok((ticks(11) + ticks(12)) / 100.0)
     }
@@ -236,12 +249,20 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     while Instant::now() < warm {
         publisher.post("fan", body.clone()).await?;
     }
-    let (d0, c0, t0) = (delivered.load(Ordering::Relaxed), broker.cpu_secs()?, Instant::now());
+    let (d0, c0, t0) = (
+        delivered.load(Ordering::Relaxed),
+        broker.cpu_secs()?,
+        Instant::now(),
+    );
     let until = t0 + Duration::from_secs(args.seconds);
     while Instant::now() < until {
         publisher.post("fan", body.clone()).await?;
     }
-    let (d1, c1, elapsed) = (delivered.load(Ordering::Relaxed), broker.cpu_secs()?, t0.elapsed());
+    let (d1, c1, elapsed) = (
+        delivered.load(Ordering::Relaxed),
+        broker.cpu_secs()?,
+        t0.elapsed(),
+    );
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -314,7 +335,11 @@ async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
         lat.extend(t.await.map_err(err)?);
     }
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let deliveries = lat.len() as f64;
     Ok(Measured {
         name: format!(

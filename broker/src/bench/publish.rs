@@ -284,4 +284,3 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     }
     Ok(results)
 }
-

@@ -26,32 +26,36 @@ use crate::log::LogError;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Something for the writer to put on the wire.
+/// Something for the writer to put on the wire. Kept to two words: the queue allocates
+/// its slots up front, for every connection, idle or not.
 #[derive(Debug)]
 pub(super) enum Outgoing {
     /// A control or answer frame.
-    Frame(Message),
+    Frame(Box<Message>),
     /// Events of one subscription, in order (each one frame, or a header and its payload
     /// back to back). Several at once, so a burst costs one queue hand-off and one write.
-    Events(Vec<EventFrames>),
+    Events(Box<[EventFrames]>),
     /// Write out what is buffered (e.g. the pong tungstenite queued for a ping).
     Flush,
     /// Send a close frame and stop.
-    Close(CloseCode, String),
+    Close(Box<CloseFrame>),
 }
 
 impl Outgoing {
     /// A server frame in the connection's encoding.
     pub(super) fn frame(f: &ServerFrame, encoding: Encoding) -> Outgoing {
-        Outgoing::Frame(match encoding {
+        Outgoing::Frame(Box::new(match encoding {
             Encoding::Json => Message::Text(f.to_json().into()),
             Encoding::Msgpack => Message::Binary(f.to_msgpack().into()),
-        })
+        }))
     }
 }
 
-async fn feed_events(sink: &mut SplitSink<Socket, Message>, events: Vec<EventFrames>) -> Result<(), WsError> {
-    for ev in events {
+async fn feed_events(
+    sink: &mut SplitSink<Socket, Message>,
+    events: Box<[EventFrames]>,
+) -> Result<(), WsError> {
+    for ev in events.into_vec() {
         match ev {
             EventFrames::One(m) => sink.feed(m).await?,
             EventFrames::WithPayload(header, payload) => {
@@ -69,15 +73,11 @@ async fn write_loop(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver
         let mut next = Some(first);
         while let Some(o) = next.take() {
             let fed = match o {
-                Outgoing::Frame(m) => sink.feed(m).await,
+                Outgoing::Frame(m) => sink.feed(*m).await,
                 Outgoing::Events(events) => feed_events(&mut sink, events).await,
                 Outgoing::Flush => Ok(()),
-                Outgoing::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    };
-                    let _ = sink.send(Message::Close(Some(frame))).await;
+                Outgoing::Close(frame) => {
+                    let _ = sink.send(Message::Close(Some(*frame))).await;
                     return;
                 }
             };
@@ -112,8 +112,9 @@ struct Session {
     encoding: Encoding,
     out: mpsc::Sender<Outgoing>,
     subs: HashMap<String, OpenSub>,
-    pending_binary: Option<PendingBinary>,
-    publish_slots: Arc<Semaphore>,
+    pending_binary: Option<Box<PendingBinary>>,
+    /// Made on the first publish: most dashboard connections never publish.
+    publish_slots: Option<Arc<Semaphore>>,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -140,7 +141,7 @@ pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
     let (sink, stream) = ws.split();
     let (out, out_rx) = mpsc::channel(cfg.ws_send_queue);
     let session = Session {
-        publish_slots: Arc::new(Semaphore::new(cfg.ws_max_inflight_publishes)),
+        publish_slots: None,
         ctx: ctx.clone(),
         encoding,
         out,
@@ -164,7 +165,9 @@ impl Session {
                 msg = stream.next() => match msg {
                     Some(Ok(m)) => {
                         deadline = None;
-                        self.handle(m).await
+                        // Boxed: handling a frame needs far more state than waiting for
+                        // one, and an idle connection should only pay for the waiting.
+                        Box::pin(self.handle(m)).await
                     }
                     Some(Err(e)) => {
                         self.socket_error(e).await;
@@ -211,7 +214,11 @@ impl Session {
     }
 
     async fn close(&self, code: CloseCode, why: &str) {
-        let _ = self.out.send(Outgoing::Close(code, reason(why))).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason(why).into(),
+        };
+        let _ = self.out.send(Outgoing::Close(Box::new(frame))).await;
     }
 
     async fn send_frame(&self, f: ServerFrame) -> bool {
@@ -359,13 +366,13 @@ impl Session {
                         .await
                 }
                 None => {
-                    self.pending_binary = Some(PendingBinary {
+                    self.pending_binary = Some(Box::new(PendingBinary {
                         id,
                         ns,
                         event,
                         key,
                         idempotency_key,
-                    });
+                    }));
                     true
                 }
             },
@@ -464,7 +471,7 @@ impl Session {
     }
 
     async fn publish(
-        &self,
+        &mut self,
         id: u64,
         ns: String,
         event: String,
@@ -474,7 +481,11 @@ impl Session {
     ) -> bool {
         // Waiting for a slot stops reading this connection: backpressure on a publisher
         // that outruns the disk.
-        let Ok(slot) = Arc::clone(&self.publish_slots).acquire_owned().await else {
+        let max = self.ctx.log.config().ws_max_inflight_publishes;
+        let slots = self
+            .publish_slots
+            .get_or_insert_with(|| Arc::new(Semaphore::new(max)));
+        let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
             return false;
         };
         let events = vec![NewEvent { event, key, data }];

@@ -106,7 +106,8 @@ impl Subscription {
             self.credit.wait().await;
             let visible = self.state.visible();
             if self.cursor < visible {
-                if let Err(stop) = self.catch_up(visible).await {
+                // Boxed, so an idle subscription's task is only as big as its live wait.
+                if let Err(stop) = Box::pin(self.catch_up(visible)).await {
                     return stop;
                 }
                 continue;
@@ -135,7 +136,7 @@ impl Subscription {
                             _ => break,
                         }
                     }
-                    if !self.send(Outgoing::Events(batch)).await {
+                    if !self.send(Outgoing::Events(batch.into_boxed_slice())).await {
                         return Stop::Disconnected;
                     }
                 }
@@ -217,7 +218,13 @@ impl Subscription {
         let mut batch = Vec::with_capacity(events.len());
         for ev in events {
             if ev.offset > self.cursor {
-                if !batch.is_empty() && !self.send(Outgoing::Events(std::mem::take(&mut batch))).await {
+                if !batch.is_empty()
+                    && !self
+                        .send(Outgoing::Events(
+                            std::mem::take(&mut batch).into_boxed_slice(),
+                        ))
+                        .await
+                {
                     return Err(Stop::Disconnected);
                 }
                 self.truncated(ev.offset).await?;
@@ -226,7 +233,7 @@ impl Subscription {
             self.cursor = ev.offset + 1;
             self.credit.spend_one();
         }
-        if !self.send(Outgoing::Events(batch)).await {
+        if !self.send(Outgoing::Events(batch.into_boxed_slice())).await {
             return Err(Stop::Disconnected);
         }
         Ok(())
