@@ -268,16 +268,13 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
         let _ = t.await;
     }
     let deliveries = (d1 - d0) as f64;
-    Ok(Measured {
-        name: format!(
+    Ok(Measured::rate(
+        format!(
             "fan-out flood, 1 publisher (batches of 100) → {subscribers} subscribers; broker CPU {:.3} s per million deliveries",
             (c1 - c0) / deliveries * 1e6
         ),
-        events_per_sec: deliveries / elapsed.as_secs_f64(),
-        p50_us: 0,
-        p99_us: 0,
-        max_us: 0,
-    })
+        deliveries / elapsed.as_secs_f64(),
+    ))
 }
 
 /// Paced: single-event publishes at `paced_deliveries / subscribers` per second; every
@@ -385,16 +382,13 @@ pub async fn catchup(args: &CatchupArgs) -> Result<Vec<Measured>, BenchError> {
         }
     }
     let (elapsed, c1) = (t0.elapsed(), broker.cpu_secs()?);
-    Ok(vec![Measured {
-        name: format!(
+    Ok(vec![Measured::rate(
+        format!(
             "catch-up replay of {n} events to one subscriber; broker CPU {:.3} s per million",
             (c1 - c0) / n as f64 * 1e6
         ),
-        events_per_sec: n as f64 / elapsed.as_secs_f64(),
-        p50_us: 0,
-        p99_us: 0,
-        max_us: 0,
-    }])
+        n as f64 / elapsed.as_secs_f64(),
+    )])
 }
 
 /// Opens idle connections, each with one namespace, and reports the broker's RSS growth.
@@ -411,14 +405,11 @@ pub async fn idle(args: &IdleArgs) -> Result<Vec<Measured>, BenchError> {
     let per = (after.saturating_sub(before)) as f64 / args.connections as f64;
     drop(open);
     drop(first);
-    Ok(vec![Measured {
-        name: format!(
+    Ok(vec![Measured::rate(
+        format!(
             "idle WebSocket connections with one namespace open: {} connections, broker RSS {before} → {after} KiB, {per:.2} KiB each",
             args.connections
         ),
-        events_per_sec: 0.0,
-        p50_us: 0,
-        p99_us: 0,
-        max_us: 0,
-    }])
+        0.0,
+    )])
 }

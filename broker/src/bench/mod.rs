@@ -54,6 +54,19 @@ pub struct Measured {
     pub max_us: u64,
 }
 
+impl Measured {
+    /// A throughput with no latencies.
+    pub fn rate(name: impl Into<String>, events_per_sec: f64) -> Measured {
+        Measured {
+            name: name.into(),
+            events_per_sec,
+            p50_us: 0,
+            p99_us: 0,
+            max_us: 0,
+        }
+    }
+}
+
 /// The results as a Markdown table.
 pub fn table(results: &[Measured]) -> String {
     let mut out = String::from(

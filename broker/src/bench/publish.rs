@@ -67,23 +67,32 @@ fn raw_sled(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError> 
         .map_err(StoreError::from)?;
     let tree = db.open_tree("bench").map_err(StoreError::from)?;
     let value = crate::storage::record::encode(&bench_event(payload_bytes), 0);
+    let rate = repeat_for(seconds, |n| {
+        tree.insert(n.to_be_bytes(), value.as_slice())
+            .map(drop)
+            .map_err(StoreError::from)
+    })?;
+    Ok(Measured::rate(
+        "raw sled insert, no flush (the engine alone)",
+        rate,
+    ))
+}
+
+/// Calls `op(0)`, `op(1)`, … for `seconds`; returns the calls per second.
+fn repeat_for(
+    seconds: u64,
+    mut op: impl FnMut(u64) -> Result<(), StoreError>,
+) -> Result<f64, BenchError> {
     let start = Instant::now();
     let until = start + Duration::from_secs(seconds);
     let mut n = 0u64;
     while Instant::now() < until {
         for _ in 0..256 {
-            tree.insert(n.to_be_bytes(), value.as_slice())
-                .map_err(StoreError::from)?;
+            op(n)?;
             n += 1;
         }
     }
-    Ok(Measured {
-        name: "raw sled insert, no flush (the engine alone)".into(),
-        events_per_sec: n as f64 / start.elapsed().as_secs_f64(),
-        p50_us: 0,
-        p99_us: 0,
-        max_us: 0,
-    })
+    Ok(n as f64 / start.elapsed().as_secs_f64())
 }
 
 fn bench_event(payload_bytes: usize) -> NewEvent {
@@ -101,22 +110,13 @@ fn raw_store(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError>
     let (store, _) = SledStore::open(dir.path(), Config::default().store_cache_bytes)?;
     store.create("bench", Retention::default())?;
     let event = [bench_event(payload_bytes)];
-    let start = Instant::now();
-    let until = start + Duration::from_secs(seconds);
-    let mut n = 0u64;
-    while Instant::now() < until {
-        for _ in 0..256 {
-            store.append("bench", &event, 0, None)?;
-        }
-        n += 256;
-    }
-    Ok(Measured {
-        name: "store append (sled + write-ahead log), no sync".into(),
-        events_per_sec: n as f64 / start.elapsed().as_secs_f64(),
-        p50_us: 0,
-        p99_us: 0,
-        max_us: 0,
-    })
+    let rate = repeat_for(seconds, |_| {
+        store.append("bench", &event, 0, None).map(drop)
+    })?;
+    Ok(Measured::rate(
+        "store append (sled + write-ahead log), no sync",
+        rate,
+    ))
 }
 
 async fn publisher(
