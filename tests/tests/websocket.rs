@@ -638,3 +638,33 @@ async fn publish_over_websocket_is_idempotent_with_a_key() {
     assert_eq!((offsets[&1], offsets[&2]), (0, 0));
     assert_eq!(b.get("/v1/namespaces/idem").await.json()["next"], 1);
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_with_503() {
+    let b = Broker::start(&["--max-connections", "2"]);
+    let mut first = Client::connect(b.addr, None).await;
+    let _second = Client::connect(b.addr, None).await;
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", b.addr)).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+            assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE)
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+    // Closing one frees its slot.
+    first.raw(Message::Close(None)).await;
+    assert_eq!(first.close_code().await, None);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio_tungstenite::connect_async(format!("ws://{}/v1/ws", b.addr)).await {
+            Ok(_) => break,
+            Err(_) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the slot was never freed"
+                );
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+}
