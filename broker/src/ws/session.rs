@@ -1,97 +1,34 @@
-//! One WebSocket connection: read frames, multiplex subscriptions, publish, keep the link
-//! alive, and write everything out through one queue.
+//! One WebSocket connection, served by one task: it reads client frames, polls every open
+//! subscription, writes what they yield straight to the socket, and sends the answers of
+//! publishes once they are durable.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::stream::{AbortHandle, Abortable, SelectAll};
+use futures::{SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rewind_protocol::frame::{decode_json, decode_msgpack, ClientFrame, FrameError, ServerFrame};
 use rewind_protocol::{ErrorCode, NewEvent, Payload, Position};
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::subscription::{Credit, Subscription};
+use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
 use crate::fanout::{Encoding, EventFrames};
 use crate::log::LogError;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
-/// Something for the writer to put on the wire. Kept to two words: the queue allocates
-/// its slots up front, for every connection, idle or not.
-#[derive(Debug)]
-pub(super) enum Outgoing {
-    /// A control or answer frame.
-    Frame(Box<Message>),
-    /// Events of one subscription, in order (each one frame, or a header and its payload
-    /// back to back). Several at once, so a burst costs one queue hand-off and one write.
-    Events(Box<[EventFrames]>),
-    /// Write out what is buffered (e.g. the pong tungstenite queued for a ping).
-    Flush,
-    /// Send a close frame and stop.
-    Close(Box<CloseFrame>),
-}
-
-impl Outgoing {
-    /// A server frame in the connection's encoding.
-    pub(super) fn frame(f: &ServerFrame, encoding: Encoding) -> Outgoing {
-        Outgoing::Frame(Box::new(match encoding {
-            Encoding::Json => Message::Text(f.to_json().into()),
-            Encoding::Msgpack => Message::Binary(f.to_msgpack().into()),
-        }))
-    }
-}
-
-async fn feed_events(
-    sink: &mut SplitSink<Socket, Message>,
-    events: Box<[EventFrames]>,
-) -> Result<(), WsError> {
-    for ev in events.into_vec() {
-        match ev {
-            EventFrames::One(m) => sink.feed(m).await?,
-            EventFrames::WithPayload(header, payload) => {
-                sink.feed(header).await?;
-                sink.feed(payload).await?;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Writes queued frames, flushing whenever the queue runs dry.
-async fn write_loop(mut sink: SplitSink<Socket, Message>, mut rx: mpsc::Receiver<Outgoing>) {
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(o) = next.take() {
-            let fed = match o {
-                Outgoing::Frame(m) => sink.feed(*m).await,
-                Outgoing::Events(events) => feed_events(&mut sink, events).await,
-                Outgoing::Flush => Ok(()),
-                Outgoing::Close(frame) => {
-                    let _ = sink.send(Message::Close(Some(*frame))).await;
-                    return;
-                }
-            };
-            if fed.is_err() {
-                return;
-            }
-            next = rx.try_recv().ok();
-        }
-        if sink.flush().await.is_err() {
-            return;
-        }
-    }
-    let _ = sink.close().await;
-}
+/// An open subscription's stream, abortable when the client closes it.
+type SubStream = Abortable<Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>>>;
 
 /// A publish whose payload is the next binary frame (JSON encoding, `bin: true`).
 struct PendingBinary {
@@ -104,14 +41,19 @@ struct PendingBinary {
 
 struct OpenSub {
     credit: Arc<Credit>,
-    task: JoinHandle<()>,
+    abort: AbortHandle,
 }
 
 struct Session {
     ctx: WsContext,
     encoding: Encoding,
-    out: mpsc::Sender<Outgoing>,
+    ws: Socket,
     subs: HashMap<String, OpenSub>,
+    streams: SelectAll<SubStream>,
+    /// Answers of publishes, sent by the tasks that wait for their durability. Boxed, so
+    /// the queue's slots (allocated up front, for idle connections too) stay one word.
+    answers: mpsc::Sender<Box<ServerFrame>>,
+    answers_rx: mpsc::Receiver<Box<ServerFrame>>,
     pending_binary: Option<Box<PendingBinary>>,
     /// Made on the first publish: most dashboard connections never publish.
     publish_slots: Option<Arc<Semaphore>>,
@@ -138,21 +80,23 @@ fn log_error_code(e: &LogError) -> ErrorCode {
 /// Serves one upgraded connection until it ends.
 pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
     let cfg = ctx.log.config();
-    let (sink, stream) = ws.split();
-    let (out, out_rx) = mpsc::channel(cfg.ws_send_queue);
+    let (answers, answers_rx) = mpsc::channel(cfg.ws_max_inflight_publishes.max(1));
     let session = Session {
-        publish_slots: None,
         ctx: ctx.clone(),
         encoding,
-        out,
+        ws,
         subs: HashMap::new(),
+        streams: SelectAll::new(),
+        answers,
+        answers_rx,
         pending_binary: None,
+        publish_slots: None,
     };
-    tokio::join!(session.read_loop(stream), write_loop(sink, out_rx));
+    session.serve().await;
 }
 
 impl Session {
-    async fn read_loop(mut self, mut stream: SplitStream<Socket>) {
+    async fn serve(mut self) {
         let cfg = self.ctx.log.config();
         let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_interval_secs));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -162,7 +106,7 @@ impl Session {
         let mut shutdown = self.ctx.log.shutdown_signal();
         loop {
             let go_on = tokio::select! {
-                msg = stream.next() => match msg {
+                msg = self.ws.next() => match msg {
                     Some(Ok(m)) => {
                         deadline = None;
                         // Boxed: handling a frame needs far more state than waiting for
@@ -175,6 +119,10 @@ impl Session {
                     }
                     None => false,
                 },
+                Some(yields) = self.streams.next(), if !self.streams.is_empty() => {
+                    Box::pin(self.write_yields(yields)).await
+                }
+                Some(answer) = self.answers_rx.recv() => self.send_frame(*answer).await,
                 _ = ping.tick() => {
                     deadline.get_or_insert(Instant::now() + ping_timeout);
                     self.send_frame(ServerFrame::Ping).await
@@ -193,11 +141,63 @@ impl Session {
             }
         }
         for (_, sub) in self.subs.drain() {
-            sub.task.abort();
+            sub.abort.abort();
+        }
+        let _ = self.ws.close(None).await;
+    }
+
+    /// Feeds messages to the socket and writes them out.
+    async fn write(&mut self, messages: impl IntoIterator<Item = Message>) -> bool {
+        for m in messages {
+            if self.ws.feed(m).await.is_err() {
+                return false;
+            }
+        }
+        self.ws.flush().await.is_ok()
+    }
+
+    fn encode(&self, f: &ServerFrame) -> Message {
+        match self.encoding {
+            Encoding::Json => Message::Text(f.to_json().into()),
+            Encoding::Msgpack => Message::Binary(f.to_msgpack().into()),
         }
     }
 
-    async fn socket_error(&self, e: WsError) {
+    async fn send_frame(&mut self, f: ServerFrame) -> bool {
+        let m = self.encode(&f);
+        self.write([m]).await
+    }
+
+    /// Writes what a subscription yielded; forgets the subscription when it ended.
+    async fn write_yields(&mut self, yields: Vec<Yield>) -> bool {
+        let mut messages = Vec::new();
+        for y in yields {
+            match y {
+                Yield::Events(events) => {
+                    for ev in events {
+                        match ev {
+                            EventFrames::One(m) => messages.push(m),
+                            EventFrames::WithPayload(header, payload) => {
+                                messages.push(header);
+                                messages.push(payload);
+                            }
+                        }
+                    }
+                }
+                Yield::Frame(f) => {
+                    if let ServerFrame::Closed { ns, .. }
+                    | ServerFrame::Error { ns: Some(ns), .. } = &f
+                    {
+                        self.subs.remove(ns);
+                    }
+                    messages.push(self.encode(&f));
+                }
+            }
+        }
+        self.write(messages).await
+    }
+
+    async fn socket_error(&mut self, e: WsError) {
         let (code, why) = match &e {
             WsError::Capacity(_) => (CloseCode::Size, e.to_string()),
             WsError::Utf8(_) => (
@@ -213,23 +213,16 @@ impl Session {
         self.close(code, &why).await;
     }
 
-    async fn close(&self, code: CloseCode, why: &str) {
+    async fn close(&mut self, code: CloseCode, why: &str) {
         let frame = CloseFrame {
             code,
             reason: reason(why).into(),
         };
-        let _ = self.out.send(Outgoing::Close(Box::new(frame))).await;
-    }
-
-    async fn send_frame(&self, f: ServerFrame) -> bool {
-        self.out
-            .send(Outgoing::frame(&f, self.encoding))
-            .await
-            .is_ok()
+        let _ = self.ws.send(Message::Close(Some(frame))).await;
     }
 
     async fn error(
-        &self,
+        &mut self,
         code: ErrorCode,
         message: impl Into<String>,
         id: Option<u64>,
@@ -269,6 +262,7 @@ impl Session {
                         .await
                 }
                 Some(p) => {
+                    let p = *p;
                     self.publish(
                         p.id,
                         p.ns,
@@ -301,9 +295,13 @@ impl Session {
                 false
             }
             // tungstenite has queued the pong; have it written now.
-            (Message::Ping(_), _) => self.out.send(Outgoing::Flush).await.is_ok(),
+            (Message::Ping(_), _) => self.ws.flush().await.is_ok(),
             (Message::Pong(_), _) | (Message::Frame(_), _) => true,
-            (Message::Close(_), _) => false,
+            // tungstenite has queued the closing handshake's reply; write it before leaving.
+            (Message::Close(_), _) => {
+                let _ = self.ws.flush().await;
+                false
+            }
         }
     }
 
@@ -334,7 +332,7 @@ impl Session {
             } => self.open(ns, from, epoch, credit).await,
             ClientFrame::Close { ns } => match self.subs.remove(&ns) {
                 Some(sub) => {
-                    sub.task.abort();
+                    sub.abort.abort();
                     self.send_frame(ServerFrame::Closed { ns, reason: None })
                         .await
                 }
@@ -388,18 +386,15 @@ impl Session {
         epoch: Option<String>,
         credit: u64,
     ) -> bool {
-        if let Some(sub) = self.subs.get(&ns) {
-            if !sub.task.is_finished() {
-                return self
-                    .error(
-                        ErrorCode::AlreadyOpen,
-                        "namespace is already open",
-                        None,
-                        Some(ns),
-                    )
-                    .await;
-            }
-            self.subs.remove(&ns);
+        if self.subs.contains_key(&ns) {
+            return self
+                .error(
+                    ErrorCode::AlreadyOpen,
+                    "namespace is already open",
+                    None,
+                    Some(ns),
+                )
+                .await;
         }
         let max = self.ctx.log.config().ws_max_namespaces;
         if self.subs.len() >= max {
@@ -434,26 +429,23 @@ impl Session {
             Position::Offset(n) if n < earliest => (earliest, Some((n, "retention"))),
             Position::Offset(n) => (n, None),
         };
-        let opened = ServerFrame::Opened {
+        let mut frames = vec![self.encode(&ServerFrame::Opened {
             ns: ns.clone(),
             epoch: state.epoch.clone(),
             from: cursor,
             earliest,
             next: visible,
-        };
-        if !self.send_frame(opened).await {
-            return false;
-        }
+        })];
         if let Some((requested, why)) = truncated {
-            let f = ServerFrame::Truncated {
+            frames.push(self.encode(&ServerFrame::Truncated {
                 ns: ns.clone(),
                 requested,
                 from: cursor,
                 reason: why.into(),
-            };
-            if !self.send_frame(f).await {
-                return false;
-            }
+            }));
+        }
+        if !self.write(frames).await {
+            return false;
         }
         let credit = Arc::new(Credit::new(credit));
         let sub = Subscription {
@@ -462,11 +454,13 @@ impl Session {
             live,
             cursor,
             credit: Arc::clone(&credit),
-            out: self.out.clone(),
             encoding: self.encoding,
+            finished: false,
         };
-        let task = tokio::spawn(sub.run());
-        self.subs.insert(ns, OpenSub { credit, task });
+        let stream: Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>> = Box::pin(sub.into_stream());
+        let (abort, registration) = AbortHandle::new_pair();
+        self.streams.push(Abortable::new(stream, registration));
+        self.subs.insert(ns, OpenSub { credit, abort });
         true
     }
 
@@ -497,24 +491,17 @@ impl Session {
                     .await
             }
         };
-        let out = self.out.clone();
-        let encoding = self.encoding;
+        let answers = self.answers.clone();
         tokio::spawn(async move {
             let answer = match pending.wait().await {
-                Ok(appended) => {
-                    let (rewind_first, _) = match appended {
-                        crate::storage::Appended::New { first, last }
-                        | crate::storage::Appended::Duplicate { first, last } => (first, last),
-                    };
-                    ServerFrame::Published {
-                        id,
-                        ns,
-                        offset: rewind_first,
-                    }
-                }
+                Ok(appended) => ServerFrame::Published {
+                    id,
+                    ns,
+                    offset: appended.first(),
+                },
                 Err(e) => ServerFrame::error(log_error_code(&e), e.to_string(), Some(id), Some(ns)),
             };
-            let _ = out.send(Outgoing::frame(&answer, encoding)).await;
+            let _ = answers.send(Box::new(answer)).await;
             drop(slot);
         });
         true

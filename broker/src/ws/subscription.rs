@@ -1,36 +1,37 @@
-//! One open namespace on one connection: catch up from the log, then follow the live ring,
-//! never sending more than the credit allows.
+//! One open namespace on one connection, as a stream the connection polls: catch up from
+//! the log, then follow the live ring, never yielding more events than the credit allows.
 //!
 //! ### Invariants
 //!
-//! - Offsets sent strictly increase by one; a jump is announced first with `truncated`.
+//! - Offsets yielded strictly increase by one; a jump is announced first with `truncated`.
 //! - At zero credit nothing is read or held: the subscription is its cursor, and the live
 //!   ring it stops reading simply reports it lagged later, after which it reads the log.
-//! - Nothing beyond the namespace's visible end is sent (the log read is bounded by it, and
-//!   the ring only carries committed events).
+//! - Nothing beyond the namespace's visible end is yielded (the log read is bounded by it,
+//!   and the ring only carries committed events).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{broadcast, mpsc, Notify};
+use rewind_protocol::ErrorCode;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{broadcast, Notify};
 
-use super::session::Outgoing;
-use crate::fanout::{self, Encoding, SharedEvent};
+use crate::fanout::{self, Encoding, EventFrames, SharedEvent};
 use crate::log::{Log, LogError};
 use crate::namespaces::NsState;
 
 /// Events read from the log per catch-up step, at most.
 const CATCH_UP_BATCH: u64 = 1000;
 
-/// Live events handed to the connection in one piece, at most.
+/// Live events taken from the ring in one step, at most.
 const LIVE_BATCH: usize = 256;
 
 /// Highest credit a subscription can hold; more is ignored.
 const MAX_CREDIT: u64 = u32::MAX as u64;
 
-/// A subscription's credit, shared between the session (adds) and the task (spends).
+/// A subscription's credit, shared between the session (adds) and the stream (spends).
 #[derive(Debug, Default)]
 pub(super) struct Credit {
     n: AtomicU64,
@@ -46,7 +47,7 @@ impl Credit {
         }
     }
 
-    /// Adds credit and wakes the task.
+    /// Adds credit and wakes the stream.
     pub(super) fn add(&self, n: u64) {
         let _ = self
             .n
@@ -73,120 +74,118 @@ impl Credit {
     }
 }
 
-/// The task's state.
+/// What a subscription hands its connection, in order.
+#[derive(Debug)]
+pub(super) enum Yield {
+    /// Events, each one frame or a header and its payload back to back.
+    Events(Vec<EventFrames>),
+    /// A control frame (`truncated`, `closed`, `error`).
+    Frame(ServerFrame),
+}
+
+/// The subscription's state.
 pub(super) struct Subscription {
     pub(super) log: Log,
     pub(super) state: Arc<NsState>,
     /// Subscribed before the start position was computed from `visible`.
     pub(super) live: broadcast::Receiver<Arc<SharedEvent>>,
-    /// The next offset to send.
+    /// The next offset to yield.
     pub(super) cursor: u64,
     pub(super) credit: Arc<Credit>,
-    pub(super) out: mpsc::Sender<Outgoing>,
     pub(super) encoding: Encoding,
-}
-
-/// Why the task stopped.
-enum Stop {
-    /// The connection is gone.
-    Disconnected,
-    /// The namespace was deleted (the client has been told).
-    Deleted,
+    /// Set once the subscription has said its last word.
+    pub(super) finished: bool,
 }
 
 impl Subscription {
-    /// Runs until the connection goes, the namespace is deleted, or the session aborts it.
-    pub(super) async fn run(mut self) {
-        let stop = self.serve().await;
-        tracing::trace!(ns = %self.state.name, deleted = matches!(stop, Stop::Deleted), "subscription ended");
-    }
-
-    async fn serve(&mut self) -> Stop {
-        loop {
-            self.credit.wait().await;
-            let visible = self.state.visible();
-            if self.cursor < visible {
-                // Boxed, so an idle subscription's task is only as big as its live wait.
-                if let Err(stop) = Box::pin(self.catch_up(visible)).await {
-                    return stop;
-                }
-                continue;
+    /// The subscription as a stream of things to send; it ends after telling the client
+    /// the namespace was deleted (or that reading it failed).
+    pub(super) fn into_stream(self) -> impl Stream<Item = Vec<Yield>> + Send {
+        futures::stream::unfold(self, |mut sub| async move {
+            if sub.finished {
+                return None;
             }
-            match self.live.recv().await {
-                // Older than the cursor: already sent from the log.
-                Ok(ev) if ev.event.offset < self.cursor => {}
-                // Ahead of the cursor: the log has what is in between; the next round
-                // reads it.
-                Ok(ev) if ev.event.offset > self.cursor => {}
-                Ok(ev) => {
-                    // Take whatever else is already in the ring, as far as the credit goes,
-                    // and hand it over in one piece.
-                    let mut batch = vec![ev.frames(self.encoding)];
-                    self.cursor += 1;
-                    self.credit.spend_one();
-                    while self.credit.available() > 0 && batch.len() < LIVE_BATCH {
-                        match self.live.try_recv() {
-                            Ok(ev) if ev.event.offset == self.cursor => {
-                                batch.push(ev.frames(self.encoding));
-                                self.cursor += 1;
-                                self.credit.spend_one();
-                            }
-                            Ok(ev) if ev.event.offset < self.cursor => {}
-                            // A jump, a lag or a closed ring: the next round sorts it out.
-                            _ => break,
-                        }
-                    }
-                    if !self.send(Outgoing::Events(batch.into_boxed_slice())).await {
-                        return Stop::Disconnected;
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return self.deleted().await,
-            }
-        }
+            let out = sub.step().await;
+            Some((out, sub))
+        })
     }
 
-    async fn send(&self, o: Outgoing) -> bool {
-        self.out.send(o).await.is_ok()
-    }
-
-    async fn frame(&self, f: ServerFrame) -> bool {
-        self.send(Outgoing::frame(&f, self.encoding)).await
-    }
-
-    async fn deleted(&self) -> Stop {
-        let closed = ServerFrame::Closed {
-            ns: self.state.name.to_string(),
-            reason: Some("deleted".into()),
-        };
-        if self.frame(closed).await {
-            Stop::Deleted
-        } else {
-            Stop::Disconnected
-        }
-    }
-
-    async fn truncated(&mut self, to: u64) -> Result<(), Stop> {
+    fn truncated(&mut self, to: u64) -> Yield {
         let f = ServerFrame::Truncated {
             ns: self.state.name.to_string(),
             requested: self.cursor,
             from: to,
             reason: "retention".into(),
         };
-        if !self.frame(f).await {
-            return Err(Stop::Disconnected);
-        }
         self.cursor = to;
-        Ok(())
+        Yield::Frame(f)
     }
 
-    /// Sends what the log holds from the cursor, up to `visible` and the credit.
-    async fn catch_up(&mut self, visible: u64) -> Result<(), Stop> {
+    fn finish(&mut self, f: ServerFrame) -> Vec<Yield> {
+        self.finished = true;
+        vec![Yield::Frame(f)]
+    }
+
+    fn deleted(&mut self) -> Vec<Yield> {
+        let ns = self.state.name.to_string();
+        self.finish(ServerFrame::Closed {
+            ns,
+            reason: Some("deleted".into()),
+        })
+    }
+
+    /// Waits for credit, then produces the next things to send.
+    async fn step(&mut self) -> Vec<Yield> {
+        loop {
+            self.credit.wait().await;
+            let visible = self.state.visible();
+            if self.cursor < visible {
+                // Boxed, so a waiting subscription is only as big as its live wait.
+                return Box::pin(self.catch_up(visible)).await;
+            }
+            match self.live.recv().await {
+                Ok(ev) if ev.event.offset == self.cursor => {
+                    return vec![Yield::Events(self.take_live(&ev))]
+                }
+                // Older than the cursor: already sent from the log. Ahead of it: the log
+                // has what is in between, and the next round reads it.
+                Ok(_) | Err(RecvError::Lagged(_)) => {}
+                Err(RecvError::Closed) => return self.deleted(),
+            }
+        }
+    }
+
+    /// `first` and whatever else is already in the ring, as far as the credit goes.
+    fn take_live(&mut self, first: &SharedEvent) -> Vec<EventFrames> {
+        let mut batch = vec![first.frames(self.encoding)];
+        self.cursor += 1;
+        self.credit.spend_one();
+        while self.credit.available() > 0 && batch.len() < LIVE_BATCH {
+            match self.live.try_recv() {
+                Ok(ev) if ev.event.offset == self.cursor => {
+                    batch.push(ev.frames(self.encoding));
+                    self.cursor += 1;
+                    self.credit.spend_one();
+                }
+                Ok(ev) if ev.event.offset < self.cursor => {}
+                // A jump, a lag or a closed ring: the next step sorts it out.
+                Ok(_)
+                | Err(TryRecvError::Empty | TryRecvError::Lagged(_) | TryRecvError::Closed) => {
+                    break
+                }
+            }
+        }
+        batch
+    }
+
+    /// What the log holds from the cursor, up to `visible` and the credit.
+    async fn catch_up(&mut self, visible: u64) -> Vec<Yield> {
+        let mut out = Vec::new();
         let earliest = self.state.earliest();
         if self.cursor < earliest {
-            self.truncated(earliest).await?;
+            out.push(self.truncated(earliest));
             if self.cursor >= visible {
-                return Ok(());
+                return out;
             }
         }
         let n = self.credit.available().min(CATCH_UP_BATCH) as usize;
@@ -196,46 +195,38 @@ impl Subscription {
             .await
         {
             Ok(events) => events,
-            Err(LogError::NotFound(_)) => return Err(self.deleted().await),
+            Err(LogError::NotFound(_)) => return self.deleted(),
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "catch-up read failed");
-                let f = ServerFrame::error(
-                    rewind_protocol::ErrorCode::Internal,
+                let ns = Some(self.state.name.to_string());
+                return self.finish(ServerFrame::error(
+                    ErrorCode::Internal,
                     e.to_string(),
                     None,
-                    Some(self.state.name.to_string()),
-                );
-                let _ = self.frame(f).await;
-                return Err(Stop::Disconnected);
+                    ns,
+                ));
             }
         };
         if events.is_empty() {
             // Retention removed them between the check above and the read.
             let to = self.state.earliest().clamp(self.cursor, visible);
             let to = if to == self.cursor { visible } else { to };
-            return self.truncated(to).await;
+            out.push(self.truncated(to));
+            return out;
         }
         let mut batch = Vec::with_capacity(events.len());
         for ev in events {
             if ev.offset > self.cursor {
-                if !batch.is_empty()
-                    && !self
-                        .send(Outgoing::Events(
-                            std::mem::take(&mut batch).into_boxed_slice(),
-                        ))
-                        .await
-                {
-                    return Err(Stop::Disconnected);
+                if !batch.is_empty() {
+                    out.push(Yield::Events(std::mem::take(&mut batch)));
                 }
-                self.truncated(ev.offset).await?;
+                out.push(self.truncated(ev.offset));
             }
             batch.push(fanout::encode(&self.state.name, &ev, self.encoding));
             self.cursor = ev.offset + 1;
             self.credit.spend_one();
         }
-        if !self.send(Outgoing::Events(batch.into_boxed_slice())).await {
-            return Err(Stop::Disconnected);
-        }
-        Ok(())
+        out.push(Yield::Events(batch));
+        out
     }
 }
