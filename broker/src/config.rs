@@ -109,7 +109,10 @@ pub struct Config {
     /// every connection, idle or not, and most of a dashboard's connections only read
     /// small frames; publish-heavy clients gain from a larger one.
     pub ws_read_buffer_bytes: usize,
-    /// WebSocket: bytes buffered before a write to the socket. Default 4096.
+    /// WebSocket: bytes gathered before a write to the socket. Default 32768: on a burst
+    /// this sets how many frames share one `write` (the kernel's send path is most of the
+    /// cost of a delivery); the buffer only grows on connections that had a burst, and
+    /// keeps at most this plus one frame.
     pub ws_write_buffer_bytes: usize,
     /// WebSocket: frames queued per connection for the socket. Default 64.
     pub ws_send_queue: usize,
@@ -150,7 +153,7 @@ impl Default for Config {
             ws_max_namespaces: 100,
             ws_max_frame_bytes: (1 << 20) + (64 << 10),
             ws_read_buffer_bytes: 2048,
-            ws_write_buffer_bytes: 4096,
+            ws_write_buffer_bytes: 32 << 10,
             ws_send_queue: 64,
             ws_max_inflight_publishes: 64,
         }
@@ -272,7 +275,7 @@ pub struct ServeArgs {
     /// WebSocket: read buffer per connection in bytes [default: 2048]
     #[arg(long, env = "REWIND_WS_READ_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
-    /// WebSocket: write buffer per connection in bytes [default: 4096]
+    /// WebSocket: bytes gathered per socket write [default: 32768]
     #[arg(long, env = "REWIND_WS_WRITE_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_write_buffer_bytes: Option<usize>,
     /// WebSocket: frames queued per connection [default: 64]
