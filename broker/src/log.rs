@@ -314,7 +314,7 @@ impl Log {
         self.inner.namespaces.get(ns)
     }
 
-    /// One namespace, with `next` as readers see it.
+    /// One namespace, with `earliest` and `next` as readers see them.
     pub fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
         let Some(state) = self.namespace(ns) else {
             return Ok(None);
@@ -322,11 +322,12 @@ impl Log {
         let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;
         Ok(info.map(|mut i| {
             i.next = state.visible();
+            i.earliest = state.earliest().min(i.next);
             i
         }))
     }
 
-    /// Every namespace, sorted by name, with `next` as readers see it.
+    /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
     pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
         let mut all = self
             .inner
@@ -336,6 +337,7 @@ impl Log {
         for info in &mut all {
             if let Some(state) = self.inner.namespaces.get(&info.name) {
                 info.next = state.visible();
+                info.earliest = state.earliest().min(info.next);
             }
         }
         Ok(all)

@@ -163,6 +163,38 @@ impl Broker {
     pub async fn get(&self, path: &str) -> Response {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
+
+    /// `PUT` a JSON body.
+    pub async fn put_json(&self, path: &str, body: &str) -> Response {
+        self.request(
+            Method::PUT,
+            path,
+            &[("content-type", "application/json")],
+            body.to_owned(),
+        )
+        .await
+    }
+
+    /// `GET`s `path` (a JSON answer) until `done` holds for it, for at most 10 seconds:
+    /// for state the broker reaches in the background, such as retention.
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let value = self.get(path).await.json();
+            if done(&value) {
+                return value;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} never got there: {value}"
+            );
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 impl Drop for Broker {

@@ -277,26 +277,15 @@ async fn msgpack_and_binary_payloads_both_ways() {
 async fn truncation_by_retention_and_by_epoch() {
     let b = Broker::start(&["--retention-interval-ms", "20"]);
     let r = b
-        .request(
-            Method::PUT,
-            "/v1/namespaces/t",
-            &[("content-type", "application/json")],
-            r#"{"retention":{"max_events":3}}"#,
-        )
+        .put_json("/v1/namespaces/t", r#"{"retention":{"max_events":3}}"#)
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
     let epoch = r.json()["epoch"].as_str().unwrap().to_owned();
     for i in 0..10 {
         http_publish(&b, "t", format!(r#"{{"event":"e","data":{i}}}"#)).await;
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b.get("/v1/namespaces/t").await.json()["earliest"] != 7 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "retention did not run"
-        );
-        tokio::task::yield_now().await;
-    }
+    b.wait_for("/v1/namespaces/t", |info| info["earliest"] == 7)
+        .await;
     let mut c = Client::connect(b.addr, None).await;
     c.send(&open("t", Position::Offset(2), Some(&epoch), 100))
         .await;
