@@ -1,5 +1,7 @@
 //! The `rewind` command.
 
+mod cli;
+
 use std::io::Write;
 use std::sync::Arc;
 
@@ -25,13 +27,29 @@ struct Cli {
 enum Command {
     /// Run the broker
     Serve(Box<ServeArgs>),
+    /// Publish one event and print its offset
+    Publish(cli::PublishArgs),
+    /// Print a namespace's events as JSON lines, following it forever
+    Tail(cli::TailArgs),
+    /// List the namespaces
+    Namespaces(cli::NamespacesArgs),
     /// Run a benchmark (see docs/benchmarks.md)
     #[command(subcommand)]
     Bench(BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace.
+            eprintln!("rewind: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -45,6 +63,9 @@ fn main() -> anyhow::Result<()> {
         .context("starting the runtime")?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(*args)),
+        Command::Publish(args) => runtime.block_on(cli::publish(args)),
+        Command::Tail(args) => runtime.block_on(cli::tail(args)),
+        Command::Namespaces(args) => runtime.block_on(cli::namespaces(args)),
         Command::Bench(which) => {
             let results = runtime.block_on(async {
                 match &which {

@@ -132,3 +132,289 @@ async fn a_publish_whose_answer_is_lost_is_retried_and_appended_once() {
         1
     );
 }
+
+mod websocket_client {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use rewind_client::{Client, ClientOptions, FileOffsetStore, Item, OffsetStore, Subscription};
+    use rewind_protocol::{Payload, Position};
+    use rewind_tests::Broker;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    fn options(buffer: usize) -> ClientOptions {
+        ClientOptions {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            liveness: Duration::from_secs(10),
+            buffer,
+        }
+    }
+
+    async fn next(sub: &mut Subscription) -> Item {
+        tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("an item in time")
+            .expect("the stream goes on")
+    }
+
+    /// Takes items until `n` events have arrived; returns their offsets.
+    async fn events(sub: &mut Subscription, n: usize) -> Vec<u64> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match next(sub).await {
+                Item::Event(e) => out.push(e.offset),
+                Item::Epoch(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        out
+    }
+
+    async fn publish_n(b: &Broker, ns: &str, from: u64, n: u64) {
+        let body: Vec<String> = (from..from + n)
+            .map(|i| format!(r#"{{"event":"n","data":{i}}}"#))
+            .collect();
+        let r = b
+            .post_json(
+                &format!("/v1/namespaces/{ns}/events"),
+                &format!("[{}]", body.join(",")),
+            )
+            .await;
+        assert_eq!(r.status, hyper::StatusCode::CREATED);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_subscription_survives_kill9_and_restart_with_no_gap_and_no_duplicate() {
+        let mut b = Broker::start(&[]);
+        let client = Client::connect(&b.url(), options(64)).await.unwrap();
+        let mut sub = client.subscribe("k", Position::Earliest).await.unwrap();
+        publish_n(&b, "k", 0, 300).await;
+        let mut got = events(&mut sub, 150).await;
+        b.kill9();
+        b.restart();
+        publish_n(&b, "k", 300, 300).await;
+        got.extend(events(&mut sub, 450).await);
+        assert_eq!(got, (0..600).collect::<Vec<_>>());
+    }
+
+    /// Forwards to `target`, cutting every connection after `cut` bytes from the broker.
+    async fn cutting_proxy(target: std::net::SocketAddr, cut: usize) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let broker = TcpStream::connect(target).await.unwrap();
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut br, mut bw) = broker.into_split();
+                    let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut bw).await });
+                    let mut sent = 0;
+                    let mut buf = vec![0u8; 4096];
+                    while sent < cut {
+                        let n = match br.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n.min(cut - sent),
+                        };
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sent += n;
+                    }
+                    up.abort();
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_cut_by_a_proxy_lose_and_repeat_nothing() {
+        let b = Broker::start(&[]);
+        let proxy = cutting_proxy(b.addr, 16 * 1024).await;
+        let client = Client::connect(&format!("http://{proxy}"), options(128))
+            .await
+            .unwrap();
+        let mut sub = client.subscribe("cut", Position::Earliest).await.unwrap();
+        for chunk in 0..10 {
+            publish_n(&b, "cut", chunk * 300, 300).await;
+        }
+        // 3,000 events of ~80 bytes on the wire: the connection is cut a dozen times.
+        assert_eq!(events(&mut sub, 3000).await, (0..3000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_sleeping_consumer_is_bounded_and_does_not_hold_up_the_others() {
+        let b = Broker::start(&[]);
+        let client = Client::connect(&b.url(), options(16)).await.unwrap();
+        let mut slow = client.subscribe("slow", Position::Earliest).await.unwrap();
+        let mut fast = client.subscribe("fast", Position::Earliest).await.unwrap();
+        for chunk in 0..10 {
+            publish_n(&b, "slow", chunk * 500, 500).await;
+        }
+        publish_n(&b, "fast", 0, 100).await;
+        assert_eq!(events(&mut fast, 100).await, (0..100).collect::<Vec<_>>());
+        assert!(slow.queued() <= 16, "{} items buffered", slow.queued());
+        // Waking up, it gets everything, in order.
+        assert_eq!(events(&mut slow, 5000).await, (0..5000).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn truncation_reaches_the_application_as_an_item() {
+        let b = Broker::start(&["--retention-interval-ms", "20"]);
+        b.put_json("/v1/namespaces/tr", r#"{"retention":{"max_events":3}}"#)
+            .await;
+        publish_n(&b, "tr", 0, 10).await;
+        b.wait_for("/v1/namespaces/tr", |info| info["earliest"] == 7)
+            .await;
+        let client = Client::connect(&b.url(), options(16)).await.unwrap();
+        let mut sub = client.subscribe("tr", Position::Offset(0)).await.unwrap();
+        let mut items = Vec::new();
+        while items.len() < 5 {
+            items.push(next(&mut sub).await);
+        }
+        assert!(matches!(items[0], Item::Epoch(_)));
+        assert_eq!(
+            items[1],
+            Item::Truncated {
+                requested: 0,
+                from: 7,
+                reason: "retention".into()
+            }
+        );
+        let offsets: Vec<u64> = items[2..]
+            .iter()
+            .map(|i| match i {
+                Item::Event(e) => e.offset,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(offsets, [7, 8, 9]);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_consumer_resumes_from_its_file_offset_store() {
+        let b = Broker::start(&[]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("offsets");
+        publish_n(&b, "fs", 0, 10).await;
+        {
+            let store = FileOffsetStore::open(&path).unwrap();
+            let client = Client::connect(&b.url(), options(16)).await.unwrap();
+            let mut sub = client.subscribe("fs", Position::Earliest).await.unwrap();
+            assert_eq!(events(&mut sub, 6).await, (0..6).collect::<Vec<_>>());
+            store.save("fs", &sub.resume().unwrap()).unwrap();
+        }
+        publish_n(&b, "fs", 10, 5).await;
+        let store = FileOffsetStore::open(&path).unwrap();
+        let resume = store.load("fs").unwrap().unwrap();
+        assert_eq!(resume.next, 6);
+        let client = Client::connect(&b.url(), options(16)).await.unwrap();
+        let mut sub = client.subscribe("fs", resume).await.unwrap();
+        assert_eq!(events(&mut sub, 9).await, (6..15).collect::<Vec<_>>());
+    }
+
+    /// Forwards to `target`; on the first connection, the broker's bytes after the
+    /// handshake answer are swallowed and the connection cut: a publish goes through, its
+    /// `published` never comes back.
+    async fn answer_swallowing_proxy(target: std::net::SocketAddr) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut first = true;
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut broker = TcpStream::connect(target).await.unwrap();
+                if !std::mem::take(&mut first) {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    });
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut br, mut bw) = broker.into_split();
+                    let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut bw).await });
+                    let mut buf = vec![0u8; 4096];
+                    // The 101 answer goes through; whatever follows is dropped.
+                    let n = br.read(&mut buf).await.unwrap();
+                    cw.write_all(&buf[..n]).await.unwrap();
+                    let _ = br.read(&mut buf).await;
+                    up.abort();
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_publish_in_flight_when_the_link_drops_is_appended_once() {
+        let b = Broker::start(&[]);
+        let proxy = answer_swallowing_proxy(b.addr).await;
+        let client = Client::connect(&format!("http://{proxy}"), options(16))
+            .await
+            .unwrap();
+        let offset = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.publish("wsp", "e", Payload::Json("\"once\"".into())),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(offset, 0);
+        assert_eq!(b.get("/v1/namespaces/wsp").await.json()["next"], 1);
+        let second = client
+            .publish("wsp", "e", Payload::Bytes(vec![1]))
+            .await
+            .unwrap();
+        assert_eq!(second, 1);
+        let seen: HashSet<u64> = [offset, second].into();
+        assert_eq!(seen.len(), 2);
+    }
+
+    /// Forwards to `target`; the first connection goes silent after the handshake (kept
+    /// open, nothing forwarded either way), like a link that died without a word.
+    async fn silent_proxy(target: std::net::SocketAddr) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut first = true;
+            let mut parked = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut broker = TcpStream::connect(target).await.unwrap();
+                if !std::mem::take(&mut first) {
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                    });
+                    continue;
+                }
+                let mut buf = vec![0u8; 4096];
+                let n = client.read(&mut buf).await.unwrap();
+                broker.write_all(&buf[..n]).await.unwrap();
+                let n = broker.read(&mut buf).await.unwrap();
+                client.write_all(&buf[..n]).await.unwrap();
+                parked.push((client, broker));
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_silent_link_is_declared_dead_and_replaced() {
+        let b = Broker::start(&[]);
+        let proxy = silent_proxy(b.addr).await;
+        let opts = ClientOptions {
+            liveness: Duration::from_millis(500),
+            ..options(16)
+        };
+        let client = Client::connect(&format!("http://{proxy}"), opts)
+            .await
+            .unwrap();
+        let mut sub = client.subscribe("quiet", Position::Earliest).await.unwrap();
+        publish_n(&b, "quiet", 0, 5).await;
+        // Nothing can come through the first link; after the liveness timeout the client
+        // reconnects and the events arrive.
+        assert_eq!(events(&mut sub, 5).await, (0..5).collect::<Vec<_>>());
+    }
+}

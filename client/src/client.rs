@@ -1,0 +1,632 @@
+//! [`Client`]: one WebSocket to the broker, multiplexing every subscription and publish,
+//! kept alive across disconnects.
+//!
+//! A driver task owns the socket. After any disconnect (error, close, or silence past the
+//! liveness timeout) it reconnects with exponential backoff and jitter, re-opens every
+//! subscription at the offset after the last one it delivered (with the epoch it saw),
+//! drops any offset it already delivered, and sends again every publish not yet answered,
+//! with the same idempotency key, so each is appended once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use rewind_protocol::frame::{
+    decode_server_msgpack, encode_client_msgpack, ClientFrame, EventFrame, ServerFrame,
+    ServerMessage,
+};
+use rewind_protocol::{Payload, Position};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::subscription::{Grants, Item, Subscription};
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// How a [`Client`] behaves. Each default is stated.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// First wait before reconnecting; doubles per failed attempt. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest wait before reconnecting. Default 10 s.
+    pub backoff_max: Duration,
+    /// Silence after which the link counts as dead: the broker's ping interval plus its
+    /// timeout. Default 45 s.
+    pub liveness: Duration,
+    /// Items buffered per subscription; the broker is granted credit only for free room,
+    /// so this bounds the client's memory per subscription. Default 256.
+    pub buffer: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            liveness: Duration::from_secs(45),
+            buffer: 256,
+        }
+    }
+}
+
+/// Why a client call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is not `ws://host:port` or `http://host:port`.
+    #[error("bad broker URL {0:?}: expected ws://host:port or http://host:port")]
+    BadUrl(String),
+    /// The first connection failed.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The broker refused a publish.
+    #[error("rejected: {code}: {message}")]
+    Rejected {
+        /// The error code.
+        code: String,
+        /// The message.
+        message: String,
+    },
+    /// The namespace is already subscribed on this client.
+    #[error("already subscribed to {0}")]
+    AlreadySubscribed(String),
+    /// The client's driver has stopped.
+    #[error("the client is closed")]
+    Closed,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    /// The position.
+    pub from: Position,
+    /// The epoch `from` belongs to, when resuming.
+    pub epoch: Option<String>,
+}
+
+impl From<Position> for Start {
+    fn from(from: Position) -> Start {
+        Start { from, epoch: None }
+    }
+}
+
+impl From<crate::Resume> for Start {
+    fn from(r: crate::Resume) -> Start {
+        Start {
+            from: Position::Offset(r.next),
+            epoch: Some(r.epoch),
+        }
+    }
+}
+
+enum Command {
+    Subscribe {
+        ns: String,
+        start: Start,
+        tx: mpsc::Sender<Item>,
+        grants: Arc<Grants>,
+        reply: oneshot::Sender<Result<(), ClientError>>,
+    },
+    Unsubscribe(String),
+    Publish {
+        ns: String,
+        event: String,
+        data: Payload,
+        reply: oneshot::Sender<Result<u64, ClientError>>,
+    },
+}
+
+/// A connection to a broker. Cheap to clone; the connection closes when every clone and
+/// every subscription is dropped.
+///
+/// ```no_run
+/// use futures::StreamExt;
+/// use rewind_client::{Client, ClientOptions, Item};
+/// use rewind_protocol::{Payload, Position};
+///
+/// # async fn demo() -> Result<(), rewind_client::ClientError> {
+/// let client = Client::connect("ws://127.0.0.1:7070", ClientOptions::default()).await?;
+/// let mut sub = client.subscribe("logs.api", Position::Earliest).await?;
+/// client.publish("logs.api", "started", Payload::Json("{}".into())).await?;
+/// while let Some(item) = sub.next().await {
+///     if let Item::Event(ev) = item {
+///         println!("{} {}", ev.offset, ev.event);
+///     }
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    cmd: mpsc::UnboundedSender<Command>,
+    options: ClientOptions,
+    wake: Arc<Notify>,
+}
+
+fn ws_url(url: &str) -> Result<String, ClientError> {
+    let rest = url
+        .strip_prefix("ws://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(ClientError::BadUrl(url.to_owned()));
+    }
+    Ok(format!("ws://{authority}/v1/ws"))
+}
+
+async fn dial(url: &str) -> Result<Socket, String> {
+    let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "rewind.v1.msgpack"
+            .parse()
+            .map_err(|_| "header".to_owned())?,
+    );
+    let (socket, _) = tokio_tungstenite::connect_async(req)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(socket)
+}
+
+impl Client {
+    /// Connects to the broker at `url`; fails if the first connection does. Later
+    /// disconnects are repaired by reconnecting, forever.
+    pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
+        let url = ws_url(url)?;
+        let socket = dial(&url).await.map_err(ClientError::Connect)?;
+        let (cmd, cmd_rx) = mpsc::unbounded_channel();
+        let wake = Arc::new(Notify::new());
+        let driver = Driver {
+            url,
+            options: options.clone(),
+            cmd_rx,
+            wake: Arc::clone(&wake),
+            subs: HashMap::new(),
+            pending: BTreeMap::new(),
+            next_id: 0,
+            key_prefix: key_prefix(),
+        };
+        tokio::spawn(driver.run(socket));
+        Ok(Client { cmd, options, wake })
+    }
+
+    /// Subscribes to `ns` from `start` (a [`Position`], or a [`crate::Resume`] from an
+    /// offset store). Items arrive in order, each offset once, across reconnects.
+    pub async fn subscribe(
+        &self,
+        ns: &str,
+        start: impl Into<Start>,
+    ) -> Result<Subscription, ClientError> {
+        let buffer = self.options.buffer.max(1);
+        let (tx, rx) = mpsc::channel(buffer);
+        let grants = Arc::new(Grants {
+            consumed: Default::default(),
+            wake: Arc::clone(&self.wake),
+            batch: (buffer as u64 / 4).max(1),
+        });
+        let (reply, answer) = oneshot::channel();
+        self.cmd
+            .send(Command::Subscribe {
+                ns: ns.to_owned(),
+                start: start.into(),
+                tx,
+                grants: Arc::clone(&grants),
+                reply,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        answer.await.map_err(|_| ClientError::Closed)??;
+        let cmd = self.cmd.clone();
+        let name = ns.to_owned();
+        Ok(Subscription {
+            ns: ns.to_owned(),
+            rx,
+            grants,
+            epoch: None,
+            next: None,
+            unsubscribe: Some(Box::new(move || {
+                let _ = cmd.send(Command::Unsubscribe(name));
+            })),
+        })
+    }
+
+    /// Publishes one event; returns its offset once durable. A publish in flight when the
+    /// link drops is sent again after reconnecting, with the same idempotency key.
+    pub async fn publish(&self, ns: &str, event: &str, data: Payload) -> Result<u64, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.cmd
+            .send(Command::Publish {
+                ns: ns.to_owned(),
+                event: event.to_owned(),
+                data,
+                reply,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        answer.await.map_err(|_| ClientError::Closed)?
+    }
+}
+
+fn key_prefix() -> String {
+    let mut bytes = [0u8; 8];
+    // Without randomness, fall back to the clock: keys only need to differ per client.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = nanos.to_be_bytes();
+    }
+    format!("{:016x}", u64::from_be_bytes(bytes))
+}
+
+struct SubState {
+    start: Start,
+    /// The next offset to deliver, once known.
+    next: Option<u64>,
+    /// The epoch last seen.
+    epoch: Option<String>,
+    tx: mpsc::Sender<Item>,
+    grants: Arc<Grants>,
+    /// Items that found the channel full. Events never do (the broker's credit is the
+    /// channel's room), but `Epoch`, `Truncated` and `Ended` come without credit; they
+    /// wait here, in order, so the driver never blocks on one subscription.
+    held: std::collections::VecDeque<Item>,
+}
+
+struct PendingPublish {
+    ns: String,
+    event: String,
+    data: Payload,
+    reply: oneshot::Sender<Result<u64, ClientError>>,
+}
+
+struct Driver {
+    url: String,
+    options: ClientOptions,
+    cmd_rx: mpsc::UnboundedReceiver<Command>,
+    wake: Arc<Notify>,
+    subs: HashMap<String, SubState>,
+    /// Publishes not yet answered, by id (sent again after a reconnect).
+    pending: BTreeMap<u64, PendingPublish>,
+    next_id: u64,
+    key_prefix: String,
+}
+
+/// Why a connection ended.
+enum Ended {
+    /// The link broke; reconnect.
+    Link,
+    /// Every handle is gone; stop.
+    Done,
+}
+
+impl Driver {
+    async fn run(mut self, first: Socket) {
+        let mut socket = Some(first);
+        let mut backoff = self.options.backoff_min;
+        loop {
+            let ws = match socket.take() {
+                Some(ws) => ws,
+                None => match dial(&self.url).await {
+                    Ok(ws) => {
+                        backoff = self.options.backoff_min;
+                        ws
+                    }
+                    Err(_) => {
+                        tokio::time::sleep(jitter(backoff)).await;
+                        backoff = (backoff * 2).min(self.options.backoff_max);
+                        if self.cmd_rx.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            match self.serve(ws).await {
+                Ended::Done => return,
+                Ended::Link => tokio::time::sleep(jitter(self.options.backoff_min)).await,
+            }
+        }
+    }
+
+    fn publish_frame(&self, id: u64, p: &PendingPublish) -> ClientFrame {
+        ClientFrame::Publish {
+            id,
+            ns: p.ns.clone(),
+            event: p.event.clone(),
+            data: Some(p.data.clone()),
+            key: None,
+            idempotency_key: Some(format!("{}-{id}", self.key_prefix)),
+        }
+    }
+
+    fn open_frame(ns: &str, sub: &SubState) -> ClientFrame {
+        sub.grants.consumed.store(0, Ordering::Release);
+        let room = sub.tx.capacity().saturating_sub(sub.held.len());
+        let (from, epoch) = match sub.next {
+            Some(n) => (Position::Offset(n), sub.epoch.clone()),
+            None => (sub.start.from, sub.start.epoch.clone()),
+        };
+        ClientFrame::Open {
+            ns: ns.to_owned(),
+            from,
+            epoch,
+            credit: room as u64,
+        }
+    }
+
+    async fn send(ws: &mut Socket, frame: &ClientFrame) -> bool {
+        ws.send(Message::Binary(encode_client_msgpack(frame).into()))
+            .await
+            .is_ok()
+    }
+
+    /// Serves one connection until it breaks or every handle is gone.
+    async fn serve(&mut self, mut ws: Socket) -> Ended {
+        let mut hello: Vec<ClientFrame> = self
+            .subs
+            .iter()
+            .map(|(ns, s)| Self::open_frame(ns, s))
+            .collect();
+        hello.extend(
+            self.pending
+                .iter()
+                .map(|(id, p)| self.publish_frame(*id, p)),
+        );
+        for f in &hello {
+            if !Self::send(&mut ws, f).await {
+                return Ended::Link;
+            }
+        }
+        loop {
+            tokio::select! {
+                msg = tokio::time::timeout(self.options.liveness, ws.next()) => match msg {
+                    Ok(Some(Ok(m))) => {
+                        if !self.on_message(&mut ws, m).await {
+                            return Ended::Link;
+                        }
+                    }
+                    // Silence past the liveness timeout, an error, or the end: reconnect.
+                    _ => return Ended::Link,
+                },
+                cmd = self.cmd_rx.recv() => match cmd {
+                    Some(cmd) => {
+                        if !self.on_command(&mut ws, cmd).await {
+                            return Ended::Link;
+                        }
+                    }
+                    // Every handle is gone (each subscription holds one, so they are gone too).
+                    None => {
+                        let _ = ws.close(None).await;
+                        return Ended::Done;
+                    }
+                },
+                () = self.wake.notified() => {
+                    let mut grants = Vec::new();
+                    self.subs.retain(|ns, sub| {
+                        let open = Self::drain(sub);
+                        // Credit in batches, not a frame per event.
+                        if open && sub.grants.consumed.load(Ordering::Acquire) >= sub.grants.batch {
+                            grants.push((ns.clone(), sub.grants.consumed.swap(0, Ordering::AcqRel)));
+                        }
+                        open
+                    });
+                    for (ns, n) in grants {
+                        if !Self::send(&mut ws, &ClientFrame::Credit { ns, n }).await {
+                            return Ended::Link;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_command(&mut self, ws: &mut Socket, cmd: Command) -> bool {
+        match cmd {
+            Command::Subscribe {
+                ns,
+                start,
+                tx,
+                grants,
+                reply,
+            } => {
+                if self.subs.contains_key(&ns) {
+                    let _ = reply.send(Err(ClientError::AlreadySubscribed(ns)));
+                    return true;
+                }
+                let sub = SubState {
+                    start,
+                    next: None,
+                    epoch: None,
+                    tx,
+                    grants,
+                    held: Default::default(),
+                };
+                let open = Self::open_frame(&ns, &sub);
+                self.subs.insert(ns, sub);
+                let _ = reply.send(Ok(()));
+                Self::send(ws, &open).await
+            }
+            Command::Unsubscribe(ns) => {
+                self.subs.remove(&ns);
+                Self::send(ws, &ClientFrame::Close { ns }).await
+            }
+            Command::Publish {
+                ns,
+                event,
+                data,
+                reply,
+            } => {
+                let id = self.next_id;
+                self.next_id += 1;
+                let p = PendingPublish {
+                    ns,
+                    event,
+                    data,
+                    reply,
+                };
+                let frame = self.publish_frame(id, &p);
+                self.pending.insert(id, p);
+                Self::send(ws, &frame).await
+            }
+        }
+    }
+
+    /// Hands an item to the application, or holds it back when the channel is full.
+    fn deliver(&mut self, ns: &str, item: Item) {
+        let Some(sub) = self.subs.get_mut(ns) else {
+            return;
+        };
+        sub.held.push_back(item);
+        if !Self::drain(sub) {
+            self.subs.remove(ns);
+        }
+    }
+
+    /// Moves held-back items into the channel while there is room; false once the
+    /// application has dropped the subscription.
+    fn drain(sub: &mut SubState) -> bool {
+        while let Some(item) = sub.held.pop_front() {
+            match sub.tx.try_send(item) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(item)) => {
+                    sub.held.push_front(item);
+                    return true;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            }
+        }
+        true
+    }
+
+    async fn on_message(&mut self, ws: &mut Socket, m: Message) -> bool {
+        let bytes = match m {
+            Message::Binary(b) => b,
+            Message::Close(_) => return false,
+            _ => return true,
+        };
+        let Ok(msg) = decode_server_msgpack(&bytes) else {
+            return true;
+        };
+        match msg {
+            ServerMessage::Event(EventFrame { ns, event, .. }) => {
+                let Some(sub) = self.subs.get_mut(&ns) else {
+                    return true;
+                };
+                if sub.next.is_some_and(|n| event.offset < n) {
+                    return true;
+                }
+                sub.next = Some(event.offset + 1);
+                self.deliver(&ns, Item::Event(event));
+            }
+            ServerMessage::Frame(ServerFrame::Opened {
+                ns, epoch, from, ..
+            }) => {
+                let Some(sub) = self.subs.get_mut(&ns) else {
+                    return true;
+                };
+                if sub.next.is_none() {
+                    sub.next = Some(from);
+                }
+                if sub.epoch.as_deref() != Some(epoch.as_str()) {
+                    sub.epoch = Some(epoch.clone());
+                    self.deliver(&ns, Item::Epoch(epoch));
+                }
+            }
+            ServerMessage::Frame(ServerFrame::Truncated {
+                ns,
+                requested,
+                from,
+                reason,
+            }) => {
+                if let Some(sub) = self.subs.get_mut(&ns) {
+                    sub.next = Some(from);
+                }
+                self.deliver(
+                    &ns,
+                    Item::Truncated {
+                        requested,
+                        from,
+                        reason,
+                    },
+                );
+            }
+            ServerMessage::Frame(ServerFrame::Closed { ns, reason }) => {
+                let reason = reason.unwrap_or_else(|| "closed".into());
+                self.deliver(&ns, Item::Ended { reason });
+                self.subs.remove(&ns);
+            }
+            ServerMessage::Frame(ServerFrame::Published { id, offset, .. }) => {
+                if let Some(p) = self.pending.remove(&id) {
+                    let _ = p.reply.send(Ok(offset));
+                }
+            }
+            ServerMessage::Frame(ServerFrame::Error {
+                code,
+                message,
+                id,
+                ns,
+            }) => match (id, ns) {
+                (Some(id), _) => {
+                    if let Some(p) = self.pending.remove(&id) {
+                        let _ = p.reply.send(Err(ClientError::Rejected { code, message }));
+                    }
+                }
+                (None, Some(ns)) => {
+                    let reason = format!("{code}: {message}");
+                    self.deliver(&ns, Item::Ended { reason });
+                    self.subs.remove(&ns);
+                }
+                (None, None) => {}
+            },
+            ServerMessage::Frame(ServerFrame::Ping) => {
+                return Self::send(ws, &ClientFrame::Pong).await
+            }
+            ServerMessage::Frame(ServerFrame::Pong) => {}
+        }
+        true
+    }
+}
+
+/// `d` scaled by a random factor in [0.5, 1.5), so clients that lost the same broker do
+/// not all come back at once.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = if getrandom::getrandom(&mut b).is_ok() {
+        u16::from_le_bytes(b) as f64 / 65536.0
+    } else {
+        0.5
+    };
+    d.mul_f64(0.5 + r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            ws_url("ws://127.0.0.1:7070").unwrap(),
+            "ws://127.0.0.1:7070/v1/ws"
+        );
+        assert_eq!(ws_url("http://h:1/").unwrap(), "ws://h:1/v1/ws");
+        for bad in ["wss://h:1", "h:1", "ws://", "ws://h:1/x"] {
+            assert!(ws_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn jitter_stays_within_half_and_one_and_a_half() {
+        for _ in 0..100 {
+            let j = jitter(Duration::from_millis(100));
+            assert!(
+                j >= Duration::from_millis(50) && j < Duration::from_millis(150),
+                "{j:?}"
+            );
+        }
+    }
+}
