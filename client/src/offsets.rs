@@ -79,7 +79,8 @@ impl OffsetStore for MemoryOffsetStore {
 #[derive(Debug)]
 pub struct FileOffsetStore {
     path: PathBuf,
-    map: Mutex<HashMap<String, Resume>>,
+    /// What the file holds; saves update it under its lock, then rewrite the file.
+    cache: MemoryOffsetStore,
 }
 
 impl FileOffsetStore {
@@ -118,7 +119,9 @@ impl FileOffsetStore {
         }
         Ok(FileOffsetStore {
             path,
-            map: Mutex::new(map),
+            cache: MemoryOffsetStore {
+                map: Mutex::new(map),
+            },
         })
     }
 
@@ -148,16 +151,11 @@ impl FileOffsetStore {
 
 impl OffsetStore for FileOffsetStore {
     fn load(&self, ns: &str) -> Result<Option<Resume>, OffsetStoreError> {
-        Ok(self
-            .map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(ns)
-            .cloned())
+        self.cache.load(ns)
     }
 
     fn save(&self, ns: &str, resume: &Resume) -> Result<(), OffsetStoreError> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.cache.map.lock().unwrap_or_else(|p| p.into_inner());
         let old = map.insert(ns.to_owned(), resume.clone());
         if let Err(e) = self.write(&map) {
             match old {

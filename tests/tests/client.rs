@@ -316,42 +316,52 @@ mod websocket_client {
         assert_eq!(events(&mut sub, 9).await, (6..15).collect::<Vec<_>>());
     }
 
-    /// Forwards to `target`; on the first connection, the broker's bytes after the
-    /// handshake answer are swallowed and the connection cut: a publish goes through, its
-    /// `published` never comes back.
-    async fn answer_swallowing_proxy(target: std::net::SocketAddr) -> std::net::SocketAddr {
+    /// A proxy to `target`: the first connection is handed to `first` (with a connection
+    /// to the broker), every later one is forwarded both ways untouched.
+    async fn proxy<F, Fut>(target: std::net::SocketAddr, first: F) -> std::net::SocketAddr
+    where
+        F: FnOnce(TcpStream, TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
-            let mut first = true;
+            let mut first = Some(first);
             while let Ok((mut client, _)) = listener.accept().await {
                 let mut broker = TcpStream::connect(target).await.unwrap();
-                if !std::mem::take(&mut first) {
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    });
-                    continue;
+                match first.take() {
+                    Some(f) => {
+                        tokio::spawn(f(client, broker));
+                    }
+                    None => {
+                        tokio::spawn(async move {
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+                        });
+                    }
                 }
-                tokio::spawn(async move {
-                    let (mut cr, mut cw) = client.into_split();
-                    let (mut br, mut bw) = broker.into_split();
-                    let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut bw).await });
-                    let mut buf = vec![0u8; 4096];
-                    // The 101 answer goes through; whatever follows is dropped.
-                    let n = br.read(&mut buf).await.unwrap();
-                    cw.write_all(&buf[..n]).await.unwrap();
-                    let _ = br.read(&mut buf).await;
-                    up.abort();
-                });
             }
         });
         addr
     }
 
+    /// The first connection: the 101 answer goes through, whatever follows from the broker
+    /// is swallowed and the connection cut: a publish goes through, its `published` never
+    /// comes back.
+    async fn swallow_answers(client: TcpStream, broker: TcpStream) {
+        let (mut cr, mut cw) = client.into_split();
+        let (mut br, mut bw) = broker.into_split();
+        let up = tokio::spawn(async move { tokio::io::copy(&mut cr, &mut bw).await });
+        let mut buf = vec![0u8; 4096];
+        let n = br.read(&mut buf).await.unwrap();
+        cw.write_all(&buf[..n]).await.unwrap();
+        let _ = br.read(&mut buf).await;
+        up.abort();
+    }
+
     #[tokio::test]
     async fn a_publish_in_flight_when_the_link_drops_is_appended_once() {
         let b = Broker::start(&[]);
-        let proxy = answer_swallowing_proxy(b.addr).await;
+        let proxy = proxy(b.addr, swallow_answers).await;
         let client = Client::connect(&format!("http://{proxy}"), options(16))
             .await
             .unwrap();
@@ -373,37 +383,21 @@ mod websocket_client {
         assert_eq!(seen.len(), 2);
     }
 
-    /// Forwards to `target`; the first connection goes silent after the handshake (kept
-    /// open, nothing forwarded either way), like a link that died without a word.
-    async fn silent_proxy(target: std::net::SocketAddr) -> std::net::SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut first = true;
-            let mut parked = Vec::new();
-            while let Ok((mut client, _)) = listener.accept().await {
-                let mut broker = TcpStream::connect(target).await.unwrap();
-                if !std::mem::take(&mut first) {
-                    tokio::spawn(async move {
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
-                    });
-                    continue;
-                }
-                let mut buf = vec![0u8; 4096];
-                let n = client.read(&mut buf).await.unwrap();
-                broker.write_all(&buf[..n]).await.unwrap();
-                let n = broker.read(&mut buf).await.unwrap();
-                client.write_all(&buf[..n]).await.unwrap();
-                parked.push((client, broker));
-            }
-        });
-        addr
+    /// The first connection goes silent after the handshake (kept open, nothing forwarded
+    /// either way), like a link that died without a word.
+    async fn go_silent(mut client: TcpStream, mut broker: TcpStream) {
+        let mut buf = vec![0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        broker.write_all(&buf[..n]).await.unwrap();
+        let n = broker.read(&mut buf).await.unwrap();
+        client.write_all(&buf[..n]).await.unwrap();
+        std::future::pending::<()>().await;
     }
 
     #[tokio::test]
     async fn a_silent_link_is_declared_dead_and_replaced() {
         let b = Broker::start(&[]);
-        let proxy = silent_proxy(b.addr).await;
+        let proxy = proxy(b.addr, go_silent).await;
         let opts = ClientOptions {
             liveness: Duration::from_millis(500),
             ..options(16)
