@@ -86,7 +86,9 @@ pub struct Config {
     pub auto_create: bool,
     /// Most concurrent client connections; further ones wait to be accepted. Default 10000.
     pub max_connections: usize,
-    /// Memory the embedded store may use as its page cache, in bytes. Default 128 MiB.
+    /// Memory the embedded store may use as its page cache, in bytes; a cap, filled only
+    /// as data is written and read. Default 512 MiB: subscribers replaying a history that
+    /// does not fit here catch up at about a third of the speed (`docs/benchmarks.md`).
     pub store_cache_bytes: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
     /// Default 30.
@@ -145,7 +147,7 @@ impl Default for Config {
             idempotency_window_secs: 3600,
             auto_create: true,
             max_connections: 10_000,
-            store_cache_bytes: 128 << 20,
+            store_cache_bytes: 512 << 20,
             shutdown_timeout_secs: 30,
             fanout_buffer: 1024,
             ws_ping_interval_secs: 25,
@@ -251,7 +253,7 @@ pub struct ServeArgs {
     /// Most concurrent connections [default: 10000]
     #[arg(long, env = "REWIND_MAX_CONNECTIONS", value_name = "N")]
     pub max_connections: Option<usize>,
-    /// Page cache of the embedded store in bytes [default: 134217728]
+    /// Page cache of the embedded store in bytes [default: 536870912]
     #[arg(long, env = "REWIND_STORE_CACHE_BYTES", value_name = "BYTES")]
     pub store_cache_bytes: Option<u64>,
     /// Seconds in-flight requests get to finish on shutdown [default: 30]
