@@ -116,8 +116,6 @@ pub struct Config {
     /// cost of a delivery); the buffer only grows on connections that had a burst, and
     /// keeps at most this plus one frame.
     pub ws_write_buffer_bytes: usize,
-    /// WebSocket: frames queued per connection for the socket. Default 64.
-    pub ws_send_queue: usize,
     /// WebSocket: publishes one connection may have waiting for durability. Default 64.
     pub ws_max_inflight_publishes: usize,
 }
@@ -156,7 +154,6 @@ impl Default for Config {
             ws_max_frame_bytes: (1 << 20) + (64 << 10),
             ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 32 << 10,
-            ws_send_queue: 64,
             ws_max_inflight_publishes: 64,
         }
     }
@@ -280,9 +277,6 @@ pub struct ServeArgs {
     /// WebSocket: bytes gathered per socket write [default: 32768]
     #[arg(long, env = "REWIND_WS_WRITE_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_write_buffer_bytes: Option<usize>,
-    /// WebSocket: frames queued per connection [default: 64]
-    #[arg(long, env = "REWIND_WS_SEND_QUEUE", value_name = "N")]
-    pub ws_send_queue: Option<usize>,
     /// WebSocket: publishes in flight per connection [default: 64]
     #[arg(long, env = "REWIND_WS_MAX_INFLIGHT_PUBLISHES", value_name = "N")]
     pub ws_max_inflight_publishes: Option<usize>,
@@ -342,7 +336,6 @@ impl Config {
             ws_max_frame_bytes,
             ws_read_buffer_bytes,
             ws_write_buffer_bytes,
-            ws_send_queue,
             ws_max_inflight_publishes
         );
         cfg.retention = cfg.retention.overlaid(&Retention {
@@ -374,7 +367,6 @@ impl Config {
             ("ws_max_namespaces", self.ws_max_namespaces as u64),
             ("ws_max_frame_bytes", self.ws_max_frame_bytes as u64),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
-            ("ws_send_queue", self.ws_send_queue as u64),
             (
                 "ws_max_inflight_publishes",
                 self.ws_max_inflight_publishes as u64,
