@@ -4,8 +4,8 @@
 //! The binary is `$REWIND_BIN` if set, else `rewind` next to the test executable's
 //! `deps/` directory, where `cargo test --workspace` builds it (the broker crate has
 //! integration tests of its own, which makes cargo build its binary). `cargo test -p
-//! rewind-tests` alone does not rebuild it, so a binary older than the broker's or the
-//! protocol's sources is refused rather than tested.
+//! rewind-tests` alone does not rebuild it, so a binary older than the sources of the
+//! crates it is built from (broker, protocol, client) is refused rather than tested.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -38,7 +38,7 @@ pub fn rewind_bin() -> PathBuf {
             )
         });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for crate_dir in ["broker", "protocol"] {
+    for crate_dir in ["broker", "protocol", "client"] {
         if let Some(newer) = newer_source(&root.join(crate_dir), built) {
             panic!(
                 "{} is older than {}: run `cargo test --workspace` or `cargo build -p rewind-broker`",
