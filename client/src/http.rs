@@ -84,6 +84,16 @@ pub struct Publisher {
     key_prefix: String,
 }
 
+/// One request, as sent on every attempt.
+struct Outgoing<'a> {
+    ns: &'a str,
+    content_type: &'a str,
+    query: &'a str,
+    body: Bytes,
+    /// The `Idempotency-Key`, the same on every attempt.
+    key: String,
+}
+
 /// What one attempt came to.
 enum Attempt {
     Done(Published),
@@ -124,11 +134,7 @@ impl Publisher {
         data: &serde_json::Value,
     ) -> Result<u64, PublishError> {
         let body = serde_json::json!({ "event": event, "data": data }).to_string();
-        let key = self.next_key();
-        Ok(self
-            .send(ns, "application/json", "", body.into(), &key)
-            .await?
-            .first)
+        Ok(self.send(self.json(ns, body)).await?.first)
     }
 
     /// Publishes one event with a byte payload; returns its offset once durable.
@@ -138,12 +144,15 @@ impl Publisher {
         event: &str,
         data: Vec<u8>,
     ) -> Result<u64, PublishError> {
-        let query: String = form_query(event);
-        let key = self.next_key();
-        Ok(self
-            .send(ns, "application/octet-stream", &query, data.into(), &key)
-            .await?
-            .first)
+        let query = form_query(event);
+        let req = Outgoing {
+            ns,
+            content_type: "application/octet-stream",
+            query: &query,
+            body: data.into(),
+            key: self.next_key(),
+        };
+        Ok(self.send(req).await?.first)
     }
 
     /// Publishes events as one batch (consecutive offsets, all or nothing).
@@ -157,9 +166,17 @@ impl Publisher {
             .map(|(event, data)| serde_json::json!({ "event": event, "data": data }))
             .collect();
         let body = serde_json::Value::Array(items).to_string();
-        let key = self.next_key();
-        self.send(ns, "application/json", "", body.into(), &key)
-            .await
+        self.send(self.json(ns, body)).await
+    }
+
+    fn json<'a>(&self, ns: &'a str, body: String) -> Outgoing<'a> {
+        Outgoing {
+            ns,
+            content_type: "application/json",
+            query: "",
+            body: body.into(),
+            key: self.next_key(),
+        }
     }
 
     fn next_key(&self) -> String {
@@ -170,24 +187,14 @@ impl Publisher {
         )
     }
 
-    /// Sends a body under `key`, retrying what may be retried.
-    pub async fn send(
-        &self,
-        ns: &str,
-        content_type: &str,
-        query: &str,
-        body: Bytes,
-        key: &str,
-    ) -> Result<Published, PublishError> {
+    /// Sends a request, retrying what may be retried.
+    async fn send(&self, req: Outgoing<'_>) -> Result<Published, PublishError> {
         let mut backoff = self.options.backoff_min;
         let mut last = String::new();
         for attempt in 1..=self.options.attempts.max(1) {
-            let outcome = tokio::time::timeout(
-                self.options.timeout,
-                self.attempt(ns, content_type, query, body.clone(), key),
-            )
-            .await
-            .unwrap_or_else(|_| Attempt::Retry("timed out".into(), None));
+            let outcome = tokio::time::timeout(self.options.timeout, self.attempt(&req))
+                .await
+                .unwrap_or_else(|_| Attempt::Retry("timed out".into(), None));
             match outcome {
                 Attempt::Done(p) => return Ok(p),
                 Attempt::Rejected(e) => return Err(e),
@@ -210,14 +217,7 @@ impl Publisher {
         })
     }
 
-    async fn attempt(
-        &self,
-        ns: &str,
-        content_type: &str,
-        query: &str,
-        body: Bytes,
-        key: &str,
-    ) -> Attempt {
+    async fn attempt(&self, out: &Outgoing<'_>) -> Attempt {
         let mut conn = self.conn.lock().await;
         let usable = match conn.as_mut() {
             Some(s) => s.ready().await.is_ok(),
@@ -234,11 +234,11 @@ impl Publisher {
         };
         let req = Request::builder()
             .method(Method::POST)
-            .uri(format!("/v1/namespaces/{ns}/events{query}"))
+            .uri(format!("/v1/namespaces/{}/events{}", out.ns, out.query))
             .header("host", &self.authority)
-            .header("content-type", content_type)
-            .header("idempotency-key", key)
-            .body(Full::new(body));
+            .header("content-type", out.content_type)
+            .header("idempotency-key", &out.key)
+            .body(Full::new(out.body.clone()));
         let req = match req {
             Ok(r) => r,
             Err(e) => return Attempt::Rejected(PublishError::BadUrl(e.to_string())),

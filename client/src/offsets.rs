@@ -40,7 +40,9 @@ pub enum OffsetStoreError {
     },
 }
 
-/// Remembers where to resume each namespace.
+/// Remembers where to resume each namespace. Calls may block on disk (the file store syncs
+/// on every save): in async code that saves often, call them from `spawn_blocking`, or
+/// save every N events.
 pub trait OffsetStore: Send + Sync {
     /// Where `ns` resumes, if it was ever saved.
     fn load(&self, ns: &str) -> Result<Option<Resume>, OffsetStoreError>;
