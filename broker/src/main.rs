@@ -12,6 +12,12 @@ use rewind_broker::config::{Config, ServeArgs};
 use rewind_broker::log::Log;
 use rewind_broker::server;
 
+/// mimalloc instead of glibc's malloc: the store allocates and frees small nodes on every
+/// insert, and glibc's bins and consolidation were a tenth of the broker's CPU in a
+/// fan-out profile (see `docs/benchmarks.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "rewind",
