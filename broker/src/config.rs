@@ -93,8 +93,9 @@ pub struct Config {
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
     /// Default 30.
     pub shutdown_timeout_secs: u64,
-    /// Live events kept per namespace for subscribers that keep up; one that falls further
-    /// behind reads the log instead. Default 1024.
+    /// Runs of live events kept per namespace for subscribers that keep up (a run is up to
+    /// 256 consecutive events and about 4 KiB of payload, or one larger event); one that
+    /// falls further behind reads the log instead. Default 1024.
     pub fanout_buffer: usize,
     /// WebSocket: seconds between the broker's `ping`s. Default 25.
     pub ws_ping_interval_secs: u64,
@@ -111,10 +112,9 @@ pub struct Config {
     /// every connection, idle or not, and most of a dashboard's connections only read
     /// small frames; publish-heavy clients gain from a larger one.
     pub ws_read_buffer_bytes: usize,
-    /// WebSocket: bytes gathered before a write to the socket. Default 32768: on a burst
-    /// this sets how many frames share one `write` (the kernel's send path is most of the
-    /// cost of a delivery); the buffer only grows on connections that had a burst, and
-    /// keeps at most this plus one frame.
+    /// WebSocket: the most bytes one socket write carries. Default 65536. Outgoing frames
+    /// are shared, already-framed bytes handed to one vectored write, so this is not a
+    /// buffer and costs no memory; it only bounds how much one write takes on.
     pub ws_write_buffer_bytes: usize,
     /// WebSocket: publishes one connection may have waiting for durability. Default 64.
     pub ws_max_inflight_publishes: usize,
@@ -153,7 +153,7 @@ impl Default for Config {
             ws_max_namespaces: 100,
             ws_max_frame_bytes: (1 << 20) + (64 << 10),
             ws_read_buffer_bytes: 2048,
-            ws_write_buffer_bytes: 32 << 10,
+            ws_write_buffer_bytes: 64 << 10,
             ws_max_inflight_publishes: 64,
         }
     }
@@ -256,7 +256,7 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown [default: 30]
     #[arg(long, env = "REWIND_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
-    /// Live events kept per namespace for subscribers [default: 1024]
+    /// Runs of live events kept per namespace for subscribers [default: 1024]
     #[arg(long, env = "REWIND_FANOUT_BUFFER", value_name = "N")]
     pub fanout_buffer: Option<usize>,
     /// WebSocket ping interval in seconds [default: 25]
@@ -274,7 +274,7 @@ pub struct ServeArgs {
     /// WebSocket: read buffer per connection in bytes [default: 2048]
     #[arg(long, env = "REWIND_WS_READ_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_read_buffer_bytes: Option<usize>,
-    /// WebSocket: bytes gathered per socket write [default: 32768]
+    /// WebSocket: most bytes per socket write [default: 65536]
     #[arg(long, env = "REWIND_WS_WRITE_BUFFER_BYTES", value_name = "BYTES")]
     pub ws_write_buffer_bytes: Option<usize>,
     /// WebSocket: publishes in flight per connection [default: 64]

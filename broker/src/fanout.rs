@@ -1,18 +1,31 @@
-//! Live events shared by every subscriber of a namespace: encoded once per encoding.
+//! Live events shared by every subscriber of a namespace: framed once per encoding.
 //!
-//! After each commit the writer sends the new events of a namespace, as
-//! `Arc<SharedEvent>`, into that namespace's bounded broadcast ring — only if someone is
-//! subscribed. Subscribers that keep up take them from the ring; the first one to need an
-//! encoding builds the frames, every other one clones the same bytes. A subscriber that
-//! falls more than the ring behind (or has no credit) is told it lagged and reads the log
-//! instead, at its own pace: the ring's memory is per namespace, never per subscriber.
+//! After each commit the writer sends the new events of a namespace into that namespace's
+//! bounded broadcast ring — only if someone is subscribed — as runs of consecutive events
+//! ([`SharedRun`], at most [`RUN_MAX_EVENTS`] events and about [`RUN_MAX_BYTES`] of
+//! payload each). Subscribers that keep up take whole runs from the ring; the first one
+//! to need an encoding builds the run's finished WebSocket frames as one buffer, and
+//! every subscriber writes a slice of those same bytes: a run of a hundred events costs a
+//! subscriber one reference count and one piece of a socket write.
+//!
+//! A subscriber that falls more than the ring behind (or runs out of credit) is told it
+//! lagged and reads the log instead, at its own pace: the ring's memory is per namespace,
+//! never per subscriber, and at most `fanout_buffer` runs.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use rewind_protocol::frame::{encode_event_json, encode_event_msgpack};
 use rewind_protocol::Event;
-use tokio_tungstenite::tungstenite::Message;
+
+use crate::ws::wire;
+
+/// Events in one run, at most.
+pub const RUN_MAX_EVENTS: usize = 256;
+
+/// Payload bytes in one run, about: a run is closed once it holds this much (a single
+/// larger event is a run of its own).
+pub const RUN_MAX_BYTES: usize = 4 << 10;
 
 /// The WebSocket encodings (spec §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,64 +36,177 @@ pub enum Encoding {
     Msgpack,
 }
 
-/// The frames that carry one event: one message, or a JSON header and its binary payload,
-/// which must go out back to back.
-#[derive(Debug, Clone)]
-pub enum EventFrames {
-    /// A single frame.
-    One(Message),
-    /// A text frame saying `bin: true`, then the payload as a binary frame.
-    WithPayload(Message, Message),
-}
-
-/// Builds the frames of an event (used directly for catch-up reads).
-pub fn encode(ns: &str, ev: &Event, encoding: Encoding) -> EventFrames {
+/// Appends the finished WebSocket frames of an event to `out`: one frame, or in JSON a
+/// `bin: true` header frame and its binary payload frame, back to back.
+pub fn encode_into(out: &mut Vec<u8>, ns: &str, ev: &Event, encoding: Encoding) {
     match encoding {
         Encoding::Json => {
-            let (text, bin) = encode_event_json(ns, ev);
-            let header = Message::Text(text.into());
-            match bin {
-                Some(payload) => {
-                    EventFrames::WithPayload(header, Message::Binary(Bytes::from(payload)))
-                }
-                None => EventFrames::One(header),
+            let (text, payload) = encode_event_json(ns, ev);
+            wire::push_text(out, text.as_bytes());
+            if let Some(payload) = payload {
+                wire::push_binary(out, &payload);
             }
         }
-        Encoding::Msgpack => {
-            EventFrames::One(Message::Binary(Bytes::from(encode_event_msgpack(ns, ev))))
-        }
+        Encoding::Msgpack => wire::push_binary(out, &encode_event_msgpack(ns, ev)),
     }
 }
 
-/// One committed event on its way to live subscribers.
+/// A run's frames in one encoding: every event's frames back to back.
 #[derive(Debug)]
-pub struct SharedEvent {
-    /// The namespace's name.
-    pub ns: Arc<str>,
-    /// The event.
-    pub event: Event,
-    json: OnceLock<EventFrames>,
-    msgpack: OnceLock<EventFrames>,
+struct Framed {
+    bytes: Bytes,
+    /// Where each event's frames end in `bytes`.
+    ends: Vec<usize>,
 }
 
-impl SharedEvent {
-    /// Wraps an event; nothing is encoded until a subscriber asks.
-    pub fn new(ns: Arc<str>, event: Event) -> SharedEvent {
-        SharedEvent {
-            ns,
-            event,
+/// Consecutive committed events of one namespace on their way to live subscribers.
+#[derive(Debug)]
+pub struct SharedRun {
+    ns: Arc<str>,
+    events: Vec<Event>,
+    json: OnceLock<Framed>,
+    msgpack: OnceLock<Framed>,
+}
+
+impl SharedRun {
+    /// Splits consecutive events (offsets increasing by one) into runs no larger than
+    /// [`RUN_MAX_EVENTS`] and about [`RUN_MAX_BYTES`]; nothing is encoded until a
+    /// subscriber asks.
+    pub fn split(ns: &Arc<str>, events: Vec<Event>) -> Vec<SharedRun> {
+        let mut runs = Vec::new();
+        let mut run: Vec<Event> = Vec::new();
+        let mut bytes = 0;
+        for ev in events {
+            if !run.is_empty() && (run.len() == RUN_MAX_EVENTS || bytes >= RUN_MAX_BYTES) {
+                runs.push(SharedRun::new(ns, std::mem::take(&mut run)));
+                bytes = 0;
+            }
+            bytes += ev.data.len() + ev.event.len();
+            run.push(ev);
+        }
+        if !run.is_empty() {
+            runs.push(SharedRun::new(ns, run));
+        }
+        runs
+    }
+
+    fn new(ns: &Arc<str>, events: Vec<Event>) -> SharedRun {
+        SharedRun {
+            ns: Arc::clone(ns),
+            events,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         }
     }
 
-    /// The event's frames in `encoding`, built by the first caller and shared after.
-    pub fn frames(&self, encoding: Encoding) -> EventFrames {
+    /// The offset of the first event.
+    pub fn first(&self) -> u64 {
+        self.events.first().map_or(0, |e| e.offset)
+    }
+
+    /// The offset after the last event.
+    pub fn end(&self) -> u64 {
+        self.events.last().map_or(0, |e| e.offset + 1)
+    }
+
+    /// The wire bytes of the events from offset `from` (inclusive) to `to` (exclusive),
+    /// clamped to the run; built by the first caller in `encoding`, shared after.
+    pub fn frames(&self, encoding: Encoding, from: u64, to: u64) -> Bytes {
         let cell = match encoding {
             Encoding::Json => &self.json,
             Encoding::Msgpack => &self.msgpack,
         };
-        cell.get_or_init(|| encode(&self.ns, &self.event, encoding))
-            .clone()
+        let framed = cell.get_or_init(|| {
+            let mut out = Vec::with_capacity(
+                self.events
+                    .iter()
+                    .map(|e| e.data.len() + e.event.len() + 96)
+                    .sum(),
+            );
+            let mut ends = Vec::with_capacity(self.events.len());
+            for ev in &self.events {
+                encode_into(&mut out, &self.ns, ev, encoding);
+                ends.push(out.len());
+            }
+            Framed {
+                bytes: Bytes::from(out),
+                ends,
+            }
+        });
+        let first = self.first();
+        let index = |offset: u64| offset.saturating_sub(first).min(self.events.len() as u64);
+        let (i, j) = (index(from) as usize, index(to) as usize);
+        if i >= j {
+            return Bytes::new();
+        }
+        let start = if i == 0 { 0 } else { framed.ends[i - 1] };
+        framed.bytes.slice(start..framed.ends[j - 1])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rewind_protocol::frame::{decode_server_json, ServerMessage};
+    use rewind_protocol::Payload;
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    fn event(offset: u64, data_len: usize) -> Event {
+        Event {
+            offset,
+            event: "e".into(),
+            ts: 1,
+            key: None,
+            data: Payload::Json(format!("\"{}\"", "x".repeat(data_len))),
+        }
+    }
+
+    /// The offsets of the JSON event frames in `wire`.
+    fn offsets(mut wire: &[u8]) -> Vec<u64> {
+        let mut out = Vec::new();
+        while !wire.is_empty() {
+            let mut cursor = std::io::Cursor::new(wire);
+            let (_, len) = FrameHeader::parse(&mut cursor)
+                .expect("a header")
+                .expect("a whole header");
+            let start = cursor.position() as usize;
+            let end = start + len as usize;
+            let text = std::str::from_utf8(&wire[start..end]).expect("UTF-8");
+            match decode_server_json(text) {
+                Ok(ServerMessage::Event(e)) => out.push(e.event.offset),
+                other => panic!("not an event: {other:?}"),
+            }
+            wire = &wire[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn runs_split_by_count_and_size_and_slice_by_offset() {
+        let ns: Arc<str> = Arc::from("n");
+        let small: Vec<Event> = (10..10 + 600).map(|o| event(o, 10)).collect();
+        let runs = SharedRun::split(&ns, small);
+        let lens: Vec<u64> = runs.iter().map(|r| r.end() - r.first()).collect();
+        assert_eq!(lens, vec![256, 256, 88]);
+        assert_eq!(runs[1].first(), 266);
+
+        let big: Vec<Event> = (0..5).map(|o| event(o, 2_500)).collect();
+        let lens: Vec<u64> = SharedRun::split(&ns, big)
+            .iter()
+            .map(|r| r.end() - r.first())
+            .collect();
+        assert_eq!(lens, vec![2, 2, 1]);
+
+        let run = &runs[0];
+        assert_eq!(
+            offsets(&run.frames(Encoding::Json, 10, 266)),
+            (10..266).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            offsets(&run.frames(Encoding::Json, 20, 23)),
+            vec![20, 21, 22]
+        );
+        assert_eq!(offsets(&run.frames(Encoding::Json, 0, 12)), vec![10, 11]);
+        assert!(run.frames(Encoding::Json, 300, 400).is_empty());
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{broadcast, watch};
 
-use crate::fanout::SharedEvent;
+use crate::fanout::SharedRun;
 use crate::storage::NsInfo;
 
 /// One live namespace as readers see it.
@@ -23,14 +23,14 @@ pub struct NsState {
     earliest: AtomicU64,
     /// Live events for subscribers (see [`crate::fanout`]); dropping it tells them the
     /// namespace is gone.
-    fanout: broadcast::Sender<Arc<SharedEvent>>,
+    fanout: broadcast::Sender<Arc<SharedRun>>,
     /// The name, shared by every event sent to subscribers.
     pub name: Arc<str>,
 }
 
 impl NsState {
-    /// State for a namespace the store reports, with a live ring of `fanout_buffer`
-    /// events.
+    /// State for a namespace the store reports, with a live ring of `fanout_buffer` runs
+    /// of events.
     pub fn new(info: &NsInfo, fanout_buffer: usize) -> NsState {
         NsState {
             epoch: info.epoch.clone(),
@@ -43,7 +43,7 @@ impl NsState {
 
     /// A receiver of live events. Subscribe *before* reading `visible`: every event is
     /// then either below the `visible` read after, or arrives here.
-    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<SharedEvent>> {
+    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<SharedRun>> {
         self.fanout.subscribe()
     }
 
@@ -53,9 +53,9 @@ impl NsState {
     }
 
     /// Hands committed events to live subscribers. Call after [`NsState::publish_visible`].
-    pub fn send_live(&self, event: Arc<SharedEvent>) {
+    pub fn send_live(&self, run: SharedRun) {
         // An error only means nobody listens any more.
-        let _ = self.fanout.send(event);
+        let _ = self.fanout.send(Arc::new(run));
     }
 
     /// The offset after the last visible event.

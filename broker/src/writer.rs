@@ -17,7 +17,7 @@ use rewind_protocol::{Event, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Durability, Retention};
-use crate::fanout::SharedEvent;
+use crate::fanout::SharedRun;
 use crate::log::LogError;
 use crate::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
@@ -300,24 +300,7 @@ impl Writer {
                 }
                 // After `visible` moved (see `NsState::subscribe_live`), and only where
                 // someone listens.
-                for live in group.live {
-                    if !live.state.has_subscribers() {
-                        continue;
-                    }
-                    for (i, ev) in live.events.into_iter().enumerate() {
-                        let event = Event {
-                            offset: live.first + i as u64,
-                            event: ev.event,
-                            ts: live.ts_ms,
-                            key: ev.key,
-                            data: ev.data,
-                        };
-                        live.state.send_live(Arc::new(SharedEvent::new(
-                            Arc::clone(&live.state.name),
-                            event,
-                        )));
-                    }
-                }
+                send_live(group.live);
                 for ack in group.acks {
                     ack.succeed();
                 }
@@ -366,5 +349,46 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "pruning idempotency records failed"),
             }
         }
+    }
+}
+
+/// Hands a group's new events to the live subscribers of their namespaces; appends to one
+/// namespace that follow each other in the group travel as one run of events.
+fn send_live(live: Vec<PendingLive>) {
+    let mut current: Option<(Arc<NsState>, Vec<Event>)> = None;
+    for append in live {
+        if !append.state.has_subscribers() {
+            continue;
+        }
+        let events = append.events.into_iter().enumerate().map(|(i, ev)| Event {
+            offset: append.first + i as u64,
+            event: ev.event,
+            ts: append.ts_ms,
+            key: ev.key,
+            data: ev.data,
+        });
+        match &mut current {
+            Some((state, run))
+                if Arc::ptr_eq(state, &append.state)
+                    && run.last().map(|e| e.offset + 1) == Some(append.first) =>
+            {
+                run.extend(events);
+            }
+            _ => {
+                if let Some((state, run)) = current.take() {
+                    send_runs(&state, run);
+                }
+                current = Some((append.state, events.collect()));
+            }
+        }
+    }
+    if let Some((state, run)) = current {
+        send_runs(&state, run);
+    }
+}
+
+fn send_runs(state: &NsState, events: Vec<Event>) {
+    for run in SharedRun::split(&state.name, events) {
+        state.send_live(run);
     }
 }

@@ -6,9 +6,12 @@
 //!   publishes, keeps the link alive, and writes every outgoing frame.
 //! - [`subscription`] runs one open namespace: catch-up from the log, then live events
 //!   from the namespace's ring, never more than the credit allows.
+//! - [`wire`] frames outgoing messages once, as wire bytes, and writes them with vectored
+//!   writes.
 
 mod session;
 mod subscription;
+pub(crate) mod wire;
 
 use std::sync::Arc;
 
@@ -32,6 +35,9 @@ use crate::log::Log;
 /// Subprotocol names.
 const JSON_PROTOCOL: &str = "rewind.v1.json";
 const MSGPACK_PROTOCOL: &str = "rewind.v1.msgpack";
+
+/// Most bytes tungstenite may hold unwritten (control frames are at most 127 bytes).
+const TUNGSTENITE_WRITE_CAP: usize = 64 << 10;
 
 /// What every WebSocket session shares.
 #[derive(Clone)]
@@ -63,14 +69,13 @@ impl WsContext {
 
     fn socket_config(&self) -> WebSocketConfig {
         let cfg = self.log.config();
+        // tungstenite itself only writes pongs and the closing handshake (every other
+        // frame goes out through `wire`): no buffering, and a cap far above a control
+        // frame.
         WebSocketConfig::default()
             .read_buffer_size(cfg.ws_read_buffer_bytes)
-            .write_buffer_size(cfg.ws_write_buffer_bytes)
-            .max_write_buffer_size(
-                cfg.ws_write_buffer_bytes
-                    .saturating_add(cfg.ws_max_frame_bytes.max(cfg.max_read_bytes))
-                    .saturating_mul(2),
-            )
+            .write_buffer_size(0)
+            .max_write_buffer_size(TUNGSTENITE_WRITE_CAP)
             .max_message_size(Some(cfg.ws_max_frame_bytes))
             .max_frame_size(Some(cfg.ws_max_frame_bytes))
     }

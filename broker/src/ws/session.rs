@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::stream::{AbortHandle, Abortable, SelectAll};
 use futures::{SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
@@ -21,8 +22,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::subscription::{Credit, Subscription, Yield};
+use super::wire;
 use super::WsContext;
-use crate::fanout::{Encoding, EventFrames};
+use crate::fanout::Encoding;
 use crate::log::LogError;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
@@ -146,26 +148,28 @@ impl Session {
         let _ = self.ws.close(None).await;
     }
 
-    /// Feeds messages to the socket and writes them out.
-    async fn write(&mut self, messages: impl IntoIterator<Item = Message>) -> bool {
-        for m in messages {
-            if self.ws.feed(m).await.is_err() {
-                return false;
-            }
+    /// Writes finished frames to the socket (see [`super::wire`] for why tungstenite is
+    /// flushed first).
+    async fn write(&mut self, mut frames: Vec<Bytes>) -> bool {
+        if self.ws.flush().await.is_err() {
+            return false;
         }
-        self.ws.flush().await.is_ok()
+        let max = self.ctx.log.config().ws_write_buffer_bytes;
+        wire::write_all(self.ws.get_mut(), &mut frames, max)
+            .await
+            .is_ok()
     }
 
-    fn encode(&self, f: &ServerFrame) -> Message {
+    fn encode(&self, f: &ServerFrame) -> Bytes {
         match self.encoding {
-            Encoding::Json => Message::Text(f.to_json().into()),
-            Encoding::Msgpack => Message::Binary(f.to_msgpack().into()),
+            Encoding::Json => wire::text(f.to_json().as_bytes()),
+            Encoding::Msgpack => wire::binary(&f.to_msgpack()),
         }
     }
 
     async fn send_frame(&mut self, f: ServerFrame) -> bool {
         let m = self.encode(&f);
-        self.write([m]).await
+        self.write(vec![m]).await
     }
 
     /// Writes what a subscription yielded; forgets the subscription when it ended.
@@ -173,17 +177,8 @@ impl Session {
         let mut messages = Vec::new();
         for y in yields {
             match y {
-                Yield::Events(events) => {
-                    for ev in events {
-                        match ev {
-                            EventFrames::One(m) => messages.push(m),
-                            EventFrames::WithPayload(header, payload) => {
-                                messages.push(header);
-                                messages.push(payload);
-                            }
-                        }
-                    }
-                }
+                Yield::Events(events) if messages.is_empty() => messages = events,
+                Yield::Events(events) => messages.extend(events),
                 Yield::Frame(f) => {
                     if let ServerFrame::Closed { ns, .. }
                     | ServerFrame::Error { ns: Some(ns), .. } = &f

@@ -12,21 +12,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
 use rewind_protocol::ErrorCode;
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use tokio::sync::{broadcast, Notify};
 
-use crate::fanout::{self, Encoding, EventFrames, SharedEvent};
+use crate::fanout::{self, Encoding, SharedRun};
 use crate::log::{Log, LogError};
 use crate::namespaces::NsState;
 
 /// Events read from the log per catch-up step, at most.
 const CATCH_UP_BATCH: u64 = 1000;
 
-/// Live events taken from the ring in one step, at most.
-const LIVE_BATCH: usize = 256;
+/// Once a step has taken this many live events it takes no further run from the ring,
+/// so one busy namespace does not hold up the others on the connection.
+const LIVE_BATCH: u64 = 256;
 
 /// Highest credit a subscription can hold; more is ignored.
 const MAX_CREDIT: u64 = u32::MAX as u64;
@@ -61,8 +63,9 @@ impl Credit {
         self.n.load(Ordering::Acquire)
     }
 
-    fn spend_one(&self) {
-        self.n.fetch_sub(1, Ordering::AcqRel);
+    /// Spends `n`, which must be available (only the stream spends).
+    fn spend(&self, n: u64) {
+        self.n.fetch_sub(n, Ordering::AcqRel);
     }
 
     async fn wait(&self) {
@@ -77,8 +80,8 @@ impl Credit {
 /// What a subscription hands its connection, in order.
 #[derive(Debug)]
 pub(super) enum Yield {
-    /// Events, each one frame or a header and its payload back to back.
-    Events(Vec<EventFrames>),
+    /// Events as finished frames (see [`super::wire`]), in pieces written back to back.
+    Events(Vec<Bytes>),
     /// A control frame (`truncated`, `closed`, `error`).
     Frame(ServerFrame),
 }
@@ -88,7 +91,7 @@ pub(super) struct Subscription {
     pub(super) log: Log,
     pub(super) state: Arc<NsState>,
     /// Subscribed before the start position was computed from `visible`.
-    pub(super) live: broadcast::Receiver<Arc<SharedEvent>>,
+    pub(super) live: broadcast::Receiver<Arc<SharedRun>>,
     /// The next offset to yield.
     pub(super) cursor: u64,
     pub(super) credit: Arc<Credit>,
@@ -144,8 +147,8 @@ impl Subscription {
                 return Box::pin(self.catch_up(visible)).await;
             }
             match self.live.recv().await {
-                Ok(ev) if ev.event.offset == self.cursor => {
-                    return vec![Yield::Events(self.take_live(&ev))]
+                Ok(run) if run.first() <= self.cursor && self.cursor < run.end() => {
+                    return vec![Yield::Events(self.take_live(&run))]
                 }
                 // Older than the cursor: already sent from the log. Ahead of it: the log
                 // has what is in between, and the next round reads it.
@@ -155,19 +158,18 @@ impl Subscription {
         }
     }
 
-    /// `first` and whatever else is already in the ring, as far as the credit goes.
-    fn take_live(&mut self, first: &SharedEvent) -> Vec<EventFrames> {
-        let mut batch = vec![first.frames(self.encoding)];
-        self.cursor += 1;
-        self.credit.spend_one();
-        while self.credit.available() > 0 && batch.len() < LIVE_BATCH {
+    /// From the cursor on: what `first` holds and whatever else is already in the ring,
+    /// as far as the credit goes. A run cut short by the credit is not kept; its rest is
+    /// read from the log once there is credit again.
+    fn take_live(&mut self, first: &SharedRun) -> Vec<Bytes> {
+        let start = self.cursor;
+        let mut pieces = vec![self.take_from(first)];
+        while self.credit.available() > 0 && self.cursor - start < LIVE_BATCH {
             match self.live.try_recv() {
-                Ok(ev) if ev.event.offset == self.cursor => {
-                    batch.push(ev.frames(self.encoding));
-                    self.cursor += 1;
-                    self.credit.spend_one();
+                Ok(run) if run.first() <= self.cursor && self.cursor < run.end() => {
+                    pieces.push(self.take_from(&run));
                 }
-                Ok(ev) if ev.event.offset < self.cursor => {}
+                Ok(run) if run.end() <= self.cursor => {}
                 // A jump, a lag or a closed ring: the next step sorts it out.
                 Ok(_)
                 | Err(TryRecvError::Empty | TryRecvError::Lagged(_) | TryRecvError::Closed) => {
@@ -175,7 +177,16 @@ impl Subscription {
                 }
             }
         }
-        batch
+        pieces
+    }
+
+    /// The events of `run` from the cursor, as far as the credit goes.
+    fn take_from(&mut self, run: &SharedRun) -> Bytes {
+        let n = (run.end() - self.cursor).min(self.credit.available());
+        let piece = run.frames(self.encoding, self.cursor, self.cursor + n);
+        self.cursor += n;
+        self.credit.spend(n);
+        piece
     }
 
     /// What the log holds from the cursor, up to `visible` and the credit.
@@ -214,19 +225,20 @@ impl Subscription {
             out.push(self.truncated(to));
             return out;
         }
-        let mut batch = Vec::with_capacity(events.len());
+        let n_read = events.len() as u64;
+        let mut piece = Vec::new();
         for ev in events {
             if ev.offset > self.cursor {
-                if !batch.is_empty() {
-                    out.push(Yield::Events(std::mem::take(&mut batch)));
+                if !piece.is_empty() {
+                    out.push(Yield::Events(vec![Bytes::from(std::mem::take(&mut piece))]));
                 }
                 out.push(self.truncated(ev.offset));
             }
-            batch.push(fanout::encode(&self.state.name, &ev, self.encoding));
+            fanout::encode_into(&mut piece, &self.state.name, &ev, self.encoding);
             self.cursor = ev.offset + 1;
-            self.credit.spend_one();
         }
-        out.push(Yield::Events(batch));
+        self.credit.spend(n_read);
+        out.push(Yield::Events(vec![Bytes::from(piece)]));
         out
     }
 }
