@@ -17,9 +17,13 @@ use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::{BenchError, Measured};
+
+/// Read buffer of each load-generating WebSocket connection.
+const LOAD_READ_BUFFER: usize = 4096;
 
 /// Options of `rewind bench fanout`.
 #[derive(Debug, Clone, Args)]
@@ -146,9 +150,17 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 /// Connects and opens `ns` from `from` with (practically) unlimited credit; returns once
 /// `opened` has arrived.
 async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchError> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws"))
-        .await
-        .map_err(err)?;
+    // tungstenite zero-fills its whole read buffer on every read (tungstenite-rs#547): the
+    // default 128 KiB would make the load generator, which shares the cores with the
+    // broker, spend more per message than the broker does.
+    let config = WebSocketConfig::default().read_buffer_size(LOAD_READ_BUFFER);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/v1/ws"),
+        Some(config),
+        false,
+    )
+    .await
+    .map_err(err)?;
     let open = format!(r#"{{"t":"open","ns":"{ns}","from":{from},"credit":4294967295}}"#);
     ws.send(Message::Text(open.into())).await.map_err(err)?;
     loop {
