@@ -69,7 +69,14 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
     max_bytes: usize,
 ) -> io::Result<()> {
     let mut next = 0;
-    while next < pieces.len() {
+    loop {
+        // An empty piece has nothing to write (and alone would look like a closed socket).
+        while pieces.get(next).is_some_and(Bytes::is_empty) {
+            next += 1;
+        }
+        if next == pieces.len() {
+            return Ok(());
+        }
         let pending = &pieces[next..];
         let n = poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -99,7 +106,6 @@ pub async fn write_all<W: AsyncWrite + Unpin>(
             next += 1;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -193,7 +199,11 @@ mod tests {
             step in 1usize..5000,
             max_bytes in 1usize..100_000,
         ) {
-            let mut frames: Vec<Bytes> = payloads.iter().map(|p| binary(p)).collect();
+            // Empty pieces among the frames must be skipped, not end the write.
+            let mut frames: Vec<Bytes> = payloads
+                .iter()
+                .flat_map(|p| [binary(p), Bytes::new()])
+                .collect();
             let mut sink = Trickle { out: Vec::new(), step, calls: 0 };
             let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
             rt.block_on(write_all(&mut sink, &mut frames, max_bytes)).expect("written");
