@@ -298,12 +298,14 @@ impl Writer {
                 for (state, next) in group.visible {
                     state.publish_visible(next);
                 }
-                // After `visible` moved (see `NsState::subscribe_live`), and only where
-                // someone listens.
-                send_live(group.live);
+                // Publishers first: their answers would otherwise queue behind the
+                // wake-ups of every subscriber.
                 for ack in group.acks {
                     ack.succeed();
                 }
+                // After `visible` moved (see `NsState::subscribe_live`), and only where
+                // someone listens.
+                send_live(group.live);
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
