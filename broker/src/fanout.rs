@@ -149,6 +149,7 @@ mod tests {
     use super::*;
     use rewind_protocol::frame::{decode_server_json, ServerMessage};
     use rewind_protocol::Payload;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     fn event(offset: u64, data_len: usize) -> Event {
@@ -161,24 +162,68 @@ mod tests {
         }
     }
 
-    /// The offsets of the JSON event frames in `wire`.
+    /// The offsets of the JSON event frames in `wire`; a `bin: true` header must be
+    /// followed by its binary payload frame, which is checked against `payload`.
     fn offsets(mut wire: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
-        while !wire.is_empty() {
+        let mut frame = || -> Option<(OpCode, Vec<u8>)> {
+            if wire.is_empty() {
+                return None;
+            }
             let mut cursor = std::io::Cursor::new(wire);
-            let (_, len) = FrameHeader::parse(&mut cursor)
+            let (header, len) = FrameHeader::parse(&mut cursor)
                 .expect("a header")
                 .expect("a whole header");
             let start = cursor.position() as usize;
             let end = start + len as usize;
-            let text = std::str::from_utf8(&wire[start..end]).expect("UTF-8");
+            let body = wire[start..end].to_vec();
+            wire = &wire[end..];
+            Some((header.opcode, body))
+        };
+        while let Some((op, body)) = frame() {
+            assert_eq!(op, OpCode::Data(Data::Text));
+            let text = std::str::from_utf8(&body).expect("UTF-8");
             match decode_server_json(text) {
-                Ok(ServerMessage::Event(e)) => out.push(e.event.offset),
+                Ok(ServerMessage::Event(e)) => {
+                    if e.bin {
+                        let (op, bytes) = frame().expect("the payload frame");
+                        assert_eq!(op, OpCode::Data(Data::Binary));
+                        assert_eq!(bytes, payload(e.event.offset));
+                    }
+                    out.push(e.event.offset)
+                }
                 other => panic!("not an event: {other:?}"),
             }
-            wire = &wire[end..];
         }
         out
+    }
+
+    fn payload(offset: u64) -> Vec<u8> {
+        vec![offset as u8; 3]
+    }
+
+    #[test]
+    fn a_slice_keeps_each_binary_payload_behind_its_header() {
+        let ns: Arc<str> = Arc::from("n");
+        let events: Vec<Event> = (0..6)
+            .map(|o| match o % 2 {
+                0 => event(o, 5),
+                _ => Event {
+                    data: Payload::Bytes(payload(o)),
+                    ..event(o, 0)
+                },
+            })
+            .collect();
+        let runs = SharedRun::split(&ns, events);
+        assert_eq!(runs.len(), 1);
+        assert_eq!(
+            offsets(&runs[0].frames(Encoding::Json, 1, 4)),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            offsets(&runs[0].frames(Encoding::Json, 0, 6)),
+            (0..6).collect::<Vec<_>>()
+        );
     }
 
     #[test]
