@@ -95,7 +95,8 @@ pub struct Config {
     pub shutdown_timeout_secs: u64,
     /// Runs of live events kept per namespace for subscribers that keep up (a run is up to
     /// 256 consecutive events and about 4 KiB of payload, or one larger event); one that
-    /// falls further behind reads the log instead. Default 1024.
+    /// falls further behind reads the log instead. Default 512: about 2 MiB of small
+    /// events per busy namespace, held whether or not its subscribers read.
     pub fanout_buffer: usize,
     /// WebSocket: seconds between the broker's `ping`s. Default 25.
     pub ws_ping_interval_secs: u64,
@@ -147,7 +148,7 @@ impl Default for Config {
             max_connections: 10_000,
             store_cache_bytes: 512 << 20,
             shutdown_timeout_secs: 30,
-            fanout_buffer: 1024,
+            fanout_buffer: 512,
             ws_ping_interval_secs: 25,
             ws_ping_timeout_secs: 20,
             ws_max_namespaces: 100,
@@ -256,7 +257,7 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish on shutdown [default: 30]
     #[arg(long, env = "REWIND_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
     pub shutdown_timeout_secs: Option<u64>,
-    /// Runs of live events kept per namespace for subscribers [default: 1024]
+    /// Runs of live events kept per namespace for subscribers [default: 512]
     #[arg(long, env = "REWIND_FANOUT_BUFFER", value_name = "N")]
     pub fanout_buffer: Option<usize>,
     /// WebSocket ping interval in seconds [default: 25]
