@@ -40,6 +40,10 @@ pub struct FanoutArgs {
     /// Deliveries per second in the paced (latency) scenario
     #[arg(long, default_value_t = 20_000)]
     pub paced_deliveries: u64,
+    /// Flooded subscribers open with this much credit and grant a quarter of it back each
+    /// time they have taken a quarter, as the Rust client does (default: unlimited credit)
+    #[arg(long)]
+    pub window: Option<u64>,
 }
 
 /// Options of `rewind bench catchup`.
@@ -150,6 +154,16 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 /// Connects and opens `ns` from `from` with (practically) unlimited credit; returns once
 /// `opened` has arrived.
 async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchError> {
+    subscribe_with_credit(addr, ns, from, u64::from(u32::MAX)).await
+}
+
+/// Connects and opens `ns` from `from` with `credit`; returns once `opened` has arrived.
+async fn subscribe_with_credit(
+    addr: SocketAddr,
+    ns: &str,
+    from: &str,
+    credit: u64,
+) -> Result<Ws, BenchError> {
     // tungstenite zero-fills its whole read buffer on every read (tungstenite-rs#547): the
     // default 128 KiB would make the load generator, which shares the cores with the
     // broker, spend more per message than the broker does.
@@ -161,7 +175,7 @@ async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchEr
     )
     .await
     .map_err(err)?;
-    let open = format!(r#"{{"t":"open","ns":"{ns}","from":{from},"credit":4294967295}}"#);
+    let open = format!(r#"{{"t":"open","ns":"{ns}","from":{from},"credit":{credit}}}"#);
     ws.send(Message::Text(open.into())).await.map_err(err)?;
     loop {
         match ws.next().await {
@@ -239,16 +253,31 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
+    // With a window, credit comes back a quarter at a time, as the Rust client grants it.
+    let (credit, grant) = match args.window {
+        Some(w) => (w.max(4), (w / 4).max(1)),
+        None => (u64::from(u32::MAX), 0),
+    };
+    let grant_frame = format!(r#"{{"t":"credit","ns":"fan","n":{grant}}}"#);
     for _ in 0..subscribers {
-        let mut ws = subscribe(broker.addr, "fan", "\"latest\"").await?;
+        let mut ws = subscribe_with_credit(broker.addr, "fan", "\"latest\"", credit).await?;
         let delivered = Arc::clone(&delivered);
         let mut stop = stop_rx.clone();
+        let grant_frame = grant_frame.clone();
         tasks.push(tokio::spawn(async move {
+            let mut taken = 0u64;
             loop {
                 tokio::select! {
                     m = ws.next() => match m {
                         Some(Ok(Message::Text(t))) if is_event(&t) => {
                             delivered.fetch_add(1, Ordering::Relaxed);
+                            taken += 1;
+                            if grant > 0
+                                && taken.is_multiple_of(grant)
+                                && ws.send(Message::Text(grant_frame.clone().into())).await.is_err()
+                            {
+                                break;
+                            }
                         }
                         Some(Ok(_)) => {}
                         _ => break,
@@ -286,7 +315,8 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     let deliveries = (d1 - d0) as f64;
     Ok(Measured::rate(
         format!(
-            "fan-out flood, 1 publisher (batches of 100) → {subscribers} subscribers; broker CPU {:.3} s per million deliveries",
+            "fan-out flood, 1 publisher (batches of 100) → {subscribers} subscribers{}; broker CPU {:.3} s per million deliveries",
+            args.window.map_or(String::new(), |w| format!(" (credit window {w})")),
             (c1 - c0) / deliveries * 1e6
         ),
         deliveries / elapsed.as_secs_f64(),
