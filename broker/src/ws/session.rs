@@ -451,6 +451,8 @@ impl Session {
             credit: Arc::clone(&credit),
             encoding: self.encoding,
             finished: false,
+            cut_short: None,
+            following: false,
         };
         let stream: Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>> = Box::pin(sub.into_stream());
         let (abort, registration) = AbortHandle::new_pair();

@@ -4,13 +4,15 @@
 //! ### Invariants
 //!
 //! - Offsets yielded strictly increase by one; a jump is announced first with `truncated`.
-//! - At zero credit nothing is read or held: the subscription is its cursor, and the live
+//! - At zero credit nothing is read or held: the subscription is its cursor (and a weak
+//!   reference to the run the credit ran out in, which keeps no events alive); the live
 //!   ring it stops reading simply reports it lagged later, after which it reads the log.
+//! - With credit again, it takes what the ring still holds before reading the log.
 //! - Nothing beyond the namespace's visible end is yielded (the log read is bounded by it,
 //!   and the ring only carries committed events).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -98,6 +100,12 @@ pub(super) struct Subscription {
     pub(super) encoding: Encoding,
     /// Set once the subscription has said its last word.
     pub(super) finished: bool,
+    /// The run the credit ran out in, if any. Weak: it does not keep the run's events in
+    /// memory; if the ring has let go of it by the time credit comes, the log has them.
+    pub(super) cut_short: Option<Weak<SharedRun>>,
+    /// The last events came from the ring, so the next ones are most likely there too
+    /// (a subscription catching up from the log leaves the ring alone).
+    pub(super) following: bool,
 }
 
 impl Subscription {
@@ -141,15 +149,32 @@ impl Subscription {
     async fn step(&mut self) -> Vec<Yield> {
         loop {
             self.credit.wait().await;
+            // What the ring still holds is cheaper than the log: first the rest of the
+            // run the credit cut short, then whatever the receiver has not taken yet.
+            if let Some(run) = self.cut_short.take().and_then(|w| w.upgrade()) {
+                if self.covers(&run) {
+                    return vec![Yield::Events(self.take_live(&run))];
+                }
+            }
             let visible = self.state.visible();
+            if self.cursor < visible && self.following {
+                match self.live.try_recv() {
+                    Ok(run) if self.covers(&run) => {
+                        return vec![Yield::Events(self.take_live(&run))]
+                    }
+                    Ok(run) if run.end() <= self.cursor => continue,
+                    Err(TryRecvError::Closed) => return self.deleted(),
+                    // A gap, a lag, or events made visible but not yet in the ring.
+                    Ok(_) | Err(TryRecvError::Empty | TryRecvError::Lagged(_)) => {}
+                }
+            }
             if self.cursor < visible {
+                self.following = false;
                 // Boxed, so a waiting subscription is only as big as its live wait.
                 return Box::pin(self.catch_up(visible)).await;
             }
             match self.live.recv().await {
-                Ok(run) if run.first() <= self.cursor && self.cursor < run.end() => {
-                    return vec![Yield::Events(self.take_live(&run))]
-                }
+                Ok(run) if self.covers(&run) => return vec![Yield::Events(self.take_live(&run))],
                 // Older than the cursor: already sent from the log. Ahead of it: the log
                 // has what is in between, and the next round reads it.
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
@@ -159,16 +184,14 @@ impl Subscription {
     }
 
     /// From the cursor on: what `first` holds and whatever else is already in the ring,
-    /// as far as the credit goes. A run cut short by the credit is not kept; its rest is
-    /// read from the log once there is credit again.
-    fn take_live(&mut self, first: &SharedRun) -> Vec<Bytes> {
+    /// as far as the credit goes.
+    fn take_live(&mut self, first: &Arc<SharedRun>) -> Vec<Bytes> {
+        self.following = true;
         let start = self.cursor;
         let mut pieces = vec![self.take_from(first)];
         while self.credit.available() > 0 && self.cursor - start < LIVE_BATCH {
             match self.live.try_recv() {
-                Ok(run) if run.first() <= self.cursor && self.cursor < run.end() => {
-                    pieces.push(self.take_from(&run));
-                }
+                Ok(run) if self.covers(&run) => pieces.push(self.take_from(&run)),
                 Ok(run) if run.end() <= self.cursor => {}
                 // A jump, a lag or a closed ring: the next step sorts it out.
                 Ok(_)
@@ -180,12 +203,21 @@ impl Subscription {
         pieces
     }
 
-    /// The events of `run` from the cursor, as far as the credit goes.
-    fn take_from(&mut self, run: &SharedRun) -> Bytes {
+    /// True when the next event to yield is in `run`.
+    fn covers(&self, run: &SharedRun) -> bool {
+        run.first() <= self.cursor && self.cursor < run.end()
+    }
+
+    /// The events of `run` from the cursor, as far as the credit goes; a run cut short is
+    /// remembered, weakly, for when credit comes.
+    fn take_from(&mut self, run: &Arc<SharedRun>) -> Bytes {
         let n = (run.end() - self.cursor).min(self.credit.available());
         let piece = run.frames(self.encoding, self.cursor, self.cursor + n);
         self.cursor += n;
         self.credit.spend(n);
+        if self.cursor < run.end() {
+            self.cut_short = Some(Arc::downgrade(run));
+        }
         piece
     }
 
