@@ -443,17 +443,14 @@ impl Session {
             return false;
         }
         let credit = Arc::new(Credit::new(credit));
-        let sub = Subscription {
-            log: self.ctx.log.clone(),
+        let sub = Subscription::new(
+            self.ctx.log.clone(),
             state,
             live,
             cursor,
-            credit: Arc::clone(&credit),
-            encoding: self.encoding,
-            finished: false,
-            cut_short: None,
-            following: false,
-        };
+            Arc::clone(&credit),
+            self.encoding,
+        );
         let stream: Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>> = Box::pin(sub.into_stream());
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(stream, registration));

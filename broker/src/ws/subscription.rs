@@ -90,25 +90,48 @@ pub(super) enum Yield {
 
 /// The subscription's state.
 pub(super) struct Subscription {
-    pub(super) log: Log,
-    pub(super) state: Arc<NsState>,
+    log: Log,
+    state: Arc<NsState>,
     /// Subscribed before the start position was computed from `visible`.
-    pub(super) live: broadcast::Receiver<Arc<SharedRun>>,
+    live: broadcast::Receiver<Arc<SharedRun>>,
     /// The next offset to yield.
-    pub(super) cursor: u64,
-    pub(super) credit: Arc<Credit>,
-    pub(super) encoding: Encoding,
+    cursor: u64,
+    credit: Arc<Credit>,
+    encoding: Encoding,
     /// Set once the subscription has said its last word.
-    pub(super) finished: bool,
+    finished: bool,
     /// The run the credit ran out in, if any. Weak: it does not keep the run's events in
     /// memory; if the ring has let go of it by the time credit comes, the log has them.
-    pub(super) cut_short: Option<Weak<SharedRun>>,
+    cut_short: Option<Weak<SharedRun>>,
     /// The last events came from the ring, so the next ones are most likely there too
     /// (a subscription catching up from the log leaves the ring alone).
-    pub(super) following: bool,
+    following: bool,
 }
 
 impl Subscription {
+    /// A subscription yielding from `cursor` on; `live` must have been subscribed before
+    /// the cursor was computed from the namespace's visible end.
+    pub(super) fn new(
+        log: Log,
+        state: Arc<NsState>,
+        live: broadcast::Receiver<Arc<SharedRun>>,
+        cursor: u64,
+        credit: Arc<Credit>,
+        encoding: Encoding,
+    ) -> Subscription {
+        Subscription {
+            log,
+            state,
+            live,
+            cursor,
+            credit,
+            encoding,
+            finished: false,
+            cut_short: None,
+            following: false,
+        }
+    }
+
     /// The subscription as a stream of things to send; it ends after telling the client
     /// the namespace was deleted (or that reading it failed).
     pub(super) fn into_stream(self) -> impl Stream<Item = Vec<Yield>> + Send {
