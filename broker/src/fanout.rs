@@ -8,8 +8,9 @@
 //! every subscriber writes a slice of those same bytes: a run of a hundred events costs a
 //! subscriber one reference count and one piece of a socket write.
 //!
-//! A subscriber that falls more than the ring behind (or runs out of credit) is told it
-//! lagged and reads the log instead, at its own pace: the ring's memory is per namespace,
+//! A subscriber that falls more than the ring behind is told it lagged and reads the log
+//! instead, at its own pace; one that runs out of credit takes what the ring still holds
+//! when credit returns and the rest from the log. The ring's memory is per namespace,
 //! never per subscriber, and at most `fanout_buffer` runs.
 
 use std::sync::{Arc, OnceLock};
