@@ -23,6 +23,10 @@ pub enum LogError {
     /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),
+    /// The namespace was deleted while the request waited on it or read it; the same
+    /// answer as [`LogError::NotFound`] to the client, with a message that says why.
+    #[error("namespace {0:?} was deleted")]
+    Deleted(String),
     /// The write queue is full.
     #[error("the write queue is full; retry shortly")]
     Overloaded,
@@ -344,7 +348,8 @@ impl Log {
     }
 
     /// Reads a page of events. With a `wait` and nothing at `from`, waits for an append,
-    /// the end of the wait, or shutdown.
+    /// the end of the wait, or shutdown. [`LogError::NotFound`] when the namespace does
+    /// not exist, or is deleted while waiting or reading (at once, not at the wait's end).
     pub async fn read(&self, ns: &str, req: ReadRequest) -> Result<ReadPage, LogError> {
         let cfg = &self.inner.config;
         let state = self
@@ -373,6 +378,7 @@ impl Log {
                         return Err(LogError::NotFound(ns.to_owned()));
                     }
                 }
+                () = state.deleted() => return Err(LogError::Deleted(ns.to_owned())),
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.wait_for(|s| *s) => {}
             }
@@ -392,6 +398,10 @@ impl Log {
         .await
         .map_err(|e| LogError::Storage(e.to_string()))?
         .map_err(|e| LogError::from(&e))?;
+        // Deleted meanwhile: what was read belongs to a log that is gone.
+        if state.is_deleted() {
+            return Err(LogError::Deleted(ns.to_owned()));
+        }
         let first = events.first().map_or(read_from, |e| e.offset);
         let truncated = matches!(req.from, Position::Offset(n) if n < first);
         let next = events.last().map_or(first.max(start), |e| e.offset + 1);

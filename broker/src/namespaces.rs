@@ -1,5 +1,14 @@
 //! The live state of every namespace that readers look at without touching the store:
-//! its epoch, how far it is durable, and where it starts.
+//! its epoch, how far it is durable, where it starts, and whether it was deleted.
+//!
+//! ### Invariants
+//!
+//! - One [`NsState`] is one incarnation of a namespace: a delete and re-create makes a new
+//!   one, with a new epoch. Readers hold an `Arc` of the incarnation they read.
+//! - Every reader that waits on a namespace (a WebSocket subscription at any credit, a
+//!   long-poll, any reader added later) also waits on [`NsState::deleted`], and checks
+//!   [`NsState::is_deleted`] after each read of the store: the moment the writer deletes
+//!   the namespace, each reader stops serving that incarnation and says so.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +30,13 @@ pub struct NsState {
     visible: watch::Sender<u64>,
     /// The oldest offset still held; moved by retention.
     earliest: AtomicU64,
-    /// Live events for subscribers (see [`crate::fanout`]); dropping it tells them the
-    /// namespace is gone.
+    /// Live events for subscribers (see [`crate::fanout`]). Subscribers hold this state,
+    /// so the ring outlives a delete: they learn of it from `deleted`.
     fanout: broadcast::Sender<Arc<SharedRun>>,
     /// The name, shared by every event sent to subscribers.
     pub name: Arc<str>,
+    /// Turns true, once, when this incarnation is deleted.
+    deleted: watch::Sender<bool>,
 }
 
 impl NsState {
@@ -38,7 +49,26 @@ impl NsState {
             earliest: AtomicU64::new(info.earliest),
             fanout: broadcast::Sender::new(fanout_buffer.max(1)),
             name: Arc::from(info.name.as_str()),
+            deleted: watch::Sender::new(false),
         }
+    }
+
+    /// True once this incarnation has been deleted: nothing more is served from it.
+    pub fn is_deleted(&self) -> bool {
+        *self.deleted.borrow()
+    }
+
+    /// Completes once this incarnation has been deleted (at once if it already was).
+    /// Every reader that waits on the namespace selects on this too.
+    pub async fn deleted(&self) {
+        let mut rx = self.deleted.subscribe();
+        // The sender lives as long as `self`, so the wait cannot fail.
+        let _ = rx.wait_for(|d| *d).await;
+    }
+
+    /// Marks this incarnation deleted and wakes everyone waiting in [`NsState::deleted`].
+    fn mark_deleted(&self) {
+        self.deleted.send_replace(true);
     }
 
     /// A receiver of live events. Subscribe *before* reading `visible`: every event is
@@ -63,7 +93,9 @@ impl NsState {
         *self.visible.borrow()
     }
 
-    /// A receiver that changes whenever `visible` moves, and errs when the namespace goes.
+    /// A receiver that changes whenever `visible` moves. It does not end when the
+    /// namespace is deleted (the reader's `Arc` keeps its sender alive): wait on
+    /// [`NsState::deleted`] as well.
     pub fn watch_visible(&self) -> watch::Receiver<u64> {
         self.visible.subscribe()
     }
@@ -106,20 +138,30 @@ impl Namespaces {
             .cloned()
     }
 
-    /// Adds (or replaces) a namespace.
+    /// Adds a namespace; an incarnation it replaces counts as deleted.
     pub fn insert(&self, ns: &str, state: Arc<NsState>) {
-        self.map
+        let old = self
+            .map
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(ns.to_owned(), state);
+        if let Some(old) = old {
+            old.mark_deleted();
+        }
     }
 
-    /// Removes a namespace; its waiting readers are woken with an error.
+    /// Removes a namespace and marks it deleted: every reader waiting on it in
+    /// [`NsState::deleted`] is woken at once.
     pub fn remove(&self, ns: &str) -> Option<Arc<NsState>> {
-        self.map
+        let old = self
+            .map
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(ns)
+            .remove(ns);
+        if let Some(old) = &old {
+            old.mark_deleted();
+        }
+        old
     }
 
     /// Every namespace's name and state.
@@ -130,5 +172,72 @@ impl Namespaces {
             .iter()
             .map(|(k, v)| (k.clone(), Arc::clone(v)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::Retention;
+
+    fn state(name: &str, epoch: &str) -> Arc<NsState> {
+        let info = NsInfo {
+            name: name.into(),
+            epoch: epoch.into(),
+            retention: Retention::default(),
+            earliest: 0,
+            next: 0,
+            bytes: 0,
+        };
+        Arc::new(NsState::new(&info, 4))
+    }
+
+    /// A waiter that is not woken fails the test instead of hanging it.
+    async fn woken(state: &NsState) {
+        tokio::time::timeout(Duration::from_secs(10), state.deleted())
+            .await
+            .expect("deleted() was not woken");
+    }
+
+    #[tokio::test]
+    async fn remove_wakes_every_waiter_of_that_incarnation_only() {
+        let map = Namespaces::default();
+        let old = state("n", "e1");
+        map.insert("n", Arc::clone(&old));
+        assert!(!old.is_deleted());
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let s = Arc::clone(&old);
+                tokio::spawn(async move { woken(&s).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        let removed = map.remove("n").expect("it was there");
+        assert!(Arc::ptr_eq(&removed, &old));
+        assert!(old.is_deleted());
+        for w in waiters {
+            w.await.expect("waiter");
+        }
+        // A waiter that comes after the delete completes at once.
+        woken(&old).await;
+        // The next incarnation starts alive; removing a missing name marks nothing.
+        let new = state("n", "e2");
+        map.insert("n", Arc::clone(&new));
+        assert!(!new.is_deleted());
+        assert!(map.remove("other").is_none());
+        assert!(!new.is_deleted());
+    }
+
+    #[tokio::test]
+    async fn an_incarnation_replaced_by_insert_counts_as_deleted() {
+        let map = Namespaces::default();
+        let old = state("n", "e1");
+        map.insert("n", Arc::clone(&old));
+        map.insert("n", state("n", "e2"));
+        assert!(old.is_deleted());
+        woken(&old).await;
+        assert_eq!(map.get("n").expect("the new one").epoch, "e2");
     }
 }

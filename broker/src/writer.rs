@@ -199,6 +199,8 @@ impl Writer {
             }
             Command::Delete { ns, reply } => match self.store.delete(&ns) {
                 Ok(existed) => {
+                    // Tells every reader of this incarnation now, not after the sync: the
+                    // store no longer has it, so there is nothing left to serve them.
                     self.namespaces.remove(&ns);
                     self.dirty.remove(&ns);
                     group.needs_sync = true;

@@ -98,7 +98,9 @@ impl From<ProtocolError> for ApiError {
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
         let (status, code) = match &e {
-            LogError::NotFound(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            LogError::NotFound(_) | LogError::Deleted(_) => {
+                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
+            }
             LogError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
             LogError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
             LogError::BadPosition(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadPosition),

@@ -682,7 +682,11 @@ impl Storage for SledStore {
         }
         let mut bytes = 0usize;
         for item in tree.range(key(from)..key(until)) {
-            let (k, v) = item?;
+            let (k, v) = item.map_err(|e| match e {
+                // Deleted while this read ran: to the reader, it no longer exists.
+                ::sled::Error::CollectionNotFound(_) => StoreError::NotFound(ns.to_owned()),
+                e => StoreError::Sled(e),
+            })?;
             bytes += v.len();
             if !out.is_empty() && bytes > max_bytes {
                 break;

@@ -72,7 +72,7 @@ fn reason(text: &str) -> String {
 
 fn log_error_code(e: &LogError) -> ErrorCode {
     match e {
-        LogError::NotFound(_) => ErrorCode::BadNamespace,
+        LogError::NotFound(_) | LogError::Deleted(_) => ErrorCode::BadNamespace,
         LogError::Overloaded | LogError::ShuttingDown => ErrorCode::Overloaded,
         LogError::BadPosition(_) => ErrorCode::BadPosition,
         LogError::DiskFull | LogError::Storage(_) => ErrorCode::Internal,

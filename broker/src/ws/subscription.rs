@@ -10,6 +10,9 @@
 //! - With credit again, it takes what the ring still holds before reading the log.
 //! - Nothing beyond the namespace's visible end is yielded (the log read is bounded by it,
 //!   and the ring only carries committed events).
+//! - Once the namespace is deleted, the next thing yielded is `closed` with reason
+//!   `deleted`, and the stream ends: every wait (credit, the ring) also waits on the
+//!   deletion, and nothing read from the store after it is sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -168,10 +171,19 @@ impl Subscription {
         })
     }
 
-    /// Waits for credit, then produces the next things to send.
+    /// Waits for credit, then produces the next things to send; `closed` with reason
+    /// `deleted` as soon as the namespace is deleted, whatever the credit.
     async fn step(&mut self) -> Vec<Yield> {
         loop {
-            self.credit.wait().await;
+            if self.state.is_deleted() {
+                return self.deleted();
+            }
+            // Credit first: when it is there, the deletion wait is never even set up.
+            tokio::select! {
+                biased;
+                () = self.credit.wait() => {}
+                () = self.state.deleted() => return self.deleted(),
+            }
             // What the ring still holds is cheaper than the log: first the rest of the
             // run the credit cut short, then whatever the receiver has not taken yet.
             if let Some(run) = self.cut_short.take().and_then(|w| w.upgrade()) {
@@ -196,7 +208,16 @@ impl Subscription {
                 // Boxed, so a waiting subscription is only as big as its live wait.
                 return Box::pin(self.catch_up(visible)).await;
             }
-            match self.live.recv().await {
+            let received = tokio::select! {
+                biased;
+                received = self.live.recv() => received,
+                () = self.state.deleted() => return self.deleted(),
+            };
+            // Committed before the delete, but the log they belong to is gone.
+            if self.state.is_deleted() {
+                return self.deleted();
+            }
+            match received {
                 Ok(run) if self.covers(&run) => return vec![Yield::Events(self.take_live(&run))],
                 // Older than the cursor: already sent from the log. Ahead of it: the log
                 // has what is in between, and the next round reads it.
@@ -260,8 +281,11 @@ impl Subscription {
             .read_range(&self.state.name, self.cursor, visible, n)
             .await
         {
+            // Deleted meanwhile: nothing of that log is sent (a re-created one may
+            // already be in the store under the same name).
+            _ if self.state.is_deleted() => return self.deleted(),
             Ok(events) => events,
-            Err(LogError::NotFound(_)) => return self.deleted(),
+            Err(LogError::NotFound(_) | LogError::Deleted(_)) => return self.deleted(),
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "catch-up read failed");
                 let ns = Some(self.state.name.to_string());

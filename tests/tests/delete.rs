@@ -1,0 +1,383 @@
+//! Deleting a namespace, as every kind of reader sees it (issue 8, section 3): WebSocket
+//! subscriptions at any credit and in both encodings, HTTP long-polls, the Rust client
+//! and `rewind tail` learn at once that the log is gone, and nothing keeps serving it.
+
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
+use rewind_protocol::{Payload, Position};
+use rewind_tests::ws::Client;
+use rewind_tests::Broker;
+
+fn open(ns: &str, from: Position, epoch: Option<&str>, credit: u64) -> ClientFrame {
+    ClientFrame::Open {
+        ns: ns.into(),
+        from,
+        epoch: epoch.map(str::to_owned),
+        credit,
+    }
+}
+
+/// Publishes `n` events with small JSON data over HTTP.
+async fn publish_n(b: &Broker, ns: &str, n: usize) {
+    let body: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"event":"n","data":{i}}}"#))
+        .collect();
+    let r = b
+        .post_json(
+            &format!("/v1/namespaces/{ns}/events"),
+            &format!("[{}]", body.join(",")),
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+async fn delete(b: &Broker, ns: &str) {
+    let r = b
+        .request(Method::DELETE, &format!("/v1/namespaces/{ns}"), &[], "")
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+}
+
+/// The next message that is not a `ping`.
+async fn next(c: &mut Client) -> ServerMessage {
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Ping) => {}
+            m => return m,
+        }
+    }
+}
+
+async fn expect_frame(c: &mut Client) -> ServerFrame {
+    match next(c).await {
+        ServerMessage::Frame(f) => f,
+        ServerMessage::Event(e) => panic!("expected a frame, got event {e:?}"),
+    }
+}
+
+/// The `opened` frame's epoch and `next`.
+async fn expect_opened(c: &mut Client, ns: &str) -> (String, u64) {
+    match expect_frame(c).await {
+        ServerFrame::Opened {
+            ns: got,
+            epoch,
+            next,
+            ..
+        } if got == ns => (epoch, next),
+        f => panic!("expected opened for {ns}, got {f:?}"),
+    }
+}
+
+fn deleted(ns: &str) -> ServerFrame {
+    ServerFrame::Closed {
+        ns: ns.into(),
+        reason: Some("deleted".into()),
+    }
+}
+
+/// Reads until `closed {ns, reason: "deleted"}`; returns the offsets of the events of
+/// `ns` that came before it. Any other frame fails the test.
+async fn events_until_deleted(c: &mut Client, ns: &str) -> Vec<u64> {
+    let mut offsets = Vec::new();
+    loop {
+        match next(c).await {
+            ServerMessage::Event(e) if e.ns == ns => offsets.push(e.event.offset),
+            ServerMessage::Frame(f) if f == deleted(ns) => return offsets,
+            other => panic!("while waiting for {ns} to close: {other:?}"),
+        }
+    }
+}
+
+/// `credit` for a namespace the broker no longer has open here is `not_open`: the
+/// subscription was unregistered.
+async fn assert_not_open(c: &mut Client, ns: &str) {
+    c.send(&ClientFrame::Credit {
+        ns: ns.into(),
+        n: 10,
+    })
+    .await;
+    match expect_frame(c).await {
+        ServerFrame::Error { code, ns: got, .. } => {
+            assert_eq!((code.as_str(), got.as_deref()), ("not_open", Some(ns)))
+        }
+        f => panic!("expected not_open, got {f:?}"),
+    }
+}
+
+/// Issue 8 §3, first input: a caught-up JSON subscriber of `doomed`, then `DELETE`.
+#[tokio::test]
+async fn a_caught_up_subscriber_is_told_at_once_and_can_open_the_new_incarnation() {
+    let b = Broker::start(&[]);
+    publish_n(&b, "doomed", 2).await;
+    let mut c = Client::connect(b.addr, Some("rewind.v1.json")).await;
+    c.send(&open("doomed", Position::Earliest, None, 100)).await;
+    let (old_epoch, _) = expect_opened(&mut c, "doomed").await;
+    for offset in 0..2 {
+        match next(&mut c).await {
+            ServerMessage::Event(e) => assert_eq!(e.event.offset, offset),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    delete(&b, "doomed").await;
+    assert_eq!(expect_frame(&mut c).await, deleted("doomed"));
+    assert_not_open(&mut c, "doomed").await;
+
+    // Open again: no `already_open`; the re-created namespace, its new epoch, and its
+    // events reach the new subscription.
+    c.send(&open("doomed", Position::Latest, None, 100)).await;
+    let (new_epoch, next_offset) = expect_opened(&mut c, "doomed").await;
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(next_offset, 2, "offsets continue after the deleted log's");
+    publish_n(&b, "doomed", 1).await;
+    match next(&mut c).await {
+        ServerMessage::Event(e) => {
+            assert_eq!((e.ns.as_str(), e.event.offset), ("doomed", 2));
+            assert_eq!(e.event.data, Payload::Json("0".into()));
+        }
+        m => panic!("{m:?}"),
+    }
+}
+
+/// Issue 8 §3: a subscription at zero credit only heard of the delete once given credit.
+/// In MessagePack; then a resume with the old epoch is told the log is another one.
+#[tokio::test]
+async fn a_subscriber_at_zero_credit_is_told_without_credit_and_resumes_into_the_new_epoch() {
+    let b = Broker::start(&[]);
+    let mut c = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    c.send(&open("doomed", Position::Earliest, None, 0)).await;
+    let (old_epoch, _) = expect_opened(&mut c, "doomed").await;
+    publish_n(&b, "doomed", 3).await;
+
+    delete(&b, "doomed").await;
+    // Nothing was owed (no credit), so the very next frame is the close.
+    assert_eq!(expect_frame(&mut c).await, deleted("doomed"));
+    assert_not_open(&mut c, "doomed").await;
+
+    // Re-created by a publish; a client resuming at offset 0 of the old epoch is told.
+    publish_n(&b, "doomed", 1).await;
+    c.send(&open("doomed", Position::Offset(0), Some(&old_epoch), 10))
+        .await;
+    let (new_epoch, _) = expect_opened(&mut c, "doomed").await;
+    assert_ne!(new_epoch, old_epoch);
+    assert_eq!(
+        expect_frame(&mut c).await,
+        ServerFrame::Truncated {
+            ns: "doomed".into(),
+            requested: 0,
+            from: 3,
+            reason: "epoch".into(),
+        }
+    );
+    match next(&mut c).await {
+        ServerMessage::Event(e) => assert_eq!(e.event.offset, 3),
+        m => panic!("{m:?}"),
+    }
+}
+
+/// A subscription catching up from the log (here blocked on a socket its client does not
+/// read) stops at the delete: it does not go on sending the deleted log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_mid_catch_up_stops_serving_the_deleted_log() {
+    // 300 events of 64 KiB: far more than the socket buffers hold, so the broker is
+    // still catching up when the delete comes.
+    const EVENTS: u64 = 300;
+    let b = Broker::start(&[]);
+    let big = format!("\"{}\"", "x".repeat(64 << 10));
+    for _ in 0..EVENTS / 10 {
+        let batch: Vec<String> = (0..10)
+            .map(|_| format!(r#"{{"event":"big","data":{big}}}"#))
+            .collect();
+        let r = b
+            .post_json(
+                "/v1/namespaces/doomed/events",
+                &format!("[{}]", batch.join(",")),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED);
+    }
+    let mut c = Client::connect(b.addr, Some("rewind.v1.json")).await;
+    c.send(&open("doomed", Position::Earliest, None, 1000))
+        .await;
+    expect_opened(&mut c, "doomed").await;
+    match next(&mut c).await {
+        ServerMessage::Event(e) => assert_eq!(e.event.offset, 0),
+        m => panic!("{m:?}"),
+    }
+
+    delete(&b, "doomed").await;
+    let rest = events_until_deleted(&mut c, "doomed").await;
+    assert_eq!(
+        rest,
+        (1..1 + rest.len() as u64).collect::<Vec<_>>(),
+        "no gap before the close"
+    );
+    assert!(
+        (rest.len() as u64) < EVENTS - 1,
+        "the whole deleted log was sent ({} events) before the close",
+        rest.len() + 1
+    );
+    // The connection goes on.
+    c.send(&ClientFrame::Ping).await;
+    assert_eq!(expect_frame(&mut c).await, ServerFrame::Pong);
+}
+
+/// Several subscribers on several connections, in both encodings and at different
+/// credit, each told once; their other namespaces keep flowing.
+#[tokio::test]
+async fn every_subscriber_on_every_connection_is_told_and_other_namespaces_flow_on() {
+    let b = Broker::start(&[]);
+    publish_n(&b, "doomed", 5).await;
+    publish_n(&b, "kept", 1).await;
+    // (subprotocol, credit on doomed): caught up, at zero credit, part way through.
+    let setups = [
+        ("rewind.v1.json", 100),
+        ("rewind.v1.msgpack", 0),
+        ("rewind.v1.json", 2),
+        ("rewind.v1.msgpack", 100),
+    ];
+    let mut clients = Vec::new();
+    for (protocol, credit) in setups {
+        let mut c = Client::connect(b.addr, Some(protocol)).await;
+        c.send(&open("doomed", Position::Earliest, None, credit))
+            .await;
+        expect_opened(&mut c, "doomed").await;
+        c.send(&open("kept", Position::Latest, None, 100)).await;
+        // Take every event of `doomed` the credit allows, and `kept`'s opened.
+        let owed = credit.min(5);
+        let mut got = Vec::new();
+        let mut kept_open = false;
+        while !kept_open || (got.len() as u64) < owed {
+            match next(&mut c).await {
+                ServerMessage::Event(e) if e.ns == "doomed" => got.push(e.event.offset),
+                ServerMessage::Frame(ServerFrame::Opened { ns, .. }) if ns == "kept" => {
+                    kept_open = true
+                }
+                m => panic!("{m:?}"),
+            }
+        }
+        assert_eq!(got, (0..owed).collect::<Vec<_>>(), "credit {credit}");
+        clients.push(c);
+    }
+
+    delete(&b, "doomed").await;
+    for c in &mut clients {
+        // Caught up or out of credit: the close is the very next thing for `doomed`.
+        assert_eq!(events_until_deleted(c, "doomed").await, Vec::<u64>::new());
+        assert_not_open(c, "doomed").await;
+    }
+    publish_n(&b, "kept", 1).await;
+    for c in &mut clients {
+        match next(c).await {
+            ServerMessage::Event(e) => assert_eq!((e.ns.as_str(), e.event.offset), ("kept", 1)),
+            m => panic!("{m:?}"),
+        }
+    }
+}
+
+/// One long-poll, sent before the delete; its status and error body.
+async fn poll(b: &Broker, path: String, accept: &'static str) -> (StatusCode, String, String) {
+    let addr = b.addr;
+    let poll = tokio::spawn(async move {
+        rewind_tests::request(
+            addr,
+            Method::GET,
+            &path,
+            &[("accept", accept)],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("the poll's answer")
+    });
+    // The polls wait up to 60 s; "at once" is anything well before that.
+    let r = tokio::time::timeout(Duration::from_secs(30), poll)
+        .await
+        .expect("the long-poll was answered at the end of its wait, not at the delete")
+        .expect("poll task");
+    let body = r.json();
+    (
+        r.status,
+        body["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+/// Issue 8 §3, second input: a long-poll waiting on a namespace is answered 404 at once
+/// when the namespace is deleted, at every position it can wait at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_poll_is_answered_404_at_once_when_its_namespace_is_deleted() {
+    let b = Broker::start(&[]);
+    // A poll that reaches the broker only after the delete finds no namespace ("does not
+    // exist"); that says nothing about waiting polls, so such a round is run again.
+    for round in 0..10 {
+        let full = format!("full{round}");
+        let empty = format!("empty{round}");
+        publish_n(&b, &full, 3).await;
+        let created = b.put_json(&format!("/v1/namespaces/{empty}"), "").await;
+        assert_eq!(created.status, StatusCode::CREATED);
+        let paths = [
+            (
+                format!("/v1/namespaces/{full}/events?from=latest&wait=60"),
+                "application/json",
+            ),
+            (
+                format!("/v1/namespaces/{full}/events?from=3&wait=60"),
+                "application/msgpack",
+            ),
+            (
+                format!("/v1/namespaces/{empty}/events?from=earliest&wait=60"),
+                "application/json",
+            ),
+            (
+                format!("/v1/namespaces/{empty}/events?from=0&limit=5&wait=59.5"),
+                "application/msgpack",
+            ),
+        ];
+        let polls: Vec<_> = paths
+            .into_iter()
+            .map(|(path, accept)| {
+                let b = &b;
+                async move { poll(b, path, accept).await }
+            })
+            .collect();
+        let deletes = async {
+            delete(&b, &full).await;
+            delete(&b, &empty).await;
+        };
+        let (answers, ()) = tokio::join!(futures::future::join_all(polls), deletes);
+        for (status, code, _) in &answers {
+            assert_eq!(
+                (*status, code.as_str()),
+                (StatusCode::NOT_FOUND, "not_found")
+            );
+        }
+        if answers.iter().all(|(_, _, m)| m.contains("was deleted")) {
+            // After the delete, a poll is refused at once too.
+            let (status, code, _) = poll(
+                &b,
+                format!("/v1/namespaces/{full}/events?from=latest&wait=60"),
+                "application/json",
+            )
+            .await;
+            assert_eq!(
+                (status, code.as_str()),
+                (StatusCode::NOT_FOUND, "not_found")
+            );
+            return;
+        }
+    }
+    panic!("in 10 rounds the polls never reached the broker before the delete");
+}
