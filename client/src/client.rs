@@ -7,7 +7,7 @@
 //! drops any offset it already delivered, and sends again every publish not yet answered,
 //! with the same idempotency key, so each is appended once.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use rewind_protocol::frame::{
     decode_server_msgpack, encode_client_msgpack, ClientFrame, EventFrame, ServerFrame,
     ServerMessage,
 };
-use rewind_protocol::{Payload, Position};
+use rewind_protocol::{ErrorCode, Payload, Position};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -112,7 +112,9 @@ enum Command {
         grants: Arc<Grants>,
         reply: oneshot::Sender<Result<(), ClientError>>,
     },
-    Unsubscribe(String),
+    /// The subscription whose credit bookkeeping is this `Grants` was dropped (the name
+    /// alone could be a later subscription to the same namespace).
+    Unsubscribe(String, Arc<Grants>),
     Publish {
         ns: String,
         event: String,
@@ -194,6 +196,8 @@ impl Client {
             cmd_rx,
             wake: Arc::clone(&wake),
             subs: HashMap::new(),
+            ending: Vec::new(),
+            closing: HashSet::new(),
             pending: BTreeMap::new(),
             next_id: 0,
             key_prefix: key_prefix(),
@@ -229,6 +233,7 @@ impl Client {
         answer.await.map_err(|_| ClientError::Closed)??;
         let cmd = self.cmd.clone();
         let name = ns.to_owned();
+        let own = Arc::clone(&grants);
         Ok(Subscription {
             ns: ns.to_owned(),
             rx,
@@ -236,7 +241,7 @@ impl Client {
             epoch: None,
             next: None,
             unsubscribe: Some(Box::new(move || {
-                let _ = cmd.send(Command::Unsubscribe(name));
+                let _ = cmd.send(Command::Unsubscribe(name, own));
             })),
         })
     }
@@ -296,6 +301,12 @@ struct Driver {
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     wake: Arc<Notify>,
     subs: HashMap<String, SubState>,
+    /// Subscriptions the broker ended whose last items (`Ended` among them) wait for room
+    /// in their channel; never opened again.
+    ending: Vec<SubState>,
+    /// Namespaces this connection sent `close` for and whose answer has not come: what
+    /// arrives for them until it does belongs to the subscription that was dropped.
+    closing: HashSet<String>,
     /// Publishes not yet answered, by id (sent again after a reconnect).
     pending: BTreeMap<u64, PendingPublish>,
     next_id: u64,
@@ -373,6 +384,7 @@ impl Driver {
 
     /// Serves one connection until it breaks or every handle is gone.
     async fn serve(&mut self, mut ws: Socket) -> Ended {
+        self.closing.clear();
         let mut hello: Vec<ClientFrame> = self
             .subs
             .iter()
@@ -413,14 +425,16 @@ impl Driver {
                 },
                 () = self.wake.notified() => {
                     let mut grants = Vec::new();
-                    self.subs.retain(|ns, sub| {
+                    // A subscription the application dropped stays until its `Unsubscribe`
+                    // (sent by the drop) closes it on the broker.
+                    for (ns, sub) in &mut self.subs {
                         let open = Self::drain(sub);
                         // Credit in batches, not a frame per event.
                         if open && sub.grants.consumed.load(Ordering::Acquire) >= sub.grants.batch {
                             grants.push((ns.clone(), sub.grants.consumed.swap(0, Ordering::AcqRel)));
                         }
-                        open
-                    });
+                    }
+                    self.ending.retain_mut(|sub| Self::drain(sub) && !sub.held.is_empty());
                     for (ns, n) in grants {
                         if !Self::send(&mut ws, &ClientFrame::Credit { ns, n }).await {
                             return Ended::Link;
@@ -457,8 +471,18 @@ impl Driver {
                 let _ = reply.send(Ok(()));
                 Self::send(ws, &open).await
             }
-            Command::Unsubscribe(ns) => {
+            Command::Unsubscribe(ns, grants) => {
+                self.ending.retain(|sub| !Arc::ptr_eq(&sub.grants, &grants));
+                if !self
+                    .subs
+                    .get(&ns)
+                    .is_some_and(|sub| Arc::ptr_eq(&sub.grants, &grants))
+                {
+                    // Ended by the broker already, or a later subscription's name.
+                    return true;
+                }
                 self.subs.remove(&ns);
+                self.closing.insert(ns.clone());
                 Self::send(ws, &ClientFrame::Close { ns }).await
             }
             Command::Publish {
@@ -488,8 +512,19 @@ impl Driver {
             return;
         };
         sub.held.push_back(item);
-        if !Self::drain(sub) {
-            self.subs.remove(ns);
+        // False when the application dropped it: its `Unsubscribe` follows.
+        let _ = Self::drain(sub);
+    }
+
+    /// The broker ended the subscription: `Ended` goes after what is already held, and
+    /// the subscription is kept (in `ending`, never re-opened) until it is delivered.
+    fn end(&mut self, ns: &str, reason: String) {
+        let Some(mut sub) = self.subs.remove(ns) else {
+            return;
+        };
+        sub.held.push_back(Item::Ended { reason });
+        if Self::drain(&mut sub) && !sub.held.is_empty() {
+            self.ending.push(sub);
         }
     }
 
@@ -518,6 +553,14 @@ impl Driver {
         let Ok(msg) = decode_server_msgpack(&bytes) else {
             return true;
         };
+        if let Some(ns) = closing_answer(&msg, &self.closing) {
+            // The close this connection sent is answered (`closed`, or `not_open` when the
+            // broker had ended it first); anything before that was for the dropped one.
+            if let Some(ns) = ns {
+                self.closing.remove(&ns);
+            }
+            return true;
+        }
         match msg {
             ServerMessage::Event(EventFrame { ns, event, .. }) => {
                 let Some(sub) = self.subs.get_mut(&ns) else {
@@ -562,9 +605,7 @@ impl Driver {
                 );
             }
             ServerMessage::Frame(ServerFrame::Closed { ns, reason }) => {
-                let reason = reason.unwrap_or_else(|| "closed".into());
-                self.deliver(&ns, Item::Ended { reason });
-                self.subs.remove(&ns);
+                self.end(&ns, reason.unwrap_or_else(|| "closed".into()));
             }
             ServerMessage::Frame(ServerFrame::Published { id, offset, .. }) => {
                 if let Some(p) = self.pending.remove(&id) {
@@ -582,11 +623,9 @@ impl Driver {
                         let _ = p.reply.send(Err(ClientError::Rejected { code, message }));
                     }
                 }
-                (None, Some(ns)) => {
-                    let reason = format!("{code}: {message}");
-                    self.deliver(&ns, Item::Ended { reason });
-                    self.subs.remove(&ns);
-                }
+                // Answers a `credit` that crossed the broker's `closed`: nothing to end.
+                (None, Some(_)) if code == ErrorCode::NotOpen.as_str() => {}
+                (None, Some(ns)) => self.end(&ns, format!("{code}: {message}")),
                 (None, None) => {}
             },
             ServerMessage::Frame(ServerFrame::Ping) => {
@@ -596,6 +635,29 @@ impl Driver {
         }
         true
     }
+}
+
+/// For a message about a namespace in `closing`: `Some(Some(ns))` when it answers the
+/// close, `Some(None)` when it is a leftover of the closed subscription, `None` otherwise.
+fn closing_answer(msg: &ServerMessage, closing: &HashSet<String>) -> Option<Option<String>> {
+    let (ns, answers) = match msg {
+        ServerMessage::Event(e) => (&e.ns, false),
+        ServerMessage::Frame(
+            ServerFrame::Opened { ns, .. } | ServerFrame::Truncated { ns, .. },
+        ) => (ns, false),
+        ServerMessage::Frame(ServerFrame::Closed { ns, .. }) => (ns, true),
+        ServerMessage::Frame(ServerFrame::Error {
+            ns: Some(ns),
+            id: None,
+            code,
+            ..
+        }) => (ns, code == ErrorCode::NotOpen.as_str()),
+        _ => return None,
+    };
+    if !closing.contains(ns) {
+        return None;
+    }
+    Some(answers.then(|| ns.clone()))
 }
 
 /// `d` scaled by a random factor in [0.5, 1.5), so clients that lost the same broker do

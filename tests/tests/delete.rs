@@ -381,3 +381,146 @@ async fn a_long_poll_is_answered_404_at_once_when_its_namespace_is_deleted() {
     }
     panic!("in 10 rounds the polls never reached the broker before the delete");
 }
+
+mod rust_client {
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use rewind_client::{Client, ClientOptions, Item, Subscription};
+    use rewind_protocol::Position;
+    use rewind_tests::Broker;
+
+    use super::{delete, publish_n};
+
+    fn options(buffer: usize) -> ClientOptions {
+        ClientOptions {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            liveness: Duration::from_secs(10),
+            buffer,
+        }
+    }
+
+    async fn next(sub: &mut Subscription) -> Option<Item> {
+        tokio::time::timeout(Duration::from_secs(20), sub.next())
+            .await
+            .expect("an item, or the end, in time")
+    }
+
+    /// Every item until the stream ends.
+    async fn all(sub: &mut Subscription) -> Vec<Item> {
+        let mut items = Vec::new();
+        while let Some(item) = next(sub).await {
+            items.push(item);
+        }
+        items
+    }
+
+    /// The subscription's buffer is full when the delete comes: `Ended` still arrives,
+    /// after every event that came before it, and then the stream ends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_reaches_a_consumer_whose_buffer_is_full() {
+        let b = Broker::start(&[]);
+        publish_n(&b, "doomed", 10).await;
+        let client = Client::connect(&b.url(), options(4)).await.unwrap();
+        let mut barrier = client.subscribe("barrier", Position::Latest).await.unwrap();
+        assert!(matches!(next(&mut barrier).await, Some(Item::Epoch(_))));
+        let mut sub = client
+            .subscribe("doomed", Position::Earliest)
+            .await
+            .unwrap();
+        // Four items fill the buffer (the epoch and three events; a fourth event waits
+        // in the client): wait until they are there, then delete.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while sub.queued() < 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the buffer never filled"
+            );
+            tokio::task::yield_now().await;
+        }
+        delete(&b, "doomed").await;
+        // The broker tells at once; an event published after the delete, on the same
+        // connection, arrives after that (so the close found the buffer full).
+        publish_n(&b, "barrier", 1).await;
+        assert!(matches!(next(&mut barrier).await, Some(Item::Event(_))));
+        let items = all(&mut sub).await;
+        let (last, events) = items.split_last().expect("items");
+        assert!(matches!(&items[0], Item::Epoch(_)), "{items:?}");
+        let offsets: Vec<u64> = events
+            .iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(e.offset),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(offsets, vec![0, 1, 2, 3], "{items:?}");
+        assert_eq!(
+            last,
+            &Item::Ended {
+                reason: "deleted".into()
+            }
+        );
+    }
+
+    /// After `Ended`, subscribing again works (while the old handle is still alive, and
+    /// dropping the old handle does not touch the new subscription), with the new epoch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_subscription_after_ended_sees_the_new_incarnation() {
+        let b = Broker::start(&[]);
+        publish_n(&b, "doomed", 2).await;
+        let client = Client::connect(&b.url(), options(64)).await.unwrap();
+        let mut old = client
+            .subscribe("doomed", Position::Earliest)
+            .await
+            .unwrap();
+        let Some(Item::Epoch(old_epoch)) = next(&mut old).await else {
+            panic!("the epoch first");
+        };
+        for offset in 0..2 {
+            match next(&mut old).await {
+                Some(Item::Event(e)) => assert_eq!(e.offset, offset),
+                other => panic!("{other:?}"),
+            }
+        }
+        delete(&b, "doomed").await;
+        assert_eq!(
+            next(&mut old).await,
+            Some(Item::Ended {
+                reason: "deleted".into()
+            })
+        );
+        assert_eq!(next(&mut old).await, None);
+
+        let mut new = client.subscribe("doomed", Position::Latest).await.unwrap();
+        drop(old);
+        let Some(Item::Epoch(new_epoch)) = next(&mut new).await else {
+            panic!("the epoch first");
+        };
+        assert_ne!(new_epoch, old_epoch);
+        publish_n(&b, "doomed", 1).await;
+        match next(&mut new).await {
+            Some(Item::Event(e)) => assert_eq!(e.offset, 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A subscription dropped and made again at once on the same client gets nothing the
+    /// dropped one was still being sent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resubscription_gets_nothing_meant_for_the_dropped_one() {
+        let b = Broker::start(&[]);
+        publish_n(&b, "r", 500).await;
+        let client = Client::connect(&b.url(), options(256)).await.unwrap();
+        let old = client.subscribe("r", Position::Earliest).await.unwrap();
+        drop(old);
+        let mut new = client.subscribe("r", Position::Latest).await.unwrap();
+        let first = next(&mut new).await;
+        assert!(matches!(first, Some(Item::Epoch(_))), "{first:?}");
+        publish_n(&b, "r", 1).await;
+        match next(&mut new).await {
+            Some(Item::Event(e)) => assert_eq!(e.offset, 500),
+            other => panic!("{other:?}"),
+        }
+    }
+}
