@@ -109,6 +109,9 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
                 eprintln!("rewind tail: offsets {requested}..{from} are gone ({reason}); continuing at {from}");
             }
             Item::Epoch(_) => {}
+            Item::Ended { reason } if reason == "deleted" => {
+                bail!("namespace {} was deleted", args.ns)
+            }
             Item::Ended { reason } => bail!("the broker ended the subscription: {reason}"),
         }
     }

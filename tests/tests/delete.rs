@@ -2,13 +2,16 @@
 //! subscriptions at any credit and in both encodings, HTTP long-polls, the Rust client
 //! and `rewind tail` learn at once that the log is gone, and nothing keeps serving it.
 
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{Payload, Position};
 use rewind_tests::ws::Client;
-use rewind_tests::Broker;
+use rewind_tests::{rewind_bin, Broker};
 
 fn open(ns: &str, from: Position, epoch: Option<&str>, credit: u64) -> ClientFrame {
     ClientFrame::Open {
@@ -380,6 +383,48 @@ async fn a_long_poll_is_answered_404_at_once_when_its_namespace_is_deleted() {
         }
     }
     panic!("in 10 rounds the polls never reached the broker before the delete");
+}
+
+/// Issue 8 §3: `rewind tail` of a namespace that is deleted prints one line on stderr
+/// and exits non-zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewind_tail_says_the_namespace_was_deleted_and_exits_non_zero() {
+    let b = Broker::start(&[]);
+    publish_n(&b, "doomed", 1).await;
+    let mut tail = Command::new(rewind_bin())
+        .args(["tail", "doomed", "--from", "earliest", "--url", &b.url()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    let mut stdout = BufReader::new(tail.stdout.take().expect("stdout"));
+    let mut stderr = tail.stderr.take().expect("stderr");
+    let mut first = String::new();
+    stdout.read_line(&mut first).expect("a line from tail");
+    let v: serde_json::Value = serde_json::from_str(&first).expect("a JSON line");
+    assert_eq!(v["offset"], 0);
+
+    delete(&b, "doomed").await;
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = stderr.read_to_string(&mut err);
+        let mut out = String::new();
+        let _ = stdout.read_to_string(&mut out);
+        let _ = done_tx.send((tail.wait().expect("wait for tail"), out, err));
+    });
+    let (status, out, err) = done
+        .recv_timeout(Duration::from_secs(20))
+        .expect("tail exits once its namespace is deleted");
+    assert!(!status.success(), "{status:?}");
+    assert_eq!(out, "", "nothing more on stdout");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err:?}");
+    assert!(
+        lines[0].starts_with("rewind: ") && lines[0].contains("doomed was deleted"),
+        "{err:?}"
+    );
 }
 
 mod rust_client {
