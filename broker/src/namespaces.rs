@@ -11,10 +11,10 @@
 //!   the namespace, each reader stops serving that incarnation and says so.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::fanout::SharedRun;
 use crate::storage::NsInfo;
@@ -36,7 +36,10 @@ pub struct NsState {
     /// The name, shared by every event sent to subscribers.
     pub name: Arc<str>,
     /// Turns true, once, when this incarnation is deleted.
-    deleted: watch::Sender<bool>,
+    deleted: AtomicBool,
+    /// Wakes everyone waiting in [`NsState::deleted`]. A `Notify` rather than a `watch`:
+    /// its wait is less than half the size, and every waiting subscription holds one.
+    on_delete: Notify,
 }
 
 impl NsState {
@@ -49,26 +52,32 @@ impl NsState {
             earliest: AtomicU64::new(info.earliest),
             fanout: broadcast::Sender::new(fanout_buffer.max(1)),
             name: Arc::from(info.name.as_str()),
-            deleted: watch::Sender::new(false),
+            deleted: AtomicBool::new(false),
+            on_delete: Notify::new(),
         }
     }
 
     /// True once this incarnation has been deleted: nothing more is served from it.
     pub fn is_deleted(&self) -> bool {
-        *self.deleted.borrow()
+        self.deleted.load(Ordering::Acquire)
     }
 
     /// Completes once this incarnation has been deleted (at once if it already was).
     /// Every reader that waits on the namespace selects on this too.
     pub async fn deleted(&self) {
-        let mut rx = self.deleted.subscribe();
-        // The sender lives as long as `self`, so the wait cannot fail.
-        let _ = rx.wait_for(|d| *d).await;
+        // A `Notified` receives every `notify_waiters` made after it was created, polled
+        // or not: made before the check, it cannot miss a delete that comes after.
+        let woken = self.on_delete.notified();
+        if self.is_deleted() {
+            return;
+        }
+        woken.await;
     }
 
     /// Marks this incarnation deleted and wakes everyone waiting in [`NsState::deleted`].
     fn mark_deleted(&self) {
-        self.deleted.send_replace(true);
+        self.deleted.store(true, Ordering::Release);
+        self.on_delete.notify_waiters();
     }
 
     /// A receiver of live events. Subscribe *before* reading `visible`: every event is
