@@ -329,8 +329,20 @@ async fn a_long_poll_is_answered_404_at_once_when_its_namespace_is_deleted() {
         let full = format!("full{round}");
         let empty = format!("empty{round}");
         publish_n(&b, &full, 3).await;
-        let created = b.put_json(&format!("/v1/namespaces/{empty}"), "").await;
-        assert_eq!(created.status, StatusCode::CREATED);
+        let kept = format!("kept{round}");
+        for ns in [&empty, &kept] {
+            let created = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
+            assert_eq!(created.status, StatusCode::CREATED);
+        }
+        // A poll of another namespace is not disturbed: it gets the event published
+        // after the deletes (from offset 0, so whenever it arrives).
+        let addr = b.addr;
+        let kept_path = format!("/v1/namespaces/{kept}/events?from=0&wait=60");
+        let kept_poll = tokio::spawn(async move {
+            rewind_tests::request(addr, Method::GET, &kept_path, &[], bytes::Bytes::new())
+                .await
+                .expect("the poll's answer")
+        });
         let paths = [
             (
                 format!("/v1/namespaces/{full}/events?from=latest&wait=60"),
@@ -367,6 +379,13 @@ async fn a_long_poll_is_answered_404_at_once_when_its_namespace_is_deleted() {
                 (StatusCode::NOT_FOUND, "not_found")
             );
         }
+        publish_n(&b, &kept, 1).await;
+        let page = tokio::time::timeout(Duration::from_secs(30), kept_poll)
+            .await
+            .expect("the other namespace's poll was answered by its event")
+            .expect("poll task");
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.json()["events"][0]["offset"], 0);
         if answers.iter().all(|(_, _, m)| m.contains("was deleted")) {
             // After the delete, a poll is refused at once too.
             let (status, code, _) = poll(
