@@ -4,12 +4,31 @@
 //! `{"events": [...], "next": N, "earliest": E, "truncated": bool, "epoch": "..."}`. In
 //! JSON an event's payload is `data` (the JSON value as published) or `data_b64` (bytes,
 //! standard base64). In MessagePack bytes are native `bin` and `data` is always present.
+//!
+//! A JSON payload is written to JSON readers as stored and transcoded for MessagePack
+//! readers by [`crate::value`]. Should a stored payload ever break the value rules (one
+//! stored before they existed), a MessagePack page stops before that event and says so
+//! in `error` (`internal`, with the event's offset), and `next` points past it: the
+//! reader learns exactly which event it did not get, and the events around it still
+//! arrive.
 
 use base64::Engine as _;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Event, Payload, ProtocolError};
+use crate::value::{json_to_msgpack, write_bin, write_len, write_str, write_u64};
+use crate::{ErrorCode, Event, Payload, ProtocolError};
+
+/// An event a page could not carry, in place of the events from it on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventError {
+    /// The event's offset.
+    pub offset: u64,
+    /// `internal`.
+    pub code: String,
+    /// What failed, for people.
+    pub message: String,
+}
 
 /// A page of events, as answered to an HTTP read.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +43,9 @@ pub struct ReadPage {
     pub truncated: bool,
     /// The namespace's epoch.
     pub epoch: String,
+    /// Set when the event at `error.offset` could not be encoded: the page's events stop
+    /// before it and `next` is the offset after it.
+    pub error: Option<EventError>,
 }
 
 /// Appends `s` as a JSON string (quoted and escaped).
@@ -81,20 +103,64 @@ impl ReadPage {
             .as_bytes(),
         );
         write_json_str(&mut out, &self.epoch);
+        if let Some(e) = &self.error {
+            out.extend_from_slice(b",\"error\":");
+            // A plain struct of strings and a number serializes without failing.
+            let _ = serde_json::to_writer(&mut out, e);
+        }
         out.push(b'}');
         out
     }
 
-    /// The page as MessagePack (a map with the same field names as the JSON form).
-    pub fn to_msgpack(&self) -> Result<Vec<u8>, ProtocolError> {
-        let wire = PageOut {
-            events: self.events.iter().map(EventOut).collect(),
-            next: self.next,
-            earliest: self.earliest,
-            truncated: self.truncated,
-            epoch: &self.epoch,
-        };
-        rmp_serde::to_vec_named(&wire).map_err(|e| ProtocolError::Malformed(e.to_string()))
+    /// The page as MessagePack (a map with the same field names as the JSON form). An
+    /// event whose payload cannot be encoded ends the page there: `error` names it and
+    /// `next` is the offset after it; that error is returned too, for the log.
+    pub fn to_msgpack(&self) -> (Vec<u8>, Option<EventError>) {
+        let mut events = Vec::with_capacity(64 + self.events.len() * 128);
+        let mut count = 0;
+        let mut next = self.next;
+        let mut error = self.error.clone();
+        for ev in &self.events {
+            let mark = events.len();
+            if let Err(e) = write_event(&mut events, ev) {
+                events.truncate(mark);
+                next = ev.offset.saturating_add(1);
+                error = Some(EventError {
+                    offset: ev.offset,
+                    code: ErrorCode::Internal.as_str().to_owned(),
+                    message: format!(
+                        "event {} cannot be encoded in MessagePack ({e}); ask from {next} for the events after it",
+                        ev.offset
+                    ),
+                });
+                break;
+            }
+            count += 1;
+        }
+        let mut out = Vec::with_capacity(events.len() + 96);
+        write_len(&mut out, true, if error.is_some() { 6 } else { 5 });
+        write_str(&mut out, "events");
+        write_len(&mut out, false, count);
+        out.extend_from_slice(&events);
+        write_str(&mut out, "next");
+        write_u64(&mut out, next);
+        write_str(&mut out, "earliest");
+        write_u64(&mut out, self.earliest);
+        write_str(&mut out, "truncated");
+        out.push(if self.truncated { 0xc3 } else { 0xc2 });
+        write_str(&mut out, "epoch");
+        write_str(&mut out, &self.epoch);
+        if let Some(e) = &error {
+            write_str(&mut out, "error");
+            write_len(&mut out, true, 3);
+            write_str(&mut out, "offset");
+            write_u64(&mut out, e.offset);
+            write_str(&mut out, "code");
+            write_str(&mut out, &e.code);
+            write_str(&mut out, "message");
+            write_str(&mut out, &e.message);
+        }
+        (out, error)
     }
 
     /// Parses the JSON form.
@@ -112,6 +178,7 @@ impl ReadPage {
             earliest: wire.earliest,
             truncated: wire.truncated,
             epoch: wire.epoch,
+            error: wire.error,
         })
     }
 
@@ -129,50 +196,38 @@ impl ReadPage {
             earliest: wire.earliest,
             truncated: wire.truncated,
             epoch: wire.epoch,
+            error: wire.error,
         })
     }
 }
 
-#[derive(Serialize)]
-struct PageOut<'a> {
-    events: Vec<EventOut<'a>>,
-    next: u64,
-    earliest: u64,
-    truncated: bool,
-    epoch: &'a str,
+/// One event as a MessagePack map.
+fn write_event(out: &mut Vec<u8>, ev: &Event) -> Result<(), ProtocolError> {
+    write_len(out, true, if ev.key.is_some() { 5 } else { 4 });
+    write_event_entries(out, ev)
 }
 
-struct EventOut<'a>(&'a Event);
-
-/// Writes an event's fields (`offset`, `event`, `ts`, `key`?, `data`) into a map being
-/// serialized; `data` is native bytes or the JSON value transcoded.
-pub(crate) fn serialize_event_entries<M: serde::ser::SerializeMap>(
-    map: &mut M,
-    ev: &Event,
-) -> Result<(), M::Error> {
-    use serde::ser::Error;
-    map.serialize_entry("offset", &ev.offset)?;
-    map.serialize_entry("event", &ev.event)?;
-    map.serialize_entry("ts", &ev.ts)?;
+/// Writes an event's map entries (`offset`, `event`, `ts`, `key`?, `data`) as
+/// MessagePack; `data` is native bytes or the JSON value transcoded. On failure `out`
+/// holds a partial entry: callers drop what they wrote.
+pub(crate) fn write_event_entries(out: &mut Vec<u8>, ev: &Event) -> Result<(), ProtocolError> {
+    write_str(out, "offset");
+    write_u64(out, ev.offset);
+    write_str(out, "event");
+    write_str(out, &ev.event);
+    write_str(out, "ts");
+    write_u64(out, ev.ts);
     if let Some(key) = &ev.key {
-        map.serialize_entry("key", key)?;
+        write_str(out, "key");
+        write_str(out, key);
     }
+    write_str(out, "data");
     match &ev.data {
-        Payload::Json(text) => {
-            let value: serde_json::Value = serde_json::from_str(text).map_err(M::Error::custom)?;
-            map.serialize_entry("data", &value)
+        Payload::Json(text) => json_to_msgpack(text, out),
+        Payload::Bytes(bytes) => {
+            write_bin(out, bytes);
+            Ok(())
         }
-        Payload::Bytes(bytes) => map.serialize_entry("data", serde_bytes::Bytes::new(bytes)),
-    }
-}
-
-impl Serialize for EventOut<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let ev = self.0;
-        let mut map = serializer.serialize_map(Some(if ev.key.is_some() { 5 } else { 4 }))?;
-        serialize_event_entries(&mut map, ev)?;
-        map.end()
     }
 }
 
@@ -183,6 +238,8 @@ struct PageIn<E> {
     earliest: u64,
     truncated: bool,
     epoch: String,
+    #[serde(default)]
+    error: Option<EventError>,
 }
 
 fn some_raw<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
@@ -358,6 +415,7 @@ mod tests {
                 earliest,
                 truncated,
                 epoch,
+                error: None,
             })
     }
 
@@ -371,7 +429,8 @@ mod tests {
 
         #[test]
         fn msgpack_round_trip(page in page()) {
-            let bytes = page.to_msgpack().unwrap();
+            let (bytes, error) = page.to_msgpack();
+            prop_assert_eq!(error, None);
             // JSON payloads come back as compact text; `page()` builds them compact already.
             prop_assert_eq!(ReadPage::from_msgpack(&bytes).unwrap(), page);
         }
@@ -397,6 +456,7 @@ mod tests {
             earliest: 0,
             truncated: false,
             epoch: "ab".into(),
+            error: None,
         };
         assert_eq!(
             String::from_utf8(page.to_json()).unwrap(),

@@ -90,6 +90,15 @@ pub enum ProtocolError {
     /// The input is not valid JSON or has the wrong shape.
     #[error("malformed input: {0}")]
     Malformed(String),
+    /// An event's value has no equivalent in one of the encodings rewind serves (see
+    /// [`crate::value`]).
+    #[error("{path}: {reason}")]
+    BadValue {
+        /// Where, e.g. `data.k[3]` (prefixed with the batch item or NDJSON line).
+        path: String,
+        /// Which rule it breaks.
+        reason: String,
+    },
     /// A position string is neither a number, `earliest` nor `latest`.
     #[error("bad position {0:?}: expected an offset, \"earliest\" or \"latest\"")]
     BadPosition(String),
@@ -118,6 +127,7 @@ impl ProtocolError {
             ProtocolError::BadNamespace { .. } => ErrorCode::BadNamespace,
             ProtocolError::BadEventName(_)
             | ProtocolError::Malformed(_)
+            | ProtocolError::BadValue { .. }
             | ProtocolError::BatchSize { .. } => ErrorCode::BadFrame,
             ProtocolError::BadPosition(_) => ErrorCode::BadPosition,
             ProtocolError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,

@@ -11,8 +11,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codec::write_json_str;
-use crate::publish::{check_json_depth, MAX_KEY_BYTES};
-use crate::{validate_event_name, validate_namespace, ErrorCode, Event, Payload, Position};
+use crate::publish::MAX_KEY_BYTES;
+use crate::value::{msgpack_to_json, msgpack_value_len, validate_json, write_len, write_str};
+use crate::{
+    validate_event_name, validate_namespace, ErrorCode, Event, Payload, Position, ProtocolError,
+};
 
 /// Credit a subscription starts with when `open` does not say.
 pub const DEFAULT_CREDIT: u64 = 1000;
@@ -143,7 +146,7 @@ trait IntoPayload {
 impl IntoPayload for JsonData {
     fn into_payload(self) -> Result<Payload, String> {
         let text = self.0.get();
-        check_json_depth(text).map_err(|e| e.to_string())?;
+        validate_json(text).map_err(|e| e.to_string())?;
         Ok(Payload::Json(text.to_owned()))
     }
 }
@@ -173,23 +176,96 @@ pub fn decode_json(text: &str, max_payload_bytes: usize) -> Result<ClientFrame, 
     }
 }
 
+/// A MessagePack publish's `data`, as the bytes of its value: `bin` is a byte payload,
+/// anything else goes through [`crate::value`] to become JSON text.
+struct MsgRaw<'a>(&'a [u8]);
+
+impl IntoPayload for MsgRaw<'_> {
+    fn into_payload(self) -> Result<Payload, String> {
+        if matches!(self.0.first(), Some(0xc4..=0xc6)) {
+            if let Ok(b) = rmp_serde::from_slice::<serde_bytes::ByteBuf>(self.0) {
+                return Ok(Payload::Bytes(b.into_vec()));
+            }
+        }
+        msgpack_to_json(self.0)
+            .map(Payload::Json)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The entries of a MessagePack map with string keys, as (key, the bytes of the value).
+/// Values are only measured, never decoded, so an unknown field of any depth costs
+/// nothing (and cannot hide the frame's `t`, `id` and `ns`).
+fn msgpack_fields(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
+    let not_map = || "not a MessagePack map".to_owned();
+    let m = *bytes.first().ok_or_else(not_map)?;
+    let (len, mut rest) = match m {
+        0x80..=0x8f => (usize::from(m & 0x0f), &bytes[1..]),
+        0xde => {
+            let n = bytes.get(1..3).ok_or_else(not_map)?;
+            (usize::from(u16::from_be_bytes([n[0], n[1]])), &bytes[3..])
+        }
+        0xdf => {
+            let n = bytes.get(1..5).ok_or_else(not_map)?;
+            let n = u32::from_be_bytes([n[0], n[1], n[2], n[3]]);
+            (usize::try_from(n).map_err(|_| not_map())?, &bytes[5..])
+        }
+        _ => return Err(not_map()),
+    };
+    let mut fields = Vec::with_capacity(len.min(16));
+    for _ in 0..len {
+        let k = msgpack_value_len(rest).map_err(|e| e.to_string())?;
+        let key: &str = rmp_serde::from_slice(&rest[..k])
+            .map_err(|_| "a frame's keys must be strings".to_owned())?;
+        rest = &rest[k..];
+        let v = msgpack_value_len(rest).map_err(|e| e.to_string())?;
+        fields.push((key, &rest[..v]));
+        rest = &rest[v..];
+    }
+    Ok(fields)
+}
+
 /// Decodes a MessagePack binary frame.
 pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
-    match rmp_serde::from_slice::<Wire<crate::codec::MsgData>>(bytes) {
+    let fields = msgpack_fields(bytes).map_err(FrameError::Unparsable)?;
+    let raw = |name: &str| fields.iter().rev().find(|(k, _)| *k == name).map(|f| f.1);
+    let t = raw("t")
+        .and_then(|v| rmp_serde::from_slice::<String>(v).ok())
+        .ok_or_else(|| FrameError::Unparsable("a frame needs a string t".into()))?;
+    let loose = Loose { t };
+    fn get<T: serde::de::DeserializeOwned>(
+        raw: Option<&[u8]>,
+        name: &str,
+    ) -> Result<Option<T>, String> {
+        match raw {
+            None => Ok(None),
+            Some(v) => rmp_serde::from_slice::<Option<T>>(v).map_err(|e| format!("{name}: {e}")),
+        }
+    }
+    let wire = (|| -> Result<Wire<MsgRaw<'_>>, String> {
+        Ok(Wire {
+            t: loose.t.clone(),
+            ns: get(raw("ns"), "ns")?,
+            from: get(raw("from"), "from")?,
+            epoch: get(raw("epoch"), "epoch")?,
+            credit: get(raw("credit"), "credit")?,
+            n: get(raw("n"), "n")?,
+            id: get(raw("id"), "id")?,
+            event: get(raw("event"), "event")?,
+            data: raw("data").map(MsgRaw),
+            bin: get(raw("bin"), "bin")?,
+            key: get(raw("key"), "key")?,
+            idempotency_key: get(raw("idempotency_key"), "idempotency_key")?,
+        })
+    })();
+    match wire {
         Ok(wire) => validate(wire, false, max_payload_bytes),
-        Err(e) => Err(match rmp_serde::from_slice::<Loose>(bytes) {
-            Ok(loose) => invalid_shape(&loose, e.to_string(), || {
-                (
-                    rmp_serde::from_slice::<IdOnly>(bytes)
-                        .ok()
-                        .and_then(|x| x.id),
-                    rmp_serde::from_slice::<NsOnly>(bytes)
-                        .ok()
-                        .and_then(|x| x.ns),
-                )
-            }),
-            Err(_) => FrameError::Unparsable(e.to_string()),
-        }),
+        Err(message) => Err(invalid_shape(&loose, message, || {
+            (
+                get::<u64>(raw("id"), "id").ok().flatten(),
+                get::<String>(raw("ns"), "ns").ok().flatten(),
+            )
+        })),
     }
 }
 
@@ -400,6 +476,10 @@ pub enum ServerFrame {
         /// The namespace concerned, if any.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         ns: Option<String>,
+        /// The offset of an event a subscription could not deliver; the subscription
+        /// goes on after it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     },
     /// Liveness probe.
     Ping,
@@ -431,6 +511,23 @@ impl ServerFrame {
             message: message.into(),
             id,
             ns,
+            offset: None,
+        }
+    }
+
+    /// The `error` (`internal`, with the offset) a subscriber gets in place of an event
+    /// that cannot be encoded for it; delivery goes on after it.
+    pub fn unencodable(ns: &str, offset: u64, why: &ProtocolError) -> ServerFrame {
+        ServerFrame::Error {
+            code: ErrorCode::Internal.as_str().to_owned(),
+            message: format!(
+                "event {offset} cannot be encoded in MessagePack ({why}); \
+                 delivery goes on at {}",
+                offset.saturating_add(1)
+            ),
+            id: None,
+            ns: Some(ns.to_owned()),
+            offset: Some(offset),
         }
     }
 }
@@ -467,21 +564,18 @@ pub fn encode_event_json(ns: &str, ev: &Event) -> (String, Option<Vec<u8>>) {
     (String::from_utf8(out).unwrap_or_default(), binary)
 }
 
-/// An `event` frame in MessagePack.
-pub fn encode_event_msgpack(ns: &str, ev: &Event) -> Vec<u8> {
-    struct Out<'a>(&'a str, &'a Event);
-    impl Serialize for Out<'_> {
-        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            use serde::ser::SerializeMap;
-            let mut map =
-                serializer.serialize_map(Some(if self.1.key.is_some() { 7 } else { 6 }))?;
-            map.serialize_entry("t", "event")?;
-            map.serialize_entry("ns", self.0)?;
-            crate::codec::serialize_event_entries(&mut map, self.1)?;
-            map.end()
-        }
-    }
-    rmp_serde::to_vec_named(&Out(ns, ev)).unwrap_or_default()
+/// An `event` frame in MessagePack; fails when the event's JSON payload breaks a rule of
+/// [`crate::value`] (only payloads stored before those rules can), and then the
+/// subscriber gets [`ServerFrame::unencodable`] instead.
+pub fn encode_event_msgpack(ns: &str, ev: &Event) -> Result<Vec<u8>, ProtocolError> {
+    let mut out = Vec::with_capacity(64 + ns.len() + ev.event.len() + ev.data.len());
+    write_len(&mut out, true, if ev.key.is_some() { 7 } else { 6 });
+    write_str(&mut out, "t");
+    write_str(&mut out, "event");
+    write_str(&mut out, "ns");
+    write_str(&mut out, ns);
+    crate::codec::write_event_entries(&mut out, ev)?;
+    Ok(out)
 }
 
 /// A decoded broker `event` frame (for clients and tests).
@@ -856,7 +950,7 @@ mod tests {
         };
         assert_eq!((got.ns.as_str(), &got.event, got.bin), ("a.b", &ev, false));
         let ServerMessage::Event(got) =
-            decode_server_msgpack(&encode_event_msgpack("a.b", &ev)).unwrap()
+            decode_server_msgpack(&encode_event_msgpack("a.b", &ev).unwrap()).unwrap()
         else {
             panic!()
         };
@@ -867,7 +961,7 @@ mod tests {
         assert_eq!(bin.as_deref(), Some(&[0u8, 1, 255][..]));
         assert!(text.contains(r#""bin":true"#) && !text.contains("data"));
         let ServerMessage::Event(got) =
-            decode_server_msgpack(&encode_event_msgpack("a", &ev)).unwrap()
+            decode_server_msgpack(&encode_event_msgpack("a", &ev).unwrap()).unwrap()
         else {
             panic!()
         };

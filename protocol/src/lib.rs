@@ -6,6 +6,9 @@
 //! - [`event`]: events, their payloads, and read positions.
 //! - [`publish`]: parsing of publish requests (a JSON object, a JSON array, NDJSON) into
 //!   validated [`NewEvent`]s.
+//! - [`value`]: the one validation of event values every way in uses (a value is
+//!   accepted only if JSON and MessagePack both carry it), and the transcoders between
+//!   the two encodings.
 //! - [`frame`]: WebSocket frames in both encodings, with decoders that tell a broken
 //!   frame (close the connection) from a mistaken one (answer with `error`).
 //! - [`codec`]: how an event is written out to a reader, in JSON and in MessagePack.
@@ -20,6 +23,7 @@ pub mod event;
 pub mod frame;
 pub mod names;
 pub mod publish;
+pub mod value;
 
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Event, NewEvent, Payload, Position};

@@ -3,7 +3,8 @@
 //! Three body shapes are accepted: one JSON object `{"event", "data", "key"?}`, a JSON
 //! array of such objects (a batch), and NDJSON (one object per line, also a batch). A raw
 //! byte body becomes one event through [`raw_event`]. Every event is checked against the
-//! naming rules and the payload limit here, so the broker never stores anything invalid.
+//! naming rules, the payload limit and the value rules of [`crate::value`] here, so the
+//! broker never stores anything a reader could not read back.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -12,46 +13,6 @@ use crate::{validate_event_name, NewEvent, Payload, ProtocolError};
 
 /// Longest event key, in bytes.
 pub const MAX_KEY_BYTES: usize = 1024;
-
-/// Deepest nesting of arrays and objects accepted in a JSON payload (serde_json's own
-/// limit, so every stored payload can be parsed again, e.g. to transcode it to MessagePack).
-pub const MAX_JSON_DEPTH: usize = 128;
-
-/// How deeply arrays and objects nest in valid JSON text.
-fn json_depth(text: &str) -> usize {
-    let (mut depth, mut max, mut in_str, mut escaped) = (0usize, 0usize, false, false);
-    for b in text.bytes() {
-        if in_str {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_str = false,
-                _ => {}
-            }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
-            b'[' | b'{' => {
-                depth += 1;
-                max = max.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    max
-}
-
-/// Rejects JSON text nested deeper than [`MAX_JSON_DEPTH`].
-pub(crate) fn check_json_depth(text: &str) -> Result<(), ProtocolError> {
-    if json_depth(text) > MAX_JSON_DEPTH {
-        return Err(ProtocolError::Malformed(format!(
-            "data nests deeper than {MAX_JSON_DEPTH} levels"
-        )));
-    }
-    Ok(())
-}
 
 /// Limits that parsing enforces; the broker fills them from its configuration.
 #[derive(Debug, Clone, Copy)]
@@ -119,7 +80,7 @@ fn into_new_event(wire: WireEvent<'_>, limits: &PublishLimits) -> Result<NewEven
     validate_event_name(&wire.event)?;
     check_key(&wire.key)?;
     let text = wire.data.map_or("null", RawValue::get);
-    check_json_depth(text)?;
+    crate::value::validate_json(text)?;
     let data = Payload::Json(text.to_owned());
     check_payload(&data, limits)?;
     Ok(NewEvent {
@@ -207,6 +168,10 @@ pub fn raw_event(
 fn at_item(what: &str, index: usize, err: ProtocolError) -> ProtocolError {
     match err {
         ProtocolError::Malformed(m) => ProtocolError::Malformed(format!("{what} {index}: {m}")),
+        ProtocolError::BadValue { path, reason } => ProtocolError::BadValue {
+            path: format!("{what} {index}: {path}"),
+            reason,
+        },
         other => other,
     }
 }
@@ -304,12 +269,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("line 2"));
-    }
-
-    #[test]
-    fn depth_counts_brackets_outside_strings() {
-        assert_eq!(json_depth(r#"{"a":[1,{"b":"[[[\\"]]"}]}"#), 3);
-        assert_eq!(json_depth("7"), 0);
     }
 
     #[test]
