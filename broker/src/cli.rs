@@ -108,6 +108,9 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
             } => {
                 eprintln!("rewind tail: offsets {requested}..{from} are gone ({reason}); continuing at {from}");
             }
+            Item::Gap { from, to, reason } => {
+                eprintln!("rewind tail: offsets {from}..{to} were not delivered: {reason}");
+            }
             Item::Epoch(_) => {}
             Item::Ended { reason } if reason == "deleted" => {
                 bail!("namespace {} was deleted", args.ns)

@@ -16,7 +16,7 @@
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use rewind_protocol::frame::{encode_event_json, encode_event_msgpack};
+use rewind_protocol::frame::{encode_event_json, encode_event_msgpack, ServerFrame};
 use rewind_protocol::Event;
 
 use crate::ws::wire;
@@ -38,7 +38,10 @@ pub enum Encoding {
 }
 
 /// Appends the finished WebSocket frames of an event to `out`: one frame, or in JSON a
-/// `bin: true` header frame and its binary payload frame, back to back.
+/// `bin: true` header frame and its binary payload frame, back to back. An event that
+/// cannot be encoded in MessagePack (a payload stored before the value rules of
+/// `rewind_protocol::value`) becomes an `error` frame (`internal`, with its offset) in
+/// its place, never an empty frame: the subscriber knows what it missed and goes on.
 pub fn encode_into(out: &mut Vec<u8>, ns: &str, ev: &Event, encoding: Encoding) {
     match encoding {
         Encoding::Json => {
@@ -48,7 +51,13 @@ pub fn encode_into(out: &mut Vec<u8>, ns: &str, ev: &Event, encoding: Encoding) 
                 wire::push_binary(out, &payload);
             }
         }
-        Encoding::Msgpack => wire::push_binary(out, &encode_event_msgpack(ns, ev)),
+        Encoding::Msgpack => match encode_event_msgpack(ns, ev) {
+            Ok(frame) => wire::push_binary(out, &frame),
+            Err(e) => {
+                tracing::error!(ns, offset = ev.offset, error = %e, "event cannot be encoded in MessagePack");
+                wire::push_binary(out, &ServerFrame::unencodable(ns, ev.offset, &e).to_msgpack());
+            }
+        },
     }
 }
 

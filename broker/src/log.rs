@@ -411,6 +411,7 @@ impl Log {
             earliest,
             truncated,
             epoch: state.epoch.clone(),
+            error: None,
         })
     }
 

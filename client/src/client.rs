@@ -569,7 +569,15 @@ impl Driver {
                 if sub.next.is_some_and(|n| event.offset < n) {
                     return true;
                 }
+                // Offsets within a subscription are contiguous except where the broker
+                // said otherwise; anything else is reported, never skipped in silence.
+                let gap = sub.next.filter(|n| event.offset > *n);
                 sub.next = Some(event.offset + 1);
+                if let Some(from) = gap {
+                    let reason = "offsets missing from the subscription's stream".to_owned();
+                    let to = event.offset;
+                    self.deliver(&ns, Item::Gap { from, to, reason });
+                }
                 self.deliver(&ns, Item::Event(event));
             }
             ServerMessage::Frame(ServerFrame::Opened {
@@ -617,16 +625,31 @@ impl Driver {
                 message,
                 id,
                 ns,
-            }) => match (id, ns) {
-                (Some(id), _) => {
+                offset,
+            }) => match (id, ns, offset) {
+                // An event the broker could not encode: reported, and delivery goes on.
+                (None, Some(ns), Some(offset)) => {
+                    let Some(sub) = self.subs.get_mut(&ns) else {
+                        return true;
+                    };
+                    if sub.next.is_some_and(|n| offset < n) {
+                        return true;
+                    }
+                    let from = sub.next.unwrap_or(offset);
+                    let to = offset.saturating_add(1);
+                    sub.next = Some(to);
+                    let reason = format!("{code}: {message}");
+                    self.deliver(&ns, Item::Gap { from, to, reason });
+                }
+                (Some(id), _, _) => {
                     if let Some(p) = self.pending.remove(&id) {
                         let _ = p.reply.send(Err(ClientError::Rejected { code, message }));
                     }
                 }
                 // Answers a `credit` that crossed the broker's `closed`: nothing to end.
-                (None, Some(_)) if code == ErrorCode::NotOpen.as_str() => {}
-                (None, Some(ns)) => self.end(&ns, format!("{code}: {message}")),
-                (None, None) => {}
+                (None, Some(_), None) if code == ErrorCode::NotOpen.as_str() => {}
+                (None, Some(ns), None) => self.end(&ns, format!("{code}: {message}")),
+                (None, None, _) => {}
             },
             ServerMessage::Frame(ServerFrame::Ping) => {
                 return Self::send(ws, &ClientFrame::Pong).await

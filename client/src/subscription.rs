@@ -17,7 +17,8 @@ use crate::offsets::Resume;
 pub enum Item {
     /// The namespace's epoch, when first learned and whenever it changes.
     Epoch(String),
-    /// The next event: offsets strictly increase by one, except after `Truncated`.
+    /// The next event: offsets strictly increase by one, except after `Truncated` or
+    /// `Gap`.
     Event(Event),
     /// Offsets were skipped, never silently: below retention (`reason` `retention`), or
     /// the log is another one now (`epoch`). Delivery continues at `from`.
@@ -27,6 +28,18 @@ pub enum Item {
         /// The offset delivery continues at.
         from: u64,
         /// `retention` or `epoch`.
+        reason: String,
+    },
+    /// Offsets `from..to` were not delivered, and no `Truncated` announced it: the broker
+    /// could not encode an event for this client (`reason` says why), or offsets were
+    /// missing from the stream. An error the application should see; delivery goes on
+    /// at `to`.
+    Gap {
+        /// The first offset missing.
+        from: u64,
+        /// The offset delivery goes on at.
+        to: u64,
+        /// Why, as far as the client knows.
         reason: String,
     },
     /// The broker ended the subscription (the namespace was deleted, or `open` was
@@ -93,6 +106,7 @@ impl Stream for Subscription {
                 }
                 Item::Epoch(e) => self.epoch = Some(e.clone()),
                 Item::Truncated { from, .. } => self.next = Some(*from),
+                Item::Gap { to, .. } => self.next = Some(*to),
                 Item::Ended { .. } => {}
             }
             // Room was made: the driver may move held-back items in and grant credit.

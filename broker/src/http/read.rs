@@ -65,13 +65,11 @@ pub(super) async fn read(
         .is_some_and(|v| v.contains("application/msgpack") || v.contains("application/x-msgpack"));
     let page = log.read(ns, ReadRequest { from, limit, wait }).await?;
     if msgpack {
-        let bytes = page.to_msgpack().map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorCode::Internal,
-                e.to_string(),
-            )
-        })?;
+        // A page stops at an event it cannot encode and names it in `error`.
+        let (bytes, error) = page.to_msgpack();
+        if let Some(e) = error {
+            tracing::error!(ns, offset = e.offset, error = %e.message, "event cannot be encoded in MessagePack");
+        }
         Ok(response::with_body(
             StatusCode::OK,
             "application/msgpack",
