@@ -55,7 +55,10 @@ pub fn encode_into(out: &mut Vec<u8>, ns: &str, ev: &Event, encoding: Encoding) 
             Ok(frame) => wire::push_binary(out, &frame),
             Err(e) => {
                 tracing::error!(ns, offset = ev.offset, error = %e, "event cannot be encoded in MessagePack");
-                wire::push_binary(out, &ServerFrame::unencodable(ns, ev.offset, &e).to_msgpack());
+                wire::push_binary(
+                    out,
+                    &ServerFrame::unencodable(ns, ev.offset, &e).to_msgpack(),
+                );
             }
         },
     }

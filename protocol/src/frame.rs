@@ -139,8 +139,15 @@ impl<'de> Deserialize<'de> for JsonData {
 }
 
 /// Turns a wire frame's `data` into a payload.
-trait IntoPayload {
+trait IntoPayload: Sized {
+    /// A publish's payload: checked against the value rules.
     fn into_payload(self) -> Result<Payload, String>;
+
+    /// A payload the broker sent: taken as it is (a reader is not the place to refuse
+    /// what was stored).
+    fn into_received(self) -> Result<Payload, String> {
+        self.into_payload()
+    }
 }
 
 impl IntoPayload for JsonData {
@@ -148,6 +155,10 @@ impl IntoPayload for JsonData {
         let text = self.0.get();
         validate_json(text).map_err(|e| e.to_string())?;
         Ok(Payload::Json(text.to_owned()))
+    }
+
+    fn into_received(self) -> Result<Payload, String> {
+        Ok(Payload::Json(self.0.get().to_owned()))
     }
 }
 
@@ -621,7 +632,7 @@ struct TypeOnly {
 
 fn event_message<D: IntoPayload>(wire: EventWire<D>) -> Result<ServerMessage, FrameError> {
     let data = match wire.data {
-        Some(d) => d.into_payload().map_err(FrameError::Unparsable)?,
+        Some(d) => d.into_received().map_err(FrameError::Unparsable)?,
         None if wire.bin => Payload::Bytes(Vec::new()),
         None => return Err(FrameError::Unparsable("event without data".into())),
     };

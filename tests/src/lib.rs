@@ -101,6 +101,23 @@ impl Broker {
         }
     }
 
+    /// Starts a broker on port 0 with a fresh temporary data directory that `prepare`
+    /// fills first (for example with a log written by the broker's library directly).
+    pub fn start_prepared(args: &[&str], prepare: impl FnOnce(&Path)) -> Broker {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("data");
+        prepare(&data_dir);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let (child, addr) = spawn(&data_dir, "127.0.0.1:0", &args);
+        Broker {
+            child,
+            addr,
+            data_dir,
+            _tmp: Some(tmp),
+            args,
+        }
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
