@@ -240,6 +240,45 @@ mod tests {
     }
 
     #[test]
+    fn an_event_messagepack_cannot_carry_is_an_error_with_its_offset_in_its_place() {
+        use rewind_protocol::frame::{decode_server_msgpack, ServerFrame};
+        let ns: Arc<str> = Arc::from("n");
+        let mut events: Vec<Event> = (0..3).map(|o| event(o, 1)).collect();
+        // Stored before the value rules: a lone surrogate.
+        events[1].data = Payload::Json(r#"{"k":"\ud800"}"#.into());
+        let runs = SharedRun::split(&ns, events);
+        let mut wire: &[u8] = &runs[0].frames(Encoding::Msgpack, 0, 3);
+        let mut got = Vec::new();
+        while !wire.is_empty() {
+            let mut cursor = std::io::Cursor::new(wire);
+            let (header, len) = FrameHeader::parse(&mut cursor)
+                .expect("a header")
+                .expect("a whole header");
+            assert_eq!(header.opcode, OpCode::Data(Data::Binary));
+            let start = cursor.position() as usize;
+            let body = &wire[start..start + len as usize];
+            assert!(!body.is_empty(), "never an empty frame");
+            got.push(match decode_server_msgpack(body).expect("a frame") {
+                ServerMessage::Event(e) => format!("event {}", e.event.offset),
+                ServerMessage::Frame(ServerFrame::Error {
+                    code,
+                    ns,
+                    offset: Some(o),
+                    ..
+                }) => format!("{code} {} {o}", ns.unwrap_or_default()),
+                other => panic!("{other:?}"),
+            });
+            wire = &wire[start + len as usize..];
+        }
+        assert_eq!(got, ["event 0", "internal n 1", "event 2"]);
+        // JSON carries the payload as stored.
+        assert_eq!(
+            offsets(&runs[0].frames(Encoding::Json, 0, 3)),
+            vec![0, 1, 2]
+        );
+    }
+
+    #[test]
     fn runs_split_by_count_and_size_and_slice_by_offset() {
         let ns: Arc<str> = Arc::from("n");
         let small: Vec<Event> = (10..10 + 600).map(|o| event(o, 10)).collect();

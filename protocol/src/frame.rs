@@ -854,6 +854,7 @@ pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::value::MAX_DATA_DEPTH;
     use proptest::prelude::*;
 
     const MAX: usize = 1 << 20;
@@ -1026,6 +1027,73 @@ mod tests {
             Err(FrameError::Invalid { code, .. }) => code,
             other => panic!("expected an invalid frame, got {other:?}"),
         }
+    }
+
+    /// `{"t":"publish","id":5,"ns":"x","event":"e",<extra key>:<extra>}`.
+    fn msgpack_publish_with(key: &str, extra: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        write_len(&mut out, true, 5);
+        for s in ["t", "publish", "ns", "x", "event", "e"] {
+            write_str(&mut out, s);
+        }
+        write_str(&mut out, "id");
+        out.push(5);
+        write_str(&mut out, key);
+        out.extend_from_slice(extra);
+        out
+    }
+
+    #[test]
+    fn msgpack_values_of_any_depth_are_answered_never_closed() {
+        let deep = [vec![0x91; 100_000], vec![0xc0]].concat();
+        // An unknown field is never decoded: its depth does not matter.
+        let f = decode_msgpack(&msgpack_publish_with("extra", &deep), MAX).unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Publish {
+                id: 5,
+                data: Some(_),
+                ..
+            }
+        ));
+        // Deep data is a mistake in a frame, answered with the publish's id and a path.
+        match decode_msgpack(&msgpack_publish_with("data", &deep), MAX) {
+            Err(FrameError::Invalid {
+                code: ErrorCode::BadFrame,
+                message,
+                id: Some(5),
+                ns: Some(ns),
+            }) => {
+                assert_eq!(ns, "x");
+                assert!(message.starts_with("data[0][0]"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = [vec![0x91; MAX_DATA_DEPTH], vec![0xc0]].concat();
+        match decode_msgpack(&msgpack_publish_with("data", &ok), MAX).unwrap() {
+            ClientFrame::Publish {
+                data: Some(Payload::Json(text)),
+                ..
+            } => assert_eq!(text.len(), 2 * MAX_DATA_DEPTH + 4),
+            other => panic!("{other:?}"),
+        }
+        // A field of the wrong type still tells the id.
+        let mut bad_ns = Vec::new();
+        write_len(&mut bad_ns, true, 3);
+        write_str(&mut bad_ns, "t");
+        write_str(&mut bad_ns, "open");
+        write_str(&mut bad_ns, "ns");
+        bad_ns.push(7);
+        write_str(&mut bad_ns, "id");
+        bad_ns.push(9);
+        assert!(matches!(
+            decode_msgpack(&bad_ns, MAX),
+            Err(FrameError::Invalid {
+                code: ErrorCode::BadFrame,
+                id: Some(9),
+                ..
+            })
+        ));
     }
 
     #[test]

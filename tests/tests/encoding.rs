@@ -799,3 +799,79 @@ async fn rewind_tail_says_on_stderr_which_offsets_it_did_not_get() {
     }
     assert!(err.contains("internal"), "{err}");
 }
+
+/// A broker stand-in that answers `open` with `opened`, then events 0 and 2 and nothing
+/// for 1: a hole no broker frame announced.
+#[tokio::test]
+async fn the_rust_client_reports_an_unannounced_hole_in_the_offsets() {
+    use futures::SinkExt;
+    use rewind_protocol::frame::{decode_msgpack, encode_event_msgpack};
+    use rewind_protocol::Event;
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let echo = |_: &Request, mut res: Response| {
+            res.headers_mut().insert(
+                "sec-websocket-protocol",
+                "rewind.v1.msgpack".parse().unwrap(),
+            );
+            Ok(res)
+        };
+        let mut ws = tokio_tungstenite::accept_hdr_async(tcp, echo)
+            .await
+            .unwrap();
+        loop {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                return;
+            };
+            if let Ok(ClientFrame::Open { ns, .. }) = decode_msgpack(&b, 1 << 20) {
+                let opened = ServerFrame::Opened {
+                    ns: ns.clone(),
+                    epoch: "0123456789abcdef".into(),
+                    from: 0,
+                    earliest: 0,
+                    next: 3,
+                };
+                ws.send(Message::Binary(opened.to_msgpack().into()))
+                    .await
+                    .unwrap();
+                for offset in [0, 2] {
+                    let ev = Event {
+                        offset,
+                        event: "e".into(),
+                        ts: 1,
+                        key: None,
+                        data: Payload::Json(offset.to_string()),
+                    };
+                    let frame = encode_event_msgpack(&ns, &ev).unwrap();
+                    ws.send(Message::Binary(frame.into())).await.unwrap();
+                }
+            }
+        }
+    });
+    let client = Client::connect(&format!("ws://{addr}"), ClientOptions::default())
+        .await
+        .unwrap();
+    let mut sub = client.subscribe("holey", Position::Earliest).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let item = tokio::time::timeout(PATIENCE, sub.next())
+            .await
+            .expect("an item in time")
+            .expect("the subscription goes on");
+        got.push(match item {
+            Item::Epoch(_) => "epoch".to_owned(),
+            Item::Event(e) => format!("event {}", e.offset),
+            Item::Gap { from, to, .. } => format!("gap {from}..{to}"),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(got, ["epoch", "event 0", "gap 1..2", "event 2"]);
+    assert_eq!(sub.resume().map(|r| r.next), Some(3));
+    drop(sub);
+    drop(client);
+    server.abort();
+}
