@@ -807,19 +807,22 @@ async fn the_rust_client_reports_an_unannounced_hole_in_the_offsets() {
     use futures::SinkExt;
     use rewind_protocol::frame::{decode_msgpack, encode_event_msgpack};
     use rewind_protocol::Event;
-    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+    use tokio_tungstenite::tungstenite::http::HeaderValue;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        let echo = |_: &Request, mut res: Response| {
+        // The signature, and its large error type, are tungstenite's callback.
+        #[allow(clippy::result_large_err)]
+        fn echo(_: &Request, mut res: Response) -> Result<Response, ErrorResponse> {
             res.headers_mut().insert(
                 "sec-websocket-protocol",
-                "rewind.v1.msgpack".parse().unwrap(),
+                HeaderValue::from_static("rewind.v1.msgpack"),
             );
             Ok(res)
-        };
+        }
         let mut ws = tokio_tungstenite::accept_hdr_async(tcp, echo)
             .await
             .unwrap();
