@@ -67,6 +67,23 @@ fn json_edges_that_both_encodings_carry() {
 }
 
 #[test]
+fn names_and_keys_with_lone_surrogates_are_refused_by_serde_json_itself() {
+    let limits = crate::publish::PublishLimits {
+        max_payload_bytes: 1 << 20,
+        max_batch_events: 10,
+    };
+    for body in [
+        r#"{"event":"\ud800","data":1}"#,
+        r#"{"event":"e","key":"\udc00","data":1}"#,
+    ] {
+        let err = crate::publish::parse_json(body.as_bytes(), &limits).unwrap_err();
+        assert_eq!(err.code(), crate::ErrorCode::BadFrame, "{body}: {err}");
+    }
+    let frame = r#"{"t":"publish","id":1,"ns":"n","event":"e","key":"\ud800","data":1}"#;
+    assert!(crate::frame::decode_json(frame, 1 << 20).is_err());
+}
+
+#[test]
 fn json_to_msgpack_keeps_order_and_kinds() {
     let mut out = Vec::new();
     json_to_msgpack(r#"{"b":1,"a":[-1,1.5,"\u00e9",true,null]}"#, &mut out).unwrap();
@@ -449,5 +466,14 @@ proptest! {
     fn walkers_never_panic_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..128)) {
         let _ = msgpack_to_json(&bytes);
         let _ = msgpack_value_len(&bytes);
+        let text = String::from_utf8_lossy(&bytes);
+        let _ = validate_json(&text);
+        let _ = json_to_msgpack(&text, &mut Vec::new());
+    }
+
+    #[test]
+    fn walkers_never_panic_on_broken_json(text in "[\\\\\"\\[\\]{}:,0-9eE.+\\-ntuéd8a-f ]{0,64}") {
+        let _ = validate_json(&text);
+        let _ = json_to_msgpack(&text, &mut Vec::new());
     }
 }
