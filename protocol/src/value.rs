@@ -141,47 +141,46 @@ impl<'a> Check<'a> {
         }
     }
 
-    /// True when the next piece is a map key.
-    fn at_key(&self) -> bool {
-        self.levels.last().is_some_and(|l| l.map && l.seen % 2 == 0)
-    }
-
     /// After a complete value (scalar or container) inside the innermost level.
     fn done_value(&mut self) {
         let Some(level) = self.levels.last_mut() else {
             self.top += 1;
             return;
         };
-        {
-            level.seen += 1;
-            if level.map {
-                level.key = level.key.take().filter(|_| level.seen % 2 == 1);
-            }
+        level.seen += 1;
+        if level.map && level.seen % 2 == 0 {
+            level.key = None;
         }
     }
 
+    /// Takes a map key: a string, new in its map.
+    fn take_key(&mut self, tok: Tok<'a>) -> Result<(), ProtocolError> {
+        let key = match tok {
+            Tok::Str(Ok(key)) => key,
+            Tok::Str(Err(why)) => return Err(self.fail(format!("a map key {why}"))),
+            Tok::End => return self.end(),
+            _ => {
+                return Err(self.fail("a map key that is not a string: JSON keys are strings only"))
+            }
+        };
+        let Some(level) = self.levels.last_mut() else {
+            return Ok(());
+        };
+        if level.keys.insert(key.clone()) {
+            level.key = Some(key);
+            level.seen += 1;
+            return Ok(());
+        }
+        let shown: String = key.chars().take(64).collect();
+        Err(self.fail(format!(
+            "the key {} appears twice in one map; readers would disagree on its value",
+            serde_json::to_string(&shown).unwrap_or_default()
+        )))
+    }
+
     fn take(&mut self, tok: Tok<'a>) -> Result<(), ProtocolError> {
-        if self.at_key() {
-            return match tok {
-                Tok::Str(Ok(key)) => {
-                    let level = self.levels.last_mut().expect("at_key checked a level");
-                    if !level.keys.insert(key.clone()) {
-                        level.key = None;
-                        let shown: String = key.chars().take(64).collect();
-                        return Err(self.fail(format!(
-                            "the key {} appears twice in one map; readers would disagree on its value",
-                            serde_json::to_string(&shown).unwrap_or_default()
-                        )));
-                    }
-                    level.key = Some(key);
-                    level.seen += 1;
-                    Ok(())
-                }
-                Tok::Str(Err(why)) => Err(self.fail(format!("a map key {why}"))),
-                Tok::End => self.end(),
-                _ => Err(self
-                    .fail("a map key that is not a string: JSON keys are strings only".to_owned())),
-            };
+        if self.levels.last().is_some_and(|l| l.map && l.seen % 2 == 0) {
+            return self.take_key(tok);
         }
         match tok {
             Tok::Null | Tok::Bool(_) | Tok::UInt(_) | Tok::Int(_) => {}
@@ -238,11 +237,13 @@ impl<'a> Check<'a> {
 
     fn end(&mut self) -> Result<(), ProtocolError> {
         if let Some(level) = self.levels.pop() {
-            self.counts[level.count_at] = if level.map {
-                level.seen / 2
-            } else {
-                level.seen
-            };
+            if let Some(count) = self.counts.get_mut(level.count_at) {
+                *count = if level.map {
+                    level.seen / 2
+                } else {
+                    level.seen
+                };
+            }
         }
         self.done_value();
         Ok(())
