@@ -185,6 +185,22 @@ async fn http_json_batch_and_ndjson_refuse_what_messagepack_cannot_carry() {
     .unwrap();
     let data: Vec<Payload> = page.events.into_iter().map(|e| e.data).collect();
     assert_eq!(data, [Payload::Json("1".into()), Payload::Json("2".into())]);
+    // A MessagePack subscriber gets both, whole (the test client refuses empty frames).
+    let mut c = Ws::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    c.send(&ClientFrame::Open {
+        ns: "enc".into(),
+        from: Position::Earliest,
+        epoch: None,
+        credit: 10,
+    })
+    .await;
+    assert!(matches!(
+        expect_any(&mut c).await,
+        Got::Frame(ServerFrame::Opened { .. })
+    ));
+    for want in 0..2 {
+        assert_eq!(expect_any(&mut c).await.summary(), format!("event {want}"));
+    }
 }
 
 #[tokio::test]
@@ -610,7 +626,18 @@ async fn http_readers_report_an_event_they_cannot_encode_with_its_offset() {
     assert_eq!(got, [0, 2, 4]);
     assert_eq!(errors, [1, 3]);
 
-    // A long-poll answers the same way, at once, when the event is already there.
+    // A JSON long-poll gets the payload as stored.
+    let page = ReadPage::from_json(
+        &b.get("/v1/namespaces/legacy/events?from=1&limit=1&wait=20")
+            .await
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        page.events[0].data,
+        Payload::Json(r#"{"k":"\ud800"}"#.into())
+    );
+    // A MessagePack long-poll answers like a read, at once, when the event is there.
     let page = msgpack_page(&b, "from=1&wait=20").await;
     assert!(page.events.is_empty());
     assert_eq!(page.error.map(|e| e.offset), Some(1));
