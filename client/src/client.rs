@@ -5,7 +5,11 @@
 //! liveness timeout) it reconnects with exponential backoff and jitter, re-opens every
 //! subscription at the offset after the last one it delivered (with the epoch it saw),
 //! drops any offset it already delivered, and sends again every publish not yet answered,
-//! with the same idempotency key, so each is appended once.
+//! with the same idempotency key, so each is appended once. A publish the broker answered
+//! with an `error` is settled: it resolves with that error and is never sent again.
+//!
+//! `ws://` and `http://` URLs connect in the clear; `wss://` and `https://` through rustls
+//! (see [`crate::tls`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -17,15 +21,17 @@ use rewind_protocol::frame::{
     decode_server_msgpack, encode_client_msgpack, ClientFrame, EventFrame, ServerFrame,
     ServerMessage,
 };
-use rewind_protocol::{ErrorCode, Payload, Position};
+use rewind_protocol::{ErrorCode, Position};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::record::{Data, Record};
 use crate::subscription::{Grants, Item, Subscription};
+use crate::tls::Certificate;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -42,6 +48,9 @@ pub struct ClientOptions {
     /// Items buffered per subscription; the broker is granted credit only for free room,
     /// so this bounds the client's memory per subscription. Default 256.
     pub buffer: usize,
+    /// Root certificates trusted for `wss://`/`https://` besides the bundled Mozilla
+    /// roots (a private CA, a proxy's self-signed certificate). Default none.
+    pub root_certificates: Vec<Certificate>,
 }
 
 impl Default for ClientOptions {
@@ -51,6 +60,7 @@ impl Default for ClientOptions {
             backoff_max: Duration::from_secs(10),
             liveness: Duration::from_secs(45),
             buffer: 256,
+            root_certificates: Vec::new(),
         }
     }
 }
@@ -58,13 +68,19 @@ impl Default for ClientOptions {
 /// Why a client call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
-    /// The URL is not `ws://host:port` or `http://host:port`.
-    #[error("bad broker URL {0:?}: expected ws://host:port or http://host:port")]
+    /// The URL is not `ws://`, `wss://`, `http://` or `https://` followed by `host:port`.
+    #[error("bad broker URL {0:?}: expected ws://, wss://, http:// or https:// and host:port")]
     BadUrl(String),
+    /// A root certificate in the options was refused.
+    #[error("TLS setup: {0}")]
+    Tls(String),
     /// The first connection failed.
     #[error("cannot connect: {0}")]
     Connect(String),
-    /// The broker refused a publish.
+    /// The publish was refused and not appended: by the broker (its `error` frame, with
+    /// the broker's code: `bad_namespace`, `bad_frame`, `payload_too_large`, `not_found`,
+    /// `storage_full`, ...), or before sending, with the code the broker would have given
+    /// (`bad_frame` for JSON nested deeper than 128 levels). Never retried.
     #[error("rejected: {code}: {message}")]
     Rejected {
         /// The error code.
@@ -117,8 +133,7 @@ enum Command {
     Unsubscribe(String, Arc<Grants>),
     Publish {
         ns: String,
-        event: String,
-        data: Payload,
+        record: Record,
         reply: oneshot::Sender<Result<u64, ClientError>>,
     },
 }
@@ -128,13 +143,12 @@ enum Command {
 ///
 /// ```no_run
 /// use futures::StreamExt;
-/// use rewind_client::{Client, ClientOptions, Item};
-/// use rewind_protocol::{Payload, Position};
+/// use rewind_client::{json, Client, ClientOptions, Item, Position};
 ///
 /// # async fn demo() -> Result<(), rewind_client::ClientError> {
 /// let client = Client::connect("ws://127.0.0.1:7070", ClientOptions::default()).await?;
 /// let mut sub = client.subscribe("logs.api", Position::Earliest).await?;
-/// client.publish("logs.api", "started", Payload::Json("{}".into())).await?;
+/// client.publish("logs.api", "started", json!({})).await?;
 /// while let Some(item) = sub.next().await {
 ///     if let Item::Event(ev) = item {
 ///         println!("{} {}", ev.offset, ev.event);
@@ -150,16 +164,22 @@ pub struct Client {
     wake: Arc<Notify>,
 }
 
+/// The WebSocket URL of the broker at `url`.
 fn ws_url(url: &str) -> Result<String, ClientError> {
-    let rest = url
-        .strip_prefix("ws://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
+    let (scheme, rest) = [
+        ("ws", "ws://"),
+        ("ws", "http://"),
+        ("wss", "wss://"),
+        ("wss", "https://"),
+    ]
+    .iter()
+    .find_map(|(scheme, prefix)| url.strip_prefix(prefix).map(|rest| (scheme, rest)))
+    .ok_or_else(|| ClientError::BadUrl(url.to_owned()))?;
     let authority = rest.trim_end_matches('/');
     if authority.is_empty() || authority.contains('/') {
         return Err(ClientError::BadUrl(url.to_owned()));
     }
-    Ok(format!("ws://{authority}/v1/ws"))
+    Ok(format!("{scheme}://{authority}/v1/ws"))
 }
 
 /// The socket's read buffer. tungstenite zero-fills the whole buffer on every read
@@ -167,7 +187,7 @@ fn ws_url(url: &str) -> Result<String, ClientError> {
 /// handling the frame; larger frames still arrive, in more reads.
 const READ_BUFFER_BYTES: usize = 16 << 10;
 
-async fn dial(url: &str) -> Result<Socket, String> {
+async fn dial(url: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Socket, String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
     req.headers_mut().insert(
         "sec-websocket-protocol",
@@ -176,9 +196,11 @@ async fn dial(url: &str) -> Result<Socket, String> {
             .map_err(|_| "header".to_owned())?,
     );
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES);
-    let (socket, _) = tokio_tungstenite::connect_async_with_config(req, Some(config), false)
-        .await
-        .map_err(|e| e.to_string())?;
+    let connector = Connector::Rustls(Arc::clone(tls));
+    let (socket, _) =
+        tokio_tungstenite::connect_async_tls_with_config(req, Some(config), false, Some(connector))
+            .await
+            .map_err(|e| e.to_string())?;
     Ok(socket)
 }
 
@@ -187,11 +209,14 @@ impl Client {
     /// disconnects are repaired by reconnecting, forever.
     pub async fn connect(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let url = ws_url(url)?;
-        let socket = dial(&url).await.map_err(ClientError::Connect)?;
+        let tls = crate::tls::client_config(&options.root_certificates)
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        let socket = dial(&url, &tls).await.map_err(ClientError::Connect)?;
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let driver = Driver {
             url,
+            tls,
             options: options.clone(),
             cmd_rx,
             wake: Arc::clone(&wake),
@@ -246,15 +271,38 @@ impl Client {
         })
     }
 
-    /// Publishes one event; returns its offset once durable. A publish in flight when the
-    /// link drops is sent again after reconnecting, with the same idempotency key.
-    pub async fn publish(&self, ns: &str, event: &str, data: Payload) -> Result<u64, ClientError> {
+    /// Publishes one event without a key; returns its offset once durable. `data` is a
+    /// [`serde_json::Value`] (`json!(...)`), bytes (`Vec<u8>`), or a [`Data`].
+    /// See [`Client::publish_record`] for what is retried and what is not.
+    pub async fn publish(
+        &self,
+        ns: &str,
+        event: &str,
+        data: impl Into<Data>,
+    ) -> Result<u64, ClientError> {
+        self.publish_record(ns, Record::new(event, data)).await
+    }
+
+    /// Publishes one event, with its key if the record has one; returns its offset once
+    /// durable. Answers are matched by id, so many publishes may be awaited at once.
+    ///
+    /// Only an unknown outcome is retried: a publish still unanswered when the link drops
+    /// is sent again after reconnecting, with the same idempotency key, so it is appended
+    /// once. A publish the broker refuses resolves at once with
+    /// [`ClientError::Rejected`] and is never sent again; later publishes are unaffected.
+    pub async fn publish_record(&self, ns: &str, record: Record) -> Result<u64, ClientError> {
+        record
+            .data
+            .check_depth()
+            .map_err(|message| ClientError::Rejected {
+                code: rewind_protocol::ErrorCode::BadFrame.as_str().to_owned(),
+                message,
+            })?;
         let (reply, answer) = oneshot::channel();
         self.cmd
             .send(Command::Publish {
                 ns: ns.to_owned(),
-                event: event.to_owned(),
-                data,
+                record,
                 reply,
             })
             .map_err(|_| ClientError::Closed)?;
@@ -290,13 +338,13 @@ struct SubState {
 
 struct PendingPublish {
     ns: String,
-    event: String,
-    data: Payload,
+    record: Record,
     reply: oneshot::Sender<Result<u64, ClientError>>,
 }
 
 struct Driver {
     url: String,
+    tls: Arc<rustls::ClientConfig>,
     options: ClientOptions,
     cmd_rx: mpsc::UnboundedReceiver<Command>,
     wake: Arc<Notify>,
@@ -328,7 +376,7 @@ impl Driver {
         loop {
             let ws = match socket.take() {
                 Some(ws) => ws,
-                None => match dial(&self.url).await {
+                None => match dial(&self.url, &self.tls).await {
                     Ok(ws) => {
                         backoff = self.options.backoff_min;
                         ws
@@ -354,9 +402,9 @@ impl Driver {
         ClientFrame::Publish {
             id,
             ns: p.ns.clone(),
-            event: p.event.clone(),
-            data: Some(p.data.clone()),
-            key: None,
+            event: p.record.event.clone(),
+            data: Some(p.record.data.to_payload()),
+            key: p.record.key.clone(),
             idempotency_key: Some(format!("{}-{id}", self.key_prefix)),
         }
     }
@@ -485,20 +533,10 @@ impl Driver {
                 self.closing.insert(ns.clone());
                 Self::send(ws, &ClientFrame::Close { ns }).await
             }
-            Command::Publish {
-                ns,
-                event,
-                data,
-                reply,
-            } => {
+            Command::Publish { ns, record, reply } => {
                 let id = self.next_id;
                 self.next_id += 1;
-                let p = PendingPublish {
-                    ns,
-                    event,
-                    data,
-                    reply,
-                };
+                let p = PendingPublish { ns, record, reply };
                 let frame = self.publish_frame(id, &p);
                 self.pending.insert(id, p);
                 Self::send(ws, &frame).await
@@ -706,7 +744,9 @@ mod tests {
             "ws://127.0.0.1:7070/v1/ws"
         );
         assert_eq!(ws_url("http://h:1/").unwrap(), "ws://h:1/v1/ws");
-        for bad in ["wss://h:1", "h:1", "ws://", "ws://h:1/x"] {
+        assert_eq!(ws_url("wss://h:1").unwrap(), "wss://h:1/v1/ws");
+        assert_eq!(ws_url("https://h:1/").unwrap(), "wss://h:1/v1/ws");
+        for bad in ["ftp://h:1", "h:1", "ws://", "ws://h:1/x", "https://h:1/x"] {
             assert!(ws_url(bad).is_err(), "{bad}");
         }
     }

@@ -3,25 +3,32 @@
 //! Every request carries an `Idempotency-Key`. When a request fails in a way that may have
 //! left it appended (the connection broke before the answer, or the broker said 503 or
 //! 429), it is sent again with the same key, so it is appended exactly once.
+//!
+//! Requests go through `reqwest` (connection pooling, HTTP/1.1, rustls for `https://`
+//! with the roots described in [`crate::tls`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1::SendRequest;
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use reqwest::StatusCode;
+
+use crate::record::{Data, Record};
+use crate::tls::Certificate;
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The URL is not `http://host:port`.
-    #[error("bad broker URL {0:?}: expected http://host:port")]
+    /// The URL is not `http://host:port` or `https://host:port`.
+    #[error("bad broker URL {0:?}: expected http://host:port or https://host:port")]
     BadUrl(String),
-    /// The broker refused the request; retrying the same request will not help.
+    /// A root certificate in the options was refused.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// The request was refused and nothing was appended; retrying the same request will
+    /// not help. `status` is the broker's HTTP status, or the one it would have answered
+    /// when the client refused the request before sending it (a namespace name that
+    /// breaks the rules: 400 `bad_namespace`; bytes in a batch: 400 `bad_frame`).
     #[error("rejected with {status} {code}: {message}")]
     Rejected {
         /// The HTTP status.
@@ -41,7 +48,7 @@ pub enum PublishError {
     },
 }
 
-/// How a [`Publisher`] retries.
+/// How a [`Publisher`] retries, and whom it trusts.
 #[derive(Debug, Clone)]
 pub struct PublisherOptions {
     /// Attempts per publish, the first included. Default 5.
@@ -52,6 +59,9 @@ pub struct PublisherOptions {
     pub backoff_max: Duration,
     /// Longest time one attempt may take. Default 30 s.
     pub timeout: Duration,
+    /// Root certificates trusted for `https://` besides the bundled Mozilla roots.
+    /// Default none.
+    pub root_certificates: Vec<Certificate>,
 }
 
 impl Default for PublisherOptions {
@@ -61,6 +71,7 @@ impl Default for PublisherOptions {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
+            root_certificates: Vec::new(),
         }
     }
 }
@@ -74,12 +85,12 @@ pub struct Published {
     pub last: u64,
 }
 
-/// Publishes over HTTP with one keep-alive connection. One request is in flight at a time;
-/// make one `Publisher` per concurrent task for more.
+/// Publishes over HTTP. Requests may be sent from many tasks at once through one
+/// `Publisher` (share it with an `Arc`); connections are pooled and kept alive.
 pub struct Publisher {
-    authority: String,
+    base: String,
+    http: reqwest::Client,
     options: PublisherOptions,
-    conn: Mutex<Option<SendRequest<Full<Bytes>>>>,
     keys: AtomicU64,
     key_prefix: String,
 }
@@ -87,8 +98,8 @@ pub struct Publisher {
 /// One request, as sent on every attempt.
 struct Outgoing<'a> {
     ns: &'a str,
-    content_type: &'a str,
-    query: &'a str,
+    content_type: &'static str,
+    query: String,
     body: Bytes,
     /// The `Idempotency-Key`, the same on every attempt.
     key: String,
@@ -101,40 +112,65 @@ enum Attempt {
     Retry(String, Option<Duration>),
 }
 
+/// A refusal made before sending, with the status and code the broker would answer.
+fn refuse(code: rewind_protocol::ErrorCode, message: impl Into<String>) -> PublishError {
+    PublishError::Rejected {
+        status: 400,
+        code: code.as_str().to_owned(),
+        message: message.into(),
+    }
+}
+
 impl Publisher {
-    /// A publisher for the broker at `url` (`http://host:port`).
+    /// A publisher for the broker at `url` (`http://host:port` or `https://host:port`).
     pub fn new(url: &str, options: PublisherOptions) -> Result<Publisher, PublishError> {
-        let uri: Uri = url
-            .parse()
-            .map_err(|_| PublishError::BadUrl(url.to_owned()))?;
-        if uri.scheme_str() != Some("http") || !uri.path().trim_end_matches('/').is_empty() {
-            return Err(PublishError::BadUrl(url.to_owned()));
+        let bad = || PublishError::BadUrl(url.to_owned());
+        let (scheme, rest) = [("http", "http://"), ("https", "https://")]
+            .iter()
+            .find_map(|(scheme, prefix)| url.strip_prefix(prefix).map(|rest| (scheme, rest)))
+            .ok_or_else(bad)?;
+        let authority = rest.trim_end_matches('/');
+        if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
+            return Err(bad());
         }
-        let authority = uri
-            .authority()
-            .ok_or_else(|| PublishError::BadUrl(url.to_owned()))?
-            .to_string();
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
+        let mut builder = reqwest::Client::builder()
+            .http1_only()
+            .tcp_nodelay(true)
+            .use_rustls_tls();
+        for cert in &options.root_certificates {
+            let cert = reqwest::Certificate::from_der(cert.der())
+                .map_err(|e| PublishError::Tls(e.to_string()))?;
+            builder = builder.add_root_certificate(cert);
+        }
+        let http = builder
+            .build()
+            .map_err(|e| PublishError::Tls(e.to_string()))?;
+        let mut nonce = [0u8; 8];
+        if getrandom::getrandom(&mut nonce).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            nonce = nanos.to_be_bytes();
+        }
         Ok(Publisher {
-            authority,
+            base: format!("{scheme}://{authority}"),
+            http,
             options,
-            conn: Mutex::new(None),
             keys: AtomicU64::new(0),
-            key_prefix: format!("{:x}-{:x}", std::process::id(), nanos),
+            key_prefix: format!("{:016x}", u64::from_be_bytes(nonce)),
         })
     }
 
-    /// Publishes one event with a JSON payload; returns its offset once durable.
+    /// Publishes one event without a key; returns its offset once durable. `data` is a
+    /// JSON value (`&json!(...)` or owned), bytes (`Vec<u8>`, sent as
+    /// `application/octet-stream`), or a [`Data`].
     pub async fn publish(
         &self,
         ns: &str,
         event: &str,
-        data: &serde_json::Value,
+        data: impl Into<Data>,
     ) -> Result<u64, PublishError> {
-        let body = serde_json::json!({ "event": event, "data": data }).to_string();
-        Ok(self.send(self.json(ns, body)).await?.first)
+        self.publish_record(ns, Record::new(event, data)).await
     }
 
     /// Publishes one event with a byte payload; returns its offset once durable.
@@ -144,27 +180,61 @@ impl Publisher {
         event: &str,
         data: Vec<u8>,
     ) -> Result<u64, PublishError> {
-        let query = form_query(event);
-        let req = Outgoing {
-            ns,
-            content_type: "application/octet-stream",
-            query: &query,
-            body: data.into(),
-            key: self.next_key(),
+        self.publish_record(ns, Record::new(event, data)).await
+    }
+
+    /// Publishes one event, with its key if the record has one; returns its offset once
+    /// durable.
+    pub async fn publish_record(&self, ns: &str, record: Record) -> Result<u64, PublishError> {
+        let req = match record.data {
+            Data::Json(data) => {
+                let mut body = serde_json::json!({ "event": record.event, "data": data });
+                if let Some(key) = record.key {
+                    body["key"] = key.into();
+                }
+                self.json(ns, body.to_string())
+            }
+            Data::Bytes(data) => {
+                let mut query = form_query("event", &record.event);
+                if let Some(key) = &record.key {
+                    query.push('&');
+                    query.push_str(&form_query("key", key)[1..]);
+                }
+                Outgoing {
+                    ns,
+                    content_type: "application/octet-stream",
+                    query,
+                    body: data.into(),
+                    key: self.next_key(),
+                }
+            }
         };
         Ok(self.send(req).await?.first)
     }
 
-    /// Publishes events as one batch (consecutive offsets, all or nothing).
-    pub async fn publish_batch(
+    /// Publishes events as one batch (consecutive offsets, all or nothing). Each item is
+    /// a [`Record`] (keys allowed) or an `(event, value)` pair. A batch over HTTP is JSON,
+    /// so every payload must be JSON: bytes are refused (400 `bad_frame`) before sending.
+    pub async fn publish_batch<R: Into<Record>>(
         &self,
         ns: &str,
-        events: &[(&str, serde_json::Value)],
+        records: impl IntoIterator<Item = R>,
     ) -> Result<Published, PublishError> {
-        let items: Vec<serde_json::Value> = events
-            .iter()
-            .map(|(event, data)| serde_json::json!({ "event": event, "data": data }))
-            .collect();
+        let mut items = Vec::new();
+        for r in records {
+            let r: Record = r.into();
+            let Data::Json(data) = r.data else {
+                return Err(refuse(
+                    rewind_protocol::ErrorCode::BadFrame,
+                    "a batch over HTTP carries JSON payloads only; publish bytes one by one",
+                ));
+            };
+            let mut item = serde_json::json!({ "event": r.event, "data": data });
+            if let Some(key) = r.key {
+                item["key"] = key.into();
+            }
+            items.push(item);
+        }
         let body = serde_json::Value::Array(items).to_string();
         self.send(self.json(ns, body)).await
     }
@@ -173,7 +243,7 @@ impl Publisher {
         Outgoing {
             ns,
             content_type: "application/json",
-            query: "",
+            query: String::new(),
             body: body.into(),
             key: self.next_key(),
         }
@@ -189,18 +259,17 @@ impl Publisher {
 
     /// Sends a request, retrying what may be retried.
     async fn send(&self, req: Outgoing<'_>) -> Result<Published, PublishError> {
+        // The name goes into the URL path: one that breaks the rules could change the
+        // path (`..`), so it is refused here with the broker's code.
+        rewind_protocol::validate_namespace(req.ns).map_err(|e| refuse(e.code(), e.to_string()))?;
         let mut backoff = self.options.backoff_min;
         let mut last = String::new();
         for attempt in 1..=self.options.attempts.max(1) {
-            let outcome = tokio::time::timeout(self.options.timeout, self.attempt(&req))
-                .await
-                .unwrap_or_else(|_| Attempt::Retry("timed out".into(), None));
-            match outcome {
+            match self.attempt(&req).await {
                 Attempt::Done(p) => return Ok(p),
                 Attempt::Rejected(e) => return Err(e),
                 Attempt::Retry(why, retry_after) => {
                     last = why;
-                    *self.conn.lock().await = None;
                     if attempt < self.options.attempts {
                         tokio::time::sleep(
                             retry_after.unwrap_or(backoff).min(self.options.backoff_max),
@@ -218,34 +287,24 @@ impl Publisher {
     }
 
     async fn attempt(&self, out: &Outgoing<'_>) -> Attempt {
-        let mut conn = self.conn.lock().await;
-        let usable = match conn.as_mut() {
-            Some(s) => s.ready().await.is_ok(),
-            None => false,
-        };
-        if !usable {
-            match self.connect().await {
-                Ok(s) => *conn = Some(s),
-                Err(e) => return Attempt::Retry(e, None),
-            }
-        }
-        let Some(sender) = conn.as_mut() else {
-            return Attempt::Retry("no connection".into(), None);
-        };
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("/v1/namespaces/{}/events{}", out.ns, out.query))
-            .header("host", &self.authority)
+        let url = format!("{}/v1/namespaces/{}/events{}", self.base, out.ns, out.query);
+        let sent = self
+            .http
+            .post(url)
             .header("content-type", out.content_type)
             .header("idempotency-key", &out.key)
-            .body(Full::new(out.body.clone()));
-        let req = match req {
-            Ok(r) => r,
-            Err(e) => return Attempt::Rejected(PublishError::BadUrl(e.to_string())),
-        };
-        let res = match sender.send_request(req).await {
+            .timeout(self.options.timeout)
+            .body(out.body.clone())
+            .send()
+            .await;
+        let res = match sent {
             Ok(res) => res,
-            Err(e) => return Attempt::Retry(e.to_string(), None),
+            Err(e) if e.is_builder() => {
+                return Attempt::Rejected(PublishError::BadUrl(e.to_string()))
+            }
+            // Connecting failed, the connection broke, or the attempt timed out: the
+            // outcome is unknown.
+            Err(e) => return Attempt::Retry(error_chain(&e), None),
         };
         let status = res.status();
         let retry_after = res
@@ -254,9 +313,9 @@ impl Publisher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
-        let body = match res.into_body().collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => return Attempt::Retry(e.to_string(), None),
+        let body = match res.bytes().await {
+            Ok(b) => b,
+            Err(e) => return Attempt::Retry(error_chain(&e), None),
         };
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
         if status == StatusCode::CREATED {
@@ -283,24 +342,25 @@ impl Publisher {
             message,
         })
     }
-
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(conn);
-        Ok(sender)
-    }
 }
 
-/// `?event=NAME` with the name percent-encoded.
-fn form_query(event: &str) -> String {
-    let mut out = String::from("?event=");
-    for b in event.bytes() {
+/// An error with its causes, which say what actually failed (reqwest's own message is
+/// only "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// `?NAME=VALUE` with the value percent-encoded.
+fn form_query(name: &str, value: &str) -> String {
+    let mut out = format!("?{name}=");
+    for b in value.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
@@ -315,10 +375,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn urls_must_be_plain_http_host_port() {
+    fn urls_must_be_http_or_https_host_port() {
         assert!(Publisher::new("http://127.0.0.1:7070", PublisherOptions::default()).is_ok());
         assert!(Publisher::new("http://127.0.0.1:7070/", PublisherOptions::default()).is_ok());
-        for bad in ["https://x:1", "127.0.0.1:7070", "http://x:1/v1", "nope"] {
+        assert!(Publisher::new("https://broker.example:443", PublisherOptions::default()).is_ok());
+        for bad in ["ftp://x:1", "127.0.0.1:7070", "http://x:1/v1", "https://", "nope"] {
             assert!(
                 Publisher::new(bad, PublisherOptions::default()).is_err(),
                 "{bad}"
@@ -328,7 +389,7 @@ mod tests {
 
     #[test]
     fn event_names_are_percent_encoded() {
-        assert_eq!(form_query("a b/ü"), "?event=a%20b%2F%C3%BC");
+        assert_eq!(form_query("event", "a b/ü"), "?event=a%20b%2F%C3%BC");
     }
 
     #[test]

@@ -462,6 +462,7 @@ mod rust_client {
             backoff_max: Duration::from_millis(200),
             liveness: Duration::from_secs(10),
             buffer,
+            ..ClientOptions::default()
         }
     }
 
