@@ -1,22 +1,108 @@
 //! The client commands of the `rewind` binary: `publish`, `tail`, `namespaces`.
+//!
+//! HTTP goes through `reqwest` and the WebSocket through [`rewind_client::Client`], both
+//! with rustls for `https://`/`wss://` and the roots of `--ca-cert`.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures::StreamExt;
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
-use rewind_client::{Client, ClientOptions, Item, Publisher, PublisherOptions};
+use rewind_client::{
+    Certificate, Client, ClientOptions, Item, Publisher, PublisherOptions, Record, Value,
+};
+use rewind_protocol::codec::ReadPage;
 use rewind_protocol::Position;
 
 /// Where the broker is.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// The broker's URL
+    /// The broker's URL: http://, https://, ws:// or wss:// and host:port
     #[arg(long, env = "REWIND_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    /// A PEM file of root certificates to trust for https:// and wss://, besides the
+    /// built-in Mozilla roots (e.g. the certificate of a TLS proxy in front of the broker)
+    #[arg(long, env = "REWIND_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Target {
+    /// The roots of `--ca-cert`.
+    fn roots(&self) -> anyhow::Result<Vec<Certificate>> {
+        match &self.ca_cert {
+            Some(path) => Ok(Certificate::from_pem_file(path)?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The URL as `http://` or `https://`, without a trailing slash.
+    fn http_base(&self) -> anyhow::Result<String> {
+        let url = self.url.trim_end_matches('/');
+        for (from, to) in [
+            ("http://", "http://"),
+            ("https://", "https://"),
+            ("ws://", "http://"),
+            ("wss://", "https://"),
+        ] {
+            if let Some(rest) = url.strip_prefix(from) {
+                if rest.is_empty() || rest.contains('/') {
+                    break;
+                }
+                return Ok(format!("{to}{rest}"));
+            }
+        }
+        bail!(
+            "bad --url {:?}: expected http://, https://, ws:// or wss:// and host:port",
+            self.url
+        )
+    }
+
+    /// An HTTP client trusting the built-in roots and `--ca-cert`.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .http1_only()
+            .use_rustls_tls()
+            .timeout(Duration::from_secs(30));
+        for cert in self.roots()? {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_der(cert.der())?);
+        }
+        Ok(builder.build()?)
+    }
+}
+
+/// `GET`s a JSON answer; an error status becomes an error with the broker's code and message.
+async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let res = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| anyhow!("{}", error_chain(&e)))?;
+    let status = res.status();
+    let body = res.bytes().await?;
+    let json: Value = serde_json::from_slice(&body).context("the answer is not JSON")?;
+    if !status.is_success() {
+        bail!(
+            "{status} {}: {}",
+            json["error"]["code"].as_str().unwrap_or(""),
+            json["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(json)
+}
+
+/// An error with its causes on one line (reqwest's own message is only "error sending
+/// request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// `rewind publish`.
@@ -26,12 +112,22 @@ pub struct PublishArgs {
     pub ns: String,
     /// The event's name
     pub event: String,
-    /// The payload as JSON (without it and without --file, JSON is read from stdin)
-    #[arg(long, conflicts_with = "file")]
+    /// The payload as JSON (without it, --file and --lines, JSON is read from stdin)
+    #[arg(long, conflicts_with_all = ["file", "lines"])]
     pub data: Option<String>,
     /// A file whose bytes are the payload
+    #[arg(long, conflicts_with = "lines")]
+    pub file: Option<PathBuf>,
+    /// Each line of stdin is one event, its data the line as a JSON string; follows the
+    /// input until it ends (`tail -f app.log | rewind publish logs.app line --lines`)
     #[arg(long)]
-    pub file: Option<std::path::PathBuf>,
+    pub lines: bool,
+    /// Most events per request with --lines (each request is one batch)
+    #[arg(long, default_value_t = 1000, value_name = "N", requires = "lines")]
+    pub batch: usize,
+    /// The event's key (with --lines, every event's)
+    #[arg(long)]
+    pub key: Option<String>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -44,6 +140,12 @@ pub struct TailArgs {
     /// Where to start: an offset, earliest or latest
     #[arg(long, default_value = "latest")]
     pub from: Position,
+    /// Print what the namespace holds now (from --from) and exit, instead of following it
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Exit after printing this many events
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
     #[command(flatten)]
     pub target: Target,
 }
@@ -55,15 +157,32 @@ pub struct NamespacesArgs {
     pub target: Target,
 }
 
-/// Publishes one event and prints its offset.
+/// Publishes one event and prints its offset, or with `--lines` one event per line of
+/// stdin and a count at the end.
 pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
-    let publisher = Publisher::new(&args.target.url, PublisherOptions::default())?;
+    let mut options = PublisherOptions {
+        root_certificates: args.target.roots()?,
+        ..PublisherOptions::default()
+    };
+    if args.lines {
+        // A long-running pipe waits out a broker restart: 30 attempts, the waits
+        // doubling from 100 ms to 5 s, are about two minutes.
+        options.attempts = 30;
+    }
+    let publisher = Publisher::new(&args.target.http_base()?, options)?;
+    if args.lines {
+        return publish_lines(&args, &publisher).await;
+    }
+    let with_key = |r: Record| match &args.key {
+        Some(k) => r.key(k.clone()),
+        None => r,
+    };
     let offset = match (&args.data, &args.file) {
         (_, Some(path)) => {
             let bytes =
                 std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             publisher
-                .publish_bytes(&args.ns, &args.event, bytes)
+                .publish_record(&args.ns, with_key(Record::new(&args.event, bytes)))
                 .await?
         }
         (data, None) => {
@@ -79,27 +198,164 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
             };
             let value: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| anyhow!("the payload is not JSON ({e}); use --file for bytes"))?;
-            publisher.publish(&args.ns, &args.event, &value).await?
+            publisher
+                .publish_record(&args.ns, with_key(Record::new(&args.event, value)))
+                .await?
         }
     };
     println!("{offset}");
     Ok(())
 }
 
-/// Prints every event of a namespace as one JSON line, following it forever.
+/// Most bytes of line text per `--lines` request: far below the broker's default
+/// `max_body_bytes` (16 MiB), so a batch of long lines is not refused as a whole.
+const LINES_BATCH_BYTES: usize = 1 << 20;
+
+/// How often the `--lines` progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// `publish --lines`: a thread reads stdin line by line (blocking until the next line,
+/// so a growing input is followed) into a bounded channel; each request takes what has
+/// arrived, up to `--batch` lines or [`LINES_BATCH_BYTES`], as one batch. A full channel
+/// stops the reading while the broker catches up.
+async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Result<()> {
+    let max = args.batch.max(1);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(max * 2);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            let line = match stdin.read_until(b'\n', &mut buf) {
+                Ok(0) => return,
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                        if buf.last() == Some(&b'\r') {
+                            buf.pop();
+                        }
+                    }
+                    Ok(String::from_utf8_lossy(&buf).into_owned())
+                }
+                Err(e) => Err(e),
+            };
+            let failed = line.is_err();
+            if tx.blocking_send(line).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let progress = std::io::stderr().is_terminal();
+    // When the progress line was last drawn, and the count it shows.
+    let mut drawn: Option<Instant> = None;
+    let mut shown = 0u64;
+    let draw = |total: u64| eprint!("\rrewind: {total} events published to {}", args.ns);
+    let (mut total, mut first, mut last) = (0u64, None, None);
+    loop {
+        // While the line shows less than was published, wait for input only so long
+        // before bringing it up to date.
+        let line = if progress && shown != total {
+            match tokio::time::timeout(PROGRESS_EVERY, rx.recv()).await {
+                Ok(line) => line,
+                Err(_) => {
+                    draw(total);
+                    (drawn, shown) = (Some(Instant::now()), total);
+                    continue;
+                }
+            }
+        } else {
+            rx.recv().await
+        };
+        let Some(line) = line else {
+            break;
+        };
+        let mut batch = vec![line.context("reading stdin")?];
+        let mut bytes = batch[0].len();
+        while batch.len() < max && bytes < LINES_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(line) => {
+                    let line = line.context("reading stdin")?;
+                    bytes += line.len();
+                    batch.push(line);
+                }
+                Err(_) => break,
+            }
+        }
+        let n = batch.len() as u64;
+        let records = batch.into_iter().map(|line| {
+            let r = Record::new(&args.event, Value::String(line));
+            match &args.key {
+                Some(k) => r.key(k.clone()),
+                None => r,
+            }
+        });
+        let published = publisher
+            .publish_batch(&args.ns, records)
+            .await
+            .with_context(|| {
+                format!(
+                    "publishing lines {} to {}; {total} events were published before",
+                    total + 1,
+                    total + n
+                )
+            })?;
+        total += n;
+        first.get_or_insert(published.first);
+        last = Some(published.last);
+        if progress && !matches!(drawn, Some(at) if at.elapsed() < PROGRESS_EVERY) {
+            draw(total);
+            (drawn, shown) = (Some(Instant::now()), total);
+        }
+    }
+    if progress && drawn.is_some() {
+        // Clear the progress line.
+        eprint!("\r\x1b[K");
+    }
+    match (first, last) {
+        (Some(first), Some(last)) => println!(
+            "published {total} events to {}, offsets {first} to {last}",
+            args.ns
+        ),
+        _ => println!("published 0 events to {}", args.ns),
+    }
+    Ok(())
+}
+
+/// Prints one event as a JSON line.
+fn print_event(ev: &rewind_protocol::Event) -> anyhow::Result<()> {
+    let mut line = Vec::with_capacity(128);
+    rewind_protocol::codec::write_event_json(&mut line, ev);
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    out.write_all(&line)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Prints every event of a namespace as one JSON line, following it forever (or until
+/// `--limit` events); with `--no-follow`, what it holds now.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
-    let client = Client::connect(&args.target.url, ClientOptions::default()).await?;
+    if args.limit == Some(0) {
+        return Ok(());
+    }
+    if args.no_follow {
+        return tail_once(&args).await;
+    }
+    let options = ClientOptions {
+        root_certificates: args.target.roots()?,
+        ..ClientOptions::default()
+    };
+    let client = Client::connect(&args.target.url, options).await?;
     let mut sub = client.subscribe(&args.ns, args.from).await?;
-    let stdout = std::io::stdout();
+    let mut printed = 0u64;
     while let Some(item) = sub.next().await {
         match item {
             Item::Event(ev) => {
-                let mut line = Vec::with_capacity(128);
-                rewind_protocol::codec::write_event_json(&mut line, &ev);
-                line.push(b'\n');
-                let mut out = stdout.lock();
-                out.write_all(&line)?;
-                out.flush()?;
+                print_event(&ev)?;
+                printed += 1;
+                if args.limit.is_some_and(|limit| printed >= limit) {
+                    return Ok(());
+                }
             }
             Item::Truncated {
                 requested,
@@ -121,29 +377,54 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     bail!("the connection to the broker ended")
 }
 
+/// `tail --no-follow`: reads pages over HTTP from `--from` up to the end the namespace had
+/// when the command started (events appended meanwhile are left out), then exits.
+async fn tail_once(args: &TailArgs) -> anyhow::Result<()> {
+    let http = args.target.http()?;
+    let base = format!("{}/v1/namespaces/{}", args.target.http_base()?, args.ns);
+    let info = get_json(&http, &base)
+        .await
+        .with_context(|| format!("reading namespace {}", args.ns))?;
+    let end = info["next"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("the broker's answer has no next offset: {info}"))?;
+    let mut from = match args.from {
+        Position::Latest => return Ok(()),
+        Position::Earliest => "earliest".to_owned(),
+        Position::Offset(n) => n.to_string(),
+    };
+    let mut printed = 0u64;
+    loop {
+        let want = args.limit.map_or(1000, |l| (l - printed).min(1000));
+        let url = format!("{base}/events?from={from}&limit={want}");
+        let json = get_json(&http, &url)
+            .await
+            .with_context(|| format!("reading {} from {from}", args.ns))?;
+        let page = ReadPage::from_json(json.to_string().as_bytes())?;
+        if page.truncated {
+            let first = page.events.first().map_or(page.next, |e| e.offset);
+            eprintln!(
+                "rewind tail: offsets {from}..{first} are gone (retention); continuing at {first}"
+            );
+        }
+        for ev in page.events.iter().filter(|e| e.offset < end) {
+            print_event(ev)?;
+            printed += 1;
+            if args.limit.is_some_and(|limit| printed >= limit) {
+                return Ok(());
+            }
+        }
+        if page.events.is_empty() || page.next >= end {
+            return Ok(());
+        }
+        from = page.next.to_string();
+    }
+}
+
 /// Prints a table of the namespaces.
 pub async fn namespaces(args: NamespacesArgs) -> anyhow::Result<()> {
-    let uri: hyper::Uri = args.target.url.parse().context("bad --url")?;
-    let authority = uri
-        .authority()
-        .ok_or_else(|| anyhow!("--url needs host:port"))?
-        .to_string();
-    let stream = tokio::net::TcpStream::connect(&authority)
-        .await
-        .with_context(|| format!("connecting to {authority}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/v1/namespaces")
-        .header("host", &authority)
-        .body(Empty::<Bytes>::new())?;
-    let res = sender.send_request(req).await?;
-    let status = res.status();
-    let body = res.into_body().collect().await?.to_bytes();
-    let json: serde_json::Value =
-        serde_json::from_slice(&body).context("the answer is not JSON")?;
-    if !status.is_success() {
-        bail!("{status}: {}", json["error"]["message"]);
-    }
+    let url = format!("{}/v1/namespaces", args.target.http_base()?);
+    let json = get_json(&args.target.http()?, &url).await?;
     let rows: Vec<[String; 6]> = json["namespaces"]
         .as_array()
         .map(|all| {

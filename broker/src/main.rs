@@ -33,9 +33,9 @@ struct Cli {
 enum Command {
     /// Run the broker
     Serve(Box<ServeArgs>),
-    /// Publish one event and print its offset
+    /// Publish one event and print its offset, or each line of stdin (--lines)
     Publish(cli::PublishArgs),
-    /// Print a namespace's events as JSON lines, following it forever
+    /// Print a namespace's events as JSON lines, following it (or --no-follow, --limit N)
     Tail(cli::TailArgs),
     /// List the namespaces
     Namespaces(cli::NamespacesArgs),

@@ -379,7 +379,13 @@ mod tests {
         assert!(Publisher::new("http://127.0.0.1:7070", PublisherOptions::default()).is_ok());
         assert!(Publisher::new("http://127.0.0.1:7070/", PublisherOptions::default()).is_ok());
         assert!(Publisher::new("https://broker.example:443", PublisherOptions::default()).is_ok());
-        for bad in ["ftp://x:1", "127.0.0.1:7070", "http://x:1/v1", "https://", "nope"] {
+        for bad in [
+            "ftp://x:1",
+            "127.0.0.1:7070",
+            "http://x:1/v1",
+            "https://",
+            "nope",
+        ] {
             assert!(
                 Publisher::new(bad, PublisherOptions::default()).is_err(),
                 "{bad}"

@@ -456,3 +456,90 @@ pub mod ws {
         }
     }
 }
+
+/// A TLS-terminating proxy for tests of `https://` and `wss://`.
+pub mod tls {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use tokio_rustls::rustls::ServerConfig;
+    use tokio_rustls::TlsAcceptor;
+
+    /// A proxy on loopback that accepts TLS with a self-signed certificate (for
+    /// `127.0.0.1` and `localhost`, made with rcgen when the proxy starts) and forwards
+    /// the plain bytes to the broker. It runs on a thread of its own, so tests that block
+    /// on a child process do not stall it; it ends with the test process.
+    pub struct TlsProxy {
+        /// Where it listens.
+        pub addr: SocketAddr,
+        /// Its certificate, PEM.
+        pub cert_pem: String,
+        /// Its certificate, DER.
+        pub cert_der: Vec<u8>,
+        handshakes: Arc<AtomicUsize>,
+    }
+
+    impl TlsProxy {
+        /// Starts a proxy in front of `target`.
+        pub fn start(target: SocketAddr) -> TlsProxy {
+            let certified = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .expect("a self-signed certificate");
+            let cert_der = certified.cert.der().to_vec();
+            let key =
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(certified.key_pair.serialize_der()));
+            let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+            let config = ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("protocol versions")
+                .with_no_client_auth()
+                .with_single_cert(vec![CertificateDer::from(cert_der.clone())], key)
+                .expect("server config");
+            let acceptor = TlsAcceptor::from(Arc::new(config));
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("nonblocking");
+            let addr = listener.local_addr().expect("address");
+            let handshakes = Arc::new(AtomicUsize::new(0));
+            let counted = Arc::clone(&handshakes);
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async move {
+                    let listener = TcpListener::from_std(listener).expect("listener");
+                    while let Ok((tcp, _)) = listener.accept().await {
+                        let acceptor = acceptor.clone();
+                        let counted = Arc::clone(&counted);
+                        tokio::spawn(async move {
+                            let Ok(mut tls) = acceptor.accept(tcp).await else {
+                                return;
+                            };
+                            counted.fetch_add(1, Ordering::SeqCst);
+                            let Ok(mut broker) = TcpStream::connect(target).await else {
+                                return;
+                            };
+                            let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+                        });
+                    }
+                });
+            });
+            TlsProxy {
+                addr,
+                cert_pem: certified.cert.pem(),
+                cert_der,
+                handshakes,
+            }
+        }
+
+        /// TLS handshakes completed so far.
+        pub fn handshakes(&self) -> usize {
+            self.handshakes.load(Ordering::SeqCst)
+        }
+    }
+}

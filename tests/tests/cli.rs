@@ -1,10 +1,11 @@
 //! The `rewind` CLI's client commands against the real broker.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use rewind_tests::tls::TlsProxy;
 use rewind_tests::{rewind_bin, Broker};
 
 fn rewind(args: &[&str], url: &str) -> std::process::Output {
@@ -120,4 +121,342 @@ async fn tail_prints_every_offset_once_across_a_kill9_and_restart() {
     // twice (the reader ends at the closed pipe, which ends the channel).
     let rest: Vec<String> = lines.iter().collect();
     assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// Runs `rewind` with `stdin` as its standard input.
+fn rewind_with_stdin(args: &[&str], url: &str, stdin: Stdio) -> std::process::Output {
+    Command::new(rewind_bin())
+        .args(args)
+        .args(["--url", url])
+        .env("RUST_LOG", "warn")
+        .stdin(stdin)
+        .output()
+        .expect("run rewind")
+}
+
+/// Every line `rewind tail` printed, parsed.
+fn json_lines(out: &std::process::Output) -> Vec<serde_json::Value> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn offsets(lines: &[serde_json::Value]) -> Vec<u64> {
+    lines
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn publish_lines_sends_a_file_of_thousands_of_lines_and_tail_reads_them_back() {
+    let b = Broker::start(&[]);
+    let url = b.url();
+    // A log of 3,000 lines: text with quotes, backslashes, tabs and non-ASCII, blank lines,
+    // a CRLF line ending, and a last line without a newline.
+    let mut expected: Vec<String> = (0..3000)
+        .map(|i| match i % 7 {
+            0 => String::new(),
+            1 => format!("{i} GET /api/items?id={i} \"quoted\" \\ back\tslash"),
+            2 => format!("{i} héllo ✓ 日本"),
+            _ => format!("2026-11-29T20:00:{:02} INFO request {i} done", i % 60),
+        })
+        .collect();
+    expected[5] = "windows line".into();
+    let mut text = String::new();
+    for (i, line) in expected.iter().enumerate() {
+        text.push_str(line);
+        match i {
+            5 => text.push_str("\r\n"),
+            2999 => {}
+            _ => text.push('\n'),
+        }
+    }
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let out = rewind_with_stdin(
+        &[
+            "publish", "logs.app", "line", "--lines", "--key", "web-1", "--batch", "400",
+        ],
+        &url,
+        Stdio::from(std::fs::File::open(file.path()).unwrap()),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "published 3000 events to logs.app, offsets 0 to 2999\n"
+    );
+    // stderr is not a terminal here: no progress line.
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+
+    let all = json_lines(&rewind(
+        &["tail", "logs.app", "--from", "earliest", "--no-follow"],
+        &url,
+    ));
+    assert_eq!(offsets(&all), (0..3000).collect::<Vec<_>>());
+    for (v, line) in all.iter().zip(&expected) {
+        assert_eq!(v["data"], serde_json::Value::String(line.clone()), "{v}");
+        assert_eq!(
+            (v["event"].as_str(), v["key"].as_str()),
+            (Some("line"), Some("web-1"))
+        );
+    }
+
+    // --limit, with and without following; --from latest --no-follow prints nothing.
+    let some = json_lines(&rewind(
+        &[
+            "tail",
+            "logs.app",
+            "--from",
+            "10",
+            "--no-follow",
+            "--limit",
+            "5",
+        ],
+        &url,
+    ));
+    assert_eq!(offsets(&some), [10, 11, 12, 13, 14]);
+    let tail_end = json_lines(&rewind(
+        &["tail", "logs.app", "--from", "2995", "--no-follow"],
+        &url,
+    ));
+    assert_eq!(offsets(&tail_end), [2995, 2996, 2997, 2998, 2999]);
+    let followed = json_lines(&rewind(
+        &["tail", "logs.app", "--from", "earliest", "--limit", "3"],
+        &url,
+    ));
+    assert_eq!(offsets(&followed), [0, 1, 2]);
+    assert!(json_lines(&rewind(&["tail", "logs.app", "--no-follow"], &url)).is_empty());
+    // A namespace that does not exist is an error, not an empty read.
+    let missing = rewind(&["tail", "nothing.here", "--no-follow"], &url);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not_found"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+#[tokio::test]
+async fn publish_lines_follows_a_growing_input_and_counts_at_the_end() {
+    let b = Broker::start(&[]);
+    let mut child = Command::new(rewind_bin())
+        .args([
+            "publish",
+            "logs.follow",
+            "line",
+            "--lines",
+            "--url",
+            &b.url(),
+        ])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rewind publish");
+    let mut stdin = child.stdin.take().unwrap();
+    // Lines written in stages arrive while the input is still open.
+    for i in 0..5 {
+        writeln!(stdin, "first {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    b.wait_for("/v1/namespaces/logs.follow", |v| v["next"] == 5)
+        .await;
+    for i in 0..200 {
+        writeln!(stdin, "second {i}").unwrap();
+    }
+    stdin.flush().unwrap();
+    b.wait_for("/v1/namespaces/logs.follow", |v| v["next"] == 205)
+        .await;
+    write!(stdin, "last, without a newline").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "published 206 events to logs.follow, offsets 0 to 205\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let all = json_lines(&rewind(
+        &["tail", "logs.follow", "--from", "200", "--no-follow"],
+        &b.url(),
+    ));
+    let data: Vec<&str> = all.iter().map(|v| v["data"].as_str().unwrap()).collect();
+    assert_eq!(
+        data,
+        [
+            "second 195",
+            "second 196",
+            "second 197",
+            "second 198",
+            "second 199",
+            "last, without a newline"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn publish_lines_stops_at_a_refused_batch_and_says_how_far_it_got() {
+    let b = Broker::start(&["--max-payload-bytes", "100"]);
+    let text = format!("short 1\nshort 2\n{}\nshort 4\n", "x".repeat(200));
+    let out = rewind_with_stdin(
+        &["publish", "logs.long", "line", "--lines", "--batch", "2"],
+        &b.url(),
+        Stdio::from({
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), text).unwrap();
+            std::fs::File::open(file.path()).unwrap()
+        }),
+    );
+    assert!(!out.status.success());
+    // How the lines fall into batches depends on how fast stdin is read; whatever the
+    // split, the count said is the count appended, and the refused batch is named.
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("payload_too_large"), "{err}");
+    let said: u64 = err
+        .split("; ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {err:?}"));
+    assert!(
+        err.contains(&format!("publishing lines {} to", said + 1)),
+        "{err}"
+    );
+    assert!(said <= 2, "{err}");
+    let next = b.get("/v1/namespaces/logs.long").await.json()["next"].clone();
+    assert_eq!(next, said, "{err}");
+}
+
+#[tokio::test]
+async fn publish_key_sets_the_key_of_one_event() {
+    let b = Broker::start(&[]);
+    let out = rewind(
+        &["publish", "keyed", "e", "--data", "{}", "--key", "user-7"],
+        &b.url(),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), [1u8, 2]).unwrap();
+    let out = rewind(
+        &[
+            "publish",
+            "keyed",
+            "blob",
+            "--file",
+            file.path().to_str().unwrap(),
+            "--key",
+            "file-key",
+        ],
+        &b.url(),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+    let all = json_lines(&rewind(
+        &["tail", "keyed", "--from", "earliest", "--no-follow"],
+        &b.url(),
+    ));
+    let keys: Vec<&str> = all.iter().map(|v| v["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["user-7", "file-key"]);
+}
+
+#[tokio::test]
+async fn the_cli_speaks_https_and_wss_through_a_tls_proxy_with_ca_cert() {
+    let b = Broker::start(&[]);
+    let proxy = TlsProxy::start(b.addr);
+    let pem = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(pem.path(), &proxy.cert_pem).unwrap();
+    let ca = pem.path().to_str().unwrap();
+    let https = format!("https://127.0.0.1:{}", proxy.addr.port());
+    let wss = format!("wss://localhost:{}", proxy.addr.port());
+    let out = rewind(
+        &["publish", "tls.cli", "e", "--data", "[1]", "--ca-cert", ca],
+        &https,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let out = rewind_with_stdin(
+        &["publish", "tls.cli", "line", "--lines", "--ca-cert", ca],
+        &https,
+        Stdio::from({
+            let file = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(file.path(), "a\nb\n").unwrap();
+            std::fs::File::open(file.path()).unwrap()
+        }),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "published 2 events to tls.cli, offsets 1 to 2\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let once = json_lines(&rewind(
+        &[
+            "tail",
+            "tls.cli",
+            "--from",
+            "earliest",
+            "--no-follow",
+            "--ca-cert",
+            ca,
+        ],
+        &https,
+    ));
+    assert_eq!(offsets(&once), [0, 1, 2]);
+    let followed = json_lines(&rewind(
+        &[
+            "tail",
+            "tls.cli",
+            "--from",
+            "1",
+            "--limit",
+            "2",
+            "--ca-cert",
+            ca,
+        ],
+        &wss,
+    ));
+    assert_eq!(offsets(&followed), [1, 2]);
+    let table = rewind(&["namespaces", "--ca-cert", ca], &https);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("tls.cli"),
+        "{}",
+        String::from_utf8_lossy(&table.stderr)
+    );
+    let handshakes = proxy.handshakes();
+    assert!(handshakes >= 5, "{handshakes} TLS connections");
+    // Without --ca-cert the proxy's certificate is not trusted, by any command.
+    for args in [
+        &["publish", "tls.cli", "e", "--data", "1"][..],
+        &["tail", "tls.cli", "--no-follow"][..],
+        &["namespaces"][..],
+    ] {
+        let out = rewind(args, &https);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("certificate"), "{args:?}: {err}");
+    }
+    let out = rewind(&["tail", "tls.cli", "--limit", "1"], &wss);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("certificate"));
+    assert_eq!(proxy.handshakes(), handshakes);
+    assert_eq!(b.get("/v1/namespaces/tls.cli").await.json()["next"], 3);
 }

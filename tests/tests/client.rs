@@ -110,7 +110,10 @@ async fn the_http_publisher_refuses_locally_what_the_url_or_a_batch_cannot_carry
         }
     }
     match p
-        .publish_batch("x", [Record::new("a", json!(1)), Record::new("b", vec![1u8])])
+        .publish_batch(
+            "x",
+            [Record::new("a", json!(1)), Record::new("b", vec![1u8])],
+        )
         .await
     {
         Err(PublishError::Rejected { status, code, .. }) => {
@@ -196,7 +199,9 @@ mod websocket_client {
     use std::time::Duration;
 
     use futures::StreamExt;
-    use rewind_client::{json, Client, ClientOptions, FileOffsetStore, Item, OffsetStore, Subscription};
+    use rewind_client::{
+        json, Client, ClientOptions, FileOffsetStore, Item, OffsetStore, Subscription,
+    };
     use rewind_protocol::Position;
     use rewind_tests::Broker;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -433,10 +438,7 @@ mod websocket_client {
         .unwrap();
         assert_eq!(offset, 0);
         assert_eq!(b.get("/v1/namespaces/wsp").await.json()["next"], 1);
-        let second = client
-            .publish("wsp", "e", vec![1u8])
-            .await
-            .unwrap();
+        let second = client.publish("wsp", "e", vec![1u8]).await.unwrap();
         assert_eq!(second, 1);
         let seen: HashSet<u64> = [offset, second].into();
         assert_eq!(seen.len(), 2);
@@ -545,7 +547,11 @@ mod websocket_publish_refusals {
                 "refusals",
                 Record::new("e", json!("x".repeat(300))),
             ),
-            ("payload_too_large", "refusals", Record::new("e", vec![0u8; 257])),
+            (
+                "payload_too_large",
+                "refusals",
+                Record::new("e", vec![0u8; 257]),
+            ),
             ("not_found", "missing", Record::new("e", json!(1))),
         ];
         let mut next_offset = 0;
@@ -582,9 +588,8 @@ mod websocket_publish_refusals {
         }
         // Nothing refused was appended, nothing was created, and no refusal cost a
         // reconnect (a re-sent publish would need one).
-        let page =
-            ReadPage::from_json(&b.get("/v1/namespaces/refusals/events?from=0").await.body)
-                .unwrap();
+        let page = ReadPage::from_json(&b.get("/v1/namespaces/refusals/events?from=0").await.body)
+            .unwrap();
         assert_eq!(page.events.len() as u64, next_offset);
         assert!(page.events.iter().all(|e| e.event == "ok"));
         assert_eq!(b.get("/v1/namespaces/missing").await.status, 404);
@@ -603,11 +608,113 @@ mod websocket_publish_refusals {
         assert_eq!(client.publish_record("keys.ws", bytes).await, Ok(1));
         assert_eq!(client.publish("keys.ws", "plain", json!(null)).await, Ok(2));
         let page =
-            ReadPage::from_json(&b.get("/v1/namespaces/keys.ws/events?from=0").await.body)
-                .unwrap();
+            ReadPage::from_json(&b.get("/v1/namespaces/keys.ws/events?from=0").await.body).unwrap();
         let keys: Vec<Option<&str>> = page.events.iter().map(|e| e.key.as_deref()).collect();
         assert_eq!(keys, [Some("order-7"), Some("blob-key"), None]);
         assert_eq!(page.events[0].data, Payload::Json(r#"{"id":7}"#.into()));
         assert_eq!(page.events[1].data, Payload::Bytes(vec![1, 2]));
+    }
+}
+
+mod tls {
+    use std::time::Duration;
+
+    use rewind_client::{
+        json, Certificate, Client, ClientError, ClientOptions, Item, Position, PublishError,
+        Publisher, PublisherOptions, Record, StreamExt,
+    };
+    use rewind_tests::tls::TlsProxy;
+    use rewind_tests::Broker;
+
+    /// Both publishers and a subscription reach the real broker through a TLS proxy whose
+    /// self-signed certificate the client is told to trust: `wss://` and `https://` for
+    /// the WebSocket client, `https://` for the HTTP publisher.
+    #[tokio::test]
+    async fn wss_and_https_reach_the_broker_through_a_tls_proxy() {
+        let b = Broker::start(&[]);
+        let proxy = TlsProxy::start(b.addr);
+        let roots = Certificate::from_pem(proxy.cert_pem.as_bytes()).unwrap();
+        assert_eq!(roots, [Certificate::from_der(proxy.cert_der.clone())]);
+        let options = ClientOptions {
+            root_certificates: roots.clone(),
+            ..ClientOptions::default()
+        };
+        let wss = format!("wss://127.0.0.1:{}", proxy.addr.port());
+        let client = Client::connect(&wss, options.clone()).await.unwrap();
+        let mut sub = client
+            .subscribe("tls.ns", Position::Earliest)
+            .await
+            .unwrap();
+        let publisher = Publisher::new(
+            &format!("https://127.0.0.1:{}", proxy.addr.port()),
+            PublisherOptions {
+                root_certificates: roots,
+                ..PublisherOptions::default()
+            },
+        )
+        .unwrap();
+        let over_https = Record::new("https", json!({"n": 1})).key("k-https");
+        assert_eq!(
+            publisher
+                .publish_record("tls.ns", over_https)
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            client.publish("tls.ns", "wss", json!({"n": 2})).await,
+            Ok(1)
+        );
+        let https_ws = format!("https://localhost:{}", proxy.addr.port());
+        let other = Client::connect(&https_ws, options).await.unwrap();
+        assert_eq!(other.publish("tls.ns", "wss2", vec![3u8]).await, Ok(2));
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let item = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("an item in time")
+                .expect("the stream goes on");
+            if let Item::Event(ev) = item {
+                got.push((ev.offset, ev.event, ev.key));
+            }
+        }
+        assert_eq!(
+            got,
+            [
+                (0, "https".to_owned(), Some("k-https".to_owned())),
+                (1, "wss".to_owned(), None),
+                (2, "wss2".to_owned(), None),
+            ]
+        );
+        // Three TLS connections: the publisher's and the two clients'.
+        assert_eq!(proxy.handshakes(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_certificate_nobody_trusts_is_refused() {
+        let b = Broker::start(&[]);
+        let proxy = TlsProxy::start(b.addr);
+        let wss = format!("wss://127.0.0.1:{}", proxy.addr.port());
+        match Client::connect(&wss, ClientOptions::default()).await {
+            Err(ClientError::Connect(why)) => assert!(why.contains("certificate"), "{why}"),
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("connected without trusting the certificate"),
+        }
+        let publisher = Publisher::new(
+            &format!("https://127.0.0.1:{}", proxy.addr.port()),
+            PublisherOptions {
+                attempts: 1,
+                ..PublisherOptions::default()
+            },
+        )
+        .unwrap();
+        match publisher.publish("tls.ns", "e", json!(1)).await {
+            Err(PublishError::Unavailable { last, .. }) => {
+                assert!(last.contains("certificate"), "{last}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(proxy.handshakes(), 0);
+        assert_eq!(b.get("/v1/namespaces/tls.ns").await.status, 404);
     }
 }
