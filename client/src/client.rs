@@ -132,8 +132,9 @@ enum Command {
     /// alone could be a later subscription to the same namespace).
     Unsubscribe(String, Arc<Grants>),
     Publish {
-        ns: String,
-        record: Record,
+        id: u64,
+        /// The encoded `publish` frame, sent again as it is after a reconnect.
+        frame: bytes::Bytes,
         reply: oneshot::Sender<Result<u64, ClientError>>,
     },
 }
@@ -162,6 +163,10 @@ pub struct Client {
     cmd: mpsc::UnboundedSender<Command>,
     options: ClientOptions,
     wake: Arc<Notify>,
+    /// Publish ids, shared by the clones.
+    publish_ids: Arc<std::sync::atomic::AtomicU64>,
+    /// Idempotency keys are this prefix and the publish id.
+    key_prefix: Arc<str>,
 }
 
 /// The WebSocket URL of the broker at `url`.
@@ -224,11 +229,15 @@ impl Client {
             ending: Vec::new(),
             closing: HashSet::new(),
             pending: BTreeMap::new(),
-            next_id: 0,
-            key_prefix: key_prefix(),
         };
         tokio::spawn(driver.run(socket));
-        Ok(Client { cmd, options, wake })
+        Ok(Client {
+            cmd,
+            options,
+            wake,
+            publish_ids: Default::default(),
+            key_prefix: key_prefix().into(),
+        })
     }
 
     /// Subscribes to `ns` from `start` (a [`Position`], or a [`crate::Resume`] from an
@@ -291,24 +300,50 @@ impl Client {
     /// once. A publish the broker refuses resolves at once with
     /// [`ClientError::Rejected`] and is never sent again; later publishes are unaffected.
     pub async fn publish_record(&self, ns: &str, record: Record) -> Result<u64, ClientError> {
-        record
-            .data
-            .check_depth()
-            .map_err(|message| ClientError::Rejected {
-                code: rewind_protocol::ErrorCode::BadFrame.as_str().to_owned(),
-                message,
-            })?;
+        let id = self.publish_ids.fetch_add(1, Ordering::Relaxed);
+        let frame = encode_publish(id, &self.key_prefix, ns, record)?;
         let (reply, answer) = oneshot::channel();
         self.cmd
-            .send(Command::Publish {
-                ns: ns.to_owned(),
-                record,
-                reply,
-            })
+            .send(Command::Publish { id, frame, reply })
             .map_err(|_| ClientError::Closed)?;
         answer.await.map_err(|_| ClientError::Closed)?
     }
 }
+
+/// The `publish` frame for `record`, or the refusal the broker would give: JSON nested
+/// deeper than the broker accepts, or anything that does not encode as MessagePack (the
+/// broker would close the connection on a frame that is not one, and re-sending it on
+/// the next connection would never end), is refused here with `bad_frame` and never
+/// sent.
+fn encode_publish(
+    id: u64,
+    key_prefix: &str,
+    ns: &str,
+    record: Record,
+) -> Result<bytes::Bytes, ClientError> {
+    let refuse = |message: String| ClientError::Rejected {
+        code: rewind_protocol::ErrorCode::BadFrame.as_str().to_owned(),
+        message,
+    };
+    record.data.check_depth().map_err(refuse)?;
+    let frame = ClientFrame::Publish {
+        id,
+        ns: ns.to_owned(),
+        event: record.event,
+        data: Some(record.data.to_payload()),
+        key: record.key,
+        idempotency_key: Some(format!("{key_prefix}-{id}")),
+    };
+    let bytes = encode_client_msgpack(&frame);
+    if bytes.is_empty() {
+        return Err(refuse(
+            "the publish cannot be encoded as MessagePack".into(),
+        ));
+    }
+    Ok(bytes.into())
+}
+
+impl Client {}
 
 fn key_prefix() -> String {
     let mut bytes = [0u8; 8];
@@ -337,8 +372,7 @@ struct SubState {
 }
 
 struct PendingPublish {
-    ns: String,
-    record: Record,
+    frame: bytes::Bytes,
     reply: oneshot::Sender<Result<u64, ClientError>>,
 }
 
@@ -357,8 +391,6 @@ struct Driver {
     closing: HashSet<String>,
     /// Publishes not yet answered, by id (sent again after a reconnect).
     pending: BTreeMap<u64, PendingPublish>,
-    next_id: u64,
-    key_prefix: String,
 }
 
 /// Why a connection ended.
@@ -398,17 +430,6 @@ impl Driver {
         }
     }
 
-    fn publish_frame(&self, id: u64, p: &PendingPublish) -> ClientFrame {
-        ClientFrame::Publish {
-            id,
-            ns: p.ns.clone(),
-            event: p.record.event.clone(),
-            data: Some(p.record.data.to_payload()),
-            key: p.record.key.clone(),
-            idempotency_key: Some(format!("{}-{id}", self.key_prefix)),
-        }
-    }
-
     fn open_frame(ns: &str, sub: &SubState) -> ClientFrame {
         sub.grants.consumed.store(0, Ordering::Release);
         let room = sub.tx.capacity().saturating_sub(sub.held.len());
@@ -433,18 +454,22 @@ impl Driver {
     /// Serves one connection until it breaks or every handle is gone.
     async fn serve(&mut self, mut ws: Socket) -> Ended {
         self.closing.clear();
-        let mut hello: Vec<ClientFrame> = self
+        let opens: Vec<ClientFrame> = self
             .subs
             .iter()
             .map(|(ns, s)| Self::open_frame(ns, s))
             .collect();
-        hello.extend(
-            self.pending
-                .iter()
-                .map(|(id, p)| self.publish_frame(*id, p)),
-        );
-        for f in &hello {
+        for f in &opens {
             if !Self::send(&mut ws, f).await {
+                return Ended::Link;
+            }
+        }
+        // Publishes still unanswered: the outcome is unknown, so they go again as they
+        // were, idempotency key included.
+        let unanswered: Vec<bytes::Bytes> =
+            self.pending.values().map(|p| p.frame.clone()).collect();
+        for frame in unanswered {
+            if ws.send(Message::Binary(frame)).await.is_err() {
                 return Ended::Link;
             }
         }
@@ -533,13 +558,15 @@ impl Driver {
                 self.closing.insert(ns.clone());
                 Self::send(ws, &ClientFrame::Close { ns }).await
             }
-            Command::Publish { ns, record, reply } => {
-                let id = self.next_id;
-                self.next_id += 1;
-                let p = PendingPublish { ns, record, reply };
-                let frame = self.publish_frame(id, &p);
-                self.pending.insert(id, p);
-                Self::send(ws, &frame).await
+            Command::Publish { id, frame, reply } => {
+                self.pending.insert(
+                    id,
+                    PendingPublish {
+                        frame: frame.clone(),
+                        reply,
+                    },
+                );
+                ws.send(Message::Binary(frame)).await.is_ok()
             }
         }
     }
@@ -749,6 +776,65 @@ mod tests {
         for bad in ["ftp://h:1", "h:1", "ws://", "ws://h:1/x", "https://h:1/x"] {
             assert!(ws_url(bad).is_err(), "{bad}");
         }
+    }
+
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut v = serde_json::json!("leaf");
+        for _ in 0..levels {
+            v = serde_json::json!([v]);
+        }
+        v
+    }
+
+    /// What `publish_record` sends decodes, as the broker decodes it, to what was given;
+    /// what it cannot send is refused with `bad_frame` instead (the issue 8 §5 kind: a
+    /// publish the client cannot encode was sent as an empty frame and re-sent forever).
+    #[test]
+    fn a_publish_is_encoded_faithfully_or_refused_before_sending() {
+        let max = rewind_protocol::publish::MAX_JSON_DEPTH;
+        let records = [
+            Record::new("bytes", vec![0u8, 255]).key("k"),
+            Record::new(
+                "e",
+                serde_json::json!({"n": u64::MAX, "f": 0.5, "s": "é\u{0}"}),
+            ),
+            Record::new("shallow", nested(max / 2)),
+            Record::new("deepest", nested(max)),
+            Record::new("too deep", nested(max + 1)),
+            Record::new("far too deep", nested(10 * max)),
+        ];
+        let mut sent = Vec::new();
+        for (id, record) in records.into_iter().enumerate() {
+            match encode_publish(id as u64, "p", "ns", record.clone()) {
+                Ok(bytes) => {
+                    let decoded = rewind_protocol::frame::decode_msgpack(&bytes, usize::MAX)
+                        .unwrap_or_else(|e| panic!("{}: {e}", record.event));
+                    let ClientFrame::Publish {
+                        data,
+                        key,
+                        event,
+                        idempotency_key,
+                        ..
+                    } = decoded
+                    else {
+                        panic!("{decoded:?}");
+                    };
+                    let data = crate::Data::try_from(data.expect("data")).expect("JSON");
+                    assert_eq!(
+                        (event, data, key),
+                        (record.event.clone(), record.data, record.key)
+                    );
+                    assert_eq!(idempotency_key, Some(format!("p-{id}")));
+                    sent.push(record.event);
+                }
+                Err(ClientError::Rejected { code, message }) => {
+                    assert_eq!(code, "bad_frame", "{}: {message}", record.event);
+                }
+                Err(other) => panic!("{}: {other:?}", record.event),
+            }
+        }
+        assert_eq!(sent[..3], ["bytes", "e", "shallow"]);
+        assert!(!sent.iter().any(|e| e.contains("too deep")), "{sent:?}");
     }
 
     #[test]
