@@ -63,6 +63,7 @@ impl Target {
     fn http(&self) -> anyhow::Result<reqwest::Client> {
         let mut builder = reqwest::Client::builder()
             .http1_only()
+            .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls()
             .timeout(Duration::from_secs(30));
         for cert in self.roots()? {

@@ -133,9 +133,11 @@ impl Publisher {
         if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
             return Err(bad());
         }
+        // Redirects are not followed: a 301/302 turns a POST into a GET.
         let mut builder = reqwest::Client::builder()
             .http1_only()
             .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
             .use_rustls_tls();
         for cert in &options.root_certificates {
             let cert = reqwest::Certificate::from_der(cert.der())
