@@ -315,6 +315,19 @@ impl Publisher {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .map(Duration::from_secs);
+        if status.is_redirection() {
+            let to = res
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("nowhere")
+                .to_owned();
+            return Attempt::Rejected(PublishError::Rejected {
+                status: status.as_u16(),
+                code: "redirect".into(),
+                message: format!("redirected to {to}; redirects are not followed: use that URL"),
+            });
+        }
         let body = match res.bytes().await {
             Ok(b) => b,
             Err(e) => return Attempt::Retry(error_chain(&e), None),

@@ -126,6 +126,41 @@ async fn the_http_publisher_refuses_locally_what_the_url_or_a_batch_cannot_carry
     assert_eq!(all["namespaces"].as_array().map(Vec::len), Some(0), "{all}");
 }
 
+/// A redirected POST would come back as a GET: the redirect is a refusal that names it,
+/// and the publish is not sent anywhere else.
+#[tokio::test]
+async fn a_redirect_is_not_followed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            let mut buf = vec![0u8; 64 * 1024];
+            let _ = conn.read(&mut buf).await;
+            let answer = "HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:1/elsewhere\r\nContent-Length: 0\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut conn, answer.as_bytes()).await;
+        }
+    });
+    let p = Publisher::new(&format!("http://{addr}"), quick()).unwrap();
+    match p.publish("moved", "e", json!(1)).await {
+        Err(PublishError::Rejected {
+            status,
+            code,
+            message,
+        }) => {
+            assert_eq!((status, code.as_str()), (301, "redirect"));
+            assert!(
+                message.contains("http://127.0.0.1:1/elsewhere"),
+                "{message}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn an_unreachable_broker_fails_after_the_last_attempt() {
     let spare = TcpListener::bind("127.0.0.1:0").await.unwrap();
