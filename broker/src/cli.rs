@@ -247,10 +247,14 @@ async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Res
         }
     });
     let progress = std::io::stderr().is_terminal();
+    let mut line_shown = ProgressLine(false);
     // When the progress line was last drawn, and the count it shows.
     let mut drawn: Option<Instant> = None;
     let mut shown = 0u64;
-    let draw = |total: u64| eprint!("\rrewind: {total} events published to {}", args.ns);
+    let mut draw = |total: u64| {
+        eprint!("\rrewind: {total} events published to {}", args.ns);
+        line_shown.0 = true;
+    };
     let (mut total, mut first, mut last) = (0u64, None, None);
     loop {
         // While the line shows less than was published, wait for input only so long
@@ -308,10 +312,7 @@ async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Res
             (drawn, shown) = (Some(Instant::now()), total);
         }
     }
-    if progress && drawn.is_some() {
-        // Clear the progress line.
-        eprint!("\r\x1b[K");
-    }
+    drop(line_shown);
     match (first, last) {
         (Some(first), Some(last)) => println!(
             "published {total} events to {}, offsets {first} to {last}",
@@ -320,6 +321,18 @@ async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Res
         _ => println!("published 0 events to {}", args.ns),
     }
     Ok(())
+}
+
+/// The progress line of `publish --lines`, cleared when dropped (at the end, or before an
+/// error is printed) if it was drawn.
+struct ProgressLine(bool);
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        if self.0 {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// Prints one event as a JSON line.

@@ -460,3 +460,33 @@ async fn the_cli_speaks_https_and_wss_through_a_tls_proxy_with_ca_cert() {
     assert_eq!(proxy.handshakes(), handshakes);
     assert_eq!(b.get("/v1/namespaces/tls.cli").await.json()["next"], 3);
 }
+
+/// On a terminal (`script` gives the command a pseudo-terminal) `publish --lines` draws a
+/// progress line on stderr and clears it at the end; elsewhere stderr stays empty (the
+/// tests above).
+#[tokio::test]
+async fn publish_lines_draws_a_progress_line_only_on_a_terminal() {
+    let b = Broker::start(&[]);
+    let cmd = format!(
+        "seq 1 5000 | {} publish logs.tty line --lines --batch 100 --url {}",
+        rewind_bin().display(),
+        b.url()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text:?}");
+    assert!(
+        text.contains("\rrewind: ") && text.contains(" events published to logs.tty"),
+        "{text:?}"
+    );
+    assert!(text.contains("\r\x1b[K"), "{text:?}");
+    assert!(
+        text.contains("published 5000 events to logs.tty, offsets 0 to 4999"),
+        "{text:?}"
+    );
+}
