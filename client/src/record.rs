@@ -6,7 +6,6 @@
 //! expressed, so the broker never has to refuse it. A [`Payload`] read from a subscription
 //! converts with [`Data::try_from`], which parses its JSON text.
 
-use rewind_protocol::value::MAX_DATA_DEPTH as MAX_JSON_DEPTH;
 use rewind_protocol::Payload;
 
 /// A payload to publish.
@@ -76,34 +75,6 @@ impl Data {
             Data::Bytes(b) => Payload::Bytes(b.clone()),
         }
     }
-
-    /// Refuses JSON nested deeper than the broker accepts ([`MAX_JSON_DEPTH`], spec §3.2),
-    /// with the broker's own message, so such a value is never sent.
-    pub(crate) fn check_depth(&self) -> Result<(), String> {
-        let Data::Json(v) = self else {
-            return Ok(());
-        };
-        if json_depth(v) > MAX_JSON_DEPTH {
-            return Err(format!("data nests deeper than {MAX_JSON_DEPTH} levels"));
-        }
-        Ok(())
-    }
-}
-
-/// How deeply arrays and objects nest in `v` (a scalar is 0), without recursion.
-fn json_depth(v: &serde_json::Value) -> usize {
-    let mut max = 0;
-    let mut stack = vec![(v, 0usize)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &serde_json::Value>> = match v {
-            serde_json::Value::Array(a) => Box::new(a.iter()),
-            serde_json::Value::Object(o) => Box::new(o.values()),
-            _ => continue,
-        };
-        max = max.max(depth + 1);
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    max
 }
 
 /// One event to publish: its name, an optional key (at most 1,024 bytes, spec §2; the
@@ -164,26 +135,6 @@ mod tests {
             Data::try_from(Payload::Bytes(vec![1])).unwrap(),
             Data::Bytes(vec![1])
         );
-    }
-
-    fn nested(levels: usize) -> serde_json::Value {
-        let mut v = json!(1);
-        for _ in 0..levels {
-            v = json!([v]);
-        }
-        v
-    }
-
-    #[test]
-    fn depth_is_counted_like_the_broker_counts_it() {
-        assert_eq!(json_depth(&json!(1)), 0);
-        assert_eq!(json_depth(&json!({"a": [1, {"b": 2}]})), 3);
-        assert!(Data::Json(nested(MAX_JSON_DEPTH)).check_depth().is_ok());
-        let e = Data::Json(nested(MAX_JSON_DEPTH + 1))
-            .check_depth()
-            .unwrap_err();
-        assert!(e.contains("128"), "{e}");
-        assert!(Data::Bytes(vec![b'['; 500]).check_depth().is_ok());
     }
 
     #[test]
