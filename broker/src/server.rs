@@ -10,6 +10,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
 
 use crate::http::{self, App};
 use crate::log::Log;
@@ -18,15 +19,15 @@ use crate::ws::WsContext;
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves `listener` until `shutdown` completes. Then it stops accepting, wakes waiting
+/// Serves `listener` until `shutdown` completes. Then it reports not ready, wakes waiting
 /// readers, closes WebSockets with 1001, gives in-flight requests up to
-/// `shutdown_timeout_secs` to finish, lets the writer commit everything queued, and
-/// returns.
+/// `shutdown_timeout_secs` to finish (answering new requests meanwhile with 503, and
+/// `/readyz` with 503), lets the writer commit everything queued, and returns.
 pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output = ()>) {
     // A drop guard: every connection task holds a clone; the channel closes when the
     // last one ends.
     let (conns_guard, mut conns_done) = mpsc::channel::<()>(1);
-    let (ws, mut sessions_done) = WsContext::new(log.clone());
+    let (ws, mut sessions) = WsContext::new(log.clone());
     let app = App {
         log: log.clone(),
         ws,
@@ -85,27 +86,81 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             drop(guard);
         });
     }
-    drop(listener);
-    tracing::info!("shutting down: no new connections");
+    // Ready no more from here; the listener stays open while in-flight work drains, so
+    // health checks get 503 instead of a refused connection (see `http::draining`).
     log.begin_shutdown();
+    tracing::info!("shutting down: new requests get 503");
     let grace = Duration::from_secs(log.config().shutdown_timeout_secs);
     let deadline = tokio::time::Instant::now() + grace;
     drop(conns_guard);
-    if tokio::time::timeout_at(deadline, conns_done.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the shutdown timeout");
-    }
-    // WebSocket sessions saw `begin_shutdown` and are sending 1001; each holds a clone of
-    // the context, so the channel closes when the last one is done.
+    // WebSocket sessions saw `begin_shutdown` and are sending 1001; each counts itself
+    // in `sessions` until it is done.
     drop(app);
-    if tokio::time::timeout_at(deadline, sessions_done.recv())
-        .await
-        .is_err()
-    {
-        tracing::warn!("WebSocket sessions still open after the shutdown timeout");
-    }
+    let drain = async {
+        if tokio::time::timeout_at(deadline, conns_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the shutdown timeout");
+        }
+        if tokio::time::timeout_at(deadline, sessions.wait_for(|open| *open == 0))
+            .await
+            .is_err()
+        {
+            let open = *sessions.borrow();
+            tracing::warn!(open, "WebSocket sessions still open after the shutdown timeout");
+        }
+    };
+    serve_draining(&listener, &log, &slots, drain).await;
+    drop(listener);
     log.shutdown().await;
     tracing::info!("shutdown complete");
+}
+
+/// Accepts connections until `drain` completes and answers each one's requests with
+/// [`http::draining`], one request per connection. Those connections end with this
+/// function.
+async fn serve_draining(
+    listener: &TcpListener,
+    log: &Log,
+    slots: &Arc<Semaphore>,
+    drain: impl Future<Output = ()>,
+) {
+    tokio::pin!(drain);
+    let mut answering = JoinSet::new();
+    loop {
+        while answering.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            () = &mut drain => return,
+            permit = Arc::clone(slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let stream = tokio::select! {
+            () = &mut drain => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let log = log.clone();
+        let service = service_fn(move |req| {
+            let res = http::draining(&req, &log);
+            async move { Ok::<_, Infallible>(res) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(false)
+            .serve_connection(TokioIo::new(stream), service);
+        answering.spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
+    }
 }

@@ -32,6 +32,23 @@ pub async fn handle(req: Request<Incoming>, app: App) -> Response<Body> {
     }
 }
 
+/// Answers a request that arrives once shutdown has begun (the broker keeps accepting
+/// while it drains): `/healthz` as usual, `/readyz` 503, everything else `503
+/// shutting_down` with `Retry-After`. No new work is taken, and a load balancer polling
+/// readiness sees the broker leave.
+pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
+    match req.uri().path().trim_end_matches('/') {
+        "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
+        "/readyz" => admin::ready(log),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ShuttingDown,
+            "the broker is shutting down",
+        )
+        .into_response(),
+    }
+}
+
 async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let log = &app.log;
     let path = req.uri().path().to_owned();

@@ -23,7 +23,7 @@ use hyper::header::{
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rewind_protocol::ErrorCode;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
@@ -46,25 +46,36 @@ pub struct WsContext {
     pub log: Log,
     /// Connection slots (`max_connections`); a session holds one for its life.
     slots: Arc<Semaphore>,
-    /// A drop guard: each session holds a clone, and shutdown waits until every clone
-    /// is gone.
-    _sessions_done: mpsc::Sender<()>,
+    /// How many sessions are running: counted by the sessions themselves (a
+    /// [`SessionCount`] each), not by clones of the context, which every HTTP connection
+    /// holds too.
+    open: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one session for as long as it is alive.
+struct SessionCount(Arc<watch::Sender<usize>>);
+
+impl SessionCount {
+    fn new(open: &Arc<watch::Sender<usize>>) -> SessionCount {
+        open.send_modify(|n| *n += 1);
+        SessionCount(Arc::clone(open))
+    }
+}
+
+impl Drop for SessionCount {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
 }
 
 impl WsContext {
-    /// A context; the receiver yields `None` once every session (and every clone of the
-    /// context) is gone.
-    pub fn new(log: Log) -> (WsContext, mpsc::Receiver<()>) {
-        let (sessions_done, done_rx) = mpsc::channel(1);
+    /// A context; the receiver holds the number of sessions running, so shutdown can
+    /// wait for it to reach 0.
+    pub fn new(log: Log) -> (WsContext, watch::Receiver<usize>) {
+        let open = Arc::new(watch::Sender::new(0));
+        let sessions = open.subscribe();
         let slots = Arc::new(Semaphore::new(log.config().max_connections));
-        (
-            WsContext {
-                log,
-                slots,
-                _sessions_done: sessions_done,
-            },
-            done_rx,
-        )
+        (WsContext { log, slots, open }, sessions)
     }
 
     fn socket_config(&self) -> WebSocketConfig {
@@ -145,6 +156,8 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         )
     })?;
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // Counted before the 101 goes out, so shutdown never misses a session starting.
+    let counted = SessionCount::new(&ctx.open);
     let session_ctx = ctx.clone();
     let config = ctx.socket_config();
     tokio::spawn(async move {
@@ -161,6 +174,7 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(permit);
+        drop(counted);
     });
     let mut res = empty(StatusCode::SWITCHING_PROTOCOLS);
     let h = res.headers_mut();
