@@ -108,7 +108,10 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             .is_err()
         {
             let open = *sessions.borrow();
-            tracing::warn!(open, "WebSocket sessions still open after the shutdown timeout");
+            tracing::warn!(
+                open,
+                "WebSocket sessions still open after the shutdown timeout"
+            );
         }
     };
     serve_draining(&listener, &log, &slots, drain).await;
