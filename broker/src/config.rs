@@ -1,7 +1,14 @@
-//! Broker configuration: one serde struct whose fields document their defaults, loaded with
-//! the precedence flags > `REWIND_*` environment > TOML file > defaults (spec §8).
+//! Broker configuration: one struct whose fields document their defaults, loaded with the
+//! precedence flags > `REWIND_*` environment > TOML file > defaults (spec §8).
+//!
+//! Every option has one name: the TOML key, the flag without `--` and with `_` for `-`,
+//! and the variable without `REWIND_` in lower case (`write_queue`, `--write-queue`,
+//! `REWIND_WRITE_QUEUE`). Flags are parsed by clap; variables and the file are read here,
+//! so every error names where the value came from (the variable, or the file and key),
+//! and `--help` shows the defaults of [`Config::default`].
 
-use std::net::SocketAddr;
+use std::ffi::OsString;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -19,7 +26,9 @@ pub enum Durability {
     Relaxed,
 }
 
-/// Retention limits of a namespace. `None` means no limit of that kind.
+/// Retention limits of a namespace. `None` means no limit of that kind in the
+/// configuration, and "not set here, the configured default applies" in a namespace's own
+/// limits, where [`NO_LIMIT`] says "no limit" instead.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
@@ -31,7 +40,23 @@ pub struct Retention {
     pub max_age_secs: Option<u64>,
 }
 
+/// A retention limit of `u64::MAX` events, bytes or seconds, which is no limit: what
+/// `none` (flags, variables, TOML) and `null` (`PUT /v1/namespaces/{ns}`) store where a
+/// limit must be told apart from one not set. Enforcing it removes nothing.
+pub const NO_LIMIT: u64 = u64::MAX;
+
 impl Retention {
+    /// The limits in force, with [`NO_LIMIT`] shown as `None` (as the HTTP API shows it,
+    /// `null`).
+    pub fn in_force(self) -> Retention {
+        let limit = |v: Option<u64>| v.filter(|&n| n != NO_LIMIT);
+        Retention {
+            max_events: limit(self.max_events),
+            max_bytes: limit(self.max_bytes),
+            max_age_secs: limit(self.max_age_secs),
+        }
+    }
+
     /// This retention with every limit that `over` sets replaced by `over`'s.
     pub fn overlaid(self, over: &Retention) -> Retention {
         Retention {
@@ -43,11 +68,12 @@ impl Retention {
 }
 
 /// Everything the broker can be told. Each field's doc states its default.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Address to listen on. Default `127.0.0.1:7070`.
-    pub listen: SocketAddr,
+    /// Address to listen on, `HOST:PORT`: HOST is an IP address (IPv6 in brackets) or a
+    /// name, resolved at start; the broker binds the first of its addresses that it can,
+    /// in the resolver's order. Default `127.0.0.1:7070`.
+    pub listen: ListenAddr,
     /// Directory of the embedded store. Default `./rewind-data`.
     pub data_dir: PathBuf,
     /// When publishes are acknowledged. Default `durable`.
@@ -76,7 +102,8 @@ pub struct Config {
     /// Longest `wait` of a long-poll read, in seconds. Default 60.
     pub max_wait_secs: u64,
     /// Default retention of every namespace; `PUT /v1/namespaces/{ns}` overrides it per
-    /// namespace. Default: no count or size limit, `max_age_secs` 604800 (7 days).
+    /// namespace. Default: no count or size limit, `max_age_secs` 604800 (7 days). A
+    /// limit of 0 is refused (it would remove every event); `none` means no limit.
     pub retention: Retention,
     /// How often retention is enforced, in milliseconds. Default 1000.
     pub retention_interval_ms: u64,
@@ -124,7 +151,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
+            listen: ListenAddr("127.0.0.1:7070".to_owned()),
             data_dir: PathBuf::from("./rewind-data"),
             durability: Durability::Durable,
             flush_interval_ms: 100,
@@ -160,196 +187,612 @@ impl Default for Config {
     }
 }
 
-/// Why the configuration could not be loaded.
+/// Where a value came from, as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A flag of `rewind serve`.
+    Flag {
+        /// Its name, with `--`.
+        flag: String,
+    },
+    /// A `REWIND_*` environment variable.
+    Variable {
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: String,
+    },
+    /// A key of the TOML file.
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The key as written there (`retention.max_age_secs` for one in a table).
+        key: String,
+    },
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag { flag } => write!(f, "{flag}"),
+            Origin::Variable { name, value } => {
+                write!(f, "environment variable {name}={value:?}")
+            }
+            Origin::File { path, key } => {
+                write!(f, "config file {}, key `{key}`", path.display())
+            }
+        }
+    }
+}
+
+/// Why the configuration could not be loaded. Each is one line (the TOML syntax error
+/// adds the file's line it points at) naming where the bad value came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The TOML file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// What went wrong.
         source: std::io::Error,
     },
-    /// The TOML file is not valid for this struct.
-    #[error("bad config file {path}: {source}")]
+    /// The TOML file is not TOML.
+    #[error("config file {} is not valid TOML", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
+        /// Where and what.
         source: toml::de::Error,
     },
-    /// A value is out of its allowed range.
+    /// A value from a flag, a variable or the file is not one the option takes.
+    #[error("{origin}: {message}")]
+    Value {
+        /// Where it came from.
+        origin: Origin,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A value is out of its allowed range (from [`Config::validate`], which does not
+    /// know where the value came from).
     #[error("bad config: {0}")]
     Invalid(String),
 }
 
-/// The `rewind serve` flags. Each one can also come from its `REWIND_*` variable; a flag
-/// wins over the variable, and both win over the TOML file.
+/// The names of the retention options, which live in [`Config::retention`].
+const RETENTION_OPTIONS: [&str; 3] = [
+    "retention_max_events",
+    "retention_max_bytes",
+    "retention_max_age_secs",
+];
+
+/// The flag's help line: `summary`, then the default from [`Config::default`] and the
+/// variable, both derived from the option's name.
+fn flag_help(option: &str, summary: &str) -> String {
+    let default = Config::default()
+        .show(option)
+        .unwrap_or_else(|| "none".to_owned());
+    format!(
+        "{summary} [default: {default}] [env: REWIND_{}]",
+        option.to_uppercase()
+    )
+}
+
+/// A retention flag: a positive number, or `none` ([`NO_LIMIT`]).
+fn parse_limit(text: &str) -> Result<u64, String> {
+    Limit::from_text(text).map(|l| l.0.unwrap_or(NO_LIMIT))
+}
+
+/// The `rewind serve` flags. Each can also come from its `REWIND_*` variable (read by
+/// [`Config::load`], not by clap, so that its errors name the variable); a flag wins over
+/// the variable, and both win over the TOML file. A retention flag of `none` is
+/// [`NO_LIMIT`].
 #[derive(Debug, Clone, Default, Args)]
 pub struct ServeArgs {
-    /// TOML config file (keys are the long option names with `_` for `-`)
+    /// TOML config file: its keys are the option names below with `_` for `-`
+    /// (`write_queue = 64`, `retention_max_age_secs = "none"`)
     #[arg(long, env = "REWIND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7070]
-    #[arg(long, env = "REWIND_LISTEN")]
-    pub listen: Option<SocketAddr>,
-    /// Directory of the embedded store [default: ./rewind-data]
-    #[arg(long, env = "REWIND_DATA_DIR", value_name = "DIR")]
+    #[arg(long, value_name = "HOST:PORT",
+        help = flag_help("listen", "Address to listen on; a host name binds its first address"))]
+    pub listen: Option<ListenAddr>,
+    #[arg(long, value_name = "DIR",
+        help = flag_help("data_dir", "Directory of the embedded store"))]
     pub data_dir: Option<PathBuf>,
-    /// When publishes are acknowledged [default: durable]
-    #[arg(long, env = "REWIND_DURABILITY", value_enum)]
+    #[arg(long, value_enum,
+        help = flag_help("durability", "When publishes are acknowledged"))]
     pub durability: Option<Durability>,
-    /// Relaxed mode: flush interval in ms [default: 100]
-    #[arg(long, env = "REWIND_FLUSH_INTERVAL_MS", value_name = "MS")]
+    #[arg(long, value_name = "MS",
+        help = flag_help("flush_interval_ms", "Relaxed mode: flush interval in ms"))]
     pub flush_interval_ms: Option<u64>,
-    /// How often the write-ahead log is folded into the store, in ms [default: 1000]
-    #[arg(long, env = "REWIND_CHECKPOINT_INTERVAL_MS", value_name = "MS")]
+    #[arg(long, value_name = "MS",
+        help = flag_help("checkpoint_interval_ms", "How often the write-ahead log is folded into the store, in ms"))]
     pub checkpoint_interval_ms: Option<u64>,
-    /// Write requests that may queue before publishers get 503 [default: 4096]
-    #[arg(long, env = "REWIND_WRITE_QUEUE", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("write_queue", "Write requests that may queue before publishers get 503"))]
     pub write_queue: Option<usize>,
-    /// Most write requests sharing one flush [default: 1024]
-    #[arg(long, env = "REWIND_MAX_GROUP_COMMIT", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("max_group_commit", "Most write requests sharing one flush"))]
     pub max_group_commit: Option<usize>,
-    /// Largest event payload in bytes [default: 1048576]
-    #[arg(long, env = "REWIND_MAX_PAYLOAD_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("max_payload_bytes", "Largest event payload in bytes"))]
     pub max_payload_bytes: Option<usize>,
-    /// Largest HTTP request body in bytes [default: 16777216]
-    #[arg(long, env = "REWIND_MAX_BODY_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("max_body_bytes", "Largest HTTP request body in bytes"))]
     pub max_body_bytes: Option<usize>,
-    /// Most events in one batch publish [default: 10000]
-    #[arg(long, env = "REWIND_MAX_BATCH_EVENTS", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("max_batch_events", "Most events in one batch publish"))]
     pub max_batch_events: Option<usize>,
-    /// Most events one read returns [default: 1000]
-    #[arg(long, env = "REWIND_MAX_READ_EVENTS", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("max_read_events", "Most events one read returns"))]
     pub max_read_events: Option<usize>,
-    /// Most payload bytes one read returns [default: 4194304]
-    #[arg(long, env = "REWIND_MAX_READ_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("max_read_bytes", "Most payload bytes one read returns"))]
     pub max_read_bytes: Option<usize>,
-    /// Longest long-poll wait in seconds [default: 60]
-    #[arg(long, env = "REWIND_MAX_WAIT_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+        help = flag_help("max_wait_secs", "Longest long-poll wait in seconds"))]
     pub max_wait_secs: Option<u64>,
-    /// Default retention: most events per namespace [default: unlimited]
-    #[arg(long, env = "REWIND_RETENTION_MAX_EVENTS", value_name = "N")]
+    #[arg(long, value_name = "N|none", value_parser = parse_limit,
+        help = flag_help("retention_max_events", "Default retention: most events per namespace, or none"))]
     pub retention_max_events: Option<u64>,
-    /// Default retention: most bytes per namespace [default: unlimited]
-    #[arg(long, env = "REWIND_RETENTION_MAX_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES|none", value_parser = parse_limit,
+        help = flag_help("retention_max_bytes", "Default retention: most bytes per namespace, or none"))]
     pub retention_max_bytes: Option<u64>,
-    /// Default retention: oldest event age in seconds [default: 604800]
-    #[arg(long, env = "REWIND_RETENTION_MAX_AGE_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS|none", value_parser = parse_limit,
+        help = flag_help("retention_max_age_secs", "Default retention: oldest event age in seconds, or none"))]
     pub retention_max_age_secs: Option<u64>,
-    /// How often retention runs, in ms [default: 1000]
-    #[arg(long, env = "REWIND_RETENTION_INTERVAL_MS", value_name = "MS")]
+    #[arg(long, value_name = "MS",
+        help = flag_help("retention_interval_ms", "How often retention runs, in ms"))]
     pub retention_interval_ms: Option<u64>,
-    /// How long an Idempotency-Key is remembered, in seconds [default: 3600]
-    #[arg(long, env = "REWIND_IDEMPOTENCY_WINDOW_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+        help = flag_help("idempotency_window_secs", "How long an Idempotency-Key is remembered, in seconds"))]
     pub idempotency_window_secs: Option<u64>,
-    /// Create namespaces on first publish [default: true]
-    #[arg(long, env = "REWIND_AUTO_CREATE", value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL",
+        help = flag_help("auto_create", "Create namespaces on first publish"))]
     pub auto_create: Option<bool>,
-    /// Most concurrent connections [default: 10000]
-    #[arg(long, env = "REWIND_MAX_CONNECTIONS", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("max_connections", "Most concurrent connections"))]
     pub max_connections: Option<usize>,
-    /// Page cache of the embedded store in bytes [default: 536870912]
-    #[arg(long, env = "REWIND_STORE_CACHE_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("store_cache_bytes", "Page cache of the embedded store in bytes"))]
     pub store_cache_bytes: Option<u64>,
-    /// Seconds in-flight requests get to finish on shutdown [default: 30]
-    #[arg(long, env = "REWIND_SHUTDOWN_TIMEOUT_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+        help = flag_help("shutdown_timeout_secs", "Seconds in-flight requests get to finish on shutdown"))]
     pub shutdown_timeout_secs: Option<u64>,
-    /// Runs of live events kept per namespace for subscribers [default: 512]
-    #[arg(long, env = "REWIND_FANOUT_BUFFER", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("fanout_buffer", "Runs of live events kept per namespace for subscribers"))]
     pub fanout_buffer: Option<usize>,
-    /// WebSocket ping interval in seconds [default: 25]
-    #[arg(long, env = "REWIND_WS_PING_INTERVAL_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+        help = flag_help("ws_ping_interval_secs", "WebSocket ping interval in seconds"))]
     pub ws_ping_interval_secs: Option<u64>,
-    /// WebSocket: silence allowed after a ping, in seconds [default: 20]
-    #[arg(long, env = "REWIND_WS_PING_TIMEOUT_SECS", value_name = "SECS")]
+    #[arg(long, value_name = "SECS",
+        help = flag_help("ws_ping_timeout_secs", "WebSocket: silence allowed after a ping, in seconds"))]
     pub ws_ping_timeout_secs: Option<u64>,
-    /// WebSocket: namespaces per connection [default: 100]
-    #[arg(long, env = "REWIND_WS_MAX_NAMESPACES", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("ws_max_namespaces", "WebSocket: namespaces per connection"))]
     pub ws_max_namespaces: Option<usize>,
-    /// WebSocket: largest incoming frame in bytes [default: 1114112]
-    #[arg(long, env = "REWIND_WS_MAX_FRAME_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("ws_max_frame_bytes", "WebSocket: largest incoming frame in bytes"))]
     pub ws_max_frame_bytes: Option<usize>,
-    /// WebSocket: read buffer per connection in bytes [default: 2048]
-    #[arg(long, env = "REWIND_WS_READ_BUFFER_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("ws_read_buffer_bytes", "WebSocket: read buffer per connection in bytes"))]
     pub ws_read_buffer_bytes: Option<usize>,
-    /// WebSocket: most bytes per socket write [default: 65536]
-    #[arg(long, env = "REWIND_WS_WRITE_BUFFER_BYTES", value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("ws_write_buffer_bytes", "WebSocket: most bytes per socket write"))]
     pub ws_write_buffer_bytes: Option<usize>,
-    /// WebSocket: publishes in flight per connection [default: 64]
-    #[arg(long, env = "REWIND_WS_MAX_INFLIGHT_PUBLISHES", value_name = "N")]
+    #[arg(long, value_name = "N",
+        help = flag_help("ws_max_inflight_publishes", "WebSocket: publishes in flight per connection"))]
     pub ws_max_inflight_publishes: Option<usize>,
 }
 
-macro_rules! overlay {
-    ($cfg:ident, $args:ident, $($field:ident),*) => {
-        $(if let Some(v) = $args.$field.clone() { $cfg.$field = v; })*
+/// A value as a variable (text) or the TOML file (a TOML value) gives it.
+#[derive(Clone, Copy)]
+enum Raw<'a> {
+    Text(&'a str),
+    Toml(&'a toml::Value),
+}
+
+/// A type an option can have: how it is read from text and from TOML, and shown.
+trait OptionValue: Sized {
+    /// What a good value looks like, for error messages.
+    const EXPECTED: &'static str;
+    fn from_text(text: &str) -> Result<Self, String>;
+    /// From TOML: by default a TOML string read as text.
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => Self::from_text(s),
+            other => Err(format!(
+                "expected {}, found {} {other}",
+                Self::EXPECTED,
+                other.type_str()
+            )),
+        }
+    }
+    fn read(raw: Raw<'_>) -> Result<Self, String> {
+        match raw {
+            Raw::Text(t) => Self::from_text(t.trim()),
+            Raw::Toml(v) => Self::from_toml(v),
+        }
+    }
+    fn show(&self) -> String;
+}
+
+fn whole_number<T: TryFrom<i64>>(raw_value: &toml::Value) -> Result<T, String> {
+    match raw_value {
+        toml::Value::Integer(n) => {
+            T::try_from(*n).map_err(|_| format!("expected a whole number from 0 up, found {n}"))
+        }
+        other => Err(format!(
+            "expected a whole number, found {} {other}",
+            other.type_str()
+        )),
+    }
+}
+
+macro_rules! whole_number_option {
+    ($($t:ty),*) => {$(
+        impl OptionValue for $t {
+            const EXPECTED: &'static str = "a whole number";
+            fn from_text(text: &str) -> Result<Self, String> {
+                text.parse()
+                    .map_err(|_| format!("expected a whole number, found {text:?}"))
+            }
+            fn from_toml(value: &toml::Value) -> Result<Self, String> {
+                whole_number(value)
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+whole_number_option!(u64, usize);
+
+impl OptionValue for bool {
+    const EXPECTED: &'static str = "true or false";
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(format!("expected true or false, found {text:?}")),
+        }
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        value
+            .as_bool()
+            .ok_or_else(|| format!("expected true or false, found {} {value}", value.type_str()))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for PathBuf {
+    const EXPECTED: &'static str = "a path";
+    fn from_text(text: &str) -> Result<Self, String> {
+        if text.is_empty() {
+            return Err("the path is empty".to_owned());
+        }
+        Ok(PathBuf::from(text))
+    }
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+impl OptionValue for Durability {
+    const EXPECTED: &'static str = "\"durable\" or \"relaxed\"";
+    fn from_text(text: &str) -> Result<Self, String> {
+        match text {
+            "durable" => Ok(Durability::Durable),
+            "relaxed" => Ok(Durability::Relaxed),
+            _ => Err(format!("expected durable or relaxed, found {text:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            Durability::Durable => "durable",
+            Durability::Relaxed => "relaxed",
+        }
+        .to_owned()
+    }
+}
+
+/// An address to listen on, `HOST:PORT`: HOST is an IP address (IPv6 in brackets) or a
+/// name to resolve, PORT a number from 0 to 65535 (0: any free port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddr(String);
+
+impl ListenAddr {
+    /// As written, for `TcpListener::bind` (which resolves a name).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or("expected HOST:PORT (an IP address or a host name, and a port)")?;
+        if host.is_empty() {
+            return Err("the host is empty (0.0.0.0 means every IPv4 address)".to_owned());
+        }
+        port.parse::<u16>()
+            .map_err(|_| format!("the port {port:?} is not a number from 0 to 65535"))?;
+        Ok(ListenAddr(text.to_owned()))
+    }
+}
+
+impl OptionValue for ListenAddr {
+    const EXPECTED: &'static str = "\"HOST:PORT\"";
+    fn from_text(text: &str) -> Result<Self, String> {
+        text.parse()
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// A retention limit: a number from 1 up, or `none`.
+struct Limit(Option<u64>);
+
+impl Limit {
+    fn checked(n: u64) -> Result<Limit, String> {
+        if n == 0 {
+            return Err("0 would remove every event at once; use none for no limit".to_owned());
+        }
+        Ok(Limit((n != NO_LIMIT).then_some(n)))
+    }
+}
+
+impl OptionValue for Limit {
+    const EXPECTED: &'static str = "a whole number from 1 up, or \"none\"";
+    fn from_text(text: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(Limit(None));
+        }
+        let n = text
+            .parse()
+            .map_err(|_| format!("expected a whole number from 1 up, or none, found {text:?}"))?;
+        Limit::checked(n)
+    }
+    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => Self::from_text(s),
+            toml::Value::Integer(_) => Limit::checked(whole_number(value)?),
+            other => Err(format!(
+                "expected {}, found {} {other}",
+                Self::EXPECTED,
+                other.type_str()
+            )),
+        }
+    }
+    fn show(&self) -> String {
+        self.0.map_or_else(|| "none".to_owned(), |n| n.to_string())
+    }
+}
+
+/// Generates, from the names of the options that are plain fields of [`Config`] (the
+/// retention ones are added by hand), the list of every option, reading one from text or
+/// TOML, showing one, and laying the flags over a config.
+macro_rules! options {
+    ($($field:ident),* $(,)?) => {
+        /// Every option's name, in `--help` order.
+        pub const OPTIONS: &[&str] = &[
+            $(stringify!($field),)*
+            RETENTION_OPTIONS[0], RETENTION_OPTIONS[1], RETENTION_OPTIONS[2],
+        ];
+
+        impl Config {
+            /// Sets `option` from `raw`; `Ok(false)` if there is no such option.
+            fn set(&mut self, option: &str, raw: Raw<'_>) -> Result<bool, String> {
+                match option {
+                    $(stringify!($field) => self.$field = OptionValue::read(raw)?,)*
+                    "retention_max_events" => self.retention.max_events = Limit::read(raw)?.0,
+                    "retention_max_bytes" => self.retention.max_bytes = Limit::read(raw)?.0,
+                    "retention_max_age_secs" => {
+                        self.retention.max_age_secs = Limit::read(raw)?.0
+                    }
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            }
+
+            /// `option`'s value as a flag would take it; `None` if there is no such option.
+            fn show(&self, option: &str) -> Option<String> {
+                Some(match option {
+                    $(stringify!($field) => self.$field.show(),)*
+                    "retention_max_events" => Limit(self.retention.max_events).show(),
+                    "retention_max_bytes" => Limit(self.retention.max_bytes).show(),
+                    "retention_max_age_secs" => Limit(self.retention.max_age_secs).show(),
+                    _ => return None,
+                })
+            }
+
+            /// Lays the flags given over `self`; returns their option names.
+            fn overlay_flags(&mut self, args: &ServeArgs) -> Vec<&'static str> {
+                let mut given = Vec::new();
+                $(if let Some(v) = &args.$field {
+                    self.$field = v.clone();
+                    given.push(stringify!($field));
+                })*
+                let limits = [
+                    (args.retention_max_events, &mut self.retention.max_events),
+                    (args.retention_max_bytes, &mut self.retention.max_bytes),
+                    (args.retention_max_age_secs, &mut self.retention.max_age_secs),
+                ];
+                for (i, (flag, limit)) in limits.into_iter().enumerate() {
+                    if let Some(v) = flag {
+                        *limit = (v != NO_LIMIT).then_some(v);
+                        given.push(RETENTION_OPTIONS[i]);
+                    }
+                }
+                given
+            }
+        }
     };
+}
+
+options!(
+    listen,
+    data_dir,
+    durability,
+    flush_interval_ms,
+    checkpoint_interval_ms,
+    write_queue,
+    max_group_commit,
+    max_payload_bytes,
+    max_body_bytes,
+    max_batch_events,
+    max_read_events,
+    max_read_bytes,
+    max_wait_secs,
+    retention_interval_ms,
+    idempotency_window_secs,
+    auto_create,
+    max_connections,
+    store_cache_bytes,
+    shutdown_timeout_secs,
+    fanout_buffer,
+    ws_ping_interval_secs,
+    ws_ping_timeout_secs,
+    ws_max_namespaces,
+    ws_max_frame_bytes,
+    ws_read_buffer_bytes,
+    ws_write_buffer_bytes,
+    ws_max_inflight_publishes,
+);
+
+/// The variable of `option`.
+fn variable(option: &str) -> String {
+    format!("REWIND_{}", option.to_uppercase())
 }
 
 impl Config {
     /// Reads a TOML file over the defaults.
     pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.read_toml_file(path, &mut Vec::new())?;
+        Ok(cfg)
+    }
+
+    /// Lays the TOML file at `path` over `self`, noting where each value came from.
+    /// Keys are the option names; a `[retention]` table with `max_events`, `max_bytes`
+    /// and `max_age_secs` (the shape of the HTTP API's retention) is read too.
+    fn read_toml_file(
+        &mut self,
+        path: &Path,
+        origins: &mut Vec<(String, Origin)>,
+    ) -> Result<(), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
-        })
+        })?;
+        let mut entries = Vec::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("retention", toml::Value::Table(inner)) => {
+                    for (k, v) in inner {
+                        entries.push((format!("retention_{k}"), format!("retention.{k}"), v));
+                    }
+                }
+                _ => entries.push((key.clone(), key.clone(), value)),
+            }
+        }
+        for (option, key, value) in entries {
+            let origin = Origin::File {
+                path: path.to_owned(),
+                key: key.clone(),
+            };
+            let bad = |message: String| ConfigError::Value {
+                origin: origin.clone(),
+                message,
+            };
+            if let Some((_, Origin::File { key, .. })) = origins.iter().find(|(o, _)| *o == option)
+            {
+                return Err(bad(format!("sets the same option as key `{key}`")));
+            }
+            match self.set(&option, Raw::Toml(value)) {
+                Ok(true) => origins.push((option, origin)),
+                Ok(false) => {
+                    return Err(bad(format!(
+                        "unknown key; the keys are the option names: {}",
+                        OPTIONS.join(", ")
+                    )))
+                }
+                Err(message) => return Err(bad(message)),
+            }
+        }
+        Ok(())
     }
 
-    /// Defaults, then the TOML file named by `args.config`, then the flags and variables.
+    /// Defaults, then the TOML file named by `args.config`, then the `REWIND_*`
+    /// variables of this process, then the flags.
     pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        let mut cfg = match &args.config {
-            Some(path) => Config::from_toml_file(path)?,
-            None => Config::default(),
-        };
-        overlay!(
-            cfg,
-            args,
-            listen,
-            data_dir,
-            durability,
-            flush_interval_ms,
-            checkpoint_interval_ms,
-            write_queue,
-            max_group_commit,
-            max_payload_bytes,
-            max_body_bytes,
-            max_batch_events,
-            max_read_events,
-            max_read_bytes,
-            max_wait_secs,
-            retention_interval_ms,
-            idempotency_window_secs,
-            auto_create,
-            max_connections,
-            store_cache_bytes,
-            shutdown_timeout_secs,
-            fanout_buffer,
-            ws_ping_interval_secs,
-            ws_ping_timeout_secs,
-            ws_max_namespaces,
-            ws_max_frame_bytes,
-            ws_read_buffer_bytes,
-            ws_write_buffer_bytes,
-            ws_max_inflight_publishes
-        );
-        cfg.retention = cfg.retention.overlaid(&Retention {
-            max_events: args.retention_max_events,
-            max_bytes: args.retention_max_bytes,
-            max_age_secs: args.retention_max_age_secs,
-        });
-        cfg.validate()?;
+        Config::load_from(args, |name| std::env::var_os(name))
+    }
+
+    /// [`Config::load`] with the variables looked up by `env`.
+    pub fn load_from(
+        args: &ServeArgs,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        let mut origins: Vec<(String, Origin)> = Vec::new();
+        if let Some(path) = &args.config {
+            cfg.read_toml_file(path, &mut origins)?;
+        }
+        for option in OPTIONS {
+            let name = variable(option);
+            let Some(value) = env(&name) else { continue };
+            let value = value.to_string_lossy().into_owned();
+            let origin = Origin::Variable {
+                name,
+                value: value.clone(),
+            };
+            if let Err(message) = cfg.set(option, Raw::Text(&value)) {
+                return Err(ConfigError::Value { origin, message });
+            }
+            origins.push((option.to_string(), origin));
+        }
+        for option in cfg.overlay_flags(args) {
+            let flag = Origin::Flag {
+                flag: format!("--{}", option.replace('_', "-")),
+            };
+            origins.push((option.to_owned(), flag));
+        }
+        cfg.check().map_err(|(option, message)| {
+            match origins.iter().rev().find(|(o, _)| o == option) {
+                Some((_, origin)) => ConfigError::Value {
+                    origin: origin.clone(),
+                    message,
+                },
+                None => ConfigError::Invalid(format!("{option} {message}")),
+            }
+        })?;
         Ok(cfg)
     }
 
     /// Rejects values that would make the broker misbehave.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(option, message)| ConfigError::Invalid(format!("{option} {message}")))
+    }
+
+    /// The first option whose value is out of range, and why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
         let positive = [
             ("flush_interval_ms", self.flush_interval_ms),
             ("checkpoint_interval_ms", self.checkpoint_interval_ms),
@@ -372,10 +815,22 @@ impl Config {
                 "ws_max_inflight_publishes",
                 self.ws_max_inflight_publishes as u64,
             ),
+            (
+                "retention_max_events",
+                self.retention.max_events.unwrap_or(NO_LIMIT),
+            ),
+            (
+                "retention_max_bytes",
+                self.retention.max_bytes.unwrap_or(NO_LIMIT),
+            ),
+            (
+                "retention_max_age_secs",
+                self.retention.max_age_secs.unwrap_or(NO_LIMIT),
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+                return Err((name, "must be at least 1".to_owned()));
             }
         }
         Ok(())
@@ -420,5 +875,95 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::load(&args).is_err());
+    }
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    #[test]
+    fn variables_sit_between_the_file_and_the_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rewind.toml");
+        std::fs::write(
+            &file,
+            "write_queue = 7\nmax_wait_secs = 5\nretention_max_age_secs = 10\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            write_queue: Some(9),
+            ..ServeArgs::default()
+        };
+        let vars = [
+            ("REWIND_WRITE_QUEUE", "8"),
+            ("REWIND_MAX_WAIT_SECS", "6"),
+            ("REWIND_RETENTION_MAX_AGE_SECS", "none"),
+        ];
+        let cfg = Config::load_from(&args, env(&vars)).unwrap();
+        assert_eq!(cfg.write_queue, 9);
+        assert_eq!(cfg.max_wait_secs, 6);
+        assert_eq!(cfg.retention.max_age_secs, None);
+        let cfg = Config::load_from(&args, env(&[])).unwrap();
+        assert_eq!(cfg.max_wait_secs, 5);
+        assert_eq!(cfg.retention.max_age_secs, Some(10));
+        let none_flag = ServeArgs {
+            retention_max_age_secs: Some(NO_LIMIT),
+            ..args
+        };
+        let cfg = Config::load_from(&none_flag, env(&[])).unwrap();
+        assert_eq!(cfg.retention.max_age_secs, None);
+    }
+
+    #[test]
+    fn an_out_of_range_value_is_blamed_on_where_it_came_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rewind.toml");
+        std::fs::write(&file, "fanout_buffer = 0\n").unwrap();
+        let args = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        };
+        let err = Config::load_from(&args, env(&[])).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "config file {}, key `fanout_buffer`: must be at least 1",
+                file.display()
+            )
+        );
+        let err = Config::load_from(&args, env(&[("REWIND_FANOUT_BUFFER", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "environment variable REWIND_FANOUT_BUFFER=\"0\": must be at least 1"
+        );
+        let flagged = ServeArgs {
+            fanout_buffer: Some(0),
+            ..args
+        };
+        let err = Config::load_from(&flagged, env(&[("REWIND_FANOUT_BUFFER", "3")]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--fanout-buffer: must be at least 1");
+    }
+
+    #[test]
+    fn help_defaults_come_from_the_defaults() {
+        let defaults = Config::default();
+        for option in OPTIONS {
+            let shown = defaults.show(option).unwrap();
+            assert!(flag_help(option, "x").contains(&format!("[default: {shown}]")));
+            let mut again = Config::default();
+            again.set(option, Raw::Text(&shown)).unwrap();
+            assert_eq!(again.show(option), Some(shown), "{option}");
+        }
+        assert_eq!(defaults.show("retention_max_age_secs").unwrap(), "604800");
+        assert_eq!(defaults.show("retention_max_bytes").unwrap(), "none");
     }
 }

@@ -96,10 +96,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("opening the store")?
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
+    // A host name is resolved here; tokio binds the first of its addresses it can.
+    let listener = tokio::net::TcpListener::bind(config.listen.as_str())
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    if let Ok(all) = tokio::net::lookup_host(config.listen.as_str()).await {
+        let others: Vec<String> = all
+            .filter(|a| a.ip() != addr.ip())
+            .map(|a| a.ip().to_string())
+            .collect();
+        if !others.is_empty() {
+            tracing::info!(listen = %config.listen, bound = %addr.ip(), not_bound = ?others, "the listen name has more addresses; only the first that could be bound is used");
+        }
+    }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability, "rewind started");
     let shutdown = shutdown_signal()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.

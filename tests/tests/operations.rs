@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::{Method, StatusCode};
-use rewind_tests::{request, rewind_bin};
+use rewind_tests::{request, rewind_bin, Broker};
 
 /// A broker whose stderr is a pipe (so not a terminal), kept for inspection.
 struct Served {
@@ -23,9 +23,15 @@ impl Served {
     /// `rewind serve` on port 0 with a temporary data directory, `args` and `env` added.
     fn start(args: &[&str], env: &[(&str, &str)]) -> Served {
         let dir = tempfile::tempdir().unwrap();
+        let listen: &[&str] = if args.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(rewind_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--data-dir"])
             .arg(dir.path().join("data"))
+            .args(listen)
             .args(args)
             .env_remove("REWIND_CONFIG")
             .env("RUST_LOG", "info")
@@ -143,7 +149,10 @@ async fn readyz_answers_503_from_sigterm_while_in_flight_work_drains() {
     // connection while the publish is still in flight.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let res = b.get("/readyz").await.expect("readyz answers during the drain");
+        let res = b
+            .get("/readyz")
+            .await
+            .expect("readyz answers during the drain");
         if res.status == StatusCode::SERVICE_UNAVAILABLE {
             assert_eq!(res.error_code(), "shutting_down");
             break;
@@ -173,9 +182,7 @@ async fn a_shutdown_timeout_blames_only_what_is_really_left_open() {
     let b = Served::start(&["--shutdown-timeout-secs", "1"], &[]);
     let publish = InFlight::start(b.addr);
     b.sigterm();
-    let (status, stderr) = tokio::task::spawn_blocking(move || b.wait())
-        .await
-        .unwrap();
+    let (status, stderr) = tokio::task::spawn_blocking(move || b.wait()).await.unwrap();
     drop(publish);
     assert!(status.success(), "{stderr}");
     assert!(
@@ -183,7 +190,10 @@ async fn a_shutdown_timeout_blames_only_what_is_really_left_open() {
         "{stderr}"
     );
     // No WebSocket was ever open.
-    assert!(!stderr.contains("WebSocket sessions still open"), "{stderr}");
+    assert!(
+        !stderr.contains("WebSocket sessions still open"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -194,4 +204,270 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(status.success());
     assert!(stderr.contains("rewind started"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// `rewind serve` that must fail to start: its stderr.
+fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let listen: &[&str] = if args.contains(&"--listen") {
+        &[]
+    } else {
+        &["--listen", "127.0.0.1:0"]
+    };
+    let out = Command::new(rewind_bin())
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(listen)
+        .args(args)
+        .env_remove("REWIND_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "started with {args:?} {env:?}: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{stderr}");
+    stderr
+}
+
+/// A TOML file holding `text`.
+fn toml_file(dir: &tempfile::TempDir, text: &str) -> String {
+    let path = dir.path().join("rewind.toml");
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_bad_toml_file_is_reported_once_naming_the_file_and_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "max_batch_events = \"many\"\n",
+            "key `max_batch_events`",
+            "\"many\"",
+        ),
+        ("auto_create = 1\n", "key `auto_create`", "true or false"),
+        ("write_queue = -3\n", "key `write_queue`", "-3"),
+        ("durability = \"fast\"\n", "key `durability`", "\"fast\""),
+        ("listen = \"localhost\"\n", "key `listen`", "HOST:PORT"),
+        ("lissen = \"127.0.0.1:0\"\n", "key `lissen`", "unknown key"),
+        (
+            "[retention]\nmax_age_secs = 0\n",
+            "key `retention.max_age_secs`",
+            "none",
+        ),
+        (
+            "[retention]\nmax_agesecs = 5\n",
+            "key `retention.max_agesecs`",
+            "unknown key",
+        ),
+        (
+            "retention_max_events = 0\n",
+            "key `retention_max_events`",
+            "none",
+        ),
+        (
+            "retention_max_bytes = 10\n[retention]\nmax_bytes = 20\n",
+            "retention.max_bytes",
+            "retention_max_bytes",
+        ),
+        ("max_wait_secs = 0x\n", "not valid TOML", "line 1"),
+    ];
+    for (text, names, says) in cases {
+        let file = toml_file(&dir, text);
+        // A flag-free start, so nothing overrides the file.
+        let out = Command::new(rewind_bin())
+            .args(["serve", "--config", &file])
+            .env_remove("REWIND_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{text}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&file), "{text}: {err}");
+        assert!(err.contains(names), "{text}: {err}");
+        assert!(err.contains(says), "{text}: {err}");
+        // Once: the file is named on one line only, and that line is the first.
+        assert_eq!(err.matches(&file).count(), 1, "{text}: {err}");
+        assert!(err.starts_with("rewind: config file"), "{text}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_variable_is_named_as_the_variable() {
+    let cases = [
+        ("REWIND_WRITE_QUEUE", "abc"),
+        ("REWIND_WRITE_QUEUE", "0"),
+        ("REWIND_MAX_WAIT_SECS", "-1"),
+        ("REWIND_AUTO_CREATE", "yes"),
+        ("REWIND_DURABILITY", "fast"),
+        ("REWIND_LISTEN", "nowhere"),
+        ("REWIND_RETENTION_MAX_AGE_SECS", "0"),
+        ("REWIND_RETENTION_MAX_EVENTS", "lots"),
+    ];
+    for (name, value) in cases {
+        // Without --listen, so a bad REWIND_LISTEN is not overridden (the last value
+        // given for a variable is the one the process gets).
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(rewind_bin())
+            .args(["serve", "--data-dir"])
+            .arg(dir.path())
+            .env_remove("REWIND_CONFIG")
+            .env("REWIND_LISTEN", "127.0.0.1:0")
+            .env(name, value)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}={value}: {err}");
+        assert!(
+            err.contains(&format!("environment variable {name}=\"{value}\"")),
+            "{name}={value}: {err}"
+        );
+        let flag = format!(
+            "--{}",
+            name["REWIND_".len()..].to_lowercase().replace('_', "-")
+        );
+        assert!(!err.contains(&flag), "{name}={value}: {err}");
+        assert_eq!(err.lines().count(), 1, "{name}={value}: {err}");
+    }
+    // The same mistake as a flag names the flag.
+    let err = refused(&["--write-queue", "abc"], &[]);
+    assert!(err.contains("--write-queue"), "{err}");
+    assert!(!err.contains("REWIND_WRITE_QUEUE="), "{err}");
+}
+
+/// Every option `rewind serve --help` lists, with the default it shows.
+fn help_options() -> Vec<(String, String)> {
+    let out = Command::new(rewind_bin())
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8(out.stdout).unwrap();
+    help.split("\n      --")
+        .skip(1)
+        .filter(|chunk| !chunk.starts_with("config") && !chunk.starts_with("help"))
+        .map(|chunk| {
+            let flag = chunk.split([' ', '\n']).next().unwrap().to_owned();
+            let default = chunk
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .unwrap_or_else(|| panic!("--{flag} shows no default"))
+                .to_owned();
+            (flag, default)
+        })
+        .collect()
+}
+
+/// A TOML value for what `--help` shows: a number, a boolean, or else a string.
+fn toml_value(shown: &str) -> String {
+    if shown.parse::<u64>().is_ok() || shown == "true" || shown == "false" {
+        shown.to_owned()
+    } else {
+        format!("{shown:?}")
+    }
+}
+
+#[tokio::test]
+async fn every_option_in_help_is_a_toml_key_and_a_variable_taking_its_shown_default() {
+    let options = help_options();
+    assert!(options.len() >= 25, "{options:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut env = Vec::new();
+    for (flag, default) in &options {
+        let key = flag.replace('-', "_");
+        // Port 0 and the test's own directory, so that the broker can start here.
+        let value = match key.as_str() {
+            "listen" => "127.0.0.1:0".to_owned(),
+            "data_dir" => dir.path().join("data").to_str().unwrap().to_owned(),
+            _ => default.clone(),
+        };
+        text.push_str(&format!("{key} = {}\n", toml_value(&value)));
+        env.push((format!("REWIND_{}", key.to_uppercase()), value));
+    }
+    // From the file alone.
+    let file = toml_file(&dir, &text);
+    let b = Served::start(&["--config", &file, "--listen", "127.0.0.1:0"], &[]);
+    let ns = b.get("/v1/namespaces").await.unwrap();
+    assert_eq!(ns.status, StatusCode::OK);
+    b.sigterm();
+    let (status, stderr) = b.wait();
+    assert!(status.success(), "{stderr}");
+    // From the variables alone.
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let b = Served::start(&["--listen", "127.0.0.1:0"], &env);
+    assert_eq!(b.get("/healthz").await.unwrap().status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn listen_takes_a_host_name() {
+    let b = Served::start(&["--listen", "localhost:0"], &[]);
+    assert!(b.addr.ip().is_loopback(), "{}", b.addr);
+    assert_eq!(b.get("/healthz").await.unwrap().status, StatusCode::OK);
+    let err = refused(&["--listen", "localhost"], &[]);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    let err = refused(&["--listen", "no-such-host.invalid:0"], &[]);
+    assert!(err.contains("no-such-host.invalid:0"), "{err}");
+}
+
+/// Publishes `n` events to `ns`.
+async fn publish(b: &Broker, ns: &str, n: usize) {
+    for i in 0..n {
+        let res = b
+            .post_json(
+                &format!("/v1/namespaces/{ns}/events"),
+                &format!(r#"{{"event":"e","data":{i}}}"#),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED);
+    }
+}
+
+#[tokio::test]
+async fn retention_none_keeps_events_while_a_limit_removes_them() {
+    // The file sets a 1 s default; the flag says no limit, and wins.
+    let dir = tempfile::tempdir().unwrap();
+    let file = toml_file(&dir, "retention_max_age_secs = 1\n");
+    let b = Broker::start(&[
+        "--config",
+        &file,
+        "--retention-max-age-secs",
+        "none",
+        "--retention-interval-ms",
+        "20",
+    ]);
+    // A namespace of its own with a 1 s limit shows that retention runs.
+    let put = b
+        .put_json(
+            "/v1/namespaces/short",
+            r#"{"retention":{"max_age_secs":1}}"#,
+        )
+        .await;
+    assert_eq!(put.json()["retention"]["max_age_secs"], 1);
+    publish(&b, "kept", 3).await;
+    publish(&b, "short", 3).await;
+    b.wait_for("/v1/namespaces/short", |v| v["events"] == 0)
+        .await;
+    let kept = b.get("/v1/namespaces/kept").await.json();
+    assert_eq!(kept["events"], 3, "{kept}");
+    assert!(kept["retention"]["max_age_secs"].is_null(), "{kept}");
+}
+
+#[tokio::test]
+async fn a_retention_limit_of_zero_is_refused_everywhere() {
+    for flag in [
+        "--retention-max-age-secs",
+        "--retention-max-events",
+        "--retention-max-bytes",
+    ] {
+        let err = refused(&[flag, "0"], &[]);
+        assert!(err.contains(flag) && err.contains("none"), "{err}");
+    }
+    let err = refused(&[], &[("REWIND_RETENTION_MAX_BYTES", "0")]);
+    assert!(
+        err.contains("REWIND_RETENTION_MAX_BYTES") && err.contains("none"),
+        "{err}"
+    );
 }
