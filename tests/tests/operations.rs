@@ -456,6 +456,52 @@ async fn retention_none_keeps_events_while_a_limit_removes_them() {
 }
 
 #[tokio::test]
+async fn put_null_means_no_limit_over_a_configured_one_and_shows_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = toml_file(&dir, "[retention]\nmax_age_secs = 1\nmax_events = 100\n");
+    let mut b = Broker::start(&["--config", &file, "--retention-interval-ms", "20"]);
+    let put = b
+        .put_json(
+            "/v1/namespaces/forever",
+            r#"{"retention":{"max_age_secs":null,"max_events":null}}"#,
+        )
+        .await;
+    assert_eq!(put.status, StatusCode::CREATED);
+    let shown = put.json();
+    assert!(shown["retention"]["max_age_secs"].is_null(), "{shown}");
+    assert!(shown["retention"]["max_events"].is_null(), "{shown}");
+    // Left out: the configured default applies.
+    let put = b
+        .put_json("/v1/namespaces/usual", r#"{"retention":{}}"#)
+        .await;
+    assert_eq!(put.json()["retention"]["max_age_secs"], 1);
+    assert_eq!(put.json()["retention"]["max_events"], 100);
+    publish(&b, "forever", 3).await;
+    publish(&b, "usual", 3).await;
+    b.wait_for("/v1/namespaces/usual", |v| v["events"] == 0)
+        .await;
+    let forever = b.get("/v1/namespaces/forever").await.json();
+    assert_eq!(forever["events"], 3, "{forever}");
+    assert!(forever["retention"]["max_age_secs"].is_null(), "{forever}");
+    let listed = b.get("/v1/namespaces").await.json();
+    let row = listed["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "forever")
+        .unwrap()
+        .clone();
+    assert!(row["retention"]["max_age_secs"].is_null(), "{row}");
+    // "No limit" is stored as such, not as "not set".
+    b.kill9();
+    b.restart();
+    let forever = b.get("/v1/namespaces/forever").await.json();
+    assert!(forever["retention"]["max_age_secs"].is_null(), "{forever}");
+    assert!(forever["retention"]["max_events"].is_null(), "{forever}");
+    assert_eq!(forever["events"], 3, "{forever}");
+}
+
+#[tokio::test]
 async fn a_retention_limit_of_zero_is_refused_everywhere() {
     for flag in [
         "--retention-max-age-secs",
@@ -469,5 +515,24 @@ async fn a_retention_limit_of_zero_is_refused_everywhere() {
     assert!(
         err.contains("REWIND_RETENTION_MAX_BYTES") && err.contains("none"),
         "{err}"
+    );
+    let b = Broker::start(&[]);
+    for field in ["max_age_secs", "max_events", "max_bytes"] {
+        let res = b
+            .put_json(
+                "/v1/namespaces/zero",
+                &format!(r#"{{"retention":{{"{field}":0}}}}"#),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST);
+        assert!(res.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("null"));
+    }
+    // Refused, so nothing was created.
+    assert_eq!(
+        b.get("/v1/namespaces/zero").await.status,
+        StatusCode::NOT_FOUND
     );
 }

@@ -2,11 +2,11 @@
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 use super::publish::read_body;
 use super::response::{self, ApiError, Body};
-use crate::config::Retention;
+use crate::config::{Retention, NO_LIMIT};
 use crate::log::Log;
 use crate::storage::NsInfo;
 
@@ -14,7 +14,7 @@ use crate::storage::NsInfo;
 const MAX_PUT_BODY: usize = 64 * 1024;
 
 /// A namespace as the API shows it; `retention` is the policy in force (the namespace's
-/// own limits over the configured defaults).
+/// own limits over the configured defaults), `null` where there is no limit.
 fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
     serde_json::json!({
         "name": info.name,
@@ -23,7 +23,7 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
         "next": info.next,
         "events": info.events(),
         "bytes": info.bytes,
-        "retention": log.config().retention.overlaid(&info.retention),
+        "retention": log.config().retention.overlaid(&info.retention).in_force(),
     })
 }
 
@@ -48,7 +48,32 @@ pub(super) fn info(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
 #[serde(deny_unknown_fields)]
 struct PutBody {
     #[serde(default)]
-    retention: Retention,
+    retention: PutRetention,
+}
+
+/// A namespace's own limits as `PUT` takes them: each a number from 1 up, `null` for no
+/// limit ([`NO_LIMIT`]), or left out for the configured default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutRetention {
+    #[serde(default, deserialize_with = "limit")]
+    max_events: Option<u64>,
+    #[serde(default, deserialize_with = "limit")]
+    max_bytes: Option<u64>,
+    #[serde(default, deserialize_with = "limit")]
+    max_age_secs: Option<u64>,
+}
+
+/// A limit that is present: `null` is [`NO_LIMIT`]; 0 is refused, as everywhere else
+/// (it would remove every event at once).
+fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Option::<u64>::deserialize(d)? {
+        None => Ok(Some(NO_LIMIT)),
+        Some(0) => Err(serde::de::Error::custom(
+            "a limit of 0 would remove every event at once; null means no limit",
+        )),
+        Some(n) => Ok(Some(n)),
+    }
 }
 
 /// `PUT /v1/namespaces/{ns}`: creates (201) or sets retention (200).
@@ -63,7 +88,12 @@ pub(super) async fn put(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
     };
-    let (info, created) = log.put(ns, put.retention).await?;
+    let own = Retention {
+        max_events: put.retention.max_events,
+        max_bytes: put.retention.max_bytes,
+        max_age_secs: put.retention.max_age_secs,
+    };
+    let (info, created) = log.put(ns, own).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
