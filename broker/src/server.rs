@@ -2,6 +2,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ use crate::ws::WsContext;
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// On shutdown, how long a connection that has not sent its first request yet gets to
+/// send it (it is then answered as in [`http::draining`]).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves `listener` until `shutdown` completes. Then it reports not ready, wakes waiting
 /// readers, closes WebSockets with 1001, gives in-flight requests up to
@@ -58,9 +63,18 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         };
         let _ = stream.set_nodelay(true);
         let conn_app = app.clone();
+        let served = Arc::new(AtomicBool::new(false));
+        let conn_served = Arc::clone(&served);
         let service = service_fn(move |req| {
+            conn_served.store(true, Ordering::Relaxed);
             let app = conn_app.clone();
-            async move { Ok::<_, Infallible>(http::handle(req, app).await) }
+            async move {
+                // A request that starts once shutdown has begun is no new work.
+                if !app.log.is_ready() {
+                    return Ok::<_, Infallible>(http::draining(&req, &app.log));
+                }
+                Ok(http::handle(req, app).await)
+            }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -74,9 +88,24 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
                 () = async { let _ = stop.wait_for(|s| *s).await; } => {
-                    // Finish the request in flight, then close; idle keep-alives close now.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+                    // Accepted just before the signal and its first request not read yet
+                    // (often a health check): closing it now would leave that client with
+                    // no answer at all, so it gets a moment to be answered under the
+                    // draining rules (which close the connection).
+                    let early = if served.load(Ordering::Relaxed) {
+                        None
+                    } else {
+                        tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
+                    };
+                    match early {
+                        Some(ended) => ended,
+                        None => {
+                            // Finish the request in flight, then close; idle keep-alives
+                            // close now.
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    }
                 }
             };
             if let Err(e) = ended {

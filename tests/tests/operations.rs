@@ -144,6 +144,8 @@ async fn readyz_answers_503_from_sigterm_while_in_flight_work_drains() {
     let b = Served::start(&["--shutdown-timeout-secs", "60"], &[]);
     assert_eq!(b.get("/readyz").await.unwrap().status, StatusCode::OK);
     let publish = InFlight::start(b.addr);
+    // A connection made before the signal whose request comes after it.
+    let mut early = TcpStream::connect(b.addr).unwrap();
     b.sigterm();
     // Every answer is 200 until the signal is handled, then 503; never a refused
     // connection while the publish is still in flight.
@@ -161,6 +163,13 @@ async fn readyz_answers_503_from_sigterm_while_in_flight_work_drains() {
         assert!(Instant::now() < deadline, "readyz never turned 503");
         tokio::task::yield_now().await;
     }
+    early
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    early.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("shutting_down"), "{answer}");
     // Liveness still holds; new work is turned away with a code a client can act on.
     assert_eq!(b.get("/healthz").await.unwrap().status, StatusCode::OK);
     let refused = b.get("/v1/namespaces").await.unwrap();

@@ -32,12 +32,12 @@ pub async fn handle(req: Request<Incoming>, app: App) -> Response<Body> {
     }
 }
 
-/// Answers a request that arrives once shutdown has begun (the broker keeps accepting
+/// Answers a request that starts once shutdown has begun (the broker keeps accepting
 /// while it drains): `/healthz` as usual, `/readyz` 503, everything else `503
-/// shutting_down` with `Retry-After`. No new work is taken, and a load balancer polling
-/// readiness sees the broker leave.
+/// shutting_down` with `Retry-After`, each with `Connection: close`. No new work is
+/// taken, and a load balancer polling readiness sees the broker leave.
 pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
-    match req.uri().path().trim_end_matches('/') {
+    let mut res = match req.uri().path().trim_end_matches('/') {
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => admin::ready(log),
         _ => ApiError::new(
@@ -46,7 +46,12 @@ pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
             "the broker is shutting down",
         )
         .into_response(),
-    }
+    };
+    res.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    res
 }
 
 async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
