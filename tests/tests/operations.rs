@@ -215,7 +215,37 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
 
-/// `rewind serve` that must fail to start: its stderr.
+/// Runs `cmd`, a `rewind serve` that must fail to start; its stderr. One that starts
+/// anyway (it prints its listening line) is killed and the test fails, instead of
+/// hanging.
+fn refusal(cmd: &mut Command) -> String {
+    let mut child = cmd
+        .env_remove("REWIND_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+    if !line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} started: {line}");
+    }
+    let status = child.wait().unwrap();
+    let stderr = stderr.join().unwrap();
+    assert!(!status.success(), "{cmd:?}: {stderr}");
+    stderr
+}
+
+/// `rewind serve` with `args` and `env` (on port 0 unless `args` say otherwise, in a
+/// temporary directory), which must fail to start: its stderr.
 fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let listen: &[&str] = if args.contains(&"--listen") {
@@ -223,22 +253,14 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     } else {
         &["--listen", "127.0.0.1:0"]
     };
-    let out = Command::new(rewind_bin())
-        .args(["serve", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(listen)
-        .args(args)
-        .env_remove("REWIND_CONFIG")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "started with {args:?} {env:?}: {stderr}"
-    );
-    assert!(out.stdout.is_empty(), "{stderr}");
-    stderr
+    refusal(
+        Command::new(rewind_bin())
+            .args(["serve", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(listen)
+            .args(args)
+            .envs(env.iter().copied()),
+    )
 }
 
 /// A TOML file holding `text`.
@@ -286,14 +308,12 @@ fn a_bad_toml_file_is_reported_once_naming_the_file_and_the_key() {
     ];
     for (text, names, says) in cases {
         let file = toml_file(&dir, text);
-        // A flag-free start, so nothing overrides the file.
-        let out = Command::new(rewind_bin())
-            .args(["serve", "--config", &file])
-            .env_remove("REWIND_CONFIG")
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{text}");
-        let err = String::from_utf8_lossy(&out.stderr);
+        // No --listen, so nothing overrides the file's.
+        let err = refusal(
+            Command::new(rewind_bin())
+                .args(["serve", "--config", &file, "--data-dir"])
+                .arg(dir.path().join("data")),
+        );
         assert!(err.contains(&file), "{text}: {err}");
         assert!(err.contains(names), "{text}: {err}");
         assert!(err.contains(says), "{text}: {err}");
@@ -319,16 +339,13 @@ fn a_bad_variable_is_named_as_the_variable() {
         // Without --listen, so a bad REWIND_LISTEN is not overridden (the last value
         // given for a variable is the one the process gets).
         let dir = tempfile::tempdir().unwrap();
-        let out = Command::new(rewind_bin())
-            .args(["serve", "--data-dir"])
-            .arg(dir.path())
-            .env_remove("REWIND_CONFIG")
-            .env("REWIND_LISTEN", "127.0.0.1:0")
-            .env(name, value)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{name}={value}: {err}");
+        let err = refusal(
+            Command::new(rewind_bin())
+                .args(["serve", "--data-dir"])
+                .arg(dir.path())
+                .env("REWIND_LISTEN", "127.0.0.1:0")
+                .env(name, value),
+        );
         assert!(
             err.contains(&format!("environment variable {name}=\"{value}\"")),
             "{name}={value}: {err}"
