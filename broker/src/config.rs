@@ -144,8 +144,15 @@ pub struct Config {
     /// are shared, already-framed bytes handed to one vectored write, so this is not a
     /// buffer and costs no memory; it only bounds how much one write takes on.
     pub ws_write_buffer_bytes: usize,
-    /// WebSocket: publishes one connection may have waiting for durability. Default 64.
+    /// WebSocket: publishes one connection may have unanswered (waiting for durability, or
+    /// for the answers of earlier publishes); past it the broker stops reading the
+    /// connection until one is answered. Default 64.
     pub ws_max_inflight_publishes: usize,
+    /// WebSocket: bytes waiting to be written to one connection (answers, events, pongs)
+    /// past which the broker stops reading it until the client reads. Default 1048576
+    /// (1 MiB): 10,000 pipelined publishes' answers fit, whether or not the client reads
+    /// them while it sends.
+    pub ws_max_unsent_bytes: usize,
 }
 
 impl Default for Config {
@@ -183,6 +190,7 @@ impl Default for Config {
             ws_read_buffer_bytes: 2048,
             ws_write_buffer_bytes: 64 << 10,
             ws_max_inflight_publishes: 64,
+            ws_max_unsent_bytes: 1 << 20,
         }
     }
 }
@@ -383,6 +391,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N",
         help = flag_help("ws_max_inflight_publishes", "WebSocket: publishes in flight per connection"))]
     pub ws_max_inflight_publishes: Option<usize>,
+    #[arg(long, value_name = "BYTES",
+        help = flag_help("ws_max_unsent_bytes", "WebSocket: unsent bytes per connection before it is no longer read"))]
+    pub ws_max_unsent_bytes: Option<usize>,
 }
 
 /// A value as a variable (text) or the TOML file (a TOML value) gives it.
@@ -669,6 +680,7 @@ options!(
     ws_read_buffer_bytes,
     ws_write_buffer_bytes,
     ws_max_inflight_publishes,
+    ws_max_unsent_bytes,
 );
 
 /// The variable of `option`.
@@ -815,6 +827,7 @@ impl Config {
                 "ws_max_inflight_publishes",
                 self.ws_max_inflight_publishes as u64,
             ),
+            ("ws_max_unsent_bytes", self.ws_max_unsent_bytes as u64),
             (
                 "retention_max_events",
                 self.retention.max_events.unwrap_or(NO_LIMIT),

@@ -3,7 +3,10 @@
 //! Writes go through the bounded queue to the [`crate::writer`] thread; reads go straight
 //! to the store on the blocking pool, bounded by what the writer has made visible.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -84,7 +87,18 @@ pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>);
 impl<T> Pending<T> {
     /// Waits for the answer.
     pub async fn wait(self) -> Result<T, LogError> {
-        self.0.await.map_err(|_| LogError::ShuttingDown)?
+        self.await
+    }
+}
+
+/// Polled by a session that waits for many answers at once without a task each.
+impl<T> Future for Pending<T> {
+    type Output = Result<T, LogError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|answer| answer.map_err(|_| LogError::ShuttingDown)?)
     }
 }
 

@@ -1,4 +1,11 @@
 //! The HTTP API (spec §3.2, §3.3, §3.5): routing, and one module per group of routes.
+//!
+//! ### Invariants
+//!
+//! - A request waits only on things outside its connection: its body from the client, the
+//!   writer's answer (queued with `try_send`, so never for room), a namespace's visible
+//!   end, a timer, shutdown. hyper answers one request of a connection before it reads the
+//!   next, so nothing a request waits for depends on that connection doing anything else.
 
 mod admin;
 mod publish;

@@ -3,12 +3,17 @@
 //! - [`upgrade`] checks the handshake, picks the encoding from `Sec-WebSocket-Protocol`,
 //!   takes a connection slot and hands the upgraded socket to a session.
 //! - [`session`] runs one connection: it reads client frames, multiplexes subscriptions,
-//!   publishes, keeps the link alive, and writes every outgoing frame.
+//!   publishes, keeps the link alive, and writes every outgoing frame; [`answers`] keeps
+//!   the publishes' answers in the order the publishes came.
+//! - [`link`] is the connection's socket with its outbox: nothing the session sends ever
+//!   waits for the socket.
 //! - [`subscription`] runs one open namespace: catch-up from the log, then live events
 //!   from the namespace's ring, never more than the credit allows.
 //! - [`wire`] frames outgoing messages once, as wire bytes, and writes them with vectored
 //!   writes.
 
+mod answers;
+mod link;
 mod session;
 mod subscription;
 pub(crate) mod wire;
@@ -36,7 +41,8 @@ use crate::log::Log;
 const JSON_PROTOCOL: &str = "rewind.v1.json";
 const MSGPACK_PROTOCOL: &str = "rewind.v1.msgpack";
 
-/// Most bytes tungstenite may hold unwritten (control frames are at most 127 bytes).
+/// Most bytes tungstenite may hold unwritten (control frames are at most 127 bytes, and
+/// its socket, a [`link::Link`], takes every write at once).
 const TUNGSTENITE_WRITE_CAP: usize = 64 << 10;
 
 /// What every WebSocket session shares.
@@ -164,7 +170,7 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
+                    link::Link::new(TokioIo::new(upgraded)),
                     Role::Server,
                     Some(config),
                 )

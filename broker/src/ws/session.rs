@@ -1,36 +1,64 @@
 //! One WebSocket connection, served by one task: it reads client frames, polls every open
-//! subscription, writes what they yield straight to the socket, and sends the answers of
-//! publishes once they are durable.
+//! subscription, queues what they yield and the answers of publishes (once durable, in
+//! the order the publishes came) in the connection's outbox, and writes the outbox.
+//!
+//! ### Invariants
+//!
+//! - Nothing in a session waits for something only that same session can release. The
+//!   session makes progress in passes ([`Session::poll_pass`]) that read, answer, take
+//!   from subscriptions and write, each without waiting on the others; what it waits for
+//!   between passes is outside it: the client (a frame, room in the socket), the writer
+//!   (an answer, which the writer never withholds for a session), a subscription's ring or
+//!   the log, a timer, shutdown. The one `.await` inside a turn is [`Session::open`]
+//!   asking the writer to create a namespace.
+//! - Backpressure only ever stops reading: past `ws_max_inflight_publishes` publishes not
+//!   yet answered, or `ws_max_unsent_bytes` not yet written, the session stops reading
+//!   the connection. It never stops writing answers, events, pings or pongs.
+//! - Memory per connection is bounded: at most `ws_max_inflight_publishes` publishes,
+//!   `ws_max_unsent_bytes` (plus one pass's worth) of outgoing bytes, and subscriptions
+//!   are polled only while fewer than `ws_write_buffer_bytes` wait, so the events a slow
+//!   client has not taken stay in the namespace's ring.
+//! - `published` and the `error`s of publishes leave in the order the publishes arrived
+//!   ([`super::answers`]); other frames are answered as they are handled.
 
 use std::collections::HashMap;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::stream::{AbortHandle, Abortable, SelectAll};
-use futures::{SinkExt, Stream, StreamExt};
+use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use rewind_protocol::frame::{decode_json, decode_msgpack, ClientFrame, FrameError, ServerFrame};
 use rewind_protocol::{ErrorCode, NewEvent, Payload, Position};
-use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
+use super::answers::Answers;
+use super::link::Link;
 use super::subscription::{Credit, Subscription, Yield};
 use super::wire;
 use super::WsContext;
 use crate::fanout::Encoding;
 use crate::log::LogError;
 
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
 
 /// An open subscription's stream, abortable when the client closes it.
 type SubStream = Abortable<Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>>>;
+
+/// Client frames handled in one pass before the session attends to its answers,
+/// subscriptions and socket again.
+const FRAMES_PER_PASS: usize = 64;
+
+/// Subscription yields taken in one pass, likewise.
+const YIELDS_PER_PASS: usize = 64;
 
 /// A publish whose payload is the next binary frame (JSON encoding, `bin: true`).
 struct PendingBinary {
@@ -39,6 +67,49 @@ struct PendingBinary {
     event: String,
     key: Option<String>,
     idempotency_key: Option<String>,
+}
+
+/// An `open` to serve; it may have to wait for the writer to create the namespace.
+struct OpenRequest {
+    ns: String,
+    from: Position,
+    epoch: Option<String>,
+    credit: u64,
+}
+
+/// A close frame to send before the connection ends.
+type CloseWith = Option<(CloseCode, String)>;
+
+/// What a pass of the session found for the session loop to do.
+enum Turn {
+    /// Time to send a `ping`.
+    Ping,
+    /// The `ping` deadline passed.
+    Deadline,
+    /// The broker began shutting down.
+    Shutdown,
+    /// Shutting down, and every publish has been answered.
+    Settled,
+    /// An `open` to serve.
+    Open(Box<OpenRequest>),
+    /// The connection is over.
+    End(CloseWith),
+}
+
+/// What handling one client frame asks for.
+enum Step {
+    Go,
+    Open(Box<OpenRequest>),
+    End(CloseWith),
+}
+
+/// Why a pass stopped reading, or polling subscriptions.
+#[derive(PartialEq)]
+enum Stopped {
+    /// Nothing more is there; the task is woken when there is.
+    Waiting,
+    /// A limit held it back; it may go on once the limit is lifted in the same pass.
+    Held,
 }
 
 struct OpenSub {
@@ -52,13 +123,14 @@ struct Session {
     ws: Socket,
     subs: HashMap<String, OpenSub>,
     streams: SelectAll<SubStream>,
-    /// Answers of publishes, sent by the tasks that wait for their durability. Boxed, so
-    /// the queue's slots (allocated up front, for idle connections too) stay one word.
-    answers: mpsc::Sender<Box<ServerFrame>>,
-    answers_rx: mpsc::Receiver<Box<ServerFrame>>,
+    /// Publishes not answered yet, oldest first.
+    answers: Answers,
     pending_binary: Option<Box<PendingBinary>>,
-    /// Made on the first publish: most dashboard connections never publish.
-    publish_slots: Option<Arc<Semaphore>>,
+    /// When the client must have sent something by, after a `ping`.
+    deadline: Option<Instant>,
+    /// Shutdown began: nothing more is read; the publishes taken are answered, then the
+    /// connection closes with 1001.
+    closing: bool,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -70,7 +142,7 @@ fn reason(text: &str) -> String {
     text[..end].to_owned()
 }
 
-fn log_error_code(e: &LogError) -> ErrorCode {
+pub(super) fn log_error_code(e: &LogError) -> ErrorCode {
     match e {
         LogError::NotFound(_) | LogError::Deleted(_) => ErrorCode::BadNamespace,
         LogError::Overloaded | LogError::ShuttingDown => ErrorCode::Overloaded,
@@ -81,18 +153,16 @@ fn log_error_code(e: &LogError) -> ErrorCode {
 
 /// Serves one upgraded connection until it ends.
 pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
-    let cfg = ctx.log.config();
-    let (answers, answers_rx) = mpsc::channel(cfg.ws_max_inflight_publishes.max(1));
     let session = Session {
-        ctx: ctx.clone(),
+        ctx,
         encoding,
         ws,
         subs: HashMap::new(),
         streams: SelectAll::new(),
-        answers,
-        answers_rx,
+        answers: Answers::default(),
         pending_binary: None,
-        publish_slots: None,
+        deadline: None,
+        closing: false,
     };
     session.serve().await;
 }
@@ -104,131 +174,245 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let ping_timeout = Duration::from_secs(cfg.ws_ping_timeout_secs);
-        let mut deadline: Option<Instant> = None;
         let mut shutdown = self.ctx.log.shutdown_signal();
-        loop {
-            let go_on = tokio::select! {
-                msg = self.ws.next() => match msg {
-                    Some(Ok(m)) => {
-                        deadline = None;
-                        // Boxed: handling a frame needs far more state than waiting for
-                        // one, and an idle connection should only pay for the waiting.
-                        Box::pin(self.handle(m)).await
+        let close = loop {
+            let turn = {
+                let closing = self.closing;
+                let stop = shutdown.wait_for(|s| *s);
+                tokio::pin!(stop);
+                let silence = sleep_until(self.deadline);
+                tokio::pin!(silence);
+                poll_fn(|cx| {
+                    if !closing && stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Turn::Shutdown);
                     }
-                    Some(Err(e)) => {
-                        self.socket_error(e).await;
-                        false
+                    if silence.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Turn::Deadline);
                     }
-                    None => false,
-                },
-                Some(yields) = self.streams.next(), if !self.streams.is_empty() => {
-                    Box::pin(self.write_yields(yields)).await
-                }
-                Some(answer) = self.answers_rx.recv() => self.send_frame(*answer).await,
-                _ = ping.tick() => {
-                    deadline.get_or_insert(Instant::now() + ping_timeout);
-                    self.send_frame(ServerFrame::Ping).await
-                }
-                () = sleep_until(deadline) => {
-                    self.close(CloseCode::Policy, "no frame within ping_timeout after a ping").await;
-                    false
-                }
-                () = async { let _ = shutdown.wait_for(|s| *s).await; } => {
-                    self.close(CloseCode::Away, "broker shutting down").await;
-                    false
-                }
+                    if ping.poll_tick(cx).is_ready() {
+                        return Poll::Ready(Turn::Ping);
+                    }
+                    self.poll_pass(cx)
+                })
+                .await
             };
-            if !go_on {
-                break;
+            match turn {
+                Turn::Ping => {
+                    self.deadline
+                        .get_or_insert_with(|| Instant::now() + ping_timeout);
+                    self.send_frame(&ServerFrame::Ping);
+                }
+                Turn::Deadline => match self.deadline {
+                    // Not reading because the disk is slow is no fault of the client's.
+                    Some(_) if self.held_by_writer() => {
+                        self.deadline = Some(Instant::now() + ping_timeout);
+                    }
+                    Some(d) if d <= Instant::now() => {
+                        break Some((
+                            CloseCode::Policy,
+                            "no frame within ping_timeout after a ping".to_owned(),
+                        ));
+                    }
+                    _ => {}
+                },
+                Turn::Shutdown => {
+                    self.closing = true;
+                    self.pending_binary = None;
+                    self.forget_subscriptions();
+                }
+                Turn::Settled => break Some((CloseCode::Away, "broker shutting down".to_owned())),
+                Turn::Open(req) => Box::pin(self.open(*req)).await,
+                Turn::End(close) => break close,
+            }
+        };
+        self.finish(close, ping_timeout).await;
+    }
+
+    /// One pass over everything the connection does, none of it waiting on another:
+    /// read client frames (while the limits allow), hand out the publishes' answers in
+    /// order, take what subscriptions yield (while the outbox is low), and write the
+    /// outbox. Ready when the session loop has something to do.
+    fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Turn> {
+        loop {
+            let read = match self.read_frames(cx) {
+                Ok(stopped) => stopped,
+                Err(turn) => return Poll::Ready(turn),
+            };
+            self.take_answers(cx);
+            let yields = self.take_yields(cx);
+            let max_write = self.ctx.log.config().ws_write_buffer_bytes;
+            if let Poll::Ready(Err(e)) = self.ws.get_mut().poll_send(cx, max_write) {
+                tracing::debug!(error = %e, "WebSocket write failed");
+                return Poll::Ready(Turn::End(None));
+            }
+            if self.closing && self.answers.is_empty() {
+                return Poll::Ready(Turn::Settled);
+            }
+            // Answers or a write may have lifted a limit this pass: go round again rather
+            // than wait for a wake-up that nothing has registered.
+            if (read == Stopped::Held && self.may_read())
+                || (yields == Stopped::Held && self.may_take_yields())
+            {
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+
+    fn outbox_len(&self) -> usize {
+        self.ws.get_ref().out.len()
+    }
+
+    /// Reading stops past `ws_max_inflight_publishes` unanswered publishes or
+    /// `ws_max_unsent_bytes` unwritten bytes; writing never stops.
+    fn may_read(&self) -> bool {
+        let cfg = self.ctx.log.config();
+        !self.closing
+            && self.answers.len() < cfg.ws_max_inflight_publishes
+            && self.outbox_len() < cfg.ws_max_unsent_bytes
+    }
+
+    /// Not reading only because publishes wait for the disk.
+    fn held_by_writer(&self) -> bool {
+        let cfg = self.ctx.log.config();
+        self.answers.len() >= cfg.ws_max_inflight_publishes
+            && self.outbox_len() < cfg.ws_max_unsent_bytes
+    }
+
+    /// Subscriptions are polled only while the outbox is low, so events a slow client
+    /// has not taken stay in the namespace's ring, not in this connection.
+    fn may_take_yields(&self) -> bool {
+        !self.streams.is_empty() && self.outbox_len() < self.ctx.log.config().ws_write_buffer_bytes
+    }
+
+    fn read_frames(&mut self, cx: &mut Context<'_>) -> Result<Stopped, Turn> {
+        for _ in 0..FRAMES_PER_PASS {
+            if !self.may_read() {
+                return Ok(Stopped::Held);
+            }
+            let m = match self.ws.poll_next_unpin(cx) {
+                Poll::Pending => return Ok(Stopped::Waiting),
+                Poll::Ready(None) => return Err(Turn::End(None)),
+                Poll::Ready(Some(Err(e))) => return Err(Turn::End(socket_error(e))),
+                Poll::Ready(Some(Ok(m))) => m,
+            };
+            self.deadline = None;
+            match self.handle(m) {
+                Step::Go => {}
+                Step::Open(req) => return Err(Turn::Open(req)),
+                Step::End(close) => return Err(Turn::End(close)),
             }
         }
-        for (_, sub) in self.subs.drain() {
-            sub.abort.abort();
+        Ok(Stopped::Held)
+    }
+
+    fn take_answers(&mut self, cx: &mut Context<'_>) {
+        let encoding = self.encoding;
+        let out = &mut self.ws.get_mut().out;
+        self.answers.poll_ready(cx, |answer| {
+            out.push_with(|buf| encode(buf, encoding, &answer))
+        });
+    }
+
+    fn take_yields(&mut self, cx: &mut Context<'_>) -> Stopped {
+        for _ in 0..YIELDS_PER_PASS {
+            if !self.may_take_yields() {
+                return if self.streams.is_empty() {
+                    Stopped::Waiting
+                } else {
+                    Stopped::Held
+                };
+            }
+            match self.streams.poll_next_unpin(cx) {
+                Poll::Ready(Some(yields)) => self.push_yields(yields),
+                Poll::Ready(None) | Poll::Pending => return Stopped::Waiting,
+            }
         }
-        let _ = self.ws.close(None).await;
+        Stopped::Held
     }
 
-    /// Writes finished frames to the socket (see [`super::wire`] for why tungstenite is
-    /// flushed first).
-    async fn write(&mut self, mut frames: Vec<Bytes>) -> bool {
-        if self.ws.flush().await.is_err() {
-            return false;
-        }
-        let max = self.ctx.log.config().ws_write_buffer_bytes;
-        wire::write_all(self.ws.get_mut(), &mut frames, max)
-            .await
-            .is_ok()
-    }
-
-    fn encode(&self, f: &ServerFrame) -> Bytes {
-        match self.encoding {
-            Encoding::Json => wire::text(f.to_json().as_bytes()),
-            Encoding::Msgpack => wire::binary(&f.to_msgpack()),
-        }
-    }
-
-    async fn send_frame(&mut self, f: ServerFrame) -> bool {
-        let m = self.encode(&f);
-        self.write(vec![m]).await
-    }
-
-    /// Writes what a subscription yielded; forgets the subscription when it ended.
-    async fn write_yields(&mut self, yields: Vec<Yield>) -> bool {
-        let mut messages = Vec::new();
+    /// Queues what a subscription yielded; forgets the subscription when it ended.
+    fn push_yields(&mut self, yields: Vec<Yield>) {
         for y in yields {
             match y {
-                Yield::Events(events) if messages.is_empty() => messages = events,
-                Yield::Events(events) => messages.extend(events),
+                Yield::Events(pieces) => {
+                    let out = &mut self.ws.get_mut().out;
+                    for piece in pieces {
+                        out.push_shared(piece);
+                    }
+                }
                 Yield::Frame(f) => {
                     if let ServerFrame::Closed { ns, .. }
                     | ServerFrame::Error { ns: Some(ns), .. } = &f
                     {
                         self.subs.remove(ns);
                     }
-                    messages.push(self.encode(&f));
+                    self.send_frame(&f);
                 }
             }
         }
-        self.write(messages).await
     }
 
-    async fn socket_error(&mut self, e: WsError) {
-        let (code, why) = match &e {
-            WsError::Capacity(_) => (CloseCode::Size, e.to_string()),
-            WsError::Utf8(_) => (
-                CloseCode::Invalid,
-                "text frame is not valid UTF-8".to_owned(),
-            ),
-            WsError::Protocol(_) => (CloseCode::Protocol, e.to_string()),
-            _ => {
-                tracing::debug!(error = %e, "WebSocket read failed");
-                return;
-            }
-        };
-        self.close(code, &why).await;
+    fn forget_subscriptions(&mut self) {
+        for (_, sub) in self.subs.drain() {
+            sub.abort.abort();
+        }
+        self.streams = SelectAll::new();
     }
 
-    async fn close(&mut self, code: CloseCode, why: &str) {
-        let frame = CloseFrame {
-            code,
-            reason: reason(why).into(),
-        };
-        let _ = self.ws.send(Message::Close(Some(frame))).await;
+    /// Sends the close frame if any, writes what is still owed, and ends the socket; a
+    /// client that does not read gets `ws_ping_timeout` for it.
+    async fn finish(mut self, close: CloseWith, patience: Duration) {
+        self.forget_subscriptions();
+        if let Some((code, why)) = close {
+            let frame = CloseFrame {
+                code,
+                reason: reason(&why).into(),
+            };
+            // The link takes every write at once, so this completes on its first poll.
+            let _ = self.ws.send(Message::Close(Some(frame))).now_or_never();
+        }
+        let max_write = self.ctx.log.config().ws_write_buffer_bytes;
+        let link = self.ws.get_mut();
+        let flushed = tokio::time::timeout(
+            patience,
+            poll_fn(|cx| {
+                ready!(link.poll_send(cx, max_write))?;
+                link.poll_close(cx)
+            }),
+        )
+        .await;
+        if let Ok(Err(e)) = flushed {
+            tracing::debug!(error = %e, "WebSocket ended with an error");
+        }
     }
 
-    async fn error(
-        &mut self,
-        code: ErrorCode,
-        message: impl Into<String>,
-        id: Option<u64>,
-        ns: Option<String>,
-    ) -> bool {
-        self.send_frame(ServerFrame::error(code, message, id, ns))
-            .await
+    /// Has tungstenite hand over what it queued by itself (a pong, the closing handshake's
+    /// reply); the link takes it at once.
+    fn flush_tungstenite(&mut self) {
+        let _ = self.ws.flush().now_or_never();
     }
 
-    /// Handles one incoming message; false ends the connection.
-    async fn handle(&mut self, m: Message) -> bool {
+    fn send_frame(&mut self, f: &ServerFrame) {
+        let encoding = self.encoding;
+        self.ws
+            .get_mut()
+            .out
+            .push_with(|buf| encode(buf, encoding, f));
+    }
+
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>, ns: Option<String>) {
+        self.send_frame(&ServerFrame::error(code, message, None, ns));
+    }
+
+    /// Answers publish `id` with an error, in its turn among the publishes before it.
+    fn refuse_publish(&mut self, id: u64, ns: String, code: ErrorCode, message: String) {
+        self.answers
+            .push_answered(ServerFrame::error(code, message, Some(id), Some(ns)));
+    }
+
+    /// Handles one incoming message without waiting for anything.
+    fn handle(&mut self, m: Message) -> Step {
         let max_payload = self.ctx.log.config().max_payload_bytes;
         match (m, self.encoding) {
             (Message::Text(text), Encoding::Json) => {
@@ -237,15 +421,10 @@ impl Session {
                         "publish {} said bin: true; its payload must be the next frame, in binary",
                         p.id
                     );
-                    if !self
-                        .error(ErrorCode::BadFrame, msg, Some(p.id), Some(p.ns))
-                        .await
-                    {
-                        return false;
-                    }
+                    self.refuse_publish(p.id, p.ns, ErrorCode::BadFrame, msg);
                 }
                 let decoded = decode_json(&text, max_payload);
-                self.decoded(decoded).await
+                self.decoded(decoded)
             }
             (Message::Binary(bytes), Encoding::Json) => match self.pending_binary.take() {
                 Some(p) if bytes.len() > max_payload => {
@@ -253,8 +432,8 @@ impl Session {
                         "payload of {} bytes is over the limit of {max_payload}",
                         bytes.len()
                     );
-                    self.error(ErrorCode::PayloadTooLarge, msg, Some(p.id), Some(p.ns))
-                        .await
+                    self.refuse_publish(p.id, p.ns, ErrorCode::PayloadTooLarge, msg);
+                    Step::Go
                 }
                 Some(p) => {
                     let p = *p;
@@ -265,86 +444,89 @@ impl Session {
                         Payload::Bytes(bytes.to_vec()),
                         p.key,
                         p.idempotency_key,
-                    )
-                    .await
+                    );
+                    Step::Go
                 }
-                None => {
-                    self.close(
-                        CloseCode::Unsupported,
-                        "binary frame without a publish saying bin: true",
-                    )
-                    .await;
-                    false
-                }
+                None => Step::End(Some((
+                    CloseCode::Unsupported,
+                    "binary frame without a publish saying bin: true".to_owned(),
+                ))),
             },
             (Message::Binary(bytes), Encoding::Msgpack) => {
                 let decoded = decode_msgpack(&bytes, max_payload);
-                self.decoded(decoded).await
+                self.decoded(decoded)
             }
-            (Message::Text(_), Encoding::Msgpack) => {
-                self.close(
-                    CloseCode::Unsupported,
-                    "rewind.v1.msgpack takes binary frames only",
-                )
-                .await;
-                false
+            (Message::Text(_), Encoding::Msgpack) => Step::End(Some((
+                CloseCode::Unsupported,
+                "rewind.v1.msgpack takes binary frames only".to_owned(),
+            ))),
+            (Message::Ping(_), _) => {
+                self.flush_tungstenite();
+                Step::Go
             }
-            // tungstenite has queued the pong; have it written now.
-            (Message::Ping(_), _) => self.ws.flush().await.is_ok(),
-            (Message::Pong(_), _) | (Message::Frame(_), _) => true,
-            // tungstenite has queued the closing handshake's reply; write it before leaving.
+            (Message::Pong(_), _) | (Message::Frame(_), _) => Step::Go,
             (Message::Close(_), _) => {
-                let _ = self.ws.flush().await;
-                false
+                self.flush_tungstenite();
+                Step::End(None)
             }
         }
     }
 
-    async fn decoded(&mut self, decoded: Result<ClientFrame, FrameError>) -> bool {
+    fn decoded(&mut self, decoded: Result<ClientFrame, FrameError>) -> Step {
         match decoded {
-            Ok(frame) => self.dispatch(frame).await,
+            Ok(frame) => self.dispatch(frame),
+            // A frame with an id is a publish: its error takes its turn among the answers.
             Err(FrameError::Invalid {
                 code,
                 message,
-                id,
+                id: Some(id),
                 ns,
-            }) => self.error(code, message, id, ns).await,
-            Err(FrameError::Unparsable(why)) => {
-                self.close(CloseCode::Unsupported, &format!("unparsable frame: {why}"))
-                    .await;
-                false
+            }) => {
+                self.answers
+                    .push_answered(ServerFrame::error(code, message, Some(id), ns));
+                Step::Go
             }
+            Err(FrameError::Invalid {
+                code,
+                message,
+                id: None,
+                ns,
+            }) => {
+                self.error(code, message, ns);
+                Step::Go
+            }
+            Err(FrameError::Unparsable(why)) => Step::End(Some((
+                CloseCode::Unsupported,
+                format!("unparsable frame: {why}"),
+            ))),
         }
     }
 
-    async fn dispatch(&mut self, frame: ClientFrame) -> bool {
+    fn dispatch(&mut self, frame: ClientFrame) -> Step {
         match frame {
             ClientFrame::Open {
                 ns,
                 from,
                 epoch,
                 credit,
-            } => self.open(ns, from, epoch, credit).await,
+            } => {
+                return Step::Open(Box::new(OpenRequest {
+                    ns,
+                    from,
+                    epoch,
+                    credit,
+                }))
+            }
             ClientFrame::Close { ns } => match self.subs.remove(&ns) {
                 Some(sub) => {
                     sub.abort.abort();
-                    self.send_frame(ServerFrame::Closed { ns, reason: None })
-                        .await
+                    self.send_frame(&ServerFrame::Closed { ns, reason: None });
                 }
-                None => {
-                    self.error(ErrorCode::NotOpen, "namespace is not open", None, Some(ns))
-                        .await
-                }
+                None => self.error(ErrorCode::NotOpen, "namespace is not open", Some(ns)),
             },
             ClientFrame::Credit { ns, n } => match self.subs.get(&ns) {
-                Some(sub) => {
-                    sub.credit.add(n);
-                    true
-                }
-                None => {
-                    self.error(ErrorCode::NotOpen, "namespace is not open", None, Some(ns))
-                        .await
-                }
+                Some(sub) => sub.credit.add(n),
+                None => self.error(ErrorCode::NotOpen, "namespace is not open", Some(ns)),
             },
             ClientFrame::Publish {
                 id,
@@ -354,10 +536,7 @@ impl Session {
                 key,
                 idempotency_key,
             } => match data {
-                Some(data) => {
-                    self.publish(id, ns, event, data, key, idempotency_key)
-                        .await
-                }
+                Some(data) => self.publish(id, ns, event, data, key, idempotency_key),
                 None => {
                     self.pending_binary = Some(Box::new(PendingBinary {
                         id,
@@ -366,45 +545,38 @@ impl Session {
                         key,
                         idempotency_key,
                     }));
-                    true
                 }
             },
-            ClientFrame::Ping => self.send_frame(ServerFrame::Pong).await,
-            ClientFrame::Pong => true,
+            ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
+            ClientFrame::Pong => {}
         }
+        Step::Go
     }
 
-    async fn open(
-        &mut self,
-        ns: String,
-        from: Position,
-        epoch: Option<String>,
-        credit: u64,
-    ) -> bool {
+    /// Opens a subscription. The one wait here is for the writer to create a missing
+    /// namespace, and the writer never waits for a session.
+    async fn open(&mut self, req: OpenRequest) {
+        let OpenRequest {
+            ns,
+            from,
+            epoch,
+            credit,
+        } = req;
         if self.subs.contains_key(&ns) {
-            return self
-                .error(
-                    ErrorCode::AlreadyOpen,
-                    "namespace is already open",
-                    None,
-                    Some(ns),
-                )
-                .await;
+            return self.error(
+                ErrorCode::AlreadyOpen,
+                "namespace is already open",
+                Some(ns),
+            );
         }
         let max = self.ctx.log.config().ws_max_namespaces;
         if self.subs.len() >= max {
             let msg = format!("at most {max} namespaces per connection");
-            return self
-                .error(ErrorCode::TooManyNamespaces, msg, None, Some(ns))
-                .await;
+            return self.error(ErrorCode::TooManyNamespaces, msg, Some(ns));
         }
         let state = match self.ctx.log.open_namespace(&ns).await {
             Ok(state) => state,
-            Err(e) => {
-                return self
-                    .error(log_error_code(&e), e.to_string(), None, Some(ns))
-                    .await
-            }
+            Err(e) => return self.error(log_error_code(&e), e.to_string(), Some(ns)),
         };
         // Subscribe to live events before reading `visible`, so nothing falls in between.
         let live = state.subscribe_live();
@@ -417,30 +589,25 @@ impl Session {
             Position::Offset(n) if epoch_changed => (earliest, Some((n, "epoch"))),
             Position::Offset(n) if n > visible => {
                 let msg = format!("offset {n} is beyond the end of the log (next is {visible})");
-                return self
-                    .error(ErrorCode::BadPosition, msg, None, Some(ns))
-                    .await;
+                return self.error(ErrorCode::BadPosition, msg, Some(ns));
             }
             Position::Offset(n) if n < earliest => (earliest, Some((n, "retention"))),
             Position::Offset(n) => (n, None),
         };
-        let mut frames = vec![self.encode(&ServerFrame::Opened {
+        self.send_frame(&ServerFrame::Opened {
             ns: ns.clone(),
             epoch: state.epoch.clone(),
             from: cursor,
             earliest,
             next: visible,
-        })];
+        });
         if let Some((requested, why)) = truncated {
-            frames.push(self.encode(&ServerFrame::Truncated {
+            self.send_frame(&ServerFrame::Truncated {
                 ns: ns.clone(),
                 requested,
                 from: cursor,
                 reason: why.into(),
-            }));
-        }
-        if !self.write(frames).await {
-            return false;
+            });
         }
         let credit = Arc::new(Credit::new(credit));
         let sub = Subscription::new(
@@ -455,10 +622,11 @@ impl Session {
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(stream, registration));
         self.subs.insert(ns, OpenSub { credit, abort });
-        true
     }
 
-    async fn publish(
+    /// Queues a publish to the writer now, so a connection's publishes are appended in the
+    /// order they arrived; its answer takes its place in line.
+    fn publish(
         &mut self,
         id: u64,
         ns: String,
@@ -466,40 +634,38 @@ impl Session {
         data: Payload,
         key: Option<String>,
         idempotency_key: Option<String>,
-    ) -> bool {
-        // Waiting for a slot stops reading this connection: backpressure on a publisher
-        // that outruns the disk.
-        let max = self.ctx.log.config().ws_max_inflight_publishes;
-        let slots = self
-            .publish_slots
-            .get_or_insert_with(|| Arc::new(Semaphore::new(max)));
-        let Ok(slot) = Arc::clone(slots).acquire_owned().await else {
-            return false;
-        };
+    ) {
         let events = vec![NewEvent { event, key, data }];
-        let pending = match self.ctx.log.submit_append(&ns, events, idempotency_key) {
-            Ok(pending) => pending,
-            Err(e) => {
-                return self
-                    .error(log_error_code(&e), e.to_string(), Some(id), Some(ns))
-                    .await
-            }
-        };
-        let answers = self.answers.clone();
-        tokio::spawn(async move {
-            let answer = match pending.wait().await {
-                Ok(appended) => ServerFrame::Published {
-                    id,
-                    ns,
-                    offset: appended.first(),
-                },
-                Err(e) => ServerFrame::error(log_error_code(&e), e.to_string(), Some(id), Some(ns)),
-            };
-            let _ = answers.send(Box::new(answer)).await;
-            drop(slot);
-        });
-        true
+        match self.ctx.log.submit_append(&ns, events, idempotency_key) {
+            Ok(pending) => self.answers.push_waiting(id, ns, pending),
+            Err(e) => self.refuse_publish(id, ns, log_error_code(&e), e.to_string()),
+        }
     }
+}
+
+/// Appends `f`'s frame in the connection's encoding.
+fn encode(out: &mut Vec<u8>, encoding: Encoding, f: &ServerFrame) {
+    match encoding {
+        Encoding::Json => wire::push_text(out, f.to_json().as_bytes()),
+        Encoding::Msgpack => wire::push_binary(out, &f.to_msgpack()),
+    }
+}
+
+/// The close frame a failed read deserves, if any.
+fn socket_error(e: WsError) -> CloseWith {
+    let (code, why) = match &e {
+        WsError::Capacity(_) => (CloseCode::Size, e.to_string()),
+        WsError::Utf8(_) => (
+            CloseCode::Invalid,
+            "text frame is not valid UTF-8".to_owned(),
+        ),
+        WsError::Protocol(_) => (CloseCode::Protocol, e.to_string()),
+        _ => {
+            tracing::debug!(error = %e, "WebSocket read failed");
+            return None;
+        }
+    };
+    Some((code, why))
 }
 
 /// Completes at `deadline`, or never when there is none.
