@@ -81,6 +81,9 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Room for one command in the writer's queue.
+pub type QueueSlot = mpsc::OwnedPermit<Command>;
+
 /// The writer's answer to a queued command, to be awaited.
 pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>);
 
@@ -231,20 +234,44 @@ impl Log {
         self.submit(make)?.wait().await
     }
 
-    /// Queues an append now (so appends queued one after another keep their order) and
-    /// returns a future that resolves once it is durable.
-    pub fn submit_append(
+    /// Room for one command in the writer's queue now, if there is any: `Overloaded` when
+    /// the queue is full.
+    pub fn try_queue_slot(&self) -> Result<QueueSlot, LogError> {
+        self.inner
+            .tx
+            .clone()
+            .try_reserve_owned()
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
+            })
+    }
+
+    /// Room for one command in the writer's queue, once there is some. The writer takes
+    /// commands whatever any session or request does, so waiting for this never waits,
+    /// through the writer, on the caller itself.
+    pub fn queue_slot(&self) -> impl Future<Output = Result<QueueSlot, LogError>> + Send + 'static {
+        let tx = self.inner.tx.clone();
+        async move { tx.reserve_owned().await.map_err(|_| LogError::ShuttingDown) }
+    }
+
+    /// Queues an append in a slot of the writer's queue ([`Log::try_queue_slot`],
+    /// [`Log::queue_slot`]); the returned future resolves once it is durable.
+    pub fn submit_append_in(
         &self,
+        slot: QueueSlot,
         ns: &str,
         events: Vec<NewEvent>,
         idempotency_key: Option<String>,
-    ) -> Result<Pending<Appended>, LogError> {
-        self.submit(|reply| Command::Append {
+    ) -> Pending<Appended> {
+        let (reply, answer) = oneshot::channel();
+        slot.send(Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency_key,
             reply,
-        })
+        });
+        Pending(answer)
     }
 
     /// The live state of a namespace, creating the namespace first when it is missing and

@@ -344,3 +344,25 @@ async fn shutdown_answers_every_publish_it_took_then_closes_with_1001() {
     assert_eq!(info["next"], answered, "{info}");
     eprintln!("{answered} of {N} publishes answered before the close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_write_queue_holds_publishes_back_instead_of_refusing_them() {
+    // A write queue of one request: a pipelining publisher finds it full all the time. Its
+    // publishes wait (and the connection is not read meanwhile); none is refused.
+    const N: u64 = 2_000;
+    let b = Broker::start(&["--write-queue", "1"]);
+    let c = Client::connect(b.addr, None).await;
+    let (mut sink, mut stream) = c.socket.split();
+    tokio::time::timeout(HANG, async {
+        let reader = tokio::spawn(async move { read_answers(&mut stream, N as usize).await });
+        for id in 0..N {
+            sink.feed(publish_frame(id, "narrow")).await.expect("send");
+        }
+        sink.flush().await.expect("flush");
+        let answers = reader.await.expect("reader");
+        assert_all_published_in_order(&answers, N, 0);
+    })
+    .await
+    .expect("the publisher hung");
+    assert_log_holds(&b, "narrow", &json_payloads(N)).await;
+}

@@ -12,8 +12,9 @@
 //!   the log, a timer, shutdown. The one `.await` inside a turn is [`Session::open`]
 //!   asking the writer to create a namespace.
 //! - Backpressure only ever stops reading: past `ws_max_inflight_publishes` publishes not
-//!   yet answered, or `ws_max_unsent_bytes` not yet written, the session stops reading
-//!   the connection. It never stops writing answers, events, pings or pongs.
+//!   yet answered, `ws_max_unsent_bytes` not yet written, or while a publish waits for
+//!   room in the writer's queue, the session stops reading the connection. It never
+//!   stops writing answers, events, pings or pongs.
 //! - Memory per connection is bounded: at most `ws_max_inflight_publishes` publishes,
 //!   `ws_max_unsent_bytes` (plus one pass's worth) of outgoing bytes, and subscriptions
 //!   are polled only while fewer than `ws_write_buffer_bytes` wait, so the events a slow
@@ -46,7 +47,7 @@ use super::subscription::{Credit, Subscription, Yield};
 use super::wire;
 use super::WsContext;
 use crate::fanout::Encoding;
-use crate::log::LogError;
+use crate::log::{LogError, QueueSlot};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
 
@@ -67,6 +68,16 @@ struct PendingBinary {
     event: String,
     key: Option<String>,
     idempotency_key: Option<String>,
+}
+
+/// A publish waiting for room in the writer's queue. Nothing more is read from the
+/// connection meanwhile, so its publishes keep their order.
+struct HeldPublish {
+    id: u64,
+    ns: String,
+    events: Vec<NewEvent>,
+    idempotency_key: Option<String>,
+    slot: Pin<Box<dyn Future<Output = Result<QueueSlot, LogError>> + Send>>,
 }
 
 /// An `open` to serve; it may have to wait for the writer to create the namespace.
@@ -126,6 +137,8 @@ struct Session {
     /// Publishes not answered yet, oldest first.
     answers: Answers,
     pending_binary: Option<Box<PendingBinary>>,
+    /// A publish read while the writer's queue was full.
+    held: Option<Box<HeldPublish>>,
     /// When the client must have sent something by, after a `ping`.
     deadline: Option<Instant>,
     /// Shutdown began: nothing more is read; the publishes taken are answered, then the
@@ -161,6 +174,7 @@ pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
         streams: SelectAll::new(),
         answers: Answers::default(),
         pending_binary: None,
+        held: None,
         deadline: None,
         closing: false,
     };
@@ -245,7 +259,7 @@ impl Session {
                 tracing::debug!(error = %e, "WebSocket write failed");
                 return Poll::Ready(Turn::End(None));
             }
-            if self.closing && self.answers.is_empty() {
+            if self.closing && self.answers.is_empty() && self.held.is_none() {
                 return Poll::Ready(Turn::Settled);
             }
             // Answers or a write may have lifted a limit this pass: go round again rather
@@ -268,14 +282,15 @@ impl Session {
     fn may_read(&self) -> bool {
         let cfg = self.ctx.log.config();
         !self.closing
+            && self.held.is_none()
             && self.answers.len() < cfg.ws_max_inflight_publishes
             && self.outbox_len() < cfg.ws_max_unsent_bytes
     }
 
-    /// Not reading only because publishes wait for the disk.
+    /// Not reading only because publishes wait for the writer.
     fn held_by_writer(&self) -> bool {
         let cfg = self.ctx.log.config();
-        self.answers.len() >= cfg.ws_max_inflight_publishes
+        (self.held.is_some() || self.answers.len() >= cfg.ws_max_inflight_publishes)
             && self.outbox_len() < cfg.ws_max_unsent_bytes
     }
 
@@ -286,10 +301,24 @@ impl Session {
     }
 
     fn read_frames(&mut self, cx: &mut Context<'_>) -> Result<Stopped, Turn> {
-        for _ in 0..FRAMES_PER_PASS {
-            if !self.may_read() {
+        let mut frames = 0;
+        loop {
+            // A publish held for room in the writer's queue goes first, and until it has
+            // gone nothing else is read.
+            if let Some(held) = self.held.as_mut() {
+                let slot = match held.slot.as_mut().poll(cx) {
+                    Poll::Pending => return Ok(Stopped::Waiting),
+                    Poll::Ready(slot) => slot,
+                };
+                if let Some(h) = self.held.take() {
+                    let h = *h;
+                    self.submit(slot, h.id, h.ns, h.events, h.idempotency_key);
+                }
+            }
+            if frames == FRAMES_PER_PASS || !self.may_read() {
                 return Ok(Stopped::Held);
             }
+            frames += 1;
             let m = match self.ws.poll_next_unpin(cx) {
                 Poll::Pending => return Ok(Stopped::Waiting),
                 Poll::Ready(None) => return Err(Turn::End(None)),
@@ -303,7 +332,6 @@ impl Session {
                 Step::End(close) => return Err(Turn::End(close)),
             }
         }
-        Ok(Stopped::Held)
     }
 
     fn take_answers(&mut self, cx: &mut Context<'_>) {
@@ -625,7 +653,8 @@ impl Session {
     }
 
     /// Queues a publish to the writer now, so a connection's publishes are appended in the
-    /// order they arrived; its answer takes its place in line.
+    /// order they arrived; its answer takes its place in line. When the writer's queue is
+    /// full the publish is held, and the connection not read, until there is room.
     fn publish(
         &mut self,
         id: u64,
@@ -636,8 +665,38 @@ impl Session {
         idempotency_key: Option<String>,
     ) {
         let events = vec![NewEvent { event, key, data }];
-        match self.ctx.log.submit_append(&ns, events, idempotency_key) {
-            Ok(pending) => self.answers.push_waiting(id, ns, pending),
+        match self.ctx.log.try_queue_slot() {
+            // A full queue holds this publish, and with it the reading of the connection,
+            // until the writer has taken enough: backpressure, not an error.
+            Err(LogError::Overloaded) => {
+                self.held = Some(Box::new(HeldPublish {
+                    id,
+                    ns,
+                    events,
+                    idempotency_key,
+                    slot: Box::pin(self.ctx.log.queue_slot()),
+                }));
+            }
+            slot => self.submit(slot, id, ns, events, idempotency_key),
+        }
+    }
+
+    fn submit(
+        &mut self,
+        slot: Result<QueueSlot, LogError>,
+        id: u64,
+        ns: String,
+        events: Vec<NewEvent>,
+        idempotency_key: Option<String>,
+    ) {
+        match slot {
+            Ok(slot) => {
+                let pending = self
+                    .ctx
+                    .log
+                    .submit_append_in(slot, &ns, events, idempotency_key);
+                self.answers.push_waiting(id, ns, pending);
+            }
             Err(e) => self.refuse_publish(id, ns, log_error_code(&e), e.to_string()),
         }
     }
