@@ -44,6 +44,25 @@ pub struct FanoutArgs {
     /// time they have taken a quarter, as the Rust client does (default: unlimited credit)
     #[arg(long)]
     pub window: Option<u64>,
+    /// How the publisher publishes: `ws` (one WebSocket connection, single-event
+    /// publishes, `ws_max_inflight_publishes` in flight) or `http` (batches of 100 flooding, single events paced)
+    #[arg(long, value_enum, default_value_t = PublisherKind::Ws)]
+    pub publisher: PublisherKind,
+}
+
+/// The fan-out scenarios' publisher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublisherKind {
+    /// One WebSocket connection pipelining single-event publishes.
+    Ws,
+    /// Keep-alive HTTP: batches of 100 flooding, single events paced.
+    Http,
+}
+
+/// Unanswered publishes of the WebSocket publisher: the broker's default
+/// `ws_max_inflight_publishes`.
+fn ws_window() -> usize {
+    crate::config::Config::default().ws_max_inflight_publishes
 }
 
 /// Options of `rewind bench catchup`.
@@ -246,6 +265,27 @@ fn now_us() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
+/// The flooding publisher, with what it publishes.
+enum Flooder {
+    Http(Publisher, String),
+    Ws(super::ws::WsPublisher, String),
+}
+
+impl Flooder {
+    /// Publishes as fast as the broker takes it until `until`.
+    async fn until(&mut self, until: Instant) -> Result<(), BenchError> {
+        match self {
+            Flooder::Ws(p, data) => p.flood_until(data, until).await,
+            Flooder::Http(p, body) => {
+                while Instant::now() < until {
+                    p.post("fan", body.clone()).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Flooding: one publisher sends batches as fast as the broker takes them; every
 /// subscriber counts the events it gets.
 async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
@@ -287,27 +327,36 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
             }
         }));
     }
-    let body = batch(args.payload_bytes, 100);
-    let mut publisher = Publisher::connect(broker.addr).await?;
+    let mut publisher = match args.publisher {
+        PublisherKind::Http => Flooder::Http(
+            Publisher::connect(broker.addr).await?,
+            batch(args.payload_bytes, 100),
+        ),
+        PublisherKind::Ws => Flooder::Ws(
+            super::ws::WsPublisher::connect(broker.addr, "fan", ws_window()).await?,
+            format!("\"{}\"", "x".repeat(args.payload_bytes.saturating_sub(2))),
+        ),
+    };
     // Warm up for a second, then measure.
-    let warm = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < warm {
-        publisher.post("fan", body.clone()).await?;
-    }
+    publisher
+        .until(Instant::now() + Duration::from_secs(1))
+        .await?;
     let (d0, c0, t0) = (
         delivered.load(Ordering::Relaxed),
         broker.cpu_secs()?,
         Instant::now(),
     );
-    let until = t0 + Duration::from_secs(args.seconds);
-    while Instant::now() < until {
-        publisher.post("fan", body.clone()).await?;
-    }
+    publisher
+        .until(t0 + Duration::from_secs(args.seconds))
+        .await?;
     let (d1, c1, elapsed) = (
         delivered.load(Ordering::Relaxed),
         broker.cpu_secs()?,
         t0.elapsed(),
     );
+    if let Flooder::Ws(p, _) = publisher {
+        p.finish().await?;
+    }
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;
@@ -315,7 +364,11 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     let deliveries = (d1 - d0) as f64;
     Ok(Measured::rate(
         format!(
-            "fan-out flood, 1 publisher (batches of 100) → {subscribers} subscribers{}; broker CPU {:.3} s per million deliveries",
+            "fan-out flood, 1 publisher ({}) → {subscribers} subscribers{}; broker CPU {:.3} s per million deliveries",
+            match args.publisher {
+                PublisherKind::Ws => format!("WebSocket, single events, {} in flight", ws_window()),
+                PublisherKind::Http => "HTTP batches of 100".to_owned(),
+            },
             args.window.map_or(String::new(), |w| format!(" (credit window {w})")),
             (c1 - c0) / deliveries * 1e6
         ),
@@ -357,17 +410,37 @@ async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     let rate = (args.paced_deliveries as f64 / subscribers as f64).max(1.0);
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut publisher = Publisher::connect(broker.addr).await?;
+    let mut http = None;
+    let mut ws = None;
+    match args.publisher {
+        PublisherKind::Http => http = Some(Publisher::connect(broker.addr).await?),
+        PublisherKind::Ws => {
+            ws = Some(super::ws::WsPublisher::connect(broker.addr, "paced", ws_window()).await?)
+        }
+    }
     let (c0, t0) = (broker.cpu_secs()?, Instant::now());
     let until = t0 + Duration::from_secs(args.seconds);
     let mut publishes = Vec::new();
     while Instant::now() < until {
         ticks.tick().await;
         let sent = now_us();
-        publisher
-            .post("paced", format!(r#"{{"event":"t","data":{sent}}}"#))
-            .await?;
-        publishes.push(now_us().saturating_sub(sent));
+        if let Some(p) = ws.as_mut() {
+            p.publish(&sent.to_string()).await?;
+            p.flush().await?;
+        } else if let Some(p) = http.as_mut() {
+            p.post("paced", format!(r#"{{"event":"t","data":{sent}}}"#))
+                .await?;
+            publishes.push(now_us().saturating_sub(sent));
+        }
+    }
+    if let Some(p) = ws {
+        publishes = p
+            .finish()
+            .await?
+            .latencies_us
+            .into_iter()
+            .map(u64::from)
+            .collect();
     }
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -1,12 +1,13 @@
 //! `rewind bench`: benchmarks whose numbers go into `docs/benchmarks.md`.
 //!
-//! - [`publish`]: durable HTTP publish against the raw store, in-process.
+//! - [`publish`]: durable HTTP and WebSocket publish against the raw store, in-process.
 //! - [`fanout`]: WebSocket fan-out, latency, catch-up and idle connections against a
 //!   broker started as a child process, so its CPU time is measured apart from the load
 //!   generator's.
 
 pub mod fanout;
 pub mod publish;
+mod ws;
 
 use clap::Subcommand;
 
@@ -15,7 +16,7 @@ use crate::storage::StoreError;
 /// The benchmarks.
 #[derive(Debug, Clone, Subcommand)]
 pub enum BenchCommand {
-    /// Durable HTTP publish throughput vs the raw store
+    /// Durable HTTP and WebSocket publish throughput vs the raw store
     Publish(publish::PublishArgs),
     /// WebSocket fan-out: deliveries/s flooding, latency paced, broker CPU per million
     Fanout(fanout::FanoutArgs),

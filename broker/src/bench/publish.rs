@@ -47,6 +47,13 @@ pub struct PublishArgs {
     /// Concurrent publishers in the batch scenario
     #[arg(long, default_value_t = 4)]
     pub batch_publishers: usize,
+    /// Run only the WebSocket scenario (and the 64-publisher HTTP one as its reference)
+    #[arg(long)]
+    pub ws_only: bool,
+    /// The broker's `ws_max_inflight_publishes` (the WebSocket publisher keeps this many
+    /// unanswered) [default: the broker's default]
+    #[arg(long)]
+    pub ws_inflight: Option<usize>,
 }
 
 fn payload(bytes: usize) -> String {
@@ -219,14 +226,53 @@ async fn http_scenario(
     })
 }
 
+/// One WebSocket connection pipelining single-event publishes, with as many unanswered
+/// as the broker allows (`ws_max_inflight_publishes`).
+async fn ws_scenario(
+    addr: std::net::SocketAddr,
+    config: &Config,
+    args: &PublishArgs,
+) -> Result<Measured, BenchError> {
+    let window = config.ws_max_inflight_publishes;
+    let ns = format!("bench.{}", SCENARIO.fetch_add(1, Ordering::Relaxed));
+    let mut publisher = super::ws::WsPublisher::connect(addr, &ns, window).await?;
+    let data = payload(args.payload_bytes);
+    let start = Instant::now();
+    publisher
+        .flood_until(&data, start + Duration::from_secs(args.seconds))
+        .await?;
+    let mut done = publisher.finish().await?;
+    let elapsed = start.elapsed().as_secs_f64();
+    done.latencies_us.sort_unstable();
+    let pct = |p: f64| {
+        let l = &done.latencies_us;
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as u64
+    };
+    Ok(Measured {
+        name: format!(
+            "durable WebSocket publish, 1 connection, single-event publishes, {window} in flight"
+        ),
+        events_per_sec: done.events as f64 / elapsed,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        max_us: done.latencies_us.last().copied().unwrap_or(0) as u64,
+    })
+}
+
 /// Runs every scenario and returns the results in order.
 pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     let mut results = Vec::new();
 
     let dir = tempfile::tempdir()?;
+    let defaults = Config::default();
     let config = Arc::new(Config {
         data_dir: dir.path().to_owned(),
-        ..Config::default()
+        ws_max_inflight_publishes: args
+            .ws_inflight
+            .unwrap_or(defaults.ws_max_inflight_publishes),
+        ..defaults
     });
     let open_config = Arc::clone(&config);
     let log = tokio::task::spawn_blocking(move || Log::open(open_config))
@@ -243,7 +289,13 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
         r#"{{"event":"bench","data":{}}}"#,
         payload(args.payload_bytes)
     );
-    for &n in &args.publishers {
+    results.push(ws_scenario(addr, &config, args).await?);
+    let publishers = if args.ws_only {
+        vec![64]
+    } else {
+        args.publishers.clone()
+    };
+    for n in publishers {
         results.push(
             http_scenario(
                 format!("durable HTTP publish, {n} concurrent single-event publishers"),
@@ -255,6 +307,11 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
             )
             .await?,
         );
+    }
+    if args.ws_only {
+        let _ = stop_tx.send(());
+        let _ = server.await;
+        return Ok(results);
     }
     let batch = format!("[{}]", vec![one.as_str(); args.batch].join(","));
     results.push(
