@@ -112,6 +112,8 @@ impl Outbox {
                 self.pieces.pop_front();
             }
         }
+        // An idle connection keeps no buffer: most connections write a little, rarely.
+        self.pieces = VecDeque::new();
         Poll::Ready(Ok(()))
     }
 }

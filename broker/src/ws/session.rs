@@ -239,7 +239,8 @@ impl Session {
                 Turn::End(close) => break close,
             }
         };
-        self.finish(close, ping_timeout).await;
+        // Boxed: an idle connection's future should only be as big as its waiting.
+        Box::pin(self.finish(close, ping_timeout)).await;
     }
 
     /// One pass over everything the connection does, none of it waiting on another:
