@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rewind_protocol::codec::ReadPage;
-use rewind_protocol::{NewEvent, Position};
+use rewind_protocol::idempotency::RequestDigest;
+use rewind_protocol::{ErrorCode, NewEvent, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, Durability, Retention};
@@ -45,12 +46,64 @@ pub enum LogError {
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The idempotency key was used inside the window for a different request.
+    #[error(
+        "the idempotency key was used for a different request (offsets {first}..={last}); \
+         a retry must send the same events"
+    )]
+    IdempotencyConflict {
+        /// Offset of the first event of the original request.
+        first: u64,
+        /// Offset of the last event of the original request.
+        last: u64,
+    },
+}
+
+impl LogError {
+    /// The wire code, the same on every transport.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LogError::NotFound(_) | LogError::Deleted(_) => ErrorCode::NotFound,
+            LogError::Overloaded => ErrorCode::Overloaded,
+            LogError::ShuttingDown => ErrorCode::ShuttingDown,
+            LogError::BadPosition(_) => ErrorCode::BadPosition,
+            LogError::DiskFull => ErrorCode::StorageFull,
+            LogError::Storage(_) => ErrorCode::Internal,
+            LogError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
+        }
+    }
+}
+
+/// An idempotency key with what the request it came with asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, checked by [`rewind_protocol::idempotency::validate_key`].
+    pub key: String,
+    /// The digest of the request's events; a retry must publish the same events.
+    pub request: RequestDigest,
+    /// The request was a batch (HTTP answers `{"first","last"}`), not one event.
+    pub batch: bool,
+}
+
+impl Idempotency {
+    /// The key (if any) for publishing `events` as one event (`batch` false) or a batch.
+    pub fn of(key: Option<String>, events: &[NewEvent], batch: bool) -> Option<Idempotency> {
+        key.map(|key| Idempotency {
+            key,
+            request: RequestDigest::of(events),
+            batch,
+        })
+    }
 }
 
 impl From<&StoreError> for LogError {
     fn from(e: &StoreError) -> Self {
         match e {
             StoreError::NotFound(ns) => LogError::NotFound(ns.clone()),
+            StoreError::IdempotencyConflict { first, last } => LogError::IdempotencyConflict {
+                first: *first,
+                last: *last,
+            },
             _ if e.is_disk_full() => LogError::DiskFull,
             other => LogError::Storage(other.to_string()),
         }
@@ -262,37 +315,16 @@ impl Log {
         slot: QueueSlot,
         ns: &str,
         events: Vec<NewEvent>,
-        idempotency_key: Option<String>,
+        idempotency: Option<Idempotency>,
     ) -> Pending<Appended> {
         let (reply, answer) = oneshot::channel();
         slot.send(Command::Append {
             ns: ns.to_owned(),
             events,
-            idempotency_key,
+            idempotency,
             reply,
         });
         Pending(answer)
-    }
-
-    /// The live state of a namespace, creating the namespace first when it is missing and
-    /// `auto_create` is on.
-    pub async fn open_namespace(&self, ns: &str) -> Result<Arc<NsState>, LogError> {
-        if let Some(state) = self.inner.namespaces.get(ns) {
-            return Ok(state);
-        }
-        if !self.inner.config.auto_create {
-            return Err(LogError::NotFound(ns.to_owned()));
-        }
-        self.request(|reply| Command::Put {
-            ns: ns.to_owned(),
-            retention: None,
-            reply,
-        })
-        .await?;
-        self.inner
-            .namespaces
-            .get(ns)
-            .ok_or_else(|| LogError::NotFound(ns.to_owned()))
     }
 
     /// Events of `ns` with offsets in `from..until`, at most `max_events` (and
@@ -324,12 +356,12 @@ impl Log {
         &self,
         ns: &str,
         events: Vec<NewEvent>,
-        idempotency_key: Option<String>,
+        idempotency: Option<Idempotency>,
     ) -> Result<Appended, LogError> {
         self.request(|reply| Command::Append {
             ns: ns.to_owned(),
             events,
-            idempotency_key,
+            idempotency,
             reply,
         })
         .await

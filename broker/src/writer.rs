@@ -13,6 +13,8 @@
 //!   channels and live events into bounded broadcast rings, neither of which blocks. So a
 //!   session or request may wait for the writer without ever waiting, through it, on
 //!   itself.
+//! - Namespaces are created here only, by a `Put` or by an `Append` when `auto_create` is
+//!   on: a read, a subscription or a refused request never creates one.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Durability, Retention};
 use crate::fanout::SharedRun;
-use crate::log::LogError;
+use crate::log::{Idempotency, LogError};
 use crate::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 
@@ -37,8 +39,8 @@ pub enum Command {
         ns: String,
         /// The events, validated.
         events: Vec<NewEvent>,
-        /// The publisher's `Idempotency-Key`, if any.
-        idempotency_key: Option<String>,
+        /// The publisher's idempotency key and the digest of its request, if any.
+        idempotency: Option<Idempotency>,
         /// Answered once the events are durable.
         reply: Reply<Appended>,
     },
@@ -177,9 +179,9 @@ impl Writer {
             Command::Append {
                 ns,
                 events,
-                idempotency_key,
+                idempotency,
                 reply,
-            } => self.append(ns, events, idempotency_key.as_deref(), reply, group),
+            } => self.append(ns, events, idempotency.as_ref(), reply, group),
             Command::Put {
                 ns,
                 retention,
@@ -232,7 +234,7 @@ impl Writer {
         &mut self,
         ns: String,
         events: Vec<NewEvent>,
-        idempotency_key: Option<&str>,
+        idempotency: Option<&Idempotency>,
         reply: Reply<Appended>,
         group: &mut Group,
     ) {
@@ -257,8 +259,10 @@ impl Writer {
             }
         };
         let now = now_ms();
-        let idempotency = idempotency_key.map(|key| IdempotencyKey {
-            key,
+        let idempotency = idempotency.map(|i| IdempotencyKey {
+            key: &i.key,
+            request: i.request,
+            batch: i.batch,
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });

@@ -2,8 +2,12 @@
 
 use std::fmt;
 
-/// A machine-readable error code, as listed in the spec (§3.1) plus the few codes that only
-/// HTTP needs (documented in `docs/http-api.md`).
+/// A machine-readable error code, as listed in the spec (§3.1) plus the codes the spec
+/// leaves out (documented in `docs/http-api.md` and `docs/protocol.md`).
+///
+/// The same mistake gets the same code on every transport: the table of mistakes ×
+/// transports is in `docs/protocol.md` ("Errors"). A code's HTTP status is
+/// [`ErrorCode::http_status`], so the two never drift apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorCode {
     /// The input could not be parsed or has the wrong shape.
@@ -30,16 +34,22 @@ pub enum ErrorCode {
     Overloaded,
     /// Something failed inside the broker.
     Internal,
-    /// HTTP only: the namespace (or route) does not exist.
+    /// The namespace (or, over HTTP, the route) does not exist.
     NotFound,
     /// HTTP only: the method is not allowed on this route.
     MethodNotAllowed,
     /// HTTP only: the content type cannot be published.
     UnsupportedMediaType,
-    /// HTTP only: the disk is full.
+    /// The disk is full.
     StorageFull,
-    /// HTTP only: the broker is shutting down.
+    /// The broker is shutting down.
     ShuttingDown,
+    /// An idempotency key was used before, inside the window, for a different request.
+    IdempotencyConflict,
+    /// HTTP only: a plain request to the WebSocket endpoint.
+    UpgradeRequired,
+    /// HTTP only: `Accept` rules out every media type the route can answer with.
+    NotAcceptable,
 }
 
 impl ErrorCode {
@@ -63,6 +73,34 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::StorageFull => "storage_full",
             ErrorCode::ShuttingDown => "shutting_down",
+            ErrorCode::IdempotencyConflict => "idempotency_conflict",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::NotAcceptable => "not_acceptable",
+        }
+    }
+
+    /// The HTTP status this code is answered with (the table in `docs/http-api.md`).
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadFrame
+            | ErrorCode::UnknownType
+            | ErrorCode::BadNamespace
+            | ErrorCode::BadPosition
+            | ErrorCode::NotOpen
+            | ErrorCode::AlreadyOpen
+            | ErrorCode::TooManyNamespaces => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::NotAcceptable => 406,
+            ErrorCode::IdempotencyConflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::UpgradeRequired => 426,
+            ErrorCode::Internal => 500,
+            ErrorCode::Overloaded | ErrorCode::ShuttingDown => 503,
+            ErrorCode::StorageFull => 507,
         }
     }
 }
@@ -102,6 +140,9 @@ pub enum ProtocolError {
     /// A position string is neither a number, `earliest` nor `latest`.
     #[error("bad position {0:?}: expected an offset, \"earliest\" or \"latest\"")]
     BadPosition(String),
+    /// An idempotency key breaks the rule of [`crate::idempotency::validate_key`].
+    #[error("bad idempotency key: {0}")]
+    BadIdempotencyKey(&'static str),
     /// A payload is larger than the configured limit.
     #[error("payload of {size} bytes is over the limit of {limit} bytes")]
     PayloadTooLarge {
@@ -128,7 +169,8 @@ impl ProtocolError {
             ProtocolError::BadEventName(_)
             | ProtocolError::Malformed(_)
             | ProtocolError::BadValue { .. }
-            | ProtocolError::BatchSize { .. } => ErrorCode::BadFrame,
+            | ProtocolError::BatchSize { .. }
+            | ProtocolError::BadIdempotencyKey(_) => ErrorCode::BadFrame,
             ProtocolError::BadPosition(_) => ErrorCode::BadPosition,
             ProtocolError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
         }

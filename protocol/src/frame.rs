@@ -96,7 +96,7 @@ struct Wire<D> {
     #[serde(default)]
     ns: Option<String>,
     #[serde(default)]
-    from: Option<Position>,
+    from: Option<FromField>,
     #[serde(default)]
     epoch: Option<String>,
     #[serde(default)]
@@ -121,6 +121,70 @@ struct Wire<D> {
 /// value, not a missing field).
 fn some<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
     T::deserialize(d).map(Some)
+}
+
+/// An `open` frame's `from`, of any type: a position, or why it is not one (answered with
+/// `bad_position`, not `bad_frame`, as HTTP answers `?from=`).
+struct FromField(Result<Position, String>);
+
+impl<'de> Deserialize<'de> for FromField {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+        struct AnyFrom;
+
+        fn not(what: impl std::fmt::Display) -> FromField {
+            FromField(Err(format!(
+                "bad position {what}: expected an offset, \"earliest\" or \"latest\""
+            )))
+        }
+
+        impl<'de> Visitor<'de> for AnyFrom {
+            type Value = FromField;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a position")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<FromField, E> {
+                Ok(FromField(Ok(Position::Offset(v))))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<FromField, E> {
+                Ok(
+                    u64::try_from(v)
+                        .map_or_else(|_| not(v), |n| FromField(Ok(Position::Offset(n)))),
+                )
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<FromField, E> {
+                Ok(not(v))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<FromField, E> {
+                Ok(not(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<FromField, E> {
+                Ok(match v {
+                    "earliest" => FromField(Ok(Position::Earliest)),
+                    "latest" => FromField(Ok(Position::Latest)),
+                    _ => not(format!("{:?}", v.chars().take(64).collect::<String>())),
+                })
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<FromField, E> {
+                Ok(not("(bytes)"))
+            }
+            fn visit_unit<E>(self) -> Result<FromField, E> {
+                Ok(not("null"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<FromField, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(not("(an array)"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<FromField, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(not("(a map)"))
+            }
+        }
+
+        d.deserialize_any(AnyFrom)
+    }
 }
 
 /// Just enough of a frame to call it one.
@@ -341,7 +405,12 @@ fn validate<D: IntoPayload>(
     match wire.t.as_str() {
         "open" => Ok(ClientFrame::Open {
             ns: need_ns(wire.ns.clone())?,
-            from: wire.from.unwrap_or(Position::Latest),
+            from: match wire.from {
+                None => Position::Latest,
+                Some(FromField(Ok(p))) => p,
+                // The same mistake as HTTP's `?from=soon`, so the same code.
+                Some(FromField(Err(m))) => return Err(fail(ErrorCode::BadPosition, m)),
+            },
             epoch: wire.epoch,
             credit: wire.credit.unwrap_or(DEFAULT_CREDIT),
         }),
@@ -367,15 +436,8 @@ fn validate<D: IntoPayload>(
                     format!("key is longer than {MAX_KEY_BYTES} bytes"),
                 ));
             }
-            if wire
-                .idempotency_key
-                .as_ref()
-                .is_some_and(|k| k.is_empty() || k.len() > 256)
-            {
-                return Err(fail(
-                    ErrorCode::BadFrame,
-                    "idempotency_key must be 1 to 256 bytes".into(),
-                ));
+            if let Some(k) = &wire.idempotency_key {
+                crate::idempotency::validate_key(k).map_err(|e| fail(e.code(), e.to_string()))?;
             }
             let bin = wire.bin.unwrap_or(false);
             let data = match (wire.data, bin) {
@@ -1110,10 +1172,41 @@ mod tests {
             invalid_code(decode_json(r#"{"t":"open","ns":".x"}"#, MAX)),
             ErrorCode::BadNamespace
         );
-        assert_eq!(
-            invalid_code(decode_json(r#"{"t":"open","ns":"x","from":"soon"}"#, MAX)),
-            ErrorCode::BadFrame
-        );
+        // A bad `from` is `bad_position`, as over HTTP, whatever its type.
+        for from in [
+            r#""soon""#,
+            "-1",
+            "1.5",
+            "true",
+            "[1]",
+            r#"{"a":[1]}"#,
+            r#""LATEST""#,
+        ] {
+            let text = format!(r#"{{"t":"open","ns":"x","from":{from}}}"#);
+            assert_eq!(
+                invalid_code(decode_json(&text, MAX)),
+                ErrorCode::BadPosition,
+                "{from}"
+            );
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let packed = rmp_serde::to_vec_named(&value).unwrap();
+            assert_eq!(
+                invalid_code(decode_msgpack(&packed, MAX)),
+                ErrorCode::BadPosition,
+                "{from}"
+            );
+        }
+        // One rule for idempotency keys (the HTTP header's).
+        for key in [r#""""#, r#"" ""#, r#""a b""#, r#""\t""#, r#""é""#] {
+            let text =
+                format!(r#"{{"t":"publish","id":3,"ns":"x","event":"e","idempotency_key":{key}}}"#);
+            match decode_json(&text, MAX) {
+                Err(FrameError::Invalid { code, id, .. }) => {
+                    assert_eq!((code, id), (ErrorCode::BadFrame, Some(3)), "{key}")
+                }
+                other => panic!("{key}: {other:?}"),
+            }
+        }
         assert_eq!(
             invalid_code(decode_json(r#"{"t":"publish","ns":"x","event":"e"}"#, MAX)),
             ErrorCode::BadFrame

@@ -9,6 +9,8 @@
 //! - [`value`]: the one validation of event values every way in uses (a value is
 //!   accepted only if JSON and MessagePack both carry it), and the transcoders between
 //!   the two encodings.
+//! - [`idempotency`]: the rule for idempotency keys, and the digest of a publish request
+//!   that tells a retry from a different request under the same key.
 //! - [`frame`]: WebSocket frames in both encodings, with decoders that tell a broken
 //!   frame (close the connection) from a mistaken one (answer with `error`).
 //! - [`codec`]: how an event is written out to a reader, in JSON and in MessagePack.
@@ -21,6 +23,7 @@ pub mod codec;
 pub mod error;
 pub mod event;
 pub mod frame;
+pub mod idempotency;
 pub mod names;
 pub mod publish;
 pub mod value;

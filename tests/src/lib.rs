@@ -543,3 +543,22 @@ pub mod tls {
         }
     }
 }
+
+/// Sends `request` as raw bytes on a new connection and returns everything the broker
+/// sends back until it closes the connection (send `Connection: close`): for checking
+/// what goes over the wire, such as a `HEAD` answer having no body, or header bytes a
+/// client library would refuse to send.
+pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        stream.read_to_end(&mut out),
+    )
+    .await
+    .expect("the broker closes the connection in time")
+    .expect("read");
+    out
+}

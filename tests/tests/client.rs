@@ -272,6 +272,12 @@ mod websocket_client {
         out
     }
 
+    /// Creates `ns`: a subscription does not (only a publish or a PUT does).
+    async fn create(b: &Broker, ns: &str) {
+        let r = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
+        assert_eq!(r.status, hyper::StatusCode::CREATED);
+    }
+
     async fn publish_n(b: &Broker, ns: &str, from: u64, n: u64) {
         let body: Vec<String> = (from..from + n)
             .map(|i| format!(r#"{{"event":"n","data":{i}}}"#))
@@ -289,6 +295,7 @@ mod websocket_client {
     async fn a_subscription_survives_kill9_and_restart_with_no_gap_and_no_duplicate() {
         let mut b = Broker::start(&[]);
         let client = Client::connect(&b.url(), options(64)).await.unwrap();
+        create(&b, "k").await;
         let mut sub = client.subscribe("k", Position::Earliest).await.unwrap();
         publish_n(&b, "k", 0, 300).await;
         let mut got = events(&mut sub, 150).await;
@@ -336,6 +343,7 @@ mod websocket_client {
         let client = Client::connect(&format!("http://{proxy}"), options(128))
             .await
             .unwrap();
+        create(&b, "cut").await;
         let mut sub = client.subscribe("cut", Position::Earliest).await.unwrap();
         for chunk in 0..10 {
             publish_n(&b, "cut", chunk * 300, 300).await;
@@ -348,6 +356,8 @@ mod websocket_client {
     async fn a_sleeping_consumer_is_bounded_and_does_not_hold_up_the_others() {
         let b = Broker::start(&[]);
         let client = Client::connect(&b.url(), options(16)).await.unwrap();
+        create(&b, "slow").await;
+        create(&b, "fast").await;
         let mut slow = client.subscribe("slow", Position::Earliest).await.unwrap();
         let mut fast = client.subscribe("fast", Position::Earliest).await.unwrap();
         for chunk in 0..10 {
@@ -501,6 +511,7 @@ mod websocket_client {
         let client = Client::connect(&format!("http://{proxy}"), opts)
             .await
             .unwrap();
+        create(&b, "quiet").await;
         let mut sub = client.subscribe("quiet", Position::Earliest).await.unwrap();
         publish_n(&b, "quiet", 0, 5).await;
         // Nothing can come through the first link; after the liveness timeout the client

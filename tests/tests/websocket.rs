@@ -53,6 +53,14 @@ async fn expect_error(c: &mut Client) -> (String, Option<u64>, Option<String>) {
     }
 }
 
+/// Creates namespaces: opening a subscription does not (only a publish or a PUT does).
+async fn create(b: &Broker, names: &[&str]) {
+    for ns in names {
+        let r = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
+        assert_eq!(r.status, StatusCode::CREATED, "{ns}");
+    }
+}
+
 async fn http_publish(b: &Broker, ns: &str, body: String) {
     let r = b
         .post_json(&format!("/v1/namespaces/{ns}/events"), &body)
@@ -68,6 +76,7 @@ async fn http_publish(b: &Broker, ns: &str, body: String) {
 #[tokio::test]
 async fn multiplexed_namespaces_open_stream_and_close() {
     let b = Broker::start(&[]);
+    create(&b, &["a", "b"]).await;
     http_publish(
         &b,
         "a",
@@ -205,6 +214,7 @@ async fn resume_across_reconnects_is_exactly_once_while_publishing() {
 #[tokio::test]
 async fn msgpack_and_binary_payloads_both_ways() {
     let b = Broker::start(&[]);
+    create(&b, &["bin"]).await;
     let bytes: Vec<u8> = (0..=255u8).rev().collect();
     // JSON encoding: bin: true, then one binary frame, both ways.
     let mut j = Client::connect(b.addr, Some("rewind.v1.json")).await;
@@ -276,6 +286,7 @@ async fn msgpack_and_binary_payloads_both_ways() {
 #[tokio::test]
 async fn truncation_by_retention_and_by_epoch() {
     let b = Broker::start(&["--retention-interval-ms", "20"]);
+    create(&b, &["u"]).await;
     let r = b
         .put_json("/v1/namespaces/t", r#"{"retention":{"max_events":3}}"#)
         .await;
@@ -372,6 +383,7 @@ async fn a_stalled_subscriber_costs_a_cursor_and_does_not_stall_its_neighbours()
     let base_growth = rss_kib(base.pid()).saturating_sub(before);
 
     let b = Broker::start(&["--store-cache-bytes", "4194304"]);
+    create(&b, &["side"]).await;
     http_publish(&b, "big", r#"{"event":"warm"}"#.into()).await;
     let mut c = Client::connect(b.addr, None).await;
     c.send(&open("big", Position::Latest, None, 10)).await;
@@ -419,6 +431,7 @@ async fn a_stalled_subscriber_costs_a_cursor_and_does_not_stall_its_neighbours()
 #[tokio::test]
 async fn every_recoverable_mistake_gets_its_error_code_and_the_connection_stays_up() {
     let b = Broker::start(&["--ws-max-namespaces", "2", "--max-payload-bytes", "100"]);
+    create(&b, &["x", "y"]).await;
     let mut c = Client::connect(b.addr, None).await;
     async fn check(c: &mut Client, frame: String, code: &str) {
         c.raw(Message::Text(frame.clone().into())).await;
@@ -586,6 +599,7 @@ async fn silence_after_a_ping_drops_the_connection_and_answers_keep_it() {
 #[tokio::test]
 async fn shutdown_closes_websockets_with_1001() {
     let mut b = Broker::start(&[]);
+    create(&b, &["s"]).await;
     let mut c = Client::connect(b.addr, None).await;
     c.send(&open("s", Position::Latest, None, 10)).await;
     assert!(matches!(

@@ -226,6 +226,24 @@ impl Publisher {
         Ok(Publisher { sender, addr })
     }
 
+    /// Creates `ns` with `PUT` (subscribing does not create a namespace).
+    async fn create(&mut self, ns: &str) -> Result<(), BenchError> {
+        let req = Request::builder()
+            .method(Method::PUT)
+            .uri(format!("/v1/namespaces/{ns}"))
+            .header("host", self.addr.to_string())
+            .body(Full::new(Bytes::new()))
+            .map_err(err)?;
+        self.sender.ready().await.map_err(err)?;
+        let res = self.sender.send_request(req).await.map_err(err)?;
+        let status = res.status();
+        res.into_body().collect().await.map_err(err)?;
+        if !status.is_success() {
+            return Err(err(format!("PUT /v1/namespaces/{ns}: {status}")));
+        }
+        Ok(())
+    }
+
     async fn post(&mut self, ns: &str, body: String) -> Result<(), BenchError> {
         let req = Request::builder()
             .method(Method::POST)
@@ -290,6 +308,7 @@ impl Flooder {
 /// subscriber counts the events it gets.
 async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
     let broker = ChildBroker::start(&[])?;
+    Publisher::connect(broker.addr).await?.create("fan").await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -380,6 +399,10 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
 /// subscriber measures publish-to-receive latency from the send time in the payload.
 async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
     let broker = ChildBroker::start(&[])?;
+    Publisher::connect(broker.addr)
+        .await?
+        .create("paced")
+        .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
@@ -521,6 +544,10 @@ pub async fn catchup(args: &CatchupArgs) -> Result<Vec<Measured>, BenchError> {
 pub async fn idle(args: &IdleArgs) -> Result<Vec<Measured>, BenchError> {
     let broker = ChildBroker::start(&["--max-connections", &(args.connections + 100).to_string()])?;
     // One connection first, so the runtime and the namespace exist before the baseline.
+    Publisher::connect(broker.addr)
+        .await?
+        .create("idle")
+        .await?;
     let first = subscribe(broker.addr, "idle", "\"latest\"").await?;
     let before = broker.rss_kib()?;
     let mut open = Vec::with_capacity(args.connections);

@@ -8,6 +8,7 @@
 //!   next, so nothing a request waits for depends on that connection doing anything else.
 
 mod admin;
+mod media;
 mod publish;
 mod read;
 pub mod response;
@@ -15,6 +16,7 @@ pub mod response;
 use std::collections::HashMap;
 
 use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 use rewind_protocol::{validate_namespace, ErrorCode};
 
@@ -32,10 +34,19 @@ pub struct App {
 }
 
 /// Answers one request. Never fails: every error becomes a JSON error response.
+///
+/// `HEAD` is answered on every `GET` route as `GET` would be, status and headers alike
+/// (`Content-Length` included), without the body.
 pub async fn handle(req: Request<Incoming>, app: App) -> Response<Body> {
-    match route(req, &app).await {
+    let head = req.method() == Method::HEAD;
+    let res = match route(req, &app).await {
         Ok(res) => res,
         Err(e) => e.into_response(),
+    };
+    if head {
+        without_body(res)
+    } else {
+        res
     }
 }
 
@@ -58,14 +69,32 @@ pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
         hyper::header::CONNECTION,
         hyper::header::HeaderValue::from_static("close"),
     );
-    res
+    if req.method() == Method::HEAD {
+        without_body(res)
+    } else {
+        res
+    }
+}
+
+/// A `HEAD` answer: the `GET` answer's status and headers, with the length its body had.
+fn without_body(res: Response<Body>) -> Response<Body> {
+    let (mut parts, body) = res.into_parts();
+    if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
+        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    }
+    Response::from_parts(parts, Body::default())
 }
 
 async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let log = &app.log;
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-    let method = req.method().clone();
+    // HEAD takes the GET route (see `handle`).
+    let method = match req.method() {
+        &Method::HEAD => Method::GET,
+        m => m.clone(),
+    };
+    let head = req.method() == Method::HEAD;
     match segments.as_slice() {
         ["healthz"] => only(&method, &[Method::GET])
             .map(|()| response::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
@@ -75,7 +104,12 @@ async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiE
         }
         ["v1", "ws"] => {
             only(&method, &[Method::GET])?;
-            ws::upgrade(req, &app.ws)
+            if head {
+                // A HEAD cannot switch protocols; it learns what a plain GET would.
+                Ok(ws::upgrade_required())
+            } else {
+                ws::upgrade(req, &app.ws)
+            }
         }
         ["v1", "namespaces"] => {
             only(&method, &[Method::GET])?;
@@ -118,10 +152,14 @@ fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
     }
 }
 
+/// 405 with an `Allow` header; every route with `GET` also takes `HEAD`.
 fn not_allowed(allowed: &[Method]) -> ApiError {
     let list = allowed
         .iter()
-        .map(Method::as_str)
+        .flat_map(|m| {
+            let head = (m == Method::GET).then_some("HEAD");
+            std::iter::once(m.as_str()).chain(head)
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let mut err = ApiError::new(

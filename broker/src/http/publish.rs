@@ -4,16 +4,15 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use rewind_protocol::idempotency;
 use rewind_protocol::publish::{self, PublishLimits};
 use rewind_protocol::ErrorCode;
 
+use super::media::MediaType;
 use super::query;
 use super::response::{self, ApiError, Body};
-use crate::log::Log;
+use crate::log::{Idempotency, Log};
 use crate::storage::Appended;
-
-/// Longest `Idempotency-Key`, in bytes.
-const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 /// How the body is to be read.
 enum BodyKind {
@@ -39,14 +38,14 @@ fn body_kind(content_type: Option<&HeaderValue>) -> Result<BodyKind, ApiError> {
     };
     let value = value
         .to_str()
-        .map_err(|_| unsupported("the Content-Type header is not readable"))?
-        .to_ascii_lowercase();
-    let mut parts = value.split(';').map(str::trim);
-    let media = parts.next().unwrap_or_default();
-    let charset_ok = parts
-        .filter_map(|p| p.strip_prefix("charset="))
-        .all(|c| matches!(c.trim_matches('"'), "utf-8" | "utf8"));
-    match media {
+        .map_err(|_| unsupported("the Content-Type header is not readable"))?;
+    let Some(media) = MediaType::parse(value) else {
+        return Err(unsupported(format!("{value:?} is not a media type")));
+    };
+    let charset_ok = media
+        .param("charset")
+        .is_none_or(|c| c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8"));
+    match media.essence.as_str() {
         "application/json" | "application/x-ndjson" if !charset_ok => {
             Err(unsupported("JSON bodies must be UTF-8"))
         }
@@ -56,7 +55,6 @@ fn body_kind(content_type: Option<&HeaderValue>) -> Result<BodyKind, ApiError> {
             "form bodies are not published; send application/json (curl: -H 'Content-Type: application/json')",
         )),
         m if m.starts_with("multipart/") => Err(unsupported("multipart bodies are not published")),
-        m if !m.contains('/') => Err(unsupported(format!("{m:?} is not a media type"))),
         _ => Ok(BodyKind::Raw),
     }
 }
@@ -88,19 +86,17 @@ pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Ve
     }
 }
 
+/// The `Idempotency-Key` header, checked by the rule every transport uses.
 fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
     let Some(value) = req.headers().get("idempotency-key") else {
         return Ok(None);
     };
-    let key = value
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES)
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
-            ))
-        })?;
+    let key = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+        ApiError::from(rewind_protocol::ProtocolError::BadIdempotencyKey(
+            "only visible ASCII characters (! to ~) are allowed",
+        ))
+    })?;
+    idempotency::validate_key(key)?;
     Ok(Some(key.to_owned()))
 }
 
@@ -134,12 +130,17 @@ pub(super) async fn publish(
             }
         }
     };
+    let idempotency = Idempotency::of(idempotency, &parsed.events, parsed.batch);
     let appended = log.append(ns, parsed.events, idempotency).await?;
-    let (first, last, replayed) = match appended {
-        Appended::New { first, last } => (first, last, false),
-        Appended::Duplicate { first, last } => (first, last, true),
+    // A replay answers in the original's shape (a record from before shapes were kept
+    // cannot tell, and takes the retry's).
+    let (first, last, replayed, batch) = match appended {
+        Appended::New { first, last } => (first, last, false, parsed.batch),
+        Appended::Duplicate { first, last, batch } => {
+            (first, last, true, batch.unwrap_or(parsed.batch))
+        }
     };
-    let body = if parsed.batch {
+    let body = if batch {
         serde_json::json!({ "first": first, "last": last })
     } else {
         serde_json::json!({ "offset": first })

@@ -3,16 +3,23 @@
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::ACCEPT;
+use hyper::header::{ACCEPT, VARY};
 use hyper::{Request, Response, StatusCode};
 use rewind_protocol::{ErrorCode, Position};
 
-use super::query;
 use super::response::{self, ApiError, Body};
+use super::{media, query};
 use crate::log::{Log, ReadRequest};
 
 /// Events per page when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;
+
+/// The media types a page can be answered in, the preferred first.
+const ANSWERS: [&str; 3] = [
+    "application/json",
+    "application/msgpack",
+    "application/x-msgpack",
+];
 
 fn bad_position(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
@@ -58,11 +65,22 @@ pub(super) async fn read(
         }
         None => Duration::ZERO,
     };
-    let msgpack = req
+    let accept: Vec<&str> = req
         .headers()
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/msgpack") || v.contains("application/x-msgpack"));
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let msgpack = match media::negotiate(&accept, &ANSWERS) {
+        Some(m) => m != "application/json",
+        None => {
+            return Err(ApiError::of(
+                ErrorCode::NotAcceptable,
+                "events are served as application/json or application/msgpack; \
+                 the Accept header rules out both",
+            ))
+        }
+    };
     let page = log.read(ns, ReadRequest { from, limit, wait }).await?;
     if msgpack {
         // A page stops at an event it cannot encode and names it in `error`.
@@ -70,16 +88,23 @@ pub(super) async fn read(
         if let Some(e) = error {
             tracing::error!(ns, offset = e.offset, error = %e.message, "event cannot be encoded in MessagePack");
         }
-        Ok(response::with_body(
+        Ok(varies(response::with_body(
             StatusCode::OK,
             "application/msgpack",
             bytes,
-        ))
+        )))
     } else {
-        Ok(response::with_body(
+        Ok(varies(response::with_body(
             StatusCode::OK,
             "application/json",
             page.to_json(),
-        ))
+        )))
     }
+}
+
+/// Marks an answer as chosen by `Accept`, for caches.
+fn varies(mut res: Response<Body>) -> Response<Body> {
+    res.headers_mut()
+        .insert(VARY, hyper::header::HeaderValue::from_static("accept"));
+    res
 }

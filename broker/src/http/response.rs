@@ -60,6 +60,14 @@ impl ApiError {
         }
     }
 
+    /// An error with `code` and the status that code is answered with
+    /// ([`ErrorCode::http_status`]).
+    pub fn of(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        let status =
+            StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, code, message)
+    }
+
     /// 400 with `bad_frame`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message)
@@ -87,26 +95,12 @@ impl ApiError {
 
 impl From<ProtocolError> for ApiError {
     fn from(e: ProtocolError) -> Self {
-        let status = match e.code() {
-            ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            _ => StatusCode::BAD_REQUEST,
-        };
-        ApiError::new(status, e.code(), e.to_string())
+        ApiError::of(e.code(), e.to_string())
     }
 }
 
 impl From<LogError> for ApiError {
     fn from(e: LogError) -> Self {
-        let (status, code) = match &e {
-            LogError::NotFound(_) | LogError::Deleted(_) => {
-                (StatusCode::NOT_FOUND, ErrorCode::NotFound)
-            }
-            LogError::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
-            LogError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::ShuttingDown),
-            LogError::BadPosition(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadPosition),
-            LogError::DiskFull => (StatusCode::INSUFFICIENT_STORAGE, ErrorCode::StorageFull),
-            LogError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal),
-        };
-        ApiError::new(status, code, e.to_string())
+        ApiError::of(e.code(), e.to_string())
     }
 }

@@ -1,10 +1,11 @@
 //! The storage contract, run against every implementation.
 
 use proptest::prelude::*;
+use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{NewEvent, Payload};
 
 use super::sled::SledStore;
-use super::{Appended, IdempotencyKey, Storage};
+use super::{Appended, IdempotencyKey, Storage, StoreError};
 use crate::config::Retention;
 
 fn ev(name: &str, data: &str) -> NewEvent {
@@ -91,34 +92,43 @@ fn idempotency_keys_dedupe_inside_the_window<S: Subject>() {
     let dir = tempfile::tempdir().unwrap();
     let store = S::open(dir.path());
     store.create("a", Retention::default()).unwrap();
-    let key = |not_before_ms| IdempotencyKey {
+    let two = [ev("x", "1"), ev("x", "2")];
+    let one = [ev("x", "1")];
+    let key = |not_before_ms, events: &[NewEvent]| IdempotencyKey {
         key: "k1",
+        request: RequestDigest::of(events),
+        batch: events.len() > 1,
         not_before_ms,
     };
-    let first = store
-        .append("a", &[ev("x", "1"), ev("x", "2")], 100, Some(key(0)))
-        .unwrap();
+    let dup = |first, last, batch| Appended::Duplicate {
+        first,
+        last,
+        batch: Some(batch),
+    };
+    let first = store.append("a", &two, 100, Some(key(0, &two))).unwrap();
     assert_eq!(first, Appended::New { first: 0, last: 1 });
-    let retry = store
-        .append("a", &[ev("x", "1"), ev("x", "2")], 150, Some(key(50)))
-        .unwrap();
-    assert_eq!(retry, Appended::Duplicate { first: 0, last: 1 });
+    let retry = store.append("a", &two, 150, Some(key(50, &two))).unwrap();
+    assert_eq!(retry, dup(0, 1, true));
+    // Another request under the same key is refused, and stores nothing.
+    match store.append("a", &one, 160, Some(key(50, &one))) {
+        Err(StoreError::IdempotencyConflict { first: 0, last: 1 }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     // Outside the window the key is new again.
-    let late = store
-        .append("a", &[ev("x", "1")], 300, Some(key(200)))
-        .unwrap();
+    let late = store.append("a", &one, 300, Some(key(200, &one))).unwrap();
     assert_eq!(late, Appended::New { first: 2, last: 2 });
     store.sync().unwrap();
     drop(store);
+    // Digests survive a restart.
     let store = S::open(dir.path());
-    let after = store
-        .append("a", &[ev("x", "1")], 301, Some(key(200)))
-        .unwrap();
-    assert_eq!(after, Appended::Duplicate { first: 2, last: 2 });
+    let after = store.append("a", &one, 301, Some(key(200, &one))).unwrap();
+    assert_eq!(after, dup(2, 2, false));
+    match store.append("a", &two, 301, Some(key(200, &two))) {
+        Err(StoreError::IdempotencyConflict { first: 2, last: 2 }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
     assert_eq!(store.prune_idempotency(1000).unwrap(), 1);
-    let pruned = store
-        .append("a", &[ev("x", "1")], 302, Some(key(0)))
-        .unwrap();
+    let pruned = store.append("a", &one, 302, Some(key(0, &one))).unwrap();
     assert_eq!(pruned, Appended::New { first: 3, last: 3 });
 }
 

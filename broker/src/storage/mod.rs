@@ -6,7 +6,8 @@
 //!   twice — not after a restart, and not after the namespace is deleted and created again
 //!   (that gets a new epoch and continues after the last offset it ever had).
 //! - [`Storage::append`] is atomic: all events of a batch, and the idempotency record that
-//!   goes with them, are stored together or not at all.
+//!   goes with them (the offsets and the digest of the request), are stored together or
+//!   not at all.
 //! - Retention only ever removes a prefix of the log, so what is left stays dense.
 //! - After [`Storage::sync`] returns, everything appended before it survives `kill -9` and a
 //!   power cut.
@@ -18,6 +19,7 @@ pub mod record;
 pub mod sled;
 pub mod wal;
 
+use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{Event, NewEvent};
 
 use crate::config::Retention;
@@ -63,6 +65,9 @@ pub enum Appended {
         first: u64,
         /// Offset of the last event of the original request.
         last: u64,
+        /// Whether the original was a batch (`None` for records written before shapes
+        /// were kept).
+        batch: Option<bool>,
     },
 }
 
@@ -80,6 +85,11 @@ impl Appended {
 pub struct IdempotencyKey<'a> {
     /// The key the publisher sent.
     pub key: &'a str,
+    /// The digest of the request's events: a record of the key with another digest is
+    /// a conflict ([`StoreError::IdempotencyConflict`]), not a retry.
+    pub request: RequestDigest,
+    /// The request was a batch; kept so a retry is answered in the original's shape.
+    pub batch: bool,
     /// Records written before this time (ms since the Unix epoch) are ignored.
     pub not_before_ms: u64,
 }
@@ -105,6 +115,15 @@ pub enum StoreError {
     /// The namespace exists already.
     #[error("namespace {0:?} exists already")]
     Exists(String),
+    /// The idempotency key was used inside the window for a different request; nothing
+    /// was stored.
+    #[error("idempotency key used for a different request (offsets {first}..={last})")]
+    IdempotencyConflict {
+        /// Offset of the first event of the original request.
+        first: u64,
+        /// Offset of the last event of the original request.
+        last: u64,
+    },
 }
 
 impl StoreError {
@@ -138,7 +157,10 @@ pub trait Storage: Send + Sync + 'static {
     /// Deletes a namespace and its events; false if it did not exist.
     fn delete(&self, ns: &str) -> Result<bool, StoreError>;
 
-    /// Appends events with consecutive offsets, all or nothing, stamped with `ts_ms`.
+    /// Appends events with consecutive offsets, all or nothing, stamped with `ts_ms`. With
+    /// an idempotency key seen inside its window: nothing is stored, and the answer is
+    /// [`Appended::Duplicate`] when the request digests match (or the record predates
+    /// digests), [`StoreError::IdempotencyConflict`] when they differ.
     fn append(
         &self,
         ns: &str,

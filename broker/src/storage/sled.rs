@@ -6,8 +6,11 @@
 //! - `meta`: `name → NsMeta` (MessagePack): epoch, retention, and the offset floor that
 //!   keeps offsets from being reused once a log is emptied by retention or deleted. A
 //!   deleted namespace keeps its `meta` entry as a tombstone.
-//! - `idem`: `name \0 key → first u64 BE | last u64 BE | written_ms u64 BE`, written after
-//!   the events it describes (and logged with them, so a crash cannot split the two).
+//! - `idem`: `name \0 key → first u64 BE | last u64 BE | written_ms u64 BE | digest | shape`,
+//!   where `digest` is the 32-byte SHA-256 of the request's events and `shape` is 1 for a
+//!   batch, 0 for one event (both absent in records written before they were kept),
+//!   written after the events it describes (and logged with them, so a crash cannot split
+//!   the two).
 //!
 //! Files beside sled's own:
 //!
@@ -160,11 +163,15 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<::sled::Db, StoreError> {
     }
 }
 
-fn idem_value(first: u64, last: u64, ts_ms: u64) -> Vec<u8> {
-    let mut rec = Vec::with_capacity(24);
+fn idem_value(first: u64, last: u64, ts_ms: u64, request: Option<&([u8; 32], bool)>) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(57);
     rec.extend_from_slice(&first.to_be_bytes());
     rec.extend_from_slice(&last.to_be_bytes());
     rec.extend_from_slice(&ts_ms.to_be_bytes());
+    if let Some((digest, batch)) = request {
+        rec.extend_from_slice(digest);
+        rec.push(u8::from(*batch));
+    }
     rec
 }
 
@@ -310,6 +317,7 @@ impl SledStore {
                 epoch,
                 first,
                 idempotency_key,
+                request,
                 ts_ms,
                 records,
             } => {
@@ -332,8 +340,10 @@ impl SledStore {
                 // sled may hold all, part or none of it. Take out what it holds from the
                 // byte count (it is counted again below), then write it all again (same
                 // keys, same bytes), except what retention has removed since.
-                let idem = idempotency_key
-                    .map(|k| (idem_key(&ns, &k), idem_value(first, first + n - 1, ts_ms)));
+                let idem = idempotency_key.map(|k| {
+                    let value = idem_value(first, first + n - 1, ts_ms, request.as_ref());
+                    (idem_key(&ns, &k), value)
+                });
                 let skip = earliest.saturating_sub(first) as usize;
                 let from = first + skip as u64;
                 let records = &records[skip..];
@@ -633,20 +643,35 @@ impl Storage for SledStore {
                 };
                 if let (Some(first), Some(last), Some(written)) = (field(0), field(8), field(16)) {
                     if written >= idem.not_before_ms {
-                        return Ok(Appended::Duplicate { first, last });
+                        // A record from before digests were kept cannot tell; it counts
+                        // as a retry, as it did when it was written.
+                        return match (rec.get(24..56), rec.get(56)) {
+                            (Some(digest), _) if digest != idem.request.0 => {
+                                Err(StoreError::IdempotencyConflict { first, last })
+                            }
+                            (_, shape) => Ok(Appended::Duplicate {
+                                first,
+                                last,
+                                batch: shape.map(|b| *b == 1),
+                            }),
+                        };
                     }
                 }
             }
         }
         let records: Vec<Vec<u8>> = events.iter().map(|ev| record::encode(ev, ts_ms)).collect();
         let last = first + records.len() as u64 - 1;
-        let idem = idempotency.map(|i| (idem_key(ns, i.key), idem_value(first, last, ts_ms)));
+        let idem = idempotency.map(|i| {
+            let value = idem_value(first, last, ts_ms, Some(&(i.request.0, i.batch)));
+            (idem_key(ns, i.key), value)
+        });
         self.apply_append(ns, &tree, first, &records, idem.as_ref())?;
         let op = WalOp::Append {
             ns: ns.to_owned(),
             epoch,
             first,
             idempotency_key: idempotency.map(|i| i.key.to_owned()),
+            request: idempotency.map(|i| (i.request.0, i.batch)),
             ts_ms,
             records,
         };
@@ -837,6 +862,8 @@ mod tests {
             epoch,
             first,
             idempotency_key: idem.map(str::to_owned),
+            // As written before digests were kept: such a record takes any retry.
+            request: None,
             ts_ms: 7,
             records: data.iter().map(|d| record::encode(&ev(d), 7)).collect(),
         };
@@ -869,11 +896,20 @@ mod tests {
                 8,
                 Some(IdempotencyKey {
                     key: "key",
+                    request: rewind_protocol::idempotency::RequestDigest([0; 32]),
+                    batch: false,
                     not_before_ms: 0,
                 }),
             )
             .unwrap();
-        assert_eq!(retry, Appended::Duplicate { first: 1, last: 2 });
+        assert_eq!(
+            retry,
+            Appended::Duplicate {
+                first: 1,
+                last: 2,
+                batch: None
+            }
+        );
         // The replay was checkpointed: only the fresh, empty segment is left.
         let segments: Vec<_> = std::fs::read_dir(dir.path().join("wal")).unwrap().collect();
         assert_eq!(segments.len(), 1);

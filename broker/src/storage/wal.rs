@@ -36,6 +36,10 @@ pub enum WalOp {
         first: u64,
         /// The idempotency key that went with the append, if any.
         idempotency_key: Option<String>,
+        /// The digest of the events of the request the key came with (see
+        /// [`rewind_protocol::idempotency::RequestDigest`]) and whether it was a batch;
+        /// `None` in frames written before they were kept.
+        request: Option<([u8; 32], bool)>,
         /// The append's timestamp.
         ts_ms: u64,
         /// The encoded events (see [`super::record`]), in offset order.
@@ -90,10 +94,14 @@ impl WalOp {
     }
 }
 
+/// An append without a request digest: written by older versions, still read.
 const APPEND: u8 = 1;
 const CREATE: u8 = 2;
 const SET_RETENTION: u8 = 3;
 const DELETE: u8 = 4;
+/// An append with a request digest after its idempotency key: a byte (0: none, 1: one
+/// event, 2: a batch), then, unless 0, the 32-byte digest.
+const APPEND_WITH_DIGEST: u8 = 5;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
@@ -121,14 +129,22 @@ pub fn encode(out: &mut Vec<u8>, op: &WalOp) {
             epoch,
             first,
             idempotency_key,
+            request,
             ts_ms,
             records,
         } => {
-            out.push(APPEND);
+            out.push(APPEND_WITH_DIGEST);
             put_str(out, ns);
             put_str(out, epoch);
             out.extend_from_slice(&first.to_le_bytes());
             put_str(out, idempotency_key.as_deref().unwrap_or(""));
+            match request {
+                Some((digest, batch)) => {
+                    out.push(if *batch { 2 } else { 1 });
+                    out.extend_from_slice(digest);
+                }
+                None => out.push(0),
+            }
             out.extend_from_slice(&ts_ms.to_le_bytes());
             out.extend_from_slice(&(records.len() as u32).to_le_bytes());
             for rec in records {
@@ -227,11 +243,19 @@ impl<'a> Reader<'a> {
 fn decode_body(body: &[u8]) -> Option<WalOp> {
     let mut r = Reader(body);
     let op = match r.u8()? {
-        APPEND => {
+        kind @ (APPEND | APPEND_WITH_DIGEST) => {
             let ns = r.string()?;
             let epoch = r.string()?;
             let first = r.u64()?;
             let idem = r.string()?;
+            let request = match kind {
+                APPEND_WITH_DIGEST => match r.u8()? {
+                    0 => None,
+                    shape @ (1 | 2) => Some((r.take(32)?.try_into().ok()?, shape == 2)),
+                    _ => return None,
+                },
+                _ => None,
+            };
             let ts_ms = r.u64()?;
             let count = r.u32()?;
             let mut records = Vec::with_capacity(count.min(body.len()));
@@ -244,6 +268,7 @@ fn decode_body(body: &[u8]) -> Option<WalOp> {
                 epoch,
                 first,
                 idempotency_key: (!idem.is_empty()).then_some(idem),
+                request,
                 ts_ms,
                 records,
             }
@@ -441,19 +466,23 @@ mod tests {
                 epoch,
                 any::<u64>(),
                 prop::option::of("[ -~]{1,30}"),
+                prop::option::of(any::<([u8; 32], bool)>()),
                 any::<u64>(),
                 prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..5)
             )
-                .prop_map(|(ns, epoch, first, idempotency_key, ts_ms, records)| {
-                    WalOp::Append {
-                        ns,
-                        epoch,
-                        first,
-                        idempotency_key,
-                        ts_ms,
-                        records,
+                .prop_map(
+                    |(ns, epoch, first, idempotency_key, request, ts_ms, records)| {
+                        WalOp::Append {
+                            ns,
+                            epoch,
+                            first,
+                            idempotency_key,
+                            request,
+                            ts_ms,
+                            records,
+                        }
                     }
-                }),
+                ),
             (any::<u64>(), ns, epoch, any::<u64>(), retention()).prop_map(
                 |(lsn, ns, epoch, floor, retention)| WalOp::Create {
                     lsn,
@@ -512,6 +541,36 @@ mod tests {
                 prop_assert_eq!(got, want);
             }
         }
+    }
+
+    #[test]
+    fn an_append_written_before_digests_still_reads() {
+        let mut body = vec![APPEND];
+        put_str(&mut body, "a");
+        put_str(&mut body, "e");
+        body.extend_from_slice(&7u64.to_le_bytes());
+        put_str(&mut body, "key");
+        body.extend_from_slice(&9u64.to_le_bytes());
+        body.extend_from_slice(&1u32.to_le_bytes());
+        body.extend_from_slice(&2u32.to_le_bytes());
+        body.extend_from_slice(b"hi");
+        let mut frame = (body.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        frame.extend_from_slice(&body);
+        let (ops, good) = decode_all(&frame);
+        assert_eq!(good, frame.len());
+        assert_eq!(
+            ops,
+            [WalOp::Append {
+                ns: "a".into(),
+                epoch: "e".into(),
+                first: 7,
+                idempotency_key: Some("key".into()),
+                request: None,
+                ts_ms: 9,
+                records: vec![b"hi".to_vec()],
+            }]
+        );
     }
 
     fn delete(ns: &str) -> WalOp {

@@ -126,21 +126,27 @@ fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
     (Encoding::Json, None)
 }
 
+/// The answer to a plain (not upgrading) request to `/v1/ws`: `426 Upgrade Required`,
+/// `Upgrade: websocket`, and a JSON error `upgrade_required`.
+pub fn upgrade_required() -> Response<Body> {
+    let mut res = ApiError::of(
+        ErrorCode::UpgradeRequired,
+        "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
+    )
+    .into_response();
+    let h = res.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    res
+}
+
 /// Answers the handshake with `101 Switching Protocols` and starts the session.
 pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<Body>, ApiError> {
     let headers = req.headers();
     let is_ws = header_has_token(headers, CONNECTION, "upgrade")
         && header_has_token(headers, UPGRADE, "websocket");
     if !is_ws {
-        let mut res = ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            ErrorCode::BadFrame,
-            "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
-        )
-        .into_response();
-        res.headers_mut()
-            .insert(UPGRADE, HeaderValue::from_static("websocket"));
-        return Ok(res);
+        return Ok(upgrade_required());
     }
     if headers
         .get(SEC_WEBSOCKET_VERSION)

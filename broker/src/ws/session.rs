@@ -47,7 +47,7 @@ use super::subscription::{Credit, Subscription, Yield};
 use super::wire;
 use super::WsContext;
 use crate::fanout::Encoding;
-use crate::log::{LogError, QueueSlot};
+use crate::log::{Idempotency, LogError, QueueSlot};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
 
@@ -155,13 +155,9 @@ fn reason(text: &str) -> String {
     text[..end].to_owned()
 }
 
+/// The same code HTTP answers the same failure with.
 pub(super) fn log_error_code(e: &LogError) -> ErrorCode {
-    match e {
-        LogError::NotFound(_) | LogError::Deleted(_) => ErrorCode::BadNamespace,
-        LogError::Overloaded | LogError::ShuttingDown => ErrorCode::Overloaded,
-        LogError::BadPosition(_) => ErrorCode::BadPosition,
-        LogError::DiskFull | LogError::Storage(_) => ErrorCode::Internal,
-    }
+    e.code()
 }
 
 /// Serves one upgraded connection until it ends.
@@ -603,9 +599,11 @@ impl Session {
             let msg = format!("at most {max} namespaces per connection");
             return self.error(ErrorCode::TooManyNamespaces, msg, Some(ns));
         }
-        let state = match self.ctx.log.open_namespace(&ns).await {
-            Ok(state) => state,
-            Err(e) => return self.error(log_error_code(&e), e.to_string(), Some(ns)),
+        // A subscription never creates its namespace (as an HTTP read does not): only
+        // a publish or a PUT does.
+        let Some(state) = self.ctx.log.namespace(&ns) else {
+            let e = LogError::NotFound(ns.clone());
+            return self.error(log_error_code(&e), e.to_string(), Some(ns));
         };
         // Subscribe to live events before reading `visible`, so nothing falls in between.
         let live = state.subscribe_live();
@@ -692,10 +690,11 @@ impl Session {
     ) {
         match slot {
             Ok(slot) => {
+                let idempotency = Idempotency::of(idempotency_key, &events, false);
                 let pending = self
                     .ctx
                     .log
-                    .submit_append_in(slot, &ns, events, idempotency_key);
+                    .submit_append_in(slot, &ns, events, idempotency);
                 self.answers.push_waiting(id, ns, pending);
             }
             Err(e) => self.refuse_publish(id, ns, log_error_code(&e), e.to_string()),
