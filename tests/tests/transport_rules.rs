@@ -356,7 +356,7 @@ async fn exists(b: &Broker, ns: &str) -> bool {
 
 #[tokio::test]
 async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() {
-    let b = Broker::start(&[]);
+    let b = Broker::start(&["--max-payload-bytes", "100"]);
     for p in PROTOCOLS {
         let mut c = Client::connect(b.addr, Some(p)).await;
         // The issue's input: an open refused with bad_position (and every other open of a
@@ -386,8 +386,22 @@ async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() 
             "not_open"
         );
         // A publish refused for its content creates nothing either.
-        let bad = json!({"t": "publish", "id": 1, "ns": "ghost", "event": ""});
-        assert_eq!(ws_code(&mut c, &bad).await, "bad_frame");
+        for (bad, code) in [
+            (
+                json!({"t": "publish", "id": 1, "ns": "ghost", "event": ""}),
+                "bad_frame",
+            ),
+            (
+                json!({"t": "publish", "id": 1, "ns": "ghost", "event": "e", "idempotency_key": "a b"}),
+                "bad_frame",
+            ),
+            (
+                json!({"t": "publish", "id": 1, "ns": "ghost", "event": "e", "data": "y".repeat(200)}),
+                "payload_too_large",
+            ),
+        ] {
+            assert_eq!(ws_code(&mut c, &bad).await, code, "{p} {bad}");
+        }
     }
     for path in [
         "/v1/namespaces/ghost",
@@ -400,10 +414,41 @@ async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() 
             assert_eq!(r.status, StatusCode::NOT_FOUND, "{method} {path}");
         }
     }
-    let r = b
-        .post_json("/v1/namespaces/ghost/events", r#"{"event":"e","dta":1}"#)
-        .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let publish = "/v1/namespaces/ghost/events";
+    let big = format!(r#"{{"event":"e","data":"{}"}}"#, "y".repeat(200));
+    for (headers, body, status) in [
+        (
+            vec![("content-type", "application/json")],
+            r#"{"event":"e","dta":1}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            vec![("content-type", "application/json")],
+            big,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            vec![("content-type", "multipart/form-data; boundary=x")],
+            "--x--".to_owned(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            vec![("content-type", "application/octet-stream")],
+            "raw, no ?event=".to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            vec![
+                ("content-type", "application/json"),
+                ("idempotency-key", "a b"),
+            ],
+            r#"{"event":"e"}"#.to_owned(),
+            StatusCode::BAD_REQUEST,
+        ),
+    ] {
+        let r = b.request(Method::POST, publish, &headers, body).await;
+        assert_eq!(r.status, status, "{headers:?}");
+    }
     let r = b
         .request(Method::DELETE, "/v1/namespaces/ghost", &[], "")
         .await;
