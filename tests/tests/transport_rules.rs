@@ -335,6 +335,23 @@ async fn a_plain_request_to_the_websocket_endpoint_is_426_upgrade_required() {
             assert_eq!(r.error_code(), "upgrade_required");
         }
     }
+    // A version other than 13: the same, saying which version the broker speaks.
+    let handshake = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ];
+    for version in [Some("8"), None] {
+        let mut headers = handshake.to_vec();
+        headers.extend(version.map(|v| ("sec-websocket-version", v)));
+        let r = b.request(Method::GET, "/v1/ws", &headers, "").await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
+            "{version:?}"
+        );
+        assert_eq!(r.headers["sec-websocket-version"], "13");
+    }
     // Upgrade without Connection: Upgrade is not a handshake either.
     let r = b
         .request(Method::GET, "/v1/ws", &[("upgrade", "websocket")], "")

@@ -153,7 +153,15 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         .and_then(|v| v.to_str().ok())
         != Some("13")
     {
-        return Err(ApiError::bad_request("Sec-WebSocket-Version must be 13"));
+        // RFC 6455 §4.2.2: refuse, and say which version the broker speaks.
+        let mut res = ApiError::of(
+            ErrorCode::UpgradeRequired,
+            "Sec-WebSocket-Version must be 13",
+        )
+        .into_response();
+        res.headers_mut()
+            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Ok(res);
     }
     let key = headers
         .get(SEC_WEBSOCKET_KEY)
