@@ -66,6 +66,9 @@ async fn publish_and_namespaces_print_what_they_did() {
 #[tokio::test]
 async fn tail_prints_every_offset_once_across_a_kill9_and_restart() {
     let mut b = Broker::start(&[]);
+    // `tail` does not create what it reads.
+    let created = b.put_json("/v1/namespaces/tailed", "").await;
+    assert_eq!(created.status, hyper::StatusCode::CREATED);
     let mut tail = Command::new(rewind_bin())
         .args(["tail", "tailed", "--from", "earliest", "--url", &b.url()])
         .env("RUST_LOG", "warn")

@@ -138,6 +138,7 @@ async fn multiplexed_namespaces_open_stream_and_close() {
 async fn resume_across_reconnects_is_exactly_once_while_publishing() {
     const TOTAL: u64 = 10_000;
     let b = Broker::start(&[]);
+    create(&b, &["resume"]).await;
     let addr = b.addr;
     let publisher = tokio::spawn(async move {
         for batch in 0..(TOTAL / 100) {
