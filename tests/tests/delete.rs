@@ -41,6 +41,12 @@ async fn publish_n(b: &Broker, ns: &str, n: usize) {
     );
 }
 
+/// Creates (or re-creates) `ns` with `PUT`: a subscription does not create it.
+async fn create(b: &Broker, ns: &str) {
+    let r = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
+    assert_eq!(r.status, StatusCode::CREATED);
+}
+
 async fn delete(b: &Broker, ns: &str) {
     let r = b
         .request(Method::DELETE, &format!("/v1/namespaces/{ns}"), &[], "")
@@ -133,8 +139,9 @@ async fn a_caught_up_subscriber_is_told_at_once_and_can_open_the_new_incarnation
     assert_eq!(expect_frame(&mut c).await, deleted("doomed"));
     assert_not_open(&mut c, "doomed").await;
 
-    // Open again: no `already_open`; the re-created namespace, its new epoch, and its
-    // events reach the new subscription.
+    // Re-created, open again: no `already_open`; the new incarnation, its new epoch, and
+    // its events reach the new subscription.
+    create(&b, "doomed").await;
     c.send(&open("doomed", Position::Latest, None, 100)).await;
     let (new_epoch, next_offset) = expect_opened(&mut c, "doomed").await;
     assert_ne!(new_epoch, old_epoch);
@@ -155,6 +162,7 @@ async fn a_caught_up_subscriber_is_told_at_once_and_can_open_the_new_incarnation
 async fn a_subscriber_at_zero_credit_is_told_without_credit_and_resumes_into_the_new_epoch() {
     let b = Broker::start(&[]);
     let mut c = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    create(&b, "doomed").await;
     c.send(&open("doomed", Position::Earliest, None, 0)).await;
     let (old_epoch, _) = expect_opened(&mut c, "doomed").await;
     publish_n(&b, "doomed", 3).await;
@@ -454,7 +462,7 @@ mod rust_client {
     use rewind_protocol::Position;
     use rewind_tests::Broker;
 
-    use super::{delete, publish_n};
+    use super::{create, delete, publish_n};
 
     fn options(buffer: usize) -> ClientOptions {
         ClientOptions {
@@ -488,6 +496,7 @@ mod rust_client {
         let b = Broker::start(&[]);
         publish_n(&b, "doomed", 10).await;
         let client = Client::connect(&b.url(), options(4)).await.unwrap();
+        create(&b, "barrier").await;
         let mut barrier = client.subscribe("barrier", Position::Latest).await.unwrap();
         assert!(matches!(next(&mut barrier).await, Some(Item::Epoch(_))));
         let mut sub = client
@@ -557,6 +566,7 @@ mod rust_client {
         );
         assert_eq!(next(&mut old).await, None);
 
+        create(&b, "doomed").await;
         let mut new = client.subscribe("doomed", Position::Latest).await.unwrap();
         drop(old);
         let Some(Item::Epoch(new_epoch)) = next(&mut new).await else {
