@@ -264,10 +264,6 @@ async fn the_same_mistake_gets_the_same_code_on_every_transport() {
         );
         for c in &mut clients {
             let code = if row.ws.is_null() {
-                if c.msgpack {
-                    // Deep MessagePack data is the one-validation work of issue 8 §4.
-                    continue;
-                }
                 c.raw(deep_publish(c.msgpack)).await;
                 match c.next().await {
                     ServerMessage::Frame(ServerFrame::Error { code, .. }) => code,
