@@ -690,6 +690,9 @@ mod tls {
         };
         let wss = format!("wss://127.0.0.1:{}", proxy.addr.port());
         let client = Client::connect(&wss, options.clone()).await.unwrap();
+        // A subscription does not create its namespace.
+        let created = b.put_json("/v1/namespaces/tls.ns", "").await;
+        assert_eq!(created.status, hyper::StatusCode::CREATED);
         let mut sub = client
             .subscribe("tls.ns", Position::Earliest)
             .await
