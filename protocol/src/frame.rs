@@ -226,15 +226,6 @@ impl IntoPayload for JsonData {
     }
 }
 
-impl IntoPayload for crate::codec::MsgData {
-    fn into_payload(self) -> Result<Payload, String> {
-        Ok(match self {
-            crate::codec::MsgData::Bytes(b) => Payload::Bytes(b),
-            crate::codec::MsgData::Json(v) => Payload::Json(v.to_string()),
-        })
-    }
-}
-
 /// Decodes a JSON text frame. `max_payload_bytes` limits a publish's payload.
 pub fn decode_json(text: &str, max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
     match serde_json::from_str::<Wire<JsonData>>(text) {
@@ -252,7 +243,9 @@ pub fn decode_json(text: &str, max_payload_bytes: usize) -> Result<ClientFrame, 
 }
 
 /// A MessagePack publish's `data`, as the bytes of its value: `bin` is a byte payload,
-/// anything else goes through [`crate::value`] to become JSON text.
+/// anything else goes through [`crate::value`] to become JSON text (keys in their order).
+/// Also an event's `data` from the broker.
+#[derive(Clone, Copy)]
 struct MsgRaw<'a>(&'a [u8]);
 
 impl IntoPayload for MsgRaw<'_> {
@@ -265,6 +258,16 @@ impl IntoPayload for MsgRaw<'_> {
         msgpack_to_json(self.0)
             .map(Payload::Json)
             .map_err(|e| e.to_string())
+    }
+
+    /// An event's data from the broker: its JSON text with keys in their order, or (for
+    /// a value the rules refuse, which the broker does not send) serde_json's rendering.
+    fn into_received(self) -> Result<Payload, String> {
+        self.into_payload().or_else(|_| {
+            rmp_serde::from_slice::<serde_json::Value>(self.0)
+                .map(|v| Payload::Json(v.to_string()))
+                .map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -729,14 +732,35 @@ pub fn decode_server_msgpack(bytes: &[u8]) -> Result<ServerMessage, FrameError> 
     let unparsable = |e: rmp_serde::decode::Error| FrameError::Unparsable(e.to_string());
     let t: TypeOnly = rmp_serde::from_slice(bytes).map_err(unparsable)?;
     if t.t == "event" {
-        event_message(
-            rmp_serde::from_slice::<EventWire<crate::codec::MsgData>>(bytes).map_err(unparsable)?,
-        )
+        event_message(msgpack_event_wire(bytes).map_err(FrameError::Unparsable)?)
     } else {
         rmp_serde::from_slice(bytes)
             .map(ServerMessage::Frame)
             .map_err(unparsable)
     }
+}
+
+/// The fields of a MessagePack `event` frame, `data` as the bytes of its value: decoding
+/// it through `serde_json::Value` would sort its keys.
+fn msgpack_event_wire(bytes: &[u8]) -> Result<EventWire<MsgRaw<'_>>, String> {
+    let fields = msgpack_fields(bytes)?;
+    let raw = |name: &str| fields.iter().rev().find(|(k, _)| *k == name).map(|f| f.1);
+    fn get<T: serde::de::DeserializeOwned>(raw: Option<&[u8]>, name: &str) -> Result<T, String> {
+        let raw = raw.ok_or_else(|| format!("event without {name}"))?;
+        rmp_serde::from_slice(raw).map_err(|e| format!("{name}: {e}"))
+    }
+    Ok(EventWire {
+        ns: get(raw("ns"), "ns")?,
+        offset: get(raw("offset"), "offset")?,
+        event: get(raw("event"), "event")?,
+        ts: get(raw("ts"), "ts")?,
+        key: raw("key").map(|k| get(Some(k), "key")).transpose()?,
+        data: raw("data").map(MsgRaw),
+        bin: raw("bin")
+            .map(|b| get(Some(b), "bin"))
+            .transpose()?
+            .unwrap_or(false),
+    })
 }
 
 /// A client frame encoded for the wire (for clients and tests): JSON text, or MessagePack.
@@ -818,7 +842,52 @@ pub fn encode_client_json(frame: &ClientFrame) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
-/// A client frame as MessagePack (byte payloads native).
+/// A `publish` frame as MessagePack, JSON `data` transcoded by [`crate::value`] with
+/// its keys in their order; `None` when the text breaks a value rule, which only a test
+/// sending what the broker must refuse does (it then goes through `serde_json::Value`).
+fn publish_msgpack(
+    id: u64,
+    ns: &str,
+    event: &str,
+    data: &Option<Payload>,
+    key: &Option<String>,
+    idempotency_key: &Option<String>,
+) -> Option<Vec<u8>> {
+    let mut out =
+        Vec::with_capacity(64 + ns.len() + event.len() + data.as_ref().map_or(0, Payload::len));
+    let fields = 4
+        + usize::from(data.is_some())
+        + usize::from(key.is_some())
+        + usize::from(idempotency_key.is_some());
+    write_len(&mut out, true, fields);
+    for (name, value) in [("t", "publish"), ("ns", ns), ("event", event)] {
+        write_str(&mut out, name);
+        write_str(&mut out, value);
+    }
+    write_str(&mut out, "id");
+    crate::value::write_u64(&mut out, id);
+    match data {
+        Some(Payload::Json(text)) => {
+            write_str(&mut out, "data");
+            crate::value::json_to_msgpack(text, &mut out).ok()?;
+        }
+        Some(Payload::Bytes(b)) => {
+            write_str(&mut out, "data");
+            crate::value::write_bin(&mut out, b);
+        }
+        None => {}
+    }
+    for (name, value) in [("key", key), ("idempotency_key", idempotency_key)] {
+        if let Some(value) = value {
+            write_str(&mut out, name);
+            write_str(&mut out, value);
+        }
+    }
+    Some(out)
+}
+
+/// A client frame as MessagePack (byte payloads native, JSON payloads with their keys in
+/// their order).
 pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
     #[derive(Serialize)]
     struct Out<'a> {
@@ -854,6 +923,19 @@ pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
                     .map_err(S::Error::custom)?
                     .serialize(s),
             }
+        }
+    }
+    if let ClientFrame::Publish {
+        id,
+        ns,
+        event,
+        data,
+        key,
+        idempotency_key,
+    } = frame
+    {
+        if let Some(out) = publish_msgpack(*id, ns, event, data, key, idempotency_key) {
+            return out;
         }
     }
     let mut out = Out {
@@ -1040,6 +1122,33 @@ mod tests {
             panic!()
         };
         assert_eq!(got.event.data, Payload::Bytes(vec![0, 1, 255]));
+    }
+
+    /// A JSON payload crosses MessagePack both ways with its keys in the publisher's
+    /// order: the client's publish frame and the broker's event frame alike (both went
+    /// through `serde_json::Value` once, which sorts keys).
+    #[test]
+    fn msgpack_frames_keep_key_order() {
+        let text = r#"{"z":1,"a":[{"y":2,"b":3}],"m":null}"#;
+        let publish = ClientFrame::Publish {
+            id: 7,
+            ns: "a.b".into(),
+            event: "e".into(),
+            data: Some(Payload::Json(text.into())),
+            key: Some("k".into()),
+            idempotency_key: Some("i-7".into()),
+        };
+        assert_eq!(
+            decode_msgpack(&encode_client_msgpack(&publish), MAX).unwrap(),
+            publish
+        );
+        let ev = sample_event(Payload::Json(text.into()));
+        let ServerMessage::Event(got) =
+            decode_server_msgpack(&encode_event_msgpack("a.b", &ev).unwrap()).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(got.event.data, Payload::Json(text.into()));
     }
 
     #[test]

@@ -435,6 +435,21 @@ fn unescape(inner: &str) -> Result<String, String> {
     Ok(out)
 }
 
+/// Checks JSON text given by a user (a CLI argument, a file, a client's `&str`): one JSON
+/// value, whitespace around it allowed, that every rule of this module accepts. Returns
+/// the value's text without the whitespace around it, which is what the broker stores
+/// when the same text arrives as an event's `data`. Syntax errors are
+/// [`ProtocolError::Malformed`] with serde_json's message (line and column within
+/// `text`); rule breaks are the same [`ProtocolError::BadValue`] the broker answers. Any
+/// depth is read without recursion, so a value nested too deep gets the depth rule's
+/// message and path rather than a parser's recursion limit.
+pub fn check_json_text(text: &str) -> Result<&str, ProtocolError> {
+    let raw: &serde_json::value::RawValue =
+        serde_json::from_str(text).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    validate_json(raw.get())?;
+    Ok(raw.get())
+}
+
 /// Checks a JSON payload against every rule of this module. `text` must be valid JSON
 /// (as serde_json's `RawValue` leaves it): syntax is serde_json's job, not this one's.
 pub fn validate_json(text: &str) -> Result<(), ProtocolError> {

@@ -419,6 +419,38 @@ fn js_value() -> impl Strategy<Value = Js> {
     ]
 }
 
+/// Text from a user: one value, checked by the same rules, returned without the
+/// whitespace around it and otherwise unchanged; any depth gets the depth rule's path.
+#[test]
+fn json_text_from_users_is_checked_and_kept_as_written() {
+    assert_eq!(
+        check_json_text(" {\"z\":1, \"a\":1e2}\n"),
+        Ok("{\"z\":1, \"a\":1e2}")
+    );
+    assert_eq!(
+        check_json_text("18446744073709551615"),
+        Ok("18446744073709551615")
+    );
+    let refused = |text: &str| check_json_text(text).unwrap_err().to_string();
+    assert!(refused(r#"{"a":1,"a":2}"#).starts_with("data: the key \"a\" appears twice"));
+    assert!(refused("18446744073709551616").contains("outside the 64-bit range"));
+    for levels in [101, 128, 100_000] {
+        let deep = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+        let message = refused(&deep);
+        assert!(
+            message.starts_with("data[0][0]")
+                && message.ends_with("nests deeper than 100 levels of arrays and maps"),
+            "{levels}: {message}"
+        );
+    }
+    for broken in ["", "not json", "{\"a\":1} {}", "[1,"] {
+        assert!(
+            refused(broken).starts_with("malformed input: "),
+            "{broken:?}"
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
