@@ -21,7 +21,7 @@ use rewind_protocol::frame::{
     decode_server_msgpack, encode_client_msgpack, ClientFrame, EventFrame, ServerFrame,
     ServerMessage,
 };
-use rewind_protocol::{ErrorCode, Position};
+use rewind_protocol::{ErrorCode, Payload, Position};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -79,8 +79,9 @@ pub enum ClientError {
     Connect(String),
     /// The publish was refused and not appended: by the broker (its `error` frame, with
     /// the broker's code: `bad_namespace`, `bad_frame`, `payload_too_large`,
-    /// `storage_full`, ...), or before sending, `bad_frame` for a publish that does not
-    /// encode as MessagePack (JSON nested 128 levels or more). Never retried.
+    /// `storage_full`, ...), or before sending, `bad_frame` with the broker's message for
+    /// JSON data its value rules refuse (a `Value` nested deeper than 100 levels). Never
+    /// retried.
     #[error("rejected: {code}: {message}")]
     Rejected {
         /// The error code.
@@ -310,12 +311,13 @@ impl Client {
     }
 }
 
-/// The `publish` frame for `record`. What the broker's rules refuse (the value rules of
-/// `rewind_protocol::value`, names, limits) is left to the broker, which answers it with
-/// an `error`; a publish that does not even encode as MessagePack (JSON nested 128
-/// levels or more, which the encoder cannot read back) is refused here with
-/// `bad_frame` and never sent: the broker would close the connection on a frame that is
-/// not one, and re-sending it on the next connection would never end.
+/// The `publish` frame for `record`, or the broker's own refusal without sending it: a
+/// JSON payload the value rules of `rewind_protocol::value` refuse (only a `Value`
+/// nested deeper than 100 levels can be; [`Data::JsonText`] was checked when made) gets
+/// `bad_frame` with the message the broker would give. Names and limits are left to the
+/// broker, which answers with an `error` for the publish's id. A publish that does not
+/// encode at all is refused too: the broker would close the connection on a frame that
+/// is not one, and re-sending it on the next connection would never end.
 fn encode_publish(
     id: u64,
     key_prefix: &str,
@@ -326,11 +328,15 @@ fn encode_publish(
         code: rewind_protocol::ErrorCode::BadFrame.as_str().to_owned(),
         message,
     };
+    let data = record.data.to_payload();
+    if let Payload::Json(text) = &data {
+        rewind_protocol::value::validate_json(text).map_err(|e| refuse(e.to_string()))?;
+    }
     let frame = ClientFrame::Publish {
         id,
         ns: ns.to_owned(),
         event: record.event,
-        data: Some(record.data.to_payload()),
+        data: Some(data),
         key: record.key,
         idempotency_key: Some(format!("{key_prefix}-{id}")),
     };
@@ -786,34 +792,31 @@ mod tests {
         v
     }
 
-    /// What `publish_record` sends is a frame the broker decodes to what was given, or
-    /// answers with an `error` for its id; never one it would close the connection on.
-    /// What cannot be encoded is refused with `bad_frame` before sending (the issue 8 §5
-    /// kind: such a publish went out as an empty frame and was re-sent forever).
+    /// What `publish_record` sends is a frame the broker decodes to what was given (JSON
+    /// keys in their order); what the broker would refuse for its value, or what cannot
+    /// be encoded, is refused with `bad_frame` and the broker's message before sending
+    /// (the issue 8 §5 kind: such a publish went out as an empty frame and was re-sent
+    /// forever).
     #[test]
     fn a_publish_is_sent_faithfully_or_refused_before_sending() {
-        enum Expect {
-            Sent,
-            Answered,
-            Refused,
-        }
         let max = rewind_protocol::value::MAX_DATA_DEPTH;
+        let ordered = crate::Data::json_text(r#"{"z":1,"a":[{"y":2,"b":3}]}"#).unwrap();
         let cases = [
-            (Record::new("bytes", vec![0u8, 255]).key("k"), Expect::Sent),
+            (Record::new("bytes", vec![0u8, 255]).key("k"), true),
             (
                 Record::new("e", serde_json::json!({"n": u64::MAX, "f": 0.5, "s": "é"})),
-                Expect::Sent,
+                true,
             ),
-            (Record::new("deepest", nested(max)), Expect::Sent),
-            (Record::new("too deep", nested(max + 1)), Expect::Answered),
-            (Record::new("unencodable", nested(2 * max)), Expect::Refused),
+            (Record::new("ordered", ordered), true),
+            (Record::new("deepest", nested(max)), true),
+            (Record::new("too deep", nested(max + 1)), false),
+            (Record::new("unencodable", nested(2 * max)), false),
         ];
-        for (id, (record, expect)) in cases.into_iter().enumerate() {
+        for (id, (record, sent)) in cases.into_iter().enumerate() {
             let id = id as u64;
             let name = record.event.clone();
-            let encoded = encode_publish(id, "p", "ns", record.clone());
-            match (expect, encoded) {
-                (Expect::Sent, Ok(bytes)) => {
+            match (sent, encode_publish(id, "p", "ns", record.clone())) {
+                (true, Ok(bytes)) => {
                     let decoded = rewind_protocol::frame::decode_msgpack(&bytes, usize::MAX)
                         .unwrap_or_else(|e| panic!("{name}: {e}"));
                     let ClientFrame::Publish {
@@ -826,20 +829,18 @@ mod tests {
                     else {
                         panic!("{decoded:?}");
                     };
-                    let data = crate::Data::try_from(data.expect("data")).expect("JSON");
-                    assert_eq!((event, data, key), (name, record.data, record.key));
+                    assert_eq!(
+                        (event, data, key),
+                        (name, Some(record.data.to_payload()), record.key)
+                    );
                     assert_eq!(idempotency_key, Some(format!("p-{id}")));
                 }
-                (Expect::Answered, Ok(bytes)) => {
-                    match rewind_protocol::frame::decode_msgpack(&bytes, usize::MAX) {
-                        Err(rewind_protocol::frame::FrameError::Invalid {
-                            id: Some(got), ..
-                        }) => assert_eq!(got, id, "{name}"),
-                        other => panic!("{name}: {other:?}"),
-                    }
-                }
-                (Expect::Refused, Err(ClientError::Rejected { code, .. })) => {
-                    assert_eq!(code, "bad_frame", "{name}")
+                (false, Err(ClientError::Rejected { code, message })) => {
+                    assert_eq!(code, "bad_frame", "{name}");
+                    assert!(
+                        message.ends_with("nests deeper than 100 levels of arrays and maps"),
+                        "{name}: {message}"
+                    );
                 }
                 (_, other) => panic!("{name}: {other:?}"),
             }

@@ -188,17 +188,13 @@ impl Publisher {
     /// Publishes one event, with its key if the record has one; returns its offset once
     /// durable.
     pub async fn publish_record(&self, ns: &str, record: Record) -> Result<u64, PublishError> {
+        let key = record.key.as_deref();
         let req = match record.data {
-            Data::Json(data) => {
-                let mut body = serde_json::json!({ "event": record.event, "data": data });
-                if let Some(key) = record.key {
-                    body["key"] = key.into();
-                }
-                self.json(ns, body.to_string())
-            }
+            Data::Json(v) => self.json(ns, json_item(&record.event, &v.to_string(), key)),
+            Data::JsonText(t) => self.json(ns, json_item(&record.event, t.as_str(), key)),
             Data::Bytes(data) => {
                 let mut query = form_query("event", &record.event);
-                if let Some(key) = &record.key {
+                if let Some(key) = key {
                     query.push('&');
                     query.push_str(&form_query("key", key)[1..]);
                 }
@@ -222,22 +218,21 @@ impl Publisher {
         ns: &str,
         records: impl IntoIterator<Item = R>,
     ) -> Result<Published, PublishError> {
-        let mut items = Vec::new();
+        let mut body = String::from("[");
         for r in records {
             let r: Record = r.into();
-            let Data::Json(data) = r.data else {
+            let Some(text) = r.data.json_str() else {
                 return Err(refuse(
                     rewind_protocol::ErrorCode::BadFrame,
                     "a batch over HTTP carries JSON payloads only; publish bytes one by one",
                 ));
             };
-            let mut item = serde_json::json!({ "event": r.event, "data": data });
-            if let Some(key) = r.key {
-                item["key"] = key.into();
+            if body.len() > 1 {
+                body.push(',');
             }
-            items.push(item);
+            body.push_str(&json_item(&r.event, &text, r.key.as_deref()));
         }
-        let body = serde_json::Value::Array(items).to_string();
+        body.push(']');
         self.send(self.json(ns, body)).await
     }
 
@@ -370,6 +365,19 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     out
+}
+
+/// One event as the JSON object of a publish body, `data` as the given JSON text (not
+/// parsed again, so checked text goes out exactly as written).
+fn json_item(event: &str, data: &str, key: Option<&str>) -> String {
+    let quoted = |s: &str| serde_json::Value::from(s).to_string();
+    let mut item = format!("{{\"event\":{},\"data\":{data}", quoted(event));
+    if let Some(key) = key {
+        item.push_str(",\"key\":");
+        item.push_str(&quoted(key));
+    }
+    item.push('}');
+    item
 }
 
 /// `?NAME=VALUE` with the value percent-encoded.

@@ -8,8 +8,8 @@
 //! - [`http`]: [`Publisher`], a plain HTTP publisher for services that never
 //!   subscribe: one event or a batch, answered with offsets once durable, with an
 //!   idempotency key so a retried request is appended once.
-//! - [`record`]: what both publish: [`Data`] (a JSON value or bytes) and [`Record`]
-//!   (event name, optional key, data).
+//! - [`record`]: what both publish: [`Data`] (a JSON value, checked JSON text or
+//!   bytes) and [`Record`] (event name, optional key, data).
 //! - [`offsets`]: where a consumer keeps the next offset it wants per namespace, in memory
 //!   or in a file that survives a restart (atomic write-and-rename).
 //! - [`tls`]: `https://`/`wss://` through rustls, and [`Certificate`] for extra roots.
@@ -45,7 +45,7 @@ pub use client::{Client, ClientError, ClientOptions, Start};
 pub use futures::StreamExt;
 pub use http::{PublishError, Published, Publisher, PublisherOptions};
 pub use offsets::{FileOffsetStore, MemoryOffsetStore, OffsetStore, Resume};
-pub use record::{Data, NotJson, Record};
+pub use record::{BadJson, Data, JsonText, Record};
 pub use rewind_protocol as protocol;
 pub use rewind_protocol::{Event, Payload, Position};
 pub use serde_json::{json, Value};

@@ -587,9 +587,9 @@ mod websocket_publish_refusals {
                 "refusals",
                 Record::new("e", json!(1)).key("k".repeat(1025)),
             ),
-            // Deeper than the broker's value rules allow (100): the broker refuses it.
+            // Deeper than the broker's value rules allow (100): the client refuses it with
+            // the broker's message without sending it, however deep.
             ("bad_frame", "refusals", Record::new("e", nested(101))),
-            // Too deep to encode at all: the client refuses it without sending it.
             ("bad_frame", "refusals", Record::new("e", nested(200))),
             (
                 "payload_too_large",
