@@ -11,10 +11,11 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use rewind_client::{
-    Certificate, Client, ClientOptions, Item, Publisher, PublisherOptions, Record, Value,
+    Certificate, Client, ClientOptions, Data, Item, PublishError, Publisher, PublisherOptions,
+    Record, Value,
 };
 use rewind_protocol::codec::ReadPage;
-use rewind_protocol::Position;
+use rewind_protocol::{Position, ProtocolError};
 
 /// Where the broker is.
 #[derive(Debug, Clone, Args)]
@@ -73,8 +74,25 @@ impl Target {
     }
 }
 
-/// `GET`s a JSON answer; an error status becomes an error with the broker's code and message.
-async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+/// A refusal from the broker: its HTTP status, code and message.
+#[derive(Debug)]
+struct Refused {
+    status: reqwest::StatusCode,
+    code: String,
+    message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.code, self.message)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+/// `GET`s an answer's body; an error status becomes a [`Refused`] with the broker's code
+/// and message.
+async fn get_body(http: &reqwest::Client, url: &str) -> anyhow::Result<bytes::Bytes> {
     let res = http
         .get(url)
         .send()
@@ -82,15 +100,23 @@ async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
         .map_err(|e| anyhow!("{}", error_chain(&e)))?;
     let status = res.status();
     let body = res.bytes().await?;
-    let json: Value = serde_json::from_slice(&body).context("the answer is not JSON")?;
     if !status.is_success() {
-        bail!(
-            "{status} {}: {}",
-            json["error"]["code"].as_str().unwrap_or(""),
-            json["error"]["message"].as_str().unwrap_or("")
-        );
+        let json: Value = serde_json::from_slice(&body).context("the answer is not JSON")?;
+        return Err(Refused {
+            status,
+            code: json["error"]["code"].as_str().unwrap_or("").to_owned(),
+            message: json["error"]["message"].as_str().unwrap_or("").to_owned(),
+        }
+        .into());
     }
-    Ok(json)
+    Ok(body)
+}
+
+/// `GET`s a JSON answer (for the broker's own small documents; event data is never read
+/// into a `Value`, which would reorder its keys).
+async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    let body = get_body(http, url).await?;
+    serde_json::from_slice(&body).context("the answer is not JSON")
 }
 
 /// An error with its causes on one line (reqwest's own message is only "error sending
@@ -114,7 +140,7 @@ pub struct PublishArgs {
     /// The event's name
     pub event: String,
     /// The payload as JSON (without it, --file and --lines, JSON is read from stdin)
-    #[arg(long, conflicts_with_all = ["file", "lines"])]
+    #[arg(long, conflicts_with_all = ["file", "lines"], allow_hyphen_values = true)]
     pub data: Option<String>,
     /// A file whose bytes are the payload
     #[arg(long, conflicts_with = "lines")]
@@ -123,7 +149,7 @@ pub struct PublishArgs {
     /// input until it ends (`tail -f app.log | rewind publish logs.app line --lines`)
     #[arg(long)]
     pub lines: bool,
-    /// Most events per request with --lines (each request is one batch)
+    /// Most events per request with --lines (each request is one batch), 1 to 10000
     #[arg(long, default_value_t = 1000, value_name = "N", requires = "lines")]
     pub batch: usize,
     /// The event's key (with --lines, every event's)
@@ -144,7 +170,7 @@ pub struct TailArgs {
     /// Print what the namespace holds now (from --from) and exit, instead of following it
     #[arg(long)]
     pub no_follow: bool,
-    /// Exit after printing this many events
+    /// Exit after printing this many events (at least 1)
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
     #[command(flatten)]
@@ -169,6 +195,12 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         // A long-running pipe waits out a broker restart: 30 attempts, the waits
         // doubling from 100 ms to 5 s, are about two minutes.
         options.attempts = 30;
+    }
+    if !(1..=MAX_BATCH).contains(&args.batch) {
+        bail!(
+            "--batch must be 1 to {MAX_BATCH} (the broker's default max_batch_events), not {}",
+            args.batch
+        );
     }
     let publisher = Publisher::new(&args.target.http_base()?, options)?;
     if args.lines {
@@ -197,16 +229,35 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
                     s
                 }
             };
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| anyhow!("the payload is not JSON ({e}); use --file for bytes"))?;
+            let data = json_data(&text)?;
             publisher
-                .publish_record(&args.ns, with_key(Record::new(&args.event, value)))
+                .publish_record(&args.ns, with_key(Record::new(&args.event, data)))
                 .await?
         }
     };
     println!("{offset}");
     Ok(())
 }
+
+/// The payload of `--data` or stdin: checked by the broker's value rules and sent exactly
+/// as written. Text the broker would refuse is refused here with the broker's answer.
+fn json_data(text: &str) -> anyhow::Result<Data> {
+    Data::json_text(text).map_err(|e| match e.0 {
+        ProtocolError::Malformed(_) => {
+            anyhow!("the payload is not JSON ({e}); use --file for bytes")
+        }
+        _ => PublishError::Rejected {
+            status: 400,
+            code: e.code().to_string(),
+            message: e.to_string(),
+        }
+        .into(),
+    })
+}
+
+/// Largest `--batch`: the broker's default `max_batch_events` (docs/operations.md). A
+/// broker configured lower refuses bigger batches when they are sent.
+const MAX_BATCH: usize = 10_000;
 
 /// Most bytes of line text per `--lines` request: far below the broker's default
 /// `max_body_bytes` (16 MiB), so a batch of long lines is not refused as a whole.
@@ -220,7 +271,7 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(200);
 /// arrived, up to `--batch` lines or [`LINES_BATCH_BYTES`], as one batch. A full channel
 /// stops the reading while the broker catches up.
 async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Result<()> {
-    let max = args.batch.max(1);
+    let max = args.batch;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<String>>(max * 2);
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
@@ -335,10 +386,17 @@ impl Drop for ProgressLine {
     }
 }
 
-/// Prints one event as a JSON line.
+/// Prints one event as a JSON line, its data as the broker sent it. A line break in the
+/// data can only be whitespace between tokens (JSON strings escape theirs), and becomes
+/// a space so the event stays on one line.
 fn print_event(ev: &rewind_protocol::Event) -> anyhow::Result<()> {
     let mut line = Vec::with_capacity(128);
     rewind_protocol::codec::write_event_json(&mut line, ev);
+    for b in &mut line {
+        if matches!(*b, b'\n' | b'\r') {
+            *b = b' ';
+        }
+    }
     line.push(b'\n');
     let mut out = std::io::stdout().lock();
     out.write_all(&line)?;
@@ -350,7 +408,7 @@ fn print_event(ev: &rewind_protocol::Event) -> anyhow::Result<()> {
 /// `--limit` events); with `--no-follow`, what it holds now.
 pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     if args.limit == Some(0) {
-        return Ok(());
+        bail!("--limit must be at least 1 (without it, tail prints every event)");
     }
     if args.no_follow {
         return tail_once(&args).await;
@@ -411,10 +469,15 @@ async fn tail_once(args: &TailArgs) -> anyhow::Result<()> {
     loop {
         let want = args.limit.map_or(1000, |l| (l - printed).min(1000));
         let url = format!("{base}/events?from={from}&limit={want}");
-        let json = get_json(&http, &url)
-            .await
-            .with_context(|| format!("reading {} from {from}", args.ns))?;
-        let page = ReadPage::from_json(json.to_string().as_bytes())?;
+        let body = match get_body(&http, &url).await {
+            Ok(body) => body,
+            Err(e) if e.downcast_ref::<Refused>().is_some_and(|r| r.status == 404) => {
+                bail!("namespace {} was deleted", args.ns)
+            }
+            Err(e) => return Err(e.context(format!("reading {} from {from}", args.ns))),
+        };
+        // The page is read as it came: each event's data stays the broker's text.
+        let page = ReadPage::from_json(&body)?;
         if page.truncated {
             let first = page.events.first().map_or(page.next, |e| e.offset);
             eprintln!(
