@@ -294,10 +294,118 @@ struct MsgEventIn {
     data: MsgData,
 }
 
-/// A MessagePack payload: `bin` is bytes, anything else is a JSON value.
+/// A MessagePack payload: `bin` is bytes, anything else a JSON value as compact text with
+/// its keys in their order.
 pub(crate) enum MsgData {
     Bytes(Vec<u8>),
-    Json(serde_json::Value),
+    Json(String),
+}
+
+/// A MessagePack value written out as JSON text while it is read, so map keys keep their
+/// order (a `serde_json::Value` would sort them). Numbers are written as
+/// [`crate::value::msgpack_to_json`] writes them.
+struct JsonText(String);
+
+impl<'de> Deserialize<'de> for JsonText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let mut out = Vec::new();
+        d.deserialize_any(JsonWriter(&mut out))?;
+        String::from_utf8(out)
+            .map(JsonText)
+            .map_err(D::Error::custom)
+    }
+}
+
+/// Writes the value it visits as JSON into its buffer.
+struct JsonWriter<'a>(&'a mut Vec<u8>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for JsonWriter<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for JsonWriter<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a value JSON can carry")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<(), E> {
+        self.0.extend_from_slice(b"null");
+        Ok(())
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<(), E> {
+        self.visit_unit()
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+        self.0
+            .extend_from_slice(if v { b"true" as &[u8] } else { b"false" });
+        Ok(())
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+        self.0.extend_from_slice(v.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+        self.0.extend_from_slice(v.to_string().as_bytes());
+        Ok(())
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+        if !v.is_finite() {
+            return Err(E::custom(format!("{v} has no JSON equivalent")));
+        }
+        serde_json::to_writer(&mut *self.0, &v).map_err(E::custom)
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+        write_json_str(self.0, v);
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        self.0.push(b'[');
+        let mut first = true;
+        loop {
+            // The comma goes before every element but the first; taken back at the end.
+            let mark = self.0.len();
+            if !first {
+                self.0.push(b',');
+            }
+            if seq.next_element_seed(JsonWriter(self.0))?.is_none() {
+                self.0.truncate(mark);
+                break;
+            }
+            first = false;
+        }
+        self.0.push(b']');
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        self.0.push(b'{');
+        let mut first = true;
+        while let Some(key) = map.next_key::<String>()? {
+            if !first {
+                self.0.push(b',');
+            }
+            first = false;
+            write_json_str(self.0, &key);
+            self.0.push(b':');
+            map.next_value_seed(JsonWriter(self.0))?;
+        }
+        self.0.push(b'}');
+        Ok(())
+    }
 }
 
 impl<'de> Deserialize<'de> for MsgData {
@@ -331,11 +439,11 @@ impl<'de> Deserialize<'de> for MsgData {
         #[serde(untagged)]
         enum Either {
             Bytes(OnlyBytes),
-            Json(serde_json::Value),
+            Json(JsonText),
         }
         Ok(match Either::deserialize(d)? {
             Either::Bytes(b) => MsgData::Bytes(b.0),
-            Either::Json(v) => MsgData::Json(v),
+            Either::Json(v) => MsgData::Json(v.0),
         })
     }
 }
@@ -349,7 +457,7 @@ impl MsgEventIn {
             key: self.key,
             data: match self.data {
                 MsgData::Bytes(b) => Payload::Bytes(b),
-                MsgData::Json(v) => Payload::Json(v.to_string()),
+                MsgData::Json(text) => Payload::Json(text),
             },
         }
     }
@@ -440,6 +548,28 @@ mod tests {
             let _ = ReadPage::from_json(&bytes);
             let _ = ReadPage::from_msgpack(&bytes);
         }
+    }
+
+    /// A MessagePack page's JSON payloads come back with their keys in their order.
+    #[test]
+    fn msgpack_pages_keep_key_order() {
+        let text = r#"{"z":[1,-2,0.5,"s",null,true,{}],"a":{"y":[],"b":"é"}}"#;
+        let page = ReadPage {
+            events: vec![Event {
+                offset: 0,
+                event: "e".into(),
+                ts: 1,
+                key: None,
+                data: Payload::Json(text.into()),
+            }],
+            next: 1,
+            earliest: 0,
+            truncated: false,
+            epoch: "0123456789abcdef".into(),
+            error: None,
+        };
+        let (bytes, _) = page.to_msgpack();
+        assert_eq!(ReadPage::from_msgpack(&bytes).unwrap(), page);
     }
 
     #[test]

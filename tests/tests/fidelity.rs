@@ -215,6 +215,20 @@ async fn the_cli_publishes_json_as_written_and_tail_prints_it_as_stored() {
     let printed = printed_data(&out);
     assert_eq!(printed, over_msgpack);
     assert_eq!(printed[2], r#"{"z":1,"a":2,"m":3}"#);
+
+    // A MessagePack page read with the protocol crate has the same order.
+    let r = b
+        .request(
+            Method::GET,
+            "/v1/namespaces/fid.kept/events?from=earliest",
+            &[("accept", "application/msgpack")],
+            Vec::new(),
+        )
+        .await;
+    let page = ReadPage::from_msgpack(&r.body).unwrap();
+    let read: Vec<Payload> = page.events.into_iter().map(|e| e.data).collect();
+    let want: Vec<Payload> = over_msgpack.into_iter().map(Payload::Json).collect();
+    assert_eq!(read, want);
 }
 
 #[tokio::test]
