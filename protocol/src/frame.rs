@@ -85,7 +85,21 @@ pub enum FrameError {
         id: Option<u64>,
         /// The frame's `ns`, if it had one.
         ns: Option<String>,
+        /// The frame was a `publish` (its `t` said so): its answer takes its turn among
+        /// the publishes' answers, with or without an `id`.
+        publish: bool,
     },
+}
+
+/// A decoded JSON text frame, and whether it announced a binary payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonFrame {
+    /// The frame, or why it was not accepted.
+    pub frame: Result<ClientFrame, FrameError>,
+    /// The frame is a JSON object with a string `t` and `"bin": true`, accepted or not:
+    /// the next frame, if it is binary, is its payload (`protocol.md`, "Byte payloads
+    /// over JSON"). Always false for an unparsable frame, which closes the connection.
+    pub binary_follows: bool,
 }
 
 /// The fields any frame may have; which are required depends on `t`.
@@ -228,17 +242,36 @@ impl IntoPayload for JsonData {
 
 /// Decodes a JSON text frame. `max_payload_bytes` limits a publish's payload.
 pub fn decode_json(text: &str, max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
+    decode_json_frame(text, max_payload_bytes).frame
+}
+
+/// Decodes a JSON text frame and tells whether it announced a binary payload (`"bin":
+/// true`), which the next binary frame carries even when the frame itself is refused.
+pub fn decode_json_frame(text: &str, max_payload_bytes: usize) -> JsonFrame {
     match serde_json::from_str::<Wire<JsonData>>(text) {
-        Ok(wire) => validate(wire, true, max_payload_bytes),
-        Err(e) => Err(match serde_json::from_str::<Loose>(text) {
-            Ok(loose) => invalid_shape(&loose, e.to_string(), || {
-                (
-                    serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id),
-                    serde_json::from_str::<NsOnly>(text).ok().and_then(|x| x.ns),
-                )
-            }),
-            Err(_) => FrameError::Unparsable(e.to_string()),
-        }),
+        Ok(wire) => {
+            let binary_follows = wire.bin == Some(true);
+            JsonFrame {
+                frame: validate(wire, true, max_payload_bytes),
+                binary_follows,
+            }
+        }
+        Err(e) => match serde_json::from_str::<Loose>(text) {
+            Ok(loose) => JsonFrame {
+                frame: Err(invalid_shape(&loose, e.to_string(), || {
+                    (
+                        serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id),
+                        serde_json::from_str::<NsOnly>(text).ok().and_then(|x| x.ns),
+                    )
+                })),
+                binary_follows: serde_json::from_str::<BinOnly>(text)
+                    .is_ok_and(|x| x.bin == Some(true)),
+            },
+            Err(_) => JsonFrame {
+                frame: Err(FrameError::Unparsable(e.to_string())),
+                binary_follows: false,
+            },
+        },
     }
 }
 
@@ -354,6 +387,14 @@ struct IdOnly {
     id: Option<u64>,
 }
 
+/// A broken frame's `bin`, read on its own: whatever else is wrong with the frame, its
+/// payload may follow.
+#[derive(Deserialize)]
+struct BinOnly {
+    #[serde(default)]
+    bin: Option<bool>,
+}
+
 /// A broken frame's `ns`, read on its own.
 #[derive(Deserialize)]
 struct NsOnly {
@@ -380,6 +421,7 @@ fn invalid_shape(
         ),
         id,
         ns,
+        publish: loose.t == "publish",
     }
 }
 
@@ -394,11 +436,13 @@ fn validate<D: IntoPayload>(
 ) -> Result<ClientFrame, FrameError> {
     let id = wire.id;
     let ns_for_err = wire.ns.clone();
+    let publish = wire.t == "publish";
     let fail = |code: ErrorCode, message: String| FrameError::Invalid {
         code,
         message,
         id,
         ns: ns_for_err.clone(),
+        publish,
     };
     let need_ns = |ns: Option<String>| -> Result<String, FrameError> {
         let ns = ns.ok_or_else(|| fail(ErrorCode::BadFrame, format!("{} needs ns", wire.t)))?;
@@ -1234,6 +1278,7 @@ mod tests {
                 message,
                 id: Some(5),
                 ns: Some(ns),
+                publish: true,
             }) => {
                 assert_eq!(ns, "x");
                 assert!(message.starts_with("data[0][0]"), "{message}");
@@ -1265,6 +1310,56 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn bin_true_announces_a_payload_whether_the_frame_is_accepted_or_not() {
+        for (text, accepted) in [
+            (
+                r#"{"t":"publish","id":1,"ns":"x","event":"e","bin":true}"#,
+                true,
+            ),
+            (
+                r#"{"t":"publish","id":1,"ns":"a..b","event":"e","bin":true}"#,
+                false,
+            ),
+            (
+                r#"{"t":"publish","id":"x","ns":"x","event":"e","bin":true}"#,
+                false,
+            ),
+            (
+                r#"{"t":"publish","id":1,"ns":"x","event":"","bin":true}"#,
+                false,
+            ),
+            (
+                r#"{"t":"publish","id":1,"ns":"x","event":"e","data":1,"bin":true}"#,
+                false,
+            ),
+            (r#"{"t":"dance","bin":true}"#, false),
+            (r#"{"t":"ping","bin":true}"#, true),
+        ] {
+            let d = decode_json_frame(text, MAX);
+            assert!(d.binary_follows, "{text}");
+            assert_eq!(d.frame.is_ok(), accepted, "{text}");
+        }
+        for text in [
+            r#"{"t":"publish","id":1,"ns":"x","event":"e","bin":"yes"}"#,
+            r#"{"t":"publish","id":1,"ns":"x","event":"e","bin":false}"#,
+            r#"{"t":"publish","id":1,"ns":"x","event":"e"}"#,
+            r#"{"bin":true}"#,
+            r#"{"t":"publish","bin":true"#,
+        ] {
+            assert!(!decode_json_frame(text, MAX).binary_follows, "{text}");
+        }
+        // A refused publish says it is one, with or without an id.
+        match decode_json(r#"{"t":"publish","id":"x","ns":"x","event":"e"}"#, MAX) {
+            Err(FrameError::Invalid {
+                id: None,
+                publish: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

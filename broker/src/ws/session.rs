@@ -33,7 +33,9 @@ use futures::stream::{AbortHandle, Abortable, SelectAll};
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use rewind_protocol::frame::{decode_json, decode_msgpack, ClientFrame, FrameError, ServerFrame};
+use rewind_protocol::frame::{
+    decode_json_frame, decode_msgpack, ClientFrame, FrameError, ServerFrame,
+};
 use rewind_protocol::{ErrorCode, NewEvent, Payload, Position};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -60,6 +62,15 @@ const FRAMES_PER_PASS: usize = 64;
 
 /// Subscription yields taken in one pass, likewise.
 const YIELDS_PER_PASS: usize = 64;
+
+/// What the next binary frame is, after a JSON frame that said `bin: true`.
+enum PayloadDue {
+    /// The payload of an accepted publish.
+    Publish(Box<PendingBinary>),
+    /// The payload of a frame that was refused (and answered already), or of a frame
+    /// other than a publish: read and discarded.
+    Discard,
+}
 
 /// A publish whose payload is the next binary frame (JSON encoding, `bin: true`).
 struct PendingBinary {
@@ -136,7 +147,8 @@ struct Session {
     streams: SelectAll<SubStream>,
     /// Publishes not answered yet, oldest first.
     answers: Answers,
-    pending_binary: Option<Box<PendingBinary>>,
+    /// Set by a JSON frame with `bin: true`: the next binary frame is its payload.
+    payload_due: Option<PayloadDue>,
     /// A publish read while the writer's queue was full.
     held: Option<Box<HeldPublish>>,
     /// When the client must have sent something by, after a `ping`.
@@ -169,7 +181,7 @@ pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
         subs: HashMap::new(),
         streams: SelectAll::new(),
         answers: Answers::default(),
-        pending_binary: None,
+        payload_due: None,
         held: None,
         deadline: None,
         closing: false,
@@ -227,7 +239,7 @@ impl Session {
                 },
                 Turn::Shutdown => {
                     self.closing = true;
-                    self.pending_binary = None;
+                    self.payload_due = None;
                     self.forget_subscriptions();
                 }
                 Turn::Settled => break Some((CloseCode::Away, "broker shutting down".to_owned())),
@@ -441,18 +453,24 @@ impl Session {
         let max_payload = self.ctx.log.config().max_payload_bytes;
         match (m, self.encoding) {
             (Message::Text(text), Encoding::Json) => {
-                if let Some(p) = self.pending_binary.take() {
+                if let Some(PayloadDue::Publish(p)) = self.payload_due.take() {
                     let msg = format!(
                         "publish {} said bin: true; its payload must be the next frame, in binary",
                         p.id
                     );
                     self.refuse_publish(p.id, p.ns, ErrorCode::BadFrame, msg);
                 }
-                let decoded = decode_json(&text, max_payload);
-                self.decoded(decoded)
+                let decoded = decode_json_frame(&text, max_payload);
+                let step = self.decoded(decoded.frame);
+                // Set after the frame is handled: an accepted publish has set its own.
+                if decoded.binary_follows && self.payload_due.is_none() {
+                    self.payload_due = Some(PayloadDue::Discard);
+                }
+                step
             }
-            (Message::Binary(bytes), Encoding::Json) => match self.pending_binary.take() {
-                Some(p) if bytes.len() > max_payload => {
+            (Message::Binary(bytes), Encoding::Json) => match self.payload_due.take() {
+                Some(PayloadDue::Discard) => Step::Go,
+                Some(PayloadDue::Publish(p)) if bytes.len() > max_payload => {
                     let msg = format!(
                         "payload of {} bytes is over the limit of {max_payload}",
                         bytes.len()
@@ -460,7 +478,7 @@ impl Session {
                     self.refuse_publish(p.id, p.ns, ErrorCode::PayloadTooLarge, msg);
                     Step::Go
                 }
-                Some(p) => {
+                Some(PayloadDue::Publish(p)) => {
                     let p = *p;
                     self.publish(
                         p.id,
@@ -474,7 +492,7 @@ impl Session {
                 }
                 None => Step::End(Some((
                     CloseCode::Unsupported,
-                    "binary frame without a publish saying bin: true".to_owned(),
+                    "binary frame without a frame saying bin: true before it".to_owned(),
                 ))),
             },
             (Message::Binary(bytes), Encoding::Msgpack) => {
@@ -500,22 +518,21 @@ impl Session {
     fn decoded(&mut self, decoded: Result<ClientFrame, FrameError>) -> Step {
         match decoded {
             Ok(frame) => self.dispatch(frame),
-            // A frame with an id is a publish: its error takes its turn among the answers.
+            // A publish's error takes its turn among the answers, with or without an id
+            // (the n-th answer answers the n-th publish), and so does any frame with an id.
             Err(FrameError::Invalid {
                 code,
                 message,
-                id: Some(id),
+                id,
                 ns,
-            }) => {
+                publish,
+            }) if publish || id.is_some() => {
                 self.answers
-                    .push_answered(ServerFrame::error(code, message, Some(id), ns));
+                    .push_answered(ServerFrame::error(code, message, id, ns));
                 Step::Go
             }
             Err(FrameError::Invalid {
-                code,
-                message,
-                id: None,
-                ns,
+                code, message, ns, ..
             }) => {
                 self.error(code, message, ns);
                 Step::Go
@@ -563,13 +580,13 @@ impl Session {
             } => match data {
                 Some(data) => self.publish(id, ns, event, data, key, idempotency_key),
                 None => {
-                    self.pending_binary = Some(Box::new(PendingBinary {
+                    self.payload_due = Some(PayloadDue::Publish(Box::new(PendingBinary {
                         id,
                         ns,
                         event,
                         key,
                         idempotency_key,
-                    }));
+                    })));
                 }
             },
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
