@@ -254,3 +254,34 @@ async fn after_a_refused_bin_frame_a_text_frame_is_a_frame_of_its_own() {
     ));
     assert_eq!(c.close_code().await, Some(1003));
 }
+
+/// RFC 6455 §4.1: the key is 16 bytes in base64. Anything else is `400` with the JSON
+/// error body, before any upgrade. Input from the new-user tester (`short`).
+#[tokio::test]
+async fn a_handshake_key_that_is_not_16_bytes_in_base64_is_400() {
+    let b = Broker::start(&[]);
+    for key in [
+        "short",
+        "dGhlIHNhbXBsZSBub25jZQ",
+        "dGhlIHNhbXBsZSBub25jZR==",
+        "dGhlIHNhbXBsZSBub25jZQ==x",
+        "dGhlIHNhbXBsZSBub2!jZQ==",
+    ] {
+        let req = format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\r\n"
+        );
+        let out = rewind_tests::raw_http(b.addr, req.as_bytes()).await;
+        let out = String::from_utf8_lossy(&out);
+        assert!(out.starts_with("HTTP/1.1 400"), "{key}: {out}");
+        let body = &out[out.find("\r\n\r\n").expect("a body") + 4..];
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(json["error"]["code"], "bad_frame", "{key}: {body}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("Sec-WebSocket-Key")),
+            "{body}"
+        );
+    }
+}

@@ -107,6 +107,17 @@ fn header_has_token(headers: &HeaderMap, name: hyper::header::HeaderName, token:
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// A `Sec-WebSocket-Key` as RFC 6455 §4.1 has it: 16 bytes in base64 (RFC 4648 §4), that
+/// is 22 characters of the alphabet, the last of them carrying only 2 bits (so one of
+/// `A`, `Q`, `g`, `w`), and `==`.
+fn is_websocket_key(key: &[u8]) -> bool {
+    let alphabet = |b: &u8| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/';
+    key.len() == 24
+        && key[..22].iter().all(alphabet)
+        && matches!(key[21], b'A' | b'Q' | b'g' | b'w')
+        && &key[22..] == b"=="
+}
+
 /// The encoding for the offered subprotocols: the first one rewind speaks, in the client's
 /// order; JSON when none is offered or none is known (and then no protocol is echoed).
 fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
@@ -166,6 +177,11 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
     let key = headers
         .get(SEC_WEBSOCKET_KEY)
         .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))?;
+    if !is_websocket_key(key.as_bytes()) {
+        return Err(ApiError::bad_request(
+            "Sec-WebSocket-Key must be 16 bytes in base64: 24 characters ending in == (RFC 6455 §4.1)",
+        ));
+    }
     let accept = derive_accept_key(key.as_bytes());
     let (encoding, protocol) = negotiate(headers);
     let permit = Arc::clone(&ctx.slots).try_acquire_owned().map_err(|_| {
@@ -207,4 +223,34 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_websocket_key;
+
+    #[test]
+    fn a_key_is_16_bytes_in_base64() {
+        // RFC 6455 §1.3's example, and keys as browsers make them.
+        for ok in [
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            "AAAAAAAAAAAAAAAAAAAAAA==",
+            "/+/+/+/+/+/+/+/+/+/+/w==",
+        ] {
+            assert!(is_websocket_key(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "short",
+            "",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZQ=",
+            "dGhlIHNhbXBsZSBub25jZR==",
+            "dGhlIHNhbXBsZSBub25jZQ===",
+            "dGhlIHNhbXBsZSBub25j!Q==",
+            "dGhlIHNhbXBsZSBub25jZQ==dGhl",
+            "ZGVhZGJlZWZkZWFkYmVlZg",
+        ] {
+            assert!(!is_websocket_key(bad.as_bytes()), "{bad}");
+        }
+    }
 }
