@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use crate::codec::write_json_str;
+use crate::field::{explain_json, msgpack_field, not_a_json_frame, Want};
 use crate::publish::MAX_KEY_BYTES;
 use crate::value::{msgpack_to_json, msgpack_value_len, validate_json, write_len, write_str};
 use crate::{
@@ -258,20 +259,34 @@ pub fn decode_json_frame(text: &str, max_payload_bytes: usize) -> JsonFrame {
         }
         Err(e) => match serde_json::from_str::<Loose>(text) {
             Ok(loose) => JsonFrame {
-                frame: Err(invalid_shape(&loose, e.to_string(), || {
-                    (
-                        serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id),
-                        serde_json::from_str::<NsOnly>(text).ok().and_then(|x| x.ns),
-                    )
-                })),
+                frame: Err(invalid_shape(
+                    &loose,
+                    explain_json(text).unwrap_or_else(|| without_location(&e)),
+                    || {
+                        (
+                            serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id),
+                            serde_json::from_str::<NsOnly>(text).ok().and_then(|x| x.ns),
+                        )
+                    },
+                )),
                 binary_follows: serde_json::from_str::<BinOnly>(text)
                     .is_ok_and(|x| x.bin == Some(true)),
             },
             Err(_) => JsonFrame {
-                frame: Err(FrameError::Unparsable(e.to_string())),
+                frame: Err(FrameError::Unparsable(not_a_json_frame(text))),
                 binary_follows: false,
             },
         },
+    }
+}
+
+/// A serde_json error without its "at line 1 column 30" (a frame is one line, and the
+/// message names the field).
+fn without_location(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
     }
 }
 
@@ -333,6 +348,12 @@ fn msgpack_fields(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
         fields.push((key, &rest[..v]));
         rest = &rest[v..];
     }
+    if !rest.is_empty() {
+        return Err(format!(
+            "{} bytes after the frame's map: a frame is one MessagePack map",
+            rest.len()
+        ));
+    }
     Ok(fields)
 }
 
@@ -340,8 +361,8 @@ fn msgpack_fields(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
 pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFrame, FrameError> {
     let fields = msgpack_fields(bytes).map_err(FrameError::Unparsable)?;
     let raw = |name: &str| fields.iter().rev().find(|(k, _)| *k == name).map(|f| f.1);
-    let t = raw("t")
-        .and_then(|v| rmp_serde::from_slice::<String>(v).ok())
+    let t = msgpack_field::<String>(raw("t"), "t", Want::Str)
+        .map_err(FrameError::Unparsable)?
         .ok_or_else(|| FrameError::Unparsable("a frame needs a string t".into()))?;
     let loose = Loose { t };
     fn get<T: serde::de::DeserializeOwned>(
@@ -353,28 +374,43 @@ pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFr
             Some(v) => rmp_serde::from_slice::<Option<T>>(v).map_err(|e| format!("{name}: {e}")),
         }
     }
+    // Fields in the order of `field::TYPED_FIELDS`, so the first mistake reported is the
+    // one JSON reports.
     let wire = (|| -> Result<Wire<MsgRaw<'_>>, String> {
+        let id = msgpack_field(raw("id"), "id", Want::U64)?;
+        let ns = msgpack_field(raw("ns"), "ns", Want::Str)?;
+        let event = msgpack_field(raw("event"), "event", Want::Str)?;
+        let key = msgpack_field(raw("key"), "key", Want::Str)?;
+        let idempotency_key = msgpack_field(raw("idempotency_key"), "idempotency_key", Want::Str)?;
+        let epoch = msgpack_field(raw("epoch"), "epoch", Want::Str)?;
+        let credit = msgpack_field(raw("credit"), "credit", Want::U64)?;
+        let n = msgpack_field(raw("n"), "n", Want::U64)?;
+        let bin = msgpack_field(raw("bin"), "bin", Want::Bool)?;
         Ok(Wire {
             t: loose.t.clone(),
-            ns: get(raw("ns"), "ns")?,
+            ns,
             from: get(raw("from"), "from")?,
-            epoch: get(raw("epoch"), "epoch")?,
-            credit: get(raw("credit"), "credit")?,
-            n: get(raw("n"), "n")?,
-            id: get(raw("id"), "id")?,
-            event: get(raw("event"), "event")?,
+            epoch,
+            credit,
+            n,
+            id,
+            event,
             data: raw("data").map(MsgRaw),
-            bin: get(raw("bin"), "bin")?,
-            key: get(raw("key"), "key")?,
-            idempotency_key: get(raw("idempotency_key"), "idempotency_key")?,
+            bin,
+            key,
+            idempotency_key,
         })
     })();
     match wire {
         Ok(wire) => validate(wire, false, max_payload_bytes),
         Err(message) => Err(invalid_shape(&loose, message, || {
             (
-                get::<u64>(raw("id"), "id").ok().flatten(),
-                get::<String>(raw("ns"), "ns").ok().flatten(),
+                msgpack_field::<u64>(raw("id"), "id", Want::U64)
+                    .ok()
+                    .flatten(),
+                msgpack_field::<String>(raw("ns"), "ns", Want::Str)
+                    .ok()
+                    .flatten(),
             )
         })),
     }

@@ -22,6 +22,7 @@
 pub mod codec;
 pub mod error;
 pub mod event;
+mod field;
 pub mod frame;
 pub mod idempotency;
 pub mod names;

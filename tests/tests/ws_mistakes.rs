@@ -255,6 +255,152 @@ async fn after_a_refused_bin_frame_a_text_frame_is_a_frame_of_its_own() {
     assert_eq!(c.close_code().await, Some(1003));
 }
 
+/// A MessagePack string.
+fn mp_str(out: &mut Vec<u8>, s: &str) {
+    assert!(s.len() < 32);
+    out.push(0xa0 | s.len() as u8);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// A MessagePack map of `fields`, each value given as its bytes.
+fn mp_map(fields: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = vec![0x80 | fields.len() as u8];
+    for (k, v) in fields {
+        mp_str(&mut out, k);
+        out.extend_from_slice(v);
+    }
+    out
+}
+
+fn mp_s(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    mp_str(&mut out, s);
+    out
+}
+
+/// `s` as MessagePack `bin`.
+fn mp_bin(s: &str) -> Vec<u8> {
+    let mut out = vec![0xc4, s.len() as u8];
+    out.extend_from_slice(s.as_bytes());
+    out
+}
+
+/// The next frame, which must be an `error`: (code, id, message).
+async fn error_frame(c: &mut Client) -> (String, Option<u64>, String) {
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Error {
+            code, id, message, ..
+        }) => (code, id, message),
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+async fn expect_pong(c: &mut Client) {
+    c.send(&ClientFrame::Ping).await;
+    assert!(matches!(
+        c.next().await,
+        ServerMessage::Frame(ServerFrame::Pong)
+    ));
+}
+
+/// The close frame: (code, reason).
+async fn closed(c: &mut Client) -> (u16, String) {
+    loop {
+        if let rewind_tests::ws::Received::Closed(f) = c.recv().await {
+            let f = f.expect("a close frame");
+            return (u16::from(f.code), f.reason.to_string());
+        }
+    }
+}
+
+/// A MessagePack frame is one map with a string `t` (`protocol.md`, close codes): bytes
+/// after the map and a `t` in `bin` close with 1003, as their JSON equivalents do; a
+/// string field sent as `bin` is the mistake "not a string", answered as in JSON.
+/// Inputs from the new-user tester.
+#[tokio::test]
+async fn msgpack_frames_are_held_to_what_their_json_equivalent_can_be() {
+    let b = Broker::start(&[]);
+    create(&b, "mp.a").await;
+    let ping = mp_map(&[("t", mp_s("ping"))]);
+    let closing: Vec<(Option<&str>, Message, &str)> = vec![
+        (
+            Some("rewind.v1.msgpack"),
+            Message::Binary([ping.clone(), vec![0xc0]].concat().into()),
+            "1 bytes after the frame's map",
+        ),
+        (
+            Some("rewind.v1.msgpack"),
+            Message::Binary([ping.clone(), ping.clone()].concat().into()),
+            "bytes after the frame's map",
+        ),
+        (None, Message::Text(r#"{"t":"ping"} x"#.into()), "not JSON"),
+        (
+            Some("rewind.v1.msgpack"),
+            Message::Binary(mp_map(&[("t", mp_bin("ping"))]).into()),
+            "t must be a string, not bin",
+        ),
+        (
+            None,
+            Message::Text(r#"{"t":5}"#.into()),
+            "t must be a string, not 5",
+        ),
+    ];
+    for (protocol, m, why) in closing {
+        let shown = format!("{m:?}");
+        let mut c = Client::connect(b.addr, protocol).await;
+        c.raw(m).await;
+        let (code, reason) = closed(&mut c).await;
+        assert_eq!(code, 1003, "{shown}");
+        assert!(reason.contains(why), "{shown}: {reason}");
+    }
+    // String fields in `bin`: bad_frame with the publish's id, in both encodings alike.
+    let mut mp = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    let mut js = Client::connect(b.addr, Some("rewind.v1.json")).await;
+    for field in ["event", "key", "idempotency_key", "ns"] {
+        let mut fields = vec![
+            ("t", mp_s("publish")),
+            ("id", vec![7]),
+            ("ns", mp_s("mp.a")),
+            ("event", mp_s("e")),
+        ];
+        fields.retain(|(k, _)| *k != field);
+        fields.push((field, mp_bin("abc")));
+        mp.raw(Message::Binary(mp_map(&fields).into())).await;
+        let (code, id, message) = error_frame(&mut mp).await;
+        assert_eq!((code.as_str(), id), ("bad_frame", Some(7)), "{field}");
+        let want = format!("publish: {field} must be a string, not bin");
+        assert!(message.starts_with(&want), "{field}: {message}");
+        // The JSON equivalent: a field that is not a string.
+        let mut json = serde_json::json!({"t": "publish", "id": 7, "ns": "mp.a", "event": "e"});
+        json[field] = serde_json::json!(5);
+        text(&mut js, &json.to_string()).await;
+        let (code, id, message) = error_frame(&mut js).await;
+        assert_eq!((code.as_str(), id), ("bad_frame", Some(7)), "{field}");
+        assert_eq!(message, format!("publish: {field} must be a string, not 5"));
+    }
+    // Open's epoch in bin: the same.
+    mp.raw(Message::Binary(
+        mp_map(&[
+            ("t", mp_s("open")),
+            ("ns", mp_s("mp.a")),
+            ("epoch", mp_bin("0123456789abcdef")),
+        ])
+        .into(),
+    ))
+    .await;
+    let (code, _, message) = error_frame(&mut mp).await;
+    assert_eq!(code, "bad_frame");
+    assert!(
+        message.starts_with("open: epoch must be a string, not bin"),
+        "{message}"
+    );
+    // Nothing was appended, and both connections are up.
+    expect_pong(&mut mp).await;
+    expect_pong(&mut js).await;
+    let r = b.get("/v1/namespaces/mp.a").await;
+    assert_eq!(r.json()["next"], 0, "{:?}", r.json());
+}
+
 /// RFC 6455 §4.1: the key is 16 bytes in base64. Anything else is `400` with the JSON
 /// error body, before any upgrade. Input from the new-user tester (`short`).
 #[tokio::test]
@@ -283,5 +429,127 @@ async fn a_handshake_key_that_is_not_16_bytes_in_base64_is_400() {
                 .is_some_and(|m| m.contains("Sec-WebSocket-Key")),
             "{body}"
         );
+    }
+}
+
+/// Messages say which field is wrong and what it must be, not the decoder's wording
+/// (`floating point`, `hex escape`, `invalid type`). Inputs from the new-user tester.
+#[tokio::test]
+async fn mistakes_are_described_in_the_protocols_terms() {
+    let b = Broker::start(&[]);
+    create(&b, "msg.a").await;
+    let mut c = Client::connect(b.addr, None).await;
+    let cases = [
+        (
+            r#"{"t":"credit","ns":"msg.a","n":18446744073709551616}"#,
+            "credit: n must be an integer from 0 to 18446744073709551615, not 18446744073709551616",
+        ),
+        (
+            r#"{"t":"credit","ns":"msg.a","n":-1}"#,
+            "credit: n must be an integer from 0 to 18446744073709551615, not -1",
+        ),
+        (
+            r#"{"t":"credit","ns":"msg.a","n":1.5}"#,
+            "credit: n must be an integer from 0 to 18446744073709551615, not 1.5",
+        ),
+        (
+            r#"{"t":"credit","ns":"msg.a","n":"2"}"#,
+            "credit: n must be an integer from 0 to 18446744073709551615, not a string",
+        ),
+        (
+            r#"{"t":"open","ns":"msg.a","credit":-5}"#,
+            "open: credit must be an integer from 0 to 18446744073709551615, not -5",
+        ),
+        (
+            r#"{"t":"publish","id":1,"ns":"msg.a","event":"\ud800"}"#,
+            r#"publish: event cannot hold a lone UTF-16 surrogate ("\ud800"): it has no UTF-8 form"#,
+        ),
+        (
+            r#"{"t":"publish","id":1,"ns":"msg.a","event":"e","key":"a\udc00"}"#,
+            r#"publish: key cannot hold a lone UTF-16 surrogate ("a\udc00"): it has no UTF-8 form"#,
+        ),
+        (
+            r#"{"t":"publish","id":"x","ns":"msg.a","event":"e"}"#,
+            "publish: id must be an integer from 0 to 18446744073709551615, not a string",
+        ),
+        (
+            r#"{"t":"publish","id":1,"ns":["a"],"event":"e"}"#,
+            "publish: ns must be a string, not an array",
+        ),
+        (
+            r#"{"t":"publish","id":1,"ns":"msg.a","event":"e","bin":"yes"}"#,
+            "publish: bin must be true or false, not a string",
+        ),
+    ];
+    for (frame, want) in cases {
+        text(&mut c, frame).await;
+        let (code, _, message) = error_frame(&mut c).await;
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("bad_frame", want),
+            "{frame}"
+        );
+    }
+    // The same mistakes over MessagePack read the same, with MessagePack's values.
+    let mut mp = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    let float = [vec![0xcb], 1.5f64.to_be_bytes().to_vec()].concat();
+    let cases = [
+        (
+            mp_map(&[("t", mp_s("credit")), ("ns", mp_s("msg.a")), ("n", float)]),
+            "credit: n must be an integer from 0 to 18446744073709551615, not 1.5",
+        ),
+        (
+            mp_map(&[
+                ("t", mp_s("open")),
+                ("ns", mp_s("msg.a")),
+                ("credit", vec![0xfb]),
+            ]),
+            "open: credit must be an integer from 0 to 18446744073709551615, not -5",
+        ),
+        (
+            mp_map(&[
+                ("t", mp_s("publish")),
+                ("id", mp_s("x")),
+                ("ns", mp_s("msg.a")),
+                ("event", mp_s("e")),
+            ]),
+            "publish: id must be an integer from 0 to 18446744073709551615, not a string",
+        ),
+        (
+            mp_map(&[
+                ("t", mp_s("publish")),
+                ("id", vec![1]),
+                ("ns", mp_s("msg.a")),
+                ("event", mp_s("e")),
+                ("bin", vec![1]),
+            ]),
+            "publish: bin must be true or false, not 1",
+        ),
+    ];
+    for (frame, want) in cases {
+        mp.raw(Message::Binary(frame.into())).await;
+        let (code, _, message) = error_frame(&mut mp).await;
+        assert_eq!((code.as_str(), message.as_str()), ("bad_frame", want));
+    }
+    expect_pong(&mut c).await;
+    expect_pong(&mut mp).await;
+    // Frames that are not frames: the close reason says what a frame must be.
+    for (frame, want) in [
+        (
+            "[1]",
+            "unparsable frame: a frame must be a JSON object with a string t, not an array",
+        ),
+        ("{}", "unparsable frame: a frame needs a string t"),
+        (
+            r#"{"t":"\ud800"}"#,
+            "unparsable frame: t cannot hold a lone UTF-16 surrogate",
+        ),
+        ("nope", "unparsable frame: not JSON ("),
+    ] {
+        let mut c = Client::connect(b.addr, None).await;
+        text(&mut c, frame).await;
+        let (code, reason) = closed(&mut c).await;
+        assert_eq!(code, 1003, "{frame}");
+        assert!(reason.starts_with(want), "{frame}: {reason}");
     }
 }
