@@ -461,6 +461,11 @@ fn invalid_shape(
     }
 }
 
+/// An epoch as the broker writes one: 16 lowercase hex digits (`decisions.md`, "epochs").
+pub fn is_epoch(e: &str) -> bool {
+    e.len() == 16 && e.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn known_type(t: &str) -> bool {
     matches!(t, "open" | "close" | "credit" | "publish" | "ping" | "pong")
 }
@@ -494,7 +499,18 @@ fn validate<D: IntoPayload>(
                 // The same mistake as HTTP's `?from=soon`, so the same code.
                 Some(FromField(Err(m))) => return Err(fail(ErrorCode::BadPosition, m)),
             },
-            epoch: wire.epoch,
+            epoch: match wire.epoch {
+                Some(e) if !is_epoch(&e) => {
+                    return Err(fail(
+                        ErrorCode::BadFrame,
+                        format!(
+                        "epoch must be the 16 lowercase hex digits an opened frame gave, not {:?}",
+                        e.chars().take(40).collect::<String>()
+                    ),
+                    ))
+                }
+                e => e,
+            },
             credit: wire.credit.unwrap_or(DEFAULT_CREDIT),
         }),
         "close" => Ok(ClientFrame::Close {

@@ -401,6 +401,57 @@ async fn msgpack_frames_are_held_to_what_their_json_equivalent_can_be() {
     assert_eq!(r.json()["next"], 0, "{:?}", r.json());
 }
 
+/// `open`'s `epoch` is what `opened` gave: 16 lowercase hex digits. Anything else is a
+/// `bad_frame` (nothing is opened), in both encodings; HTTP takes no epoch anywhere.
+#[tokio::test]
+async fn an_epoch_that_is_not_one_is_refused() {
+    let b = Broker::start(&[]);
+    create(&b, "ep.a").await;
+    for protocol in ["rewind.v1.json", "rewind.v1.msgpack"] {
+        let mut c = Client::connect(b.addr, Some(protocol)).await;
+        for epoch in [
+            "zz",
+            "",
+            "0123456789ABCDEF",
+            "0123456789abcdef0",
+            "0123456789abcdeg",
+        ] {
+            c.send(&ClientFrame::Open {
+                ns: "ep.a".into(),
+                from: Position::Offset(0),
+                epoch: Some(epoch.into()),
+                credit: 10,
+            })
+            .await;
+            let (code, _, message) = error_frame(&mut c).await;
+            assert_eq!(code, "bad_frame", "{protocol} {epoch:?}");
+            assert!(
+                message.contains("epoch must be the 16 lowercase hex digits"),
+                "{message}"
+            );
+            // Nothing was opened.
+            c.send(&ClientFrame::Close { ns: "ep.a".into() }).await;
+            assert_eq!(error_frame(&mut c).await.0, "not_open");
+        }
+        // A well-formed epoch of another log is not a mistake: `truncated` says so.
+        c.send(&ClientFrame::Open {
+            ns: "ep.a".into(),
+            from: Position::Offset(0),
+            epoch: Some("0123456789abcdef".into()),
+            credit: 10,
+        })
+        .await;
+        assert!(matches!(
+            c.next().await,
+            ServerMessage::Frame(ServerFrame::Opened { .. })
+        ));
+        assert!(matches!(
+            c.next().await,
+            ServerMessage::Frame(ServerFrame::Truncated { reason, .. }) if reason == "epoch"
+        ));
+    }
+}
+
 /// RFC 6455 §4.1: the key is 16 bytes in base64. Anything else is `400` with the JSON
 /// error body, before any upgrade. Input from the new-user tester (`short`).
 #[tokio::test]
