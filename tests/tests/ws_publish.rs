@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use rewind_protocol::frame::{decode_server_json, ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{Payload, Position};
-use rewind_tests::ws::Client;
+use rewind_tests::ws::{Client, Received};
 use rewind_tests::Broker;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -365,4 +365,96 @@ async fn a_full_write_queue_holds_publishes_back_instead_of_refusing_them() {
     .await
     .expect("the publisher hung");
     assert_log_holds(&b, "narrow", &json_payloads(N)).await;
+}
+
+/// Publishes `0..n` to `ns` on `c`, then `violation`; every publish is answered in order
+/// before the close, which carries `code`, and the log holds exactly what was answered.
+async fn answered_before_the_close(
+    b: &Broker,
+    mut c: Client,
+    ns: &str,
+    n: u64,
+    violation: Message,
+    code: u16,
+) {
+    for id in 0..n {
+        let data = Some(Payload::Json(id.to_string()));
+        c.send(&ClientFrame::Publish {
+            id,
+            ns: ns.into(),
+            event: "e".into(),
+            data,
+            key: None,
+            idempotency_key: None,
+        })
+        .await;
+    }
+    // The violation may find the socket already closing on a fast broker; what matters is
+    // what the broker sent.
+    let _ = c.socket.send(violation).await;
+    let mut answered = 0u64;
+    let close = loop {
+        match c.recv().await {
+            Received::Message(ServerMessage::Frame(ServerFrame::Published {
+                id, offset, ..
+            })) => {
+                assert_eq!(
+                    (id, offset),
+                    (answered, answered),
+                    "{ns}: answer out of order"
+                );
+                answered += 1;
+            }
+            Received::Message(ServerMessage::Frame(ServerFrame::Ping)) => {}
+            Received::Message(m) => panic!("{ns}: unexpected {m:?}"),
+            Received::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+        }
+    };
+    assert_eq!(
+        answered, n,
+        "{ns}: publishes taken before the violation go unanswered"
+    );
+    assert_eq!(close, Some(code), "{ns}");
+    let info = b.get(&format!("/v1/namespaces/{ns}")).await.json();
+    assert_eq!(info["next"], n, "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_closes_only_after_every_publish_taken_is_answered() {
+    // The tester's input: 50 publishes, then a text frame that is not JSON. The broker had
+    // appended all 50 and closed with 1003 without answering one.
+    const N: u64 = 50;
+    let b = Broker::start(&[]);
+    let too_big = vec![0u8; 2 << 20];
+    let violations: [(&str, Option<&str>, Message, u16); 5] = [
+        ("v.text", None, Message::Text("garbage".into()), 1003),
+        (
+            "v.bin",
+            None,
+            Message::Binary(b"unannounced".to_vec().into()),
+            1003,
+        ),
+        ("v.size", None, Message::Binary(too_big.into()), 1009),
+        (
+            "v.mtext",
+            Some("rewind.v1.msgpack"),
+            Message::Text("{}".into()),
+            1003,
+        ),
+        (
+            "v.mbin",
+            Some("rewind.v1.msgpack"),
+            Message::Binary(vec![0xc1].into()),
+            1003,
+        ),
+    ];
+    for (ns, protocol, violation, code) in violations {
+        let c = Client::connect(b.addr, protocol).await;
+        tokio::time::timeout(
+            HANG,
+            answered_before_the_close(&b, c, ns, N, violation, code),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{ns}: hung"));
+    }
 }

@@ -21,6 +21,9 @@
 //!   client has not taken stay in the namespace's ring.
 //! - `published` and the `error`s of publishes leave in the order the publishes arrived
 //!   ([`super::answers`]); other frames are answered as they are handled.
+//! - Every publish taken is answered before the connection closes, also when it closes
+//!   because the client broke the protocol; only a connection that is gone (read or
+//!   write failed, the client's close) or silent past the ping timeout ends without them.
 
 use std::collections::HashMap;
 use std::future::{poll_fn, Future};
@@ -153,9 +156,9 @@ struct Session {
     held: Option<Box<HeldPublish>>,
     /// When the client must have sent something by, after a `ping`.
     deadline: Option<Instant>,
-    /// Shutdown began: nothing more is read; the publishes taken are answered, then the
-    /// connection closes with 1001.
-    closing: bool,
+    /// Reading stopped for good — the broker is shutting down, or the client broke the
+    /// protocol: the publishes taken are answered, then the connection closes with this.
+    closing: CloseWith,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -184,7 +187,7 @@ pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
         payload_due: None,
         held: None,
         deadline: None,
-        closing: false,
+        closing: None,
     };
     session.serve().await;
 }
@@ -199,7 +202,7 @@ impl Session {
         let mut shutdown = self.ctx.log.shutdown_signal();
         let close = loop {
             let turn = {
-                let closing = self.closing;
+                let closing = self.closing.is_some();
                 let stop = shutdown.wait_for(|s| *s);
                 tokio::pin!(stop);
                 let silence = sleep_until(self.deadline);
@@ -238,12 +241,16 @@ impl Session {
                     _ => {}
                 },
                 Turn::Shutdown => {
-                    self.closing = true;
-                    self.payload_due = None;
-                    self.forget_subscriptions();
+                    self.begin_closing(CloseCode::Away, "broker shutting down".to_owned());
                 }
-                Turn::Settled => break Some((CloseCode::Away, "broker shutting down".to_owned())),
+                Turn::Settled => break self.closing.take(),
                 Turn::Open(req) => Box::pin(self.open(*req)).await,
+                // A client that broke the protocol still gets the answers of the publishes
+                // taken before: they may be appended already, and an unanswered one would
+                // be sent again.
+                Turn::End(Some((code, why))) if self.closing.is_none() => {
+                    self.begin_closing(code, why);
+                }
                 Turn::End(close) => break close,
             }
         };
@@ -268,7 +275,7 @@ impl Session {
                 tracing::debug!(error = %e, "WebSocket write failed");
                 return Poll::Ready(Turn::End(None));
             }
-            if self.closing && self.answers.is_empty() && self.held.is_none() {
+            if self.closing.is_some() && self.answers.is_empty() && self.held.is_none() {
                 return Poll::Ready(Turn::Settled);
             }
             // Answers or a write may have lifted a limit this pass: go round again rather
@@ -290,7 +297,7 @@ impl Session {
     /// `ws_max_unsent_bytes` unwritten bytes; writing never stops.
     fn may_read(&self) -> bool {
         let cfg = self.ctx.log.config();
-        !self.closing
+        self.closing.is_none()
             && self.held.is_none()
             && self.answers.len() < cfg.ws_max_inflight_publishes
             && self.outbox_len() < cfg.ws_max_unsent_bytes
@@ -388,6 +395,14 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Stops reading and serving subscriptions; the session ends with `code` once every
+    /// publish taken has been answered.
+    fn begin_closing(&mut self, code: CloseCode, why: String) {
+        self.closing = Some((code, why));
+        self.payload_due = None;
+        self.forget_subscriptions();
     }
 
     fn forget_subscriptions(&mut self) {
