@@ -81,6 +81,9 @@ pub struct Idempotency {
     pub key: String,
     /// The digest of the request's events; a retry must publish the same events.
     pub request: RequestDigest,
+    /// The digest older versions kept ([`RequestDigest::of_v1`]), which a record they
+    /// wrote is compared with.
+    pub request_v1: RequestDigest,
     /// The request was a batch (HTTP answers `{"first","last"}`), not one event.
     pub batch: bool,
 }
@@ -91,6 +94,7 @@ impl Idempotency {
         key.map(|key| Idempotency {
             key,
             request: RequestDigest::of(events),
+            request_v1: RequestDigest::of_v1(events),
             batch,
         })
     }

@@ -262,6 +262,7 @@ impl Writer {
         let idempotency = idempotency.map(|i| IdempotencyKey {
             key: &i.key,
             request: i.request,
+            request_v1: i.request_v1,
             batch: i.batch,
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),

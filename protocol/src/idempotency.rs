@@ -30,17 +30,53 @@ pub fn validate_key(key: &str) -> Result<(), ProtocolError> {
 }
 
 /// A SHA-256 digest of the events of a publish request: each event's name, key and
-/// payload, in order. Requests with the same digest publish the same events; a JSON
-/// payload counts as the JSON text the broker stores. The shape (one event or a batch) is
-/// not part of it: a retry of the same events is answered in the original's shape.
+/// payload, in order. Requests with the same digest publish the same events. A JSON
+/// payload counts as its value, not its text: the digest covers the value's MessagePack
+/// form from [`crate::value::json_to_msgpack`], so whitespace, string escapes and the
+/// encoding it arrived in (JSON, NDJSON, WebSocket JSON or MessagePack) do not count,
+/// while map key order (kept for every reader), integer against float (`1` and `1.0`)
+/// and the float itself (`1e2` and `100.0` are the same float) do. A bytes payload is
+/// never the same as a JSON one. The shape (one event or a batch) is not part of it: a
+/// retry of the same events is answered in the original's shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RequestDigest(pub [u8; 32]);
 
 impl RequestDigest {
-    /// The digest of publishing `events`.
+    /// The digest of publishing `events` (version 2, over each JSON value's canonical
+    /// MessagePack form).
     pub fn of(events: &[NewEvent]) -> RequestDigest {
+        let mut canonical = Vec::new();
+        Self::hash(b"rewind.publish.v2\0", events, |data| match data {
+            Payload::Json(text) => {
+                canonical.clear();
+                match crate::value::json_to_msgpack(text, &mut canonical) {
+                    Ok(()) => (b'm', canonical.clone()),
+                    // Only text stored before the value rules existed breaks them; such
+                    // a value is compared as its text.
+                    Err(_) => (b'j', text.as_bytes().to_vec()),
+                }
+            }
+            Payload::Bytes(bytes) => (b'b', bytes.clone()),
+        })
+    }
+
+    /// The digest versions before 2 kept with a key (JSON payloads compared as their
+    /// text). A record written by such a version still matches a retry of the same text,
+    /// so upgrading the broker turns no retry into a conflict.
+    pub fn of_v1(events: &[NewEvent]) -> RequestDigest {
+        Self::hash(b"rewind.publish.v1\0", events, |data| match data {
+            Payload::Json(text) => (b'j', text.as_bytes().to_vec()),
+            Payload::Bytes(bytes) => (b'b', bytes.clone()),
+        })
+    }
+
+    fn hash(
+        version: &[u8],
+        events: &[NewEvent],
+        mut payload: impl FnMut(&Payload) -> (u8, Vec<u8>),
+    ) -> RequestDigest {
         let mut h = Sha256::new();
-        h.update(b"rewind.publish.v1\0");
+        h.update(version);
         h.update((events.len() as u64).to_le_bytes());
         let field = |h: &mut Sha256, bytes: &[u8]| {
             h.update((bytes.len() as u64).to_le_bytes());
@@ -55,16 +91,9 @@ impl RequestDigest {
                 }
                 None => h.update([0]),
             }
-            match &ev.data {
-                Payload::Json(text) => {
-                    h.update([b'j']);
-                    field(&mut h, text.as_bytes());
-                }
-                Payload::Bytes(bytes) => {
-                    h.update([b'b']);
-                    field(&mut h, bytes);
-                }
-            }
+            let (tag, bytes) = payload(&ev.data);
+            h.update([tag]);
+            field(&mut h, &bytes);
         }
         RequestDigest(h.finalize().into())
     }
@@ -125,9 +154,50 @@ mod tests {
             RequestDigest::of(&[ev("e", None, Payload::Bytes(b"1".to_vec()))]),
             // Field boundaries count: the name's end is not the payload's start.
             RequestDigest::of(&[ev("e1", None, Payload::Json("".into()))]),
+            RequestDigest::of_v1(std::slice::from_ref(&a)),
         ];
         for (i, d) in others.iter().enumerate() {
             assert_ne!(*d, base, "variant {i}");
         }
+    }
+
+    fn json(text: &str) -> RequestDigest {
+        RequestDigest::of(&[ev("e", None, Payload::Json(text.into()))])
+    }
+
+    #[test]
+    fn a_json_payload_counts_as_its_value() {
+        let same = [
+            (r#"{"z":1,"y":[1,2]}"#, r#"{ "z": 1, "y": [1, 2] }"#),
+            (r#"{"x":[1,2]}"#, "{\n  \"x\": [\n    1,\n    2\n  ]\n}"),
+            (r#""A""#, r#""\u0041""#),
+            ("1e2", "100.0"),
+            ("0.5", "5e-1"),
+            ("-0", "0"),
+        ];
+        for (a, b) in same {
+            assert_eq!(json(a), json(b), "{a} vs {b}");
+        }
+        let different = [
+            (r#"{"z":1,"y":2}"#, r#"{"y":2,"z":1}"#),
+            ("1", "1.0"),
+            ("100", "1e2"),
+            ("[1,2]", "[2,1]"),
+            (r#""1""#, "1"),
+        ];
+        for (a, b) in different {
+            assert_ne!(json(a), json(b), "{a} vs {b}");
+        }
+        assert_ne!(
+            json("1"),
+            RequestDigest::of(&[ev("e", None, Payload::Bytes(b"1".to_vec()))])
+        );
+    }
+
+    #[test]
+    fn version_1_digests_compare_json_text() {
+        let of = |t: &str| RequestDigest::of_v1(&[ev("e", None, Payload::Json(t.into()))]);
+        assert_eq!(of("[1,2]"), of("[1,2]"));
+        assert_ne!(of("[1,2]"), of("[1, 2]"));
     }
 }

@@ -335,3 +335,177 @@ async fn one_idempotency_key_rule_on_every_transport() {
         }
     }
 }
+
+/// Sends `text` as it is in a JSON WebSocket text frame and returns the next answer.
+async fn ws_text_answer(c: &mut Client, text: &str) -> ServerFrame {
+    c.raw(Message::Text(text.to_owned().into())).await;
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Ping) => {}
+            ServerMessage::Frame(f) => return f,
+            ServerMessage::Event(e) => panic!("unexpected event {e:?}"),
+        }
+    }
+}
+
+fn published(f: ServerFrame, id: u64, offset: u64) {
+    assert_eq!(
+        f,
+        ServerFrame::Published {
+            id,
+            ns: "ws1".into(),
+            offset
+        }
+    );
+}
+
+/// The issue's inputs: a retry is compared by value, so whitespace, escapes, the float's
+/// spelling and the encoding do not count; key order, integer against float and bytes
+/// against JSON do (docs/http-api.md, "Idempotency-Key").
+#[tokio::test]
+async fn the_same_value_is_the_same_request_whatever_its_spelling_or_encoding() {
+    let b = Broker::start(&[]);
+    let events = "/v1/namespaces/ws1/events";
+    let json = "application/json";
+    let ndjson = "application/x-ndjson";
+    // Whitespace, over JSON and NDJSON.
+    let tight = r#"{"event":"a","data":{"z":1,"y":[1,2]}}"#;
+    let spaced = r#"{"event":"a","data":{ "z": 1, "y": [1, 2] }}"#;
+    created(
+        &post(&b, events, json, "w1", tight).await,
+        json!({"offset": 0}),
+        false,
+    );
+    created(
+        &post(&b, events, json, "w1", spaced).await,
+        json!({"offset": 0}),
+        true,
+    );
+    let pretty = "{\n  \"event\": \"a\",\n  \"data\": {\n    \"z\": 1,\n    \"y\": [\n      1,\n      2\n    ]\n  }\n}";
+    created(
+        &post(&b, events, json, "w1", pretty).await,
+        json!({"offset": 0}),
+        true,
+    );
+    created(
+        &post(&b, events, ndjson, "w1", &format!("{spaced}\n")).await,
+        json!({"offset": 0}),
+        true,
+    );
+    // Key order counts: every reader gets the keys in the order they were sent.
+    conflict(
+        &post(
+            &b,
+            events,
+            json,
+            "w1",
+            r#"{"event":"a","data":{"y":[1,2],"z":1}}"#,
+        )
+        .await,
+        "0..=0",
+    );
+    // Float spellings of one float are one value; an integer is not a float.
+    let data = |d: &str| format!(r#"{{"event":"n","data":{d}}}"#);
+    created(
+        &post(&b, events, json, "n1", &data("1e2")).await,
+        json!({"offset": 1}),
+        false,
+    );
+    for same in ["100.0", "1.0e2", "100.000", "1E+2"] {
+        created(
+            &post(&b, events, json, "n1", &data(same)).await,
+            json!({"offset": 1}),
+            true,
+        );
+    }
+    for other in ["100", "100.5"] {
+        conflict(&post(&b, events, json, "n1", &data(other)).await, "1..=1");
+    }
+    created(
+        &post(&b, events, json, "n2", &data("1")).await,
+        json!({"offset": 2}),
+        false,
+    );
+    conflict(&post(&b, events, json, "n2", &data("1.0")).await, "2..=2");
+    // String escapes are the string they stand for.
+    created(
+        &post(&b, events, json, "s1", &data(r#""A\u00e9""#)).await,
+        json!({"offset": 3}),
+        false,
+    );
+    created(
+        &post(&b, events, json, "s1", &data(r#""\u0041é""#)).await,
+        json!({"offset": 3}),
+        true,
+    );
+
+    // A WebSocket JSON publish written with spaces (Python's json.dumps), then HTTP and
+    // WebSocket MessagePack publishes of the same value: one request.
+    let mut text = Client::connect(b.addr, Some("rewind.v1.json")).await;
+    let frame = r#"{"t": "publish", "id": 1, "ns": "ws1", "event": "a", "data": {"x": [1, 2]}, "idempotency_key": "wk"}"#;
+    published(ws_text_answer(&mut text, frame).await, 1, 4);
+    created(
+        &post(
+            &b,
+            events,
+            json,
+            "wk",
+            r#"{"event":"a","data":{"x":[1,2]}}"#,
+        )
+        .await,
+        json!({"offset": 4}),
+        true,
+    );
+    let mut packed = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
+    let publish = |id: u64, data: Value, key: &str| json!({"t": "publish", "id": id, "ns": "ws1", "event": "a", "data": data, "idempotency_key": key});
+    published(
+        ws_answer(&mut packed, publish(2, json!({"x": [1, 2]}), "wk")).await,
+        2,
+        4,
+    );
+    // MessagePack first, then JSON text with spaces over both other ways in.
+    published(
+        ws_answer(&mut packed, publish(3, json!({"f": 0.5, "s": "é"}), "mk")).await,
+        3,
+        5,
+    );
+    created(
+        &post(
+            &b,
+            events,
+            ndjson,
+            "mk",
+            "{\"event\": \"a\", \"data\": {\"f\": 5e-1, \"s\": \"\\u00e9\"}}\n",
+        )
+        .await,
+        json!({"offset": 5}),
+        true,
+    );
+    let frame = r#"{"t":"publish","id":4,"ns":"ws1","event":"a","data":{ "f" : 0.50 , "s" : "é" },"idempotency_key":"mk"}"#;
+    published(ws_text_answer(&mut text, frame).await, 4, 5);
+    // Bytes are not the JSON value they spell.
+    created(
+        &post(
+            &b,
+            "/v1/namespaces/ws1/events?event=a",
+            "application/octet-stream",
+            "b1",
+            r#"{"x":[1,2]}"#,
+        )
+        .await,
+        json!({"offset": 6}),
+        false,
+    );
+    conflict(
+        &post(
+            &b,
+            events,
+            json,
+            "b1",
+            r#"{"event":"a","data":{"x":[1,2]}}"#,
+        )
+        .await,
+        "6..=6",
+    );
+    assert_eq!(offsets(&b, "ws1").await, [0, 1, 2, 3, 4, 5, 6]);
+}

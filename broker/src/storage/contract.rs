@@ -97,6 +97,7 @@ fn idempotency_keys_dedupe_inside_the_window<S: Subject>() {
     let key = |not_before_ms, events: &[NewEvent]| IdempotencyKey {
         key: "k1",
         request: RequestDigest::of(events),
+        request_v1: RequestDigest::of_v1(events),
         batch: events.len() > 1,
         not_before_ms,
     };
@@ -130,6 +131,51 @@ fn idempotency_keys_dedupe_inside_the_window<S: Subject>() {
     assert_eq!(store.prune_idempotency(1000).unwrap(), 1);
     let pruned = store.append("a", &one, 302, Some(key(0, &one))).unwrap();
     assert_eq!(pruned, Appended::New { first: 3, last: 3 });
+}
+
+/// A record written by a version that kept only text digests ([`RequestDigest::of_v1`])
+/// still answers a retry of the same text, across a restart; other text under its key
+/// conflicts, as it did before.
+fn version_1_digests_still_answer_retries<S: Subject>() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = S::open(dir.path());
+    store.create("a", Retention::default()).unwrap();
+    let sent = [ev("x", r#"{"z":1,"y":[1,2]}"#)];
+    let spaced = [ev("x", r#"{ "z": 1, "y": [1, 2] }"#)];
+    let old = IdempotencyKey {
+        key: "old",
+        request: RequestDigest::of_v1(&sent),
+        request_v1: RequestDigest::of_v1(&sent),
+        batch: false,
+        not_before_ms: 0,
+    };
+    assert_eq!(
+        store.append("a", &sent, 100, Some(old)).unwrap(),
+        Appended::New { first: 0, last: 0 }
+    );
+    store.sync().unwrap();
+    drop(store);
+    let store = S::open(dir.path());
+    let now = |events: &[NewEvent]| IdempotencyKey {
+        key: "old",
+        request: RequestDigest::of(events),
+        request_v1: RequestDigest::of_v1(events),
+        batch: false,
+        not_before_ms: 0,
+    };
+    assert_eq!(
+        store.append("a", &sent, 200, Some(now(&sent))).unwrap(),
+        Appended::Duplicate {
+            first: 0,
+            last: 0,
+            batch: Some(false)
+        }
+    );
+    match store.append("a", &spaced, 200, Some(now(&spaced))) {
+        Err(StoreError::IdempotencyConflict { first: 0, last: 0 }) => {}
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(store.info("a").unwrap().unwrap().next, 1);
 }
 
 fn dirty_namespaces_get_a_new_epoch<S: Subject>() {
@@ -170,6 +216,10 @@ macro_rules! contract {
             #[test]
             fn idempotency_keys_dedupe_inside_the_window() {
                 super::idempotency_keys_dedupe_inside_the_window::<$subject>();
+            }
+            #[test]
+            fn version_1_digests_still_answer_retries() {
+                super::version_1_digests_still_answer_retries::<$subject>();
             }
             #[test]
             fn dirty_namespaces_get_a_new_epoch() {

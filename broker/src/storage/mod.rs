@@ -88,6 +88,9 @@ pub struct IdempotencyKey<'a> {
     /// The digest of the request's events: a record of the key with another digest is
     /// a conflict ([`StoreError::IdempotencyConflict`]), not a retry.
     pub request: RequestDigest,
+    /// The digest of the same events as versions before 2 computed it: a record with it
+    /// is a retry too, so a retry across an upgrade is not a conflict.
+    pub request_v1: RequestDigest,
     /// The request was a batch; kept so a retry is answered in the original's shape.
     pub batch: bool,
     /// Records written before this time (ms since the Unix epoch) are ignored.

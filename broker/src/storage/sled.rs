@@ -646,7 +646,9 @@ impl Storage for SledStore {
                         // A record from before digests were kept cannot tell; it counts
                         // as a retry, as it did when it was written.
                         return match (rec.get(24..56), rec.get(56)) {
-                            (Some(digest), _) if digest != idem.request.0 => {
+                            (Some(digest), _)
+                                if digest != idem.request.0 && digest != idem.request_v1.0 =>
+                            {
                                 Err(StoreError::IdempotencyConflict { first, last })
                             }
                             (_, shape) => Ok(Appended::Duplicate {
@@ -897,6 +899,7 @@ mod tests {
                 Some(IdempotencyKey {
                     key: "key",
                     request: rewind_protocol::idempotency::RequestDigest([0; 32]),
+                    request_v1: rewind_protocol::idempotency::RequestDigest([0; 32]),
                     batch: false,
                     not_before_ms: 0,
                 }),
