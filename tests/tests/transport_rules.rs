@@ -681,3 +681,55 @@ async fn media_types_compare_case_insensitively_and_q0_means_not_this() {
         }
     }
 }
+
+/// A header the broker reads one value of, sent twice, is refused (`400 bad_frame`
+/// naming the header) rather than one copy silently winning; the refusal creates
+/// nothing and records no key.
+#[tokio::test]
+async fn a_repeated_single_valued_header_is_refused_by_name() {
+    let b = Broker::start(&[]);
+    let events = "/v1/namespaces/twice/events";
+    let body = r#"{"event":"e"}"#;
+    let json = ("content-type", "application/json");
+    for (headers, name) in [
+        (
+            vec![json, ("idempotency-key", "s1"), ("idempotency-key", "s2")],
+            "Idempotency-Key",
+        ),
+        (
+            vec![json, ("Idempotency-Key", "s1"), ("idempotency-key", "s1")],
+            "Idempotency-Key",
+        ),
+        (
+            vec![json, ("content-type", "application/msgpack")],
+            "Content-Type",
+        ),
+        (vec![json, json], "Content-Type"),
+    ] {
+        let r = b.request(Method::POST, events, &headers, body).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "bad_frame"),
+            "{headers:?}"
+        );
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(name), "{headers:?}: {message}");
+    }
+    assert!(!exists(&b, "twice").await);
+    // Neither s1 nor s2 was recorded: each is a new key now.
+    for (key, offset) in [("s1", 0), ("s2", 1)] {
+        let r = b
+            .request(
+                Method::POST,
+                events,
+                &[json, ("idempotency-key", key)],
+                body,
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.json()),
+            (StatusCode::CREATED, json!({"offset": offset}))
+        );
+        assert!(!r.headers.contains_key("idempotent-replayed"));
+    }
+}

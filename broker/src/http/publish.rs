@@ -2,7 +2,7 @@
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Request, Response, StatusCode};
 use rewind_protocol::idempotency;
 use rewind_protocol::publish::{self, PublishLimits};
@@ -86,9 +86,25 @@ pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Ve
     }
 }
 
+/// The one value of a header that may appear once (`name` as the docs spell it); a
+/// second copy is `400 bad_frame` naming the header, so no copy silently wins.
+fn single_header<'r>(
+    req: &'r Request<Incoming>,
+    name: &str,
+) -> Result<Option<&'r HeaderValue>, ApiError> {
+    let mut values = req.headers().get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(ApiError::bad_request(format!(
+            "the {name} header appears more than once; send it once"
+        )));
+    }
+    Ok(first)
+}
+
 /// The `Idempotency-Key` header, checked by the rule every transport uses.
 fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
-    let Some(value) = req.headers().get("idempotency-key") else {
+    let Some(value) = single_header(req, "Idempotency-Key")? else {
         return Ok(None);
     };
     let key = std::str::from_utf8(value.as_bytes()).map_err(|_| {
@@ -111,7 +127,7 @@ pub(super) async fn publish(
         max_payload_bytes: cfg.max_payload_bytes,
         max_batch_events: cfg.max_batch_events,
     };
-    let kind = body_kind(req.headers().get(CONTENT_TYPE))?;
+    let kind = body_kind(single_header(&req, "Content-Type")?)?;
     let idempotency = idempotency_key(&req)?;
     let params = query(&req);
     let body = read_body(req, cfg.max_body_bytes).await?;
