@@ -733,3 +733,65 @@ async fn a_repeated_single_valued_header_is_refused_by_name() {
         assert!(!r.headers.contains_key("idempotent-replayed"));
     }
 }
+
+/// `q` in `Accept` is a number from 0 to 1 with at most three decimals (RFC 9110
+/// §12.4.2); anything else is a malformed header (`400 bad_frame` naming `Accept`), not
+/// a weight of 1.
+#[tokio::test]
+async fn an_accept_q_outside_rfc_9110_is_refused() {
+    let b = Broker::start(&[]);
+    let r = b
+        .post_json("/v1/namespaces/q/events", r#"{"event":"e"}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let read = |accept: &'static str| {
+        let b = &b;
+        async move {
+            b.request(
+                Method::GET,
+                "/v1/namespaces/q/events?from=0",
+                &[("accept", accept)],
+                "",
+            )
+            .await
+        }
+    };
+    for bad in [
+        "application/json;q=abc",
+        "application/json;q=1.5",
+        "application/json;q=1.001",
+        "application/json;q=0.1234",
+        "application/json;q=-0",
+        "application/json;q=",
+        "application/json;q=.5",
+        "application/json;q=+1",
+        "application/json;q=1e0",
+        "application/msgpack;q=0.5, application/json;q=2",
+    ] {
+        let r = read(bad).await;
+        assert_eq!(
+            (r.status, r.error_code().as_str()),
+            (StatusCode::BAD_REQUEST, "bad_frame"),
+            "{bad}"
+        );
+        let message = r.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("Accept"), "{bad}: {message}");
+    }
+    for (good, t) in [
+        ("application/json;q=1.000", "application/json"),
+        ("application/json;Q=0.001", "application/json"),
+        ("application/json;q=1.", "application/json"),
+        (
+            "application/json;q=0.5, application/msgpack;q=0.501",
+            "application/msgpack",
+        ),
+        (
+            "application/msgpack;q=0., application/json",
+            "application/json",
+        ),
+    ] {
+        let r = read(good).await;
+        assert_eq!(r.status, StatusCode::OK, "{good}");
+        assert_eq!(r.headers["content-type"], t, "{good}");
+    }
+}

@@ -1,6 +1,6 @@
 //! Media types and content negotiation (RFC 9110 §8.3.1, §12.5.1): types, subtypes and
 //! parameter names compare case-insensitively, and in `Accept` a range with `q=0` means
-//! "not this".
+//! "not this"; a `q` that is not an RFC 9110 weight is refused, not guessed at.
 
 /// A parsed `type/subtype; name=value; …`, lower-cased (parameter values unquoted).
 #[derive(Debug, Clone, PartialEq)]
@@ -62,31 +62,51 @@ fn weight(accept: &[(MediaType, f32)], offer: &str) -> f32 {
     best.map_or(0.0, |(_, q)| q)
 }
 
-/// The `q` of a range; a missing or unreadable one counts as 1.
-fn quality(range: &MediaType) -> f32 {
-    range
-        .param("q")
-        .and_then(|q| q.parse::<f32>().ok())
-        .filter(|q| q.is_finite())
-        .map_or(1.0, |q| q.clamp(0.0, 1.0))
+/// The `q` of a range: 1 when missing. RFC 9110 §12.4.2's `qvalue` is `0` to `1` with at
+/// most three decimals (`0`, `0.5`, `0.125`, `1.000`, `1.`); anything else (`abc`, `1.5`,
+/// `0.1234`, `-0`, `.5`, `1e0`) is an error naming the value.
+fn quality(range: &MediaType) -> Result<f32, String> {
+    let Some(q) = range.param("q") else {
+        return Ok(1.0);
+    };
+    let (whole, decimals) = match q.split_once('.') {
+        Some((w, d)) => (w, d),
+        None => (q, ""),
+    };
+    let valid = decimals.len() <= 3
+        && match whole {
+            "0" => decimals.bytes().all(|b| b.is_ascii_digit()),
+            "1" => decimals.bytes().all(|b| b == b'0'),
+            _ => false,
+        };
+    if !valid {
+        return Err(format!(
+            "the Accept header's q={q:?} is not a weight from 0 to 1 with at most three \
+             decimals (RFC 9110 §12.4.2)"
+        ));
+    }
+    q.parse::<f32>()
+        .or_else(|_| format!("{q}0").parse::<f32>())
+        .map_err(|e| format!("the Accept header's q={q:?}: {e}"))
 }
 
 /// Picks which of `offers` (lower-case `type/subtype`s, the server's preference first) to
 /// answer with, given the request's `Accept` header values: the one with the highest
 /// weight above 0, the earlier on a tie. No `Accept` (or an empty one) takes the first
-/// offer; `None` means the client accepts none of them (406).
-pub(super) fn negotiate<'a>(accept: &[&str], offers: &[&'a str]) -> Option<&'a str> {
+/// offer; `Ok(None)` means the client accepts none of them (406); `Err` carries the
+/// message for a `q` that is not an RFC 9110 weight (400).
+pub(super) fn negotiate<'a>(
+    accept: &[&str],
+    offers: &[&'a str],
+) -> Result<Option<&'a str>, String> {
     let ranges: Vec<(MediaType, f32)> = accept
         .iter()
         .flat_map(|v| v.split(','))
         .filter_map(MediaType::parse)
-        .map(|m| {
-            let q = quality(&m);
-            (m, q)
-        })
-        .collect();
+        .map(|m| quality(&m).map(|q| (m, q)))
+        .collect::<Result<_, _>>()?;
     if ranges.is_empty() {
-        return offers.first().copied();
+        return Ok(offers.first().copied());
     }
     let mut chosen: Option<(&str, f32)> = None;
     for offer in offers {
@@ -95,7 +115,7 @@ pub(super) fn negotiate<'a>(accept: &[&str], offers: &[&'a str]) -> Option<&'a s
             chosen = Some((offer, q));
         }
     }
-    chosen.map(|(o, _)| o)
+    Ok(chosen.map(|(o, _)| o))
 }
 
 #[cfg(test)]
@@ -115,7 +135,7 @@ mod tests {
 
     #[test]
     fn accept_picks_by_weight_and_q0_means_not_this() {
-        let pick = |accept: &[&str]| negotiate(accept, &OFFERS);
+        let pick = |accept: &[&str]| negotiate(accept, &OFFERS).unwrap();
         assert_eq!(pick(&[]), Some("application/json"));
         assert_eq!(pick(&[""]), Some("application/json"));
         assert_eq!(pick(&["*/*"]), Some("application/json"));
@@ -143,5 +163,26 @@ mod tests {
         assert_eq!(pick(&["application/json; q=0.000"]), None);
         assert_eq!(pick(&["text/html"]), None);
         assert_eq!(pick(&["*/*;q=0"]), None);
+    }
+
+    #[test]
+    fn q_is_an_rfc_9110_weight() {
+        let pick = |accept: &str| negotiate(&[accept], &OFFERS);
+        for good in ["0", "0.", "0.5", "0.125", "1", "1.", "1.0", "1.000"] {
+            let accept = format!("application/json;q={good}");
+            assert!(pick(&accept).is_ok(), "{accept}");
+        }
+        assert_eq!(pick("application/json;q=0."), Ok(None));
+        assert_eq!(
+            pick("application/json;q=0.5, application/msgpack;q=0.501"),
+            Ok(Some("application/msgpack"))
+        );
+        for bad in [
+            "abc", "1.5", "1.001", "0.1234", "-0", "", ".5", "+1", "1e0", "2", "01", " ", "0.5x",
+        ] {
+            let accept = format!("application/json;q={bad}");
+            let message = pick(&accept).expect_err(&accept);
+            assert!(message.contains("Accept"), "{message}");
+        }
     }
 }

@@ -71,7 +71,7 @@ pub(super) async fn read(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    let msgpack = match media::negotiate(&accept, &ANSWERS) {
+    let msgpack = match media::negotiate(&accept, &ANSWERS).map_err(ApiError::bad_request)? {
         Some(m) => m != "application/json",
         None => {
             return Err(ApiError::of(
