@@ -9,11 +9,10 @@
 
 mod admin;
 mod media;
+mod params;
 mod publish;
 mod read;
 pub mod response;
-
-use std::collections::HashMap;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
@@ -88,7 +87,16 @@ fn without_body(res: Response<Body>) -> Response<Body> {
 async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
     let log = &app.log;
     let path = req.uri().path().to_owned();
-    let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
+    // Each segment percent-decoded (`a%2Eb` is `a.b`) after the split, so `%2F` makes no
+    // new segment; one that is not UTF-8 once decoded stays as sent, and a namespace
+    // holding it is refused (`%` is not allowed in a name).
+    let decoded: Vec<String> = path
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .map(|raw| params::segment(raw).unwrap_or_else(|| raw.to_owned()))
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     // HEAD takes the GET route (see `handle`).
     let method = match req.method() {
         &Method::HEAD => Method::GET,
@@ -171,10 +179,7 @@ fn not_allowed(allowed: &[Method]) -> ApiError {
     err
 }
 
-/// The query string as a map (last value wins), percent-decoded.
-fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    req.uri()
-        .query()
-        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
-        .unwrap_or_default()
+/// The request's query parameters, decoded strictly when asked for (see [`params`]).
+fn query(req: &Request<Incoming>) -> params::Query<'_> {
+    params::Query::parse(req.uri().query())
 }

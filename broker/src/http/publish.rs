@@ -129,17 +129,24 @@ pub(super) async fn publish(
     };
     let kind = body_kind(single_header(&req, "Content-Type")?)?;
     let idempotency = idempotency_key(&req)?;
-    let params = query(&req);
+    // Raw publishes are named by the query; every parameter is decoded strictly (an
+    // event name or key that is not UTF-8 is refused, never patched with U+FFFD).
+    let (event, key) = {
+        let params = query(&req);
+        (
+            params.get("event", ErrorCode::BadFrame)?,
+            params.get("key", ErrorCode::BadFrame)?,
+        )
+    };
     let body = read_body(req, cfg.max_body_bytes).await?;
     let parsed = match kind {
         BodyKind::Json => publish::parse_json(&body, &limits)?,
         BodyKind::Ndjson => publish::parse_ndjson(&body, &limits)?,
         BodyKind::Raw => {
-            let event = params.get("event").ok_or_else(|| {
+            let event = event.ok_or_else(|| {
                 ApiError::bad_request("a raw payload needs its event name as ?event=NAME")
             })?;
-            let ev =
-                publish::raw_event(event, params.get("key").map(String::as_str), body, &limits)?;
+            let ev = publish::raw_event(&event, key.as_deref(), body, &limits)?;
             publish::PublishBody {
                 events: vec![ev],
                 batch: false,

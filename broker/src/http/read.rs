@@ -33,11 +33,11 @@ pub(super) async fn read(
 ) -> Result<Response<Body>, ApiError> {
     let cfg = log.config();
     let params = query(&req);
-    let from = match params.get("from") {
+    let from = match params.get("from", ErrorCode::BadPosition)? {
         Some(text) => text.parse::<Position>()?,
         None => Position::Earliest,
     };
-    let limit = match params.get("limit") {
+    let limit = match params.get("limit", ErrorCode::BadPosition)? {
         Some(text) => text
             .parse::<usize>()
             .ok()
@@ -47,7 +47,7 @@ pub(super) async fn read(
             })?,
         None => DEFAULT_LIMIT,
     };
-    let wait = match params.get("wait") {
+    let wait = match params.get("wait", ErrorCode::BadPosition)? {
         Some(text) => {
             let secs = text
                 .parse::<f64>()
