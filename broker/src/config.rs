@@ -290,7 +290,15 @@ fn flag_help(option: &str, summary: &str) -> String {
 
 /// A retention flag: a positive number, or `none` ([`NO_LIMIT`]).
 fn parse_limit(text: &str) -> Result<u64, String> {
-    Limit::from_text(text).map(|l| l.0.unwrap_or(NO_LIMIT))
+    Limit::from_text(text.trim(), "").map(|l| l.0.unwrap_or(NO_LIMIT))
+}
+
+/// The parser of `option`'s flag: the same reading, and the same messages, as its
+/// variable's. A bad flag is then reported as `--flag: message` (see `main.rs`).
+fn flag<T: OptionValue + Clone + Send + Sync + 'static>(
+    option: &'static str,
+) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
+    move |text| T::read(Raw::Text(text), option)
 }
 
 /// The `rewind serve` flags. Each can also come from its `REWIND_*` variable (read by
@@ -303,43 +311,43 @@ pub struct ServeArgs {
     /// (`write_queue = 64`, `retention_max_age_secs = "none"`)
     #[arg(long, env = "REWIND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    #[arg(long, value_name = "HOST:PORT",
+    #[arg(long, value_name = "HOST:PORT", value_parser = flag::<ListenAddr>("listen"),
         help = flag_help("listen", "Address to listen on; a host name binds its first address"))]
     pub listen: Option<ListenAddr>,
-    #[arg(long, value_name = "DIR",
+    #[arg(long, value_name = "DIR", value_parser = flag::<PathBuf>("data_dir"),
         help = flag_help("data_dir", "Directory of the embedded store"))]
     pub data_dir: Option<PathBuf>,
-    #[arg(long, value_enum,
+    #[arg(long, value_name = "durable|relaxed", value_parser = flag::<Durability>("durability"),
         help = flag_help("durability", "When publishes are acknowledged"))]
     pub durability: Option<Durability>,
-    #[arg(long, value_name = "MS",
+    #[arg(long, value_name = "MS", value_parser = flag::<u64>("flush_interval_ms"),
         help = flag_help("flush_interval_ms", "Relaxed mode: flush interval in ms"))]
     pub flush_interval_ms: Option<u64>,
-    #[arg(long, value_name = "MS",
+    #[arg(long, value_name = "MS", value_parser = flag::<u64>("checkpoint_interval_ms"),
         help = flag_help("checkpoint_interval_ms", "How often the write-ahead log is folded into the store, in ms"))]
     pub checkpoint_interval_ms: Option<u64>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("write_queue"),
         help = flag_help("write_queue", "Write requests that may queue before publishers get 503"))]
     pub write_queue: Option<usize>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_group_commit"),
         help = flag_help("max_group_commit", "Most write requests sharing one flush"))]
     pub max_group_commit: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_payload_bytes"),
         help = flag_help("max_payload_bytes", "Largest event payload in bytes"))]
     pub max_payload_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_body_bytes"),
         help = flag_help("max_body_bytes", "Largest HTTP request body in bytes"))]
     pub max_body_bytes: Option<usize>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_batch_events"),
         help = flag_help("max_batch_events", "Most events in one batch publish"))]
     pub max_batch_events: Option<usize>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_read_events"),
         help = flag_help("max_read_events", "Most events one read returns"))]
     pub max_read_events: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_read_bytes"),
         help = flag_help("max_read_bytes", "Most payload bytes one read returns"))]
     pub max_read_bytes: Option<usize>,
-    #[arg(long, value_name = "SECS",
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("max_wait_secs"),
         help = flag_help("max_wait_secs", "Longest long-poll wait in seconds"))]
     pub max_wait_secs: Option<u64>,
     #[arg(long, value_name = "N|none", value_parser = parse_limit,
@@ -351,49 +359,49 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SECS|none", value_parser = parse_limit,
         help = flag_help("retention_max_age_secs", "Default retention: oldest event age in seconds, or none"))]
     pub retention_max_age_secs: Option<u64>,
-    #[arg(long, value_name = "MS",
+    #[arg(long, value_name = "MS", value_parser = flag::<u64>("retention_interval_ms"),
         help = flag_help("retention_interval_ms", "How often retention runs, in ms"))]
     pub retention_interval_ms: Option<u64>,
-    #[arg(long, value_name = "SECS",
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("idempotency_window_secs"),
         help = flag_help("idempotency_window_secs", "How long an Idempotency-Key is remembered, in seconds"))]
     pub idempotency_window_secs: Option<u64>,
-    #[arg(long, value_name = "BOOL",
+    #[arg(long, value_name = "BOOL", value_parser = flag::<bool>("auto_create"),
         help = flag_help("auto_create", "Create namespaces on first publish"))]
     pub auto_create: Option<bool>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_connections"),
         help = flag_help("max_connections", "Most concurrent connections"))]
     pub max_connections: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("store_cache_bytes"),
         help = flag_help("store_cache_bytes", "Page cache of the embedded store in bytes"))]
     pub store_cache_bytes: Option<u64>,
-    #[arg(long, value_name = "SECS",
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("shutdown_timeout_secs"),
         help = flag_help("shutdown_timeout_secs", "Seconds in-flight requests get to finish on shutdown"))]
     pub shutdown_timeout_secs: Option<u64>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("fanout_buffer"),
         help = flag_help("fanout_buffer", "Runs of live events kept per namespace for subscribers"))]
     pub fanout_buffer: Option<usize>,
-    #[arg(long, value_name = "SECS",
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("ws_ping_interval_secs"),
         help = flag_help("ws_ping_interval_secs", "WebSocket ping interval in seconds"))]
     pub ws_ping_interval_secs: Option<u64>,
-    #[arg(long, value_name = "SECS",
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("ws_ping_timeout_secs"),
         help = flag_help("ws_ping_timeout_secs", "WebSocket: silence allowed after a ping, in seconds"))]
     pub ws_ping_timeout_secs: Option<u64>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("ws_max_namespaces"),
         help = flag_help("ws_max_namespaces", "WebSocket: namespaces per connection"))]
     pub ws_max_namespaces: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_max_frame_bytes"),
         help = flag_help("ws_max_frame_bytes", "WebSocket: largest incoming frame in bytes"))]
     pub ws_max_frame_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_read_buffer_bytes"),
         help = flag_help("ws_read_buffer_bytes", "WebSocket: read buffer per connection in bytes"))]
     pub ws_read_buffer_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_write_buffer_bytes"),
         help = flag_help("ws_write_buffer_bytes", "WebSocket: most bytes per socket write"))]
     pub ws_write_buffer_bytes: Option<usize>,
-    #[arg(long, value_name = "N",
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("ws_max_inflight_publishes"),
         help = flag_help("ws_max_inflight_publishes", "WebSocket: publishes in flight per connection"))]
     pub ws_max_inflight_publishes: Option<usize>,
-    #[arg(long, value_name = "BYTES",
+    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_max_unsent_bytes"),
         help = flag_help("ws_max_unsent_bytes", "WebSocket: unsent bytes per connection before it is no longer read"))]
     pub ws_max_unsent_bytes: Option<usize>,
 }
@@ -406,14 +414,15 @@ enum Raw<'a> {
 }
 
 /// A type an option can have: how it is read from text and from TOML, and shown.
+/// `option` is the option being read, for messages that give its range.
 trait OptionValue: Sized {
     /// What a good value looks like, for error messages.
     const EXPECTED: &'static str;
-    fn from_text(text: &str) -> Result<Self, String>;
+    fn from_text(text: &str, option: &str) -> Result<Self, String>;
     /// From TOML: by default a TOML string read as text.
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+    fn from_toml(value: &toml::Value, option: &str) -> Result<Self, String> {
         match value {
-            toml::Value::String(s) => Self::from_text(s),
+            toml::Value::String(s) => Self::from_text(s, option),
             other => Err(format!(
                 "expected {}, found {} {other}",
                 Self::EXPECTED,
@@ -421,22 +430,68 @@ trait OptionValue: Sized {
             )),
         }
     }
-    fn read(raw: Raw<'_>) -> Result<Self, String> {
+    fn read(raw: Raw<'_>, option: &str) -> Result<Self, String> {
         match raw {
-            Raw::Text(t) => Self::from_text(t.trim()),
-            Raw::Toml(v) => Self::from_toml(v),
+            Raw::Text(t) => Self::from_text(t.trim(), option),
+            Raw::Toml(v) => Self::from_toml(v, option),
         }
     }
     fn show(&self) -> String;
 }
 
-fn whole_number<T: TryFrom<i64>>(raw_value: &toml::Value) -> Result<T, String> {
+/// The options that must be at least 1 (0 would stop the broker working, or remove every
+/// event at once); every other whole-number option takes 0. [`Config::check`] enforces it.
+const AT_LEAST_ONE: &[&str] = &[
+    "flush_interval_ms",
+    "checkpoint_interval_ms",
+    "write_queue",
+    "max_group_commit",
+    "max_payload_bytes",
+    "max_body_bytes",
+    "max_batch_events",
+    "max_read_events",
+    "max_read_bytes",
+    "retention_interval_ms",
+    "max_connections",
+    "fanout_buffer",
+    "ws_ping_interval_secs",
+    "ws_ping_timeout_secs",
+    "ws_max_namespaces",
+    "ws_max_frame_bytes",
+    "ws_read_buffer_bytes",
+    "ws_max_inflight_publishes",
+    "ws_max_unsent_bytes",
+    "retention_max_events",
+    "retention_max_bytes",
+    "retention_max_age_secs",
+];
+
+/// The range of a whole-number option, for messages: "a whole number from 1 up".
+fn whole_range(option: &str) -> String {
+    let least = u8::from(AT_LEAST_ONE.contains(&option));
+    format!("a whole number from {least} up")
+}
+
+/// A whole number from text: the message gives the option's real range, and says so
+/// when the number is too large for it (`max`).
+fn whole_text<T: std::str::FromStr>(text: &str, option: &str, max: u64) -> Result<T, String> {
+    text.parse().map_err(|_| {
+        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+            format!("{text} is over the largest value, {max}")
+        } else {
+            format!("expected {}, found {text:?}", whole_range(option))
+        }
+    })
+}
+
+fn whole_number<T: TryFrom<i64>>(raw_value: &toml::Value, option: &str) -> Result<T, String> {
     match raw_value {
         toml::Value::Integer(n) => {
-            T::try_from(*n).map_err(|_| format!("expected a whole number from 0 up, found {n}"))
+            T::try_from(*n).map_err(|_| format!("expected {}, found {n}", whole_range(option)))
         }
         other => Err(format!(
-            "expected a whole number, found {} {other}",
+            "expected {}, found {} {other}",
+            whole_range(option),
             other.type_str()
         )),
     }
@@ -446,12 +501,11 @@ macro_rules! whole_number_option {
     ($($t:ty),*) => {$(
         impl OptionValue for $t {
             const EXPECTED: &'static str = "a whole number";
-            fn from_text(text: &str) -> Result<Self, String> {
-                text.parse()
-                    .map_err(|_| format!("expected a whole number, found {text:?}"))
+            fn from_text(text: &str, option: &str) -> Result<Self, String> {
+                whole_text(text, option, <$t>::MAX as u64)
             }
-            fn from_toml(value: &toml::Value) -> Result<Self, String> {
-                whole_number(value)
+            fn from_toml(value: &toml::Value, option: &str) -> Result<Self, String> {
+                whole_number(value, option)
             }
             fn show(&self) -> String {
                 self.to_string()
@@ -463,14 +517,14 @@ whole_number_option!(u64, usize);
 
 impl OptionValue for bool {
     const EXPECTED: &'static str = "true or false";
-    fn from_text(text: &str) -> Result<Self, String> {
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
         match text {
             "true" => Ok(true),
             "false" => Ok(false),
             _ => Err(format!("expected true or false, found {text:?}")),
         }
     }
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+    fn from_toml(value: &toml::Value, _option: &str) -> Result<Self, String> {
         value
             .as_bool()
             .ok_or_else(|| format!("expected true or false, found {} {value}", value.type_str()))
@@ -482,7 +536,7 @@ impl OptionValue for bool {
 
 impl OptionValue for PathBuf {
     const EXPECTED: &'static str = "a path";
-    fn from_text(text: &str) -> Result<Self, String> {
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
         if text.is_empty() {
             return Err("the path is empty".to_owned());
         }
@@ -495,7 +549,7 @@ impl OptionValue for PathBuf {
 
 impl OptionValue for Durability {
     const EXPECTED: &'static str = "\"durable\" or \"relaxed\"";
-    fn from_text(text: &str) -> Result<Self, String> {
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
         match text {
             "durable" => Ok(Durability::Durable),
             "relaxed" => Ok(Durability::Relaxed),
@@ -546,7 +600,7 @@ impl std::str::FromStr for ListenAddr {
 
 impl OptionValue for ListenAddr {
     const EXPECTED: &'static str = "\"HOST:PORT\"";
-    fn from_text(text: &str) -> Result<Self, String> {
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
         text.parse()
     }
     fn show(&self) -> String {
@@ -568,7 +622,7 @@ impl Limit {
 
 impl OptionValue for Limit {
     const EXPECTED: &'static str = "a whole number from 1 up, or \"none\"";
-    fn from_text(text: &str) -> Result<Self, String> {
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
         if text.eq_ignore_ascii_case("none") {
             return Ok(Limit(None));
         }
@@ -577,10 +631,12 @@ impl OptionValue for Limit {
             .map_err(|_| format!("expected a whole number from 1 up, or none, found {text:?}"))?;
         Limit::checked(n)
     }
-    fn from_toml(value: &toml::Value) -> Result<Self, String> {
+    fn from_toml(value: &toml::Value, option: &str) -> Result<Self, String> {
         match value {
-            toml::Value::String(s) => Self::from_text(s),
-            toml::Value::Integer(_) => Limit::checked(whole_number(value)?),
+            toml::Value::String(s) => Self::from_text(s, option),
+            toml::Value::Integer(n) => Limit::checked(
+                u64::try_from(*n).map_err(|_| format!("expected {}, found {n}", Self::EXPECTED))?,
+            ),
             other => Err(format!(
                 "expected {}, found {} {other}",
                 Self::EXPECTED,
@@ -608,11 +664,15 @@ macro_rules! options {
             /// Sets `option` from `raw`; `Ok(false)` if there is no such option.
             fn set(&mut self, option: &str, raw: Raw<'_>) -> Result<bool, String> {
                 match option {
-                    $(stringify!($field) => self.$field = OptionValue::read(raw)?,)*
-                    "retention_max_events" => self.retention.max_events = Limit::read(raw)?.0,
-                    "retention_max_bytes" => self.retention.max_bytes = Limit::read(raw)?.0,
+                    $(stringify!($field) => self.$field = OptionValue::read(raw, option)?,)*
+                    "retention_max_events" => {
+                        self.retention.max_events = Limit::read(raw, option)?.0
+                    }
+                    "retention_max_bytes" => {
+                        self.retention.max_bytes = Limit::read(raw, option)?.0
+                    }
                     "retention_max_age_secs" => {
-                        self.retention.max_age_secs = Limit::read(raw)?.0
+                        self.retention.max_age_secs = Limit::read(raw, option)?.0
                     }
                     _ => return Ok(false),
                 }
@@ -966,6 +1026,24 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "--fanout-buffer: must be at least 1");
+    }
+
+    #[test]
+    fn messages_give_the_range_check_enforces() {
+        for option in OPTIONS {
+            let mut cfg = Config::default();
+            if cfg.set(option, Raw::Text("0")).is_err()
+                || Config::default().set(option, Raw::Text("x")).is_ok()
+            {
+                // Not a whole number, or a retention limit (refused at 0 when read).
+                continue;
+            }
+            let zero_refused = cfg.check().is_err();
+            assert_eq!(AT_LEAST_ONE.contains(option), zero_refused, "{option}");
+            let err = Config::default().set(option, Raw::Text("-1")).unwrap_err();
+            let least = u8::from(zero_refused);
+            assert!(err.contains(&format!("from {least} up")), "{option}: {err}");
+        }
     }
 
     #[test]

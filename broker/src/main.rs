@@ -32,6 +32,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker
+    // `--write-queue -1` is a bad value of the flag, not an unknown flag `-1`.
+    #[command(allow_negative_numbers = true)]
     Serve(Box<ServeArgs>),
     /// Publish one event and print its offset, or each line of stdin (--lines)
     Publish(cli::PublishArgs),
@@ -45,7 +47,11 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return refused(e),
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the chain of causes on one line, without a backtrace.
@@ -55,16 +61,78 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+/// Answers a command line clap refused. `--help`, `--version` and the other subcommands
+/// are clap's as ever; a `rewind serve` mistake is one line naming the flag, with exit
+/// status 1, like every other configuration error (`docs/operations.md`).
+fn refused(e: clap::Error) -> std::process::ExitCode {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let serve = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
+    if !serve
+        || matches!(
+            e.kind(),
+            ErrorKind::DisplayHelp
+                | ErrorKind::DisplayVersion
+                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
         )
+    {
+        e.exit()
+    }
+    let flag = match e.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(arg)) => arg.split(' ').next().map(str::to_owned),
+        _ => None,
+    };
+    let line = match (e.kind(), flag, std::error::Error::source(&e)) {
+        // The flag's own parser said what is wrong (`config.rs`).
+        (ErrorKind::ValueValidation, Some(flag), Some(why)) => format!("{flag}: {why}"),
+        _ => {
+            // clap's first line without its `error: `, and its tips after it.
+            let text = e.to_string();
+            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+            let first = lines.next().unwrap_or("bad arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let tips: Vec<&str> = lines.filter_map(|l| l.strip_prefix("tip: ")).collect();
+            if tips.is_empty() {
+                format!("{first} (rewind serve --help lists the flags)")
+            } else {
+                format!("{first} ({})", tips.join("; "))
+            }
+        }
+    };
+    eprintln!("rewind: {line}");
+    std::process::ExitCode::FAILURE
+}
+
+/// The log filter: `RUST_LOG` if it is set and valid, else `info`. An invalid one is
+/// named in a warning once logging is up, instead of silently changing what is logged.
+fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
+    use tracing_subscriber::EnvFilter;
+    let fallback = || EnvFilter::new("info");
+    match std::env::var("RUST_LOG") {
+        Err(std::env::VarError::NotPresent) => (fallback(), None),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            (fallback(), Some(format!("RUST_LOG={v:?} is not UTF-8")))
+        }
+        Ok(v) => match EnvFilter::try_new(&v) {
+            Ok(filter) => (filter, None),
+            Err(e) => (
+                fallback(),
+                Some(format!("RUST_LOG={v:?} is not a filter: {e}")),
+            ),
+        },
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let (filter, bad_filter) = log_filter();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, never in a file or a log collector.
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(why) = bad_filter {
+        tracing::warn!("{why}; logging with the default filter, info");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

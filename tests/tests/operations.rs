@@ -240,7 +240,8 @@ fn refusal(cmd: &mut Command) -> String {
     }
     let status = child.wait().unwrap();
     let stderr = stderr.join().unwrap();
-    assert!(!status.success(), "{cmd:?}: {stderr}");
+    // Every configuration error exits 1, whichever source it came from.
+    assert_eq!(status.code(), Some(1), "{cmd:?}: {stderr}");
     stderr
 }
 
@@ -561,4 +562,109 @@ async fn a_retention_limit_of_zero_is_refused_everywhere() {
         b.get("/v1/namespaces/zero").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[test]
+fn every_bad_flag_is_one_line_naming_the_flag() {
+    let cases: &[(&[&str], &str, &str)] = &[
+        (&["--write-queue", "abc"], "--write-queue", "from 1 up"),
+        (&["--write-queue", "0"], "--write-queue", "at least 1"),
+        (&["--write-queue", "-1"], "--write-queue", "from 1 up"),
+        (&["--max-wait-secs", "-1"], "--max-wait-secs", "from 0 up"),
+        (
+            &["--max-wait-secs", "99999999999999999999"],
+            "--max-wait-secs",
+            "18446744073709551615",
+        ),
+        (
+            &["--retention-max-events", "0"],
+            "--retention-max-events",
+            "none",
+        ),
+        (
+            &["--retention-max-bytes", "lots"],
+            "--retention-max-bytes",
+            "none",
+        ),
+        (&["--durability", "fast"], "--durability", "relaxed"),
+        (&["--auto-create", "yes"], "--auto-create", "true or false"),
+        (&["--listen", "nowhere"], "--listen", "HOST:PORT"),
+        (&["--write-queu", "3"], "--write-queu", "--write-queue"),
+        (&["--write-queue"], "--write-queue", "value"),
+        (
+            &["--write-queue", "1", "--write-queue", "2"],
+            "--write-queue",
+            "multiple times",
+        ),
+        (&["stray"], "stray", "--help"),
+    ];
+    for (args, names, says) in cases {
+        let err = refused(args, &[]);
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("rewind: "), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    // Help and the version are not errors.
+    for args in [&["serve", "--help"][..], &["--version"], &["--help"]] {
+        let out = Command::new(rewind_bin()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn range_messages_give_each_options_real_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("write_queue = -1\n", "from 1 up"),
+        ("write_queue = \"many\"\n", "from 1 up"),
+        ("max_wait_secs = -1\n", "from 0 up"),
+        ("retention_max_events = -1\n", "from 1 up, or \"none\""),
+    ];
+    for (text, says) in cases {
+        let file = toml_file(&dir, text);
+        let err = refusal(
+            Command::new(rewind_bin())
+                .args(["serve", "--config", &file, "--data-dir"])
+                .arg(dir.path().join("data")),
+        );
+        assert!(err.contains(says), "{text}: {err}");
+        assert!(
+            !err.contains("from 0 up") || says.contains("from 0 up"),
+            "{text}: {err}"
+        );
+    }
+    let err = refused(&[], &[("REWIND_FANOUT_BUFFER", "-5")]);
+    assert!(err.contains("from 1 up"), "{err}");
+}
+
+#[test]
+fn a_store_that_cannot_be_opened_gives_its_cause_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let err = refusal(
+        Command::new(rewind_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(file.join("data")),
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("opening the store"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}
+
+#[tokio::test]
+async fn an_invalid_rust_log_is_named_once_and_the_default_filter_used() {
+    for value in ["bogus[[", "info,=x=y"] {
+        let b = Served::start(&[], &[("RUST_LOG", value)]);
+        assert_eq!(b.get("/healthz").await.unwrap().status, StatusCode::OK);
+        b.sigterm();
+        let (status, stderr) = b.wait();
+        assert!(status.success(), "{stderr}");
+        assert_eq!(stderr.matches("RUST_LOG").count(), 1, "{value}: {stderr}");
+        assert!(stderr.contains("WARN"), "{value}: {stderr}");
+        // The default filter, info, is in force.
+        assert!(stderr.contains("rewind started"), "{value}: {stderr}");
+    }
 }

@@ -100,12 +100,13 @@ pub struct IdempotencyKey<'a> {
 /// Storage errors.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The embedded store failed.
+    /// The embedded store failed. Its message is in this one's, so it is not also given
+    /// as the `source` (a chain printed with `{:#}` would say it twice).
     #[error("store: {0}")]
-    Sled(#[from] ::sled::Error),
-    /// A file operation failed.
+    Sled(::sled::Error),
+    /// A file operation failed (its message is in this one's, as for `Sled`).
     #[error("i/o: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// Stored bytes do not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -127,6 +128,18 @@ pub enum StoreError {
         /// Offset of the last event of the original request.
         last: u64,
     },
+}
+
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> Self {
+        StoreError::Sled(e)
+    }
+}
+
+impl From<std::io::Error> for StoreError {
+    fn from(e: std::io::Error) -> Self {
+        StoreError::Io(e)
+    }
 }
 
 impl StoreError {
