@@ -32,18 +32,65 @@ pub struct PublishBody {
     pub batch: bool,
 }
 
+/// One event object as it arrives. `event` and `key` are kept raw so that a value of the
+/// wrong type is refused with a message naming the field ("event must be a string, not
+/// a number"), not in serde's words.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an event object")]
 struct WireEvent<'a> {
-    event: String,
+    #[serde(borrow)]
+    event: &'a RawValue,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
-    #[serde(default)]
-    key: Option<String>,
+    #[serde(borrow, default)]
+    key: Option<&'a RawValue>,
 }
 
+/// What the event object of a publish looks like, for messages.
+const EVENT_OBJECT: &str = r#"{"event": NAME, "data"?: ANY, "key"?: STRING}"#;
+
+/// serde_json's message, with its position only where it helps: none for a field that is
+/// missing, unknown or twice (the field is named), the column alone on a one-line text
+/// (an NDJSON line, which `at_item` names).
 fn malformed(err: serde_json::Error) -> ProtocolError {
-    ProtocolError::Malformed(err.to_string())
+    let text = err.to_string();
+    let position = format!(" at line {} column {}", err.line(), err.column());
+    let message = text.strip_suffix(&position).unwrap_or(&text);
+    ProtocolError::Malformed(match err.classify() {
+        serde_json::error::Category::Data => message.to_owned(),
+        _ if err.line() == 1 => format!("{message} at column {}", err.column()),
+        _ => text.clone(),
+    })
+}
+
+/// The kind of JSON value `raw` is, for messages ("a number").
+fn kind(raw: &RawValue) -> &'static str {
+    match raw.get().trim_start().as_bytes().first() {
+        Some(b'"') => "a string",
+        Some(b'{') => "an object",
+        Some(b'[') => "an array",
+        Some(b't' | b'f') => "a boolean",
+        Some(b'n') => "null",
+        _ => "a number",
+    }
+}
+
+/// A field that must be a JSON string.
+fn string_field(raw: &RawValue, field: &str) -> Result<String, ProtocolError> {
+    serde_json::from_str(raw.get()).map_err(|_| {
+        ProtocolError::Malformed(format!("{field} must be a string, not {}", kind(raw)))
+    })
+}
+
+/// Reads one event object from `text`, which must be a JSON object; `what` names the
+/// thing that was not one ("the body", "each line", "each item").
+fn wire_event<'a>(text: &'a [u8], what: &str) -> Result<WireEvent<'a>, ProtocolError> {
+    if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ProtocolError::Malformed(format!(
+            "{what} is one event object, {EVENT_OBJECT}"
+        )));
+    }
+    serde_json::from_slice(text).map_err(malformed)
 }
 
 fn check_key(key: &Option<String>) -> Result<(), ProtocolError> {
@@ -77,17 +124,18 @@ fn check_batch(len: usize, limits: &PublishLimits) -> Result<(), ProtocolError> 
 }
 
 fn into_new_event(wire: WireEvent<'_>, limits: &PublishLimits) -> Result<NewEvent, ProtocolError> {
-    validate_event_name(&wire.event)?;
-    check_key(&wire.key)?;
+    let event = string_field(wire.event, "event")?;
+    validate_event_name(&event)?;
+    let key = match wire.key {
+        Some(raw) => Some(string_field(raw, "key")?),
+        None => None,
+    };
+    check_key(&key)?;
     let text = wire.data.map_or("null", RawValue::get);
     crate::value::validate_json(text)?;
     let data = Payload::Json(text.to_owned());
     check_payload(&data, limits)?;
-    Ok(NewEvent {
-        event: wire.event,
-        key: wire.key,
-        data,
-    })
+    Ok(NewEvent { event, key, data })
 }
 
 /// Parses an `application/json` body: one object, or an array of objects (a batch).
@@ -95,12 +143,16 @@ pub fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, Pr
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
-            let wire: Vec<WireEvent<'_>> = serde_json::from_slice(body).map_err(malformed)?;
-            check_batch(wire.len(), limits)?;
-            let events = wire
+            let items: Vec<&RawValue> = serde_json::from_slice(body).map_err(malformed)?;
+            check_batch(items.len(), limits)?;
+            let events = items
                 .into_iter()
                 .enumerate()
-                .map(|(i, w)| into_new_event(w, limits).map_err(|e| at_item("item", i, e)))
+                .map(|(i, item)| {
+                    wire_event(item.get().as_bytes(), "each item")
+                        .and_then(|w| into_new_event(w, limits))
+                        .map_err(|e| at_item("item", i, e))
+                })
                 .collect::<Result<_, _>>()?;
             Ok(PublishBody {
                 events,
@@ -108,7 +160,7 @@ pub fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, Pr
             })
         }
         Some(b'{') => {
-            let wire: WireEvent<'_> = serde_json::from_slice(body).map_err(malformed)?;
+            let wire = wire_event(body, "the body")?;
             Ok(PublishBody {
                 events: vec![into_new_event(wire, limits)?],
                 batch: false,
@@ -135,8 +187,7 @@ pub fn parse_ndjson(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, 
                 limit: limits.max_batch_events,
             });
         }
-        let wire: WireEvent<'_> =
-            serde_json::from_slice(line).map_err(|e| at_item("line", i + 1, malformed(e)))?;
+        let wire = wire_event(line, "each line").map_err(|e| at_item("line", i + 1, e))?;
         events.push(into_new_event(wire, limits).map_err(|e| at_item("line", i + 1, e))?);
     }
     check_batch(events.len(), limits)?;
@@ -269,6 +320,67 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("line 2"));
+    }
+
+    #[test]
+    fn messages_name_the_mistake_not_serde_types() {
+        let json = |body: &str| {
+            parse_json(body.as_bytes(), &LIMITS)
+                .unwrap_err()
+                .to_string()
+        };
+        let nd = |body: &str| {
+            parse_ndjson(body.as_bytes(), &LIMITS)
+                .unwrap_err()
+                .to_string()
+        };
+        let cases = [
+            (
+                nd("{\"event\":\"a\"}\n[{\"event\":\"a\"}]\n"),
+                "line 2: each line is one event object",
+            ),
+            (nd("\"a\"\n"), "line 1: each line is one event object"),
+            (
+                nd("{\"event\":\"a\",}\n"),
+                "line 1: trailing comma at column 14",
+            ),
+            (json("[1]"), "item 0: each item is one event object"),
+            (
+                json("[{\"event\":\"a\"},[]]"),
+                "item 1: each item is one event object",
+            ),
+            (
+                json(r#"{"event":{}}"#),
+                "event must be a string, not an object",
+            ),
+            (
+                json(r#"{"event":5}"#),
+                "event must be a string, not a number",
+            ),
+            (
+                json(r#"[{"event":"a","key":7}]"#),
+                "item 0: key must be a string, not a number",
+            ),
+            (
+                json(r#"[{"event":"a","extra":1}]"#),
+                "item 0: unknown field `extra`",
+            ),
+            (json(r#"{"data":1}"#), "missing field `event`"),
+        ];
+        for (got, want) in cases {
+            assert!(got.contains(want), "{got:?} lacks {want:?}");
+            for serde_words in [
+                "invalid type",
+                "struct",
+                "expected a string",
+                "line 1 column",
+            ] {
+                assert!(!got.contains(serde_words), "{got:?}");
+            }
+        }
+        // A null key is no key, as before.
+        let body = parse_json(br#"{"event":"a","key":null}"#, &LIMITS).unwrap();
+        assert_eq!(body.events[0].key, None);
     }
 
     #[test]
