@@ -142,3 +142,38 @@ async fn requests_hyper_cannot_parse_get_a_bare_status_and_the_connection_closes
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn put_body_messages_say_what_a_limit_is() {
+    let b = Broker::start(&[]);
+    let cases = [
+        (
+            r#"{"retention":{"max_events":"x"}}"#,
+            "a limit is a whole number from 1 up, or null for no limit",
+        ),
+        (
+            r#"{"retention":{"max_bytes":-1}}"#,
+            "a limit is a whole number from 1 up, or null for no limit",
+        ),
+        (r#"{"retention":{"max_age_secs":0}}"#, "null means no limit"),
+        (r#"{"retention":[]}"#, "retention is an object"),
+        (r#"{"retention":[5]}"#, "retention is an object"),
+        (r#"{"retention":null}"#, "retention is an object"),
+        ("[]", "the body is an object"),
+        ("[{}]", "the body is an object"),
+    ];
+    for (body, says) in cases {
+        let res = b.put_json("/v1/namespaces/p", body).await;
+        assert_eq!(res.status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(res.error_code(), "bad_frame", "{body}");
+        let message = res.json()["error"]["message"].as_str().unwrap().to_owned();
+        assert!(message.contains(says), "{body}: {message}");
+        for serde_words in ["struct ", "expected u64", "PutBody", "PutRetention"] {
+            assert!(!message.contains(serde_words), "{body}: {message}");
+        }
+    }
+    assert_eq!(
+        b.get("/v1/namespaces/p").await.status,
+        StatusCode::NOT_FOUND
+    );
+}

@@ -45,7 +45,10 @@ pub(super) fn info(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"an object {"retention": {"max_events"?, "max_bytes"?, "max_age_secs"?}}"#
+)]
 struct PutBody {
     #[serde(default)]
     retention: PutRetention,
@@ -54,7 +57,10 @@ struct PutBody {
 /// A namespace's own limits as `PUT` takes them: each a number from 1 up, `null` for no
 /// limit ([`NO_LIMIT`]), or left out for the configured default.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"an object {"max_events"?, "max_bytes"?, "max_age_secs"?}"#
+)]
 struct PutRetention {
     #[serde(default, deserialize_with = "limit")]
     max_events: Option<u64>,
@@ -67,13 +73,38 @@ struct PutRetention {
 /// A limit that is present: `null` is [`NO_LIMIT`]; 0 is refused, as everywhere else
 /// (it would remove every event at once).
 fn limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<u64>::deserialize(d)? {
-        None => Ok(Some(NO_LIMIT)),
-        Some(0) => Err(serde::de::Error::custom(
-            "a limit of 0 would remove every event at once; null means no limit",
-        )),
-        Some(n) => Ok(Some(n)),
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::Null => Ok(Some(NO_LIMIT)),
+        v => match v.as_u64() {
+            Some(0) => Err(serde::de::Error::custom(
+                "a limit of 0 would remove every event at once; null means no limit",
+            )),
+            Some(n) => Ok(Some(n)),
+            None => Err(serde::de::Error::custom(format!(
+                "a limit is a whole number from 1 up, or null for no limit, not {v}"
+            ))),
+        },
     }
+}
+
+/// Reads a non-empty `PUT` body. The body and `retention` must be JSON objects: serde's
+/// derive would also take an array, filling the limits by position (`[5]`).
+fn put_body(body: &[u8]) -> Result<PutBody, ApiError> {
+    let bad = |e: serde_json::Error| ApiError::bad_request(e.to_string());
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(bad)?;
+    let shape = r#"{"retention": {"max_events"?, "max_bytes"?, "max_age_secs"?}}"#;
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the body is an object, {shape}"
+        )));
+    }
+    if value.get("retention").is_some_and(|r| !r.is_object()) {
+        return Err(ApiError::bad_request(format!(
+            "retention is an object, as in {shape}"
+        )));
+    }
+    // From the text again, so a key given twice is still refused.
+    serde_json::from_slice(body).map_err(bad)
 }
 
 /// `PUT /v1/namespaces/{ns}`: creates (201) or sets retention (200).
@@ -86,7 +117,7 @@ pub(super) async fn put(
     let put: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
         PutBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(e.to_string()))?
+        put_body(&body)?
     };
     let own = Retention {
         max_events: put.retention.max_events,
