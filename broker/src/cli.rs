@@ -93,11 +93,8 @@ impl std::error::Error for Refused {}
 /// `GET`s an answer's body; an error status becomes a [`Refused`] with the broker's code
 /// and message.
 async fn get_body(http: &reqwest::Client, url: &str) -> anyhow::Result<bytes::Bytes> {
-    let res = http
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| anyhow!("{}", error_chain(&e)))?;
+    // `rewind: {e:#}` prints reqwest's causes, which say what actually failed.
+    let res = http.get(url).send().await?;
     let status = res.status();
     let body = res.bytes().await?;
     if !status.is_success() {
@@ -117,19 +114,6 @@ async fn get_body(http: &reqwest::Client, url: &str) -> anyhow::Result<bytes::By
 async fn get_json(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let body = get_body(http, url).await?;
     serde_json::from_slice(&body).context("the answer is not JSON")
-}
-
-/// An error with its causes on one line (reqwest's own message is only "error sending
-/// request").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
 }
 
 /// `rewind publish`.

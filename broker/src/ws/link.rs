@@ -185,10 +185,10 @@ impl<S: Unpin> AsyncWrite for Link<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ws::wire::tests::parse;
     use crate::ws::wire::{binary, text};
     use proptest::prelude::*;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
     /// A socket that takes at most `step` bytes per write, and says "not now" every other
     /// call, the way a full socket buffer does.
@@ -242,23 +242,6 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
             Poll::Ready(Ok(()))
         }
-    }
-
-    /// Parses frames back with tungstenite's own header parser.
-    fn parse(mut wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
-        let mut frames = Vec::new();
-        while !wire.is_empty() {
-            let mut cursor = io::Cursor::new(wire);
-            let (header, len) = FrameHeader::parse(&mut cursor)
-                .expect("a header")
-                .expect("a whole header");
-            assert!(header.is_final && header.mask.is_none());
-            let start = cursor.position() as usize;
-            let end = start + len as usize;
-            frames.push((header.opcode, wire[start..end].to_vec()));
-            wire = &wire[end..];
-        }
-        frames
     }
 
     proptest! {

@@ -52,12 +52,12 @@ pub fn binary(payload: &[u8]) -> bytes::Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::io;
 
     /// Parses frames back with tungstenite's own header parser.
-    fn parse(mut wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+    pub(in crate::ws) fn parse(mut wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
         let mut frames = Vec::new();
         while !wire.is_empty() {
             let mut cursor = io::Cursor::new(wire);
