@@ -219,7 +219,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
                 .await?
         }
     };
-    println!("{offset}");
+    writeln!(std::io::stdout(), "{offset}")?;
     Ok(())
 }
 
@@ -348,12 +348,14 @@ async fn publish_lines(args: &PublishArgs, publisher: &Publisher) -> anyhow::Res
         }
     }
     drop(line_shown);
+    let mut stdout = std::io::stdout();
     match (first, last) {
-        (Some(first), Some(last)) => println!(
+        (Some(first), Some(last)) => writeln!(
+            stdout,
             "published {total} events to {}, offsets {first} to {last}",
             args.ns
-        ),
-        _ => println!("published 0 events to {}", args.ns),
+        )?,
+        _ => writeln!(stdout, "published 0 events to {}", args.ns)?,
     }
     Ok(())
 }
@@ -413,15 +415,26 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
+            // A new epoch: the offsets printed so far belonged to a log that is gone.
+            Item::Truncated { from, reason, .. } if reason == "epoch" => {
+                say(format_args!(
+                    "rewind tail: the log of {} was re-created (new epoch); following the new one from its offset {from}",
+                    args.ns
+                ));
+            }
             Item::Truncated {
                 requested,
                 from,
                 reason,
             } => {
-                eprintln!("rewind tail: offsets {requested}..{from} are gone ({reason}); continuing at {from}");
+                say(format_args!(
+                    "rewind tail: offsets {requested}..{from} are gone ({reason}); continuing at {from}"
+                ));
             }
             Item::Gap { from, to, reason } => {
-                eprintln!("rewind tail: offsets {from}..{to} were not delivered: {reason}");
+                say(format_args!(
+                    "rewind tail: offsets {from}..{to} were not delivered: {reason}"
+                ));
             }
             Item::Epoch(_) => {}
             Item::Ended { reason } if reason == "deleted" => {
@@ -464,9 +477,9 @@ async fn tail_once(args: &TailArgs) -> anyhow::Result<()> {
         let page = ReadPage::from_json(&body)?;
         if page.truncated {
             let first = page.events.first().map_or(page.next, |e| e.offset);
-            eprintln!(
+            say(format_args!(
                 "rewind tail: offsets {from}..{first} are gone (retention); continuing at {first}"
-            );
+            ));
         }
         for ev in page.events.iter().filter(|e| e.offset < end) {
             print_event(ev)?;
@@ -527,4 +540,10 @@ pub async fn namespaces(args: NamespacesArgs) -> anyhow::Result<()> {
         writeln!(out, "{}", cells.join("  ").trim_end())?;
     }
     Ok(())
+}
+
+/// One line on stderr; a stderr that is gone (a closed pipe) is no reason to panic.
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }

@@ -55,26 +55,23 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // `{:#}` prints the chain of causes on one line, without a backtrace.
-            eprintln!("rewind: {e:#}");
+            cli::say(format_args!("rewind: {e:#}"));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-/// Answers a command line clap refused. `--help`, `--version` and the other subcommands
-/// are clap's as ever; a `rewind serve` mistake is one line naming the flag, with exit
-/// status 1, like every other configuration error (`docs/operations.md`).
+/// Answers a command line clap refused. `--help` and `--version` are clap's as ever; a
+/// mistake is one line naming the flag, with exit status 1, like every other error of
+/// every command (`docs/operations.md`, `docs/client.md`).
 fn refused(e: clap::Error) -> std::process::ExitCode {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
-    let serve = std::env::args_os().nth(1).is_some_and(|a| a == "serve");
-    if !serve
-        || matches!(
-            e.kind(),
-            ErrorKind::DisplayHelp
-                | ErrorKind::DisplayVersion
-                | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-        )
-    {
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
         e.exit()
     }
     let flag = match e.get(ContextKind::InvalidArg) {
@@ -85,20 +82,40 @@ fn refused(e: clap::Error) -> std::process::ExitCode {
         // The flag's own parser said what is wrong (`config.rs`).
         (ErrorKind::ValueValidation, Some(flag), Some(why)) => format!("{flag}: {why}"),
         _ => {
-            // clap's first line without its `error: `, and its tips after it.
+            // clap's message without its `error: ` (with what it lists under it, such as
+            // missing arguments), and its tips after it; not its usage.
             let text = e.to_string();
-            let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
-            let first = lines.next().unwrap_or("bad arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let tips: Vec<&str> = lines.filter_map(|l| l.strip_prefix("tip: ")).collect();
+            let mut message: Vec<&str> = Vec::new();
+            let mut tips: Vec<&str> = Vec::new();
+            for l in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                if l.starts_with("Usage:") || l.starts_with("For more information") {
+                    break;
+                }
+                match l.strip_prefix("tip: ") {
+                    Some(tip) => tips.push(tip),
+                    None => message.push(l.strip_prefix("error: ").unwrap_or(l)),
+                }
+            }
+            let first = if message.is_empty() {
+                "bad arguments".to_owned()
+            } else {
+                message.join(" ")
+            };
             if tips.is_empty() {
-                format!("{first} (rewind serve --help lists the flags)")
+                let command = std::env::args_os()
+                    .nth(1)
+                    .and_then(|a| a.to_str().map(str::to_owned))
+                    .filter(|a| !a.starts_with('-') && e.kind() != ErrorKind::InvalidSubcommand);
+                match command {
+                    Some(c) => format!("{first} (rewind {c} --help lists the flags)"),
+                    None => format!("{first} (rewind --help lists the commands)"),
+                }
             } else {
                 format!("{first} ({})", tips.join("; "))
             }
         }
     };
-    eprintln!("rewind: {line}");
+    cli::say(format_args!("rewind: {line}"));
     std::process::ExitCode::FAILURE
 }
 

@@ -493,3 +493,107 @@ async fn publish_lines_draws_a_progress_line_only_on_a_terminal() {
         "{text:?}"
     );
 }
+
+#[test]
+fn every_command_line_mistake_is_one_line_with_status_1() {
+    // A tester's inputs: clap's multi-line answers with status 2, although client.md
+    // says errors are `rewind: …` with status 1. No broker is needed: nothing is sent.
+    let cases: [(&[&str], &str); 6] = [
+        (&["tail", "x", "--from", "soon"], "--from"),
+        (&["publish", "x", "y", "--dat", "1"], "--dat"),
+        (&["tail", "x", "--limit", "many"], "--limit"),
+        (&["namespaces", "--bogus"], "--bogus"),
+        (&["publish", "x"], "EVENT"),
+        (&["bogus"], "bogus"),
+    ];
+    for (args, named) in cases {
+        let out = Command::new(rewind_bin())
+            .args(args)
+            .output()
+            .expect("run rewind");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("rewind: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} should name {named}: {stderr}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    // Help is still help.
+    let out = Command::new(rewind_bin())
+        .args(["tail", "--help"])
+        .output()
+        .expect("run rewind");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--no-follow"));
+}
+
+/// The lines of `from`, as they come, on a channel.
+fn line_channel(from: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+#[tokio::test]
+async fn tail_says_when_the_log_it_follows_gets_a_new_epoch() {
+    // A tester's input: relaxed mode, `kill -9` with unflushed writes, restart. The log
+    // gets a new epoch; tail said "offsets 3..0 are gone (epoch)" and printed the log
+    // again as if nothing had happened.
+    let mut b = Broker::start(&["--durability", "relaxed", "--flush-interval-ms", "600000"]);
+    let created = b.put_json("/v1/namespaces/rx", "").await;
+    assert_eq!(created.status, hyper::StatusCode::CREATED);
+    let mut tail = Command::new(rewind_bin())
+        .args(["tail", "rx", "--from", "earliest", "--url", &b.url()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    let out = line_channel(tail.stdout.take().unwrap());
+    let err = line_channel(tail.stderr.take().unwrap());
+    let next = |rx: &mpsc::Receiver<String>| {
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a line from tail")
+    };
+    let offset = |line: String| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["offset"].as_u64().unwrap()
+    };
+    for i in 0..3 {
+        b.post_json(
+            "/v1/namespaces/rx/events",
+            &format!(r#"{{"event":"n","data":{i}}}"#),
+        )
+        .await;
+        assert_eq!(offset(next(&out)), i);
+    }
+    b.kill9();
+    b.restart();
+    let said = next(&err);
+    assert!(
+        said.contains("the log of rx was re-created (new epoch)")
+            && said.contains("from its offset 0"),
+        "{said}"
+    );
+    // It follows the new log from its start, and says nothing more.
+    b.post_json("/v1/namespaces/rx/events", r#"{"event":"after"}"#)
+        .await;
+    let info = b.get("/v1/namespaces/rx").await.json();
+    let end = info["next"].as_u64().unwrap();
+    let again: Vec<u64> = (0..end).map(|_| offset(next(&out))).collect();
+    assert_eq!(again, (0..end).collect::<Vec<_>>());
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let rest: Vec<String> = err.iter().collect();
+    assert!(rest.is_empty(), "{rest:?}");
+}
