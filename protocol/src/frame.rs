@@ -169,8 +169,14 @@ impl<'de> Deserialize<'de> for FromField {
                         .map_or_else(|_| not(v), |n| FromField(Ok(Position::Offset(n)))),
                 )
             }
+            // JSON numbers past u64 arrive here too, rounded: say why rather than show
+            // the rounded value as if it were the one sent.
             fn visit_f64<E>(self, v: f64) -> Result<FromField, E> {
-                Ok(not(v))
+                Ok(FromField(Err(if v.fract() == 0.0 && v >= 0.0 {
+                    format!("bad position: an offset is at most {}", u64::MAX)
+                } else {
+                    format!("bad position {v}: an offset is a whole number from 0 up")
+                })))
             }
             fn visit_bool<E>(self, v: bool) -> Result<FromField, E> {
                 Ok(not(v))

@@ -541,6 +541,27 @@ async fn mistakes_are_described_in_the_protocols_terms() {
             "{frame}"
         );
     }
+    // A `from` past u64 arrives rounded to a float: the message gives the rule, not the
+    // rounded number as if it were the one sent (a tester's input).
+    let positions = [
+        (
+            r#"{"t":"open","ns":"msg.a","from":18446744073709551616}"#,
+            "bad position: an offset is at most 18446744073709551615",
+        ),
+        (
+            r#"{"t":"open","ns":"msg.a","from":1.5}"#,
+            "bad position 1.5: an offset is a whole number from 0 up",
+        ),
+    ];
+    for (frame, want) in positions {
+        text(&mut c, frame).await;
+        let (code, _, message) = error_frame(&mut c).await;
+        assert_eq!(
+            (code.as_str(), message.as_str()),
+            ("bad_position", want),
+            "{frame}"
+        );
+    }
     // The same mistakes over MessagePack read the same, with MessagePack's values.
     let mut mp = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
     let float = [vec![0xcb], 1.5f64.to_be_bytes().to_vec()].concat();
