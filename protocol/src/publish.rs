@@ -138,8 +138,16 @@ fn into_new_event(wire: WireEvent<'_>, limits: &PublishLimits) -> Result<NewEven
     Ok(NewEvent { event, key, data })
 }
 
-/// Parses an `application/json` body: one object, or an array of objects (a batch).
+/// A body without the UTF-8 byte order mark some editors and tools put first: RFC 8259
+/// §8.1 lets a JSON parser ignore it, and a user cannot see it.
+fn without_bom(body: &[u8]) -> &[u8] {
+    body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body)
+}
+
+/// Parses an `application/json` body: one object, or an array of objects (a batch). A
+/// leading byte order mark is ignored.
 pub fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, ProtocolError> {
+    let body = without_bom(body);
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     match first {
         Some(b'[') => {
@@ -174,8 +182,10 @@ pub fn parse_json(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, Pr
 }
 
 /// Parses an `application/x-ndjson` body: one event object per line; blank lines are
-/// skipped. The result is always a batch.
+/// skipped, and so is a byte order mark before the first line. The result is always a
+/// batch.
 pub fn parse_ndjson(body: &[u8], limits: &PublishLimits) -> Result<PublishBody, ProtocolError> {
+    let body = without_bom(body);
     let mut events = Vec::new();
     for (i, line) in body.split(|&b| b == b'\n').enumerate() {
         if line.iter().all(u8::is_ascii_whitespace) {
@@ -235,6 +245,21 @@ mod tests {
         max_payload_bytes: 64,
         max_batch_events: 3,
     };
+
+    #[test]
+    fn a_leading_byte_order_mark_is_ignored() {
+        let one = parse_json(b"\xEF\xBB\xBF{\"event\":\"a\"}", &LIMITS).unwrap();
+        assert_eq!(one.events[0].event, "a");
+        let batch = parse_json(b"\xEF\xBB\xBF[{\"event\":\"a\"}]", &LIMITS).unwrap();
+        assert!(batch.batch);
+        let lines =
+            parse_ndjson(b"\xEF\xBB\xBF{\"event\":\"a\"}\n{\"event\":\"b\"}", &LIMITS).unwrap();
+        assert_eq!(lines.events.len(), 2);
+        // Only before the first byte: elsewhere it is not JSON.
+        assert!(
+            parse_ndjson(b"{\"event\":\"a\"}\n\xEF\xBB\xBF{\"event\":\"b\"}", &LIMITS).is_err()
+        );
+    }
 
     #[test]
     fn one_object() {

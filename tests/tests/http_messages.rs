@@ -177,3 +177,50 @@ async fn put_body_messages_say_what_a_limit_is() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn a_byte_order_mark_before_a_json_or_ndjson_body_is_ignored() {
+    // A tester's input: a body saved by an editor that writes a BOM was refused with
+    // "each line is one event object", which does not say what is wrong. RFC 8259 §8.1
+    // lets a parser ignore it; the events are stored without it.
+    let b = Broker::start(&[]);
+    let cases = [
+        (
+            "application/json",
+            "\u{feff}{\"event\":\"a\",\"data\":1}",
+            1,
+        ),
+        (
+            "application/json",
+            "\u{feff}[{\"event\":\"b\"},{\"event\":\"c\"}]",
+            2,
+        ),
+        (
+            "application/x-ndjson",
+            "\u{feff}{\"event\":\"d\"}\n{\"event\":\"e\"}\n",
+            2,
+        ),
+    ];
+    let mut next = 0;
+    for (content_type, body, n) in cases {
+        let res = b
+            .request(
+                Method::POST,
+                "/v1/namespaces/bom/events",
+                &[("content-type", content_type)],
+                body.to_owned(),
+            )
+            .await;
+        assert_eq!(res.status, StatusCode::CREATED, "{body:?}");
+        next += n;
+    }
+    let page = b.get("/v1/namespaces/bom/events?from=0").await.json();
+    let names: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    assert_eq!(page["next"], next);
+}
