@@ -179,7 +179,7 @@ async fn put_body_messages_say_what_a_limit_is() {
 }
 
 #[tokio::test]
-async fn a_byte_order_mark_before_a_json_or_ndjson_body_is_ignored() {
+async fn a_byte_order_mark_is_ignored_and_ndjson_has_both_spellings() {
     // A tester's input: a body saved by an editor that writes a BOM was refused with
     // "each line is one event object", which does not say what is wrong. RFC 8259 §8.1
     // lets a parser ignore it; the events are stored without it.
@@ -200,6 +200,9 @@ async fn a_byte_order_mark_before_a_json_or_ndjson_body_is_ignored() {
             "\u{feff}{\"event\":\"d\"}\n{\"event\":\"e\"}\n",
             2,
         ),
+        // NDJSON under the spelling without `x-` (a tester's input: it was taken for a
+        // raw payload and refused for want of `?event=`).
+        ("application/ndjson", "{\"event\":\"f\"}\n", 1),
     ];
     let mut next = 0;
     for (content_type, body, n) in cases {
@@ -221,6 +224,6 @@ async fn a_byte_order_mark_before_a_json_or_ndjson_body_is_ignored() {
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["a", "b", "c", "d", "e"]);
+    assert_eq!(names, ["a", "b", "c", "d", "e", "f"]);
     assert_eq!(page["next"], next);
 }

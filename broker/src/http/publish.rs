@@ -46,11 +46,12 @@ fn body_kind(content_type: Option<&HeaderValue>) -> Result<BodyKind, ApiError> {
         .param("charset")
         .is_none_or(|c| c.eq_ignore_ascii_case("utf-8") || c.eq_ignore_ascii_case("utf8"));
     match media.essence.as_str() {
-        "application/json" | "application/x-ndjson" if !charset_ok => {
+        "application/json" | "application/x-ndjson" | "application/ndjson" if !charset_ok => {
             Err(unsupported("JSON bodies must be UTF-8"))
         }
         "application/json" => Ok(BodyKind::Json),
-        "application/x-ndjson" => Ok(BodyKind::Ndjson),
+        // The registered-looking spelling some tools send is taken as the same thing.
+        "application/x-ndjson" | "application/ndjson" => Ok(BodyKind::Ndjson),
         "application/x-www-form-urlencoded" => Err(unsupported(
             "form bodies are not published; send application/json (curl: -H 'Content-Type: application/json')",
         )),
