@@ -92,6 +92,11 @@ pub struct Config {
     pub max_payload_bytes: usize,
     /// Largest HTTP request body, in bytes; larger bodies get 413. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Seconds a client has to send a whole HTTP request body, counted from the end of
+    /// its headers; a deadline for the body as a whole, so a body that trickles in byte by
+    /// byte is bounded too. Past it: 408 `request_timeout`, the connection is closed and
+    /// nothing of the request is kept. Default 30, as the headers' read timeout.
+    pub http_body_timeout_secs: u64,
     /// Most events in one batch publish. Default 10000.
     pub max_batch_events: usize,
     /// Most events one read returns (`limit` is capped to this). Default 1000.
@@ -169,6 +174,7 @@ impl Default for Config {
             max_group_commit: 1024,
             max_payload_bytes: 1 << 20,
             max_body_bytes: 16 << 20,
+            http_body_timeout_secs: 30,
             max_batch_events: 10_000,
             max_read_events: 1000,
             max_read_bytes: 4 << 20,
@@ -338,6 +344,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_body_bytes"),
         help = flag_help("max_body_bytes", "Largest HTTP request body in bytes"))]
     pub max_body_bytes: Option<usize>,
+    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("http_body_timeout_secs"),
+        help = flag_help("http_body_timeout_secs", "Seconds a client has to send a whole HTTP request body"))]
+    pub http_body_timeout_secs: Option<u64>,
     #[arg(long, value_name = "N", value_parser = flag::<usize>("max_batch_events"),
         help = flag_help("max_batch_events", "Most events in one batch publish"))]
     pub max_batch_events: Option<usize>,
@@ -448,6 +457,7 @@ const AT_LEAST_ONE: &[&str] = &[
     "max_group_commit",
     "max_payload_bytes",
     "max_body_bytes",
+    "http_body_timeout_secs",
     "max_batch_events",
     "max_read_events",
     "max_read_bytes",
@@ -724,6 +734,7 @@ options!(
     max_group_commit,
     max_payload_bytes,
     max_body_bytes,
+    http_body_timeout_secs,
     max_batch_events,
     max_read_events,
     max_read_bytes,
@@ -874,6 +885,7 @@ impl Config {
             ("max_group_commit", self.max_group_commit as u64),
             ("max_payload_bytes", self.max_payload_bytes as u64),
             ("max_body_bytes", self.max_body_bytes as u64),
+            ("http_body_timeout_secs", self.http_body_timeout_secs),
             ("max_batch_events", self.max_batch_events as u64),
             ("max_read_events", self.max_read_events as u64),
             ("max_read_bytes", self.max_read_bytes as u64),

@@ -50,6 +50,8 @@ pub enum ErrorCode {
     UpgradeRequired,
     /// HTTP only: `Accept` rules out every media type the route can answer with.
     NotAcceptable,
+    /// HTTP only: the request body did not arrive within `http_body_timeout_secs`.
+    RequestTimeout,
 }
 
 impl ErrorCode {
@@ -76,6 +78,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyConflict => "idempotency_conflict",
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::NotAcceptable => "not_acceptable",
+            ErrorCode::RequestTimeout => "request_timeout",
         }
     }
 
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NotAcceptable => 406,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::IdempotencyConflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,

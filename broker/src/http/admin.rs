@@ -1,5 +1,7 @@
 //! Namespace management and health (spec §3.5).
 
+use std::time::Duration;
+
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Deserializer};
@@ -113,7 +115,8 @@ pub(super) async fn put(
     log: &Log,
     ns: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let body = read_body(req, MAX_PUT_BODY).await?;
+    let timeout = Duration::from_secs(log.config().http_body_timeout_secs);
+    let body = read_body(req, MAX_PUT_BODY, timeout).await?;
     let put: PutBody = if body.iter().all(u8::is_ascii_whitespace) {
         PutBody::default()
     } else {

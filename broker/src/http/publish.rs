@@ -1,5 +1,7 @@
 //! `POST /v1/namespaces/{ns}/events` (spec §3.2).
 
+use std::time::Duration;
+
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
@@ -68,8 +70,25 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Reads the whole body, refusing more than `limit` bytes.
-pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Vec<u8>, ApiError> {
+fn body_timed_out(timeout: Duration) -> ApiError {
+    ApiError::of(
+        ErrorCode::RequestTimeout,
+        format!(
+            "the body did not arrive within {} s (http_body_timeout_secs)",
+            timeout.as_secs()
+        ),
+    )
+}
+
+/// Reads the whole body, refusing more than `limit` bytes, within `timeout` counted from
+/// now (the end of the headers). The deadline covers the whole body, so one that trickles
+/// in a byte at a time is cut off as surely as one that stalls: `408 request_timeout`,
+/// answered with `Connection: close` (see [`ApiError::into_response`]).
+pub(super) async fn read_body(
+    req: Request<Incoming>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Vec<u8>, ApiError> {
     let declared = req
         .headers()
         .get(CONTENT_LENGTH)
@@ -78,7 +97,8 @@ pub(super) async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Ve
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), limit).collect());
+    match read.await.map_err(|_| body_timed_out(timeout))? {
         Ok(collected) => Ok(collected.to_bytes().to_vec()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(e) => Err(ApiError::bad_request(format!(
@@ -139,7 +159,12 @@ pub(super) async fn publish(
             params.get("key", ErrorCode::BadFrame)?,
         )
     };
-    let body = read_body(req, cfg.max_body_bytes).await?;
+    let body = read_body(
+        req,
+        cfg.max_body_bytes,
+        Duration::from_secs(cfg.http_body_timeout_secs),
+    )
+    .await?;
     let parsed = match kind {
         BodyKind::Json => publish::parse_json(&body, &limits)?,
         BodyKind::Ndjson => publish::parse_ndjson(&body, &limits)?,

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use rewind_protocol::{ErrorCode, ProtocolError};
 
@@ -73,7 +73,8 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message)
     }
 
-    /// The response.
+    /// The response. A 408 carries `Connection: close`: the rest of that body may still
+    /// come, and is not read.
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({
             "error": { "code": self.code.as_str(), "message": self.message }
@@ -88,6 +89,10 @@ impl ApiError {
         ) {
             res.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if self.status == StatusCode::REQUEST_TIMEOUT {
+            res.headers_mut()
+                .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }
