@@ -29,6 +29,12 @@ const ROUTES: &[(&str, &str, &str, &str)] = &[
     ),
     (
         "POST",
+        "/v1/namespaces/{ns}/events",
+        "application/ndjson",
+        "{\"event\":\"a\",\"data\":1}\n",
+    ),
+    (
+        "POST",
         "/v1/namespaces/{ns}/events?event=a",
         "application/octet-stream",
         "raw payload bytes",
