@@ -95,8 +95,9 @@ async fn stalled(addr: SocketAddr, route: &(&str, &str, &str, &str), ns: &str) -
     out
 }
 
-/// Sends `route`'s head (a body of 60,000 bytes, under every limit) and then one byte at a time, never pausing long
-/// (an idle timeout would never fire), until the broker answers; returns the answer.
+/// Sends `route`'s head (a body of 60,000 bytes, under every limit) and then one byte at a
+/// time, never pausing long (an idle timeout would never fire), until the broker answers;
+/// returns the answer.
 async fn trickled(addr: SocketAddr, route: &(&str, &str, &str, &str), ns: &str) -> String {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut read, mut write) = stream.into_split();
@@ -119,14 +120,31 @@ async fn trickled(addr: SocketAddr, route: &(&str, &str, &str, &str), ns: &str) 
     out
 }
 
-#[tokio::test]
-async fn a_stalled_body_gets_408_and_its_slot_back() {
+/// A stalled or a trickling body of `route`; the broker's answer.
+async fn slow(
+    addr: SocketAddr,
+    route: &(&str, &str, &str, &str),
+    ns: &str,
+    trickle: bool,
+) -> String {
+    if trickle {
+        trickled(addr, route, ns).await
+    } else {
+        stalled(addr, route, ns).await
+    }
+}
+
+/// For every route, two slow bodies (stalled, or trickling) take both connection slots, as
+/// the slowloris client did: each gets a 408, nothing is kept, and a slot comes back for
+/// `/healthz`.
+async fn slow_bodies_time_out(trickle: bool) {
     let b = Broker::start(&["--http-body-timeout-secs", "1", "--max-connections", "2"]);
     for (i, route) in ROUTES.iter().enumerate() {
-        let ns = format!("stalled{i}");
-        // Two stalled bodies take both connection slots, as the slowloris client did.
-        let (first, second) =
-            tokio::join!(stalled(b.addr, route, &ns), stalled(b.addr, route, &ns));
+        let ns = format!("slow{i}");
+        let (first, second) = tokio::join!(
+            slow(b.addr, route, &ns, trickle),
+            slow(b.addr, route, &ns, trickle)
+        );
         assert_timed_out(&first, route.2);
         assert_timed_out(&second, route.2);
         let info = b.get(&format!("/v1/namespaces/{ns}")).await;
@@ -139,21 +157,13 @@ async fn a_stalled_body_gets_408_and_its_slot_back() {
 }
 
 #[tokio::test]
+async fn a_stalled_body_gets_408_and_its_slot_back() {
+    slow_bodies_time_out(false).await;
+}
+
+#[tokio::test]
 async fn a_trickling_body_is_bounded_by_a_deadline_not_an_idle_timeout() {
-    let b = Broker::start(&["--http-body-timeout-secs", "1", "--max-connections", "2"]);
-    for (i, route) in ROUTES.iter().enumerate() {
-        let ns = format!("trickled{i}");
-        let (first, second) =
-            tokio::join!(trickled(b.addr, route, &ns), trickled(b.addr, route, &ns));
-        assert_timed_out(&first, route.2);
-        assert_timed_out(&second, route.2);
-        let info = b.get(&format!("/v1/namespaces/{ns}")).await;
-        assert_eq!(info.status, StatusCode::NOT_FOUND, "{}: {info:?}", route.2);
-        let health = tokio::time::timeout(PATIENCE, b.get("/healthz"))
-            .await
-            .expect("a slot comes back for /healthz");
-        assert_eq!(health.status, StatusCode::OK);
-    }
+    slow_bodies_time_out(true).await;
 }
 
 #[tokio::test]
