@@ -424,19 +424,33 @@ impl Session {
             // The link takes every write at once, so this completes on its first poll.
             let _ = self.ws.send(Message::Close(Some(frame))).now_or_never();
         }
+        let deadline = Instant::now() + patience;
         let max_write = self.ctx.log.config().ws_write_buffer_bytes;
         let link = self.ws.get_mut();
-        let flushed = tokio::time::timeout(
-            patience,
+        let flushed = tokio::time::timeout_at(
+            deadline,
             poll_fn(|cx| {
                 ready!(link.poll_send(cx, max_write))?;
                 link.poll_close(cx)
             }),
         )
         .await;
-        if let Ok(Err(e)) = flushed {
-            tracing::debug!(error = %e, "WebSocket ended with an error");
+        match flushed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket ended with an error");
+                return;
+            }
+            Err(_) => return,
         }
+        // A lingering close: read and drop what the client still sends, until its close
+        // (or the end of the stream, or the deadline). A socket closed with unread bytes
+        // is answered by the kernel with a reset, and a reset can make the client's
+        // kernel drop what it has not read yet: the close frame and the last answers.
+        let _ = tokio::time::timeout_at(deadline, async {
+            while let Some(Ok(_)) = self.ws.next().await {}
+        })
+        .await;
     }
 
     /// Has tungstenite hand over what it queued by itself (a pong, the closing handshake's
