@@ -375,7 +375,7 @@ impl Log {
     pub async fn put(&self, ns: &str, retention: Retention) -> Result<(NsInfo, bool), LogError> {
         self.request(|reply| Command::Put {
             ns: ns.to_owned(),
-            retention: Some(retention),
+            retention,
             reply,
         })
         .await

@@ -49,9 +49,8 @@ pub enum Command {
     Put {
         /// The namespace.
         ns: String,
-        /// Its own retention limits; `None` creates it with none if missing and leaves an
-        /// existing one as it is.
-        retention: Option<Retention>,
+        /// Its own retention limits.
+        retention: Retention,
         /// Answered once the change is durable.
         reply: Reply<(NsInfo, bool)>,
     },
@@ -187,15 +186,14 @@ impl Writer {
                 retention,
                 reply,
             } => {
-                let result = match (self.store.info(&ns), retention) {
-                    (Ok(Some(info)), None) => Ok((info, false)),
-                    (Ok(Some(_)), Some(r)) => self.store.set_retention(&ns, r).map(|i| (i, false)),
-                    (Ok(None), r) => self.create(&ns, r.unwrap_or_default()).map(|i| (i, true)),
-                    (Err(e), _) => Err(e),
+                let result = match self.store.info(&ns) {
+                    Ok(Some(_)) => self.store.set_retention(&ns, retention).map(|i| (i, false)),
+                    Ok(None) => self.create(&ns, retention).map(|i| (i, true)),
+                    Err(e) => Err(e),
                 };
                 match result {
                     Ok(v) => {
-                        group.needs_sync |= v.1 || retention.is_some();
+                        group.needs_sync = true;
                         group.acks.push(Ack::Put(reply, v));
                     }
                     Err(e) => {
