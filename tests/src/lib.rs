@@ -88,17 +88,7 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker on port 0 with a fresh temporary data directory and `args` added.
     pub fn start(args: &[&str]) -> Broker {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let data_dir = tmp.path().join("data");
-        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let (child, addr) = spawn(&data_dir, "127.0.0.1:0", &args);
-        Broker {
-            child,
-            addr,
-            data_dir,
-            _tmp: Some(tmp),
-            args,
-        }
+        Broker::start_prepared(args, |_| {})
     }
 
     /// Starts a broker on port 0 with a fresh temporary data directory that `prepare`
@@ -320,7 +310,7 @@ pub mod ws {
     use futures::{SinkExt, StreamExt};
     use rewind_protocol::frame::{
         decode_server_json, decode_server_msgpack, encode_client_json, encode_client_msgpack,
-        ClientFrame, ServerMessage,
+        ClientFrame, ServerFrame, ServerMessage,
     };
     use rewind_protocol::Payload;
     use tokio::net::TcpStream;
@@ -435,6 +425,24 @@ pub mod ws {
                     }
                 }
                 return Received::Message(msg);
+            }
+        }
+
+        /// Sends `frame` as it is, in the connection's encoding (so anything can be sent),
+        /// and returns the next answer that is not a ping; an event is a failure.
+        pub async fn answer(&mut self, frame: &serde_json::Value) -> ServerFrame {
+            let m = if self.msgpack {
+                Message::Binary(rmp_serde::to_vec_named(frame).expect("msgpack").into())
+            } else {
+                Message::Text(frame.to_string().into())
+            };
+            self.raw(m).await;
+            loop {
+                match self.next().await {
+                    ServerMessage::Frame(ServerFrame::Ping) => {}
+                    ServerMessage::Frame(f) => return f,
+                    ServerMessage::Event(e) => panic!("unexpected event {e:?}"),
+                }
             }
         }
 

@@ -48,24 +48,6 @@ fn conflict(r: &Response, original: &str) {
     assert!(message.contains(original), "{message}");
 }
 
-/// Sends a frame in the connection's encoding (raw, so anything can be sent), and
-/// returns the next answer that is not a ping.
-async fn ws_answer(c: &mut Client, frame: Value) -> ServerFrame {
-    let m = if c.msgpack {
-        Message::Binary(rmp_serde::to_vec_named(&frame).unwrap().into())
-    } else {
-        Message::Text(frame.to_string().into())
-    };
-    c.raw(m).await;
-    loop {
-        match c.next().await {
-            ServerMessage::Frame(ServerFrame::Ping) => {}
-            ServerMessage::Frame(f) => return f,
-            ServerMessage::Event(e) => panic!("unexpected event {e:?}"),
-        }
-    }
-}
-
 async fn offsets(b: &Broker, ns: &str) -> Vec<u64> {
     let r = b.get(&format!("/v1/namespaces/{ns}/events?from=0")).await;
     let page = ReadPage::from_json(&r.body).unwrap();
@@ -199,7 +181,7 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
         let publish = |id: u64, data: &str, key: &str| json!({"t": "publish", "id": id, "ns": ns, "event": "e", "data": data, "idempotency_key": key});
         // The same event under the key HTTP used: the original offset.
         assert_eq!(
-            ws_answer(&mut c, publish(1, "x", "w-1")).await,
+            c.answer(&publish(1, "x", "w-1")).await,
             ServerFrame::Published {
                 id: 1,
                 ns: ns.into(),
@@ -208,7 +190,7 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
         );
         // Another payload under that key, and one event under a batch's key: conflicts.
         for (id, data, key) in [(2, "y", "w-1"), (3, "x", "w-2")] {
-            match ws_answer(&mut c, publish(id, data, key)).await {
+            match c.answer(&publish(id, data, key)).await {
                 ServerFrame::Error {
                     code,
                     id: got,
@@ -225,7 +207,7 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
         }
         // A key first used over WebSocket is retried over HTTP.
         assert_eq!(
-            ws_answer(&mut c, publish(4, "z", "w-3")).await,
+            c.answer(&publish(4, "z", "w-3")).await,
             ServerFrame::Published {
                 id: 4,
                 ns: ns.into(),
@@ -242,10 +224,7 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
             "3..=3",
         );
         // And the connection is still up; nothing else was appended.
-        assert_eq!(
-            ws_answer(&mut c, json!({"t": "ping"})).await,
-            ServerFrame::Pong
-        );
+        assert_eq!(c.answer(&json!({"t": "ping"})).await, ServerFrame::Pong);
         assert_eq!(offsets(&b, ns).await, [0, 1, 2, 3]);
     }
 }
@@ -293,7 +272,7 @@ async fn one_idempotency_key_rule_on_every_transport() {
         for protocol in ["rewind.v1.json", "rewind.v1.msgpack"] {
             let mut c = Client::connect(b.addr, Some(protocol)).await;
             let frame = json!({"t": "publish", "id": 9, "ns": "keys", "event": "e", "idempotency_key": key});
-            match ws_answer(&mut c, frame).await {
+            match c.answer(&frame).await {
                 ServerFrame::Error { code, id, .. } => {
                     assert_eq!(
                         (code.as_str(), id),
@@ -324,7 +303,7 @@ async fn one_idempotency_key_rule_on_every_transport() {
             let mut c = Client::connect(b.addr, Some(protocol)).await;
             let frame = json!({"t": "publish", "id": 1, "ns": "keys", "event": "e", "idempotency_key": key});
             assert_eq!(
-                ws_answer(&mut c, frame).await,
+                c.answer(&frame).await,
                 ServerFrame::Published {
                     id: 1,
                     ns: "keys".into(),
@@ -459,13 +438,15 @@ async fn the_same_value_is_the_same_request_whatever_its_spelling_or_encoding() 
     let mut packed = Client::connect(b.addr, Some("rewind.v1.msgpack")).await;
     let publish = |id: u64, data: Value, key: &str| json!({"t": "publish", "id": id, "ns": "ws1", "event": "a", "data": data, "idempotency_key": key});
     published(
-        ws_answer(&mut packed, publish(2, json!({"x": [1, 2]}), "wk")).await,
+        packed.answer(&publish(2, json!({"x": [1, 2]}), "wk")).await,
         2,
         4,
     );
     // MessagePack first, then JSON text with spaces over both other ways in.
     published(
-        ws_answer(&mut packed, publish(3, json!({"f": 0.5, "s": "é"}), "mk")).await,
+        packed
+            .answer(&publish(3, json!({"f": 0.5, "s": "é"}), "mk"))
+            .await,
         3,
         5,
     );

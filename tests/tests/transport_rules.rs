@@ -15,26 +15,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const PROTOCOLS: [&str; 2] = ["rewind.v1.json", "rewind.v1.msgpack"];
 
-/// Sends a frame in the connection's encoding and returns the next answer that is not a
-/// ping.
-async fn ws_answer(c: &mut Client, frame: &Value) -> ServerFrame {
-    let m = if c.msgpack {
-        Message::Binary(rmp_serde::to_vec_named(frame).unwrap().into())
-    } else {
-        Message::Text(frame.to_string().into())
-    };
-    c.raw(m).await;
-    loop {
-        match c.next().await {
-            ServerMessage::Frame(ServerFrame::Ping) => {}
-            ServerMessage::Frame(f) => return f,
-            ServerMessage::Event(e) => panic!("unexpected event {e:?}"),
-        }
-    }
-}
-
 async fn ws_code(c: &mut Client, frame: &Value) -> String {
-    match ws_answer(c, frame).await {
+    match c.answer(frame).await {
         ServerFrame::Error { code, .. } => code,
         other => panic!("{frame}: expected an error, got {other:?}"),
     }
@@ -304,7 +286,7 @@ async fn with_auto_create_off_a_publish_to_nowhere_is_not_found_on_every_transpo
     for p in PROTOCOLS {
         let mut c = Client::connect(b.addr, Some(p)).await;
         let frame = json!({"t": "publish", "id": 4, "ns": "nowhere", "event": "e"});
-        match ws_answer(&mut c, &frame).await {
+        match c.answer(&frame).await {
             ServerFrame::Error { code, id, ns, .. } => assert_eq!(
                 (code.as_str(), id, ns.as_deref()),
                 ("not_found", Some(4), Some("nowhere")),
@@ -379,7 +361,7 @@ async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() 
             json!({"t": "open", "ns": "ghost"}),
             json!({"t": "open", "ns": "ghost", "from": "earliest", "epoch": "0123456789abcdef"}),
         ] {
-            match ws_answer(&mut c, &frame).await {
+            match c.answer(&frame).await {
                 ServerFrame::Error { code, ns, .. } => {
                     assert_eq!(
                         (code.as_str(), ns.as_deref()),
@@ -489,7 +471,7 @@ async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() 
     let mut c = Client::connect(b.addr, None).await;
     let frame = json!({"t": "publish", "id": 2, "ns": "by.ws", "event": "e"});
     assert!(matches!(
-        ws_answer(&mut c, &frame).await,
+        c.answer(&frame).await,
         ServerFrame::Published {
             id: 2,
             offset: 0,
@@ -503,7 +485,7 @@ async fn reads_subscriptions_and_refusals_create_nothing_publishes_and_put_do() 
     for ns in ["by.http", "by.ws", "by.put"] {
         assert!(exists(&b, ns).await);
         let frame = json!({"t": "open", "ns": ns, "from": "latest"});
-        match ws_answer(&mut c, &frame).await {
+        match c.answer(&frame).await {
             ServerFrame::Opened { ns: got, .. } => assert_eq!(got, ns),
             other => panic!("{ns}: {other:?}"),
         }
