@@ -413,8 +413,11 @@ async fn a_stalled_subscriber_costs_a_cursor_and_does_not_stall_its_neighbours()
     }
     assert_eq!(big, (1..=10).collect::<Vec<_>>());
     eprintln!("RSS growth: {growth} KiB with a stalled subscriber, {base_growth} KiB without");
+    // A subscriber that buffered the log would add its ~50 MB; the store's own growth
+    // varies by ±10 MB between two brokers doing the same work (39–52 MB seen on a busy
+    // machine), so the margin is 24 MiB: well above that noise, well below 50 MB.
     assert!(
-        growth <= base_growth + 16 * 1024,
+        growth <= base_growth + 24 * 1024,
         "RSS grew {growth} KiB with a stalled subscriber, {base_growth} KiB without"
     );
     // More credit: it resumes from the log exactly where it stopped.
