@@ -128,8 +128,15 @@ pub struct Config {
     /// Runs of live events kept per namespace for subscribers that keep up (a run is up to
     /// 256 consecutive events and about 4 KiB of payload, or one larger event); one that
     /// falls further behind reads the log instead. Default 512: about 2 MiB of small
-    /// events per busy namespace, held whether or not its subscribers read.
+    /// events per busy namespace with a subscriber (none without one), within
+    /// `fanout_memory_bytes` for all namespaces together.
     pub fanout_buffer: usize,
+    /// Bytes the live runs of every namespace may hold together, for the whole broker
+    /// (events and their built frames, as `fanout::SharedRun` counts them). Past it the
+    /// oldest runs, whatever their namespace, are let go, and subscribers that still
+    /// needed them read the log. Default 64 MiB; 0 keeps no live runs (every subscriber
+    /// reads the log).
+    pub fanout_memory_bytes: u64,
     /// WebSocket: seconds between the broker's `ping`s. Default 25.
     pub ws_ping_interval_secs: u64,
     /// WebSocket: seconds after a `ping` within which the client must send something,
@@ -191,6 +198,7 @@ impl Default for Config {
             store_cache_bytes: 512 << 20,
             shutdown_timeout_secs: 30,
             fanout_buffer: 512,
+            fanout_memory_bytes: 64 << 20,
             ws_ping_interval_secs: 25,
             ws_ping_timeout_secs: 20,
             ws_max_namespaces: 100,
@@ -389,6 +397,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", value_parser = flag::<usize>("fanout_buffer"),
         help = flag_help("fanout_buffer", "Runs of live events kept per namespace for subscribers"))]
     pub fanout_buffer: Option<usize>,
+    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("fanout_memory_bytes"),
+        help = flag_help("fanout_memory_bytes", "Bytes of live events held for subscribers, for the whole broker"))]
+    pub fanout_memory_bytes: Option<u64>,
     #[arg(long, value_name = "SECS", value_parser = flag::<u64>("ws_ping_interval_secs"),
         help = flag_help("ws_ping_interval_secs", "WebSocket ping interval in seconds"))]
     pub ws_ping_interval_secs: Option<u64>,
@@ -746,6 +757,7 @@ options!(
     store_cache_bytes,
     shutdown_timeout_secs,
     fanout_buffer,
+    fanout_memory_bytes,
     ws_ping_interval_secs,
     ws_ping_timeout_secs,
     ws_max_namespaces,

@@ -1,24 +1,27 @@
 //! Live events shared by every subscriber of a namespace: framed once per encoding.
 //!
-//! After each commit the writer sends the new events of a namespace into that namespace's
-//! bounded broadcast ring — only if someone is subscribed — as runs of consecutive events
-//! ([`SharedRun`], at most [`RUN_MAX_EVENTS`] events and about [`RUN_MAX_BYTES`] of
+//! After each commit the writer hands the new events of a namespace to that namespace's
+//! live ring ([`crate::live`]) — only if someone is subscribed — as runs of consecutive
+//! events ([`SharedRun`], at most [`RUN_MAX_EVENTS`] events and about [`RUN_MAX_BYTES`] of
 //! payload each). Subscribers that keep up take whole runs from the ring; the first one
 //! to need an encoding builds the run's finished WebSocket frames as one buffer, and
 //! every subscriber writes a slice of those same bytes: a run of a hundred events costs a
 //! subscriber one reference count and one piece of a socket write.
 //!
-//! A subscriber that falls more than the ring behind is told it lagged and reads the log
-//! instead, at its own pace; one that runs out of credit takes what the ring still holds
-//! when credit returns and the rest from the log. The ring's memory is per namespace,
-//! never per subscriber, and at most `fanout_buffer` runs.
+//! A subscriber whose next offset is no longer in the ring (it fell more than the ring
+//! behind, or the broker-wide budget let the run go) reads the log instead, at its own
+//! pace; one that runs out of credit takes what the ring still holds when credit returns
+//! and the rest from the log. The ring's memory is per namespace, never per subscriber:
+//! at most `fanout_buffer` runs, and all rings together at most `fanout_memory_bytes`.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use rewind_protocol::frame::{encode_event_json, encode_event_msgpack, ServerFrame};
 use rewind_protocol::Event;
 
+use crate::live::LiveBudget;
 use crate::ws::wire;
 
 /// Events in one run, at most.
@@ -73,42 +76,65 @@ struct Framed {
 }
 
 /// Consecutive committed events of one namespace on their way to live subscribers.
+///
+/// Its memory is counted against the broker's [`LiveBudget`] from creation to drop: the
+/// events (their structs and the bytes of name, key and payload) and, once built, each
+/// encoding's frames.
 #[derive(Debug)]
 pub struct SharedRun {
     ns: Arc<str>,
     events: Vec<Event>,
     json: OnceLock<Framed>,
     msgpack: OnceLock<Framed>,
+    budget: Arc<LiveBudget>,
+    /// Bytes counted against `budget`.
+    charged: AtomicUsize,
+}
+
+impl Drop for SharedRun {
+    fn drop(&mut self) {
+        self.budget
+            .release_run(self.charged.load(Ordering::Acquire));
+    }
 }
 
 impl SharedRun {
     /// Splits consecutive events (offsets increasing by one) into runs no larger than
     /// [`RUN_MAX_EVENTS`] and about [`RUN_MAX_BYTES`]; nothing is encoded until a
     /// subscriber asks.
-    pub fn split(ns: &Arc<str>, events: Vec<Event>) -> Vec<SharedRun> {
+    pub fn split(ns: &Arc<str>, events: Vec<Event>, budget: &Arc<LiveBudget>) -> Vec<SharedRun> {
         let mut runs = Vec::new();
         let mut run: Vec<Event> = Vec::new();
         let mut bytes = 0;
         for ev in events {
             if !run.is_empty() && (run.len() == RUN_MAX_EVENTS || bytes >= RUN_MAX_BYTES) {
-                runs.push(SharedRun::new(ns, std::mem::take(&mut run)));
+                runs.push(SharedRun::new(ns, std::mem::take(&mut run), budget));
                 bytes = 0;
             }
             bytes += ev.data.len() + ev.event.len();
             run.push(ev);
         }
         if !run.is_empty() {
-            runs.push(SharedRun::new(ns, run));
+            runs.push(SharedRun::new(ns, run, budget));
         }
         runs
     }
 
-    fn new(ns: &Arc<str>, events: Vec<Event>) -> SharedRun {
+    fn new(ns: &Arc<str>, events: Vec<Event>, budget: &Arc<LiveBudget>) -> SharedRun {
+        let bytes = std::mem::size_of::<SharedRun>()
+            + events.capacity() * std::mem::size_of::<Event>()
+            + events
+                .iter()
+                .map(|e| e.event.len() + e.key.as_ref().map_or(0, String::len) + e.data.len())
+                .sum::<usize>();
+        budget.charge_run(bytes);
         SharedRun {
             ns: Arc::clone(ns),
             events,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            budget: Arc::clone(budget),
+            charged: AtomicUsize::new(bytes),
         }
     }
 
@@ -141,6 +167,9 @@ impl SharedRun {
                 encode_into(&mut out, &self.ns, ev, encoding);
                 ends.push(out.len());
             }
+            let bytes = out.len() + ends.len() * std::mem::size_of::<usize>();
+            self.charged.fetch_add(bytes, Ordering::AcqRel);
+            self.budget.charge(bytes);
             Framed {
                 bytes: Bytes::from(out),
                 ends,
@@ -227,7 +256,7 @@ mod tests {
                 },
             })
             .collect();
-        let runs = SharedRun::split(&ns, events);
+        let runs = SharedRun::split(&ns, events, &LiveBudget::new(u64::MAX));
         assert_eq!(runs.len(), 1);
         assert_eq!(
             offsets(&runs[0].frames(Encoding::Json, 1, 4)),
@@ -246,7 +275,7 @@ mod tests {
         let mut events: Vec<Event> = (0..3).map(|o| event(o, 1)).collect();
         // Stored before the value rules: a lone surrogate.
         events[1].data = Payload::Json(r#"{"k":"\ud800"}"#.into());
-        let runs = SharedRun::split(&ns, events);
+        let runs = SharedRun::split(&ns, events, &LiveBudget::new(u64::MAX));
         let mut wire: &[u8] = &runs[0].frames(Encoding::Msgpack, 0, 3);
         let mut got = Vec::new();
         while !wire.is_empty() {
@@ -282,13 +311,13 @@ mod tests {
     fn runs_split_by_count_and_size_and_slice_by_offset() {
         let ns: Arc<str> = Arc::from("n");
         let small: Vec<Event> = (10..10 + 600).map(|o| event(o, 10)).collect();
-        let runs = SharedRun::split(&ns, small);
+        let runs = SharedRun::split(&ns, small, &LiveBudget::new(u64::MAX));
         let lens: Vec<u64> = runs.iter().map(|r| r.end() - r.first()).collect();
         assert_eq!(lens, vec![256, 256, 88]);
         assert_eq!(runs[1].first(), 266);
 
         let big: Vec<Event> = (0..5).map(|o| event(o, 2_500)).collect();
-        let lens: Vec<u64> = SharedRun::split(&ns, big)
+        let lens: Vec<u64> = SharedRun::split(&ns, big, &LiveBudget::new(u64::MAX))
             .iter()
             .map(|r| r.end() - r.first())
             .collect();

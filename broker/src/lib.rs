@@ -8,6 +8,7 @@
 //!   concurrent publishes share one `fdatasync`.
 //! - [`namespaces`]: per-namespace state readers see (epoch, the visible end, earliest).
 //! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
+//! - [`live`]: each namespace's ring of live runs, and the one memory budget of them all.
 //! - [`log`]: the handle transports use to publish, read and manage namespaces.
 //! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
 //! - [`ws`]: the WebSocket transport — sessions, multiplexed subscriptions with credit,
@@ -22,6 +23,7 @@ pub mod bench;
 pub mod config;
 pub mod fanout;
 pub mod http;
+pub mod live;
 pub mod log;
 pub mod namespaces;
 pub mod server;

@@ -185,12 +185,12 @@ impl Log {
 
     /// Starts the writer and timers over any store.
     pub fn start(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Log, StoreError> {
-        let namespaces = Arc::new(Namespaces::default());
+        let namespaces = Arc::new(Namespaces::new(
+            config.fanout_buffer,
+            config.fanout_memory_bytes,
+        ));
         for info in store.namespaces()? {
-            namespaces.insert(
-                &info.name,
-                Arc::new(NsState::new(&info, config.fanout_buffer)),
-            );
+            namespaces.insert(&info.name, namespaces.state(&info));
         }
         let (tx, rx) = mpsc::channel(config.write_queue);
         let writer = Writer::new(

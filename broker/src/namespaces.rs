@@ -14,9 +14,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::{broadcast, watch, Notify};
+use tokio::sync::{watch, Notify};
 
 use crate::fanout::SharedRun;
+use crate::live::{LiveBudget, LiveRing, LiveSubscriber};
 use crate::storage::NsInfo;
 
 /// One live namespace as readers see it.
@@ -30,9 +31,9 @@ pub struct NsState {
     visible: watch::Sender<u64>,
     /// The oldest offset still held; moved by retention.
     earliest: AtomicU64,
-    /// Live events for subscribers (see [`crate::fanout`]). Subscribers hold this state,
-    /// so the ring outlives a delete: they learn of it from `deleted`.
-    fanout: broadcast::Sender<Arc<SharedRun>>,
+    /// Live events for subscribers (see [`crate::live`]); empty while nobody subscribes
+    /// and once deleted.
+    live: Arc<LiveRing>,
     /// The name, shared by every event sent to subscribers.
     pub name: Arc<str>,
     /// Turns true, once, when this incarnation is deleted.
@@ -43,14 +44,14 @@ pub struct NsState {
 }
 
 impl NsState {
-    /// State for a namespace the store reports, with a live ring of `fanout_buffer` runs
-    /// of events.
-    pub fn new(info: &NsInfo, fanout_buffer: usize) -> NsState {
+    /// State for a namespace the store reports, with a live ring of at most
+    /// `fanout_buffer` runs of events under the broker's `budget`.
+    pub fn new(info: &NsInfo, fanout_buffer: usize, budget: &Arc<LiveBudget>) -> NsState {
         NsState {
             epoch: info.epoch.clone(),
             visible: watch::Sender::new(info.next),
             earliest: AtomicU64::new(info.earliest),
-            fanout: broadcast::Sender::new(fanout_buffer.max(1)),
+            live: LiveRing::new(fanout_buffer, Arc::clone(budget)),
             name: Arc::from(info.name.as_str()),
             deleted: AtomicBool::new(false),
             on_delete: Notify::new(),
@@ -78,23 +79,29 @@ impl NsState {
     fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.on_delete.notify_waiters();
+        self.live.clear();
     }
 
-    /// A receiver of live events. Subscribe *before* reading `visible`: every event is
-    /// then either below the `visible` read after, or arrives here.
-    pub fn subscribe_live(&self) -> broadcast::Receiver<Arc<SharedRun>> {
-        self.fanout.subscribe()
+    /// Registers a live subscriber for as long as the returned value lives. Subscribe
+    /// *before* reading `visible`: every event is then either below the `visible` read
+    /// after, or pushed to the ring.
+    pub fn subscribe_live(&self) -> LiveSubscriber {
+        self.live.subscribe()
     }
 
     /// True when someone listens for live events.
     pub fn has_subscribers(&self) -> bool {
-        self.fanout.receiver_count() > 0
+        self.live.has_subscribers()
+    }
+
+    /// The budget this namespace's live runs count against.
+    pub fn live_budget(&self) -> &Arc<LiveBudget> {
+        self.live.budget()
     }
 
     /// Hands committed events to live subscribers. Call after [`NsState::publish_visible`].
-    pub fn send_live(&self, run: SharedRun) {
-        // An error only means nobody listens any more.
-        let _ = self.fanout.send(Arc::new(run));
+    pub fn send_live(&self, runs: Vec<SharedRun>) {
+        self.live.push(runs);
     }
 
     /// The offset after the last visible event.
@@ -132,12 +139,36 @@ impl NsState {
 }
 
 /// All live namespaces. The writer inserts and removes; everyone reads.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Namespaces {
     map: RwLock<HashMap<String, Arc<NsState>>>,
+    /// Runs per namespace ring, at most (`fanout_buffer`).
+    fanout_buffer: usize,
+    /// What every ring's runs may hold together (`fanout_memory_bytes`).
+    budget: Arc<LiveBudget>,
 }
 
 impl Namespaces {
+    /// No namespaces yet; each will hold at most `fanout_buffer` runs of live events, and
+    /// all of them together at most `fanout_memory_bytes` bytes.
+    pub fn new(fanout_buffer: usize, fanout_memory_bytes: u64) -> Namespaces {
+        Namespaces {
+            map: RwLock::default(),
+            fanout_buffer,
+            budget: LiveBudget::new(fanout_memory_bytes),
+        }
+    }
+
+    /// The state of a new incarnation the store reports (not yet inserted).
+    pub fn state(&self, info: &NsInfo) -> Arc<NsState> {
+        Arc::new(NsState::new(info, self.fanout_buffer, &self.budget))
+    }
+
+    /// The budget of every namespace's live runs.
+    pub fn live_budget(&self) -> &Arc<LiveBudget> {
+        &self.budget
+    }
+
     /// The namespace's state, if it exists.
     pub fn get(&self, ns: &str) -> Option<Arc<NsState>> {
         self.map
@@ -200,7 +231,7 @@ mod tests {
             next: 0,
             bytes: 0,
         };
-        Arc::new(NsState::new(&info, 4))
+        Arc::new(NsState::new(&info, 4, &LiveBudget::new(u64::MAX)))
     }
 
     /// A waiter that is not woken fails the test instead of hanging it.
@@ -212,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn remove_wakes_every_waiter_of_that_incarnation_only() {
-        let map = Namespaces::default();
+        let map = Namespaces::new(4, u64::MAX);
         let old = state("n", "e1");
         map.insert("n", Arc::clone(&old));
         assert!(!old.is_deleted());
@@ -241,7 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_incarnation_replaced_by_insert_counts_as_deleted() {
-        let map = Namespaces::default();
+        let map = Namespaces::new(4, u64::MAX);
         let old = state("n", "e1");
         map.insert("n", Arc::clone(&old));
         map.insert("n", state("n", "e2"));

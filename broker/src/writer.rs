@@ -222,8 +222,7 @@ impl Writer {
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
         let info = self.store.create(ns, retention)?;
-        self.namespaces
-            .insert(ns, Arc::new(NsState::new(&info, self.config.fanout_buffer)));
+        self.namespaces.insert(ns, self.namespaces.state(&info));
         tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
         Ok(info)
     }
@@ -399,7 +398,5 @@ fn send_live(live: Vec<PendingLive>) {
 }
 
 fn send_runs(state: &NsState, events: Vec<Event>) {
-    for run in SharedRun::split(&state.name, events) {
-        state.send_live(run);
-    }
+    state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
 }

@@ -4,10 +4,11 @@
 //! ### Invariants
 //!
 //! - Offsets yielded strictly increase by one; a jump is announced first with `truncated`.
-//! - At zero credit nothing is read or held: the subscription is its cursor (and a weak
-//!   reference to the run the credit ran out in, which keeps no events alive); the live
-//!   ring it stops reading simply reports it lagged later, after which it reads the log.
-//! - With credit again, it takes what the ring still holds before reading the log.
+//! - At zero credit nothing is read or held: the subscription is its cursor. The ring
+//!   goes on without it (within `fanout_buffer` runs and the broker's
+//!   `fanout_memory_bytes`); what left the ring meanwhile, it reads from the log.
+//! - With credit, it takes the runs the ring holds from its cursor on, and reads the log
+//!   when the ring does not hold its cursor.
 //! - Nothing beyond the namespace's visible end is yielded (the log read is bounded by it,
 //!   and the ring only carries committed events).
 //! - Once the namespace is deleted, the next thing yielded is `closed` with reason
@@ -15,16 +16,16 @@
 //!   deletion, and nothing read from the store after it is sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
 use rewind_protocol::ErrorCode;
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::Notify;
 
 use crate::fanout::{self, Encoding, SharedRun};
+use crate::live::LiveSubscriber;
 use crate::log::{Log, LogError};
 use crate::namespaces::NsState;
 
@@ -96,19 +97,13 @@ pub(super) struct Subscription {
     log: Log,
     state: Arc<NsState>,
     /// Subscribed before the start position was computed from `visible`.
-    live: broadcast::Receiver<Arc<SharedRun>>,
+    live: LiveSubscriber,
     /// The next offset to yield.
     cursor: u64,
     credit: Arc<Credit>,
     encoding: Encoding,
     /// Set once the subscription has said its last word.
     finished: bool,
-    /// The run the credit ran out in, if any. Weak: it does not keep the run's events in
-    /// memory; if the ring has let go of it by the time credit comes, the log has them.
-    cut_short: Option<Weak<SharedRun>>,
-    /// The last events came from the ring, so the next ones are most likely there too
-    /// (a subscription catching up from the log leaves the ring alone).
-    following: bool,
 }
 
 impl Subscription {
@@ -117,7 +112,7 @@ impl Subscription {
     pub(super) fn new(
         log: Log,
         state: Arc<NsState>,
-        live: broadcast::Receiver<Arc<SharedRun>>,
+        live: LiveSubscriber,
         cursor: u64,
         credit: Arc<Credit>,
         encoding: Encoding,
@@ -130,8 +125,6 @@ impl Subscription {
             credit,
             encoding,
             finished: false,
-            cut_short: None,
-            following: false,
         }
     }
 
@@ -184,65 +177,41 @@ impl Subscription {
                 () = self.credit.wait() => {}
                 () = self.state.deleted() => return self.deleted(),
             }
-            // What the ring still holds is cheaper than the log: first the rest of the
-            // run the credit cut short, then whatever the receiver has not taken yet.
-            if let Some(run) = self.cut_short.take().and_then(|w| w.upgrade()) {
-                if self.covers(&run) {
-                    return vec![Yield::Events(self.take_live(&run))];
-                }
-            }
+            // What the ring holds is cheaper than the log.
             let visible = self.state.visible();
-            if self.cursor < visible && self.following {
-                match self.live.try_recv() {
-                    Ok(run) if self.covers(&run) => {
-                        return vec![Yield::Events(self.take_live(&run))]
-                    }
-                    Ok(run) if run.end() <= self.cursor => continue,
-                    Err(TryRecvError::Closed) => return self.deleted(),
-                    // A gap, a lag, or events made visible but not yet in the ring.
-                    Ok(_) | Err(TryRecvError::Empty | TryRecvError::Lagged(_)) => {}
-                }
-            }
             if self.cursor < visible {
-                self.following = false;
+                let max = self.credit.available().min(LIVE_BATCH);
+                let runs = self.live.ring().runs_from(self.cursor, max);
+                if !runs.is_empty() {
+                    return vec![Yield::Events(self.take_live(&runs))];
+                }
                 // Boxed, so a waiting subscription is only as big as its live wait.
                 return Box::pin(self.catch_up(visible)).await;
             }
-            let received = tokio::select! {
-                biased;
-                received = self.live.recv() => received,
-                () = self.state.deleted() => return self.deleted(),
-            };
-            // Committed before the delete, but the log they belong to is gone.
-            if self.state.is_deleted() {
-                return self.deleted();
+            // Nothing to send: wait for the next push. Created before the check, the wait
+            // sees a push made after `visible` was read.
+            let ring = Arc::clone(self.live.ring());
+            let arrived = ring.arrived();
+            if self.state.visible() > self.cursor {
+                continue;
             }
-            match received {
-                Ok(run) if self.covers(&run) => return vec![Yield::Events(self.take_live(&run))],
-                // Older than the cursor: already sent from the log. Ahead of it: the log
-                // has what is in between, and the next round reads it.
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return self.deleted(),
+            tokio::select! {
+                biased;
+                () = arrived => {}
+                () = self.state.deleted() => return self.deleted(),
             }
         }
     }
 
-    /// From the cursor on: what `first` holds and whatever else is already in the ring,
+    /// From the cursor on: what `runs` (consecutive, the first holding the cursor) hold,
     /// as far as the credit goes.
-    fn take_live(&mut self, first: &Arc<SharedRun>) -> Vec<Bytes> {
-        self.following = true;
-        let start = self.cursor;
-        let mut pieces = vec![self.take_from(first)];
-        while self.credit.available() > 0 && self.cursor - start < LIVE_BATCH {
-            match self.live.try_recv() {
-                Ok(run) if self.covers(&run) => pieces.push(self.take_from(&run)),
-                Ok(run) if run.end() <= self.cursor => {}
-                // A jump, a lag or a closed ring: the next step sorts it out.
-                Ok(_)
-                | Err(TryRecvError::Empty | TryRecvError::Lagged(_) | TryRecvError::Closed) => {
-                    break
-                }
+    fn take_live(&mut self, runs: &[Arc<SharedRun>]) -> Vec<Bytes> {
+        let mut pieces = Vec::with_capacity(runs.len());
+        for run in runs {
+            if self.credit.available() == 0 || !self.covers(run) {
+                break;
             }
+            pieces.push(self.take_from(run));
         }
         pieces
     }
@@ -252,16 +221,12 @@ impl Subscription {
         run.first() <= self.cursor && self.cursor < run.end()
     }
 
-    /// The events of `run` from the cursor, as far as the credit goes; a run cut short is
-    /// remembered, weakly, for when credit comes.
-    fn take_from(&mut self, run: &Arc<SharedRun>) -> Bytes {
+    /// The events of `run` from the cursor, as far as the credit goes.
+    fn take_from(&mut self, run: &SharedRun) -> Bytes {
         let n = (run.end() - self.cursor).min(self.credit.available());
         let piece = run.frames(self.encoding, self.cursor, self.cursor + n);
         self.cursor += n;
         self.credit.spend(n);
-        if self.cursor < run.end() {
-            self.cut_short = Some(Arc::downgrade(run));
-        }
         piece
     }
 

@@ -1,0 +1,154 @@
+//! The memory held for stalled subscribers: one budget (`fanout_memory_bytes`) for the
+//! whole broker, given back when they close.
+
+use std::time::{Duration, Instant};
+
+use hyper::StatusCode;
+use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
+use rewind_protocol::Position;
+use rewind_tests::ws::Client;
+use rewind_tests::Broker;
+
+const NAMESPACES: usize = 100;
+/// 1 KB events per namespace, in batches of 500: about 1 MB each, 100 MB in all.
+const BATCHES: usize = 2;
+const BUDGET: u64 = 32 << 20;
+const MIB: u64 = 1024;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn name(i: usize) -> String {
+    format!("busy-{i:03}")
+}
+
+async fn publish(b: &Broker, ns: &str, body: &str) {
+    let r = b
+        .post_json(&format!("/v1/namespaces/{ns}/events"), body)
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+/// Creates every namespace with one small event.
+async fn warm(b: &Broker) {
+    for i in 0..NAMESPACES {
+        publish(b, &name(i), r#"{"event":"warm"}"#).await;
+    }
+}
+
+/// Publishes about 1 MB of 1 KB events to every namespace.
+async fn publish_all(b: &Broker) {
+    let one = format!(r#"{{"event":"big","data":"{}"}}"#, "x".repeat(1000));
+    let batch = format!("[{}]", vec![one.as_str(); 500].join(","));
+    for _ in 0..BATCHES {
+        for i in 0..NAMESPACES {
+            publish(b, &name(i), &batch).await;
+        }
+    }
+}
+
+fn broker() -> Broker {
+    // A small store cache keeps the store's own memory from drowning the signal.
+    Broker::start(&[
+        "--store-cache-bytes",
+        "4194304",
+        "--fanout-memory-bytes",
+        &BUDGET.to_string(),
+    ])
+}
+
+/// Polls RSS until it is at most `limit` KiB or 30 s pass; returns the last value.
+async fn rss_falls_to(b: &Broker, limit: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rss = rss_kib(b.pid());
+        if rss <= limit || Instant::now() > deadline {
+            return rss;
+        }
+        // The broker's allocator gives freed pages back as it works: keep it working.
+        let r = b.get("/healthz").await;
+        assert_eq!(r.status, StatusCode::OK);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_subscriber_on_100_busy_namespaces_is_held_to_the_budget_and_freed_on_close() {
+    // Baseline: the same publishes with nobody subscribed.
+    let base = broker();
+    warm(&base).await;
+    let before = rss_kib(base.pid());
+    publish_all(&base).await;
+    let base_growth = rss_kib(base.pid()).saturating_sub(before);
+    drop(base);
+
+    let b = broker();
+    warm(&b).await;
+    let mut c = Client::connect(b.addr, None).await;
+    for i in 0..NAMESPACES {
+        c.send(&ClientFrame::Open {
+            ns: name(i),
+            from: Position::Latest,
+            epoch: None,
+            credit: 1,
+        })
+        .await;
+    }
+    for _ in 0..NAMESPACES {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Opened { .. }) => {}
+            other => panic!("expected opened, got {other:?}"),
+        }
+    }
+    let before = rss_kib(b.pid());
+    publish_all(&b).await;
+    let stalled = rss_kib(b.pid());
+    let growth = stalled.saturating_sub(before);
+    // Each subscription got exactly its one credited event, the first of the flood.
+    let mut got = vec![0; NAMESPACES];
+    for _ in 0..NAMESPACES {
+        match c.next().await {
+            ServerMessage::Event(e) => {
+                assert_eq!(e.event.offset, 1, "{}", e.ns);
+                let i: usize = e.ns["busy-".len()..].parse().expect("a namespace of ours");
+                got[i] += 1;
+            }
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+    assert!(got.iter().all(|&n| n == 1), "{got:?}");
+    eprintln!(
+        "RSS growth: {growth} KiB with a subscriber stalled on {NAMESPACES} namespaces, \
+         {base_growth} KiB without; budget {} KiB",
+        BUDGET / 1024
+    );
+    // Without the budget each namespace's ring held ~2 MB here (~200 MB in all). The
+    // store's own growth varies by ±10 MB between two brokers doing the same work, so
+    // the margin is 24 MiB.
+    assert!(
+        growth <= base_growth + BUDGET / 1024 + 24 * MIB,
+        "RSS grew {growth} KiB with a stalled subscriber, {base_growth} KiB without"
+    );
+    // Closing gives the held runs back: RSS falls by most of the budget.
+    c.raw(tokio_tungstenite::tungstenite::Message::Close(None))
+        .await;
+    c.close_code().await;
+    let target = stalled.saturating_sub(BUDGET / 1024 / 2);
+    let after = rss_falls_to(&b, target).await;
+    eprintln!("RSS {stalled} KiB while stalled, {after} KiB after the subscriber closed");
+    assert!(
+        after <= target,
+        "RSS {stalled} KiB while stalled, still {after} KiB 30 s after the subscriber closed"
+    );
+}
