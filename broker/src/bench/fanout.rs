@@ -168,11 +168,12 @@ fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Publish(e.to_string())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+pub(super) type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
 /// Connects and opens `ns` from `from` with (practically) unlimited credit; returns once
 /// `opened` has arrived.
-async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchError> {
+pub(super) async fn subscribe(addr: SocketAddr, ns: &str, from: &str) -> Result<Ws, BenchError> {
     subscribe_with_credit(addr, ns, from, u64::from(u32::MAX)).await
 }
 
@@ -205,18 +206,18 @@ async fn subscribe_with_credit(
     }
 }
 
-fn is_event(t: &str) -> bool {
+pub(super) fn is_event(t: &str) -> bool {
     t.starts_with(r#"{"t":"event""#)
 }
 
 /// A keep-alive HTTP/1.1 publisher.
-struct Publisher {
+pub(super) struct Publisher {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     addr: SocketAddr,
 }
 
 impl Publisher {
-    async fn connect(addr: SocketAddr) -> Result<Publisher, BenchError> {
+    pub(super) async fn connect(addr: SocketAddr) -> Result<Publisher, BenchError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -227,7 +228,7 @@ impl Publisher {
     }
 
     /// Creates `ns` with `PUT` (subscribing does not create a namespace).
-    async fn create(&mut self, ns: &str) -> Result<(), BenchError> {
+    pub(super) async fn create(&mut self, ns: &str) -> Result<(), BenchError> {
         let req = Request::builder()
             .method(Method::PUT)
             .uri(format!("/v1/namespaces/{ns}"))
@@ -244,7 +245,7 @@ impl Publisher {
         Ok(())
     }
 
-    async fn post(&mut self, ns: &str, body: String) -> Result<(), BenchError> {
+    pub(super) async fn post(&mut self, ns: &str, body: String) -> Result<(), BenchError> {
         let req = Request::builder()
             .method(Method::POST)
             .uri(format!("/v1/namespaces/{ns}/events"))
@@ -263,7 +264,7 @@ impl Publisher {
     }
 }
 
-fn batch(payload_bytes: usize, n: usize) -> String {
+pub(super) fn batch(payload_bytes: usize, n: usize) -> String {
     let one = format!(
         r#"{{"event":"bench","data":"{}"}}"#,
         "x".repeat(payload_bytes.saturating_sub(2))

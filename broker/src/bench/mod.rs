@@ -4,9 +4,13 @@
 //! - [`fanout`]: WebSocket fan-out, latency, catch-up and idle connections against a
 //!   broker started as a child process, so its CPU time is measured apart from the load
 //!   generator's.
+//! - [`store`]: what the store costs — disk per payload byte, RSS per idle namespace,
+//!   acknowledgement latency at a steady rate, catch-up from beyond the page cache —
+//!   against a broker child process, whatever its store.
 
 pub mod fanout;
 pub mod publish;
+pub mod store;
 mod ws;
 
 use clap::Subcommand;
@@ -24,6 +28,8 @@ pub enum BenchCommand {
     Catchup(fanout::CatchupArgs),
     /// Broker RSS per idle WebSocket connection with one namespace open
     Idle(fanout::IdleArgs),
+    /// The store's costs: disk ÷ payload, RSS per idle namespace, ack latency, cold catch-up
+    Store(store::StoreArgs),
 }
 
 /// Why the benchmark could not run.
