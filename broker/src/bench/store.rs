@@ -86,6 +86,10 @@ pub struct StoreArgs {
     /// catchup: bytes of each event's JSON payload
     #[arg(long, default_value_t = 100)]
     pub catchup_payload_bytes: usize,
+    /// More `rewind serve` flags for every broker started, in one argument separated by
+    /// spaces (e.g. `--serve-args="--store-cache-bytes 4194304"`)
+    #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
+    pub serve_args: Vec<String>,
 }
 
 fn err(e: impl std::fmt::Display) -> BenchError {
@@ -101,12 +105,13 @@ struct Broker {
 }
 
 impl Broker {
-    fn start(dir: &Path) -> Result<Broker, BenchError> {
+    fn start(dir: &Path, extra: &[String]) -> Result<Broker, BenchError> {
         let t0 = Instant::now();
         let mut child = Command::new(std::env::current_exe()?)
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir)
             .args(["--max-connections", "20000"])
+            .args(extra.iter().filter(|a| !a.is_empty()))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()?;
@@ -259,7 +264,7 @@ async fn fill(
 async fn disk(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let b = Broker::start(&data)?;
+    let b = Broker::start(&data, &args.serve_args)?;
     let n = fill(
         b.addr,
         "disk",
@@ -307,13 +312,13 @@ async fn healthy(addr: SocketAddr) -> Result<(), BenchError> {
 
 async fn idle(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let tmp = tempfile::tempdir()?;
-    let empty = Broker::start(&tmp.path().join("empty"))?;
+    let empty = Broker::start(&tmp.path().join("empty"), &args.serve_args)?;
     healthy(empty.addr).await?;
     let empty_rss = empty.rss_kib()?;
     empty.stop()?;
 
     let data = tmp.path().join("data");
-    let b = Broker::start(&data)?;
+    let b = Broker::start(&data, &args.serve_args)?;
     // Eight publishers, each creating its share of the namespaces by publishing to them.
     let mut tasks = Vec::new();
     for w in 0..8 {
@@ -330,7 +335,7 @@ async fn idle(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         t.await.map_err(err)??;
     }
     b.stop()?;
-    let b = Broker::start(&data)?;
+    let b = Broker::start(&data, &args.serve_args)?;
     healthy(b.addr).await?;
     let rss = b.rss_kib()?;
     let startup = b.startup;
@@ -406,7 +411,7 @@ async fn paced_publisher(
 
 async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let tmp = tempfile::tempdir()?;
-    let b = Broker::start(&tmp.path().join("data"))?;
+    let b = Broker::start(&tmp.path().join("data"), &args.serve_args)?;
     let publishers = args.publishers.max(1);
     let mut p = Publisher::connect(b.addr).await?;
     for i in 0..publishers {
@@ -476,7 +481,7 @@ async fn replay(b: &Broker, ns: &str, n: u64) -> Result<(f64, u64), BenchError> 
 async fn catchup(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");
-    let b = Broker::start(&data)?;
+    let b = Broker::start(&data, &args.serve_args)?;
     let n = fill(
         b.addr,
         "replay",
@@ -486,7 +491,7 @@ async fn catchup(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     )
     .await?;
     b.stop()?;
-    let b = Broker::start(&data)?;
+    let b = Broker::start(&data, &args.serve_args)?;
     healthy(b.addr).await?;
     drop_from_page_cache(&data)?;
     let (cold, cold_read) = replay(&b, "replay", n).await?;
