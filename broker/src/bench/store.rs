@@ -276,11 +276,33 @@ async fn disk(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     b.stop()?;
     let (allocated, apparent) = disk_usage(&data)?;
     let payload = n * args.disk_payload_bytes as u64;
+    // Where it is: each entry of the data directory holding at least 1 % of it.
+    let mut parts = Vec::new();
+    for entry in std::fs::read_dir(&data)? {
+        let path = entry?.path();
+        let (bytes, _) = if path.is_dir() {
+            disk_usage(&path)?
+        } else {
+            use std::os::unix::fs::MetadataExt;
+            (std::fs::metadata(&path)?.blocks() * 512, 0)
+        };
+        if bytes * 100 >= allocated {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+            parts.push((bytes, name.unwrap_or_default()));
+        }
+    }
+    parts.sort_unstable_by(|a, b| b.cmp(a));
+    let parts: Vec<String> = parts
+        .iter()
+        .map(|(bytes, name)| format!("{name} {:.1} MiB", *bytes as f64 / (1 << 20) as f64))
+        .collect();
     Ok(vec![Measured::rate(
         format!(
             "on disk after {n} events of {} B and a clean shutdown: {allocated} B allocated \
-             ({apparent} B apparent) for {payload} B of payload: **{:.2}×** ({:.2}× apparent)",
+             ({apparent} B apparent; {}) for {payload} B of payload: **{:.2}×** ({:.2}× \
+             apparent)",
             args.disk_payload_bytes,
+            parts.join(", "),
             allocated as f64 / payload as f64,
             apparent as f64 / payload as f64
         ),
