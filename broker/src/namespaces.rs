@@ -164,11 +164,6 @@ impl Namespaces {
         Arc::new(NsState::new(info, self.fanout_buffer, &self.budget))
     }
 
-    /// The budget of every namespace's live runs.
-    pub fn live_budget(&self) -> &Arc<LiveBudget> {
-        &self.budget
-    }
-
     /// The namespace's state, if it exists.
     pub fn get(&self, ns: &str) -> Option<Arc<NsState>> {
         self.map

@@ -10,7 +10,7 @@
 //!   its dirty mark is durable, so a crash before the next flush gives it a new epoch.
 //! - The queue is bounded; when it is full, callers are told so instead of waiting.
 //! - The writer never waits for a transport or a reader: answers go out on oneshot
-//!   channels and live events into bounded broadcast rings, neither of which blocks. So a
+//!   channels and live events into bounded live rings, neither of which blocks. So a
 //!   session or request may wait for the writer without ever waiting, through it, on
 //!   itself.
 //! - Namespaces are created here only, by a `Put` or by an `Append` when `auto_create` is
