@@ -18,25 +18,11 @@ fn number_before(line: &str, after: &str) -> f64 {
         .unwrap_or_else(|e| panic!("{e}: {:?} in {line}", &line[start..end]))
 }
 
-#[test]
-fn every_store_scenario_runs_and_reports_its_measure() {
+/// Runs `rewind bench store` with `args`; its table's rows.
+fn bench_store(args: &[&str]) -> Vec<String> {
     let out = Command::new(rewind_bin())
-        .args([
-            "bench",
-            "store",
-            "--disk-events",
-            "500",
-            "--namespaces",
-            "50",
-            "--rate",
-            "400",
-            "--seconds",
-            "2",
-            "--publishers",
-            "2",
-            "--catchup-events",
-            "3000",
-        ])
+        .args(["bench", "store"])
+        .args(args)
         .env("RUST_LOG", "warn")
         .output()
         .expect("rewind runs");
@@ -46,18 +32,36 @@ fn every_store_scenario_runs_and_reports_its_measure() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<&str> = stdout.lines().skip(2).collect();
-    assert_eq!(rows.len(), 5, "{stdout}");
+    stdout.lines().skip(2).map(str::to_owned).collect()
+}
+
+#[test]
+fn every_store_scenario_runs_and_reports_its_measure() {
+    let rows = bench_store(&[
+        "--disk-events",
+        "500",
+        "--namespaces",
+        "50",
+        "--rate",
+        "400",
+        "--seconds",
+        "2",
+        "--publishers",
+        "2",
+        "--catchup-events",
+        "3000",
+    ]);
+    assert_eq!(rows.len(), 5, "{rows:#?}");
     // Disk: every event stored, and some bytes for them.
     assert!(
         rows[0].contains("after 500 events of 1024 B"),
         "{}",
         rows[0]
     );
-    assert!(number_before(rows[0], "×**") > 0.0, "{}", rows[0]);
+    assert!(number_before(&rows[0], "×**") > 0.0, "{}", rows[0]);
     // Idle namespaces: an RSS was read for the full broker and the empty one.
     assert!(rows[1].starts_with("| 50 idle namespaces"), "{}", rows[1]);
-    assert!(number_before(rows[1], " KiB, empty broker") > 0.0);
+    assert!(number_before(&rows[1], " KiB, empty broker") > 0.0);
     // Latency: open loop, so exactly rate × seconds publishes, every one answered.
     assert!(rows[2].contains("800 publishes"), "{}", rows[2]);
     // Catch-up: both reads of the whole log, at some rate.
@@ -65,4 +69,23 @@ fn every_store_scenario_runs_and_reports_its_measure() {
     for row in &rows[3..] {
         assert!(number_before(row, " | – | – | – |") > 0.0, "{row}");
     }
+}
+
+#[test]
+fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
+    let rows = bench_store(&[
+        "--only",
+        "latency",
+        "--transport",
+        "http",
+        "--http-connections",
+        "8",
+        "--rate",
+        "300",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].contains("8 HTTP connections"), "{}", rows[0]);
+    assert!(rows[0].contains("300 publishes"), "{}", rows[0]);
 }

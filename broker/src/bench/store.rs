@@ -24,6 +24,8 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -46,6 +48,15 @@ pub enum StoreScenario {
     Latency,
     /// Catch-up from offset 0 with the data files out of the page cache, then in it
     Catchup,
+}
+
+/// How the latency scenario publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LatencyTransport {
+    /// WebSocket connections pipelining single-event publishes
+    Ws,
+    /// Keep-alive HTTP connections, one single-event POST in flight each
+    Http,
 }
 
 /// Options of `rewind bench store`.
@@ -80,6 +91,16 @@ pub struct StoreArgs {
     /// latency: bytes of each event's JSON payload
     #[arg(long, default_value_t = 100)]
     pub latency_payload_bytes: usize,
+    /// latency: how publishers publish: `ws` (`publishers` WebSocket connections, each
+    /// pipelining single events to its own namespace) or `http` (`http_connections`
+    /// keep-alive connections, one single-event POST in flight each, to the `publishers`
+    /// namespaces in turn)
+    #[arg(long, value_enum, default_value_t = LatencyTransport::Ws)]
+    pub transport: LatencyTransport,
+    /// latency, `--transport http`: keep-alive connections; a publish that comes due
+    /// while all are busy waits for one, and that wait is part of its latency
+    #[arg(long, default_value_t = 64)]
+    pub http_connections: usize,
     /// catchup: events in the log
     #[arg(long, default_value_t = 1_000_000)]
     pub catchup_events: u64,
@@ -431,6 +452,41 @@ async fn paced_publisher(
     Ok(hist)
 }
 
+/// The schedule the HTTP connections of the latency scenario share: publish k (to
+/// namespace `lat-{k mod namespaces}`) is due at `start + k × interval`.
+struct HttpSchedule {
+    next: AtomicU64,
+    total: u64,
+    start: TokioInstant,
+    interval: Duration,
+    namespaces: u64,
+    body: String,
+}
+
+/// One HTTP connection of the latency scenario: takes the next publish due, waits until
+/// it is due, posts it; its latency runs from when it was due.
+async fn http_paced(
+    mut conn: Publisher,
+    schedule: Arc<HttpSchedule>,
+) -> Result<Histogram<u64>, BenchError> {
+    let mut hist = Histogram::<u64>::new(3).map_err(err)?;
+    loop {
+        let k = schedule.next.fetch_add(1, Ordering::Relaxed);
+        if k >= schedule.total {
+            return Ok(hist);
+        }
+        let due = schedule.start + schedule.interval.mul_f64(k as f64);
+        tokio::time::sleep_until(due).await;
+        let ns = format!("lat-{}", k % schedule.namespaces);
+        conn.post(&ns, schedule.body.clone()).await?;
+        let us = TokioInstant::now()
+            .saturating_duration_since(due)
+            .as_micros();
+        hist.record(u64::try_from(us).unwrap_or(u64::MAX))
+            .map_err(err)?;
+    }
+}
+
 async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let tmp = tempfile::tempdir()?;
     let b = Broker::start(&tmp.path().join("data"), &args.serve_args)?;
@@ -442,18 +498,42 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let per = (args.rate as f64 / publishers as f64).max(1.0);
     let interval = Duration::from_secs_f64(1.0 / per);
     let total = (per * args.seconds as f64) as u64;
-    // Every publisher connects, then all start on the same schedule.
+    // HTTP connections are made first; WebSocket publishers connect in their task, and
+    // all start on the same schedule.
+    let mut conns = Vec::new();
+    if args.transport == LatencyTransport::Http {
+        for _ in 0..args.http_connections.max(1) {
+            conns.push(Publisher::connect(b.addr).await?);
+        }
+    }
     let start = TokioInstant::now() + Duration::from_millis(500);
     let mut tasks = Vec::new();
-    for i in 0..publishers {
-        tasks.push(tokio::spawn(paced_publisher(
-            b.addr,
-            format!("lat-{i}"),
-            start + interval.mul_f64(i as f64 / publishers as f64),
-            interval,
-            total,
-            args.latency_payload_bytes,
-        )));
+    match args.transport {
+        LatencyTransport::Ws => {
+            for i in 0..publishers {
+                tasks.push(tokio::spawn(paced_publisher(
+                    b.addr,
+                    format!("lat-{i}"),
+                    start + interval.mul_f64(i as f64 / publishers as f64),
+                    interval,
+                    total,
+                    args.latency_payload_bytes,
+                )));
+            }
+        }
+        LatencyTransport::Http => {
+            let schedule = Arc::new(HttpSchedule {
+                next: AtomicU64::new(0),
+                total: total * publishers as u64,
+                start,
+                interval: Duration::from_secs_f64(1.0 / (per * publishers as f64)),
+                namespaces: publishers as u64,
+                body: batch(args.latency_payload_bytes, 1),
+            });
+            for conn in conns {
+                tasks.push(tokio::spawn(http_paced(conn, Arc::clone(&schedule))));
+            }
+        }
     }
     let mut hist = Histogram::<u64>::new(3).map_err(err)?;
     for t in tasks {
@@ -464,11 +544,16 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     let ms = |us: u64| us as f64 / 1000.0;
     Ok(vec![Measured {
         name: format!(
-            "durable publish acknowledgement, open loop at {} events/s for {} s ({} WebSocket \
-             publishers, {} B payloads, {} publishes; p99.9 {:.2} ms), latency from when each \
+            "durable publish acknowledgement, open loop at {} events/s for {} s ({}, {} \
+             namespaces, {} B payloads, {} publishes; p99.9 {:.2} ms), latency from when each \
              publish was due",
             args.rate,
             args.seconds,
+            match args.transport {
+                LatencyTransport::Ws => format!("{publishers} WebSocket publishers"),
+                LatencyTransport::Http =>
+                    format!("{} HTTP connections", args.http_connections.max(1)),
+            },
             publishers,
             args.latency_payload_bytes,
             hist.len(),
