@@ -15,6 +15,7 @@
 //! Mutations are serialized inside each implementation; reads may run concurrently with
 //! them from any thread. Every call may block on disk and must not run on an async worker.
 
+pub(crate) mod manifest;
 pub mod record;
 pub mod sled;
 pub mod wal;
@@ -110,6 +111,21 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// A stored file fails its checks (a checksum, a length, an offset out of sequence):
+    /// the broker refuses to start on it unless told to recover (`rewind serve --recover`).
+    #[error(
+        "damaged file {} at byte {position}: {what}; start with --recover to keep every \
+         valid record (namespaces that lost events get a new epoch)",
+        file.display()
+    )]
+    Damaged {
+        /// The damaged file (or directory, for the idempotency store).
+        file: std::path::PathBuf,
+        /// The byte position where the damage was found.
+        position: u64,
+        /// What is wrong there.
+        what: String,
+    },
     /// Another process has the store open.
     #[error("the store in {0} is in use by another process")]
     Locked(std::path::PathBuf),
@@ -143,15 +159,34 @@ impl From<std::io::Error> for StoreError {
 }
 
 impl StoreError {
-    /// True when the error is the disk being full (`ENOSPC`), which HTTP answers with 507.
+    /// True when the error is the disk being full (`ENOSPC`, or a quota's `EDQUOT`), which
+    /// every transport answers with `storage_full` (HTTP 507). sled re-creates I/O errors
+    /// from their kind, losing the OS code, so the kind counts too.
     pub fn is_disk_full(&self) -> bool {
         const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
         let io = match self {
             StoreError::Io(e) => Some(e),
             StoreError::Sled(::sled::Error::Io(e)) => Some(e),
             _ => None,
         };
-        io.and_then(std::io::Error::raw_os_error) == Some(ENOSPC)
+        // By name: `ErrorKind::StorageFull` is newer than the workspace's rust-version.
+        io.is_some_and(|e| {
+            matches!(e.raw_os_error(), Some(ENOSPC | EDQUOT))
+                || matches!(
+                    format!("{:?}", e.kind()).as_str(),
+                    "StorageFull" | "QuotaExceeded"
+                )
+        })
+    }
+
+    /// A [`StoreError::Damaged`] for `file` at `position`.
+    pub fn damaged(file: &std::path::Path, position: u64, what: impl Into<String>) -> StoreError {
+        StoreError::Damaged {
+            file: file.to_owned(),
+            position,
+            what: what.into(),
+        }
     }
 }
 

@@ -202,7 +202,8 @@ impl SledStore {
         let db = open_db(dir, cache_bytes)?;
         let log_file = File::open(dir.join("db"))?;
         let wal_dir = dir.join("wal");
-        let (wal, ops) = Wal::open(&wal_dir)?;
+        let (wal, opened) = Wal::open(&wal_dir, 0, false)?;
+        let ops = opened.ops;
         let store = SledStore {
             meta: db.open_tree("meta")?,
             idem: db.open_tree("idem")?,

@@ -1,20 +1,21 @@
-//! The write-ahead log that makes every change durable between sled checkpoints.
+//! The write-ahead log that makes every change durable between checkpoints.
 //!
-//! sled's own `flush()` costs about 140 µs of CPU on its I/O thread pool, still needs an
-//! `fdatasync` after it, and after a burst of writes can take seconds (see
-//! `docs/storage.md`). So every change — append, namespace create, retention change,
-//! delete — is also written here, a durable group commit is one `fdatasync` of the current
-//! segment, and sled is flushed only by checkpoints, which run beside the writer.
+//! Every change — append, namespace create, retention change, delete — is written here
+//! first; a durable group commit is one `fdatasync` of the current segment. The event
+//! segment files, the idempotency store and the `manifest` are synced only by checkpoints,
+//! which run beside the writer (see [`super::log_store`]).
 //!
 //! The log is a directory of segments named by a growing sequence number. A checkpoint
-//! starts a new segment, flushes sled, and then deletes the segments before the new one:
-//! everything in them is in sled by then. On open, the segments are read in order and
-//! every operation sled does not have yet is applied again.
+//! starts a new segment, syncs everything else, writes the manifest (which names the new
+//! segment as where replay starts), and then deletes the segments before it. On open, the
+//! segments from the manifest's on are read in order and replayed.
 //!
 //! Segment format: a sequence of frames `len: u32 LE | crc32(body): u32 LE | body`, where
-//! `body` is one [`WalOp`] (see [`encode`]). A torn or corrupt frame at the end of the last
-//! segment ends the log: it was never acknowledged, because its `fdatasync` had not
-//! returned. The same in an earlier segment is corruption.
+//! `body` is one [`WalOp`] (see [`encode`]). A frame that fails its checks at the end of
+//! the last segment, with no valid frame after it, is a torn tail: it was never
+//! acknowledged, because its `fdatasync` had not returned, and it is cut off. A bad frame
+//! anywhere else — before valid frames, or in an older segment — is damage
+//! ([`StoreError::Damaged`]), never silently dropped.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -296,27 +297,78 @@ fn decode_body(body: &[u8]) -> Option<WalOp> {
     r.0.is_empty().then_some(op)
 }
 
+/// The frame at `pos`, if one starts there whose checksum matches and whose body
+/// decodes; with its length.
+fn frame_at(bytes: &[u8], pos: usize) -> Option<(WalOp, usize)> {
+    let head = bytes.get(pos..pos.checked_add(8)?)?;
+    let word = |i: usize| u32::from_le_bytes([head[i], head[i + 1], head[i + 2], head[i + 3]]);
+    let (len, crc) = (word(0) as usize, word(4));
+    let body = bytes.get(pos + 8..(pos + 8).checked_add(len)?)?;
+    if crc32fast::hash(body) != crc {
+        return None;
+    }
+    decode_body(body).map(|op| (op, 8 + len))
+}
+
 /// Decodes every whole, intact frame; returns them and the length of the good prefix.
 pub fn decode_all(bytes: &[u8]) -> (Vec<WalOp>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
-    while bytes.len() - pos >= 8 {
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let (len, crc) = (word(pos) as usize, word(pos + 4));
-        let Some(body) = bytes.get(pos + 8..pos + 8 + len) else {
-            break;
-        };
-        if crc32fast::hash(body) != crc {
-            break;
-        }
-        let Some(op) = decode_body(body) else {
-            break;
-        };
+    while let Some((op, len)) = frame_at(bytes, pos) {
         out.push(op);
-        pos += 8 + len;
+        pos += len;
     }
     (out, pos)
+}
+
+/// The first byte position after `bad` (where a frame fails its checks) from which valid
+/// frames follow each other to the end of the file. With one, the bad frame is damage,
+/// not a torn tail: a torn write only ever loses the end of a file. (A chain that must
+/// reach the end exactly keeps a payload that happens to hold a frame's bytes, inside a
+/// torn last frame, from passing for one.)
+pub fn valid_frames_after(bytes: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..bytes.len()).find(|&p| {
+        let mut pos = p;
+        while let Some((_, len)) = frame_at(bytes, pos) {
+            pos += len;
+        }
+        pos > p && pos == bytes.len()
+    })
+}
+
+/// The next position after `bad` where any valid frame starts (for salvage).
+fn next_valid_frame(bytes: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..bytes.len()).find(|&p| frame_at(bytes, p).is_some())
+}
+
+/// Damage found, and stepped over, while salvaging a segment for `--recover`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Damage {
+    /// The damaged file.
+    pub file: PathBuf,
+    /// Where the damage starts.
+    pub position: u64,
+    /// Bytes skipped (up to the next valid frame or the end of the file).
+    pub bytes: u64,
+}
+
+/// Every valid frame of a segment, stepping over damage byte by byte; with the damaged
+/// ranges, the last of which may be a torn tail (it reaches the end of the file).
+fn salvage(bytes: &[u8]) -> (Vec<WalOp>, Vec<(usize, usize)>) {
+    let mut ops = Vec::new();
+    let mut bad = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        if let Some((op, len)) = frame_at(bytes, pos) {
+            ops.push(op);
+            pos += len;
+            continue;
+        }
+        let resume = next_valid_frame(bytes, pos).unwrap_or(bytes.len());
+        bad.push((pos, resume - pos));
+        pos = resume;
+    }
+    (ops, bad)
 }
 
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
@@ -345,51 +397,106 @@ fn segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(seqs)
 }
 
+/// A place in the log: the segment and the length written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    seq: u64,
+    len: u64,
+}
+
+/// What [`Wal::open`] read.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Every intact operation, oldest first.
+    pub ops: Vec<WalOp>,
+    /// With `recover`: the damage stepped over (a torn tail is not in it).
+    pub damage: Vec<Damage>,
+    /// Bytes of a torn tail cut off the last segment.
+    pub torn_tail_bytes: u64,
+}
+
 /// The open log: the segment being written, and the directory of them all.
 pub struct Wal {
     dir: PathBuf,
     file: File,
     seq: u64,
+    /// Bytes written to the current segment.
+    len: u64,
 }
 
 impl Wal {
-    /// Opens the log in `dir` (creating it) and returns every intact operation it holds,
-    /// oldest first. Writing continues in a new segment.
-    pub fn open(dir: &Path) -> Result<(Wal, Vec<WalOp>), StoreError> {
+    /// Opens the log in `dir` (creating it) and returns every intact operation in the
+    /// segments numbered `from` and up, oldest first; older segments (left by a checkpoint
+    /// that stopped before deleting them) are deleted. Writing continues in a new segment.
+    ///
+    /// A frame that fails its checks at the end of the last segment with no valid frame
+    /// after it is a torn tail, cut off. Any other bad frame is [`StoreError::Damaged`]
+    /// naming the segment and byte; with `recover`, it is stepped over and reported in
+    /// [`Opened::damage`] instead.
+    pub fn open(dir: &Path, from: u64, recover: bool) -> Result<(Wal, Opened), StoreError> {
         std::fs::create_dir_all(dir)?;
+        Self::remove_before(dir, from)?;
         let seqs = segments(dir)?;
-        let mut ops = Vec::new();
+        let mut opened = Opened::default();
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
-            let (seg_ops, good) = decode_all(&bytes);
-            ops.extend(seg_ops);
-            if good < bytes.len() {
-                if i + 1 < seqs.len() {
-                    return Err(StoreError::Corrupt(format!(
-                        "write-ahead log segment {} is damaged at byte {good}",
-                        path.display()
-                    )));
-                }
+            let last = i + 1 == seqs.len();
+            let (ops, good) = decode_all(&bytes);
+            if good == bytes.len() {
+                opened.ops.extend(ops);
+                continue;
+            }
+            let torn = last && valid_frames_after(&bytes, good).is_none();
+            if torn {
+                opened.ops.extend(ops);
                 tracing::warn!(
+                    file = %path.display(),
+                    position = good,
                     discarded = bytes.len() - good,
-                    "write-ahead log ends in a torn frame; discarding it"
+                    "write-ahead log ends in a torn frame; cutting it off"
                 );
                 let f = OpenOptions::new().write(true).open(&path)?;
                 f.set_len(good as u64)?;
                 f.sync_data()?;
+                opened.torn_tail_bytes = (bytes.len() - good) as u64;
+                continue;
+            }
+            if !recover {
+                let what = if last {
+                    "a write-ahead log frame fails its checksum and valid frames follow it"
+                } else {
+                    "a write-ahead log frame fails its checksum before the newest segment"
+                };
+                return Err(StoreError::damaged(&path, good as u64, what));
+            }
+            let (ops, bad) = salvage(&bytes);
+            opened.ops.extend(ops);
+            for (position, len) in bad {
+                tracing::warn!(
+                    file = %path.display(),
+                    position,
+                    bytes = len,
+                    "recover: stepped over damaged write-ahead log bytes"
+                );
+                opened.damage.push(Damage {
+                    file: path.clone(),
+                    position: position as u64,
+                    bytes: len as u64,
+                });
             }
         }
-        let seq = seqs.last().map_or(1, |s| s + 1);
+        let seq = seqs.last().map_or(from.max(1), |s| s + 1);
         let file = Self::create_segment(dir, seq)?;
         Ok((
             Wal {
                 dir: dir.to_owned(),
                 file,
                 seq,
+                len: 0,
             },
-            ops,
+            opened,
         ))
     }
 
@@ -402,10 +509,34 @@ impl Wal {
         Ok(file)
     }
 
+    /// Where the log ends now.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            seq: self.seq,
+            len: self.len,
+        }
+    }
+
     /// Writes frames to the current segment (into the page cache; [`Wal::sync`] makes them
-    /// durable).
+    /// durable). On an error the segment is cut back to where it was, so a refused write
+    /// leaves nothing.
     pub fn write(&mut self, frames: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(frames)?;
+        if let Err(e) = self.file.write_all(frames) {
+            if let Err(cut) = self.cut_back(self.mark()) {
+                tracing::error!(error = %cut, "could not take back a failed write-ahead log write");
+            }
+            return Err(e.into());
+        }
+        self.len += frames.len() as u64;
+        Ok(())
+    }
+
+    /// Cuts the current segment back to `mark` (which must be in it, or the log was
+    /// rotated since and nothing after the mark is in the current segment).
+    pub fn cut_back(&mut self, mark: Mark) -> Result<(), StoreError> {
+        let len = if mark.seq == self.seq { mark.len } else { 0 };
+        self.file.set_len(len)?;
+        self.len = len;
         Ok(())
     }
 
@@ -416,12 +547,13 @@ impl Wal {
     }
 
     /// Syncs the current segment and starts a new one; returns the sequence number below
-    /// which segments may be deleted once sled has been flushed.
+    /// which segments may be deleted once everything in them is checkpointed.
     pub fn rotate(&mut self) -> Result<u64, StoreError> {
         self.file.sync_data()?;
         let next = self.seq + 1;
         self.file = Self::create_segment(&self.dir, next)?;
         self.seq = next;
+        self.len = 0;
         Ok(next)
     }
 
@@ -586,8 +718,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         {
-            let (mut wal, ops) = Wal::open(&wal_dir).unwrap();
-            assert!(ops.is_empty());
+            let (mut wal, opened) = Wal::open(&wal_dir, 0, false).unwrap();
+            assert!(opened.ops.is_empty());
             let mut frames = Vec::new();
             encode(&mut frames, &delete("a"));
             wal.write(&frames).unwrap();
@@ -598,12 +730,17 @@ mod tests {
             wal.write(&frames).unwrap();
             wal.sync().unwrap();
             assert_eq!(segments(&wal_dir).unwrap().len(), 2);
-            let (_, ops) = Wal::open(&wal_dir).unwrap();
-            assert_eq!(ops, [delete("a"), delete("b")]);
+            let (_, opened) = Wal::open(&wal_dir, 0, false).unwrap();
+            assert_eq!(opened.ops, [delete("a"), delete("b")]);
+            assert_eq!(opened.torn_tail_bytes, 5);
             Wal::remove_before(&wal_dir, cut).unwrap();
         }
-        let (_, ops) = Wal::open(&wal_dir).unwrap();
-        assert_eq!(ops, [delete("b")]);
+        let (_, opened) = Wal::open(&wal_dir, 0, false).unwrap();
+        assert_eq!(opened.ops, [delete("b")]);
+        // Replay starts where the manifest says: older segments are gone.
+        let (_, opened) = Wal::open(&wal_dir, 100, false).unwrap();
+        assert!(opened.ops.is_empty());
+        assert_eq!(segments(&wal_dir).unwrap(), [100]);
     }
 
     #[test]
@@ -613,6 +750,67 @@ mod tests {
         std::fs::create_dir_all(&wal_dir).unwrap();
         std::fs::write(segment_path(&wal_dir, 1), [1, 2, 3, 4, 5, 6, 7, 8, 9]).unwrap();
         std::fs::write(segment_path(&wal_dir, 2), []).unwrap();
-        assert!(matches!(Wal::open(&wal_dir), Err(StoreError::Corrupt(_))));
+        match Wal::open(&wal_dir, 0, false) {
+            Err(StoreError::Damaged { file, position, .. }) => {
+                assert_eq!(file, segment_path(&wal_dir, 1));
+                assert_eq!(position, 0);
+            }
+            other => panic!("expected Damaged, got {:?}", other.map(|_| ())),
+        }
+    }
+
+    /// Writes `bytes` as the only (so the newest) segment and opens the log.
+    fn open_one(bytes: &[u8], recover: bool) -> (Result<Opened, StoreError>, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        std::fs::create_dir_all(&wal_dir).unwrap();
+        std::fs::write(segment_path(&wal_dir, 1), bytes).unwrap();
+        let opened = Wal::open(&wal_dir, 0, recover).map(|(_, o)| o);
+        let left = std::fs::read(segment_path(&wal_dir, 1)).unwrap();
+        (opened, left)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// A cut anywhere is a torn tail: the whole frames before it are kept, the rest is
+        /// cut off, and nothing is refused.
+        #[test]
+        fn a_cut_newest_segment_is_a_torn_tail(ops in prop::collection::vec(op(), 1..5), cut in any::<prop::sample::Index>()) {
+            let bytes = encode_all(&ops);
+            let cut = cut.index(bytes.len());
+            let (opened, left) = open_one(&bytes[..cut], false);
+            let opened = opened.unwrap();
+            let kept = encode_all(&opened.ops);
+            prop_assert_eq!(&opened.ops[..], &ops[..opened.ops.len()]);
+            prop_assert_eq!(left, kept.clone());
+            prop_assert_eq!(opened.torn_tail_bytes as usize, cut - kept.len());
+        }
+
+        /// A flipped byte in any frame but the last of the newest segment is damage, named
+        /// by file and the frame's position, never a torn tail; `--recover` keeps every
+        /// other frame.
+        #[test]
+        fn a_flipped_byte_before_valid_frames_is_damage(ops in prop::collection::vec(op(), 2..5), which in any::<prop::sample::Index>(), at in any::<prop::sample::Index>(), flip in 1u8..=255) {
+            let frames: Vec<Vec<u8>> = ops.iter().map(|op| encode_all(std::slice::from_ref(op))).collect();
+            let k = which.index(ops.len() - 1);
+            let start: usize = frames[..k].iter().map(Vec::len).sum();
+            let mut bytes = frames.concat();
+            bytes[start + at.index(frames[k].len())] ^= flip;
+            let (opened, left) = open_one(&bytes, false);
+            match opened {
+                Err(StoreError::Damaged { position, .. }) => prop_assert_eq!(position, start as u64),
+                other => prop_assert!(false, "expected Damaged, got {:?}", other.map(|o| o.ops.len())),
+            }
+            prop_assert_eq!(&left, &bytes);
+            let (recovered, _) = open_one(&bytes, true);
+            let recovered = recovered.unwrap();
+            let mut want = ops.clone();
+            want.remove(k);
+            for op in &want {
+                prop_assert!(recovered.ops.contains(op));
+            }
+            prop_assert_eq!(recovered.damage.first().map(|d| d.position), Some(start as u64));
+        }
     }
 }
