@@ -122,6 +122,10 @@ pub struct Config {
     /// as data is written and read. Default 512 MiB: subscribers replaying a history that
     /// does not fit here catch up at about a third of the speed (`docs/benchmarks.md`).
     pub store_cache_bytes: u64,
+    /// Size at which a namespace's log starts a new segment file, in bytes; retention
+    /// removes whole segments, so a namespace holds up to this much more than its limits
+    /// allow. A segment holds at least one event, however large. Default 16 MiB (16777216).
+    pub segment_bytes: u64,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
     /// Default 30.
     pub shutdown_timeout_secs: u64,
@@ -196,6 +200,7 @@ impl Default for Config {
             auto_create: true,
             max_connections: 10_000,
             store_cache_bytes: 512 << 20,
+            segment_bytes: 16 << 20,
             shutdown_timeout_secs: 30,
             fanout_buffer: 512,
             fanout_memory_bytes: 64 << 20,
@@ -391,6 +396,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("store_cache_bytes"),
         help = flag_help("store_cache_bytes", "Page cache of the embedded store in bytes"))]
     pub store_cache_bytes: Option<u64>,
+    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("segment_bytes"),
+        help = flag_help("segment_bytes", "Size at which a namespace's log starts a new segment file, in bytes"))]
+    pub segment_bytes: Option<u64>,
     #[arg(long, value_name = "SECS", value_parser = flag::<u64>("shutdown_timeout_secs"),
         help = flag_help("shutdown_timeout_secs", "Seconds in-flight requests get to finish on shutdown"))]
     pub shutdown_timeout_secs: Option<u64>,
@@ -474,6 +482,7 @@ const AT_LEAST_ONE: &[&str] = &[
     "max_read_bytes",
     "retention_interval_ms",
     "max_connections",
+    "segment_bytes",
     "fanout_buffer",
     "ws_ping_interval_secs",
     "ws_ping_timeout_secs",
@@ -755,6 +764,7 @@ options!(
     auto_create,
     max_connections,
     store_cache_bytes,
+    segment_bytes,
     shutdown_timeout_secs,
     fanout_buffer,
     fanout_memory_bytes,
@@ -903,6 +913,7 @@ impl Config {
             ("max_read_bytes", self.max_read_bytes as u64),
             ("retention_interval_ms", self.retention_interval_ms),
             ("max_connections", self.max_connections as u64),
+            ("segment_bytes", self.segment_bytes),
             ("fanout_buffer", self.fanout_buffer as u64),
             ("ws_ping_interval_secs", self.ws_ping_interval_secs),
             ("ws_ping_timeout_secs", self.ws_ping_timeout_secs),

@@ -17,6 +17,7 @@
 
 pub(crate) mod manifest;
 pub mod record;
+pub(crate) mod segment;
 pub mod sled;
 pub mod wal;
 
@@ -111,17 +112,17 @@ pub enum StoreError {
     /// Stored bytes do not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
-    /// A stored file fails its checks (a checksum, a length, an offset out of sequence):
-    /// the broker refuses to start on it unless told to recover (`rewind serve --recover`).
+    /// A stored file fails its checks (a checksum, a header, offsets that are not dense)
+    /// somewhere other than a torn tail. The broker refuses to start on it unless told to
+    /// recover (`docs/storage.md`).
     #[error(
-        "damaged file {} at byte {position}: {what}; start with --recover to keep every \
-         valid record (namespaces that lost events get a new epoch)",
+        "damaged file {} at byte {position}: {what}; start with --recover to keep every valid record (namespaces that lost events get a new epoch)",
         file.display()
     )]
     Damaged {
-        /// The damaged file (or directory, for the idempotency store).
+        /// The file.
         file: std::path::PathBuf,
-        /// The byte position where the damage was found.
+        /// Byte position in it where the damage starts (at or before the damaged byte).
         position: u64,
         /// What is wrong there.
         what: String,
