@@ -330,6 +330,11 @@ pub struct ServeArgs {
     /// (`write_queue = 64`, `retention_max_age_secs = "none"`)
     #[arg(long, env = "REWIND_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Start even if stored files are damaged: keep every record whose checksum holds, and
+    /// give each namespace that lost anything a new epoch, its surviving events written
+    /// again after its old `next` (docs/storage.md). Without it, damage refuses the start.
+    #[arg(long)]
+    pub recover: bool,
     #[arg(long, value_name = "HOST:PORT", value_parser = flag::<ListenAddr>("listen"),
         help = flag_help("listen", "Address to listen on; a host name binds its first address"))]
     pub listen: Option<ListenAddr>,

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, Durability, Retention};
 use crate::namespaces::{Namespaces, NsState};
-use crate::storage::sled::SledStore;
+use crate::storage::log_store::LogStore;
+use crate::storage::open::OpenOptions;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
 use crate::writer::{Command, Reply, Writer};
 
@@ -169,15 +170,37 @@ pub struct Log {
 }
 
 impl Log {
-    /// Opens the sled store under `config.data_dir` and starts the writer thread and the
-    /// retention (and, in relaxed mode, flush) timers. Blocks on disk; must be called
-    /// inside a Tokio runtime, from a thread that may block.
+    /// Opens the store under `config.data_dir` and starts the writer thread and the
+    /// retention (and, in relaxed mode, flush) timers. Damaged files refuse the open
+    /// ([`StoreError::Damaged`]). Blocks on disk; must be called inside a Tokio runtime,
+    /// from a thread that may block.
     pub fn open(config: Arc<Config>) -> Result<Log, StoreError> {
-        let (store, reepoched) = SledStore::open(&config.data_dir, config.store_cache_bytes)?;
-        for ns in reepoched {
+        Log::open_with(config, false)
+    }
+
+    /// [`Log::open`], and with `recover` (`rewind serve --recover`) damaged files are
+    /// recovered instead of refused: every valid record is kept and each namespace that
+    /// lost anything gets a new epoch (docs/storage.md).
+    pub fn open_with(config: Arc<Config>, recover: bool) -> Result<Log, StoreError> {
+        let opts = OpenOptions {
+            cache_bytes: config.store_cache_bytes,
+            segment_bytes: config.segment_bytes,
+            recover,
+        };
+        let (store, opened) = LogStore::open(&config.data_dir, opts)?;
+        if !recover {
+            for ns in &opened.new_epochs {
+                tracing::warn!(
+                    ns,
+                    "unclean relaxed-mode shutdown: namespace has a new epoch"
+                );
+            }
+        }
+        if recover {
             tracing::warn!(
-                ns,
-                "unclean relaxed-mode shutdown: namespace has a new epoch"
+                repairs = opened.repairs.len(),
+                new_epochs = opened.new_epochs.len(),
+                "recover: done"
             );
         }
         Log::start(Arc::new(store), config)
@@ -495,6 +518,12 @@ impl Log {
     /// False once shutdown has begun.
     pub fn is_ready(&self) -> bool {
         !*self.inner.shutdown.borrow()
+    }
+
+    /// True while the store's last write, sync or checkpoint failed (a full disk, an I/O
+    /// error); false after the next one succeeds.
+    pub fn storage_failing(&self) -> bool {
+        self.inner.store.is_failing()
     }
 
     /// Wakes waiting readers, stops the timers and reports not ready. Writes are still

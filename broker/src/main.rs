@@ -178,7 +178,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Arc::new(Config::load(&args)?);
     let open_config = Arc::clone(&config);
-    let log = tokio::task::spawn_blocking(move || Log::open(open_config))
+    let recover = args.recover;
+    let log = tokio::task::spawn_blocking(move || Log::open_with(open_config, recover))
         .await
         .context("opening the store")?
         .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;

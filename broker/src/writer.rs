@@ -321,6 +321,10 @@ impl Writer {
                 for ack in group.acks {
                     ack.fail(err.clone());
                 }
+                // The store took back everything since its last sync (creates and deletes
+                // too): the namespaces readers see follow it, so a create that failed
+                // leaves nothing behind.
+                self.reconcile();
             }
         }
         if group.flush {
@@ -328,6 +332,36 @@ impl Writer {
             match flushed {
                 Ok(()) => self.dirty.clear(),
                 Err(e) => tracing::error!(error = %e, "interval flush failed"),
+            }
+        }
+    }
+
+    /// Makes the live namespace states match the store's namespaces.
+    fn reconcile(&mut self) {
+        let infos = match self.store.namespaces() {
+            Ok(infos) => infos,
+            Err(e) => {
+                tracing::error!(error = %e, "listing namespaces after a failed commit");
+                return;
+            }
+        };
+        let names: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+        for (ns, _) in self.namespaces.all() {
+            if !names.contains(ns.as_str()) {
+                self.namespaces.remove(&ns);
+                self.dirty.remove(&ns);
+            }
+        }
+        for info in &infos {
+            let same = self
+                .namespaces
+                .get(&info.name)
+                .is_some_and(|s| s.epoch == info.epoch);
+            if !same {
+                self.namespaces.insert(
+                    &info.name,
+                    Arc::new(NsState::new(info, self.config.fanout_buffer)),
+                );
             }
         }
     }

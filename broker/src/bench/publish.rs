@@ -23,7 +23,8 @@ use super::{BenchError, Measured};
 use crate::config::{Config, Retention};
 use crate::log::Log;
 use crate::server;
-use crate::storage::sled::SledStore;
+use crate::storage::log_store::LogStore;
+use crate::storage::open::OpenOptions;
 use crate::storage::{Storage, StoreError};
 
 /// Numbers the scenarios' namespaces.
@@ -110,18 +111,24 @@ fn bench_event(payload_bytes: usize) -> NewEvent {
     }
 }
 
-/// Appends single events through the store (sled plus its write-ahead log), never
+/// Appends single events through the store (write-ahead log plus segment files), never
 /// syncing, for `seconds`.
 fn raw_store(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError> {
     let dir = tempfile::tempdir()?;
-    let (store, _) = SledStore::open(dir.path(), Config::default().store_cache_bytes)?;
+    let defaults = Config::default();
+    let opts = OpenOptions {
+        cache_bytes: defaults.store_cache_bytes,
+        segment_bytes: defaults.segment_bytes,
+        recover: false,
+    };
+    let (store, _) = LogStore::open(dir.path(), opts)?;
     store.create("bench", Retention::default())?;
     let event = [bench_event(payload_bytes)];
     let rate = repeat_for(seconds, |_| {
         store.append("bench", &event, 0, None).map(drop)
     })?;
     Ok(Measured::rate(
-        "store append (sled + write-ahead log), no sync",
+        "store append (write-ahead log + segment), no sync",
         rate,
     ))
 }

@@ -145,9 +145,22 @@ pub(super) async fn delete(log: &Log, ns: &str) -> Result<Response<Body>, ApiErr
     }
 }
 
-/// `GET /readyz`: 200 while serving, 503 once shutdown has begun.
+/// `GET /readyz`: 200 while serving; 503 `{"status": "storage_failing", ...}` while the
+/// store's last write, sync or checkpoint failed (a full disk), 200 again after the next
+/// success; 503 `shutting_down` once shutdown has begun.
 pub(super) fn ready(log: &Log) -> Response<Body> {
-    if log.is_ready() {
+    if log.is_ready() && log.storage_failing() {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "storage_failing",
+                "error": {
+                    "code": rewind_protocol::ErrorCode::StorageFull.as_str(),
+                    "message": "the store's last write, sync or checkpoint failed (a full disk or an I/O error); publishes are refused until one succeeds",
+                },
+            }),
+        )
+    } else if log.is_ready() {
         response::json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
     } else {
         ApiError::new(

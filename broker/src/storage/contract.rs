@@ -4,7 +4,8 @@ use proptest::prelude::*;
 use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{NewEvent, Payload};
 
-use super::sled::SledStore;
+use super::log_store::LogStore;
+use super::open::OpenOptions;
 use super::{Appended, IdempotencyKey, Storage, StoreError};
 use crate::config::Retention;
 
@@ -21,11 +22,17 @@ trait Subject {
     fn open(dir: &std::path::Path) -> Box<dyn Storage>;
 }
 
-struct Sled;
+struct Segmented;
 
-impl Subject for Sled {
+impl Subject for Segmented {
     fn open(dir: &std::path::Path) -> Box<dyn Storage> {
-        Box::new(SledStore::open(dir, 8 << 20).unwrap().0)
+        // Small segments, so every test crosses segment boundaries.
+        let opts = OpenOptions {
+            cache_bytes: 8 << 20,
+            segment_bytes: 256,
+            recover: false,
+        };
+        Box::new(LogStore::open(dir, opts).unwrap().0)
     }
 }
 
@@ -229,7 +236,7 @@ macro_rules! contract {
     };
 }
 
-contract!(sled, super::Sled);
+contract!(segmented, super::Segmented);
 
 /// One step of the model test.
 #[derive(Debug, Clone)]
@@ -353,7 +360,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn sled_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
-        model_run::<Sled>(ops)?;
+    fn segmented_matches_the_model(ops in prop::collection::vec(op(), 1..40)) {
+        model_run::<Segmented>(ops)?;
     }
 }

@@ -133,10 +133,11 @@ pub(crate) struct Found {
 pub(crate) struct IdemStore {
     dir: PathBuf,
     cache_bytes: u64,
-    /// `None` after a failed checkpoint dropped it; reopened by the next one.
-    db: Option<::sled::Db>,
+    /// `None` after a failed checkpoint dropped it; reopened by the next one. Lookups
+    /// clone the handle under the read lock and never wait for a checkpoint's flush.
+    db: std::sync::RwLock<Option<::sled::Db>>,
     /// Records held as of the last applied batch.
-    records: u64,
+    records: std::sync::atomic::AtomicU64,
 }
 
 /// Opens sled, waiting up to a second for its file lock: a store closed a moment ago in the
@@ -239,8 +240,8 @@ impl IdemStore {
             IdemStore {
                 dir: dir.to_owned(),
                 cache_bytes,
-                db: Some(db),
-                records: found.records,
+                db: std::sync::RwLock::new(Some(db)),
+                records: std::sync::atomic::AtomicU64::new(found.records),
             },
             found,
         ))
@@ -289,15 +290,20 @@ impl IdemStore {
 
     /// Records held as of the last checkpoint.
     pub(crate) fn records(&self) -> u64 {
-        self.records
+        self.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn db(&self) -> Result<&::sled::Db, StoreError> {
-        self.db.as_ref().ok_or_else(|| {
+    fn db(&self) -> Result<::sled::Db, StoreError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
+        db.ok_or_else(|| {
             StoreError::Io(std::io::Error::other(
                 "the idempotency store is closed after a failed checkpoint; the next one reopens it",
             ))
         })
+    }
+
+    fn set_db(&self, db: Option<::sled::Db>) {
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = db;
     }
 
     /// The record under `key`, if any. One that fails its checksum is
@@ -338,23 +344,27 @@ impl IdemStore {
     /// leave it refusing every later call) and reopened from what is on disk by the next
     /// call.
     pub(crate) fn apply(
-        &mut self,
+        &self,
         inserts: &[(Vec<u8>, IdemRecord)],
         removes: &[Vec<u8>],
         generation: u64,
     ) -> Result<u64, StoreError> {
-        if self.db.is_none() {
-            let (store, _) = IdemStore::open(&self.dir, self.cache_bytes)?;
-            *self = store;
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+            let (store, found) = IdemStore::open(&self.dir, self.cache_bytes)?;
+            let db = store.db()?;
+            drop(store);
+            self.records
+                .store(found.records, std::sync::atomic::Ordering::Relaxed);
+            self.set_db(Some(db));
         }
-        let result = self.apply_open(inserts, removes, generation);
-        match result {
+        match self.apply_open(inserts, removes, generation) {
             Ok(records) => {
-                self.records = records;
+                self.records
+                    .store(records, std::sync::atomic::Ordering::Relaxed);
                 Ok(records)
             }
             Err(e) => {
-                self.db = None;
+                self.set_db(None);
                 Err(e)
             }
         }
@@ -375,7 +385,7 @@ impl IdemStore {
         for (k, rec) in inserts {
             after.insert(k, Some(rec));
         }
-        let mut records = self.records;
+        let mut records = self.records();
         let mut batch = ::sled::Batch::default();
         for (k, rec) in after {
             let existed = db.contains_key(k)?;
@@ -452,7 +462,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idem = dir.path().join("idem");
         {
-            let (mut store, found) = IdemStore::open(&idem, 1 << 20).unwrap();
+            let (store, found) = IdemStore::open(&idem, 1 << 20).unwrap();
             assert_eq!(found, Found::default());
             let (a, b) = (key("n", "e", "a"), key("n", "e", "b"));
             assert_eq!(
@@ -487,7 +497,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idem = dir.path().join("idem");
         {
-            let (mut store, _) = IdemStore::open(&idem, 1 << 20).unwrap();
+            let (store, _) = IdemStore::open(&idem, 1 << 20).unwrap();
             store
                 .apply(&[(key("n", "e", "a"), rec(1))], &[], 1)
                 .unwrap();
@@ -521,7 +531,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let idem = dir.path().join("idem");
         {
-            let (mut store, _) = IdemStore::open(&idem, 1 << 20).unwrap();
+            let (store, _) = IdemStore::open(&idem, 1 << 20).unwrap();
             store
                 .apply(&[(key("n", "e", "a"), rec(1))], &[], 1)
                 .unwrap();

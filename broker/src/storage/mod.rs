@@ -16,10 +16,11 @@
 //! them from any thread. Every call may block on disk and must not run on an async worker.
 
 pub(crate) mod idem;
+pub mod log_store;
 pub(crate) mod manifest;
+pub mod open;
 pub mod record;
 pub(crate) mod segment;
-pub mod sled;
 pub mod wal;
 
 use rewind_protocol::idempotency::RequestDigest;
@@ -259,6 +260,12 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Relaxed mode: forgets the dirty marks once a sync has made their writes durable.
     fn clear_dirty(&self) -> Result<(), StoreError>;
+
+    /// True while the last write, sync or checkpoint failed (a full disk, an I/O error);
+    /// false again after the next one succeeds. `/readyz` reports it.
+    fn is_failing(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh random epoch: 16 hex digits.

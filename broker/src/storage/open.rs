@@ -1,0 +1,598 @@
+//! Opening the store: cleaning leftovers, verifying every file, replaying the write-ahead
+//! log, and — only when asked (`rewind serve --recover`) — recovering what damage left.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use super::idem::{self, IdemRecord, IdemStore};
+use super::log_store::{empty_dir, lock, Live, LogStore, Paths};
+use super::manifest::{self, NsEntry};
+use super::segment::{SegmentConfig, SegmentLog};
+use super::wal::{Wal, WalOp};
+use super::{new_epoch, StoreError};
+use crate::config::Retention;
+
+/// How to open.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenOptions {
+    /// sled's page cache for idempotency records, in bytes.
+    pub cache_bytes: u64,
+    /// Size at which a log starts a new segment file.
+    pub segment_bytes: u64,
+    /// Keep every valid record of damaged files; namespaces that lost anything get a new
+    /// epoch. Without it, damage refuses the open.
+    pub recover: bool,
+}
+
+/// What open did that the operator should hear about.
+#[derive(Debug, Default)]
+pub struct Opened {
+    /// Namespaces that got a new epoch: relaxed-mode marks, or recovery.
+    pub new_epochs: Vec<String>,
+    /// One line per repair `--recover` made.
+    pub repairs: Vec<String>,
+}
+
+fn has_data(dir: &Path) -> Result<bool, StoreError> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() || entry.metadata()?.len() > 0 {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every `log/<ns>/<epoch>` directory.
+fn incarnation_dirs(logs: &Path) -> Result<Vec<(String, String)>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(logs) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for ns in entries {
+        let ns = ns?;
+        if !ns.file_type()?.is_dir() {
+            return Err(StoreError::damaged(
+                &ns.path(),
+                0,
+                "a file where a namespace's directory belongs",
+            ));
+        }
+        let name = ns.file_name().to_string_lossy().into_owned();
+        let mut any = false;
+        for epoch in std::fs::read_dir(ns.path())? {
+            let epoch = epoch?;
+            out.push((
+                name.clone(),
+                epoch.file_name().to_string_lossy().into_owned(),
+            ));
+            any = true;
+        }
+        if !any {
+            std::fs::remove_dir(ns.path())?;
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a directory holds no segment data at all (a create whose log frame never made
+/// it, say).
+fn holds_nothing(dir: &Path) -> Result<bool, StoreError> {
+    for entry in std::fs::read_dir(dir)? {
+        if entry?.metadata()?.len() > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn read_dirty(dir: &Path) -> Result<Vec<String>, StoreError> {
+    match std::fs::read_to_string(dir.join("dirty")) {
+        Ok(text) => Ok(text
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// What recovery gathered for one namespace that lost something.
+struct Salvaged {
+    retention: Retention,
+    created_ms: u64,
+    /// The offset after the last one the namespace ever had (as far as anything says).
+    next: u64,
+    earliest: u64,
+    records: BTreeMap<u64, Vec<u8>>,
+    why: String,
+}
+
+impl LogStore {
+    /// Opens (or creates) the store in `dir`. See `docs/storage.md` for what is repaired
+    /// silently (a torn tail), what is refused ([`StoreError::Damaged`]) and what
+    /// `opts.recover` does.
+    pub fn open(dir: &Path, opts: OpenOptions) -> Result<(LogStore, Opened), StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let paths = Paths {
+            dir: dir.to_owned(),
+        };
+        let seg = SegmentConfig {
+            segment_bytes: opts.segment_bytes,
+        };
+        let mut opened = Opened::default();
+        // sled's lock on idem/ is the store's: one process at a time.
+        let (idem_store, found) = match IdemStore::open(&paths.idem(), opts.cache_bytes) {
+            Err(StoreError::Damaged { file, what, .. }) if opts.recover => {
+                let aside = dir.join(format!("idem.damaged-{}", super::now_ms()));
+                std::fs::rename(&file, &aside)?;
+                let line = format!(
+                    "{}: {what}; moved aside to {}, a fresh one is refilled from the write-ahead log (keys of older publishes are forgotten)",
+                    file.display(),
+                    aside.display()
+                );
+                tracing::warn!("recover: {line}");
+                opened.repairs.push(line);
+                IdemStore::open(&paths.idem(), opts.cache_bytes)?
+            }
+            other => other?,
+        };
+        let _ = std::fs::remove_file(dir.join(manifest::TMP));
+        empty_dir(&paths.trash());
+        let mut lost: HashMap<String, Salvaged> = HashMap::new();
+        let manifest = match manifest::read(dir) {
+            Ok(m) => m,
+            Err(StoreError::Damaged {
+                file,
+                position,
+                what,
+            }) if opts.recover => {
+                let line = format!(
+                    "{} at byte {position}: {what}; rebuilt from the segment files, every namespace gets a new epoch",
+                    file.display()
+                );
+                tracing::warn!("recover: {line}");
+                opened.repairs.push(line);
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let rebuild = manifest.is_none() && (has_data(&paths.wal())? || has_data(&paths.logs())?);
+        if rebuild && !opts.recover {
+            return Err(StoreError::damaged(
+                &manifest::path(dir),
+                0,
+                "the manifest is missing while log/ or wal/ holds data",
+            ));
+        }
+        let manifest = manifest.unwrap_or_default();
+        // sled must hold what the manifest's checkpoint left, or the one after it (a
+        // checkpoint that stopped between sled and the manifest).
+        let idem_ok = found.generation == manifest.generation
+            && found.records == manifest.idempotency_records
+            || found.generation == manifest.generation + 1;
+        if !idem_ok && !rebuild {
+            let what = format!(
+                "the idempotency store holds {} records of checkpoint {}, the manifest says {} of checkpoint {}",
+                found.records, found.generation, manifest.idempotency_records, manifest.generation
+            );
+            if !opts.recover {
+                return Err(StoreError::damaged(&paths.idem(), 0, what));
+            }
+            let line = format!("{}: {what}; kept as it is", paths.idem().display());
+            tracing::warn!("recover: {line}");
+            opened.repairs.push(line);
+        }
+        let wal_from = if rebuild { 0 } else { manifest.wal_from };
+        let (wal, wal_read) = Wal::open(&paths.wal(), wal_from, opts.recover)?;
+        let wal_damaged = !wal_read.damage.is_empty();
+        for d in &wal_read.damage {
+            opened.repairs.push(format!(
+                "{} at byte {}: {} damaged bytes stepped over; every namespace gets a new epoch",
+                d.file.display(),
+                d.position,
+                d.bytes
+            ));
+        }
+        let max_lsn = wal_read.ops.iter().map(WalOp::lsn).max().unwrap_or(0);
+        let store = LogStore::new(
+            paths,
+            seg,
+            LogStore::writing_state(wal, max_lsn),
+            idem_store,
+            manifest.generation,
+        );
+        let mut listed: HashSet<(String, String)> = HashSet::new();
+        {
+            let mut w = lock(&store.writing);
+            for e in &manifest.namespaces {
+                listed.insert((e.name.clone(), e.epoch.clone()));
+                if e.deleted {
+                    w.tombstones.insert(e.name.clone(), e.clone());
+                    w.dead.push(store.paths.log(&e.name, &e.epoch));
+                    continue;
+                }
+                match store.open_listed(e) {
+                    Ok(live) => {
+                        store.write_live().insert(e.name.clone(), live);
+                    }
+                    Err(StoreError::Damaged {
+                        file,
+                        position,
+                        what,
+                    }) if opts.recover => {
+                        let records = store.salvage(&e.name, &e.epoch)?;
+                        let line = format!("{} at byte {position}: {what}", file.display());
+                        lost.insert(e.name.clone(), Salvaged::from_entry(e, records, line));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        // Directories the manifest does not list: leftovers of deleted incarnations go,
+        // a create whose log frame never made it left an empty one, and anything else
+        // is damage (or, recovering without a manifest, the data to rebuild from).
+        let mut replay_created = HashSet::new();
+        for op in &wal_read.ops {
+            if let WalOp::Create { ns, epoch, .. } = op {
+                replay_created.insert((ns.clone(), epoch.clone()));
+            }
+        }
+        for (ns, epoch) in incarnation_dirs(&store.paths.logs())? {
+            let key = (ns.clone(), epoch.clone());
+            if listed.contains(&key) || replay_created.contains(&key) {
+                continue;
+            }
+            let path = store.paths.log(&ns, &epoch);
+            if holds_nothing(&path)? {
+                std::fs::remove_dir_all(&path)?;
+                continue;
+            }
+            if !opts.recover {
+                return Err(StoreError::damaged(
+                    &path,
+                    0,
+                    "a namespace log the manifest does not list",
+                ));
+            }
+            let records = store.salvage(&ns, &epoch)?;
+            let line = format!("{}: not listed in the manifest", path.display());
+            let s = lost
+                .entry(ns.clone())
+                .or_insert_with(|| Salvaged::empty(line.clone()));
+            s.absorb(records);
+            lock(&store.writing).dead.push(path);
+        }
+        // Replay.
+        for op in wal_read.ops {
+            store.replay(op, &mut lost)?;
+        }
+        if wal_damaged {
+            let names: Vec<String> = store.read_live().keys().cloned().collect();
+            for ns in names {
+                if !lost.contains_key(&ns) {
+                    let l = store.read_live().get(&ns).cloned();
+                    if let Some(l) = l {
+                        let records = l.log.read(l.earliest, l.next, usize::MAX, usize::MAX)?;
+                        let mut s = Salvaged::from_live(&l, "write-ahead log damaged".into());
+                        s.absorb(records);
+                        lost.insert(ns.clone(), s);
+                        let dir = store.paths.log(&ns, &l.epoch);
+                        store.write_live().remove(&ns);
+                        lock(&store.writing).dead.push(dir);
+                    }
+                }
+            }
+        }
+        // Recovery: every namespace that lost anything starts a new epoch after its old
+        // `next`, its surviving events written again densely.
+        let mut names: Vec<String> = lost.keys().cloned().collect();
+        names.sort();
+        for ns in names {
+            let s = lost
+                .remove(&ns)
+                .unwrap_or_else(|| Salvaged::empty(String::new()));
+            let start = s
+                .next
+                .max(s.records.keys().next_back().map_or(0, |o| o + 1));
+            let live = store.rewrite(
+                &ns,
+                start,
+                s.retention,
+                s.created_ms,
+                s.records.into_values().collect(),
+            )?;
+            let line = format!(
+                "{}; namespace {ns:?} gets epoch {} with {} surviving events at offsets {}..{}",
+                s.why,
+                live.epoch,
+                live.next - start,
+                start,
+                live.next
+            );
+            tracing::warn!("recover: {line}");
+            opened.repairs.push(line);
+            opened.new_epochs.push(ns);
+        }
+        // Relaxed mode: namespaces with writes that may not have been synced.
+        for ns in read_dirty(dir)? {
+            let l = store.read_live().get(&ns).cloned();
+            if let Some(l) = l {
+                let records = l.log.read(l.earliest, l.next, usize::MAX, usize::MAX)?;
+                let recs: Vec<Vec<u8>> = records.into_iter().map(|(_, r)| r).collect();
+                let dir = store.paths.log(&ns, &l.epoch);
+                let mut live = store.rewrite(&ns, l.earliest, l.retention, l.created_ms, recs)?;
+                live.floor = l.floor;
+                store.write_live().insert(ns.clone(), live);
+                lock(&store.writing).dead.push(dir);
+                opened.new_epochs.push(ns);
+            }
+        }
+        super::Storage::checkpoint(&store)?;
+        super::Storage::clear_dirty(&store)?;
+        Ok((store, opened))
+    }
+
+    /// Opens a log the manifest lists, cut back to the manifest's `next`.
+    fn open_listed(&self, e: &NsEntry) -> Result<Live, StoreError> {
+        let dir = self.paths.log(&e.name, &e.epoch);
+        if !dir.is_dir() {
+            return Err(StoreError::damaged(
+                &dir,
+                0,
+                "the manifest lists this namespace log, but it is missing",
+            ));
+        }
+        let (log, report) = SegmentLog::open(&dir, &e.name, &e.epoch, e.earliest, self.seg)?;
+        if let Some(file) = &report.torn_tail_file {
+            tracing::warn!(file = %file.display(), bytes = report.torn_tail_bytes, "a segment ended in a torn frame; cut off");
+        }
+        if log.next() < e.next {
+            return Err(StoreError::damaged(
+                &dir,
+                log.next(),
+                format!(
+                    "the log ends at offset {}, the manifest says {}",
+                    log.next(),
+                    e.next
+                ),
+            ));
+        }
+        if log.first() > e.earliest {
+            return Err(StoreError::damaged(
+                &dir,
+                0,
+                format!(
+                    "the log starts at offset {}, the manifest says {}",
+                    log.first(),
+                    e.earliest
+                ),
+            ));
+        }
+        if log.next() > e.next {
+            // Written after the checkpoint: the write-ahead log has it if it was logged.
+            log.truncate(e.next)?;
+        }
+        let bytes = log.bytes_from(e.earliest)?;
+        Ok(Live {
+            epoch: e.epoch.clone(),
+            created_ms: e.created_ms,
+            retention: e.retention,
+            floor: e.floor,
+            earliest: e.earliest,
+            next: e.next,
+            bytes,
+            log: Arc::new(log),
+        })
+    }
+
+    fn salvage(&self, ns: &str, epoch: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let dir = self.paths.log(ns, epoch);
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let (records, damage) = SegmentLog::salvage(&dir)?;
+        for d in damage {
+            tracing::warn!(file = %d.file.display(), position = d.position, what = %d.what, "recover: damage stepped over");
+        }
+        Ok(records)
+    }
+
+    /// A new incarnation of `ns` at a fresh epoch holding `records` from offset `first`,
+    /// made durable; replaces any live one (whose directory goes to the trash).
+    fn rewrite(
+        &self,
+        ns: &str,
+        first: u64,
+        retention: Retention,
+        created_ms: u64,
+        records: Vec<Vec<u8>>,
+    ) -> Result<Live, StoreError> {
+        let mut live = self.incarnate(ns, new_epoch()?, first, retention)?;
+        live.created_ms = created_ms;
+        for chunk in records.chunks(1024) {
+            live.log.append(chunk)?;
+            live.next += chunk.len() as u64;
+            live.bytes += chunk.iter().map(|r| r.len() as u64).sum::<u64>();
+        }
+        live.log.sync()?;
+        let mut w = lock(&self.writing);
+        if let Some(old) = self.write_live().insert(ns.to_owned(), live.clone()) {
+            w.dead.push(self.paths.log(ns, &old.epoch));
+        }
+        w.tombstones.remove(ns);
+        w.changed = true;
+        Ok(live)
+    }
+
+    /// Applies one logged change at open.
+    fn replay(&self, op: WalOp, lost: &mut HashMap<String, Salvaged>) -> Result<(), StoreError> {
+        let mut w = lock(&self.writing);
+        w.changed = true;
+        match op {
+            WalOp::Create {
+                ns,
+                epoch,
+                floor,
+                retention,
+                ..
+            } => {
+                if let Some(old) = self.write_live().remove(&ns) {
+                    w.dead.push(self.paths.log(&ns, &old.epoch));
+                }
+                let dir = self.paths.log(&ns, &epoch);
+                if dir.exists() {
+                    // Everything in it is in the log, and is written again below.
+                    std::fs::remove_dir_all(&dir)?;
+                }
+                drop(w);
+                let live = self.incarnate(&ns, epoch, floor, retention)?;
+                let mut w = lock(&self.writing);
+                w.written.insert(dir, Arc::clone(&live.log));
+                w.tombstones.remove(&ns);
+                self.write_live().insert(ns, live);
+            }
+            WalOp::SetRetention {
+                ns,
+                epoch,
+                retention,
+                ..
+            } => {
+                if let Some(l) = self.write_live().get_mut(&ns).filter(|l| l.epoch == epoch) {
+                    l.retention = retention;
+                }
+            }
+            WalOp::Delete { ns, epoch, .. } => {
+                let mut live = self.write_live();
+                if let Some(l) = live.get(&ns).filter(|l| l.epoch == epoch) {
+                    let mut tomb = l.entry(&ns);
+                    tomb.deleted = true;
+                    tomb.floor = l.next;
+                    tomb.earliest = l.next;
+                    w.dead.push(self.paths.log(&ns, &epoch));
+                    w.tombstones.insert(ns.clone(), tomb);
+                    live.remove(&ns);
+                }
+                if lost.get(&ns).is_some() {
+                    lost.remove(&ns);
+                }
+            }
+            WalOp::Append {
+                ns,
+                epoch,
+                first,
+                idempotency_key,
+                request,
+                ts_ms,
+                records,
+            } => {
+                if let Some(s) = lost.get_mut(&ns) {
+                    // Recovering this one: the log's records join what was salvaged.
+                    s.absorb(
+                        records
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, r)| (first + i as u64, r))
+                            .collect(),
+                    );
+                    return Ok(());
+                }
+                let Some(l) = self
+                    .read_live()
+                    .get(&ns)
+                    .filter(|l| l.epoch == epoch)
+                    .cloned()
+                else {
+                    return Ok(());
+                };
+                let n = records.len() as u64;
+                if first != l.next {
+                    return Err(StoreError::damaged(
+                        &self.paths.wal(),
+                        0,
+                        format!(
+                            "an append to {ns:?} at offset {first}, but its log ends at {}",
+                            l.next
+                        ),
+                    ));
+                }
+                l.log.append(&records)?;
+                let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
+                if let Some(live) = self.write_live().get_mut(&ns) {
+                    live.next = first + n;
+                    live.bytes += bytes;
+                }
+                w.written
+                    .insert(self.paths.log(&ns, &epoch), Arc::clone(&l.log));
+                if let Some(key) = idempotency_key {
+                    w.pending.insert(
+                        idem::key(&ns, &epoch, &key),
+                        IdemRecord {
+                            first,
+                            last: first + n - 1,
+                            written_ms: ts_ms,
+                            request,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Salvaged {
+    fn empty(why: String) -> Salvaged {
+        Salvaged {
+            retention: Retention::default(),
+            created_ms: super::now_ms(),
+            next: 0,
+            earliest: 0,
+            records: BTreeMap::new(),
+            why,
+        }
+    }
+
+    fn from_entry(e: &NsEntry, records: Vec<(u64, Vec<u8>)>, why: String) -> Salvaged {
+        let mut s = Salvaged {
+            retention: e.retention,
+            created_ms: e.created_ms,
+            next: e.next,
+            earliest: e.earliest,
+            records: BTreeMap::new(),
+            why,
+        };
+        s.absorb(records);
+        s
+    }
+
+    fn from_live(l: &Live, why: String) -> Salvaged {
+        Salvaged {
+            retention: l.retention,
+            created_ms: l.created_ms,
+            next: l.next,
+            earliest: l.earliest,
+            records: BTreeMap::new(),
+            why,
+        }
+    }
+
+    fn absorb(&mut self, records: Vec<(u64, Vec<u8>)>) {
+        for (offset, rec) in records {
+            if offset >= self.earliest {
+                self.next = self.next.max(offset + 1);
+                self.records.entry(offset).or_insert(rec);
+            }
+        }
+    }
+}
