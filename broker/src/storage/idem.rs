@@ -473,13 +473,13 @@ mod tests {
             );
             assert_eq!(
                 store
-                    .apply(&[(a.clone(), rec(1))], &[b.clone()], 2)
+                    .apply(&[(a.clone(), rec(1))], std::slice::from_ref(&b), 2)
                     .unwrap(),
                 1
             );
             assert_eq!(store.get(&a).unwrap(), Some(rec(1)));
             assert_eq!(store.get(&b).unwrap(), None);
-            assert_eq!(store.expired(11).unwrap(), [a.clone()]);
+            assert_eq!(store.expired(11).unwrap(), std::slice::from_ref(&a));
             assert!(store.expired(10).unwrap().is_empty());
         }
         let (_, found) = IdemStore::open(&idem, 1 << 20).unwrap();
