@@ -110,6 +110,12 @@ enum Undo {
         ns: String,
         retention: Retention,
     },
+    Retain {
+        ns: String,
+        epoch: String,
+        earliest: u64,
+        bytes: u64,
+    },
     Delete {
         ns: String,
         live: Box<Live>,
@@ -312,6 +318,17 @@ impl LogStore {
                         Some(t) => w.tombstones.insert(ns, t),
                         None => w.tombstones.remove(&ns),
                     };
+                }
+                Undo::Retain {
+                    ns,
+                    epoch,
+                    earliest,
+                    bytes,
+                } => {
+                    if let Some(l) = self.write_live().get_mut(&ns).filter(|l| l.epoch == epoch) {
+                        l.earliest = earliest;
+                        l.bytes = bytes;
+                    }
                 }
                 Undo::SetRetention { ns, retention } => {
                     if let Some(l) = self.write_live().get_mut(&ns) {
@@ -817,10 +834,22 @@ impl Storage for LogStore {
         if cut == l.earliest {
             return Ok(None);
         }
+        let op = WalOp::Retain {
+            ns: ns.to_owned(),
+            epoch: l.epoch.clone(),
+            earliest: cut,
+        };
+        self.note(Self::log(&mut w, &op))?;
         if let Some(entry) = self.write_live().get_mut(ns) {
             entry.earliest = cut;
             entry.bytes -= removed;
         }
+        w.undo.push(Undo::Retain {
+            ns: ns.to_owned(),
+            epoch: l.epoch,
+            earliest: l.earliest,
+            bytes: l.bytes,
+        });
         // Whole segments go at the next checkpoint, once the manifest has the new earliest.
         w.changed = true;
         Ok(Some(cut))

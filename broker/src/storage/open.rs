@@ -462,6 +462,29 @@ impl LogStore {
                 w.tombstones.remove(&ns);
                 self.write_live().insert(ns, live);
             }
+            WalOp::Retain {
+                ns,
+                epoch,
+                earliest,
+            } => {
+                if let Some(s) = lost.get_mut(&ns) {
+                    s.earliest = s.earliest.max(earliest);
+                    s.records = s.records.split_off(&s.earliest);
+                    return Ok(());
+                }
+                let log = self
+                    .read_live()
+                    .get(&ns)
+                    .filter(|l| l.epoch == epoch)
+                    .map(|l| Arc::clone(&l.log));
+                if let Some(log) = log {
+                    let mut live = self.write_live();
+                    if let Some(l) = live.get_mut(&ns).filter(|l| earliest > l.earliest) {
+                        l.earliest = earliest.min(l.next);
+                        l.bytes = log.bytes_from(l.earliest)?;
+                    }
+                }
+            }
             WalOp::SetRetention {
                 ns,
                 epoch,

@@ -70,6 +70,15 @@ pub enum WalOp {
         /// The new limits.
         retention: Retention,
     },
+    /// Retention removed a namespace's events below `earliest`.
+    Retain {
+        /// The namespace.
+        ns: String,
+        /// The incarnation it applies to.
+        epoch: String,
+        /// The new oldest offset held.
+        earliest: u64,
+    },
     /// A namespace deleted.
     Delete {
         /// Sequence number of this namespace change.
@@ -87,7 +96,7 @@ impl WalOp {
     /// changes it already has.
     pub fn lsn(&self) -> u64 {
         match self {
-            WalOp::Append { .. } => 0,
+            WalOp::Append { .. } | WalOp::Retain { .. } => 0,
             WalOp::Create { lsn, .. }
             | WalOp::SetRetention { lsn, .. }
             | WalOp::Delete { lsn, .. } => *lsn,
@@ -103,6 +112,7 @@ const DELETE: u8 = 4;
 /// An append with a request digest after its idempotency key: a byte (0: none, 1: one
 /// event, 2: a batch), then, unless 0, the 32-byte digest.
 const APPEND_WITH_DIGEST: u8 = 5;
+const RETAIN: u8 = 6;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u16).to_le_bytes());
@@ -178,6 +188,16 @@ pub fn encode(out: &mut Vec<u8>, op: &WalOp) {
             put_str(out, ns);
             put_str(out, epoch);
             put_retention(out, retention);
+        }
+        WalOp::Retain {
+            ns,
+            epoch,
+            earliest,
+        } => {
+            out.push(RETAIN);
+            put_str(out, ns);
+            put_str(out, epoch);
+            out.extend_from_slice(&earliest.to_le_bytes());
         }
         WalOp::Delete { lsn, ns, epoch } => {
             out.push(DELETE);
@@ -291,6 +311,11 @@ fn decode_body(body: &[u8]) -> Option<WalOp> {
             lsn: r.u64()?,
             ns: r.string()?,
             epoch: r.string()?,
+        },
+        RETAIN => WalOp::Retain {
+            ns: r.string()?,
+            epoch: r.string()?,
+            earliest: r.u64()?,
         },
         _ => return None,
     };
@@ -633,6 +658,11 @@ mod tests {
                 }
             }),
             (any::<u64>(), ns, epoch).prop_map(|(lsn, ns, epoch)| WalOp::Delete { lsn, ns, epoch }),
+            (ns, epoch, any::<u64>()).prop_map(|(ns, epoch, earliest)| WalOp::Retain {
+                ns,
+                epoch,
+                earliest
+            }),
         ]
     }
 
