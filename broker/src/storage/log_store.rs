@@ -162,6 +162,9 @@ pub struct LogStore {
     pub(crate) dirty: Mutex<HashSet<String>>,
     /// The last write, sync or checkpoint failed.
     failing: AtomicBool,
+    /// Tests: the next sync fails with `ENOSPC` (what `fdatasync` on a full disk says).
+    #[cfg(test)]
+    pub(crate) fail_next_sync: AtomicBool,
     /// Storage failures since start.
     failures: AtomicU64,
 }
@@ -206,6 +209,8 @@ impl LogStore {
             dirty: Mutex::new(HashSet::new()),
             failing: AtomicBool::new(false),
             failures: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_sync: AtomicBool::new(false),
         }
     }
 
@@ -235,6 +240,16 @@ impl LogStore {
     /// Storage failures since the store was opened.
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    #[cfg(test)]
+    fn take_injected_sync_failure(&self) -> bool {
+        self.fail_next_sync.swap(false, Ordering::Relaxed)
+    }
+
+    #[cfg(not(test))]
+    fn take_injected_sync_failure(&self) -> bool {
+        false
     }
 
     /// Notes how a write, sync or checkpoint went.
@@ -875,6 +890,8 @@ impl Storage for LogStore {
             Err(StoreError::Io(std::io::Error::other(
                 "an earlier sync of the write-ahead log failed; its writes were taken back",
             )))
+        } else if self.take_injected_sync_failure() {
+            Err(StoreError::Io(std::io::Error::from_raw_os_error(28)))
         } else {
             w.wal.sync()
         };

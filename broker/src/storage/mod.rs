@@ -285,3 +285,5 @@ pub fn now_ms() -> u64 {
 
 #[cfg(test)]
 mod contract;
+#[cfg(test)]
+mod store_tests;

@@ -232,6 +232,7 @@ impl LogStore {
                         what,
                     }) if opts.recover => {
                         let records = store.salvage(&e.name, &e.epoch)?;
+                        w.dead.push(store.paths.log(&e.name, &e.epoch));
                         let line = format!("{} at byte {position}: {what}", file.display());
                         lost.insert(e.name.clone(), Salvaged::from_entry(e, records, line));
                     }

@@ -1,0 +1,484 @@
+//! The store across crashes, failed syncs, damaged files and recovery. A crash is a store
+//! dropped without a checkpoint (what `kill -9` leaves: every write in the page cache,
+//! nothing folded since the last checkpoint); damage is bytes changed in the real files.
+
+use std::path::{Path, PathBuf};
+
+use rewind_protocol::idempotency::RequestDigest;
+use rewind_protocol::{NewEvent, Payload};
+
+use super::log_store::LogStore;
+use super::open::{OpenOptions, Opened};
+use super::segment::{SegmentConfig, SegmentLog};
+use super::{record, Appended, IdempotencyKey, Storage, StoreError};
+use crate::config::Retention;
+
+fn ev(data: &str) -> NewEvent {
+    NewEvent {
+        event: "e".into(),
+        key: None,
+        data: Payload::Json(data.into()),
+    }
+}
+
+fn opts(recover: bool) -> OpenOptions {
+    OpenOptions {
+        cache_bytes: 1 << 20,
+        segment_bytes: 1 << 20,
+        recover,
+    }
+}
+
+fn open(dir: &Path) -> LogStore {
+    LogStore::open(dir, opts(false)).unwrap().0
+}
+
+fn refused(dir: &Path) -> (PathBuf, u64, String) {
+    match LogStore::open(dir, opts(false)) {
+        Err(StoreError::Damaged {
+            file,
+            position,
+            what,
+        }) => (file, position, what),
+        Err(e) => panic!("expected Damaged, got {e}"),
+        Ok(_) => panic!("opened a damaged store"),
+    }
+}
+
+fn recover(dir: &Path) -> (LogStore, Opened) {
+    LogStore::open(dir, opts(true)).unwrap()
+}
+
+fn data(store: &LogStore, ns: &str) -> Vec<(u64, String)> {
+    store
+        .read(ns, 0, u64::MAX, usize::MAX, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.data {
+            Payload::Json(s) => (e.offset, s),
+            Payload::Bytes(_) => (e.offset, String::new()),
+        })
+        .collect()
+}
+
+fn key<'a>(k: &'a str, events: &[NewEvent]) -> IdempotencyKey<'a> {
+    IdempotencyKey {
+        key: k,
+        request: RequestDigest::of(events),
+        request_v1: RequestDigest::of_v1(events),
+        batch: events.len() > 1,
+        not_before_ms: 0,
+    }
+}
+
+/// Appends `n` events `"0"`, `"1"`, … one per append, synced.
+fn fill(store: &LogStore, ns: &str, n: u64) {
+    for i in 0..n {
+        store.append(ns, &[ev(&i.to_string())], 1, None).unwrap();
+    }
+    store.sync().unwrap();
+}
+
+fn only_file(dir: &Path, ext: &str) -> PathBuf {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files.pop().expect("a file")
+}
+
+fn log_dir(dir: &Path, ns: &str, epoch: &str) -> PathBuf {
+    dir.join("log").join(ns).join(epoch)
+}
+
+fn flip(file: &Path, at: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at as usize] ^= 0x20;
+    std::fs::write(file, bytes).unwrap();
+}
+
+/// Where the record of the `i`-th frame of a segment starts, for events made by `fill`.
+fn record_position(ns: &str, i: u64) -> u64 {
+    let header = 8 + 8 + 16 + 2 + ns.len() as u64 + 4;
+    let before: u64 = (0..i)
+        .map(|j| 16 + record::encode(&ev(&j.to_string()), 1).len() as u64)
+        .sum();
+    header + before + 16
+}
+
+#[test]
+fn a_crash_replays_the_write_ahead_log_with_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch = [ev("a"), ev("b")];
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        fill(&store, "n", 3);
+        store
+            .append("n", &batch, 5, Some(key("k", &batch)))
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 5);
+    let got = data(&store, "n");
+    assert_eq!(got[3], (3, "a".into()));
+    assert_eq!(
+        store
+            .append("n", &batch, 6, Some(key("k", &batch)))
+            .unwrap(),
+        Appended::Duplicate {
+            first: 3,
+            last: 4,
+            batch: Some(true)
+        }
+    );
+    // Checkpointed on open: one fresh log segment is left.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("wal")).unwrap().count(),
+        1
+    );
+}
+
+#[test]
+fn an_unlogged_batch_tail_is_cut_back_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        fill(&store, "n", 2);
+        store.checkpoint().unwrap();
+        epoch
+    };
+    // A batch whose segment frames reached the disk but whose log frame did not (a torn
+    // log tail): never acknowledged.
+    {
+        let cfg = SegmentConfig {
+            segment_bytes: 1 << 20,
+        };
+        let (log, _) =
+            SegmentLog::open(&log_dir(dir.path(), "n", &epoch), "n", &epoch, 0, cfg).unwrap();
+        let recs: Vec<Vec<u8>> = (0..7)
+            .map(|i| record::encode(&ev(&format!("x{i}")), 1))
+            .collect();
+        log.append(&recs).unwrap();
+        log.sync().unwrap();
+    }
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 2);
+    assert_eq!(data(&store, "n").len(), 2);
+    assert_eq!(
+        store.append("n", &[ev("y")], 1, None).unwrap(),
+        Appended::New { first: 2, last: 2 }
+    );
+}
+
+#[test]
+fn a_torn_log_frame_takes_its_whole_batch_and_key_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let batch: Vec<NewEvent> = (0..20).map(|i| ev(&format!("b{i}"))).collect();
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        fill(&store, "n", 1);
+        store.checkpoint().unwrap();
+        store
+            .append("n", &batch, 5, Some(key("k", &batch)))
+            .unwrap();
+        store.sync().unwrap();
+    }
+    // The batch's frame is torn: its segment frames are all there, its log frame is not.
+    let wal = only_file(&dir.path().join("wal"), "wal");
+    let len = std::fs::metadata(&wal).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 1);
+    assert_eq!(
+        store
+            .append("n", &batch, 6, Some(key("k", &batch)))
+            .unwrap(),
+        Appended::New { first: 1, last: 20 }
+    );
+}
+
+#[test]
+fn a_failed_sync_takes_back_everything_since_the_last_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let epoch = store.create("n", Retention::default()).unwrap().epoch;
+    fill(&store, "n", 2);
+    let one = [ev("lost")];
+    store.append("n", &one, 1, Some(key("k", &one))).unwrap();
+    let created = store.create("fresh", Retention::default()).unwrap().epoch;
+    assert!(store.delete("n").unwrap());
+    store
+        .fail_next_sync
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let err = store.sync().unwrap_err();
+    assert!(err.is_disk_full(), "{err}");
+    assert!(store.is_failing());
+    // As at the last sync: n live with 2 events, no "fresh", no key.
+    let info = store.info("n").unwrap().unwrap();
+    assert_eq!((info.epoch.as_str(), info.next), (epoch.as_str(), 2));
+    assert!(store.info("fresh").unwrap().is_none());
+    assert!(!log_dir(dir.path(), "fresh", &created).exists());
+    // Works again at once: the same offset and key are free.
+    let again = [ev("again")];
+    assert_eq!(
+        store
+            .append("n", &again, 2, Some(key("k", &again)))
+            .unwrap(),
+        Appended::New { first: 2, last: 2 }
+    );
+    store.sync().unwrap();
+    assert!(!store.is_failing());
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(
+        data(&store, "n"),
+        [(0, "0".into()), (1, "1".into()), (2, "again".into())]
+    );
+    assert!(store.info("fresh").unwrap().is_none());
+}
+
+#[test]
+fn a_failed_checkpoint_breaks_neither_publishing_nor_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create("n", Retention::default()).unwrap();
+    fill(&store, "n", 2);
+    // The manifest cannot be written (as on a full disk).
+    std::fs::create_dir(dir.path().join("manifest.tmp")).unwrap();
+    assert!(store.checkpoint().is_err());
+    assert!(store.is_failing());
+    fill(&store, "n", 2);
+    assert!(!store.is_failing());
+    assert!(store.checkpoint().is_err());
+    drop(store);
+    std::fs::remove_dir(dir.path().join("manifest.tmp")).unwrap();
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 4);
+    assert_eq!(data(&store, "n").len(), 4);
+}
+
+#[test]
+fn leftovers_are_cleaned_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    std::fs::write(dir.path().join("manifest.tmp"), b"half").unwrap();
+    std::fs::create_dir_all(dir.path().join("trash/old")).unwrap();
+    std::fs::write(
+        dir.path().join("idem/snap.00000000000000AB.generating"),
+        b"",
+    )
+    .unwrap();
+    drop(open(dir.path()));
+    assert!(!dir.path().join("manifest.tmp").exists());
+    assert!(!dir.path().join("trash/old").exists());
+    assert!(!dir
+        .path()
+        .join("idem/snap.00000000000000AB.generating")
+        .exists());
+}
+
+#[test]
+fn a_damaged_manifest_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        fill(&store, "n", 2);
+        store.checkpoint().unwrap();
+    }
+    let manifest = dir.path().join("manifest");
+    flip(&manifest, 30);
+    let (file, _, what) = refused(dir.path());
+    assert_eq!(file, manifest);
+    assert!(what.contains("checksum"), "{what}");
+    std::fs::remove_file(&manifest).unwrap();
+    let (file, _, what) = refused(dir.path());
+    assert_eq!(file, manifest);
+    assert!(what.contains("missing"), "{what}");
+}
+
+#[test]
+fn a_flipped_byte_in_the_log_before_valid_frames_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        store.checkpoint().unwrap();
+        fill(&store, "n", 3);
+    }
+    let wal = only_file(&dir.path().join("wal"), "wal");
+    flip(&wal, 20);
+    let (file, position, _) = refused(dir.path());
+    assert_eq!((file, position), (wal, 0));
+}
+
+#[test]
+fn a_flipped_byte_in_a_segment_is_refused_and_recovered_with_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (epoch, other) = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        let other = store.create("o", Retention::default()).unwrap().epoch;
+        fill(&store, "n", 5);
+        fill(&store, "o", 2);
+        store.checkpoint().unwrap();
+        (epoch, other)
+    };
+    let seg = only_file(&log_dir(dir.path(), "n", &epoch), "seg");
+    flip(&seg, record_position("n", 2) + 3);
+    let (file, _, _) = refused(dir.path());
+    assert_eq!(file, seg);
+    let (store, opened) = recover(dir.path());
+    assert_eq!(opened.new_epochs, ["n"]);
+    let info = store.info("n").unwrap().unwrap();
+    assert_ne!(info.epoch, epoch);
+    // The four survivors, in order, after the old next: no offset means something else
+    // under any epoch a client held.
+    assert_eq!((info.earliest, info.next), (5, 9));
+    assert_eq!(
+        data(&store, "n"),
+        [
+            (5, "0".into()),
+            (6, "1".into()),
+            (7, "3".into()),
+            (8, "4".into())
+        ]
+    );
+    assert_eq!(store.info("o").unwrap().unwrap().epoch, other);
+    drop(store);
+    // The recovered store opens cleanly.
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 9);
+}
+
+#[test]
+fn a_log_shorter_than_the_manifest_is_refused_and_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        fill(&store, "n", 4);
+        store.checkpoint().unwrap();
+        epoch
+    };
+    let seg = only_file(&log_dir(dir.path(), "n", &epoch), "seg");
+    let len = std::fs::metadata(&seg).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(len - 5)
+        .unwrap();
+    let (file, _, what) = refused(dir.path());
+    assert_eq!(file, log_dir(dir.path(), "n", &epoch));
+    assert!(what.contains("ends at offset 3"), "{what}");
+    let (store, _) = recover(dir.path());
+    let info = store.info("n").unwrap().unwrap();
+    assert_ne!(info.epoch, epoch);
+    assert_eq!((info.earliest, info.next), (4, 7));
+}
+
+#[test]
+fn an_unlisted_log_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()));
+    let stray = log_dir(dir.path(), "stray", "0123456789abcdef");
+    let cfg = SegmentConfig {
+        segment_bytes: 1 << 20,
+    };
+    let log = SegmentLog::create(&stray, "stray", "0123456789abcdef", 0, cfg).unwrap();
+    log.append(&[record::encode(&ev("s"), 1)]).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (file, _, _) = refused(dir.path());
+    assert_eq!(file, stray);
+    let (store, opened) = recover(dir.path());
+    assert_eq!(opened.new_epochs, ["stray"]);
+    assert_eq!(data(&store, "stray"), [(1, "s".into())]);
+}
+
+#[test]
+fn idempotency_records_that_do_not_match_the_manifest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        let one = [ev("1")];
+        store.append("n", &one, 1, Some(key("k", &one))).unwrap();
+        store.sync().unwrap();
+        store.checkpoint().unwrap();
+    }
+    // The manifest claims another count (as if sled had lost a record).
+    let mut m = super::manifest::read(dir.path()).unwrap().unwrap();
+    m.idempotency_records += 1;
+    super::manifest::write(dir.path(), &m).unwrap();
+    let (file, _, what) = refused(dir.path());
+    assert_eq!(file, dir.path().join("idem"));
+    assert!(what.contains("records"), "{what}");
+}
+
+#[test]
+fn a_gap_in_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        store.checkpoint().unwrap();
+        epoch
+    };
+    let op = super::wal::WalOp::Append {
+        ns: "n".into(),
+        epoch,
+        first: 5,
+        idempotency_key: None,
+        request: None,
+        ts_ms: 1,
+        records: vec![record::encode(&ev("x"), 1)],
+    };
+    let mut bytes = Vec::new();
+    super::wal::encode(&mut bytes, &op);
+    std::fs::write(only_file(&dir.path().join("wal"), "wal"), bytes).unwrap();
+    let (_, _, what) = refused(dir.path());
+    assert!(what.contains("offset 5"), "{what}");
+}
+
+#[test]
+fn damaged_idempotency_store_is_moved_aside_by_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        store.create("n", Retention::default()).unwrap();
+        store.checkpoint().unwrap();
+        let one = [ev("1")];
+        store.append("n", &one, 1, Some(key("k", &one))).unwrap();
+        store.sync().unwrap();
+    }
+    let conf = dir.path().join("idem/conf");
+    let len = std::fs::metadata(&conf).unwrap().len() as usize;
+    std::fs::write(&conf, vec![0xa5; len.max(16)]).unwrap();
+    let (file, _, _) = refused(dir.path());
+    assert_eq!(file, dir.path().join("idem"));
+    let (store, opened) = recover(dir.path());
+    assert!(
+        opened.repairs.iter().any(|r| r.contains("moved aside")),
+        "{:?}",
+        opened.repairs
+    );
+    // Refilled from the write-ahead log: the key still answers.
+    let one = [ev("1")];
+    assert!(matches!(
+        store.append("n", &one, 2, Some(key("k", &one))).unwrap(),
+        Appended::Duplicate { first: 0, .. }
+    ));
+}
