@@ -364,7 +364,9 @@ fn a_bad_variable_is_named_as_the_variable() {
     assert!(!err.contains("REWIND_WRITE_QUEUE="), "{err}");
 }
 
-/// Every option `rewind serve --help` lists, with the default it shows.
+/// Every option `rewind serve --help` lists, with the default it shows. `--recover` is
+/// not one: it is what one start is asked to do, never configuration (a TOML file or a
+/// variable that recovered on every start would hide damage for good).
 fn help_options() -> Vec<(String, String)> {
     let out = Command::new(rewind_bin())
         .args(["serve", "--help"])
@@ -373,7 +375,11 @@ fn help_options() -> Vec<(String, String)> {
     let help = String::from_utf8(out.stdout).unwrap();
     help.split("\n      --")
         .skip(1)
-        .filter(|chunk| !chunk.starts_with("config") && !chunk.starts_with("help"))
+        .filter(|chunk| {
+            !chunk.starts_with("config")
+                && !chunk.starts_with("help")
+                && !chunk.starts_with("recover")
+        })
         .map(|chunk| {
             let flag = chunk.split([' ', '\n']).next().unwrap().to_owned();
             let default = chunk

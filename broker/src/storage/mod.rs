@@ -129,6 +129,14 @@ pub enum StoreError {
         /// What is wrong there.
         what: String,
     },
+    /// The directory holds a store in the format before segment files (events in sled),
+    /// which this version does not read.
+    #[error(
+        "{} holds events in sled, as rewind stored them before segment files; this version \
+         does not read that format: start on a new --data-dir",
+        .0.display()
+    )]
+    Incompatible(std::path::PathBuf),
     /// Another process has the store open.
     #[error("the store in {0} is in use by another process")]
     Locked(std::path::PathBuf),

@@ -167,6 +167,10 @@ impl LogStore {
             }
             Err(e) => return Err(e),
         };
+        if manifest.is_none() && dir.join("db").is_file() && dir.join("conf").is_file() {
+            // sled's files at the top level: the store before segment files, events in sled.
+            return Err(StoreError::Incompatible(dir.to_owned()));
+        }
         let rebuild = manifest.is_none() && (has_data(&paths.wal())? || has_data(&paths.logs())?);
         if rebuild && !opts.recover {
             return Err(StoreError::damaged(

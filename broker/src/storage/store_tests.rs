@@ -482,3 +482,15 @@ fn damaged_idempotency_store_is_moved_aside_by_recovery() {
         Appended::Duplicate { first: 0, .. }
     ));
 }
+
+#[test]
+fn a_directory_of_the_sled_era_store_is_refused_not_emptied() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("db"), b"sled").unwrap();
+    std::fs::write(dir.path().join("conf"), b"sled").unwrap();
+    match LogStore::open(dir.path(), opts(false)) {
+        Err(StoreError::Incompatible(d)) => assert_eq!(d, dir.path()),
+        Err(e) => panic!("expected Incompatible, got {e}"),
+        Ok(_) => panic!("opened a sled-era directory as an empty store"),
+    }
+}
