@@ -561,11 +561,21 @@ impl LogStore {
             if nothing {
                 return Ok(());
             }
+            // The writer may have applied appends it has not synced yet: taking them back
+            // here would let its next sync acknowledge what is gone. So a failure here
+            // poisons the store and the writer's next sync takes everything back.
             if w.poisoned {
-                self.roll_back(&mut w);
+                return Err(StoreError::Io(std::io::Error::other(
+                    "a write-ahead log write could not be taken back; the next sync takes back everything since the last one",
+                )));
             }
-            if let Err(e) = w.wal.sync() {
-                self.roll_back(&mut w);
+            let synced = if self.take_injected_sync_failure() {
+                Err(StoreError::Io(std::io::Error::from_raw_os_error(28)))
+            } else {
+                w.wal.sync()
+            };
+            if let Err(e) = synced {
+                w.poisoned = true;
                 return Err(e);
             }
             w.undo.clear();

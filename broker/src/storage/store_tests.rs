@@ -494,3 +494,23 @@ fn a_directory_of_the_sled_era_store_is_refused_not_emptied() {
         Ok(_) => panic!("opened a sled-era directory as an empty store"),
     }
 }
+
+/// A checkpoint never takes back what the writer applied and is about to sync: if its own
+/// sync fails, the writer's next sync fails too, and takes everything back.
+#[test]
+fn a_checkpoint_that_cannot_sync_makes_the_next_sync_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.create("n", Retention::default()).unwrap();
+    fill(&store, "n", 1);
+    store.append("n", &[ev("pending")], 1, None).unwrap();
+    store
+        .fail_next_sync
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(store.checkpoint().unwrap_err().is_disk_full());
+    assert!(store.sync().is_err());
+    assert_eq!(store.info("n").unwrap().unwrap().next, 1);
+    fill(&store, "n", 1);
+    store.checkpoint().unwrap();
+    assert_eq!(data(&store, "n"), [(0, "0".into()), (1, "0".into())]);
+}
