@@ -2,6 +2,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 
+use super::frame::*;
 use super::*;
 
 const NS: &str = "orders";
