@@ -104,10 +104,17 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The segment files of `dir`, sorted by base offset; any other entry is damage.
+/// The segment files of `dir`, sorted by base offset; any other entry, or no `dir`, is
+/// damage.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut found = Vec::new();
-    for entry in fs::read_dir(dir)? {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(damaged(dir.to_owned(), 0, "the log's directory is missing"));
+        }
+        entries => entries?,
+    };
+    for entry in entries {
         let path = entry?.path();
         let base = path
             .file_name()
@@ -134,9 +141,41 @@ struct Seg {
     next: u64,
     /// (offset, position) of a frame about every [`INDEX_EVERY`] bytes, past the first.
     index: Vec<(u64, u64)>,
+    /// Position of the last index point (the first frame's, if none).
+    indexed_to: u64,
+}
+
+/// A segment's extent and the index point for one offset, copied out from under the lock.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    base: u64,
+    len: u64,
+    next: u64,
+    /// (offset, position) of a frame at or before the offset asked for.
+    point: (u64, u64),
 }
 
 impl Seg {
+    /// A segment with its header alone.
+    fn empty(base: u64, header_len: u64) -> Seg {
+        Seg {
+            base,
+            len: header_len,
+            next: base,
+            index: Vec::new(),
+            indexed_to: header_len,
+        }
+    }
+
+    fn span(&self, offset: u64, header_len: u64) -> Span {
+        Span {
+            base: self.base,
+            len: self.len,
+            next: self.next,
+            point: self.point(offset, header_len),
+        }
+    }
+
     /// The last indexed frame at or before `offset`, or the first frame.
     fn point(&self, offset: u64, header_len: u64) -> (u64, u64) {
         let i = self.index.partition_point(|&(o, _)| o <= offset);
@@ -144,10 +183,10 @@ impl Seg {
             .map_or((self.base, header_len), |i| self.index[i])
     }
 
-    fn add_frame(&mut self, offset: u64, pos: u64, frame_len: u64, header_len: u64) {
-        let last = self.index.last().map_or(header_len, |&(_, p)| p);
-        if pos >= last + INDEX_EVERY {
+    fn add_frame(&mut self, offset: u64, pos: u64, frame_len: u64) {
+        if pos >= self.indexed_to + INDEX_EVERY {
             self.index.push((offset, pos));
+            self.indexed_to = pos;
         }
         self.len = pos + frame_len;
         self.next = offset + 1;
@@ -394,7 +433,11 @@ impl SegmentLog {
         }
         let mut w = lock(&self.writer);
         self.finish_pending(&mut w)?;
-        let last = lock(&self.state).segs.last().cloned();
+        // The last segment without its index: new index points are added to it at the end.
+        let last = lock(&self.state).segs.last().map(|s| Seg {
+            index: Vec::new(),
+            ..*s
+        });
         // Plan: the frames of each segment written to, the first maybe the last one's.
         let mut parts: Vec<(Seg, Vec<u8>)> = Vec::new();
         let start = last.as_ref().map_or_else(|| self.next(), |s| s.next);
@@ -407,18 +450,13 @@ impl SegmentLog {
             };
             if roll {
                 parts.extend(cur.take());
-                let seg = Seg {
-                    base: next,
-                    len: self.header_len,
-                    next,
-                    index: Vec::new(),
-                };
+                let seg = Seg::empty(next, self.header_len);
                 cur = Some((seg, encode_header(next, &self.epoch, &self.ns)));
             }
             let (seg, buf) = cur.as_mut().expect("a segment to write to");
             let pos = seg.len;
             encode_frame(buf, next, rec);
-            seg.add_frame(next, pos, frame_len, self.header_len);
+            seg.add_frame(next, pos, frame_len);
         }
         parts.extend(cur);
         parts.retain(|(_, buf)| !buf.is_empty());
@@ -448,7 +486,10 @@ impl SegmentLog {
         let mut st = lock(&self.state);
         for (seg, _) in parts {
             match st.segs.last_mut() {
-                Some(s) if s.base == seg.base => *s = seg,
+                Some(s) if s.base == seg.base => {
+                    s.index.extend(seg.index);
+                    (s.len, s.next, s.indexed_to) = (seg.len, seg.next, seg.indexed_to);
+                }
                 _ => st.segs.push(seg),
             }
         }
@@ -508,7 +549,11 @@ impl SegmentLog {
             )));
         }
         loop {
-            let Some(seg) = lock(&self.state).segs.last().cloned() else {
+            let last = lock(&self.state)
+                .segs
+                .last()
+                .map(|s| s.span(next, self.header_len));
+            let Some(seg) = last else {
                 return Ok(());
             };
             if seg.next <= next {
@@ -534,15 +579,16 @@ impl SegmentLog {
             s.len = pos;
             s.next = next;
             s.index.retain(|&(o, _)| o < next);
+            s.indexed_to = s.index.last().map_or(self.header_len, |&(_, p)| p);
             st.generation += 1;
             return Ok(());
         }
     }
 
     /// The position of `offset`'s frame in `seg` (or its end, for `seg.next`), found by
-    /// walking frame headers from the nearest index point.
-    fn position_of(&self, seg: &Seg, offset: u64) -> Result<u64, StoreError> {
-        let (mut at, mut pos) = seg.point(offset, self.header_len);
+    /// walking frame headers from `seg.point`, which must be at or before it.
+    fn position_of(&self, seg: &Span, offset: u64) -> Result<u64, StoreError> {
+        let (mut at, mut pos) = seg.point;
         if at == offset {
             return Ok(pos);
         }
@@ -613,7 +659,7 @@ impl SegmentLog {
                 let Some(i) = st.find(at) else {
                     return Err(StoreError::Corrupt(format!("offset {at} in no segment")));
                 };
-                (st.segs[i].clone(), st.generation)
+                (st.segs[i].span(at, self.header_len), st.generation)
             };
             match self.read_segment(&seg, at, until, max_events, max_bytes, &mut bytes, &mut out) {
                 Ok(end) if end < seg.next => break,
@@ -635,7 +681,7 @@ impl SegmentLog {
     #[allow(clippy::too_many_arguments)]
     fn read_segment(
         &self,
-        seg: &Seg,
+        seg: &Span,
         at: u64,
         until: u64,
         max_events: usize,
@@ -645,7 +691,7 @@ impl SegmentLog {
     ) -> Result<u64, StoreError> {
         let path = self.path(seg.base);
         let file = File::open(&path)?;
-        let (mut offset, mut pos) = seg.point(at, self.header_len);
+        let (mut offset, mut pos) = seg.point;
         // Each pread fetches about what the rest of the read needs, by the segment's mean
         // frame size and an eighth more, within MIN_READ..=MAX_READ.
         let frames = (seg.next - seg.base).max(1);
@@ -684,28 +730,23 @@ impl SegmentLog {
     /// Record bytes (as `NsInfo::bytes` counts them: records, not frames or headers) of
     /// the offsets from `from` (or `first()`, if later) to `next()`.
     pub(crate) fn bytes_from(&self, from: u64) -> Result<u64, StoreError> {
+        let records = |s: &Seg| s.len - self.header_len - FRAME_HEADER * (s.next - s.base);
         loop {
-            let (segs, generation) = {
+            // The segment `from` falls in, if inside one, and the bytes of those after it.
+            let (inside, after, generation) = {
                 let st = lock(&self.state);
                 let i = st.segs.partition_point(|s| s.next <= from);
-                (st.segs[i..].to_vec(), st.generation)
+                let inside = st.segs.get(i).filter(|s| s.base < from);
+                let rest = &st.segs[i + usize::from(inside.is_some())..];
+                let after: u64 = rest.iter().map(records).sum();
+                let inside = inside.map(|s| s.span(from, self.header_len));
+                (inside, after, st.generation)
             };
-            let mut total = 0;
-            let mut result = Ok(());
-            for (i, s) in segs.iter().enumerate() {
-                let frames_bytes = s.len - self.header_len;
-                let count = s.next - s.base;
-                if i == 0 && from > s.base {
-                    match self.position_of(s, from) {
-                        Ok(pos) => total += (s.len - pos) - FRAME_HEADER * (s.next - from),
-                        Err(e) => result = Err(e),
-                    }
-                } else {
-                    total += frames_bytes - FRAME_HEADER * count;
-                }
-            }
-            match result {
-                Ok(()) => return Ok(total),
+            let Some(seg) = inside else {
+                return Ok(after);
+            };
+            match self.position_of(&seg, from) {
+                Ok(pos) => return Ok(after + (seg.len - pos) - FRAME_HEADER * (seg.next - from)),
                 Err(e) if lock(&self.state).generation == generation => return Err(e),
                 Err(_) => continue,
             }
@@ -748,12 +789,7 @@ impl SegmentLog {
                 }
                 w.active = None;
                 let mut st = lock(&self.state);
-                st.segs.push(Seg {
-                    base: next,
-                    len: self.header_len,
-                    next,
-                    index: Vec::new(),
-                });
+                st.segs.push(Seg::empty(next, self.header_len));
             }
             &bases[..]
         };
@@ -893,12 +929,7 @@ fn verify(
             }
         }
     }
-    let mut seg = Seg {
-        base,
-        len: hlen,
-        next: base,
-        index: Vec::new(),
-    };
+    let mut seg = Seg::empty(base, hlen);
     loop {
         let pos = seg.len;
         if pos == w.end {
@@ -907,7 +938,7 @@ fn verify(
         let found = match w.frame(pos)? {
             Decoded::Frame { offset, record } if offset == seg.next => {
                 let frame_len = FRAME_HEADER + record.len() as u64;
-                seg.add_frame(offset, pos, frame_len, hlen);
+                seg.add_frame(offset, pos, frame_len);
                 continue;
             }
             Decoded::Frame { offset, .. } => {

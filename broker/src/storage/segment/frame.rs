@@ -170,7 +170,7 @@ impl<'f> Window<'f> {
         while at + FRAME_HEADER <= self.end {
             let head = self.at(at, FRAME_HEADER as usize)?;
             let offset = u64::from_le_bytes(head[8..16].try_into().unwrap_or_default());
-            let most = lower + (self.end - at) / FRAME_HEADER;
+            let most = lower.saturating_add((self.end - at) / FRAME_HEADER);
             if (lower..=most).contains(&offset) {
                 if let Decoded::Frame { offset, .. } = self.frame(at)? {
                     return Ok(Some((at, offset)));

@@ -205,6 +205,44 @@ proptest! {
 }
 
 #[test]
+fn reads_truncates_and_byte_counts_start_from_the_sparse_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("log");
+    let log = SegmentLog::create(&dir, NS, EPOCH, 0, cfg(1 << 20)).unwrap();
+    let recs: Vec<(u64, Vec<u8>)> = (0..300)
+        .map(|o| (o, record(o, 700 + (o as usize * 37) % 600)))
+        .collect();
+    for chunk in recs.chunks(7) {
+        let batch: Vec<Vec<u8>> = chunk.iter().map(|(_, r)| r.clone()).collect();
+        log.append(&batch).unwrap();
+    }
+    let index = lock(&log.state).segs[0].index.clone();
+    assert!(index.len() > 10, "{index:?}");
+    log.sync().unwrap();
+    drop(log);
+    let (log, _) = open(&dir, 0, 1 << 20).unwrap();
+    assert_eq!(
+        lock(&log.state).segs[0].index,
+        index,
+        "open builds the index appends do"
+    );
+    for k in 0..=300u64 {
+        let want: Vec<_> = recs[k as usize..].iter().take(3).cloned().collect();
+        assert_eq!(log.read(k, 300, 3, usize::MAX).unwrap(), want, "from {k}");
+        let bytes: usize = recs[k as usize..].iter().map(|(_, r)| r.len()).sum();
+        assert_eq!(log.bytes_from(k).unwrap(), bytes as u64, "from {k}");
+    }
+    for cut in [290, 200, 133, 17, 0] {
+        log.truncate(cut).unwrap();
+        assert_eq!(everything(&log), recs[..cut as usize]);
+        log.append(&[record(cut, 5)]).unwrap();
+        log.truncate(cut).unwrap();
+        let cut_index: Vec<_> = index.iter().filter(|(o, _)| *o < cut).cloned().collect();
+        assert_eq!(lock(&log.state).segs[0].index, cut_index);
+    }
+}
+
+#[test]
 fn a_torn_tail_at_every_cut_of_the_last_segment_is_cut_and_the_rest_kept() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
@@ -386,6 +424,12 @@ fn other_damage_is_refused_naming_the_file() {
         "{err}"
     );
     std::fs::remove_file(&foreign).unwrap();
+    // No directory at all.
+    let missing = tmp.path().join("gone");
+    match open(&missing, 0, 220) {
+        Err(StoreError::Damaged { file, .. }) => assert_eq!(file, missing),
+        other => panic!("{other:?}"),
+    }
     // A stray file.
     let stray = dir.join("notes.txt");
     std::fs::write(&stray, "x").unwrap();
