@@ -226,8 +226,6 @@ impl State {
 struct Writer {
     /// The last segment, open since the first write after the last sync.
     active: Option<File>,
-    /// Earlier segments written since the last sync.
-    unsynced: Vec<File>,
     /// Segment files were created or removed since the last sync.
     dir_dirty: bool,
     /// A failed append could not cut its segment back: (base, length) to cut it to.
@@ -477,10 +475,9 @@ impl SegmentLog {
             }
             return Err(e.into());
         }
-        for (_, file) in created {
-            if let Some(old) = w.active.replace(file) {
-                w.unsynced.push(old);
-            }
+        if let Some((_, file)) = created.pop() {
+            // The segments before it, this file's predecessors, were synced as it was made.
+            w.active = Some(file);
             w.dir_dirty = true;
         }
         let mut st = lock(&self.state);
@@ -515,6 +512,12 @@ impl SegmentLog {
                     f.write_all_at(buf, len)?;
                 }
                 _ => {
+                    // The segment before is made durable first: then, after a power cut,
+                    // only the last segment can end in a torn frame (the torn-tail rule).
+                    match created.last() {
+                        Some((_, f)) => f.sync_data()?,
+                        None => w.active.as_ref().map_or(Ok(()), File::sync_data)?,
+                    }
                     let path = self.path(seg.base);
                     let f = OpenOptions::new()
                         .write(true)
@@ -616,18 +619,18 @@ impl SegmentLog {
     }
 
     /// `fdatasync` of every segment written since the last call (and of the directory if
-    /// segments were created or removed), then closes the active segment. On error nothing
-    /// is forgotten: the next call syncs the same files again.
+    /// segments were created or removed), then closes the active segment. Only the active
+    /// one can need it: an append that starts a segment syncs the one before first. On
+    /// error nothing is forgotten: the next call syncs the same files again.
     pub(crate) fn sync(&self) -> Result<(), StoreError> {
         let mut w = lock(&self.writer);
         self.finish_pending(&mut w)?;
-        for f in w.unsynced.iter().chain(w.active.iter()) {
+        if let Some(f) = &w.active {
             f.sync_data()?;
         }
         if w.dir_dirty {
             sync_dir(&self.dir)?;
         }
-        w.unsynced.clear();
         w.active = None;
         w.dir_dirty = false;
         Ok(())
