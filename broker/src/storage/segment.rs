@@ -104,10 +104,11 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The segment files of `dir`, sorted by base offset; any other entry, or no `dir`, is
+/// The segment files of `dir`, sorted by base offset, and any other entries; no `dir` is
 /// damage.
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Vec<PathBuf>), StoreError> {
     let mut found = Vec::new();
+    let mut strays = Vec::new();
     let entries = match fs::read_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(damaged(dir.to_owned(), 0, "the log's directory is missing"));
@@ -124,11 +125,22 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
             .and_then(|d| d.parse::<u64>().ok());
         match base {
             Some(base) => found.push((base, path)),
-            None => return Err(damaged(path, 0, "not a segment file of this log")),
+            None => strays.push(path),
         }
     }
     found.sort_unstable();
-    Ok(found)
+    strays.sort_unstable();
+    Ok((found, strays))
+}
+
+const STRAY: &str = "not a segment file of this log";
+
+/// The segment files of `dir`, sorted by base offset; any other entry is damage.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    match list_dir(dir)? {
+        (_, strays) if !strays.is_empty() => Err(damaged(strays[0].clone(), 0, STRAY)),
+        (found, _) => Ok(found),
+    }
 }
 
 /// One segment as the log keeps it in memory.
@@ -338,6 +350,15 @@ impl SegmentLog {
             let file_len = file.metadata()?.len();
             let mut w = Window::new(&file, file_len, MAX_READ);
             let (seg, fault) = verify(&mut w, *base, ns, epoch, hlen)?;
+            if let (Some(prev), Some(seg)) = (segs.last(), &seg) {
+                if prev.next != seg.base {
+                    let what = format!(
+                        "segment starts at offset {} but the one before it ends at {}",
+                        seg.base, prev.next
+                    );
+                    return Err(damaged(path.clone(), 0, what));
+                }
+            }
             if let Some(Fault {
                 position: pos,
                 what,
@@ -360,21 +381,7 @@ impl SegmentLog {
                     sync_dir(dir)?;
                 }
             }
-            if let Some(seg) = seg {
-                if let Some(prev) = segs.last() {
-                    if prev.next != seg.base {
-                        return Err(damaged(
-                            path.clone(),
-                            0,
-                            format!(
-                                "segment starts at offset {} but the one before it ends at {}",
-                                seg.base, prev.next
-                            ),
-                        ));
-                    }
-                }
-                segs.push(seg);
-            }
+            segs.extend(seg);
         }
         let state = State {
             empty_at: first_expected,
@@ -811,9 +818,17 @@ impl SegmentLog {
     /// a bad header, a bad or incomplete frame, offsets that are not dense), and the
     /// damage found. Header namespace and epoch are not checked. Changes nothing.
     pub(crate) fn salvage(dir: &Path) -> Result<(Records, Vec<Damage>), StoreError> {
-        let files = list_segments(dir)?;
+        let (files, strays) = list_dir(dir)?;
         let mut frames: Records = Vec::new();
-        let mut damage: Vec<Damage> = Vec::new();
+        let mut damage: Vec<Damage> = strays
+            .into_iter()
+            .map(|file| Damage {
+                file,
+                position: 0,
+                what: STRAY.into(),
+                torn_tail: false,
+            })
+            .collect();
         // Damage noted before the last frame kept: a gap in offsets after more is explained.
         let mut noted = 0;
         for (i, (base, path)) in files.iter().enumerate() {

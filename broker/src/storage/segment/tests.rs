@@ -433,6 +433,9 @@ fn other_damage_is_refused_naming_the_file() {
     // A stray file.
     let stray = dir.join("notes.txt");
     std::fs::write(&stray, "x").unwrap();
+    let (frames, damage) = SegmentLog::salvage(&dir).unwrap();
+    assert_eq!(frames.len(), 10, "salvage steps over a stray file");
+    assert_eq!(damage.iter().map(|d| &d.file).collect::<Vec<_>>(), [&stray]);
     let err = open(&dir, 0, 220).unwrap_err();
     assert!(
         matches!(&err, StoreError::Damaged { file, .. } if *file == stray),
