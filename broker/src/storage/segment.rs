@@ -104,9 +104,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Segment files with their base offsets, and other entries.
+type Listing = (Vec<(u64, PathBuf)>, Vec<PathBuf>);
+
 /// The segment files of `dir`, sorted by base offset, and any other entries; no `dir` is
 /// damage.
-fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Vec<PathBuf>), StoreError> {
+fn list_dir(dir: &Path) -> Result<Listing, StoreError> {
     let mut found = Vec::new();
     let mut strays = Vec::new();
     let entries = match fs::read_dir(dir) {
