@@ -584,46 +584,50 @@ impl Drop for Tmpfs {
 fn an_append_on_a_full_disk_leaves_the_log_unchanged_and_works_once_space_returns() {
     let tmp = tempfile::tempdir().unwrap();
     let disk = Tmpfs::mount(&tmp.path().join("disk"), "64k");
-    let dir = disk.0.join("log");
-    let log = SegmentLog::create(&dir, NS, EPOCH, 0, cfg(10_000)).unwrap();
-    // Something to free later.
-    let filler = disk.0.join("filler");
-    std::fs::write(&filler, vec![1u8; 16 << 10]).unwrap();
-    let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> {
-        files(dir)
-            .into_iter()
-            .map(|p| (p.clone(), std::fs::metadata(&p).unwrap().len()))
-            .collect()
-    };
-    let mut next = 0;
-    let err = loop {
-        // Batches that cross segment boundaries, so a failure may fall in a new file.
-        let recs: Vec<Vec<u8>> = (next..next + 7).map(|o| record(o, 900)).collect();
-        let before = sizes(&dir);
-        match log.append(&recs) {
-            Ok(()) => next += 7,
-            Err(e) => {
-                assert_eq!(sizes(&dir), before, "the failed append left bytes behind");
-                break e;
+    // A segment per event (the failure falls while creating files), batches crossing
+    // segments, and one large segment (the failure falls inside the active one).
+    for segment_bytes in [1, 10_000, 1 << 20] {
+        let dir = disk.0.join("log");
+        let log = SegmentLog::create(&dir, NS, EPOCH, 0, cfg(segment_bytes)).unwrap();
+        // Something to free later.
+        let filler = disk.0.join("filler");
+        std::fs::write(&filler, vec![1u8; 16 << 10]).unwrap();
+        let sizes = |dir: &Path| -> Vec<(PathBuf, u64)> {
+            files(dir)
+                .into_iter()
+                .map(|p| (p.clone(), std::fs::metadata(&p).unwrap().len()))
+                .collect()
+        };
+        let mut next = 0;
+        let err = loop {
+            let recs: Vec<Vec<u8>> = (next..next + 7).map(|o| record(o, 900)).collect();
+            let before = sizes(&dir);
+            match log.append(&recs) {
+                Ok(()) => next += 7,
+                Err(e) => {
+                    assert_eq!(sizes(&dir), before, "{segment_bytes}: bytes left behind");
+                    break e;
+                }
             }
-        }
-        assert!(next < 1000, "the disk never filled");
-    };
-    assert!(err.is_disk_full(), "{err}");
-    assert_eq!(log.next(), next);
-    let want: Vec<(u64, Vec<u8>)> = (0..next).map(|o| (o, record(o, 900))).collect();
-    assert_eq!(everything(&log), want);
-    // One event alone may still fit or not; either way nothing is half-written.
-    log.sync().unwrap();
-    std::fs::remove_file(&filler).unwrap();
-    let recs: Vec<Vec<u8>> = (next..next + 7).map(|o| record(o, 900)).collect();
-    log.append(&recs).unwrap();
-    log.sync().unwrap();
-    drop(log);
-    let (log, report) = open(&dir, 0, 10_000).unwrap();
-    assert_eq!(report, OpenReport::default());
-    let want: Vec<(u64, Vec<u8>)> = (0..next + 7).map(|o| (o, record(o, 900))).collect();
-    assert_eq!(everything(&log), want);
+            assert!(next < 1000, "the disk never filled");
+        };
+        assert!(err.is_disk_full(), "{segment_bytes}: {err}");
+        assert_eq!(log.next(), next);
+        let want: Vec<(u64, Vec<u8>)> = (0..next).map(|o| (o, record(o, 900))).collect();
+        assert_eq!(everything(&log), want);
+        log.sync().unwrap();
+        std::fs::remove_file(&filler).unwrap();
+        let recs: Vec<Vec<u8>> = (next..next + 7).map(|o| record(o, 900)).collect();
+        log.append(&recs).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, report) = open(&dir, 0, segment_bytes).unwrap();
+        assert_eq!(report, OpenReport::default(), "{segment_bytes}");
+        let want: Vec<(u64, Vec<u8>)> = (0..next + 7).map(|o| (o, record(o, 900))).collect();
+        assert_eq!(everything(&log), want, "{segment_bytes}");
+        drop(log);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 /// Catch-up speed from the page cache, 1 KB records; a measurement, not a test of speed:
