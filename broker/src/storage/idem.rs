@@ -138,6 +138,8 @@ pub(crate) struct IdemStore {
     db: std::sync::RwLock<Option<::sled::Db>>,
     /// Records held as of the last applied batch.
     records: std::sync::atomic::AtomicU64,
+    /// One reopen at a time.
+    reopening: std::sync::Mutex<()>,
 }
 
 /// Opens sled, waiting up to a second for its file lock: a store closed a moment ago in the
@@ -242,6 +244,7 @@ impl IdemStore {
                 cache_bytes,
                 db: std::sync::RwLock::new(Some(db)),
                 records: std::sync::atomic::AtomicU64::new(found.records),
+                reopening: std::sync::Mutex::new(()),
             },
             found,
         ))
@@ -293,13 +296,25 @@ impl IdemStore {
         self.records.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// sled's handle; after a failed checkpoint dropped it, sled is opened again from
+    /// what is on disk (an error then is the disk's, a full one included).
     fn db(&self) -> Result<::sled::Db, StoreError> {
-        let db = self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
-        db.ok_or_else(|| {
-            StoreError::Io(std::io::Error::other(
-                "the idempotency store is closed after a failed checkpoint; the next one reopens it",
-            ))
-        })
+        let current = || self.db.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(db) = current() {
+            return Ok(db);
+        }
+        let _one = self.reopening.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(db) = current() {
+            return Ok(db);
+        }
+        let (store, found) = IdemStore::open(&self.dir, self.cache_bytes)?;
+        let db = store.db()?;
+        drop(store);
+        self.records
+            .store(found.records, std::sync::atomic::Ordering::Relaxed);
+        self.set_db(Some(db.clone()));
+        tracing::info!(dir = %self.dir.display(), "idempotency store reopened after a failed checkpoint");
+        Ok(db)
     }
 
     fn set_db(&self, db: Option<::sled::Db>) {
@@ -349,14 +364,6 @@ impl IdemStore {
         removes: &[Vec<u8>],
         generation: u64,
     ) -> Result<u64, StoreError> {
-        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_none() {
-            let (store, found) = IdemStore::open(&self.dir, self.cache_bytes)?;
-            let db = store.db()?;
-            drop(store);
-            self.records
-                .store(found.records, std::sync::atomic::Ordering::Relaxed);
-            self.set_db(Some(db));
-        }
         match self.apply_open(inserts, removes, generation) {
             Ok(records) => {
                 self.records
@@ -364,6 +371,8 @@ impl IdemStore {
                 Ok(records)
             }
             Err(e) => {
+                // sled keeps failing every call after an I/O error; the next call opens it
+                // again from the disk, where the batch is whole or absent.
                 self.set_db(None);
                 Err(e)
             }
@@ -559,5 +568,21 @@ mod tests {
             }
             std::fs::write(idem.join(file), bytes).unwrap();
         }
+    }
+
+    /// After a failed checkpoint drops sled's handle, the next call opens sled again from
+    /// the disk instead of failing until a restart.
+    #[test]
+    fn a_dropped_handle_is_opened_again_by_the_next_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let idem = dir.path().join("idem");
+        let (store, _) = IdemStore::open(&idem, 1 << 20).unwrap();
+        let a = key("n", "e", "a");
+        store.apply(&[(a.clone(), rec(1))], &[], 1).unwrap();
+        store.set_db(None);
+        assert_eq!(store.get(&a).unwrap(), Some(rec(1)));
+        assert_eq!(store.records(), 1);
+        store.set_db(None);
+        assert_eq!(store.apply(&[], std::slice::from_ref(&a), 2).unwrap(), 0);
     }
 }
