@@ -295,3 +295,23 @@ pub fn now_ms() -> u64 {
 mod contract;
 #[cfg(test)]
 mod store_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    /// `ENOSPC` is a full disk whichever way it arrives: with the OS code, or re-created
+    /// from its kind alone (as sled does), so every transport answers `storage_full`.
+    #[test]
+    fn a_full_disk_is_recognised_with_or_without_its_os_code() {
+        let raw = || std::io::Error::from_raw_os_error(28);
+        assert!(StoreError::Io(raw()).is_disk_full());
+        let kind_only = std::io::Error::new(raw().kind(), "no space");
+        assert!(kind_only.raw_os_error().is_none());
+        assert!(StoreError::Sled(::sled::Error::Io(kind_only)).is_disk_full());
+        assert!(StoreError::Io(std::io::Error::from_raw_os_error(122)).is_disk_full());
+        assert!(!StoreError::Io(std::io::Error::from_raw_os_error(5)).is_disk_full());
+        let code = crate::log::LogError::from(&StoreError::Io(raw())).code();
+        assert_eq!(code, rewind_protocol::ErrorCode::StorageFull);
+    }
+}
