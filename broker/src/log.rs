@@ -186,6 +186,7 @@ impl Log {
             cache_bytes: config.store_cache_bytes,
             segment_bytes: config.segment_bytes,
             recover,
+            relaxed: config.durability == Durability::Relaxed,
         };
         let (store, opened) = LogStore::open(&config.data_dir, opts)?;
         if !recover {

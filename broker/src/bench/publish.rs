@@ -120,6 +120,7 @@ fn raw_store(seconds: u64, payload_bytes: usize) -> Result<Measured, BenchError>
         cache_bytes: defaults.store_cache_bytes,
         segment_bytes: defaults.segment_bytes,
         recover: false,
+        relaxed: false,
     };
     let (store, _) = LogStore::open(dir.path(), opts)?;
     store.create("bench", Retention::default())?;

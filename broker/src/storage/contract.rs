@@ -31,6 +31,7 @@ impl Subject for Segmented {
             cache_bytes: 8 << 20,
             segment_bytes: 256,
             recover: false,
+            relaxed: false,
         };
         Box::new(LogStore::open(dir, opts).unwrap().0)
     }

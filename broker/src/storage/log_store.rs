@@ -162,6 +162,8 @@ pub struct LogStore {
     pub(crate) dirty: Mutex<HashSet<String>>,
     /// The last write, sync or checkpoint failed.
     failing: AtomicBool,
+    /// Relaxed durability: a failed sync keeps what was written (it was acknowledged).
+    pub(crate) keep_unsynced: bool,
     /// Tests: the next sync fails with `ENOSPC` (what `fdatasync` on a full disk says).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
@@ -208,6 +210,7 @@ impl LogStore {
             generation: AtomicU64::new(generation),
             dirty: Mutex::new(HashSet::new()),
             failing: AtomicBool::new(false),
+            keep_unsynced: false,
             failures: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
@@ -575,7 +578,7 @@ impl LogStore {
                 w.wal.sync()
             };
             if let Err(e) = synced {
-                w.poisoned = true;
+                w.poisoned = !self.keep_unsynced;
                 return Err(e);
             }
             w.undo.clear();
@@ -911,6 +914,7 @@ impl Storage for LogStore {
                 w.synced = w.wal.mark();
                 self.note(Ok(()))
             }
+            Err(e) if self.keep_unsynced => self.note(Err(e)),
             Err(e) => {
                 self.roll_back(&mut w);
                 self.note(Err(e))

@@ -23,6 +23,10 @@ pub struct OpenOptions {
     /// Keep every valid record of damaged files; namespaces that lost anything get a new
     /// epoch. Without it, damage refuses the open.
     pub recover: bool,
+    /// Relaxed durability: writes are acknowledged before they are synced, so a failed
+    /// sync must not take them back (readers may have seen their offsets); the dirty
+    /// marks give those namespaces a new epoch if a crash loses them.
+    pub relaxed: bool,
 }
 
 /// What open did that the operator should hear about.
@@ -209,13 +213,14 @@ impl LogStore {
             ));
         }
         let max_lsn = wal_read.ops.iter().map(WalOp::lsn).max().unwrap_or(0);
-        let store = LogStore::new(
+        let mut store = LogStore::new(
             paths,
             seg,
             LogStore::writing_state(wal, max_lsn),
             idem_store,
             manifest.generation,
         );
+        store.keep_unsynced = opts.relaxed;
         let mut listed: HashSet<(String, String)> = HashSet::new();
         {
             let mut w = lock(&store.writing);

@@ -26,6 +26,7 @@ fn opts(recover: bool) -> OpenOptions {
         cache_bytes: 1 << 20,
         segment_bytes: 1 << 20,
         recover,
+        relaxed: false,
     }
 }
 
@@ -513,4 +514,30 @@ fn a_checkpoint_that_cannot_sync_makes_the_next_sync_fail() {
     fill(&store, "n", 1);
     store.checkpoint().unwrap();
     assert_eq!(data(&store, "n"), [(0, "0".into()), (1, "0".into())]);
+}
+
+/// Relaxed durability acknowledges before syncing, so readers may hold the offsets: a
+/// failed sync keeps the writes (the dirty marks cover a crash).
+#[test]
+fn a_failed_sync_in_relaxed_mode_keeps_what_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = OpenOptions {
+        relaxed: true,
+        ..opts(false)
+    };
+    let store = LogStore::open(dir.path(), relaxed).unwrap().0;
+    store.create("n", Retention::default()).unwrap();
+    store.append("n", &[ev("seen")], 1, None).unwrap();
+    store
+        .fail_next_sync
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(store.sync().is_err());
+    assert!(store.is_failing());
+    assert_eq!(data(&store, "n"), [(0, "seen".into())]);
+    store.sync().unwrap();
+    assert!(!store.is_failing());
+    assert_eq!(
+        store.append("n", &[ev("next")], 1, None).unwrap(),
+        Appended::New { first: 1, last: 1 }
+    );
 }
