@@ -243,9 +243,9 @@ struct Writer {
     active: Option<File>,
     /// Segment files were created or removed since the last sync.
     dir_dirty: bool,
-    /// A failed append could not cut its segment back: (base, length) to cut it to.
+    /// A segment could not be cut back (a failed append's, a truncate's): (base, length).
     pending_cut: Option<(u64, u64)>,
-    /// Files of a failed append that could not be removed yet.
+    /// Files of a failed append, a truncate or a removal that could not be removed yet.
     pending_remove: Vec<PathBuf>,
 }
 
@@ -408,7 +408,17 @@ impl SegmentLog {
         segment_path(&self.dir, base)
     }
 
-    /// Repeats the cleanup a failed append could not finish.
+    /// Removes a segment file the state no longer lists; if that fails, the next write
+    /// tries again first.
+    fn remove_segment(&self, w: &mut Writer, path: PathBuf) -> Result<(), StoreError> {
+        w.dir_dirty = true;
+        fs::remove_file(&path).map_err(|e| {
+            w.pending_remove.push(path);
+            e.into()
+        })
+    }
+
+    /// Repeats the cleanup an earlier write could not finish.
     fn finish_pending(&self, w: &mut Writer) -> Result<(), StoreError> {
         if let Some((base, len)) = w.pending_cut {
             OpenOptions::new()
@@ -574,27 +584,42 @@ impl SegmentLog {
             }
             let path = self.path(seg.base);
             let is_first = lock(&self.state).segs.len() == 1;
+            // Readers learn of a change (the generation) before the bytes go, so a read
+            // that meets missing bytes can tell a race from damage.
             if seg.base >= next && !is_first {
-                fs::remove_file(&path)?;
+                {
+                    let mut st = lock(&self.state);
+                    st.segs.pop();
+                    st.generation += 1;
+                }
                 w.active = None;
-                w.dir_dirty = true;
-                let mut st = lock(&self.state);
-                st.segs.pop();
-                st.generation += 1;
+                self.remove_segment(&mut w, path)?;
                 continue;
             }
             let pos = self.position_of(&seg, next)?;
-            let f = OpenOptions::new().write(true).open(&path)?;
-            f.set_len(pos)?;
-            w.active = Some(f);
-            let mut st = lock(&self.state);
-            let s = st.segs.last_mut().expect("the segment cut");
-            s.len = pos;
-            s.next = next;
-            s.index.retain(|&(o, _)| o < next);
-            s.indexed_to = s.index.last().map_or(self.header_len, |&(_, p)| p);
-            st.generation += 1;
-            return Ok(());
+            {
+                let mut st = lock(&self.state);
+                let s = st.segs.last_mut().expect("the segment cut");
+                s.len = pos;
+                s.next = next;
+                s.index.retain(|&(o, _)| o < next);
+                s.indexed_to = s.index.last().map_or(self.header_len, |&(_, p)| p);
+                st.generation += 1;
+            }
+            let cut = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(pos).map(|()| f));
+            return match cut {
+                Ok(f) => {
+                    w.active = Some(f);
+                    Ok(())
+                }
+                Err(e) => {
+                    w.pending_cut = Some((seg.base, pos));
+                    Err(e.into())
+                }
+            };
         }
     }
 
@@ -807,11 +832,12 @@ impl SegmentLog {
             &bases[..]
         };
         for &base in bases {
-            fs::remove_file(self.path(base))?;
-            w.dir_dirty = true;
-            let mut st = lock(&self.state);
-            st.segs.remove(0);
-            st.generation += 1;
+            {
+                let mut st = lock(&self.state);
+                st.segs.remove(0);
+                st.generation += 1;
+            }
+            self.remove_segment(&mut w, self.path(base))?;
         }
         Ok(())
     }

@@ -526,17 +526,20 @@ fn an_idle_log_holds_no_file_descriptor() {
 fn reads_run_beside_appends() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("log");
-    let log = std::sync::Arc::new(SegmentLog::create(&dir, NS, EPOCH, 0, cfg(4096)).unwrap());
-    let total = 3000u64;
+    // Small segments, removed by retention as often as they fill: reads race removals.
+    let log = std::sync::Arc::new(SegmentLog::create(&dir, NS, EPOCH, 0, cfg(512)).unwrap());
+    let total = 6000u64;
     let writer = {
         let log = log.clone();
         std::thread::spawn(move || {
             for o in (0..total).step_by(3) {
                 let recs: Vec<Vec<u8>> = (o..o + 3).map(|o| record(o, 50)).collect();
                 log.append(&recs).unwrap();
+                if o % 30 == 0 {
+                    log.remove_before(o.saturating_sub(40)).unwrap();
+                }
                 if o % 300 == 0 {
                     log.sync().unwrap();
-                    log.remove_before(o / 2).unwrap();
                 }
             }
         })
