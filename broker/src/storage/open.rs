@@ -136,7 +136,16 @@ impl LogStore {
         };
         let mut opened = Opened::default();
         // sled's lock on idem/ is the store's: one process at a time.
+        let fresh =
+            !manifest::path(dir).exists() && !has_data(&paths.wal())? && !has_data(&paths.logs())?;
         let (idem_store, found) = match IdemStore::open(&paths.idem(), opts.cache_bytes) {
+            // A first start that failed (a full disk) can leave sled's files half-written;
+            // with no checkpoint ever taken they hold nothing, so they start again.
+            Err(StoreError::Damaged { file, what, .. }) if fresh => {
+                tracing::info!(dir = %file.display(), %what, "no checkpoint was ever taken: starting the idempotency store afresh");
+                std::fs::remove_dir_all(&file)?;
+                IdemStore::open(&paths.idem(), opts.cache_bytes)?
+            }
             Err(StoreError::Damaged { file, what, .. }) if opts.recover => {
                 let aside = dir.join(format!("idem.damaged-{}", super::now_ms()));
                 std::fs::rename(&file, &aside)?;

@@ -541,3 +541,21 @@ fn a_failed_sync_in_relaxed_mode_keeps_what_was_acknowledged() {
         Appended::New { first: 1, last: 1 }
     );
 }
+
+/// A first start that failed before its first checkpoint (a full disk) may leave sled's
+/// files half-written; they hold nothing yet, so they do not stop the next start.
+#[test]
+fn half_written_sled_files_of_a_first_start_do_not_stop_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("idem")).unwrap();
+    std::fs::write(dir.path().join("idem/conf"), [0xa5; 64]).unwrap();
+    assert!(matches!(
+        super::idem::IdemStore::open(&dir.path().join("idem"), 1 << 20),
+        Err(StoreError::Damaged { .. })
+    ));
+    let store = open(dir.path());
+    store.create("n", Retention::default()).unwrap();
+    fill(&store, "n", 1);
+    drop(store);
+    assert_eq!(open(dir.path()).info("n").unwrap().unwrap().next, 1);
+}
