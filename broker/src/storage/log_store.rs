@@ -64,6 +64,10 @@ pub(crate) struct Live {
     pub earliest: u64,
     pub next: u64,
     pub bytes: u64,
+    /// The timestamp of the event at `earliest`, once known: retention by age then reads
+    /// nothing while that event is young enough (10,000 idle namespaces would otherwise
+    /// cost a read each per retention pass).
+    pub first_ts: Option<u64>,
     pub log: Arc<SegmentLog>,
 }
 
@@ -346,6 +350,7 @@ impl LogStore {
                     if let Some(l) = self.write_live().get_mut(&ns).filter(|l| l.epoch == epoch) {
                         l.earliest = earliest;
                         l.bytes = bytes;
+                        l.first_ts = None;
                     }
                 }
                 Undo::SetRetention { ns, retention } => {
@@ -388,6 +393,7 @@ impl LogStore {
             earliest: first,
             next: first,
             bytes: 0,
+            first_ts: None,
             log: Arc::new(log),
         })
     }
@@ -505,6 +511,9 @@ impl LogStore {
             _ => None,
         };
         if let Some(live) = self.write_live().get_mut(ns) {
+            if live.earliest == live.next {
+                live.first_ts = Some(ts_ms);
+            }
             live.next = last + 1;
             live.bytes += bytes;
         }
@@ -519,6 +528,42 @@ impl LogStore {
         });
         w.changed = true;
         Ok(Appended::New { first, last })
+    }
+
+    /// Whether `policy` keeps every event of a non-empty log, told from the count, the
+    /// bytes and the first event's timestamp alone (read once, then kept in memory).
+    fn young_enough(
+        &self,
+        ns: &str,
+        l: &Live,
+        policy: &Retention,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let count_ok = policy
+            .max_events
+            .is_none_or(|max| l.next.saturating_sub(max) <= l.earliest);
+        let bytes_ok = policy.max_bytes.is_none_or(|max| l.bytes <= max);
+        if !(count_ok && bytes_ok) {
+            return Ok(false);
+        }
+        let Some(secs) = policy.max_age_secs else {
+            return Ok(true);
+        };
+        let first_ts = match l.first_ts {
+            Some(ts) => ts,
+            None => {
+                let first = l.log.read(l.earliest, l.next, 1, 0)?;
+                let Some((_, rec)) = first.first() else {
+                    return Ok(true);
+                };
+                let ts = record::ts(rec)?;
+                if let Some(live) = self.write_live().get_mut(ns).filter(|x| x.epoch == l.epoch) {
+                    live.first_ts = Some(ts);
+                }
+                ts
+            }
+        };
+        Ok(first_ts >= now_ms.saturating_sub(secs.saturating_mul(1000)))
     }
 
     /// Retention: the first offset to keep, and the bytes it removes.
@@ -858,6 +903,9 @@ impl Storage for LogStore {
             .get(ns)
             .cloned()
             .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
+        if l.earliest == l.next || self.young_enough(ns, &l, policy, now_ms)? {
+            return Ok(None);
+        }
         let (cut, removed) = Self::retention_cut(&l, policy, now_ms)?;
         if cut == l.earliest {
             return Ok(None);
@@ -871,6 +919,7 @@ impl Storage for LogStore {
         if let Some(entry) = self.write_live().get_mut(ns) {
             entry.earliest = cut;
             entry.bytes -= removed;
+            entry.first_ts = None;
         }
         w.undo.push(Undo::Retain {
             ns: ns.to_owned(),

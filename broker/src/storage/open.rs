@@ -111,6 +111,29 @@ fn read_dirty(dir: &Path) -> Result<Vec<String>, StoreError> {
     }
 }
 
+/// Events copied per step when a log is written again.
+const CHUNK_EVENTS: usize = 4096;
+
+/// The next events of `log` from `*from` (below `until`), at most [`CHUNK_EVENTS`] or
+/// 16 MiB of them; `None` at the end.
+fn next_chunk(
+    log: &SegmentLog,
+    from: &mut u64,
+    until: u64,
+) -> Result<Option<Vec<(u64, Vec<u8>)>>, StoreError> {
+    if *from >= until {
+        return Ok(None);
+    }
+    let chunk = log.read(*from, until, CHUNK_EVENTS, 16 << 20)?;
+    match chunk.last() {
+        Some((last, _)) => {
+            *from = last + 1;
+            Ok(Some(chunk))
+        }
+        None => Ok(None),
+    }
+}
+
 /// What recovery gathered for one namespace that lost something.
 struct Salvaged {
     retention: Retention,
@@ -302,9 +325,11 @@ impl LogStore {
                 if !lost.contains_key(&ns) {
                     let l = store.read_live().get(&ns).cloned();
                     if let Some(l) = l {
-                        let records = l.log.read(l.earliest, l.next, usize::MAX, usize::MAX)?;
                         let mut s = Salvaged::from_live(&l, "write-ahead log damaged".into());
-                        s.absorb(records);
+                        let mut from = l.earliest;
+                        while let Some(chunk) = next_chunk(&l.log, &mut from, l.next)? {
+                            s.absorb(chunk);
+                        }
                         lost.insert(ns.clone(), s);
                         let dir = store.paths.log(&ns, &l.epoch);
                         store.write_live().remove(&ns);
@@ -324,13 +349,11 @@ impl LogStore {
             let start = s
                 .next
                 .max(s.records.keys().next_back().map_or(0, |o| o + 1));
-            let live = store.rewrite(
-                &ns,
-                start,
-                s.retention,
-                s.created_ms,
-                s.records.into_values().collect(),
-            )?;
+            let mut survivors = s.records.into_values();
+            let live = store.rewrite(&ns, start, s.retention, s.created_ms, &mut || {
+                let chunk: Vec<Vec<u8>> = survivors.by_ref().take(CHUNK_EVENTS).collect();
+                Ok((!chunk.is_empty()).then_some(chunk))
+            })?;
             let line = format!(
                 "{}; namespace {ns:?} gets epoch {} with {} surviving events at offsets {}..{}",
                 s.why,
@@ -347,10 +370,13 @@ impl LogStore {
         for ns in read_dirty(dir)? {
             let l = store.read_live().get(&ns).cloned();
             if let Some(l) = l {
-                let records = l.log.read(l.earliest, l.next, usize::MAX, usize::MAX)?;
-                let recs: Vec<Vec<u8>> = records.into_iter().map(|(_, r)| r).collect();
                 let dir = store.paths.log(&ns, &l.epoch);
-                let mut live = store.rewrite(&ns, l.earliest, l.retention, l.created_ms, recs)?;
+                let mut from = l.earliest;
+                let mut live =
+                    store.rewrite(&ns, l.earliest, l.retention, l.created_ms, &mut || {
+                        Ok(next_chunk(&l.log, &mut from, l.next)?
+                            .map(|chunk| chunk.into_iter().map(|(_, r)| r).collect()))
+                    })?;
                 live.floor = l.floor;
                 store.write_live().insert(ns.clone(), live);
                 lock(&store.writing).dead.push(dir);
@@ -411,6 +437,7 @@ impl LogStore {
             earliest: e.earliest,
             next: e.next,
             bytes,
+            first_ts: None,
             log: Arc::new(log),
         })
     }
@@ -435,12 +462,12 @@ impl LogStore {
         first: u64,
         retention: Retention,
         created_ms: u64,
-        records: Vec<Vec<u8>>,
+        records: &mut dyn FnMut() -> Result<Option<Vec<Vec<u8>>>, StoreError>,
     ) -> Result<Live, StoreError> {
         let mut live = self.incarnate(ns, new_epoch()?, first, retention)?;
         live.created_ms = created_ms;
-        for chunk in records.chunks(1024) {
-            live.log.append(chunk)?;
+        while let Some(chunk) = records()? {
+            live.log.append(&chunk)?;
             live.next += chunk.len() as u64;
             live.bytes += chunk.iter().map(|r| r.len() as u64).sum::<u64>();
         }
