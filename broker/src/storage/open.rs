@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::idem::{self, IdemRecord, IdemStore};
 use super::log_store::{empty_dir, lock, Live, LogStore, Paths};
 use super::manifest::{self, NsEntry};
-use super::segment::{SegmentConfig, SegmentLog};
+use super::segment::{Records, SegmentConfig, SegmentLog};
 use super::wal::{Wal, WalOp};
 use super::{new_epoch, StoreError};
 use crate::config::Retention;
@@ -116,11 +116,7 @@ const CHUNK_EVENTS: usize = 4096;
 
 /// The next events of `log` from `*from` (below `until`), at most [`CHUNK_EVENTS`] or
 /// 16 MiB of them; `None` at the end.
-fn next_chunk(
-    log: &SegmentLog,
-    from: &mut u64,
-    until: u64,
-) -> Result<Option<Vec<(u64, Vec<u8>)>>, StoreError> {
+fn next_chunk(log: &SegmentLog, from: &mut u64, until: u64) -> Result<Option<Records>, StoreError> {
     if *from >= until {
         return Ok(None);
     }
