@@ -80,8 +80,9 @@ pub struct Config {
     pub durability: Durability,
     /// In `relaxed` mode, how often writes are flushed, in milliseconds. Default 100.
     pub flush_interval_ms: u64,
-    /// How often the store's write-ahead log is folded into sled (a checkpoint), in
-    /// milliseconds. Default 1000.
+    /// How often the store takes a checkpoint — syncs segment files, writes idempotency
+    /// records into sled and the `manifest`, trims the write-ahead log — in milliseconds.
+    /// Default 1000.
     pub checkpoint_interval_ms: u64,
     /// Write requests that may wait for the writer; when full, publishers get 503 with
     /// `Retry-After`. Default 4096.
@@ -118,9 +119,9 @@ pub struct Config {
     pub auto_create: bool,
     /// Most concurrent client connections; further ones wait to be accepted. Default 10000.
     pub max_connections: usize,
-    /// Memory the embedded store may use as its page cache, in bytes; a cap, filled only
-    /// as data is written and read. Default 512 MiB: subscribers replaying a history that
-    /// does not fit here catch up at about a third of the speed (`docs/benchmarks.md`).
+    /// Memory sled may use as its page cache, in bytes; a cap, filled only as data is
+    /// written and read. sled holds only idempotency records; events live in segment files
+    /// read through the OS page cache (`docs/storage.md`). Default 512 MiB.
     pub store_cache_bytes: u64,
     /// Size at which a namespace's log starts a new segment file, in bytes; retention
     /// removes whole segments, so a namespace holds up to this much more than its limits
@@ -348,7 +349,7 @@ pub struct ServeArgs {
         help = flag_help("flush_interval_ms", "Relaxed mode: flush interval in ms"))]
     pub flush_interval_ms: Option<u64>,
     #[arg(long, value_name = "MS", value_parser = flag::<u64>("checkpoint_interval_ms"),
-        help = flag_help("checkpoint_interval_ms", "How often the write-ahead log is folded into the store, in ms"))]
+        help = flag_help("checkpoint_interval_ms", "How often the store checkpoints (segments synced, manifest written, write-ahead log trimmed), in ms"))]
     pub checkpoint_interval_ms: Option<u64>,
     #[arg(long, value_name = "N", value_parser = flag::<usize>("write_queue"),
         help = flag_help("write_queue", "Write requests that may queue before publishers get 503"))]
