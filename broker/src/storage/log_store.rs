@@ -876,13 +876,20 @@ impl Storage for LogStore {
         let records = match log.read(from, until, max_events, max_bytes) {
             Ok(records) => records,
             Err(e) => {
-                // Deleted (and its directory moved away) while this read ran.
-                let gone = self.read_live().get(ns).is_none_or(|l| l.epoch != epoch);
-                return Err(if gone {
-                    StoreError::NotFound(ns.to_owned())
-                } else {
-                    e
-                });
+                let now = self
+                    .read_live()
+                    .get(ns)
+                    .filter(|l| l.epoch == epoch)
+                    .map(|l| l.earliest);
+                match now {
+                    // Deleted (and its directory moved away) while this read ran.
+                    None => return Err(StoreError::NotFound(ns.to_owned())),
+                    // Retention removed the segment it was reading: the rest is still there.
+                    Some(earliest) if earliest > from => {
+                        return self.read(ns, earliest, until, max_events, max_bytes)
+                    }
+                    Some(_) => return Err(e),
+                }
             }
         };
         records
