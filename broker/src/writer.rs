@@ -358,10 +358,8 @@ impl Writer {
                 .get(&info.name)
                 .is_some_and(|s| s.epoch == info.epoch);
             if !same {
-                self.namespaces.insert(
-                    &info.name,
-                    Arc::new(NsState::new(info, self.config.fanout_buffer)),
-                );
+                self.namespaces
+                    .insert(&info.name, self.namespaces.state(info));
             }
         }
     }
