@@ -11,6 +11,9 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+pub mod fault;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -83,7 +86,27 @@ pub struct Broker {
     pub data_dir: PathBuf,
     _tmp: Option<TempDir>,
     args: Vec<String>,
+    /// Where its stderr goes when captured (see [`Broker::open`]).
+    stderr: Option<(TempDir, PathBuf)>,
 }
+
+/// A start the broker refused: it exited before it listened.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Everything it wrote to stderr.
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "refused ({}): {}", self.status, self.stderr.trim_end())
+    }
+}
+
+/// How long a start may take before the test fails (a guard against hangs).
+pub const START_PATIENCE: Duration = Duration::from_secs(60);
 
 impl Broker {
     /// Starts a broker on port 0 with a fresh temporary data directory and `args` added.
@@ -105,7 +128,51 @@ impl Broker {
             data_dir,
             _tmp: Some(tmp),
             args,
+            stderr: None,
         }
+    }
+
+    /// Starts a broker on port 0 on `data_dir` (which the caller owns: it is kept when the
+    /// broker is dropped) with `args` added, capturing its stderr. A broker that exits
+    /// before it listens is a [`Refusal`]; one that neither listens nor exits within
+    /// [`START_PATIENCE`] fails the test.
+    pub fn open(data_dir: &Path, args: &[&str]) -> Result<Broker, Refusal> {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("stderr");
+        let (child, addr) = spawn_captured(data_dir, "127.0.0.1:0", &args, &path)?;
+        Ok(Broker {
+            child,
+            addr,
+            data_dir: data_dir.to_owned(),
+            _tmp: None,
+            args,
+            stderr: Some((dir, path)),
+        })
+    }
+
+    /// Starts the broker again on the same data directory, port and arguments, capturing
+    /// stderr into the same file (appended), or the refusal.
+    pub fn try_restart(&mut self) -> Result<(), Refusal> {
+        let _ = self.child.try_wait();
+        let Some((_, path)) = &self.stderr else {
+            self.restart();
+            return Ok(());
+        };
+        let (child, addr) =
+            spawn_captured(&self.data_dir, &self.addr.to_string(), &self.args, path)?;
+        self.child = child;
+        self.addr = addr;
+        Ok(())
+    }
+
+    /// What the broker wrote to stderr so far (empty unless started by [`Broker::open`]).
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .as_ref()
+            .and_then(|(_, p)| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
     }
 
     /// The process id.
@@ -240,6 +307,76 @@ fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (Child, SocketAddr) 
         .parse()
         .expect("address");
     (child, addr)
+}
+
+/// Like [`spawn`], with stderr appended to `stderr`, a bounded wait for the first line, and
+/// a broker that exits first returned as a [`Refusal`].
+fn spawn_captured(
+    data_dir: &Path,
+    listen: &str,
+    args: &[String],
+    stderr: &Path,
+) -> Result<(Child, SocketAddr), Refusal> {
+    let err_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr)
+        .expect("stderr file");
+    let before = err_file.metadata().map_or(0, |m| m.len() as usize);
+    let mut child = Command::new(rewind_bin())
+        .arg("serve")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("REWIND_CONFIG")
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err_file))
+        .spawn()
+        .expect("start rewind");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let Ok(line) = rx.recv_timeout(START_PATIENCE) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("rewind neither listened nor exited within {START_PATIENCE:?}");
+    };
+    if let Some(addr) = line.trim().strip_prefix("rewind listening on http://") {
+        return Ok((child, addr.parse().expect("address")));
+    }
+    // No first line: it is exiting (stdout closed). Wait for it, boundedly.
+    let deadline = std::time::Instant::now() + START_PATIENCE;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for rewind") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rewind closed stdout ({line:?}) but did not exit within {START_PATIENCE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let stderr = std::fs::read(stderr)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    if !line.is_empty() {
+        panic!("unexpected first line from rewind: {line:?} ({status}; stderr: {stderr})");
+    }
+    Err(Refusal {
+        status,
+        stderr: stderr.get(before..).unwrap_or_default().to_owned(),
+    })
 }
 
 /// An HTTP response.
