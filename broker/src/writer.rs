@@ -235,10 +235,12 @@ impl Writer {
         reply: Reply<Appended>,
         group: &mut Group,
     ) {
+        let mut created = false;
         let state = match self.namespaces.get(&ns) {
             Some(state) => state,
             None if self.config.auto_create => match self.create(&ns, Retention::default()) {
                 Ok(_) => {
+                    created = true;
                     group.needs_sync = true;
                     match self.namespaces.get(&ns) {
                         Some(state) => state,
@@ -281,6 +283,18 @@ impl Writer {
                 group.acks.push(Ack::Append(reply, appended));
             }
             Err(e) => {
+                // A refused request creates nothing: the namespace its first publish
+                // created goes again.
+                if created {
+                    match self.store.undo_create(&ns) {
+                        Ok(true) => {
+                            self.namespaces.remove(&ns);
+                            tracing::info!(ns, "namespace creation taken back: its first publish was refused");
+                        }
+                        Ok(false) => {}
+                        Err(undo) => tracing::error!(ns, error = %undo, "could not take back a namespace's creation"),
+                    }
+                }
                 let _ = reply.send(Err(LogError::from(&e)));
             }
         }

@@ -192,8 +192,20 @@ fn unpanicked<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Resul
 fn damaged_unless_io(dir: &Path, e: StoreError) -> StoreError {
     match e {
         StoreError::Sled(::sled::Error::Io(io)) => StoreError::Io(io),
+        // sled's own text may blame an old sled version (its `conf` check); the files are
+        // rewind's, so the message says what rewind knows: they are damaged.
         StoreError::Sled(other) => {
-            StoreError::damaged(dir, 0, format!("the idempotency store (sled): {other}"))
+            let kind = match other {
+                ::sled::Error::Corruption { .. } => "a checksum",
+                ::sled::Error::Unsupported(_) => "its configuration file's checksum or format",
+                _ => "a consistency check",
+            };
+            tracing::debug!(dir = %dir.display(), error = %other, "sled refused its files");
+            StoreError::damaged(
+                dir,
+                0,
+                format!("the idempotency store's files are damaged ({kind} failed when sled read them)"),
+            )
         }
         other => other,
     }
@@ -568,6 +580,33 @@ mod tests {
             }
             std::fs::write(idem.join(file), bytes).unwrap();
         }
+    }
+
+    /// FIX9 item 8: a damaged `conf` is reported as rewind's damaged file, not as sled's
+    /// guess at an old version.
+    #[test]
+    fn a_damaged_conf_is_named_damaged_not_an_old_sled_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let idem = dir.path().join("idem");
+        drop(IdemStore::open(&idem, 1 << 20).unwrap());
+        let conf = idem.join("conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        for at in 0..bytes.len() {
+            bytes[at] ^= 0x41;
+            std::fs::write(&conf, &bytes).unwrap();
+            match IdemStore::open(&idem, 1 << 20) {
+                Err(e @ StoreError::Damaged { .. }) => {
+                    let text = e.to_string();
+                    assert!(!text.contains("version"), "{text}");
+                    assert!(text.contains("damaged") && text.contains("--recover"), "{text}");
+                    assert!(text.contains(&idem.display().to_string()), "{text}");
+                }
+                Err(e) => panic!("byte {at}: {e}"),
+                Ok(_) => {}
+            }
+            bytes[at] ^= 0x41;
+        }
+        std::fs::write(&conf, &bytes).unwrap();
     }
 
     /// After a failed checkpoint drops sled's handle, the next call opens sled again from

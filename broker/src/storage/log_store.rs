@@ -109,6 +109,8 @@ enum Undo {
     Create {
         ns: String,
         tombstone: Option<NsEntry>,
+        /// Where the write-ahead log ended before the create's frame.
+        mark: wal::Mark,
     },
     SetRetention {
         ns: String,
@@ -164,7 +166,7 @@ pub struct LogStore {
     pub(crate) generation: AtomicU64,
     /// Relaxed mode: namespaces marked dirty, mirrored in the `dirty` file.
     pub(crate) dirty: Mutex<HashSet<String>>,
-    /// The last write, sync or checkpoint failed.
+    /// A write, sync or checkpoint failed, and no checkpoint has succeeded since.
     failing: AtomicBool,
     /// Relaxed durability: a failed sync keeps what was written (it was acknowledged).
     pub(crate) keep_unsynced: bool,
@@ -238,8 +240,8 @@ impl LogStore {
         }
     }
 
-    /// True while the last write, sync or checkpoint failed (`/readyz` says
-    /// `storage_failing`).
+    /// True from a failed write, sync or checkpoint until the next successful checkpoint
+    /// (`/readyz` says `storage_failing`).
     pub fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Relaxed)
     }
@@ -259,10 +261,12 @@ impl LogStore {
         false
     }
 
-    /// Notes how a write, sync or checkpoint went.
+    /// Notes how a write, sync or checkpoint went. Only a checkpoint clears `failing` (see
+    /// [`LogStore::note_checkpoint`]): a small write or sync can succeed in a partly filled
+    /// page while the disk is still full.
     fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match &result {
-            Ok(_) => self.failing.store(false, Ordering::Relaxed),
+            Ok(_) => {}
             Err(e) if is_storage_failure(e) => {
                 self.failing.store(true, Ordering::Relaxed);
                 self.failures.fetch_add(1, Ordering::Relaxed);
@@ -270,6 +274,15 @@ impl LogStore {
             Err(_) => {}
         }
         result
+    }
+
+    /// Notes how a checkpoint went: one that succeeded wrote and synced new files (while
+    /// failing, a checkpoint always writes the manifest), so the disk takes data again.
+    fn note_checkpoint(&self, result: Result<(), StoreError>) -> Result<(), StoreError> {
+        if result.is_ok() {
+            self.failing.store(false, Ordering::Relaxed);
+        }
+        self.note(result)
     }
 
     pub(crate) fn read_live(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Live>> {
@@ -328,7 +341,7 @@ impl LogStore {
                         };
                     }
                 }
-                Undo::Create { ns, tombstone } => {
+                Undo::Create { ns, tombstone, .. } => {
                     if let Some(l) = self.write_live().remove(&ns) {
                         let dir = self.paths.log(&ns, &l.epoch);
                         w.written.remove(&dir);
@@ -411,6 +424,7 @@ impl LogStore {
         let floor = tombstone.as_ref().map_or(0, |t| t.next.max(t.floor));
         let epoch = new_epoch()?;
         let live = self.incarnate(ns, epoch.clone(), floor, retention)?;
+        let mark = w.wal.mark();
         w.lsn += 1;
         let op = WalOp::Create {
             lsn: w.lsn,
@@ -431,6 +445,7 @@ impl LogStore {
         w.undo.push(Undo::Create {
             ns: ns.to_owned(),
             tombstone,
+            mark,
         });
         w.changed = true;
         Ok(info)
@@ -601,7 +616,10 @@ impl LogStore {
         let generation = self.generation.load(Ordering::Relaxed) + 1;
         let (cut, entries, pending, removals, written, dead) = {
             let mut w = lock(&self.writing);
+            // While failing, a checkpoint writes the manifest anyway: only new files
+            // written and synced tell that the disk takes data again.
             let nothing = !w.changed
+                && !self.is_failing()
                 && w.pending.is_empty()
                 && w.removals.is_empty()
                 && w.written.is_empty()
@@ -780,6 +798,39 @@ impl Storage for LogStore {
         let mut w = lock(&self.writing);
         let result = self.create_locked(&mut w, ns, retention);
         self.note(result)
+    }
+
+    fn undo_create(&self, ns: &str) -> Result<bool, StoreError> {
+        let mut w = lock(&self.writing);
+        let Some(Undo::Create { ns: created, .. }) = w.undo.last() else {
+            return Ok(false);
+        };
+        if created != ns || !self.read_live().get(ns).is_some_and(|l| l.next == l.floor) {
+            return Ok(false);
+        }
+        let Some(Undo::Create {
+            tombstone, mark, ..
+        }) = w.undo.pop()
+        else {
+            return Ok(false);
+        };
+        if let Err(e) = w.wal.cut_back(mark) {
+            // The frame stays: the next sync must not make it durable alone.
+            tracing::error!(error = %e, "could not take back a create's write-ahead log frame");
+            w.poisoned = true;
+        }
+        if let Some(l) = self.write_live().remove(ns) {
+            let dir = self.paths.log(ns, &l.epoch);
+            w.written.remove(&dir);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the directory of a create taken back");
+            }
+        }
+        match tombstone {
+            Some(t) => w.tombstones.insert(ns.to_owned(), t),
+            None => w.tombstones.remove(ns),
+        };
+        Ok(true)
     }
 
     fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
@@ -980,7 +1031,7 @@ impl Storage for LogStore {
 
     fn checkpoint(&self) -> Result<(), StoreError> {
         let result = self.checkpoint_inner();
-        self.note(result)
+        self.note_checkpoint(result)
     }
 
     fn mark_dirty(&self, ns: &str) -> Result<(), StoreError> {

@@ -157,7 +157,13 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let want = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32fast::hash(body) != want {
-        return Err((body.len() as u64, "checksum does not match".into()));
+        // One checksum covers the whole file, so the damaged byte can be anywhere: the
+        // position given is the file's start, never one after the damage.
+        return Err((
+            0,
+            "the checksum of the whole file does not match (the damage is somewhere in it)"
+                .into(),
+        ));
     }
     let mut r = Reader {
         bytes: body,
@@ -340,7 +346,8 @@ mod tests {
         match read(dir.path()) {
             Err(StoreError::Damaged { file, position, .. }) => {
                 assert_eq!(file, path(dir.path()));
-                assert_eq!(position, bytes.len() as u64 - 4);
+                // One checksum for the whole file: never a position after the damage.
+                assert_eq!(position, 0);
             }
             other => panic!("expected Damaged, got {other:?}"),
         }

@@ -213,6 +213,11 @@ pub trait Storage: Send + Sync + 'static {
     /// incarnation. Fails with [`StoreError::Exists`] if it exists.
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError>;
 
+    /// Takes back the create of `ns` if it is the last change since the last sync and the
+    /// namespace holds nothing (an auto-create whose first publish was refused: a refused
+    /// request creates nothing). Returns whether it did.
+    fn undo_create(&self, ns: &str) -> Result<bool, StoreError>;
+
     /// Replaces a namespace's own retention limits.
     fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError>;
 
@@ -269,8 +274,9 @@ pub trait Storage: Send + Sync + 'static {
     /// Relaxed mode: forgets the dirty marks once a sync has made their writes durable.
     fn clear_dirty(&self) -> Result<(), StoreError>;
 
-    /// True while the last write, sync or checkpoint failed (a full disk, an I/O error);
-    /// false again after the next one succeeds. `/readyz` reports it.
+    /// True from a failed write, sync or checkpoint (a full disk, an I/O error) until the
+    /// next successful checkpoint, which writes and syncs new files (a small write can
+    /// succeed in a partly filled page while the disk is still full). `/readyz` reports it.
     fn is_failing(&self) -> bool {
         false
     }

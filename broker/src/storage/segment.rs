@@ -741,7 +741,7 @@ impl SegmentLog {
         let mut w = Window::new(&file, seg.len, MIN_READ);
         let end = seg.next.min(until);
         while offset < end && out.len() < max_events {
-            let ahead = (at.max(offset) - offset) + (max_events - out.len()) as u64;
+            let ahead = (at.max(offset) - offset).saturating_add((max_events - out.len()) as u64);
             w.chunk = chunk(ahead.min(end - offset));
             let (found, record) = match w.frame(pos)? {
                 Decoded::Frame { offset, record } => (offset, record),
@@ -753,7 +753,7 @@ impl SegmentLog {
                 return Err(damaged(path, pos, what));
             }
             if offset >= at {
-                if !out.is_empty() && *bytes + record.len() > max_bytes {
+                if !out.is_empty() && bytes.saturating_add(record.len()) > max_bytes {
                     return Ok(offset);
                 }
                 *bytes += record.len();

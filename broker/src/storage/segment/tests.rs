@@ -726,3 +726,33 @@ fn read_throughput() {
     );
     assert_eq!(log.next(), n);
 }
+
+/// FIX9 item 7: no argument of `read` overflows (a debug build panicked on `max_events`
+/// near `usize::MAX` with `from` past the first offset).
+#[test]
+fn read_with_extreme_arguments_never_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recs = written(tmp.path(), 5, 40, 512);
+    let (log, _) = open(tmp.path(), 5, 512).unwrap();
+    for from in [0, 5, 6, 30, 44, 45, u64::MAX - 1, u64::MAX] {
+        for until in [0, 6, 45, u64::MAX] {
+            for max_events in [0, 1, usize::MAX - 1, usize::MAX] {
+                for max_bytes in [0, 1, usize::MAX] {
+                    let got = log.read(from, until, max_events, max_bytes).unwrap();
+                    let want: Vec<_> = recs
+                        .iter()
+                        .filter(|(o, _)| *o >= from && *o < until)
+                        .take(max_events)
+                        .collect();
+                    assert!(got.len() <= want.len());
+                    for (g, w) in got.iter().zip(&want) {
+                        assert_eq!(g, *w);
+                    }
+                    if max_bytes == usize::MAX {
+                        assert_eq!(got.len(), want.len(), "{from} {until} {max_events}");
+                    }
+                }
+            }
+        }
+    }
+}
