@@ -53,6 +53,11 @@ pub(crate) fn key(ns: &str, epoch: &str, key: &str) -> Vec<u8> {
     k
 }
 
+/// The sled key prefix of every record of one namespace incarnation.
+pub(crate) fn prefix(ns: &str, epoch: &str) -> Vec<u8> {
+    key(ns, epoch, "")
+}
+
 /// A record's value bytes, checksummed together with its key.
 pub(crate) fn encode(key: &[u8], rec: &IdemRecord) -> Vec<u8> {
     let mut v = Vec::with_capacity(61);
@@ -349,6 +354,30 @@ impl IdemStore {
                 ),
             )
         })
+    }
+
+    /// Every record whose sled key starts with `prefix` (see [`key`]), with its full key.
+    /// One that fails its checksum is [`StoreError::Damaged`].
+    pub(crate) fn with_prefix(
+        &self,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, IdemRecord)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db()?.scan_prefix(prefix) {
+            let (k, v) = item?;
+            let rec = decode(&k, &v).ok_or_else(|| {
+                StoreError::damaged(
+                    &self.dir,
+                    0,
+                    format!(
+                        "idempotency record {:?} fails its checksum",
+                        String::from_utf8_lossy(&k)
+                    ),
+                )
+            })?;
+            out.push((k.to_vec(), rec));
+        }
+        Ok(out)
     }
 
     /// Keys of records written before `before_ms` (none of the marker).

@@ -9,7 +9,7 @@ use super::idem::{self, IdemRecord, IdemStore};
 use super::log_store::{empty_dir, lock, Live, LogStore, Paths};
 use super::manifest::{self, NsEntry};
 use super::segment::{Records, SegmentConfig, SegmentLog};
-use super::wal::{Wal, WalOp};
+use super::wal::{self, Place, Wal, WalOp};
 use super::{new_epoch, StoreError};
 use crate::config::Retention;
 
@@ -138,7 +138,19 @@ struct Salvaged {
     next: u64,
     earliest: u64,
     records: BTreeMap<u64, Vec<u8>>,
+    /// Idempotency records (publisher's key, record at the old offsets) of the incarnations
+    /// salvaged; remapped to the offsets the events get.
+    keys: Vec<(Vec<u8>, IdemRecord)>,
     why: String,
+}
+
+/// What a listed log held beyond the manifest's `next` before open cut it back.
+struct Beyond {
+    epoch: String,
+    /// The log's own `next` before the cut.
+    seen_next: u64,
+    /// Its records from the manifest's `next` on (kept only when recovering).
+    records: Records,
 }
 
 impl LogStore {
@@ -240,7 +252,8 @@ impl LogStore {
                 d.bytes
             ));
         }
-        let max_lsn = wal_read.ops.iter().map(WalOp::lsn).max().unwrap_or(0);
+        let max_lsn = wal_read.ops.iter().map(|(op, _)| op.lsn()).max().unwrap_or(0);
+        let torn_wal = wal_read.torn_tail_at.clone();
         let mut store = LogStore::new(
             paths,
             seg,
@@ -250,6 +263,7 @@ impl LogStore {
         );
         store.keep_unsynced = opts.relaxed;
         let mut listed: HashSet<(String, String)> = HashSet::new();
+        let mut beyond: HashMap<String, Beyond> = HashMap::new();
         {
             let mut w = lock(&store.writing);
             for e in &manifest.namespaces {
@@ -259,9 +273,12 @@ impl LogStore {
                     w.dead.push(store.paths.log(&e.name, &e.epoch));
                     continue;
                 }
-                match store.open_listed(e) {
-                    Ok(live) => {
+                match store.open_listed(e, opts.recover) {
+                    Ok((live, b)) => {
                         store.write_live().insert(e.name.clone(), live);
+                        if let Some(b) = b {
+                            beyond.insert(e.name.clone(), b);
+                        }
                     }
                     Err(StoreError::Damaged {
                         file,
@@ -271,7 +288,9 @@ impl LogStore {
                         let records = store.salvage(&e.name, &e.epoch)?;
                         w.dead.push(store.paths.log(&e.name, &e.epoch));
                         let line = format!("{} at byte {position}: {what}", file.display());
-                        lost.insert(e.name.clone(), Salvaged::from_entry(e, records, line));
+                        let mut s = Salvaged::from_entry(e, records, line);
+                        s.keys = store.keys_of(&w, &e.name, &e.epoch)?;
+                        lost.insert(e.name.clone(), s);
                     }
                     Err(e) => return Err(e),
                 }
@@ -281,7 +300,7 @@ impl LogStore {
         // a create whose log frame never made it left an empty one, and anything else
         // is damage (or, recovering without a manifest, the data to rebuild from).
         let mut replay_created = HashSet::new();
-        for op in &wal_read.ops {
+        for (op, _) in &wal_read.ops {
             if let WalOp::Create { ns, epoch, .. } = op {
                 replay_created.insert((ns.clone(), epoch.clone()));
             }
@@ -305,53 +324,99 @@ impl LogStore {
             }
             let records = store.salvage(&ns, &epoch)?;
             let line = format!("{}: not listed in the manifest", path.display());
+            let keys = store.keys_of(&lock(&store.writing), &ns, &epoch)?;
             let s = lost
                 .entry(ns.clone())
                 .or_insert_with(|| Salvaged::empty(line.clone()));
             s.absorb(records);
+            s.keys.extend(keys);
             lock(&store.writing).dead.push(path);
         }
         // Replay.
-        for op in wal_read.ops {
-            store.replay(op, &mut lost)?;
+        for (op, place) in wal_read.ops {
+            store.replay(op, place, opts.recover, &mut lost)?;
         }
-        if wal_damaged {
-            let names: Vec<String> = store.read_live().keys().cloned().collect();
-            for ns in names {
-                if !lost.contains_key(&ns) {
-                    let l = store.read_live().get(&ns).cloned();
-                    if let Some(l) = l {
-                        let mut s = Salvaged::from_live(&l, "write-ahead log damaged".into());
-                        let mut from = l.earliest;
-                        while let Some(chunk) = next_chunk(&l.log, &mut from, l.next)? {
-                            s.absorb(chunk);
-                        }
-                        lost.insert(ns.clone(), s);
-                        let dir = store.paths.log(&ns, &l.epoch);
-                        store.write_live().remove(&ns);
-                        lock(&store.writing).dead.push(dir);
-                    }
-                }
+        // A log whose segments held frames beyond where replay ends lost the log frames
+        // of acknowledged events (a damaged last frame looks like a torn one): its offsets
+        // from there on may have been seen by readers, so it gets a new epoch.
+        let mut same_offsets: BTreeMap<String, String> = BTreeMap::new();
+        let names: Vec<String> = store.read_live().keys().cloned().collect();
+        for ns in names {
+            let Some(l) = store.read_live().get(&ns).cloned() else {
+                continue;
+            };
+            if lost.contains_key(&ns) {
+                continue;
             }
+            let b = beyond.remove(&ns).filter(|b| b.epoch == l.epoch);
+            let ahead = b.as_ref().filter(|b| b.seen_next > l.next);
+            let why = match (ahead, &torn_wal) {
+                (Some(b), Some((file, at))) => Some(format!(
+                    "{} at byte {at}: the write-ahead log ended in a frame cut off as torn, but the segments of {ns:?} held offsets {}..{} it does not",
+                    file.display(),
+                    l.next,
+                    b.seen_next
+                )),
+                (Some(b), None) => Some(format!(
+                    "{}: the segments of {ns:?} held offsets {}..{} the write-ahead log does not",
+                    store.paths.log(&ns, &l.epoch).display(),
+                    l.next,
+                    b.seen_next
+                )),
+                (None, _) if wal_damaged => Some("write-ahead log damaged".to_owned()),
+                (None, _) => None,
+            };
+            let Some(why) = why else {
+                continue;
+            };
+            if !opts.recover {
+                tracing::warn!("{why}; namespace {ns:?} gets a new epoch (offsets from {} on may have been seen under the old one)", l.next);
+                same_offsets.insert(ns, why);
+                continue;
+            }
+            let mut s = Salvaged::from_live(&l, why);
+            let mut from = l.earliest;
+            while let Some(chunk) = next_chunk(&l.log, &mut from, l.next)? {
+                s.absorb(chunk);
+            }
+            if let Some(b) = b {
+                s.absorb(b.records);
+            }
+            let mut w = lock(&store.writing);
+            s.keys = store.keys_of(&w, &ns, &l.epoch)?;
+            let dir = store.paths.log(&ns, &l.epoch);
+            store.write_live().remove(&ns);
+            w.written.remove(&dir);
+            w.dead.push(dir);
+            lost.insert(ns, s);
         }
         // Recovery: every namespace that lost anything starts a new epoch after its old
         // `next`, its surviving events written again densely.
         let mut names: Vec<String> = lost.keys().cloned().collect();
         names.sort();
         for ns in names {
-            let s = lost
+            let mut s = lost
                 .remove(&ns)
                 .unwrap_or_else(|| Salvaged::empty(String::new()));
             let start = s
                 .next
                 .max(s.records.keys().next_back().map_or(0, |o| o + 1));
+            let offsets: Vec<u64> = s.records.keys().copied().collect();
+            let keys = std::mem::take(&mut s.keys);
             let mut survivors = s.records.into_values();
             let live = store.rewrite(&ns, start, s.retention, s.created_ms, &mut || {
                 let chunk: Vec<Vec<u8>> = survivors.by_ref().take(CHUNK_EVENTS).collect();
                 Ok((!chunk.is_empty()).then_some(chunk))
             })?;
+            // A key whose events all survived answers a retry with the offsets they have
+            // now; one whose batch lost events is dropped (a retry appends it whole).
+            let (kept, dropped) = store.carry_keys(&ns, &live.epoch, keys, |first, last| {
+                let i = offsets.binary_search(&first).ok()?;
+                let j = offsets.binary_search(&last).ok()?;
+                ((j - i) as u64 == last - first).then_some((start + i as u64, start + j as u64))
+            });
             let line = format!(
-                "{}; namespace {ns:?} gets epoch {} with {} surviving events at offsets {}..{}",
+                "{}; namespace {ns:?} gets epoch {} with {} surviving events at offsets {}..{} ({kept} idempotency keys moved to the new offsets, {dropped} of batches that lost events dropped)",
                 s.why,
                 live.epoch,
                 live.next - start,
@@ -362,11 +427,19 @@ impl LogStore {
             opened.repairs.push(line);
             opened.new_epochs.push(ns);
         }
-        // Relaxed mode: namespaces with writes that may not have been synced.
+        // Relaxed mode: namespaces with writes that may not have been synced; and logs
+        // whose segments held more than the write-ahead log. A new epoch, the events kept
+        // at their offsets, and so their idempotency keys too.
         for ns in read_dirty(dir)? {
+            same_offsets
+                .entry(ns)
+                .or_insert_with(|| "relaxed mode: written since the last flush".into());
+        }
+        for ns in same_offsets.into_keys() {
             let l = store.read_live().get(&ns).cloned();
             if let Some(l) = l {
                 let dir = store.paths.log(&ns, &l.epoch);
+                let keys = store.keys_of(&lock(&store.writing), &ns, &l.epoch)?;
                 let mut from = l.earliest;
                 let mut live =
                     store.rewrite(&ns, l.earliest, l.retention, l.created_ms, &mut || {
@@ -374,6 +447,7 @@ impl LogStore {
                             .map(|chunk| chunk.into_iter().map(|(_, r)| r).collect()))
                     })?;
                 live.floor = l.floor;
+                store.carry_keys(&ns, &live.epoch, keys, |first, last| Some((first, last)));
                 store.write_live().insert(ns.clone(), live);
                 lock(&store.writing).dead.push(dir);
                 opened.new_epochs.push(ns);
@@ -384,8 +458,13 @@ impl LogStore {
         Ok((store, opened))
     }
 
-    /// Opens a log the manifest lists, cut back to the manifest's `next`.
-    fn open_listed(&self, e: &NsEntry) -> Result<Live, StoreError> {
+    /// Opens a log the manifest lists, cut back to the manifest's `next`; with what it held
+    /// beyond (its records only when `keep_beyond`).
+    fn open_listed(
+        &self,
+        e: &NsEntry,
+        keep_beyond: bool,
+    ) -> Result<(Live, Option<Beyond>), StoreError> {
         let dir = self.paths.log(&e.name, &e.epoch);
         if !dir.is_dir() {
             return Err(StoreError::damaged(
@@ -399,11 +478,14 @@ impl LogStore {
             tracing::warn!(file = %file.display(), bytes = report.torn_tail_bytes, "a segment ended in a torn frame; cut off");
         }
         if log.next() < e.next {
+            // Named at the end of its last segment file (the bytes that are missing were
+            // after it), or the directory's start when no segment file is left.
+            let (file, len) = log.last_file().unwrap_or_else(|| (dir.clone(), 0));
             return Err(StoreError::damaged(
-                &dir,
-                log.next(),
+                &file,
+                len,
                 format!(
-                    "the log ends at offset {}, the manifest says {}",
+                    "ends at offset {} but the checkpoint recorded {}",
                     log.next(),
                     e.next
                 ),
@@ -420,12 +502,25 @@ impl LogStore {
                 ),
             ));
         }
+        let mut beyond = None;
         if log.next() > e.next {
             // Written after the checkpoint: the write-ahead log has it if it was logged.
+            let mut b = Beyond {
+                epoch: e.epoch.clone(),
+                seen_next: log.next(),
+                records: Vec::new(),
+            };
+            if keep_beyond {
+                let mut from = e.next;
+                while let Some(chunk) = next_chunk(&log, &mut from, b.seen_next)? {
+                    b.records.extend(chunk);
+                }
+            }
             log.truncate(e.next)?;
+            beyond = Some(b);
         }
         let bytes = log.bytes_from(e.earliest)?;
-        Ok(Live {
+        let live = Live {
             epoch: e.epoch.clone(),
             created_ms: e.created_ms,
             retention: e.retention,
@@ -435,7 +530,60 @@ impl LogStore {
             bytes,
             first_ts: None,
             log: Arc::new(log),
-        })
+        };
+        Ok((live, beyond))
+    }
+
+    /// The idempotency records of `ns`'s incarnation `epoch` by the publisher's key:
+    /// sled's, with the pending ones (newer) over them.
+    fn keys_of(
+        &self,
+        w: &super::log_store::Writing,
+        ns: &str,
+        epoch: &str,
+    ) -> Result<Vec<(Vec<u8>, IdemRecord)>, StoreError> {
+        let prefix = idem::prefix(ns, epoch);
+        let mut keys: BTreeMap<Vec<u8>, IdemRecord> = BTreeMap::new();
+        for (k, rec) in self.idem.with_prefix(&prefix)? {
+            if !w.removals.contains(&k) {
+                keys.insert(k[prefix.len()..].to_vec(), rec);
+            }
+        }
+        for (k, rec) in &w.pending {
+            if let Some(user) = k.strip_prefix(prefix.as_slice()) {
+                keys.insert(user.to_vec(), *rec);
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Files `keys` (by the publisher's key, at their old offsets) under `ns`'s incarnation
+    /// `epoch`, each record's `first..=last` mapped by `map`; one it maps to `None` is
+    /// dropped. Returns how many were kept and dropped. They reach sled at the checkpoint
+    /// that ends the open.
+    fn carry_keys(
+        &self,
+        ns: &str,
+        epoch: &str,
+        keys: Vec<(Vec<u8>, IdemRecord)>,
+        map: impl Fn(u64, u64) -> Option<(u64, u64)>,
+    ) -> (usize, usize) {
+        let prefix = idem::prefix(ns, epoch);
+        let mut w = lock(&self.writing);
+        let (mut kept, mut dropped) = (0, 0);
+        for (user, rec) in keys {
+            match map(rec.first, rec.last) {
+                Some((first, last)) => {
+                    let mut k = prefix.clone();
+                    k.extend_from_slice(&user);
+                    w.removals.remove(&k);
+                    w.pending.insert(k, IdemRecord { first, last, ..rec });
+                    kept += 1;
+                }
+                None => dropped += 1,
+            }
+        }
+        (kept, dropped)
     }
 
     fn salvage(&self, ns: &str, epoch: &str) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
@@ -478,7 +626,13 @@ impl LogStore {
     }
 
     /// Applies one logged change at open.
-    fn replay(&self, op: WalOp, lost: &mut HashMap<String, Salvaged>) -> Result<(), StoreError> {
+    fn replay(
+        &self,
+        op: WalOp,
+        place: Place,
+        recover: bool,
+        lost: &mut HashMap<String, Salvaged>,
+    ) -> Result<(), StoreError> {
         let mut w = lock(&self.writing);
         w.changed = true;
         match op {
@@ -561,15 +715,29 @@ impl LogStore {
                 ts_ms,
                 records,
             } => {
+                let n = records.len() as u64;
+                let numbered = |records: Vec<Vec<u8>>| {
+                    records
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (first + i as u64, r))
+                        .collect()
+                };
+                let key_of = |key: Option<String>| {
+                    key.map(|k| {
+                        let rec = IdemRecord {
+                            first,
+                            last: first + n - 1,
+                            written_ms: ts_ms,
+                            request,
+                        };
+                        (k.into_bytes(), rec)
+                    })
+                };
                 if let Some(s) = lost.get_mut(&ns) {
                     // Recovering this one: the log's records join what was salvaged.
-                    s.absorb(
-                        records
-                            .into_iter()
-                            .enumerate()
-                            .map(|(i, r)| (first + i as u64, r))
-                            .collect(),
-                    );
+                    s.absorb(numbered(records));
+                    s.keys.extend(key_of(idempotency_key));
                     return Ok(());
                 }
                 let Some(l) = self
@@ -580,16 +748,33 @@ impl LogStore {
                 else {
                     return Ok(());
                 };
-                let n = records.len() as u64;
                 if first != l.next {
-                    return Err(StoreError::damaged(
-                        &self.paths.wal(),
-                        0,
-                        format!(
-                            "an append to {ns:?} at offset {first}, but its log ends at {}",
-                            l.next
-                        ),
-                    ));
+                    let file = wal::segment_path(&self.paths.wal(), place.seq);
+                    let what = format!(
+                        "an append to {ns:?} at offset {first}, but its log ends at {}",
+                        l.next
+                    );
+                    if !recover {
+                        return Err(StoreError::damaged(&file, place.position, what));
+                    }
+                    // Damaged frames before it held appends: the namespace gets a new
+                    // epoch with every valid record, its log's and the logged ones.
+                    let why = format!("{} at byte {}: {what}", file.display(), place.position);
+                    tracing::warn!("recover: {why}");
+                    let mut s = Salvaged::from_live(&l, why);
+                    s.keys = self.keys_of(&w, &ns, &epoch)?;
+                    let mut from = l.earliest;
+                    while let Some(chunk) = next_chunk(&l.log, &mut from, l.next)? {
+                        s.absorb(chunk);
+                    }
+                    s.absorb(numbered(records));
+                    s.keys.extend(key_of(idempotency_key));
+                    let dir = self.paths.log(&ns, &epoch);
+                    self.write_live().remove(&ns);
+                    w.written.remove(&dir);
+                    w.dead.push(dir);
+                    lost.insert(ns, s);
+                    return Ok(());
                 }
                 l.log.append(&records)?;
                 let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
@@ -624,6 +809,7 @@ impl Salvaged {
             next: 0,
             earliest: 0,
             records: BTreeMap::new(),
+            keys: Vec::new(),
             why,
         }
     }
@@ -635,6 +821,7 @@ impl Salvaged {
             next: e.next,
             earliest: e.earliest,
             records: BTreeMap::new(),
+            keys: Vec::new(),
             why,
         };
         s.absorb(records);
@@ -648,6 +835,7 @@ impl Salvaged {
             next: l.next,
             earliest: l.earliest,
             records: BTreeMap::new(),
+            keys: Vec::new(),
             why,
         }
     }

@@ -408,6 +408,13 @@ impl SegmentLog {
         segment_path(&self.dir, base)
     }
 
+    /// The newest segment file and its length in bytes (header and whole frames); `None`
+    /// while the log has no segment file. For damage reports naming a file and a byte.
+    pub(crate) fn last_file(&self) -> Option<(PathBuf, u64)> {
+        let st = lock(&self.state);
+        st.segs.last().map(|s| (self.path(s.base), s.len))
+    }
+
     /// Removes a segment file the state no longer lists; if that fails, the next write
     /// tries again first.
     fn remove_segment(&self, w: &mut Writer, path: PathBuf) -> Result<(), StoreError> {

@@ -199,14 +199,52 @@ fn a_torn_log_frame_takes_its_whole_batch_and_key_with_it() {
         .unwrap()
         .set_len(len - 3)
         .unwrap();
-    let store = open(dir.path());
-    assert_eq!(store.info("n").unwrap().unwrap().next, 1);
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), copy.path());
+    // FIX9 item 5: a torn write and a flipped byte in the last frame look the same, but
+    // the segments hold frames beyond where replay ends: readers may have seen those
+    // offsets, so the namespace gets a new epoch (its logged events kept at theirs).
+    let epoch = super::manifest::read(dir.path()).unwrap().unwrap().namespaces[0]
+        .epoch
+        .clone();
+    let (store, opened) = LogStore::open(dir.path(), opts(false)).unwrap();
+    assert_eq!(opened.new_epochs, ["n"]);
+    let info = store.info("n").unwrap().unwrap();
+    assert_ne!(info.epoch, epoch);
+    assert_eq!((info.earliest, info.next), (0, 1));
     assert_eq!(
         store
             .append("n", &batch, 6, Some(key("k", &batch)))
             .unwrap(),
         Appended::New { first: 1, last: 20 }
     );
+    drop(store);
+    // With --recover the segments' valid frames are kept too, written again after the
+    // highest offset seen (21) under a new epoch.
+    let (store, opened) = recover(copy.path());
+    assert_eq!(opened.new_epochs, ["n"]);
+    assert_ne!(store.info("n").unwrap().unwrap().epoch, epoch);
+    let got = data(&store, "n");
+    let want: Vec<(u64, String)> = std::iter::once("0".to_owned())
+        .chain((0..20).map(|i| format!("b{i}")))
+        .enumerate()
+        .map(|(i, d)| (21 + i as u64, d))
+        .collect();
+    assert_eq!(got, want);
+}
+
+/// Copies a store's directory (files and subdirectories).
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
 }
 
 #[test]
@@ -392,9 +430,13 @@ fn a_log_shorter_than_the_manifest_is_refused_and_recovered() {
         .unwrap()
         .set_len(len - 5)
         .unwrap();
-    let (file, _, what) = refused(dir.path());
-    assert_eq!(file, log_dir(dir.path(), "n", &epoch));
+    // FIX9 item 4: the last segment FILE and a byte position in it (where it ends now).
+    let (file, position, what) = refused(dir.path());
+    assert_eq!(file, seg);
+    assert!(position <= len - 5, "byte {position} after the cut at {}", len - 5);
+    assert_eq!(position, std::fs::metadata(&seg).unwrap().len());
     assert!(what.contains("ends at offset 3"), "{what}");
+    assert!(what.contains("checkpoint recorded 4"), "{what}");
     let (store, _) = recover(dir.path());
     let info = store.info("n").unwrap().unwrap();
     assert_ne!(info.epoch, epoch);
@@ -449,20 +491,47 @@ fn a_gap_in_the_log_is_refused() {
         store.checkpoint().unwrap();
         epoch
     };
-    let op = super::wal::WalOp::Append {
+    let append = |first: u64, data: &str, key: Option<&str>| super::wal::WalOp::Append {
         ns: "n".into(),
-        epoch,
-        first: 5,
-        idempotency_key: None,
-        request: None,
+        epoch: epoch.clone(),
+        first,
+        idempotency_key: key.map(str::to_owned),
+        request: key.map(|_| (RequestDigest::of(&[ev(data)]).0, false)),
         ts_ms: 1,
-        records: vec![record::encode(&ev("x"), 1)],
+        records: vec![record::encode(&ev(data), 1)],
     };
     let mut bytes = Vec::new();
-    super::wal::encode(&mut bytes, &op);
-    std::fs::write(only_file(&dir.path().join("wal"), "wal"), bytes).unwrap();
-    let (_, _, what) = refused(dir.path());
+    super::wal::encode(&mut bytes, &append(0, "a", Some("ka")));
+    let gap_at = bytes.len() as u64;
+    super::wal::encode(&mut bytes, &append(5, "x", Some("kx")));
+    let wal = only_file(&dir.path().join("wal"), "wal");
+    std::fs::write(&wal, bytes).unwrap();
+    // FIX9 item 4: the write-ahead log segment file and the frame's byte position.
+    let (file, position, what) = refused(dir.path());
     assert!(what.contains("offset 5"), "{what}");
+    assert_eq!((file, position), (wal, gap_at));
+    // FIX9 item 3: recovery steps over the gap: a new epoch, every valid record written
+    // again from the old next (6), and the keys answer with the offsets they have now.
+    let (store, opened) = recover(dir.path());
+    assert_eq!(opened.new_epochs, ["n"]);
+    let info = store.info("n").unwrap().unwrap();
+    assert_ne!(info.epoch, epoch);
+    assert_eq!(data(&store, "n"), [(6, "a".into()), (7, "x".into())]);
+    for (k, data, at) in [("ka", "a", 6), ("kx", "x", 7)] {
+        let one = [ev(data)];
+        assert_eq!(
+            store.append("n", &one, 2, Some(key(k, &one))).unwrap(),
+            Appended::Duplicate {
+                first: at,
+                last: at,
+                batch: Some(false)
+            }
+        );
+    }
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().epoch, info.epoch);
+    assert_eq!(data(&store, "n").len(), 2);
 }
 
 #[test]
@@ -663,4 +732,57 @@ fn a_create_taken_back_leaves_nothing() {
     assert_eq!(data(&store, "fresh"), [(0, "0".into())]);
     assert!(store.info("synced").unwrap().is_some());
     assert!(store.info("gone").unwrap().is_none());
+}
+
+/// FIX9 item 2: relaxed mode's new epoch keeps the events at their offsets, and so the
+/// idempotency keys too (a retry after a crash answers the original offsets, not a second
+/// copy): keys already in sled and keys replayed from the write-ahead log.
+#[test]
+fn a_dirty_namespace_keeps_its_idempotency_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let relaxed = OpenOptions {
+        relaxed: true,
+        ..opts(false)
+    };
+    let old = [ev("old")];
+    let batch: Vec<NewEvent> = (0..3).map(|i| ev(&format!("b{i}"))).collect();
+    let epoch = {
+        let store = LogStore::open(dir.path(), relaxed).unwrap().0;
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        store.append("n", &old, 1, Some(key("old", &old))).unwrap();
+        store.checkpoint().unwrap();
+        store.mark_dirty("n").unwrap();
+        store
+            .append("n", &batch, 2, Some(key("batch", &batch)))
+            .unwrap();
+        epoch
+    };
+    let store = LogStore::open(dir.path(), relaxed).unwrap().0;
+    assert_ne!(store.info("n").unwrap().unwrap().epoch, epoch);
+    for (k, events, first, last, batch) in [("old", &old[..], 0, 0, false), ("batch", &batch[..], 1, 3, true)] {
+        assert_eq!(
+            store.append("n", events, 3, Some(key(k, events))).unwrap(),
+            Appended::Duplicate {
+                first,
+                last,
+                batch: Some(batch)
+            },
+            "{k}"
+        );
+    }
+    assert_eq!(store.info("n").unwrap().unwrap().next, 4);
+    store.checkpoint().unwrap();
+    drop(store);
+    // The keys reached sled under the new epoch.
+    let store = LogStore::open(dir.path(), relaxed).unwrap().0;
+    assert_eq!(
+        store
+            .append("n", &batch, 4, Some(key("batch", &batch)))
+            .unwrap(),
+        Appended::Duplicate {
+            first: 1,
+            last: 3,
+            batch: Some(true)
+        }
+    );
 }

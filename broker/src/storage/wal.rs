@@ -337,10 +337,16 @@ fn frame_at(bytes: &[u8], pos: usize) -> Option<(WalOp, usize)> {
 
 /// Decodes every whole, intact frame; returns them and the length of the good prefix.
 pub fn decode_all(bytes: &[u8]) -> (Vec<WalOp>, usize) {
+    let (ops, good) = decode_placed(bytes);
+    (ops.into_iter().map(|(op, _)| op).collect(), good)
+}
+
+/// [`decode_all`] with each frame's byte position.
+fn decode_placed(bytes: &[u8]) -> (Vec<(WalOp, usize)>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some((op, len)) = frame_at(bytes, pos) {
-        out.push(op);
+        out.push((op, pos));
         pos += len;
     }
     (out, pos)
@@ -377,15 +383,16 @@ pub struct Damage {
     pub bytes: u64,
 }
 
-/// Every valid frame of a segment, stepping over damage byte by byte; with the damaged
-/// ranges, the last of which may be a torn tail (it reaches the end of the file).
-fn salvage(bytes: &[u8]) -> (Vec<WalOp>, Vec<(usize, usize)>) {
+/// Every valid frame of a segment with its byte position, stepping over damage byte by
+/// byte; with the damaged ranges, the last of which may be a torn tail (it reaches the end
+/// of the file).
+fn salvage(bytes: &[u8]) -> (Vec<(WalOp, usize)>, Vec<(usize, usize)>) {
     let mut ops = Vec::new();
     let mut bad = Vec::new();
     let mut pos = 0;
     while pos < bytes.len() {
         if let Some((op, len)) = frame_at(bytes, pos) {
-            ops.push(op);
+            ops.push((op, pos));
             pos += len;
             continue;
         }
@@ -396,7 +403,8 @@ fn salvage(bytes: &[u8]) -> (Vec<WalOp>, Vec<(usize, usize)>) {
     (ops, bad)
 }
 
-fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+/// The file of segment `seq` in `dir`.
+pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
 }
 
@@ -429,15 +437,26 @@ pub struct Mark {
     len: u64,
 }
 
+/// Where a frame was read: its segment's number and the frame's byte position in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// The segment's number (its file: [`segment_path`]).
+    pub seq: u64,
+    /// Byte position of the frame's first byte.
+    pub position: u64,
+}
+
 /// What [`Wal::open`] read.
 #[derive(Debug, Default)]
 pub struct Opened {
-    /// Every intact operation, oldest first.
-    pub ops: Vec<WalOp>,
+    /// Every intact operation, oldest first, with where it was read.
+    pub ops: Vec<(WalOp, Place)>,
     /// With `recover`: the damage stepped over (a torn tail is not in it).
     pub damage: Vec<Damage>,
     /// Bytes of a torn tail cut off the last segment.
     pub torn_tail_bytes: u64,
+    /// The segment file and byte position where a torn tail was cut off.
+    pub torn_tail_at: Option<(PathBuf, u64)>,
 }
 
 /// The open log: the segment being written, and the directory of them all.
@@ -468,14 +487,21 @@ impl Wal {
             let mut bytes = Vec::new();
             File::open(&path)?.read_to_end(&mut bytes)?;
             let last = i + 1 == seqs.len();
-            let (ops, good) = decode_all(&bytes);
+            let (ops, good) = decode_placed(&bytes);
+            let placed: Vec<(WalOp, Place)> = ops
+                .into_iter()
+                .map(|(op, position)| {
+                    let position = position as u64;
+                    (op, Place { seq, position })
+                })
+                .collect();
             if good == bytes.len() {
-                opened.ops.extend(ops);
+                opened.ops.extend(placed);
                 continue;
             }
             let torn = last && valid_frames_after(&bytes, good).is_none();
             if torn {
-                opened.ops.extend(ops);
+                opened.ops.extend(placed);
                 tracing::warn!(
                     file = %path.display(),
                     position = good,
@@ -486,6 +512,7 @@ impl Wal {
                 f.set_len(good as u64)?;
                 f.sync_data()?;
                 opened.torn_tail_bytes = (bytes.len() - good) as u64;
+                opened.torn_tail_at = Some((path.clone(), good as u64));
                 continue;
             }
             if !recover {
@@ -497,7 +524,13 @@ impl Wal {
                 return Err(StoreError::damaged(&path, good as u64, what));
             }
             let (ops, bad) = salvage(&bytes);
-            opened.ops.extend(ops);
+            opened.ops.extend(ops.into_iter().map(|(op, position)| {
+                let place = Place {
+                    seq,
+                    position: position as u64,
+                };
+                (op, place)
+            }));
             for (position, len) in bad {
                 tracing::warn!(
                     file = %path.display(),
@@ -666,6 +699,44 @@ mod tests {
         ]
     }
 
+    fn ops_of(opened: &Opened) -> Vec<WalOp> {
+        opened.ops.iter().map(|(op, _)| op.clone()).collect()
+    }
+
+    /// FIX9 item 4: each frame read keeps its segment and byte position, also when
+    /// recovery steps over damage.
+    #[test]
+    fn frames_keep_their_byte_positions() {
+        let dir = tempfile::tempdir().unwrap();
+        let frames: Vec<Vec<u8>> = ["a", "bb", "ccc"]
+            .iter()
+            .map(|ns| encode_all(&[delete(ns)]))
+            .collect();
+        let mut bytes = frames.concat();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        std::fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
+        let (_, opened) = Wal::open(dir.path(), 0, false).unwrap();
+        let places: Vec<Place> = opened.ops.iter().map(|(_, p)| *p).collect();
+        let at = |i: usize| frames[..i].iter().map(Vec::len).sum::<usize>() as u64;
+        assert_eq!(
+            places,
+            (0..3)
+                .map(|i| Place { seq: 7, position: at(i) })
+                .collect::<Vec<_>>()
+        );
+        // Damage in the second frame: recovery keeps the third at its own position.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path()).unwrap();
+        bytes[at(1) as usize + 9] ^= 0x11;
+        std::fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
+        let (_, opened) = Wal::open(dir.path(), 0, true).unwrap();
+        let places: Vec<Place> = opened.ops.iter().map(|(_, p)| *p).collect();
+        assert_eq!(
+            places,
+            [Place { seq: 7, position: 0 }, Place { seq: 7, position: at(2) }]
+        );
+    }
+
     fn encode_all(ops: &[WalOp]) -> Vec<u8> {
         let mut out = Vec::new();
         for op in ops {
@@ -749,7 +820,7 @@ mod tests {
         let wal_dir = dir.path().join("wal");
         {
             let (mut wal, opened) = Wal::open(&wal_dir, 0, false).unwrap();
-            assert!(opened.ops.is_empty());
+            assert!(ops_of(&opened).is_empty());
             let mut frames = Vec::new();
             encode(&mut frames, &delete("a"));
             wal.write(&frames).unwrap();
@@ -761,15 +832,15 @@ mod tests {
             wal.sync().unwrap();
             assert_eq!(segments(&wal_dir).unwrap().len(), 2);
             let (_, opened) = Wal::open(&wal_dir, 0, false).unwrap();
-            assert_eq!(opened.ops, [delete("a"), delete("b")]);
+            assert_eq!(ops_of(&opened), [delete("a"), delete("b")]);
             assert_eq!(opened.torn_tail_bytes, 5);
             Wal::remove_before(&wal_dir, cut).unwrap();
         }
         let (_, opened) = Wal::open(&wal_dir, 0, false).unwrap();
-        assert_eq!(opened.ops, [delete("b")]);
+        assert_eq!(ops_of(&opened), [delete("b")]);
         // Replay starts where the manifest says: older segments are gone.
         let (_, opened) = Wal::open(&wal_dir, 100, false).unwrap();
-        assert!(opened.ops.is_empty());
+        assert!(ops_of(&opened).is_empty());
         assert_eq!(segments(&wal_dir).unwrap(), [100]);
     }
 
@@ -811,8 +882,8 @@ mod tests {
             let cut = cut.index(bytes.len());
             let (opened, left) = open_one(&bytes[..cut], false);
             let opened = opened.unwrap();
-            let kept = encode_all(&opened.ops);
-            prop_assert_eq!(&opened.ops[..], &ops[..opened.ops.len()]);
+            let kept = encode_all(&ops_of(&opened));
+            prop_assert_eq!(&ops_of(&opened)[..], &ops[..opened.ops.len()]);
             prop_assert_eq!(left, kept.clone());
             prop_assert_eq!(opened.torn_tail_bytes as usize, cut - kept.len());
         }
@@ -838,7 +909,7 @@ mod tests {
             let mut want = ops.clone();
             want.remove(k);
             for op in &want {
-                prop_assert!(recovered.ops.contains(op));
+                prop_assert!(ops_of(&recovered).contains(op));
             }
             prop_assert_eq!(recovered.damage.first().map(|d| d.position), Some(start as u64));
         }
