@@ -334,7 +334,7 @@ impl LogStore {
         }
         // Replay.
         for (op, place) in wal_read.ops {
-            store.replay(op, place, opts.recover, &mut lost)?;
+            store.replay(op, place, opts.recover, &mut lost, &mut beyond)?;
         }
         // A log whose segments held frames beyond where replay ends lost the log frames
         // of acknowledged events (a damaged last frame looks like a torn one): its offsets
@@ -534,6 +534,43 @@ impl LogStore {
         Ok((live, beyond))
     }
 
+    /// What the directory of an incarnation created since the checkpoint held, before
+    /// replay writes it again: how far its segments reached and, when `recover`ing, their
+    /// valid records (salvaged if damaged). Damage without `recover` is no reason to refuse:
+    /// the log holds everything the directory should.
+    fn created_beyond(
+        &self,
+        dir: &Path,
+        ns: &str,
+        epoch: &str,
+        floor: u64,
+        recover: bool,
+    ) -> Result<Option<Beyond>, StoreError> {
+        let mut b = Beyond {
+            epoch: epoch.to_owned(),
+            seen_next: floor,
+            records: Vec::new(),
+        };
+        match SegmentLog::open(dir, ns, epoch, floor, self.seg) {
+            Ok((log, _)) => {
+                b.seen_next = log.next();
+                if recover {
+                    let mut from = log.first();
+                    while let Some(chunk) = next_chunk(&log, &mut from, b.seen_next)? {
+                        b.records.extend(chunk);
+                    }
+                }
+            }
+            Err(StoreError::Damaged { .. }) if recover => {
+                b.records = self.salvage(ns, epoch)?;
+                b.seen_next = b.records.last().map_or(floor, |(o, _)| o + 1);
+            }
+            Err(StoreError::Damaged { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        Ok((b.seen_next > floor).then_some(b))
+    }
+
     /// The idempotency records of `ns`'s incarnation `epoch` by the publisher's key:
     /// sled's, with the pending ones (newer) over them.
     fn keys_of(
@@ -632,6 +669,7 @@ impl LogStore {
         place: Place,
         recover: bool,
         lost: &mut HashMap<String, Salvaged>,
+        beyond: &mut HashMap<String, Beyond>,
     ) -> Result<(), StoreError> {
         let mut w = lock(&self.writing);
         w.changed = true;
@@ -648,7 +686,11 @@ impl LogStore {
                 }
                 let dir = self.paths.log(&ns, &epoch);
                 if dir.exists() {
-                    // Everything in it is in the log, and is written again below.
+                    // Everything in it is in the log, and is written again below; how far
+                    // it reached is kept (see `Beyond`), and with `recover` its records.
+                    if let Some(b) = self.created_beyond(&dir, &ns, &epoch, floor, recover)? {
+                        beyond.insert(ns.clone(), b);
+                    }
                     std::fs::remove_dir_all(&dir)?;
                 }
                 drop(w);
@@ -769,6 +811,9 @@ impl LogStore {
                     }
                     s.absorb(numbered(records));
                     s.keys.extend(key_of(idempotency_key));
+                    if let Some(b) = beyond.remove(&ns).filter(|b| b.epoch == epoch) {
+                        s.absorb(b.records);
+                    }
                     let dir = self.paths.log(&ns, &epoch);
                     self.write_live().remove(&ns);
                     w.written.remove(&dir);

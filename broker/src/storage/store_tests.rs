@@ -786,3 +786,45 @@ fn a_dirty_namespace_keeps_its_idempotency_keys() {
         }
     );
 }
+
+/// FIX9 items 3 and 6: a damaged log frame in the middle of a namespace created since the
+/// last checkpoint. Its directory held every frame; recovery keeps them all under a new
+/// epoch, written again from the old next (never below it), keys moved with them.
+#[test]
+fn recovery_keeps_the_segment_frames_of_a_damaged_log_frame_and_writes_them_after_the_old_next(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = |dir: &Path| only_file(&dir.join("wal"), "wal");
+    let batch: Vec<NewEvent> = (0..3).map(|i| ev(&format!("b{i}"))).collect();
+    let (epoch, damaged_at) = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        fill(&store, "n", 1);
+        let before = std::fs::metadata(wal(dir.path())).unwrap().len();
+        store
+            .append("n", &batch, 2, Some(key("k", &batch)))
+            .unwrap();
+        store.sync().unwrap();
+        fill(&store, "n", 1);
+        (epoch, before + 12)
+    };
+    flip(&wal(dir.path()), damaged_at);
+    let (file, position, _) = refused(dir.path());
+    assert_eq!(file, wal(dir.path()));
+    assert!(position <= damaged_at);
+    let (store, opened) = recover(dir.path());
+    assert_eq!(opened.new_epochs, ["n"]);
+    let info = store.info("n").unwrap().unwrap();
+    assert_ne!(info.epoch, epoch);
+    let got = data(&store, "n");
+    let want: Vec<(u64, String)> = ["0", "b0", "b1", "b2", "0"]
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (5 + i as u64, (*d).to_owned()))
+        .collect();
+    assert_eq!(got, want);
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.info("n").unwrap().unwrap().epoch, info.epoch);
+    assert_eq!(store.info("n").unwrap().unwrap().next, 10);
+}
