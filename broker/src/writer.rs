@@ -289,10 +289,15 @@ impl Writer {
                     match self.store.undo_create(&ns) {
                         Ok(true) => {
                             self.namespaces.remove(&ns);
-                            tracing::info!(ns, "namespace creation taken back: its first publish was refused");
+                            tracing::info!(
+                                ns,
+                                "namespace creation taken back: its first publish was refused"
+                            );
                         }
                         Ok(false) => {}
-                        Err(undo) => tracing::error!(ns, error = %undo, "could not take back a namespace's creation"),
+                        Err(undo) => {
+                            tracing::error!(ns, error = %undo, "could not take back a namespace's creation")
+                        }
                     }
                 }
                 let _ = reply.send(Err(LogError::from(&e)));

@@ -209,7 +209,9 @@ fn damaged_unless_io(dir: &Path, e: StoreError) -> StoreError {
             StoreError::damaged(
                 dir,
                 0,
-                format!("the idempotency store's files are damaged ({kind} failed when sled read them)"),
+                format!(
+                    "the idempotency store's files are damaged ({kind} failed when sled read them)"
+                ),
             )
         }
         other => other,
@@ -627,7 +629,10 @@ mod tests {
                 Err(e @ StoreError::Damaged { .. }) => {
                     let text = e.to_string();
                     assert!(!text.contains("version"), "{text}");
-                    assert!(text.contains("damaged") && text.contains("--recover"), "{text}");
+                    assert!(
+                        text.contains("damaged") && text.contains("--recover"),
+                        "{text}"
+                    );
                     assert!(text.contains(&idem.display().to_string()), "{text}");
                 }
                 Err(e) => panic!("byte {at}: {e}"),

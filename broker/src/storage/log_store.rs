@@ -805,7 +805,7 @@ impl Storage for LogStore {
         let Some(Undo::Create { ns: created, .. }) = w.undo.last() else {
             return Ok(false);
         };
-        if created != ns || !self.read_live().get(ns).is_some_and(|l| l.next == l.floor) {
+        if created != ns || self.read_live().get(ns).is_none_or(|l| l.next != l.floor) {
             return Ok(false);
         }
         let Some(Undo::Create {

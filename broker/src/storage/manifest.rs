@@ -161,8 +161,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
         // position given is the file's start, never one after the damage.
         return Err((
             0,
-            "the checksum of the whole file does not match (the damage is somewhere in it)"
-                .into(),
+            "the checksum of the whole file does not match (the damage is somewhere in it)".into(),
         ));
     }
     let mut r = Reader {

@@ -252,7 +252,12 @@ impl LogStore {
                 d.bytes
             ));
         }
-        let max_lsn = wal_read.ops.iter().map(|(op, _)| op.lsn()).max().unwrap_or(0);
+        let max_lsn = wal_read
+            .ops
+            .iter()
+            .map(|(op, _)| op.lsn())
+            .max()
+            .unwrap_or(0);
         let torn_wal = wal_read.torn_tail_at.clone();
         let mut store = LogStore::new(
             paths,

@@ -204,7 +204,10 @@ fn a_torn_log_frame_takes_its_whole_batch_and_key_with_it() {
     // FIX9 item 5: a torn write and a flipped byte in the last frame look the same, but
     // the segments hold frames beyond where replay ends: readers may have seen those
     // offsets, so the namespace gets a new epoch (its logged events kept at theirs).
-    let epoch = super::manifest::read(dir.path()).unwrap().unwrap().namespaces[0]
+    let epoch = super::manifest::read(dir.path())
+        .unwrap()
+        .unwrap()
+        .namespaces[0]
         .epoch
         .clone();
     let (store, opened) = LogStore::open(dir.path(), opts(false)).unwrap();
@@ -433,7 +436,11 @@ fn a_log_shorter_than_the_manifest_is_refused_and_recovered() {
     // FIX9 item 4: the last segment FILE and a byte position in it (where it ends now).
     let (file, position, what) = refused(dir.path());
     assert_eq!(file, seg);
-    assert!(position <= len - 5, "byte {position} after the cut at {}", len - 5);
+    assert!(
+        position <= len - 5,
+        "byte {position} after the cut at {}",
+        len - 5
+    );
     assert_eq!(position, std::fs::metadata(&seg).unwrap().len());
     assert!(what.contains("ends at offset 3"), "{what}");
     assert!(what.contains("checkpoint recorded 4"), "{what}");
@@ -759,7 +766,10 @@ fn a_dirty_namespace_keeps_its_idempotency_keys() {
     };
     let store = LogStore::open(dir.path(), relaxed).unwrap().0;
     assert_ne!(store.info("n").unwrap().unwrap().epoch, epoch);
-    for (k, events, first, last, batch) in [("old", &old[..], 0, 0, false), ("batch", &batch[..], 1, 3, true)] {
+    for (k, events, first, last, batch) in [
+        ("old", &old[..], 0, 0, false),
+        ("batch", &batch[..], 1, 3, true),
+    ] {
         assert_eq!(
             store.append("n", events, 3, Some(key(k, events))).unwrap(),
             Appended::Duplicate {
@@ -791,8 +801,7 @@ fn a_dirty_namespace_keeps_its_idempotency_keys() {
 /// last checkpoint. Its directory held every frame; recovery keeps them all under a new
 /// epoch, written again from the old next (never below it), keys moved with them.
 #[test]
-fn recovery_keeps_the_segment_frames_of_a_damaged_log_frame_and_writes_them_after_the_old_next(
-) {
+fn recovery_keeps_the_segment_frames_of_a_damaged_log_frame_and_writes_them_after_the_old_next() {
     let dir = tempfile::tempdir().unwrap();
     let wal = |dir: &Path| only_file(&dir.join("wal"), "wal");
     let batch: Vec<NewEvent> = (0..3).map(|i| ev(&format!("b{i}"))).collect();

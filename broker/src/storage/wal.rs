@@ -341,8 +341,11 @@ pub fn decode_all(bytes: &[u8]) -> (Vec<WalOp>, usize) {
     (ops.into_iter().map(|(op, _)| op).collect(), good)
 }
 
+/// An operation and the byte position of its frame.
+type Positioned = (WalOp, usize);
+
 /// [`decode_all`] with each frame's byte position.
-fn decode_placed(bytes: &[u8]) -> (Vec<(WalOp, usize)>, usize) {
+fn decode_placed(bytes: &[u8]) -> (Vec<Positioned>, usize) {
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some((op, len)) = frame_at(bytes, pos) {
@@ -386,7 +389,7 @@ pub struct Damage {
 /// Every valid frame of a segment with its byte position, stepping over damage byte by
 /// byte; with the damaged ranges, the last of which may be a torn tail (it reaches the end
 /// of the file).
-fn salvage(bytes: &[u8]) -> (Vec<(WalOp, usize)>, Vec<(usize, usize)>) {
+fn salvage(bytes: &[u8]) -> (Vec<Positioned>, Vec<(usize, usize)>) {
     let mut ops = Vec::new();
     let mut bad = Vec::new();
     let mut pos = 0;
@@ -721,7 +724,10 @@ mod tests {
         assert_eq!(
             places,
             (0..3)
-                .map(|i| Place { seq: 7, position: at(i) })
+                .map(|i| Place {
+                    seq: 7,
+                    position: at(i)
+                })
                 .collect::<Vec<_>>()
         );
         // Damage in the second frame: recovery keeps the third at its own position.
@@ -733,7 +739,16 @@ mod tests {
         let places: Vec<Place> = opened.ops.iter().map(|(_, p)| *p).collect();
         assert_eq!(
             places,
-            [Place { seq: 7, position: 0 }, Place { seq: 7, position: at(2) }]
+            [
+                Place {
+                    seq: 7,
+                    position: 0
+                },
+                Place {
+                    seq: 7,
+                    position: at(2)
+                }
+            ]
         );
     }
 
