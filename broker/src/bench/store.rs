@@ -12,13 +12,18 @@
 //!   open loop: `publishers` WebSocket connections, each publishing single events to its
 //!   own namespace on a fixed schedule whatever the answers do; each latency runs from the
 //!   time the publish was due to its `published` answer (so a stall counts for every
-//!   publish it delays), recorded in an HdrHistogram.
+//!   publish it delays), recorded in an HdrHistogram. Beside it, a disk probe in the
+//!   benchmark's process (`probe_interval_ms`) writes 200 bytes to a file next to the data
+//!   directory and `fdatasync`s it, and reports the same percentiles: what the disk itself
+//!   did during the run, as a same-run reference on a shared machine.
 //! - `catchup`: `catchup_events` events published, a clean shutdown and a restart, every
 //!   data file written to disk and dropped from the OS page cache (`posix_fadvise
 //!   DONTNEED`, per file: the machine is shared, so not `/proc/sys/vm/drop_caches`); then
 //!   one subscriber reads the namespace from offset 0 ("cold"), then again ("warm", from
 //!   whatever the store and the OS cached). The bytes the broker read from the block layer
-//!   (`/proc/<pid>/io` `read_bytes`) are reported with each, to show which was which.
+//!   (`/proc/<pid>/io` `read_bytes`) are reported with each, to show which was which,
+//!   and the restart's start-up time (spawn to the `listening` line, the files dropped from
+//!   the page cache before it too) with the data's size.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -97,6 +102,9 @@ pub struct StoreArgs {
     /// namespaces in turn)
     #[arg(long, value_enum, default_value_t = LatencyTransport::Ws)]
     pub transport: LatencyTransport,
+    /// latency: milliseconds between the disk probe's `fdatasync`s (0: no probe)
+    #[arg(long, default_value_t = 10)]
+    pub probe_interval_ms: u64,
     /// latency, `--transport http`: keep-alive connections; a publish that comes due
     /// while all are busy waits for one, and that wait is part of its latency
     #[arg(long, default_value_t = 64)]
@@ -452,6 +460,44 @@ async fn paced_publisher(
     Ok(hist)
 }
 
+/// Tells the disk probe to stop when dropped, also when the scenario fails early.
+struct StopProbe(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for StopProbe {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The disk probe: until `stop`, every `interval` appends 200 bytes to a file in `dir` and
+/// `fdatasync`s it; returns the time each write and sync took, in µs. A thread of its own,
+/// so the benchmark's async tasks cannot delay it.
+fn disk_probe(
+    dir: PathBuf,
+    interval: Duration,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<Histogram<u64>, BenchError>> {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut hist = Histogram::<u64>::new(3).map_err(err)?;
+        let path = dir.join("probe");
+        let mut file = std::fs::File::create(&path)?;
+        let mut due = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let t0 = Instant::now();
+            file.write_all(&[b'p'; 200])?;
+            file.sync_data()?;
+            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+            hist.record(us).map_err(err)?;
+            due += interval;
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        drop(file);
+        std::fs::remove_file(&path)?;
+        Ok(hist)
+    })
+}
+
 /// The schedule the HTTP connections of the latency scenario share: publish k (to
 /// namespace `lat-{k mod namespaces}`) is due at `start + k × interval`.
 struct HttpSchedule {
@@ -507,6 +553,14 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         }
     }
     let start = TokioInstant::now() + Duration::from_millis(500);
+    let stop_probe = StopProbe(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let probe = (args.probe_interval_ms > 0).then(|| {
+        disk_probe(
+            tmp.path().to_path_buf(),
+            Duration::from_millis(args.probe_interval_ms),
+            Arc::clone(&stop_probe.0),
+        )
+    });
     let mut tasks = Vec::new();
     match args.transport {
         LatencyTransport::Ws => {
@@ -540,9 +594,10 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         hist.add(t.await.map_err(err)??).map_err(err)?;
     }
     let elapsed = start.elapsed();
+    drop(stop_probe);
     b.stop()?;
     let ms = |us: u64| us as f64 / 1000.0;
-    Ok(vec![Measured {
+    let mut out = vec![Measured {
         name: format!(
             "durable publish acknowledgement, open loop at {} events/s for {} s ({}, {} \
              namespaces, {} B payloads, {} publishes; p99.9 {:.2} ms), latency from when each \
@@ -563,7 +618,24 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         p50_us: hist.value_at_quantile(0.50),
         p99_us: hist.value_at_quantile(0.99),
         max_us: hist.max(),
-    }])
+    }];
+    if let Some(probe) = probe {
+        let probe = probe.join().map_err(|_| err("the disk probe panicked"))??;
+        out.push(Measured {
+            name: format!(
+                "disk probe during that run: 200-byte write + fdatasync every {} ms beside the \
+                 data directory ({} syncs; p99.9 {:.2} ms)",
+                args.probe_interval_ms,
+                probe.len(),
+                ms(probe.value_at_quantile(0.999))
+            ),
+            events_per_sec: 0.0,
+            p50_us: probe.value_at_quantile(0.50),
+            p99_us: probe.value_at_quantile(0.99),
+            max_us: probe.max(),
+        });
+    }
+    Ok(out)
 }
 
 /// Reads `ns` from offset 0 to `n` events with one subscriber; the rate and the bytes
@@ -598,8 +670,12 @@ async fn catchup(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     )
     .await?;
     b.stop()?;
+    let (on_disk, _) = disk_usage(&data)?;
+    // Open verifies every frame: its time is measured with the files out of the page cache.
+    drop_from_page_cache(&data)?;
     let b = Broker::start(&data, &args.serve_args)?;
     healthy(b.addr).await?;
+    let startup = b.startup;
     drop_from_page_cache(&data)?;
     let (cold, cold_read) = replay(&b, "replay", n).await?;
     let (warm, warm_read) = replay(&b, "replay", n).await?;
@@ -608,9 +684,12 @@ async fn catchup(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     Ok(vec![
         Measured::rate(
             format!(
-                "catch-up of {n} events of {} B from offset 0 after a restart, data files \
-                 dropped from the page cache ({:.1} MiB read from disk)",
+                "catch-up of {n} events of {} B from offset 0 after a restart (start-up \
+                 {:.2} s with {:.1} MiB on disk), data files dropped from the page cache \
+                 ({:.1} MiB read from disk)",
                 args.catchup_payload_bytes,
+                startup.as_secs_f64(),
+                mib(on_disk),
                 mib(cold_read)
             ),
             cold,
