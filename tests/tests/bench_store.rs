@@ -51,7 +51,7 @@ fn every_store_scenario_runs_and_reports_its_measure() {
         "--catchup-events",
         "3000",
     ]);
-    assert_eq!(rows.len(), 5, "{rows:#?}");
+    assert_eq!(rows.len(), 6, "{rows:#?}");
     // Disk: every event stored, and some bytes for them.
     assert!(
         rows[0].contains("after 500 events of 1024 B"),
@@ -64,9 +64,12 @@ fn every_store_scenario_runs_and_reports_its_measure() {
     assert!(number_before(&rows[1], " KiB, empty broker") > 0.0);
     // Latency: open loop, so exactly rate × seconds publishes, every one answered.
     assert!(rows[2].contains("800 publishes"), "{}", rows[2]);
+    // The disk probe beside it: some syncs were timed.
+    assert!(rows[3].starts_with("| disk probe during that run"), "{}", rows[3]);
+    assert!(!rows[3].contains("(0 syncs"), "{}", rows[3]);
     // Catch-up: both reads of the whole log, at some rate.
-    assert!(rows[3].contains("catch-up of 3000 events"), "{}", rows[3]);
-    for row in &rows[3..] {
+    assert!(rows[4].contains("catch-up of 3000 events"), "{}", rows[4]);
+    for row in &rows[4..] {
         assert!(number_before(row, " | – | – | – |") > 0.0, "{row}");
     }
 }
@@ -85,7 +88,8 @@ fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
         "--seconds",
         "1",
     ]);
-    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
     assert!(rows[0].contains("8 HTTP connections"), "{}", rows[0]);
     assert!(rows[0].contains("300 publishes"), "{}", rows[0]);
+    assert!(rows[1].starts_with("| disk probe during that run"), "{}", rows[1]);
 }
