@@ -65,7 +65,11 @@ fn every_store_scenario_runs_and_reports_its_measure() {
     // Latency: open loop, so exactly rate × seconds publishes, every one answered.
     assert!(rows[2].contains("800 publishes"), "{}", rows[2]);
     // The disk probe beside it: some syncs were timed.
-    assert!(rows[3].starts_with("| disk probe during that run"), "{}", rows[3]);
+    assert!(
+        rows[3].starts_with("| disk probe during that run"),
+        "{}",
+        rows[3]
+    );
     assert!(!rows[3].contains("(0 syncs"), "{}", rows[3]);
     // Catch-up: both reads of the whole log, at some rate.
     assert!(rows[4].contains("catch-up of 3000 events"), "{}", rows[4]);
@@ -91,5 +95,9 @@ fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
     assert_eq!(rows.len(), 2, "{rows:#?}");
     assert!(rows[0].contains("8 HTTP connections"), "{}", rows[0]);
     assert!(rows[0].contains("300 publishes"), "{}", rows[0]);
-    assert!(rows[1].starts_with("| disk probe during that run"), "{}", rows[1]);
+    assert!(
+        rows[1].starts_with("| disk probe during that run"),
+        "{}",
+        rows[1]
+    );
 }

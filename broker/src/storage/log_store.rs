@@ -192,6 +192,7 @@ fn is_storage_failure(e: &StoreError) -> bool {
     matches!(
         e,
         StoreError::Io(_)
+            | StoreError::IoAt { .. }
             | StoreError::Sled(_)
             | StoreError::Damaged { .. }
             | StoreError::Corrupt(_)

@@ -111,6 +111,15 @@ pub enum StoreError {
     /// A file operation failed (its message is in this one's, as for `Sled`).
     #[error("i/o: {0}")]
     Io(std::io::Error),
+    /// A file operation on a named file or directory failed (its message is in this one's,
+    /// as for `Io`).
+    #[error("i/o on {}: {err}", file.display())]
+    IoAt {
+        /// The file or directory.
+        file: std::path::PathBuf,
+        /// What the operating system said.
+        err: std::io::Error,
+    },
     /// Stored bytes do not decode.
     #[error("corrupt record: {0}")]
     Corrupt(String),
@@ -177,7 +186,7 @@ impl StoreError {
         const ENOSPC: i32 = 28;
         const EDQUOT: i32 = 122;
         let io = match self {
-            StoreError::Io(e) => Some(e),
+            StoreError::Io(e) | StoreError::IoAt { err: e, .. } => Some(e),
             StoreError::Sled(::sled::Error::Io(e)) => Some(e),
             _ => None,
         };
@@ -189,6 +198,14 @@ impl StoreError {
                     "StorageFull" | "QuotaExceeded"
                 )
         })
+    }
+
+    /// A [`StoreError::IoAt`]: `err` met on `file`.
+    pub fn io_at(file: &std::path::Path, err: std::io::Error) -> StoreError {
+        StoreError::IoAt {
+            file: file.to_owned(),
+            err,
+        }
     }
 
     /// A [`StoreError::Damaged`] for `file` at `position`.

@@ -2,7 +2,7 @@
 //! log, and — only when asked (`rewind serve --recover`) — recovering what damage left.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::idem::{self, IdemRecord, IdemStore};
@@ -54,27 +54,84 @@ fn has_data(dir: &Path) -> Result<bool, StoreError> {
     }
 }
 
-/// Every `log/<ns>/<epoch>` directory.
-fn incarnation_dirs(logs: &Path) -> Result<Vec<(String, String)>, StoreError> {
+/// Moves `path` (a file or directory under the data directory `dir`) to
+/// `<dir>/lost+found/<unix ms>/<its path under dir>`, and returns where it went. Recovery
+/// sets aside what it cannot place instead of deleting it or merging it into a log.
+fn set_aside(dir: &Path, path: &Path, why: &str) -> Result<PathBuf, StoreError> {
+    let rel = path.strip_prefix(dir).unwrap_or(path);
+    let to = dir
+        .join("lost+found")
+        .join(super::now_ms().to_string())
+        .join(rel);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::io_at(parent, e))?;
+    }
+    std::fs::rename(path, &to).map_err(|e| StoreError::io_at(path, e))?;
+    tracing::warn!(
+        "recover: {}: {why}; set aside as {}",
+        path.display(),
+        to.display()
+    );
+    Ok(to)
+}
+
+/// Every `log/<ns>/<epoch>` directory. A file where `log/`, a namespace's directory or an
+/// incarnation's directory belongs is damage; `recover` sets it aside (see [`set_aside`]).
+fn incarnation_dirs(
+    dir: &Path,
+    logs: &Path,
+    recover: bool,
+    repairs: &mut Vec<String>,
+) -> Result<Vec<(String, String)>, StoreError> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(logs) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e.into()),
+    let misplaced = |path: &Path, what: &str, repairs: &mut Vec<String>| {
+        if !recover {
+            return Err(StoreError::damaged(path, 0, what));
+        }
+        let to = set_aside(dir, path, what)?;
+        repairs.push(format!(
+            "{}: {what}; set aside as {}",
+            path.display(),
+            to.display()
+        ));
+        Ok(())
     };
+    match std::fs::symlink_metadata(logs) {
+        Ok(m) if !m.is_dir() => {
+            misplaced(
+                logs,
+                "a file where the directory of namespace logs belongs",
+                repairs,
+            )?;
+            return Ok(out);
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(StoreError::io_at(logs, e)),
+    }
+    let entries = std::fs::read_dir(logs).map_err(|e| StoreError::io_at(logs, e))?;
     for ns in entries {
         let ns = ns?;
         if !ns.file_type()?.is_dir() {
-            return Err(StoreError::damaged(
+            misplaced(
                 &ns.path(),
-                0,
                 "a file where a namespace's directory belongs",
-            ));
+                repairs,
+            )?;
+            continue;
         }
         let name = ns.file_name().to_string_lossy().into_owned();
         let mut any = false;
-        for epoch in std::fs::read_dir(ns.path())? {
+        for epoch in std::fs::read_dir(ns.path()).map_err(|e| StoreError::io_at(&ns.path(), e))? {
             let epoch = epoch?;
+            if !epoch.file_type()?.is_dir() {
+                misplaced(
+                    &epoch.path(),
+                    "a file where a namespace incarnation's directory belongs",
+                    repairs,
+                )?;
+                continue;
+            }
             out.push((
                 name.clone(),
                 epoch.file_name().to_string_lossy().into_owned(),
@@ -82,7 +139,7 @@ fn incarnation_dirs(logs: &Path) -> Result<Vec<(String, String)>, StoreError> {
             any = true;
         }
         if !any {
-            std::fs::remove_dir(ns.path())?;
+            std::fs::remove_dir(ns.path()).map_err(|e| StoreError::io_at(&ns.path(), e))?;
         }
     }
     Ok(out)
@@ -267,6 +324,9 @@ impl LogStore {
             manifest.generation,
         );
         store.keep_unsynced = opts.relaxed;
+        // Misplaced files first: a file where `log/` belongs is named as such, not as the
+        // logs missing under it.
+        let dirs = incarnation_dirs(dir, &store.paths.logs(), opts.recover, &mut opened.repairs)?;
         let mut listed: HashSet<(String, String)> = HashSet::new();
         let mut beyond: HashMap<String, Beyond> = HashMap::new();
         {
@@ -310,7 +370,14 @@ impl LogStore {
                 replay_created.insert((ns.clone(), epoch.clone()));
             }
         }
-        for (ns, epoch) in incarnation_dirs(&store.paths.logs())? {
+        // A namespace the manifest or the log has an incarnation of keeps that one as its
+        // log: another directory is set aside by recovery, never merged into it.
+        let known: HashSet<&String> = listed
+            .iter()
+            .chain(replay_created.iter())
+            .map(|(ns, _)| ns)
+            .collect();
+        for (ns, epoch) in dirs {
             let key = (ns.clone(), epoch.clone());
             if listed.contains(&key) || replay_created.contains(&key) {
                 continue;
@@ -326,6 +393,16 @@ impl LogStore {
                     0,
                     "a namespace log the manifest does not list",
                 ));
+            }
+            if known.contains(&ns) {
+                let what = format!("a log of {ns:?} under an epoch neither the manifest nor the write-ahead log has");
+                let to = set_aside(dir, &path, &what)?;
+                opened.repairs.push(format!(
+                    "{}: {what}; set aside as {}",
+                    path.display(),
+                    to.display()
+                ));
+                continue;
             }
             let records = store.salvage(&ns, &epoch)?;
             let line = format!("{}: not listed in the manifest", path.display());

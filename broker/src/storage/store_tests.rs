@@ -837,3 +837,122 @@ fn recovery_keeps_the_segment_frames_of_a_damaged_log_frame_and_writes_them_afte
     assert_eq!(store.info("n").unwrap().unwrap().epoch, info.epoch);
     assert_eq!(store.info("n").unwrap().unwrap().next, 10);
 }
+
+/// Whether `lost+found/<unix ms>/<rel>` exists for some time stamp (what recovery set aside).
+fn set_aside(dir: &Path, rel: &str) -> bool {
+    let Ok(stamps) = std::fs::read_dir(dir.join("lost+found")) else {
+        return false;
+    };
+    stamps
+        .map(|s| s.unwrap().path())
+        .any(|s| s.join(rel).exists())
+}
+
+/// FIXA 1: a second incarnation directory of a listed namespace (a copy of its first
+/// segment under another epoch) is refused, and recovery sets it aside: the listed log
+/// keeps its epoch, its events and their offsets.
+#[test]
+fn recovery_sets_an_unlisted_incarnation_of_a_listed_namespace_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let epoch = {
+        let store = open(dir.path());
+        let epoch = store.create("n", Retention::default()).unwrap().epoch;
+        fill(&store, "n", 5);
+        epoch
+    };
+    drop(open(dir.path()));
+    let stray = log_dir(dir.path(), "n", "ffffffffffffffff");
+    std::fs::create_dir_all(&stray).unwrap();
+    let seg = only_file(&log_dir(dir.path(), "n", &epoch), "seg");
+    std::fs::copy(&seg, stray.join(seg.file_name().unwrap())).unwrap();
+    let (file, _, what) = refused(dir.path());
+    assert_eq!(file, stray);
+    assert!(what.contains("does not list"), "{what}");
+    let (store, opened) = recover(dir.path());
+    assert!(opened.new_epochs.is_empty(), "{:?}", opened.new_epochs);
+    let info = store.info("n").unwrap().unwrap();
+    assert_eq!(info.epoch, epoch);
+    assert_eq!((info.earliest, info.next), (0, 5));
+    let want: Vec<(u64, String)> = (0..5).map(|i| (i, i.to_string())).collect();
+    assert_eq!(data(&store, "n"), want);
+    assert!(!stray.exists());
+    assert!(set_aside(
+        dir.path(),
+        "log/n/ffffffffffffffff/00000000000000000000.seg"
+    ));
+    drop(store);
+    assert_eq!(open(dir.path()).info("n").unwrap().unwrap().epoch, epoch);
+}
+
+/// FIXA 3: a file where `log/`, a namespace's directory or an incarnation's directory
+/// belongs is refused naming it, and recovery sets it aside and goes on.
+#[test]
+fn recovery_sets_files_where_log_directories_belong_aside() {
+    type Damage = fn(&Path, &str);
+    let cases: [(&str, Damage, &str); 4] = [
+        (
+            "log/notes.txt",
+            |d, _| std::fs::write(d.join("log/notes.txt"), "hi").unwrap(),
+            "log/notes.txt",
+        ),
+        (
+            "log/<ns> a file",
+            |d, _| {
+                std::fs::create_dir_all(d.join("log/m")).unwrap();
+                std::fs::remove_dir_all(d.join("log/m")).unwrap();
+                std::fs::write(d.join("log/m"), "x").unwrap();
+            },
+            "log/m",
+        ),
+        (
+            "log/<ns>/<file>",
+            |d, _| std::fs::write(d.join("log/n/README"), "hi").unwrap(),
+            "log/n/README",
+        ),
+        (
+            "log a file",
+            |d, _| {
+                std::fs::remove_dir_all(d.join("log")).unwrap();
+                std::fs::write(d.join("log"), "x").unwrap();
+            },
+            "log",
+        ),
+    ];
+    for (case, damage, named) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let store = open(dir.path());
+            let epoch = store.create("n", Retention::default()).unwrap().epoch;
+            fill(&store, "n", 3);
+            epoch
+        };
+        drop(open(dir.path()));
+        damage(dir.path(), &epoch);
+        let refusal = LogStore::open(dir.path(), opts(false));
+        let (file, _, _) = match refusal {
+            Err(StoreError::Damaged {
+                file,
+                position,
+                what,
+            }) => (file, position, what),
+            Err(e) => panic!("{case}: expected Damaged, got {e}"),
+            Ok(_) => panic!("{case}: opened"),
+        };
+        assert_eq!(file, dir.path().join(named), "{case}");
+        match LogStore::open(dir.path(), opts(true)) {
+            Ok((store, _)) => {
+                assert!(set_aside(dir.path(), named), "{case}");
+                assert!(!dir.path().join(named).is_file(), "{case}");
+                if named != "log" {
+                    let info = store.info("n").unwrap().unwrap();
+                    assert_eq!(
+                        (info.epoch.as_str(), info.next),
+                        (epoch.as_str(), 3),
+                        "{case}"
+                    );
+                }
+            }
+            Err(e) => panic!("{case}: recovery failed: {e}"),
+        }
+    }
+}
