@@ -17,8 +17,9 @@
 //!   under an epoch a client saw, and its survivors are written again from the old `next`
 //!   (DESIGN9), so no offset is handed out twice; publishing goes on, and a normal start
 //!   afterwards serves the same;
-//! - a start that cut the last log frame as a torn tail while its events were acknowledged
-//!   must have given that namespace a new epoch (the next publish reuses their offsets).
+//! - damage in the last log frame looks like a torn tail, but the segments hold its events
+//!   (the log frame is written first): the start must refuse, naming the log file, and
+//!   `--recover` keep them under a new epoch (FIXA 2).
 //!
 //! `REWIND_DAMAGE_FLIPS` sets the flips per kind of file (default 8; the full run is
 //! 30), `REWIND_DAMAGE_SEED` the seed (printed).
@@ -327,9 +328,6 @@ struct Trial {
     loss: Loss,
     /// The refusal must say `at byte N` (N at or before the damage).
     position: bool,
-    /// The damage may be taken for a torn tail: a start without these events (namespace,
-    /// first offset, count) and with a WARN naming the file is allowed.
-    torn_tail: Option<(String, u64, usize)>,
 }
 
 /// Runs one trial on a fresh copy; `Ok` describes what happened.
@@ -353,31 +351,11 @@ async fn run_trial(p: &Pristine, t: &Trial) -> Result<String, String> {
                     "started, everything there".to_owned()
                 }
                 Err(e) => {
-                    let Some((ns, first, n)) = &t.torn_tail else {
-                        return Err(format!("started with acknowledged events lost or changed: {e}\nstderr: {stderr}"));
-                    };
-                    let mut rest = p.ledger.clone();
-                    if let Some(log) = rest.events.get_mut(ns) {
-                        log.retain(|o, _| *o < *first || *o >= first + *n as u64);
-                    }
-                    rest.check(&b).await.map_err(|e2| {
-                        format!("started with more lost than the last frame: {e2} ({e})")
-                    })?;
-                    if !stderr.contains(&name) {
-                        return Err(format!(
-                            "cut the last frame ({n} acknowledged events of {ns}) as a torn tail without a WARN naming {name}: {stderr}"
-                        ));
-                    }
-                    // The segments held those events: readers may have seen their offsets,
-                    // which the next publish hands out again, so only a new epoch will do.
-                    let epoch = fault::read_ns(&b, ns).await.map(|log| log.epoch);
-                    if epoch.as_ref() == Some(&p.epochs[ns]) {
-                        return Err(format!(
-                            "cut the last frame ({n} acknowledged events of {ns}) as a torn tail and kept the epoch {}: the next publish reuses their offsets",
-                            p.epochs[ns]
-                        ));
-                    }
-                    format!("started, last frame cut as a torn tail ({n} acknowledged events of {ns} lost, WARN given, new epoch)")
+                    // The segments of a lost log frame hold its events: a start that cuts
+                    // them must refuse instead (FIXA 2), so `--recover` can keep them.
+                    return Err(format!(
+                        "started with acknowledged events lost or changed: {e}\nstderr: {stderr}"
+                    ));
                 }
             };
             for ns in NAMESPACES {
@@ -787,7 +765,6 @@ async fn cutting_the_end_of_a_segment_file_is_refused_or_harmless_never_a_reused
                 max: (bytes / 16 + 1) as usize,
             },
             position: true,
-            torn_tail: None,
         });
     }
     let d1 = segments_of(&p, "d1");
@@ -803,7 +780,6 @@ async fn cutting_the_end_of_a_segment_file_is_refused_or_harmless_never_a_reused
                 max: 1,
             },
             position: true,
-            torn_tail: None,
         });
     }
     run_all("cut segment", &p, trials).await;
@@ -826,7 +802,6 @@ async fn flipped_bytes_in_segment_files_are_refused_naming_file_and_byte() {
             },
             damage: Damage::Flip { file, pos },
             position: true,
-            torn_tail: None,
         })
         .collect();
     run_all("flip segment", &p, trials).await;
@@ -848,7 +823,6 @@ async fn flipped_bytes_in_the_manifest_are_refused_and_recovered_from_the_segmen
             damage: Damage::Flip { file, pos },
             loss: Loss { ns: None, max: 0 },
             position: false,
-            torn_tail: None,
         })
         .collect();
     run_all("flip manifest", &p, trials).await;
@@ -875,7 +849,8 @@ async fn flipped_bytes_in_the_newest_write_ahead_log_segment_are_refused_not_tak
         at += 8 + len;
     }
     // The last frame's damage is always tried too (its checksum, a body byte, its last
-    // byte): taken for a torn tail, it must give the namespace a new epoch (FIX9 item 5).
+    // byte): it looks like a torn tail, but the segments hold its events, so the start
+    // must refuse and `--recover` keep them (FIXA 2).
     let rel_newest = rel(&p, &newest);
     let last_frame_flips = [last_frame + 5, last_frame + 9, bytes.len() - 1]
         .into_iter()
@@ -884,7 +859,6 @@ async fn flipped_bytes_in_the_newest_write_ahead_log_segment_are_refused_not_tak
         .into_iter()
         .chain(last_frame_flips)
         .map(|(file, pos)| Trial {
-            torn_tail: (pos >= last_frame as u64).then(|| p.last.clone()).flatten(),
             damage: Damage::Flip { file, pos },
             loss: Loss {
                 ns: None,
@@ -910,7 +884,6 @@ async fn flipped_bytes_in_an_older_write_ahead_log_segment_are_refused() {
                 max: MAX_PUBLISH,
             },
             position: true,
-            torn_tail: None,
         })
         .collect();
     run_all("flip older wal", &p, trials).await;
@@ -934,7 +907,6 @@ async fn flipped_bytes_in_sleds_idempotency_files_are_refused_or_harmless() {
             damage: Damage::Flip { file, pos },
             loss: Loss { ns: None, max: 0 },
             position: false,
-            torn_tail: None,
         })
         .collect();
     run_all("flip idem", &p, trials).await;
@@ -960,7 +932,6 @@ async fn any_file_of_the_store_flipped_or_cut_is_refused_or_harmless() {
             },
             damage: Damage::Flip { file, pos },
             position: false,
-            torn_tail: None,
         })
         .collect();
     for file in &files {
@@ -973,7 +944,6 @@ async fn any_file_of_the_store_flipped_or_cut_is_refused_or_harmless() {
                 },
                 damage: Damage::Cut { file, bytes: 5 },
                 position: false,
-                torn_tail: None,
             });
         }
     }

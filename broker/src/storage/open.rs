@@ -210,6 +210,59 @@ struct Beyond {
     records: Records,
 }
 
+/// How far the write-ahead log takes each incarnation, to refuse a normal start whose
+/// segments hold more before anything is cut back (the evidence stays for `--recover`).
+struct LogEnds {
+    /// `(ns, epoch)` → the offset after the last logged append of that incarnation.
+    ends: HashMap<(String, String), u64>,
+    /// The newest log segment file read and where its valid frames end.
+    wal_end: (PathBuf, u64),
+}
+
+impl LogEnds {
+    fn new(ops: &[(WalOp, Place)], wal_end: (PathBuf, u64)) -> LogEnds {
+        let mut ends = HashMap::new();
+        for (op, _) in ops {
+            if let WalOp::Append {
+                ns,
+                epoch,
+                first,
+                records,
+                ..
+            } = op
+            {
+                let end = ends.entry((ns.clone(), epoch.clone())).or_insert(0);
+                *end = (*end).max(first + records.len() as u64);
+            }
+        }
+        LogEnds { ends, wal_end }
+    }
+
+    /// Refuses segments of `ns`'s incarnation `epoch` reaching `seen_next` when the log
+    /// (and the checkpoint, `known`) take it only to a lower offset. The log frame is
+    /// written before the segment frames, so that means the log lost frames it had:
+    /// damage (or a power cut that kept the segment's pages but not the log's), never
+    /// what a `kill -9` leaves.
+    fn check(&self, ns: &str, epoch: &str, known: u64, seen_next: u64) -> Result<(), StoreError> {
+        let end = self
+            .ends
+            .get(&(ns.to_owned(), epoch.to_owned()))
+            .copied()
+            .unwrap_or(0)
+            .max(known);
+        if seen_next <= end {
+            return Ok(());
+        }
+        Err(StoreError::damaged(
+            &self.wal_end.0,
+            self.wal_end.1,
+            format!(
+                "the write-ahead log's valid frames end here, but the segments of {ns:?} hold offsets {end}..{seen_next} it does not"
+            ),
+        ))
+    }
+}
+
 impl LogStore {
     /// Opens (or creates) the store in `dir`. See `docs/storage.md` for what is repaired
     /// silently (a torn tail), what is refused ([`StoreError::Damaged`]) and what
@@ -316,6 +369,11 @@ impl LogStore {
             .max()
             .unwrap_or(0);
         let torn_wal = wal_read.torn_tail_at.clone();
+        let wal_end = wal_read.end.clone();
+        let log_ends = (!opts.recover).then(|| {
+            let end = wal_end.clone().unwrap_or_else(|| (paths.wal(), 0));
+            LogEnds::new(&wal_read.ops, end)
+        });
         let mut store = LogStore::new(
             paths,
             seg,
@@ -338,7 +396,7 @@ impl LogStore {
                     w.dead.push(store.paths.log(&e.name, &e.epoch));
                     continue;
                 }
-                match store.open_listed(e, opts.recover) {
+                match store.open_listed(e, opts.recover, log_ends.as_ref()) {
                     Ok((live, b)) => {
                         store.write_live().insert(e.name.clone(), live);
                         if let Some(b) = b {
@@ -416,7 +474,14 @@ impl LogStore {
         }
         // Replay.
         for (op, place) in wal_read.ops {
-            store.replay(op, place, opts.recover, &mut lost, &mut beyond)?;
+            store.replay(
+                op,
+                place,
+                opts.recover,
+                log_ends.as_ref(),
+                &mut lost,
+                &mut beyond,
+            )?;
         }
         // A log whose segments held frames beyond where replay ends lost the log frames
         // of acknowledged events (a damaged last frame looks like a torn one): its offsets
@@ -439,22 +504,41 @@ impl LogStore {
                     l.next,
                     b.seen_next
                 )),
-                (Some(b), None) => Some(format!(
-                    "{}: the segments of {ns:?} held offsets {}..{} the write-ahead log does not",
-                    store.paths.log(&ns, &l.epoch).display(),
-                    l.next,
-                    b.seen_next
-                )),
+                (Some(b), None) => Some(match &wal_end {
+                    Some((file, at)) => format!(
+                        "{} at byte {at}: the write-ahead log's valid frames end here, but the segments of {ns:?} ({}) held offsets {}..{} it does not",
+                        file.display(),
+                        store.paths.log(&ns, &l.epoch).display(),
+                        l.next,
+                        b.seen_next
+                    ),
+                    None => format!(
+                        "{}: the segments of {ns:?} held offsets {}..{} the write-ahead log does not",
+                        store.paths.log(&ns, &l.epoch).display(),
+                        l.next,
+                        b.seen_next
+                    ),
+                }),
                 (None, _) if wal_damaged => Some("write-ahead log damaged".to_owned()),
                 (None, _) => None,
             };
             let Some(why) = why else {
                 continue;
             };
-            if !opts.recover {
-                tracing::warn!("{why}; namespace {ns:?} gets a new epoch (offsets from {} on may have been seen under the old one)", l.next);
-                same_offsets.insert(ns, why);
-                continue;
+            if let (Some(b), false) = (ahead, opts.recover) {
+                // The log frame is written before the segment frames, so segments ahead of
+                // the log mean the log lost frames it had: damage (a power cut that kept
+                // segment pages but not the log's is the one innocent cause), never what a
+                // kill -9 leaves. Named where the log's valid frames end.
+                let (file, position) = wal_end.clone().unwrap_or_else(|| (store.paths.wal(), 0));
+                return Err(StoreError::damaged(
+                    &file,
+                    position,
+                    format!(
+                        "the write-ahead log's valid frames end here, but the segments of {ns:?} hold offsets {}..{} it does not",
+                        l.next, b.seen_next
+                    ),
+                ));
             }
             let mut s = Salvaged::from_live(&l, why);
             let mut from = l.earliest;
@@ -546,6 +630,7 @@ impl LogStore {
         &self,
         e: &NsEntry,
         keep_beyond: bool,
+        log_ends: Option<&LogEnds>,
     ) -> Result<(Live, Option<Beyond>), StoreError> {
         let dir = self.paths.log(&e.name, &e.epoch);
         if !dir.is_dir() {
@@ -583,6 +668,9 @@ impl LogStore {
                     e.earliest
                 ),
             ));
+        }
+        if let Some(ends) = log_ends {
+            ends.check(&e.name, &e.epoch, e.next, log.next())?;
         }
         let mut beyond = None;
         if log.next() > e.next {
@@ -627,6 +715,7 @@ impl LogStore {
         epoch: &str,
         floor: u64,
         recover: bool,
+        log_ends: Option<&LogEnds>,
     ) -> Result<Option<Beyond>, StoreError> {
         let mut b = Beyond {
             epoch: epoch.to_owned(),
@@ -636,6 +725,9 @@ impl LogStore {
         match SegmentLog::open(dir, ns, epoch, floor, self.seg) {
             Ok((log, _)) => {
                 b.seen_next = log.next();
+                if let Some(ends) = log_ends {
+                    ends.check(ns, epoch, floor, b.seen_next)?;
+                }
                 if recover {
                     let mut from = log.first();
                     while let Some(chunk) = next_chunk(&log, &mut from, b.seen_next)? {
@@ -647,7 +739,17 @@ impl LogStore {
                 b.records = self.salvage(ns, epoch)?;
                 b.seen_next = b.records.last().map_or(floor, |(o, _)| o + 1);
             }
-            Err(StoreError::Damaged { .. }) => return Ok(None),
+            Err(StoreError::Damaged {
+                file,
+                position,
+                what,
+            }) => {
+                tracing::warn!(
+                    "{} at byte {position}: {what}; the namespace's segments are written again from the write-ahead log, which holds every frame since its creation",
+                    file.display()
+                );
+                return Ok(None);
+            }
             Err(e) => return Err(e),
         }
         Ok((b.seen_next > floor).then_some(b))
@@ -750,6 +852,7 @@ impl LogStore {
         op: WalOp,
         place: Place,
         recover: bool,
+        log_ends: Option<&LogEnds>,
         lost: &mut HashMap<String, Salvaged>,
         beyond: &mut HashMap<String, Beyond>,
     ) -> Result<(), StoreError> {
@@ -770,7 +873,9 @@ impl LogStore {
                 if dir.exists() {
                     // Everything in it is in the log, and is written again below; how far
                     // it reached is kept (see `Beyond`), and with `recover` its records.
-                    if let Some(b) = self.created_beyond(&dir, &ns, &epoch, floor, recover)? {
+                    if let Some(b) =
+                        self.created_beyond(&dir, &ns, &epoch, floor, recover, log_ends)?
+                    {
                         beyond.insert(ns.clone(), b);
                     }
                     std::fs::remove_dir_all(&dir)?;

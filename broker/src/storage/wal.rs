@@ -460,6 +460,9 @@ pub struct Opened {
     pub torn_tail_bytes: u64,
     /// The segment file and byte position where a torn tail was cut off.
     pub torn_tail_at: Option<(PathBuf, u64)>,
+    /// The newest segment file read that holds anything (else the oldest read) and the
+    /// byte position where its valid frames end (`None` when there was none).
+    pub end: Option<(PathBuf, u64)>,
 }
 
 /// The open log: the segment being written, and the directory of them all.
@@ -491,6 +494,11 @@ impl Wal {
             File::open(&path)?.read_to_end(&mut bytes)?;
             let last = i + 1 == seqs.len();
             let (ops, good) = decode_placed(&bytes);
+            // An empty segment (each start begins one) is named only when no segment
+            // before it holds anything.
+            if !bytes.is_empty() || opened.end.is_none() {
+                opened.end = Some((path.clone(), good as u64));
+            }
             let placed: Vec<(WalOp, Place)> = ops
                 .into_iter()
                 .map(|(op, position)| {
