@@ -156,6 +156,16 @@ fn holds_nothing(dir: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
+/// Whether `records` (strictly increasing offsets, as salvage returns them) hold every
+/// offset of `earliest..next`.
+fn covers(records: &[(u64, Vec<u8>)], earliest: u64, next: u64) -> bool {
+    let within = records
+        .iter()
+        .filter(|(o, _)| (earliest..next).contains(o))
+        .count() as u64;
+    within == next.saturating_sub(earliest)
+}
+
 fn read_dirty(dir: &Path) -> Result<Vec<String>, StoreError> {
     match std::fs::read_to_string(dir.join("dirty")) {
         Ok(text) => Ok(text
@@ -409,8 +419,18 @@ impl LogStore {
                         what,
                     }) if opts.recover => {
                         let records = store.salvage(&e.name, &e.epoch)?;
-                        w.dead.push(store.paths.log(&e.name, &e.epoch));
                         let line = format!("{} at byte {position}: {what}", file.display());
+                        if covers(&records, e.earliest, e.next) {
+                            // Nothing lost: the same epoch and offsets, files written anew.
+                            let (live, b, repair) = store.rewrite_in_place(e, records, &line)?;
+                            opened.repairs.push(repair);
+                            store.write_live().insert(e.name.clone(), live);
+                            if let Some(b) = b {
+                                beyond.insert(e.name.clone(), b);
+                            }
+                            continue;
+                        }
+                        w.dead.push(store.paths.log(&e.name, &e.epoch));
                         let mut s = Salvaged::from_entry(e, records, line);
                         s.keys = store.keys_of(&w, &e.name, &e.epoch)?;
                         lost.insert(e.name.clone(), s);
@@ -702,6 +722,62 @@ impl LogStore {
             log: Arc::new(log),
         };
         Ok((live, beyond))
+    }
+
+    /// Writes a listed log whose files were damaged but whose valid `records` hold every
+    /// offset from its `earliest` to its `next` again, under the same epoch: the damaged
+    /// directory is set aside (`lost+found/`), a new one holds the records. Records beyond
+    /// `next` come back as [`Beyond`], as [`LogStore::open_listed`] would return them.
+    fn rewrite_in_place(
+        &self,
+        e: &NsEntry,
+        records: Records,
+        why: &str,
+    ) -> Result<(Live, Option<Beyond>, String), StoreError> {
+        let dir = self.paths.log(&e.name, &e.epoch);
+        let aside = if dir.exists() {
+            Some(set_aside(&self.paths.dir, &dir, why)?)
+        } else {
+            None
+        };
+        let mut live = self.incarnate(&e.name, e.epoch.clone(), e.earliest, e.retention)?;
+        live.created_ms = e.created_ms;
+        live.floor = e.floor;
+        let mut b = Beyond {
+            epoch: e.epoch.clone(),
+            seen_next: e.next,
+            records: Vec::new(),
+        };
+        let mut chunk: Vec<Vec<u8>> = Vec::new();
+        for (offset, record) in records {
+            if offset < e.earliest {
+                continue;
+            }
+            if offset >= e.next {
+                b.seen_next = offset + 1;
+                b.records.push((offset, record));
+                continue;
+            }
+            live.bytes += record.len() as u64;
+            chunk.push(record);
+            if chunk.len() == CHUNK_EVENTS {
+                live.log.append(&std::mem::take(&mut chunk))?;
+            }
+        }
+        live.log.append(&chunk)?;
+        live.log.sync()?;
+        live.next = e.next;
+        let line = format!(
+            "{why}; every event of {:?} at offsets {}..{} survived: its log is written again under the same epoch {}{}",
+            e.name,
+            e.earliest,
+            e.next,
+            e.epoch,
+            aside.map_or(String::new(), |a| format!(", the damaged files set aside as {}", a.display()))
+        );
+        tracing::warn!("recover: {line}");
+        let beyond = (b.seen_next > e.next).then_some(b);
+        Ok((live, beyond, line))
     }
 
     /// What the directory of an incarnation created since the checkpoint held, before

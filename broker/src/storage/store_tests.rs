@@ -956,3 +956,98 @@ fn recovery_sets_files_where_log_directories_belong_aside() {
         }
     }
 }
+
+/// FIXA 4: damage recovery can mend without losing an event — a stray file in a log's
+/// directory, a copy of a segment under another number, a flipped byte in a middle
+/// segment's header — keeps the namespace's epoch and offsets (the files are written
+/// again, the damaged ones set aside). Each is refused by a normal start first.
+#[test]
+fn recovery_that_loses_nothing_keeps_the_epoch_and_offsets() {
+    type Damage = fn(&Path);
+    let cases: [(&str, Damage); 3] = [
+        ("a stray file", |log| {
+            std::fs::write(log.join("README"), "hi").unwrap()
+        }),
+        ("a copy of the first segment", |log| {
+            std::fs::copy(
+                log.join("00000000000000000000.seg"),
+                log.join("00000000000000099999.seg"),
+            )
+            .unwrap();
+        }),
+        ("a flipped byte in a middle segment's header", |log| {
+            let mut segs: Vec<PathBuf> = std::fs::read_dir(log)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            segs.sort();
+            assert!(segs.len() >= 3, "{segs:?}");
+            flip(&segs[segs.len() / 2], 9);
+        }),
+    ];
+    let small = OpenOptions {
+        segment_bytes: 4096,
+        ..opts(false)
+    };
+    for (case, damage) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let (store, _) = LogStore::open(dir.path(), small).unwrap();
+            let epoch = store.create("n", Retention::default()).unwrap().epoch;
+            store.create("m", Retention::default()).unwrap();
+            fill(&store, "n", 300);
+            fill(&store, "m", 2);
+            epoch
+        };
+        drop(LogStore::open(dir.path(), small).unwrap());
+        let log = log_dir(dir.path(), "n", &epoch);
+        damage(&log);
+        assert!(
+            matches!(
+                LogStore::open(dir.path(), small),
+                Err(StoreError::Damaged { .. })
+            ),
+            "{case}: not refused"
+        );
+        let (store, opened) = LogStore::open(
+            dir.path(),
+            OpenOptions {
+                recover: true,
+                ..small
+            },
+        )
+        .unwrap();
+        assert!(
+            opened.new_epochs.is_empty(),
+            "{case}: {:?}",
+            opened.new_epochs
+        );
+        assert_eq!(opened.repairs.len(), 1, "{case}: {:?}", opened.repairs);
+        let info = store.info("n").unwrap().unwrap();
+        assert_eq!(
+            (info.epoch.as_str(), info.earliest, info.next),
+            (epoch.as_str(), 0, 300),
+            "{case}"
+        );
+        let want: Vec<(u64, String)> = (0..300).map(|i| (i, i.to_string())).collect();
+        assert_eq!(data(&store, "n"), want, "{case}");
+        assert_eq!(
+            store.append("n", &[ev("y")], 1, None).unwrap(),
+            Appended::New {
+                first: 300,
+                last: 300
+            },
+            "{case}"
+        );
+        store.sync().unwrap();
+        drop(store);
+        let (store, _) = LogStore::open(dir.path(), small).unwrap();
+        let info = store.info("n").unwrap().unwrap();
+        assert_eq!(
+            (info.epoch.as_str(), info.next),
+            (epoch.as_str(), 301),
+            "{case}"
+        );
+        assert!(set_aside(dir.path(), &format!("log/n/{epoch}")), "{case}");
+    }
+}
