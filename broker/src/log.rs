@@ -190,11 +190,17 @@ impl Log {
         };
         let (store, opened) = LogStore::open(&config.data_dir, opts)?;
         if !recover {
+            // Without --recover only relaxed mode's dirty marks give new epochs (a durable
+            // log whose segments know more than the log is refused, docs/storage.md).
             for ns in &opened.new_epochs {
-                tracing::warn!(
-                    ns,
-                    "unclean relaxed-mode shutdown: namespace has a new epoch"
-                );
+                if opts.relaxed {
+                    tracing::warn!(
+                        ns,
+                        "unclean relaxed-mode shutdown: namespace has a new epoch"
+                    );
+                } else {
+                    tracing::warn!(ns, "namespace has a new epoch");
+                }
             }
         }
         if recover {
