@@ -322,7 +322,7 @@ impl LogStore {
                 what,
             }) if opts.recover => {
                 let line = format!(
-                    "{} at byte {position}: {what}; rebuilt from the segment files, every namespace gets a new epoch",
+                    "{} at byte {position}: {what}; rebuilt from the write-ahead log and the segment files: a namespace the write-ahead log creates keeps its epoch, every other one gets a new epoch",
                     file.display()
                 );
                 tracing::warn!("recover: {line}");

@@ -1051,3 +1051,32 @@ fn recovery_that_loses_nothing_keeps_the_epoch_and_offsets() {
         assert!(set_aside(dir.path(), &format!("log/n/{epoch}")), "{case}");
     }
 }
+
+/// FIXA 10: recovery of a damaged manifest gives a new epoch to the namespaces it rebuilds
+/// from their directories; one the write-ahead log creates keeps its epoch, and the WARN
+/// says which happened (it said "every namespace").
+#[test]
+fn a_rebuilt_manifest_says_which_namespaces_get_a_new_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old, logged) = {
+        let store = open(dir.path());
+        let old = store.create("old", Retention::default()).unwrap().epoch;
+        fill(&store, "old", 2);
+        store.checkpoint().unwrap();
+        let logged = store.create("logged", Retention::default()).unwrap().epoch;
+        fill(&store, "logged", 3);
+        (old, logged)
+    };
+    flip(&dir.path().join("manifest"), 20);
+    let (store, opened) = recover(dir.path());
+    assert_eq!(opened.new_epochs, ["old"]);
+    assert_ne!(store.info("old").unwrap().unwrap().epoch, old);
+    assert_eq!(store.info("logged").unwrap().unwrap().epoch, logged);
+    let line = opened
+        .repairs
+        .iter()
+        .find(|l| l.contains("manifest"))
+        .expect("a repair line naming the manifest");
+    assert!(!line.contains("every namespace"), "{line}");
+    assert!(line.contains("write-ahead log"), "{line}");
+}
