@@ -346,7 +346,7 @@ impl LogStore {
                     if let Some(l) = self.write_live().remove(&ns) {
                         let dir = self.paths.log(&ns, &l.epoch);
                         w.written.remove(&dir);
-                        if let Err(e) = std::fs::remove_dir_all(&dir) {
+                        if let Err(e) = self.remove_created(&ns, &l.epoch) {
                             tracing::error!(dir = %dir.display(), error = %e, "could not remove the directory of a create taken back");
                         }
                     }
@@ -412,6 +412,23 @@ impl LogStore {
         })
     }
 
+    /// Removes the directory of an incarnation whose create was refused or taken back,
+    /// and `log/<ns>/` with it when nothing else is in it (a refused request creates
+    /// nothing). A missing directory is no error.
+    fn remove_created(&self, ns: &str, epoch: &str) -> Result<(), StoreError> {
+        let dir = self.paths.log(ns, epoch);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io_at(&dir, e)),
+        }
+        if let Some(parent) = dir.parent() {
+            // Fails while another incarnation's directory is in it: then it stays.
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
     fn create_locked(
         &self,
         w: &mut Writing,
@@ -424,7 +441,13 @@ impl LogStore {
         let tombstone = w.tombstones.get(ns).cloned();
         let floor = tombstone.as_ref().map_or(0, |t| t.next.max(t.floor));
         let epoch = new_epoch()?;
-        let live = self.incarnate(ns, epoch.clone(), floor, retention)?;
+        let live = match self.incarnate(ns, epoch.clone(), floor, retention) {
+            Ok(live) => live,
+            Err(e) => {
+                let _ = self.remove_created(ns, &epoch);
+                return Err(e);
+            }
+        };
         let mark = w.wal.mark();
         w.lsn += 1;
         let op = WalOp::Create {
@@ -435,7 +458,7 @@ impl LogStore {
             retention,
         };
         if let Err(e) = Self::log(w, &op) {
-            let _ = std::fs::remove_dir_all(self.paths.log(ns, &epoch));
+            let _ = self.remove_created(ns, &epoch);
             return Err(e);
         }
         let info = live.info(ns);
@@ -823,7 +846,7 @@ impl Storage for LogStore {
         if let Some(l) = self.write_live().remove(ns) {
             let dir = self.paths.log(ns, &l.epoch);
             w.written.remove(&dir);
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if let Err(e) = self.remove_created(ns, &l.epoch) {
                 tracing::warn!(dir = %dir.display(), error = %e, "could not remove the directory of a create taken back");
             }
         }

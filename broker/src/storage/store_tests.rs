@@ -724,6 +724,8 @@ fn a_create_taken_back_leaves_nothing() {
     assert!(store.undo_create("fresh").unwrap());
     assert!(store.info("fresh").unwrap().is_none());
     assert!(!log_dir(dir.path(), "fresh", &epoch).exists());
+    // FIXA 7: the namespace's directory goes too.
+    assert!(!dir.path().join("log/fresh").exists());
     store.sync().unwrap();
     // Created again: its offsets start at 0, and nothing else is taken back.
     store.create("fresh", Retention::default()).unwrap();
