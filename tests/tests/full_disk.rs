@@ -277,6 +277,12 @@ async fn a_start_with_no_free_space_after_kill9_refuses_cleanly_and_the_next_sta
                     &["space", "full"],
                     &format!("start {attempt} on a full disk"),
                 );
+                // FIXA 5: the line names the file or directory being written.
+                let named = format!("i/o on {}", data.display());
+                assert!(
+                    line.contains(&named),
+                    "start {attempt} on a full disk: the refusal names no file of the store: {line}"
+                );
                 eprintln!("start {attempt} on a full disk: {line}");
             }
             Ok(mut b) => {

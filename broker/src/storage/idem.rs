@@ -196,7 +196,7 @@ fn unpanicked<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Resul
 /// are damaged.
 fn damaged_unless_io(dir: &Path, e: StoreError) -> StoreError {
     match e {
-        StoreError::Sled(::sled::Error::Io(io)) => StoreError::Io(io),
+        StoreError::Sled(::sled::Error::Io(io)) | StoreError::Io(io) => StoreError::io_at(dir, io),
         // sled's own text may blame an old sled version (its `conf` check); the files are
         // rewind's, so the message says what rewind knows: they are damaged.
         StoreError::Sled(other) => {
@@ -224,7 +224,7 @@ fn remove_incomplete_snapshots(dir: &Path) -> Result<(), StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(StoreError::io_at(dir, e)),
     };
     for entry in entries {
         let entry = entry?;

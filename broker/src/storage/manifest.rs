@@ -256,7 +256,7 @@ pub(crate) fn write(dir: &Path, m: &Manifest) -> Result<(), StoreError> {
     if let Err(e) = result {
         // A half-written one must not take the space a retry needs.
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(StoreError::io_at(&tmp, e));
     }
     Ok(())
 }

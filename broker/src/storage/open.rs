@@ -50,7 +50,7 @@ fn has_data(dir: &Path) -> Result<bool, StoreError> {
             Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(StoreError::io_at(dir, e)),
     }
 }
 
@@ -278,7 +278,7 @@ impl LogStore {
     /// silently (a torn tail), what is refused ([`StoreError::Damaged`]) and what
     /// `opts.recover` does.
     pub fn open(dir: &Path, opts: OpenOptions) -> Result<(LogStore, Opened), StoreError> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io_at(dir, e))?;
         let paths = Paths {
             dir: dir.to_owned(),
         };

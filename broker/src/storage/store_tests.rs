@@ -1082,3 +1082,31 @@ fn a_rebuilt_manifest_says_which_namespaces_get_a_new_epoch() {
     assert!(!line.contains("every namespace"), "{line}");
     assert!(line.contains("write-ahead log"), "{line}");
 }
+
+/// FIXA 5: a file where `wal/` or `idem/` belongs stops the start with a message naming
+/// it (it said only `File exists` or `Not a directory`), with and without `--recover`.
+#[test]
+fn a_file_where_a_store_directory_belongs_is_named() {
+    for sub in ["wal", "idem"] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = open(dir.path());
+            store.create("n", Retention::default()).unwrap();
+            fill(&store, "n", 2);
+        }
+        drop(open(dir.path()));
+        let path = dir.path().join(sub);
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, "x").unwrap();
+        for recover in [false, true] {
+            let Err(e) = LogStore::open(dir.path(), opts(recover)) else {
+                panic!("{sub}: opened with a file for a directory");
+            };
+            let text = e.to_string();
+            assert!(
+                text.contains(&path.display().to_string()),
+                "{sub} (recover {recover}): {text}"
+            );
+        }
+    }
+}

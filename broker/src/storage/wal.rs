@@ -419,7 +419,7 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// The segments in `dir`, oldest first.
 fn segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     let mut seqs = Vec::new();
-    for entry in std::fs::read_dir(dir)? {
+    for entry in std::fs::read_dir(dir).map_err(|e| StoreError::io_at(dir, e))? {
         let name = entry?.file_name();
         let name = name.to_string_lossy();
         if let Some(seq) = name
@@ -484,14 +484,16 @@ impl Wal {
     /// naming the segment and byte; with `recover`, it is stepped over and reported in
     /// [`Opened::damage`] instead.
     pub fn open(dir: &Path, from: u64, recover: bool) -> Result<(Wal, Opened), StoreError> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::io_at(dir, e))?;
         Self::remove_before(dir, from)?;
         let seqs = segments(dir)?;
         let mut opened = Opened::default();
         for (i, &seq) in seqs.iter().enumerate() {
             let path = segment_path(dir, seq);
             let mut bytes = Vec::new();
-            File::open(&path)?.read_to_end(&mut bytes)?;
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut bytes))
+                .map_err(|e| StoreError::io_at(&path, e))?;
             let last = i + 1 == seqs.len();
             let (ops, good) = decode_placed(&bytes);
             // An empty segment (each start begins one) is named only when no segment
@@ -570,10 +572,12 @@ impl Wal {
     }
 
     fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
+        let path = segment_path(dir, seq);
         let file = OpenOptions::new()
             .append(true)
             .create_new(true)
-            .open(segment_path(dir, seq))?;
+            .open(&path)
+            .map_err(|e| StoreError::io_at(&path, e))?;
         sync_dir(dir)?;
         Ok(file)
     }
