@@ -145,6 +145,66 @@ fn incarnation_dirs(
     Ok(out)
 }
 
+/// `wal/` holds only segment files (`<20 digits>.wal`), numbered consecutively from the
+/// first one replay reads (each start and each checkpoint begins the next number). Any
+/// other entry, and a segment whose number does not follow the one before it, is damage:
+/// refused naming it, or set aside by `recover` (see [`set_aside`]). Older segments (below
+/// `from`, not yet deleted by the last checkpoint) are not checked: open deletes them.
+fn check_wal_dir(
+    dir: &Path,
+    wal: &Path,
+    from: u64,
+    recover: bool,
+    repairs: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    let entries = match std::fs::read_dir(wal) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(StoreError::io_at(wal, e)),
+    };
+    let mut misplaced = |path: &Path, what: &str| {
+        if !recover {
+            return Err(StoreError::damaged(path, 0, what));
+        }
+        let to = set_aside(dir, path, what)?;
+        repairs.push(format!(
+            "{}: {what}; set aside as {}",
+            path.display(),
+            to.display()
+        ));
+        Ok(())
+    };
+    let mut seqs = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StoreError::io_at(wal, e))?;
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let seq = name
+            .strip_suffix(".wal")
+            .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok());
+        match seq {
+            Some(seq) if entry.file_type()?.is_file() => seqs.push((seq, path)),
+            _ => misplaced(&path, "not a segment file of the write-ahead log")?,
+        }
+    }
+    seqs.sort();
+    let mut before: Option<u64> = None;
+    for (seq, path) in seqs {
+        if seq < from {
+            continue;
+        }
+        match before {
+            Some(b) if seq != b + 1 => misplaced(
+                &path,
+                &format!("a write-ahead log segment numbered {seq} after {b}; segments are numbered consecutively"),
+            )?,
+            _ => before = Some(seq),
+        }
+    }
+    Ok(())
+}
+
 /// Whether a directory holds no segment data at all (a create whose log frame never made
 /// it, say).
 fn holds_nothing(dir: &Path) -> Result<bool, StoreError> {
@@ -362,6 +422,13 @@ impl LogStore {
             opened.repairs.push(line);
         }
         let wal_from = if rebuild { 0 } else { manifest.wal_from };
+        check_wal_dir(
+            dir,
+            &paths.wal(),
+            wal_from,
+            opts.recover,
+            &mut opened.repairs,
+        )?;
         let (wal, wal_read) = Wal::open(&paths.wal(), wal_from, opts.recover)?;
         let wal_damaged = !wal_read.damage.is_empty();
         for d in &wal_read.damage {

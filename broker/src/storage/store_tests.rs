@@ -1110,3 +1110,51 @@ fn a_file_where_a_store_directory_belongs_is_named() {
         }
     }
 }
+
+/// FIXA 8: `wal/` is as strict as `log/`: a stray file, or a segment numbered out of
+/// sequence (junk named like the newest segment), is refused naming it, and recovery sets
+/// it aside and keeps everything else (same epochs, same offsets).
+#[test]
+fn stray_files_in_the_write_ahead_log_directory_are_refused_and_set_aside() {
+    for stray in ["notes.txt", "00000000000000099999.wal"] {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let store = open(dir.path());
+            let epoch = store.create("n", Retention::default()).unwrap().epoch;
+            fill(&store, "n", 3);
+            epoch
+        };
+        let path = dir.path().join("wal").join(stray);
+        std::fs::write(&path, "junk\n").unwrap();
+        let (file, _, _) = refused(dir.path());
+        assert_eq!(file, path, "{stray}");
+        let (store, opened) = recover(dir.path());
+        assert!(
+            opened.new_epochs.is_empty(),
+            "{stray}: {:?}",
+            opened.new_epochs
+        );
+        let info = store.info("n").unwrap().unwrap();
+        assert_eq!(
+            (info.epoch.as_str(), info.next),
+            (epoch.as_str(), 3),
+            "{stray}"
+        );
+        assert!(set_aside(dir.path(), &format!("wal/{stray}")), "{stray}");
+        assert!(!path.exists(), "{stray}");
+        fill(&store, "n", 1);
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.info("n").unwrap().unwrap().next, 4, "{stray}");
+        let mut seqs: Vec<String> = std::fs::read_dir(dir.path().join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        seqs.sort();
+        assert!(
+            seqs.last()
+                .is_some_and(|s| s.as_str() < "00000000000000000100.wal"),
+            "{stray}: {seqs:?}"
+        );
+    }
+}
