@@ -119,11 +119,13 @@ fn refused(e: clap::Error) -> std::process::ExitCode {
     std::process::ExitCode::FAILURE
 }
 
-/// The log filter: `RUST_LOG` if it is set and valid, else `info`. An invalid one is
-/// named in a warning once logging is up, instead of silently changing what is logged.
+/// The log filter: `RUST_LOG` if it is set and valid, else `info` with sled's own lines
+/// off (sled's damage reports blame sled versions and name no store; rewind reports what
+/// sled refused in its own words). An invalid one is named in a warning once logging is
+/// up, instead of silently changing what is logged.
 fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
     use tracing_subscriber::EnvFilter;
-    let fallback = || EnvFilter::new("info");
+    let fallback = || EnvFilter::new("info,sled=off");
     match std::env::var("RUST_LOG") {
         Err(std::env::VarError::NotPresent) => (fallback(), None),
         Err(std::env::VarError::NotUnicode(v)) => {

@@ -349,6 +349,8 @@ impl LogStore {
         // sled's lock on idem/ is the store's: one process at a time.
         let fresh =
             !manifest::path(dir).exists() && !has_data(&paths.wal())? && !has_data(&paths.logs())?;
+        // A damaged idem/ moved aside by recovery: the fresh one holds nothing yet.
+        let mut idem_refilled = false;
         let (idem_store, found) = match IdemStore::open(&paths.idem(), opts.cache_bytes) {
             // A first start that failed (a full disk) can leave sled's files half-written;
             // with no checkpoint ever taken they hold nothing, so they start again.
@@ -367,6 +369,7 @@ impl LogStore {
                 );
                 tracing::warn!("recover: {line}");
                 opened.repairs.push(line);
+                idem_refilled = true;
                 IdemStore::open(&paths.idem(), opts.cache_bytes)?
             }
             other => other?,
@@ -409,7 +412,7 @@ impl LogStore {
         let idem_ok = found.generation == manifest.generation
             && found.records == manifest.idempotency_records
             || found.generation == manifest.generation + 1;
-        if !idem_ok && !rebuild {
+        if !idem_ok && !rebuild && !idem_refilled {
             let what = format!(
                 "the idempotency store holds {} records of checkpoint {}, the manifest says {} of checkpoint {}",
                 found.records, found.generation, manifest.idempotency_records, manifest.generation

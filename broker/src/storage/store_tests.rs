@@ -563,6 +563,8 @@ fn damaged_idempotency_store_is_moved_aside_by_recovery() {
         "{:?}",
         opened.repairs
     );
+    // FIXA 9: the fresh store is not then reported as a mismatch "kept as it is".
+    assert_eq!(opened.repairs.len(), 1, "{:?}", opened.repairs);
     // Refilled from the write-ahead log: the key still answers.
     let one = [ev("1")];
     assert!(matches!(
