@@ -31,6 +31,9 @@ pub struct LiveBudget {
     held: AtomicUsize,
     /// How many runs exist.
     runs: AtomicUsize,
+    /// Bytes held by catch-up reads between the log and a connection's outbox (see
+    /// [`CatchUpCharge`]); bounded by `limit` on its own, apart from the live runs.
+    catch_up: AtomicUsize,
     /// Every run handed to a ring, oldest first, with its ring; entries of runs already
     /// gone are skipped and compacted away.
     order: Mutex<VecDeque<(Weak<LiveRing>, Weak<SharedRun>)>>,
@@ -43,6 +46,7 @@ impl LiveBudget {
             limit: usize::try_from(limit).unwrap_or(usize::MAX),
             held: AtomicUsize::new(0),
             runs: AtomicUsize::new(0),
+            catch_up: AtomicUsize::new(0),
             order: Mutex::new(VecDeque::new()),
         })
     }
@@ -69,6 +73,40 @@ impl LiveBudget {
         self.held.fetch_sub(bytes, Ordering::AcqRel);
     }
 
+    /// Bytes held by catch-up reads now.
+    pub fn catch_up_held(&self) -> usize {
+        self.catch_up.load(Ordering::Acquire)
+    }
+
+    /// The most one catch-up read may ask for: an eighth of the budget, so a few stalled
+    /// subscriptions cannot take all of it at once.
+    pub(crate) fn catch_up_share(&self) -> usize {
+        self.limit / CATCH_UP_SHARE
+    }
+
+    /// Charges `bytes` of a catch-up read if the budget has room for them; never waits.
+    pub(crate) fn try_charge_catch_up(self: &Arc<Self>, bytes: usize) -> Option<CatchUpCharge> {
+        self.catch_up
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&n| n <= self.limit)
+            })
+            .ok()?;
+        Some(CatchUpCharge {
+            budget: Arc::clone(self),
+            bytes,
+        })
+    }
+
+    /// Charges `bytes` of a catch-up read whatever the budget holds: the one-event read
+    /// of a subscription that found no room (see [`LiveBudget::try_charge_catch_up`]).
+    pub(crate) fn charge_catch_up_over(self: &Arc<Self>, bytes: usize) -> CatchUpCharge {
+        self.catch_up.fetch_add(bytes, Ordering::AcqRel);
+        CatchUpCharge {
+            budget: Arc::clone(self),
+            bytes,
+        }
+    }
+
     fn order(&self) -> MutexGuard<'_, VecDeque<(Weak<LiveRing>, Weak<SharedRun>)>> {
         self.order.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -93,6 +131,42 @@ impl LiveBudget {
                 ring.drop_through(&run);
             }
         }
+    }
+}
+
+/// How many catch-up reads at their largest the budget holds at once (see
+/// [`LiveBudget::catch_up_share`]).
+const CATCH_UP_SHARE: usize = 8;
+
+/// Bytes of one catch-up read counted against the broker's budget, from before the read
+/// until what it read is in a connection's outbox (or dropped with the connection).
+#[derive(Debug)]
+pub(crate) struct CatchUpCharge {
+    budget: Arc<LiveBudget>,
+    bytes: usize,
+}
+
+impl CatchUpCharge {
+    /// Makes the charge `bytes`: gives back what was charged beyond them, or counts the
+    /// excess (a read or its frames may exceed the estimate by up to one event and the
+    /// framing), which the budget takes back when this is dropped.
+    pub(crate) fn resize(&mut self, bytes: usize) {
+        if bytes < self.bytes {
+            self.budget
+                .catch_up
+                .fetch_sub(self.bytes - bytes, Ordering::AcqRel);
+        } else {
+            self.budget
+                .catch_up
+                .fetch_add(bytes - self.bytes, Ordering::AcqRel);
+        }
+        self.bytes = bytes;
+    }
+}
+
+impl Drop for CatchUpCharge {
+    fn drop(&mut self) {
+        self.budget.catch_up.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -255,6 +329,28 @@ mod tests {
     use rewind_protocol::{Event, Payload};
 
     use super::*;
+
+    #[test]
+    fn catch_up_charges_stay_within_the_budget_and_are_given_back_when_dropped() {
+        let budget = LiveBudget::new(1000);
+        assert_eq!(budget.catch_up_share(), 125);
+        let mut a = budget.try_charge_catch_up(600).expect("room for 600");
+        assert!(budget.try_charge_catch_up(401).is_none());
+        let b = budget.try_charge_catch_up(400).expect("room for the rest");
+        assert_eq!(budget.catch_up_held(), 1000);
+        // Resized to what the frames took: the difference is given back.
+        a.resize(100);
+        assert_eq!(budget.catch_up_held(), 500);
+        // The one-event read beyond the budget is counted, and then given back too.
+        let mut over = budget.charge_catch_up_over(0);
+        over.resize(700);
+        assert_eq!(budget.catch_up_held(), 1200);
+        assert!(budget.try_charge_catch_up(1).is_none());
+        drop((a, b, over));
+        assert_eq!(budget.catch_up_held(), 0);
+        // Live runs are counted apart.
+        assert_eq!(budget.held(), 0);
+    }
 
     fn events(from: u64, n: u64, data_len: usize) -> Vec<Event> {
         (from..from + n)

@@ -370,9 +370,24 @@ impl Log {
         until: u64,
         max_events: usize,
     ) -> Result<Vec<rewind_protocol::Event>, LogError> {
+        let max_bytes = self.inner.config.max_read_bytes;
+        self.read_range_within(ns, from, until, max_events, max_bytes)
+            .await
+    }
+
+    /// As [`Log::read_range`], with at most `max_bytes` of records past the first event
+    /// (`max_read_bytes` still applies).
+    pub async fn read_range_within(
+        &self,
+        ns: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<rewind_protocol::Event>, LogError> {
         let store = Arc::clone(&self.inner.store);
         let name = ns.to_owned();
-        let max_bytes = self.inner.config.max_read_bytes;
+        let max_bytes = max_bytes.min(self.inner.config.max_read_bytes);
         tokio::task::spawn_blocking(move || store.read(&name, from, until, max_events, max_bytes))
             .await
             .map_err(|e| LogError::Storage(e.to_string()))?

@@ -12,6 +12,13 @@ use rewind_broker::config::{Config, ServeArgs};
 use rewind_broker::log::Log;
 use rewind_broker::server;
 
+/// Threads for blocking work (store reads, checkpoints) at most; more work waits in
+/// tokio's queue. Each thread keeps some memory of its own (its stack, mimalloc's
+/// per-thread pages), so thousands of subscriptions catching up at once must not mean
+/// thousands of threads: tokio's default of 512 let stalled WebSocket subscribers grow
+/// RSS by about 150 KiB a thread (measured in tests/tests/ws_catch_up_memory.rs).
+const BLOCKING_THREADS: usize = 32;
+
 /// mimalloc instead of glibc's malloc: the store allocates and frees small nodes on every
 /// insert, and glibc's bins and consolidation were a tenth of the broker's CPU in a
 /// fan-out profile (see `docs/benchmarks.md`).
@@ -154,6 +161,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
         .context("starting the runtime")?;
     match cli.command {

@@ -379,11 +379,13 @@ impl Session {
     fn push_yields(&mut self, yields: Vec<Yield>) {
         for y in yields {
             match y {
-                Yield::Events(pieces) => {
+                Yield::Events(pieces, charge) => {
                     let out = &mut self.ws.get_mut().out;
                     for piece in pieces {
                         out.push_shared(piece);
                     }
+                    // In the outbox now, which `ws_max_unsent_bytes` bounds.
+                    drop(charge);
                 }
                 Yield::Frame(f) => {
                     if let ServerFrame::Closed { ns, .. }

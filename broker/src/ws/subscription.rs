@@ -11,6 +11,12 @@
 //!   when the ring does not hold its cursor.
 //! - Nothing beyond the namespace's visible end is yielded (the log read is bounded by it,
 //!   and the ring only carries committed events).
+//! - What a catch-up read holds between the log and the connection's outbox is charged to
+//!   the broker's budget (`fanout_memory_bytes`, counted apart from the live runs) before
+//!   the read and until the session has pushed it into the outbox or dropped it. A read
+//!   asks for at most an eighth of the budget; when the budget has no room it reads one
+//!   event, charged beyond the budget, so a subscription never waits for memory others
+//!   hold, and a stalled one holds at most one step's worth.
 //! - Once the namespace is deleted, the next thing yielded is `closed` with reason
 //!   `deleted`, and the stream ends: every wait (credit, the ring) also waits on the
 //!   deletion, and nothing read from the store after it is sent.
@@ -25,7 +31,7 @@ use rewind_protocol::ErrorCode;
 use tokio::sync::Notify;
 
 use crate::fanout::{self, Encoding, SharedRun};
-use crate::live::LiveSubscriber;
+use crate::live::{CatchUpCharge, LiveSubscriber};
 use crate::log::{Log, LogError};
 use crate::namespaces::NsState;
 
@@ -86,8 +92,10 @@ impl Credit {
 /// What a subscription hands its connection, in order.
 #[derive(Debug)]
 pub(super) enum Yield {
-    /// Events as finished frames (see [`super::wire`]), in pieces written back to back.
-    Events(Vec<Bytes>),
+    /// Events as finished frames (see [`super::wire`]), in pieces written back to back,
+    /// with the budget charge for them when they came from the log (dropped once they
+    /// are in the outbox).
+    Events(Vec<Bytes>, Option<CatchUpCharge>),
     /// A control frame (`truncated`, `closed`, `error`).
     Frame(ServerFrame),
 }
@@ -183,7 +191,7 @@ impl Subscription {
                 let max = self.credit.available().min(LIVE_BATCH);
                 let runs = self.live.ring().runs_from(self.cursor, max);
                 if !runs.is_empty() {
-                    return vec![Yield::Events(self.take_live(&runs))];
+                    return vec![Yield::Events(self.take_live(&runs), None)];
                 }
                 // Boxed, so a waiting subscription is only as big as its live wait.
                 return Box::pin(self.catch_up(visible)).await;
@@ -241,9 +249,20 @@ impl Subscription {
             }
         }
         let n = self.credit.available().min(CATCH_UP_BATCH) as usize;
+        // Charged before the read: a share of the budget, or (no room) one event beyond it.
+        let budget = self.state.live_budget();
+        let want = self
+            .log
+            .config()
+            .max_read_bytes
+            .min(budget.catch_up_share());
+        let (mut charge, n, max_bytes) = match budget.try_charge_catch_up(want) {
+            Some(charge) if want > 0 => (charge, n, want),
+            _ => (budget.charge_catch_up_over(0), 1, 0),
+        };
         let events = match self
             .log
-            .read_range(&self.state.name, self.cursor, visible, n)
+            .read_range_within(&self.state.name, self.cursor, visible, n, max_bytes)
             .await
         {
             // Deleted meanwhile: nothing of that log is sent (a re-created one may
@@ -270,11 +289,13 @@ impl Subscription {
             return out;
         }
         let n_read = events.len() as u64;
+        let mut pieces = Vec::new();
         let mut piece = Vec::new();
         for ev in events {
             if ev.offset > self.cursor {
                 if !piece.is_empty() {
-                    out.push(Yield::Events(vec![Bytes::from(std::mem::take(&mut piece))]));
+                    pieces.push(Bytes::from(std::mem::take(&mut piece)));
+                    out.push(Yield::Events(std::mem::take(&mut pieces), None));
                 }
                 out.push(self.truncated(ev.offset));
             }
@@ -282,7 +303,19 @@ impl Subscription {
             self.cursor = ev.offset + 1;
         }
         self.credit.spend(n_read);
-        out.push(Yield::Events(vec![Bytes::from(piece)]));
+        pieces.push(Bytes::from(piece));
+        // What is held now is the frames (the records are gone); pieces before a
+        // `truncated` are counted with them.
+        let held = out
+            .iter()
+            .filter_map(|y| match y {
+                Yield::Events(p, _) => Some(p.iter().map(Bytes::len).sum::<usize>()),
+                Yield::Frame(_) => None,
+            })
+            .sum::<usize>()
+            + pieces.iter().map(Bytes::len).sum::<usize>();
+        charge.resize(held);
+        out.push(Yield::Events(pieces, Some(charge)));
         out
     }
 }
