@@ -172,6 +172,12 @@ pub struct Config {
     /// (1 MiB): 10,000 pipelined publishes' answers fit, whether or not the client reads
     /// them while it sends.
     pub ws_max_unsent_bytes: usize,
+    /// Threads for blocking work (store reads, checkpoints, opening the store) at most;
+    /// more work waits in tokio's queue. Default 32: each thread keeps memory of its own
+    /// (its stack, mimalloc's per-thread pages), and tokio's default of 512 let stalled
+    /// WebSocket subscribers catching up grow RSS by about 150 KiB a thread
+    /// (`tests/tests/ws_catch_up_memory.rs`).
+    pub blocking_threads: usize,
 }
 
 impl Default for Config {
@@ -213,6 +219,7 @@ impl Default for Config {
             ws_write_buffer_bytes: 64 << 10,
             ws_max_inflight_publishes: 256,
             ws_max_unsent_bytes: 1 << 20,
+            blocking_threads: 32,
         }
     }
 }
@@ -438,6 +445,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_max_unsent_bytes"),
         help = flag_help("ws_max_unsent_bytes", "WebSocket: unsent bytes per connection before it is no longer read"))]
     pub ws_max_unsent_bytes: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = flag::<usize>("blocking_threads"),
+        help = flag_help("blocking_threads", "Threads for blocking work (store reads, checkpoints) at most"))]
+    pub blocking_threads: Option<usize>,
 }
 
 /// A value as a variable (text) or the TOML file (a TOML value) gives it.
@@ -497,6 +507,7 @@ const AT_LEAST_ONE: &[&str] = &[
     "ws_read_buffer_bytes",
     "ws_max_inflight_publishes",
     "ws_max_unsent_bytes",
+    "blocking_threads",
     "retention_max_events",
     "retention_max_bytes",
     "retention_max_age_secs",
@@ -782,6 +793,7 @@ options!(
     ws_write_buffer_bytes,
     ws_max_inflight_publishes,
     ws_max_unsent_bytes,
+    blocking_threads,
 );
 
 /// The variable of `option`.
@@ -931,6 +943,7 @@ impl Config {
                 self.ws_max_inflight_publishes as u64,
             ),
             ("ws_max_unsent_bytes", self.ws_max_unsent_bytes as u64),
+            ("blocking_threads", self.blocking_threads as u64),
             (
                 "retention_max_events",
                 self.retention.max_events.unwrap_or(NO_LIMIT),

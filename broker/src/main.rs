@@ -12,13 +12,6 @@ use rewind_broker::config::{Config, ServeArgs};
 use rewind_broker::log::Log;
 use rewind_broker::server;
 
-/// Threads for blocking work (store reads, checkpoints) at most; more work waits in
-/// tokio's queue. Each thread keeps some memory of its own (its stack, mimalloc's
-/// per-thread pages), so thousands of subscriptions catching up at once must not mean
-/// thousands of threads: tokio's default of 512 let stalled WebSocket subscribers grow
-/// RSS by about 150 KiB a thread (measured in tests/tests/ws_catch_up_memory.rs).
-const BLOCKING_THREADS: usize = 32;
-
 /// mimalloc instead of glibc's malloc: the store allocates and frees small nodes on every
 /// insert, and glibc's bins and consolidation were a tenth of the broker's CPU in a
 /// fan-out profile (see `docs/benchmarks.md`).
@@ -159,18 +152,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(why) = bad_filter {
         tracing::warn!("{why}; logging with the default filter, info");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .max_blocking_threads(BLOCKING_THREADS)
-        .build()
-        .context("starting the runtime")?;
+    let runtime = |blocking_threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .max_blocking_threads(blocking_threads)
+            .build()
+            .context("starting the runtime")
+    };
+    let default_threads = Config::default().blocking_threads;
     match cli.command {
-        Command::Serve(args) => runtime.block_on(serve(*args)),
-        Command::Publish(args) => runtime.block_on(cli::publish(args)),
-        Command::Tail(args) => runtime.block_on(cli::tail(args)),
-        Command::Namespaces(args) => runtime.block_on(cli::namespaces(args)),
+        Command::Serve(args) => {
+            // Read before the runtime is built: it sizes the runtime's blocking pool.
+            let config = Config::load(&args)?;
+            runtime(config.blocking_threads)?.block_on(serve(*args, config))
+        }
+        Command::Publish(args) => runtime(default_threads)?.block_on(cli::publish(args)),
+        Command::Tail(args) => runtime(default_threads)?.block_on(cli::tail(args)),
+        Command::Namespaces(args) => runtime(default_threads)?.block_on(cli::namespaces(args)),
         Command::Bench(which) => {
-            let results = runtime.block_on(async {
+            let results = runtime(default_threads)?.block_on(async {
                 match &which {
                     BenchCommand::Publish(a) => bench::publish::run(a).await,
                     BenchCommand::Fanout(a) => bench::fanout::run(a).await,
@@ -185,8 +185,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    let config = Arc::new(Config::load(&args)?);
+async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
     let open_config = Arc::clone(&config);
     let recover = args.recover;
     let log = tokio::task::spawn_blocking(move || Log::open_with(open_config, recover))
