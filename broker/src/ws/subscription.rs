@@ -40,10 +40,8 @@ use crate::namespaces::NsState;
 const CATCH_UP_BATCH: u64 = 1000;
 
 /// Bytes (past its first event) of a catch-up read made beyond the budget because the
-/// budget had no room. One event per read made a healthy reader's catch-up 7–10× slower
-/// while 40 stalled connections held the budget (60,000 events of ~2 KB: 15–21 s against
-/// 1.8–2.0 s, a tester's run on this machine); 16 KiB reads several events at a time and
-/// bounds what a stalled subscription holds beyond the budget to one such read.
+/// budget had no room: several events per read rather than one, while what a stalled
+/// subscription holds beyond the budget stays one such read.
 const OVER_BUDGET_READ_BYTES: usize = 16 << 10;
 
 /// Once a step has taken this many live events it takes no further run from the ring,
