@@ -707,3 +707,19 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     .expect("read");
     out
 }
+
+/// A `kB` figure of `/proc/<pid>/status`, by its field name with the colon (`"VmRSS:"`,
+/// `"VmHWM:"`), in KiB. Panics if the process or the field is missing.
+pub fn status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// The resident set size of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}

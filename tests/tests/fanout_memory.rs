@@ -7,7 +7,7 @@ use hyper::StatusCode;
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::ws::Client;
-use rewind_tests::Broker;
+use rewind_tests::{rss_kib, Broker};
 
 const NAMESPACES: usize = 100;
 /// 1 KB events per namespace, in batches of 500: about 1.5 MB each, 150 MB in all.
@@ -16,15 +16,6 @@ const BATCHES: usize = 3;
 /// two brokers doing the same work differ.
 const BUDGET: u64 = 64 << 20;
 const MIB: u64 = 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 fn name(i: usize) -> String {
     format!("busy-{i:03}")

@@ -6,7 +6,7 @@ use hyper::{Method, StatusCode};
 use rewind_protocol::frame::{ClientFrame, EventFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{Payload, Position};
 use rewind_tests::ws::Client;
-use rewind_tests::Broker;
+use rewind_tests::{rss_kib, Broker};
 use tokio_tungstenite::tungstenite::Message;
 
 fn open(ns: &str, from: Position, epoch: Option<&str>, credit: u64) -> ClientFrame {
@@ -351,15 +351,6 @@ async fn truncation_by_retention_and_by_epoch() {
         }
     );
     assert_eq!(expect_event(&mut c2).await.event.offset, 7);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 /// Publishes about 50 MB to `ns` in batches; returns how many events.

@@ -8,7 +8,7 @@ use hyper::StatusCode;
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::ws::Client;
-use rewind_tests::Broker;
+use rewind_tests::{rss_kib, Broker};
 
 const NAMESPACES: usize = 10;
 const CONNECTIONS: usize = 10;
@@ -19,15 +19,6 @@ const EVENTS: u64 = (BATCHES * 500) as u64;
 const CREDIT: u64 = 1000;
 const BUDGET: u64 = 16 << 20;
 const MIB: u64 = 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
 
 fn name(i: usize) -> String {
     format!("busy-{i:02}")

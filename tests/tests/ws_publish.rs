@@ -197,15 +197,6 @@ async fn a_paced_publisher_is_answered_in_order_when_the_broker_falls_behind() {
     assert_log_holds(&b, "paced", &json_payloads(N)).await;
 }
 
-fn memory_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory() {
     // Each frame is answered with more bytes than it has (an `error` naming a 128-byte
@@ -219,7 +210,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     // Let the broker settle (a publish answered) before taking its baseline.
     sink.send(publish_frame(0, "never")).await.expect("send");
     assert_eq!(read_answers(&mut stream, 1).await, vec![Ok((0, 0))]);
-    let before = memory_kib(b.pid(), "VmRSS:");
+    let before = rewind_tests::status_kib(b.pid(), "VmRSS:");
     let sent = Arc::new(AtomicU64::new(0));
     let (stalled_tx, stalled_rx) = tokio::sync::oneshot::channel();
     let sender = {
@@ -260,7 +251,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
         stalled,
         "the broker read all {FRAMES} frames from a client that reads nothing"
     );
-    let peak_while_stalled = memory_kib(b.pid(), "VmHWM:");
+    let peak_while_stalled = rewind_tests::status_kib(b.pid(), "VmHWM:");
     let taken = sent.load(Ordering::Relaxed);
     eprintln!(
         "broker stopped reading after {taken} of {FRAMES} frames; RSS {before} KiB before, peak {peak_while_stalled} KiB"
@@ -293,7 +284,7 @@ async fn a_client_that_never_reads_costs_bounded_memory() {
     }
     assert_eq!(not_open, FRAMES - publishes);
     drop(sender.await.expect("sender"));
-    let peak = memory_kib(b.pid(), "VmHWM:");
+    let peak = rewind_tests::status_kib(b.pid(), "VmHWM:");
     assert!(
         peak.saturating_sub(before) <= 16 * 1024,
         "the broker's RSS peaked {} KiB above its {before} KiB baseline",
