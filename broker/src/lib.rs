@@ -4,12 +4,9 @@
 //!
 //! - [`storage`]: the log store trait and its sled implementation (offsets, epochs,
 //!   retention, idempotency records, the durable sync).
-//! - [`writer`]: the one thread that applies every write and commits in groups, so
-//!   concurrent publishes share one `fdatasync`.
-//! - [`namespaces`]: per-namespace state readers see (epoch, the visible end, earliest).
-//! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
-//! - [`live`]: each namespace's ring of live runs, and the one memory budget of them all.
-//! - [`log`]: the handle transports use to publish, read and manage namespaces.
+//! - [`engine`]: the [`Log`] handle transports use to publish, read and manage
+//!   namespaces; the writer thread that commits in groups; each namespace's live state;
+//!   the fan-out of live events to subscribers.
 //! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
 //! - [`ws`]: the WebSocket transport — sessions, multiplexed subscriptions with credit,
 //!   publishing, liveness.
@@ -21,12 +18,10 @@
 
 pub mod bench;
 pub mod config;
-pub mod fanout;
+pub mod engine;
 pub mod http;
-pub mod live;
-pub mod log;
-pub mod namespaces;
 pub mod server;
 pub mod storage;
-pub mod writer;
 pub mod ws;
+
+pub use engine::Log;

@@ -9,8 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rewind_broker::bench::{self, BenchCommand};
 use rewind_broker::config::{Config, ServeArgs};
-use rewind_broker::log::Log;
 use rewind_broker::server;
+use rewind_broker::Log;
 
 /// mimalloc instead of glibc's malloc: the store allocates and frees small nodes on every
 /// insert, and glibc's bins and consolidation were a tenth of the broker's CPU in a

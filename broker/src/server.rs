@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
+use crate::engine::Log;
 use crate::http::{self, App};
-use crate::log::Log;
 use crate::ws::WsContext;
 
 /// How long a client may take to send a request's headers.

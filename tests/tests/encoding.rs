@@ -543,7 +543,7 @@ fn legacy_log(dir: &Path) {
                 data_dir: dir,
                 ..Default::default()
             };
-            let log = rewind_broker::log::Log::open(Arc::new(config)).expect("open the log");
+            let log = rewind_broker::Log::open(Arc::new(config)).expect("open the log");
             let json = |e: &str, d: &str| NewEvent {
                 event: e.into(),
                 key: None,

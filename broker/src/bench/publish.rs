@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{BenchError, Measured};
 use crate::config::{Config, Retention};
-use crate::log::Log;
+use crate::engine::Log;
 use crate::server;
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;

@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 use super::publish::read_body;
 use super::response::{self, ApiError, Body};
 use crate::config::{Retention, NO_LIMIT};
-use crate::log::Log;
+use crate::engine::Log;
 use crate::storage::NsInfo;
 
 /// Largest `PUT /v1/namespaces/{ns}` body, in bytes.
@@ -42,7 +42,7 @@ pub(super) fn list(log: &Log) -> Result<Response<Body>, ApiError> {
 pub(super) fn info(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
     let info = log
         .info(ns)?
-        .ok_or_else(|| crate::log::LogError::NotFound(ns.to_owned()))?;
+        .ok_or_else(|| crate::engine::LogError::NotFound(ns.to_owned()))?;
     Ok(response::json(StatusCode::OK, &info_json(log, &info)))
 }
 
@@ -141,7 +141,7 @@ pub(super) async fn delete(log: &Log, ns: &str) -> Result<Response<Body>, ApiErr
     if log.delete(ns).await? {
         Ok(response::empty(StatusCode::NO_CONTENT))
     } else {
-        Err(crate::log::LogError::NotFound(ns.to_owned()).into())
+        Err(crate::engine::LogError::NotFound(ns.to_owned()).into())
     }
 }
 

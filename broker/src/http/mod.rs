@@ -19,7 +19,7 @@ use hyper::header::{HeaderValue, CONTENT_LENGTH};
 use hyper::{Method, Request, Response, StatusCode};
 use rewind_protocol::{validate_namespace, ErrorCode};
 
-use crate::log::Log;
+use crate::engine::Log;
 use crate::ws::{self, WsContext};
 use response::{ApiError, Body};
 

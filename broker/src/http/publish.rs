@@ -13,7 +13,7 @@ use rewind_protocol::ErrorCode;
 use super::media::MediaType;
 use super::query;
 use super::response::{self, ApiError, Body};
-use crate::log::{Idempotency, Log};
+use crate::engine::{Idempotency, Log};
 use crate::storage::Appended;
 
 /// How the body is to be read.

@@ -9,7 +9,7 @@ use rewind_protocol::{ErrorCode, Position};
 
 use super::response::{self, ApiError, Body};
 use super::{media, query};
-use crate::log::{Log, ReadRequest};
+use crate::engine::{Log, ReadRequest};
 
 /// Events per page when `limit` is not given.
 const DEFAULT_LIMIT: usize = 100;

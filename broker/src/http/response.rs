@@ -6,7 +6,7 @@ use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use hyper::{Response, StatusCode};
 use rewind_protocol::{ErrorCode, ProtocolError};
 
-use crate::log::LogError;
+use crate::engine::LogError;
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;

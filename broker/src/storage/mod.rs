@@ -334,7 +334,7 @@ mod tests {
         assert!(StoreError::Sled(::sled::Error::Io(kind_only)).is_disk_full());
         assert!(StoreError::Io(std::io::Error::from_raw_os_error(122)).is_disk_full());
         assert!(!StoreError::Io(std::io::Error::from_raw_os_error(5)).is_disk_full());
-        let code = crate::log::LogError::from(&StoreError::Io(raw())).code();
+        let code = crate::engine::LogError::from(&StoreError::Io(raw())).code();
         assert_eq!(code, rewind_protocol::ErrorCode::StorageFull);
     }
 }

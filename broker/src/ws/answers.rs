@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use rewind_protocol::frame::ServerFrame;
 
 use super::session::log_error_code;
-use crate::log::Pending;
+use crate::engine::Pending;
 use crate::storage::Appended;
 
 /// One publish's place in line.

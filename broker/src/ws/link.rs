@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 const MAX_SLICES: usize = 64;
 
 /// Bytes waiting to be written, in order: shared pieces (events framed once for every
-/// subscriber, see [`crate::fanout`]) and small frames gathered in one buffer.
+/// subscriber, see [`crate::engine::fanout`]) and small frames gathered in one buffer.
 #[derive(Debug, Default)]
 pub(crate) struct Outbox {
     pieces: VecDeque<Bytes>,

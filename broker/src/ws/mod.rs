@@ -33,9 +33,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::fanout::Encoding;
+use crate::engine::fanout::Encoding;
+use crate::engine::Log;
 use crate::http::response::{empty, ApiError, Body};
-use crate::log::Log;
 
 /// Subprotocol names.
 const JSON_PROTOCOL: &str = "rewind.v1.json";

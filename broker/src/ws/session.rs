@@ -51,8 +51,8 @@ use super::link::Link;
 use super::subscription::{Credit, Subscription, Yield};
 use super::wire;
 use super::WsContext;
-use crate::fanout::Encoding;
-use crate::log::{Idempotency, LogError, QueueSlot};
+use crate::engine::fanout::Encoding;
+use crate::engine::{Idempotency, LogError, QueueSlot};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
 

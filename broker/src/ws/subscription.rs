@@ -31,10 +31,10 @@ use rewind_protocol::frame::ServerFrame;
 use rewind_protocol::ErrorCode;
 use tokio::sync::Notify;
 
-use crate::fanout::{self, Encoding, SharedRun};
-use crate::live::{CatchUpCharge, LiveSubscriber};
-use crate::log::{Log, LogError};
-use crate::namespaces::NsState;
+use crate::engine::fanout::{self, Encoding, SharedRun};
+use crate::engine::live::{CatchUpCharge, LiveSubscriber};
+use crate::engine::namespaces::NsState;
+use crate::engine::{Log, LogError};
 
 /// Events read from the log per catch-up step, at most.
 const CATCH_UP_BATCH: u64 = 1000;

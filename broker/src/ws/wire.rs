@@ -1,7 +1,7 @@
 //! Outgoing WebSocket frames as finished wire bytes.
 //!
 //! A server's frames are never masked (RFC 6455 §5.1), so a frame's bytes are the same
-//! for every connection. An event is framed once per encoding ([`crate::fanout`]) and
+//! for every connection. An event is framed once per encoding ([`crate::engine::fanout`]) and
 //! every subscriber's socket write points at those same bytes (a vectored write from the
 //! connection's [`super::link::Outbox`]): no per-connection encoding, copy or buffer.
 //!

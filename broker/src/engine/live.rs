@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 
-use crate::fanout::SharedRun;
+use crate::engine::fanout::SharedRun;
 
 /// The memory every namespace's live runs may hold together (`fanout_memory_bytes`), and
 /// the order in which they arrived, so the oldest can be let go first.

@@ -16,8 +16,8 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{watch, Notify};
 
-use crate::fanout::SharedRun;
-use crate::live::{LiveBudget, LiveRing, LiveSubscriber};
+use crate::engine::fanout::SharedRun;
+use crate::engine::live::{LiveBudget, LiveRing, LiveSubscriber};
 use crate::storage::NsInfo;
 
 /// One live namespace as readers see it.
@@ -31,7 +31,7 @@ pub struct NsState {
     visible: watch::Sender<u64>,
     /// The oldest offset still held; moved by retention.
     earliest: AtomicU64,
-    /// Live events for subscribers (see [`crate::live`]); empty while nobody subscribes
+    /// Live events for subscribers (see [`crate::engine::live`]); empty while nobody subscribes
     /// and once deleted.
     live: Arc<LiveRing>,
     /// The name, shared by every event sent to subscribers.

@@ -23,9 +23,9 @@ use rewind_protocol::{Event, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{Config, Durability, Retention};
-use crate::fanout::SharedRun;
-use crate::log::{Idempotency, LogError};
-use crate::namespaces::{Namespaces, NsState};
+use crate::engine::fanout::SharedRun;
+use crate::engine::log::{Idempotency, LogError};
+use crate::engine::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 
 /// The reply channel of a command.

@@ -1,6 +1,6 @@
 //! The handle every transport uses: publish, read (with long-poll), and manage namespaces.
 //!
-//! Writes go through the bounded queue to the [`crate::writer`] thread; reads go straight
+//! Writes go through the bounded queue to the [`crate::engine::writer`] thread; reads go straight
 //! to the store on the blocking pool, bounded by what the writer has made visible.
 
 use std::future::Future;
@@ -16,11 +16,11 @@ use rewind_protocol::{ErrorCode, NewEvent, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::{Config, Durability, Retention};
-use crate::namespaces::{Namespaces, NsState};
+use crate::engine::namespaces::{Namespaces, NsState};
+use crate::engine::writer::{Command, Reply, Writer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
-use crate::writer::{Command, Reply, Writer};
 
 /// Why a log operation failed. Cloneable, because one failed sync fails a whole group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! Live events shared by every subscriber of a namespace: framed once per encoding.
 //!
 //! After each commit the writer hands the new events of a namespace to that namespace's
-//! live ring ([`crate::live`]) — only if someone is subscribed — as runs of consecutive
+//! live ring ([`crate::engine::live`]) — only if someone is subscribed — as runs of consecutive
 //! events ([`SharedRun`], at most [`RUN_MAX_EVENTS`] events and about [`RUN_MAX_BYTES`] of
 //! payload each). Subscribers that keep up take whole runs from the ring; the first one
 //! to need an encoding builds the run's finished WebSocket frames as one buffer, and
@@ -21,7 +21,7 @@ use bytes::Bytes;
 use rewind_protocol::frame::{encode_event_json, encode_event_msgpack, ServerFrame};
 use rewind_protocol::Event;
 
-use crate::live::LiveBudget;
+use crate::engine::live::LiveBudget;
 use crate::ws::wire;
 
 /// Events in one run, at most.

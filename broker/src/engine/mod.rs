@@ -1,0 +1,16 @@
+//! The engine: everything between the transports and the store.
+//!
+//! - [`log`]: the [`Log`] handle transports use to publish, read and manage namespaces.
+//! - [`writer`]: the one thread that applies every write and commits in groups, so
+//!   concurrent publishes share one `fdatasync`.
+//! - [`namespaces`]: per-namespace state readers see (epoch, the visible end, earliest).
+//! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
+//! - [`live`]: each namespace's ring of live runs, and the one memory budget of them all.
+
+pub mod fanout;
+pub mod live;
+pub mod log;
+pub mod namespaces;
+pub mod writer;
+
+pub use log::{Idempotency, Log, LogError, Pending, QueueSlot, ReadRequest};
