@@ -15,12 +15,13 @@ use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{ErrorCode, NewEvent, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{Config, Durability, Retention};
+use crate::config::Config;
 use crate::engine::namespaces::{Namespaces, NsState};
 use crate::engine::writer::{Command, Reply, Writer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
+use crate::storage::{Durability, Retention};
 
 /// Why a log operation failed. Cloneable, because one failed sync fails a whole group.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

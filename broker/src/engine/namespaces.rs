@@ -215,7 +215,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::config::Retention;
+    use crate::storage::Retention;
 
     fn state(name: &str, epoch: &str) -> Arc<NsState> {
         let info = NsInfo {

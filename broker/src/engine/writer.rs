@@ -22,11 +22,12 @@ use std::sync::Arc;
 use rewind_protocol::{Event, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{Config, Durability, Retention};
+use crate::config::Config;
 use crate::engine::fanout::SharedRun;
 use crate::engine::log::{Idempotency, LogError};
 use crate::engine::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
+use crate::storage::{Durability, Retention};
 
 /// The reply channel of a command.
 pub type Reply<T> = oneshot::Sender<Result<T, LogError>>;

@@ -6,8 +6,8 @@ use rewind_protocol::{NewEvent, Payload};
 
 use super::log_store::LogStore;
 use super::open::OpenOptions;
+use super::Retention;
 use super::{Appended, IdempotencyKey, Storage, StoreError};
-use crate::config::Retention;
 
 fn ev(name: &str, data: &str) -> NewEvent {
     NewEvent {

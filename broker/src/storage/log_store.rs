@@ -28,8 +28,8 @@ use super::idem::{self, IdemRecord, IdemStore};
 use super::manifest::{self, Manifest, NsEntry};
 use super::segment::{SegmentConfig, SegmentLog};
 use super::wal::{self, Wal, WalOp};
+use super::Retention;
 use super::{new_epoch, now_ms, record, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
-use crate::config::Retention;
 
 /// Where the store keeps what, under the data directory.
 pub(crate) struct Paths {

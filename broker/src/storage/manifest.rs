@@ -21,8 +21,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use super::Retention;
 use super::StoreError;
-use crate::config::Retention;
 
 const MAGIC: &[u8; 8] = b"RWMANIF\x01";
 const VERSION: u32 = 1;

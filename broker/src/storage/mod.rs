@@ -19,6 +19,7 @@ pub(crate) mod idem;
 pub mod log_store;
 pub(crate) mod manifest;
 pub mod open;
+mod policy;
 pub mod record;
 pub(crate) mod segment;
 pub mod wal;
@@ -26,7 +27,7 @@ pub mod wal;
 use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{Event, NewEvent};
 
-use crate::config::Retention;
+pub use policy::{Durability, Retention, NO_LIMIT};
 
 /// What a namespace keeps about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]

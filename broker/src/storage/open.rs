@@ -10,8 +10,8 @@ use super::log_store::{empty_dir, lock, Live, LogStore, Paths};
 use super::manifest::{self, NsEntry};
 use super::segment::{Records, SegmentConfig, SegmentLog};
 use super::wal::{self, Place, Wal, WalOp};
+use super::Retention;
 use super::{new_epoch, StoreError};
-use crate::config::Retention;
 
 /// How to open.
 #[derive(Debug, Clone, Copy)]

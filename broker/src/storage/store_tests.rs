@@ -10,8 +10,8 @@ use rewind_protocol::{NewEvent, Payload};
 use super::log_store::LogStore;
 use super::open::{OpenOptions, Opened};
 use super::segment::{SegmentConfig, SegmentLog};
+use super::Retention;
 use super::{record, Appended, IdempotencyKey, Storage, StoreError};
-use crate::config::Retention;
 
 fn ev(data: &str) -> NewEvent {
     NewEvent {

@@ -21,8 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use super::Retention;
 use super::StoreError;
-use crate::config::Retention;
 
 /// One logged change.
 #[derive(Debug, Clone, PartialEq, Eq)]
