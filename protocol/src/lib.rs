@@ -14,6 +14,8 @@
 //! - [`frame`]: WebSocket frames in both encodings, with decoders that tell a broken
 //!   frame (close the connection) from a mistaken one (answer with `error`).
 //! - [`codec`]: how an event is written out to a reader, in JSON and in MessagePack.
+//! - [`wire`]: the WebSocket encodings ([`wire::Encoding`]) and server frames as finished
+//!   wire bytes, built once and written to every subscriber.
 //! - [`error`]: the error codes shared by every transport, and this crate's error type.
 //!
 //! Everything here works on byte slices and values; the broker and the clients do the
@@ -28,6 +30,7 @@ pub mod idempotency;
 pub mod names;
 pub mod publish;
 pub mod value;
+pub mod wire;
 
 pub use error::{ErrorCode, ProtocolError};
 pub use event::{Event, NewEvent, Payload, Position};

@@ -18,11 +18,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use rewind_protocol::frame::{encode_event_json, encode_event_msgpack, ServerFrame};
+use rewind_protocol::wire::{self, Encoding};
 use rewind_protocol::Event;
 
 use crate::engine::live::LiveBudget;
-use crate::ws::wire;
 
 /// Events in one run, at most.
 pub const RUN_MAX_EVENTS: usize = 256;
@@ -31,39 +30,11 @@ pub const RUN_MAX_EVENTS: usize = 256;
 /// larger event is a run of its own).
 pub const RUN_MAX_BYTES: usize = 4 << 10;
 
-/// The WebSocket encodings (spec §3.1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Encoding {
-    /// `rewind.v1.json`: text frames; byte payloads follow as a binary frame.
-    Json,
-    /// `rewind.v1.msgpack`: binary frames, byte payloads native.
-    Msgpack,
-}
-
-/// Appends the finished WebSocket frames of an event to `out`: one frame, or in JSON a
-/// `bin: true` header frame and its binary payload frame, back to back. An event that
-/// cannot be encoded in MessagePack (a payload stored before the value rules of
-/// `rewind_protocol::value`) becomes an `error` frame (`internal`, with its offset) in
-/// its place, never an empty frame: the subscriber knows what it missed and goes on.
+/// Appends the finished frames of an event to `out` ([`wire::push_event`]); an event
+/// MessagePack cannot carry is logged here, and an `error` frame stands in its place.
 pub fn encode_into(out: &mut Vec<u8>, ns: &str, ev: &Event, encoding: Encoding) {
-    match encoding {
-        Encoding::Json => {
-            let (text, payload) = encode_event_json(ns, ev);
-            wire::push_text(out, text.as_bytes());
-            if let Some(payload) = payload {
-                wire::push_binary(out, &payload);
-            }
-        }
-        Encoding::Msgpack => match encode_event_msgpack(ns, ev) {
-            Ok(frame) => wire::push_binary(out, &frame),
-            Err(e) => {
-                tracing::error!(ns, offset = ev.offset, error = %e, "event cannot be encoded in MessagePack");
-                wire::push_binary(
-                    out,
-                    &ServerFrame::unencodable(ns, ev.offset, &e).to_msgpack(),
-                );
-            }
-        },
+    if let Err(e) = wire::push_event(out, ns, ev, encoding) {
+        tracing::error!(ns, offset = ev.offset, error = %e, "event cannot be encoded in MessagePack");
     }
 }
 

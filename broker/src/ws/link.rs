@@ -185,10 +185,35 @@ impl<S: Unpin> AsyncWrite for Link<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::wire::tests::parse;
-    use crate::ws::wire::{binary, text};
     use proptest::prelude::*;
+    use rewind_protocol::wire;
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+
+    fn text(payload: &[u8]) -> Bytes {
+        Bytes::from(wire::text(payload))
+    }
+
+    fn binary(payload: &[u8]) -> Bytes {
+        Bytes::from(wire::binary(payload))
+    }
+
+    /// Parses frames back with tungstenite's own header parser.
+    fn parse(mut wire: &[u8]) -> Vec<(OpCode, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while !wire.is_empty() {
+            let mut cursor = io::Cursor::new(wire);
+            let (header, len) = FrameHeader::parse(&mut cursor)
+                .expect("a header")
+                .expect("a whole header");
+            assert!(header.is_final && header.mask.is_none());
+            let start = cursor.position() as usize;
+            let end = start + len as usize;
+            frames.push((header.opcode, wire[start..end].to_vec()));
+            wire = &wire[end..];
+        }
+        frames
+    }
 
     /// A socket that takes at most `step` bytes per write, and says "not now" every other
     /// call, the way a full socket buffer does.
@@ -270,7 +295,7 @@ mod tests {
                     1 => out.push_bytes(&binary(p)),
                     _ => {
                         out.push_shared(Bytes::new());
-                        out.push_with(|buf| crate::ws::wire::push_binary(buf, p));
+                        out.push_with(|buf| wire::push_binary(buf, p));
                     }
                 }
             }

@@ -9,14 +9,14 @@
 //!   waits for the socket.
 //! - [`subscription`] runs one open namespace: catch-up from the log, then live events
 //!   from the namespace's ring, never more than the credit allows.
-//! - [`wire`] frames outgoing messages once, as wire bytes, and writes them with vectored
-//!   writes.
+//!
+//! Outgoing frames are finished wire bytes ([`rewind_protocol::wire`]), built once and
+//! written with vectored writes.
 
 mod answers;
 mod link;
 mod session;
 mod subscription;
-pub(crate) mod wire;
 
 use std::sync::Arc;
 
@@ -27,19 +27,15 @@ use hyper::header::{
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use rewind_protocol::wire::Encoding;
 use rewind_protocol::ErrorCode;
 use tokio::sync::{watch, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::engine::fanout::Encoding;
 use crate::engine::Log;
 use crate::http::response::{empty, ApiError, Body};
-
-/// Subprotocol names.
-const JSON_PROTOCOL: &str = "rewind.v1.json";
-const MSGPACK_PROTOCOL: &str = "rewind.v1.msgpack";
 
 /// Most bytes tungstenite may hold unwritten (control frames are at most 127 bytes, and
 /// its socket, a [`link::Link`], takes every write at once).
@@ -128,10 +124,8 @@ fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
         .flat_map(|v| v.split(','))
         .map(str::trim);
     for p in offered {
-        match p {
-            JSON_PROTOCOL => return (Encoding::Json, Some(JSON_PROTOCOL)),
-            MSGPACK_PROTOCOL => return (Encoding::Msgpack, Some(MSGPACK_PROTOCOL)),
-            _ => {}
+        if let Some(encoding) = Encoding::from_subprotocol(p) {
+            return (encoding, Some(encoding.subprotocol()));
         }
     }
     (Encoding::Json, None)

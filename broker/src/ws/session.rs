@@ -39,6 +39,7 @@ use hyper_util::rt::TokioIo;
 use rewind_protocol::frame::{
     decode_json_frame, decode_msgpack, ClientFrame, FrameError, ServerFrame,
 };
+use rewind_protocol::wire::{self, Encoding};
 use rewind_protocol::{ErrorCode, NewEvent, Payload, Position};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -49,9 +50,7 @@ use tokio_tungstenite::WebSocketStream;
 use super::answers::Answers;
 use super::link::Link;
 use super::subscription::{Credit, Subscription, Yield};
-use super::wire;
 use super::WsContext;
-use crate::engine::fanout::Encoding;
 use crate::engine::{Idempotency, LogError, QueueSlot};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
@@ -354,7 +353,7 @@ impl Session {
         let encoding = self.encoding;
         let out = &mut self.ws.get_mut().out;
         self.answers.poll_ready(cx, |answer| {
-            out.push_with(|buf| encode(buf, encoding, &answer))
+            out.push_with(|buf| wire::push_server_frame(buf, encoding, &answer))
         });
     }
 
@@ -466,7 +465,7 @@ impl Session {
         self.ws
             .get_mut()
             .out
-            .push_with(|buf| encode(buf, encoding, f));
+            .push_with(|buf| wire::push_server_frame(buf, encoding, f));
     }
 
     fn error(&mut self, code: ErrorCode, message: impl Into<String>, ns: Option<String>) {
@@ -747,14 +746,6 @@ impl Session {
             }
             Err(e) => self.refuse_publish(id, ns, log_error_code(&e), e.to_string()),
         }
-    }
-}
-
-/// Appends `f`'s frame in the connection's encoding.
-fn encode(out: &mut Vec<u8>, encoding: Encoding, f: &ServerFrame) {
-    match encoding {
-        Encoding::Json => wire::push_text(out, f.to_json().as_bytes()),
-        Encoding::Msgpack => wire::push_binary(out, &f.to_msgpack()),
     }
 }
 

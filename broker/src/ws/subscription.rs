@@ -28,10 +28,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
+use rewind_protocol::wire::Encoding;
 use rewind_protocol::ErrorCode;
 use tokio::sync::Notify;
 
-use crate::engine::fanout::{self, Encoding, SharedRun};
+use crate::engine::fanout::{self, SharedRun};
 use crate::engine::live::{CatchUpCharge, LiveSubscriber};
 use crate::engine::namespaces::NsState;
 use crate::engine::{Log, LogError};
@@ -98,7 +99,7 @@ impl Credit {
 /// What a subscription hands its connection, in order.
 #[derive(Debug)]
 pub(super) enum Yield {
-    /// Events as finished frames (see [`super::wire`]), in pieces written back to back,
+    /// Events as finished frames (see [`rewind_protocol::wire`]), in pieces written back to back,
     /// with the budget charge for them when they came from the log (dropped once they
     /// are in the outbox).
     Events(Vec<Bytes>, Option<CatchUpCharge>),
