@@ -107,6 +107,12 @@ impl ErrorCode {
             ErrorCode::StorageFull => 507,
         }
     }
+
+    /// The JSON body of an HTTP error answer, `{"error": {"code": …, "message": …}}`
+    /// (spec §3.2), the same from every HTTP route and the WebSocket handshake.
+    pub fn http_body(self, message: &str) -> String {
+        serde_json::json!({ "error": { "code": self.as_str(), "message": message } }).to_string()
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -178,5 +184,20 @@ impl ProtocolError {
             ProtocolError::BadPosition(_) => ErrorCode::BadPosition,
             ProtocolError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorCode;
+
+    #[test]
+    fn an_http_error_body_names_the_code_and_the_message() {
+        let body: serde_json::Value =
+            serde_json::from_str(&ErrorCode::NotFound.http_body("no \"n\"")).expect("JSON");
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "not_found", "message": "no \"n\""}})
+        );
     }
 }

@@ -116,7 +116,7 @@ async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiE
                 // A HEAD cannot switch protocols; it learns what a plain GET would.
                 Ok(ws::upgrade_required())
             } else {
-                ws::upgrade(req, &app.ws)
+                Ok(ws::upgrade(req, &app.ws))
             }
         }
         ["v1", "namespaces"] => {

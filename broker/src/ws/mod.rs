@@ -20,10 +20,12 @@ mod subscription;
 
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -35,11 +37,29 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::engine::Log;
-use crate::http::response::{empty, ApiError, Body};
 
 /// Most bytes tungstenite may hold unwritten (control frames are at most 127 bytes, and
 /// its socket, a [`link::Link`], takes every write at once).
 const TUNGSTENITE_WRITE_CAP: usize = 64 << 10;
+
+/// The body of the handshake's answers (the same type as every HTTP answer's).
+pub type Body = Full<Bytes>;
+
+/// A refused handshake: `code`'s HTTP status ([`ErrorCode::http_status`]) with the JSON
+/// error body ([`ErrorCode::http_body`]); a 503 says `Retry-After: 1`, as every HTTP 503
+/// of the broker does.
+fn refusal(code: ErrorCode, message: &str) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::from(code.http_body(message))));
+    *res.status_mut() =
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let retry = res.status() == StatusCode::SERVICE_UNAVAILABLE;
+    let h = res.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if retry {
+        h.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    res
+}
 
 /// What every WebSocket session shares.
 #[derive(Clone)]
@@ -134,24 +154,25 @@ fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
 /// The answer to a plain (not upgrading) request to `/v1/ws`: `426 Upgrade Required`,
 /// `Upgrade: websocket`, and a JSON error `upgrade_required`.
 pub fn upgrade_required() -> Response<Body> {
-    let mut res = ApiError::of(
+    let mut res = refusal(
         ErrorCode::UpgradeRequired,
         "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
-    )
-    .into_response();
+    );
     let h = res.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     res
 }
 
-/// Answers the handshake with `101 Switching Protocols` and starts the session.
-pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<Body>, ApiError> {
+/// Answers the handshake with `101 Switching Protocols` and starts the session, or
+/// refuses it: `426` (not an upgrade, or not version 13), `400 bad_frame` (a bad
+/// `Sec-WebSocket-Key`), `503 overloaded` (every connection slot taken).
+pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Response<Body> {
     let headers = req.headers();
     let is_ws = header_has_token(headers, CONNECTION, "upgrade")
         && header_has_token(headers, UPGRADE, "websocket");
     if !is_ws {
-        return Ok(upgrade_required());
+        return upgrade_required();
     }
     if headers
         .get(SEC_WEBSOCKET_VERSION)
@@ -159,32 +180,28 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         != Some("13")
     {
         // RFC 6455 §4.2.2: refuse, and say which version the broker speaks.
-        let mut res = ApiError::of(
+        let mut res = refusal(
             ErrorCode::UpgradeRequired,
             "Sec-WebSocket-Version must be 13",
-        )
-        .into_response();
+        );
         res.headers_mut()
             .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
-        return Ok(res);
+        return res;
     }
-    let key = headers
-        .get(SEC_WEBSOCKET_KEY)
-        .ok_or_else(|| ApiError::bad_request("Sec-WebSocket-Key is missing"))?;
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
+        return refusal(ErrorCode::BadFrame, "Sec-WebSocket-Key is missing");
+    };
     if !is_websocket_key(key.as_bytes()) {
-        return Err(ApiError::bad_request(
+        return refusal(
+            ErrorCode::BadFrame,
             "Sec-WebSocket-Key must be 16 bytes in base64: 24 characters ending in == (RFC 6455 §4.1)",
-        ));
+        );
     }
     let accept = derive_accept_key(key.as_bytes());
     let (encoding, protocol) = negotiate(headers);
-    let permit = Arc::clone(&ctx.slots).try_acquire_owned().map_err(|_| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Overloaded,
-            "too many connections",
-        )
-    })?;
+    let Ok(permit) = Arc::clone(&ctx.slots).try_acquire_owned() else {
+        return refusal(ErrorCode::Overloaded, "too many connections");
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     // Counted before the 101 goes out, so shutdown never misses a session starting.
     let counted = SessionCount::new(&ctx.open);
@@ -206,7 +223,8 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
         drop(permit);
         drop(counted);
     });
-    let mut res = empty(StatusCode::SWITCHING_PROTOCOLS);
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
@@ -216,12 +234,25 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Result<Response<B
     if let Some(p) = protocol {
         h.insert(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    Ok(res)
+    res
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_websocket_key;
+    use super::{is_websocket_key, refusal};
+    use hyper::header::{CONTENT_TYPE, RETRY_AFTER};
+    use rewind_protocol::ErrorCode;
+
+    #[test]
+    fn a_refused_handshake_has_its_codes_status_and_the_json_error_body() {
+        let busy = refusal(ErrorCode::Overloaded, "too many connections");
+        assert_eq!(busy.status(), 503);
+        assert_eq!(busy.headers()[RETRY_AFTER], "1");
+        assert_eq!(busy.headers()[CONTENT_TYPE], "application/json");
+        let bad = refusal(ErrorCode::BadFrame, "no key");
+        assert_eq!(bad.status(), 400);
+        assert!(!bad.headers().contains_key(RETRY_AFTER));
+    }
 
     #[test]
     fn a_key_is_16_bytes_in_base64() {
