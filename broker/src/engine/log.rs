@@ -11,110 +11,17 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rewind_protocol::codec::ReadPage;
-use rewind_protocol::idempotency::RequestDigest;
-use rewind_protocol::{ErrorCode, NewEvent, Position};
+use rewind_protocol::{NewEvent, Position};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
+use crate::engine::error::LogError;
 use crate::engine::namespaces::{Namespaces, NsState};
-use crate::engine::writer::{Command, Reply, Writer};
+use crate::engine::writer::{Command, Idempotency, Reply, Writer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
 use crate::storage::{Durability, Retention};
-
-/// Why a log operation failed. Cloneable, because one failed sync fails a whole group.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LogError {
-    /// The namespace does not exist.
-    #[error("namespace {0:?} does not exist")]
-    NotFound(String),
-    /// The namespace was deleted while the request waited on it or read it; the same
-    /// answer as [`LogError::NotFound`] to the client, with a message that says why.
-    #[error("namespace {0:?} was deleted")]
-    Deleted(String),
-    /// The write queue is full.
-    #[error("the write queue is full; retry shortly")]
-    Overloaded,
-    /// The broker is shutting down and takes no more writes.
-    #[error("the broker is shutting down")]
-    ShuttingDown,
-    /// The read position is not valid for this namespace.
-    #[error("{0}")]
-    BadPosition(String),
-    /// The disk is full.
-    #[error("the disk is full")]
-    DiskFull,
-    /// The store failed.
-    #[error("storage failed: {0}")]
-    Storage(String),
-    /// The idempotency key was used inside the window for a different request.
-    #[error(
-        "the idempotency key was used for a different request (offsets {first}..={last}); \
-         a retry must send the same events"
-    )]
-    IdempotencyConflict {
-        /// Offset of the first event of the original request.
-        first: u64,
-        /// Offset of the last event of the original request.
-        last: u64,
-    },
-}
-
-impl LogError {
-    /// The wire code, the same on every transport.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            LogError::NotFound(_) | LogError::Deleted(_) => ErrorCode::NotFound,
-            LogError::Overloaded => ErrorCode::Overloaded,
-            LogError::ShuttingDown => ErrorCode::ShuttingDown,
-            LogError::BadPosition(_) => ErrorCode::BadPosition,
-            LogError::DiskFull => ErrorCode::StorageFull,
-            LogError::Storage(_) => ErrorCode::Internal,
-            LogError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
-        }
-    }
-}
-
-/// An idempotency key with what the request it came with asked for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Idempotency {
-    /// The key, checked by [`rewind_protocol::idempotency::validate_key`].
-    pub key: String,
-    /// The digest of the request's events; a retry must publish the same events.
-    pub request: RequestDigest,
-    /// The digest older versions kept ([`RequestDigest::of_v1`]), which a record they
-    /// wrote is compared with.
-    pub request_v1: RequestDigest,
-    /// The request was a batch (HTTP answers `{"first","last"}`), not one event.
-    pub batch: bool,
-}
-
-impl Idempotency {
-    /// The key (if any) for publishing `events` as one event (`batch` false) or a batch.
-    pub fn of(key: Option<String>, events: &[NewEvent], batch: bool) -> Option<Idempotency> {
-        key.map(|key| Idempotency {
-            key,
-            request: RequestDigest::of(events),
-            request_v1: RequestDigest::of_v1(events),
-            batch,
-        })
-    }
-}
-
-impl From<&StoreError> for LogError {
-    fn from(e: &StoreError) -> Self {
-        match e {
-            StoreError::NotFound(ns) => LogError::NotFound(ns.clone()),
-            StoreError::IdempotencyConflict { first, last } => LogError::IdempotencyConflict {
-                first: *first,
-                last: *last,
-            },
-            _ if e.is_disk_full() => LogError::DiskFull,
-            other => LogError::Storage(other.to_string()),
-        }
-    }
-}
 
 /// A read request.
 #[derive(Debug, Clone, Copy)]

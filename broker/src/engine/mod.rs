@@ -1,5 +1,6 @@
 //! The engine: everything between the transports and the store.
 //!
+//! - [`error`]: the engine's errors and their one mapping to wire codes.
 //! - [`log`]: the [`Log`] handle transports use to publish, read and manage namespaces.
 //! - [`writer`]: the one thread that applies every write and commits in groups, so
 //!   concurrent publishes share one `fdatasync`.
@@ -7,10 +8,13 @@
 //! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
 //! - [`live`]: each namespace's ring of live runs, and the one memory budget of them all.
 
+pub mod error;
 pub mod fanout;
 pub mod live;
 pub mod log;
 pub mod namespaces;
 pub mod writer;
 
-pub use log::{Idempotency, Log, LogError, Pending, QueueSlot, ReadRequest};
+pub use error::LogError;
+pub use log::{Log, Pending, QueueSlot, ReadRequest};
+pub use writer::Idempotency;

@@ -2,7 +2,8 @@
 //!
 //! ### Invariants
 //!
-//! - Commands are applied in the order they were queued; offsets are assigned here only.
+//! - Commands are applied in the order they were queued. The store assigns offsets
+//!   ([`Storage::append`]) and this thread is its only writer, so offsets follow that order.
 //! - In `durable` mode no publish is acknowledged, and no reader sees an event, before a
 //!   [`Storage::sync`] that covers it has returned. Every command taken from the queue
 //!   while the previous sync ran shares the next one (group commit).
@@ -19,15 +20,42 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{Event, NewEvent};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::engine::error::LogError;
 use crate::engine::fanout::SharedRun;
-use crate::engine::log::{Idempotency, LogError};
 use crate::engine::namespaces::{Namespaces, NsState};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 use crate::storage::{Durability, Retention};
+
+/// An idempotency key with what the request it came with asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Idempotency {
+    /// The key, checked by [`rewind_protocol::idempotency::validate_key`].
+    pub key: String,
+    /// The digest of the request's events; a retry must publish the same events.
+    pub request: RequestDigest,
+    /// The digest older versions kept ([`RequestDigest::of_v1`]), which a record they
+    /// wrote is compared with.
+    pub request_v1: RequestDigest,
+    /// The request was a batch (HTTP answers `{"first","last"}`), not one event.
+    pub batch: bool,
+}
+
+impl Idempotency {
+    /// The key (if any) for publishing `events` as one event (`batch` false) or a batch.
+    pub fn of(key: Option<String>, events: &[NewEvent], batch: bool) -> Option<Idempotency> {
+        key.map(|key| Idempotency {
+            key,
+            request: RequestDigest::of(events),
+            request_v1: RequestDigest::of_v1(events),
+            batch,
+        })
+    }
+}
 
 /// The reply channel of a command.
 pub type Reply<T> = oneshot::Sender<Result<T, LogError>>;

@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 
 use rewind_protocol::frame::ServerFrame;
 
-use super::session::log_error_code;
 use crate::engine::Pending;
 use crate::storage::Appended;
 
@@ -80,7 +79,7 @@ impl Answers {
                     }
                 }
                 (Some(Slot::Waiting { id, ns, .. }), Some(Err(e))) => {
-                    ServerFrame::error(log_error_code(&e), e.to_string(), Some(id), Some(ns))
+                    ServerFrame::error(e.code(), e.to_string(), Some(id), Some(ns))
                 }
                 // A waiting slot always has a result here, and the queue was not empty.
                 (Some(Slot::Waiting { .. }), None) | (None, _) => return,

@@ -169,11 +169,6 @@ fn reason(text: &str) -> String {
     text[..end].to_owned()
 }
 
-/// The same code HTTP answers the same failure with.
-pub(super) fn log_error_code(e: &LogError) -> ErrorCode {
-    e.code()
-}
-
 /// Serves one upgraded connection until it ends.
 pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
     let session = Session {
@@ -650,7 +645,7 @@ impl Session {
         // a publish or a PUT does.
         let Some(state) = self.ctx.log.namespace(&ns) else {
             let e = LogError::NotFound(ns.clone());
-            return self.error(log_error_code(&e), e.to_string(), Some(ns));
+            return self.error(e.code(), e.to_string(), Some(ns));
         };
         // Subscribe to live events before reading `visible`, so nothing falls in between.
         let live = state.subscribe_live();
@@ -744,7 +739,7 @@ impl Session {
                     .submit_append_in(slot, &ns, events, idempotency);
                 self.answers.push_waiting(id, ns, pending);
             }
-            Err(e) => self.refuse_publish(id, ns, log_error_code(&e), e.to_string()),
+            Err(e) => self.refuse_publish(id, ns, e.code(), e.to_string()),
         }
     }
 }
