@@ -95,6 +95,9 @@ mod tests {
         for (err, code) in cases {
             assert_eq!(err.code(), code, "{err}");
         }
+        let full = LogError::from(&StoreError::Io(std::io::Error::from_raw_os_error(28)));
+        assert_eq!(full, LogError::DiskFull);
+        assert_eq!(full.code(), ErrorCode::StorageFull);
         let missing = LogError::from(&StoreError::NotFound("n".into()));
         assert_eq!(missing, LogError::NotFound("n".into()));
         let conflict = LogError::from(&StoreError::IdempotencyConflict { first: 3, last: 4 });

@@ -18,3 +18,6 @@ pub mod writer;
 pub use error::LogError;
 pub use log::{Log, Pending, QueueSlot, ReadRequest};
 pub use writer::Idempotency;
+
+/// What transports read back from the store through the engine.
+pub use crate::storage::{Appended, NsInfo};

@@ -1,6 +1,6 @@
 //! The policies the store enforces: how long a namespace's events are kept
 //! ([`Retention`]) and when a write counts as done ([`Durability`]). The configuration
-//! sets the broker's defaults (`crate::config`); a namespace may set its own retention.
+//! sets the broker's defaults; a namespace may set its own retention.
 
 use serde::{Deserialize, Serialize};
 

@@ -16,8 +16,7 @@ use std::task::{Context, Poll};
 
 use rewind_protocol::frame::ServerFrame;
 
-use crate::engine::Pending;
-use crate::storage::Appended;
+use crate::engine::{Appended, Pending};
 
 /// One publish's place in line.
 enum Slot {
