@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
 use crate::engine::error::LogError;
-use crate::engine::namespaces::{Namespaces, NsState};
+use crate::engine::namespaces::{Namespace, Namespaces};
 use crate::engine::writer::{Command, Idempotency, Reply, Writer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
@@ -123,19 +123,9 @@ impl Log {
 
     /// Starts the writer and timers over any store.
     pub fn start(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Log, StoreError> {
-        let namespaces = Arc::new(Namespaces::new(
-            config.fanout_buffer,
-            config.fanout_memory_bytes,
-        ));
-        for info in store.namespaces()? {
-            namespaces.insert(&info.name, namespaces.state(&info));
-        }
+        let writer = Writer::new(Arc::clone(&store), Arc::clone(&config))?;
+        let namespaces = writer.namespaces();
         let (tx, rx) = mpsc::channel(config.write_queue);
-        let writer = Writer::new(
-            Arc::clone(&store),
-            Arc::clone(&namespaces),
-            Arc::clone(&config),
-        );
         let handle = std::thread::Builder::new()
             .name("rewind-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -344,7 +334,7 @@ impl Log {
     }
 
     /// The live state of a namespace, if it exists.
-    pub fn namespace(&self, ns: &str) -> Option<Arc<NsState>> {
+    pub fn namespace(&self, ns: &str) -> Option<Arc<Namespace>> {
         self.inner.namespaces.get(ns)
     }
 
@@ -354,27 +344,23 @@ impl Log {
             return Ok(None);
         };
         let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;
-        Ok(info.map(|mut i| {
-            i.next = state.visible();
-            i.earliest = state.earliest().min(i.next);
-            i
-        }))
+        Ok(info.map(|i| state.as_read(i)))
     }
 
     /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
     pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
-        let mut all = self
+        let all = self
             .inner
             .store
             .namespaces()
             .map_err(|e| LogError::from(&e))?;
-        for info in &mut all {
-            if let Some(state) = self.inner.namespaces.get(&info.name) {
-                info.next = state.visible();
-                info.earliest = state.earliest().min(info.next);
-            }
-        }
-        Ok(all)
+        Ok(all
+            .into_iter()
+            .map(|info| match self.inner.namespaces.get(&info.name) {
+                Some(state) => state.as_read(info),
+                None => info,
+            })
+            .collect())
     }
 
     /// Reads a page of events. With a `wait` and nothing at `from`, waits for an append,

@@ -1,13 +1,17 @@
 //! The live state of every namespace that readers look at without touching the store:
-//! its epoch, how far it is durable, where it starts, and whether it was deleted.
+//! its epoch, how far it is durable, where it starts, its ring of live events, and
+//! whether it was deleted. One struct ([`Namespace`]) per incarnation, and one owner: the
+//! writer creates, moves and removes them (the mutators are `pub(super)`); everyone else
+//! reads. The store's own description ([`NsInfo`]) is turned into what readers see in one
+//! place, [`Namespace::as_read`].
 //!
 //! ### Invariants
 //!
-//! - One [`NsState`] is one incarnation of a namespace: a delete and re-create makes a new
+//! - One [`Namespace`] is one incarnation of a namespace: a delete and re-create makes a new
 //!   one, with a new epoch. Readers hold an `Arc` of the incarnation they read.
 //! - Every reader that waits on a namespace (a WebSocket subscription at any credit, a
-//!   long-poll, any reader added later) also waits on [`NsState::deleted`], and checks
-//!   [`NsState::is_deleted`] after each read of the store: the moment the writer deletes
+//!   long-poll, any reader added later) also waits on [`Namespace::deleted`], and checks
+//!   [`Namespace::is_deleted`] after each read of the store: the moment the writer deletes
 //!   the namespace, each reader stops serving that incarnation and says so.
 
 use std::collections::HashMap;
@@ -22,8 +26,8 @@ use crate::storage::NsInfo;
 
 /// One live namespace as readers see it.
 #[derive(Debug)]
-pub struct NsState {
-    /// The epoch of this incarnation; a delete and re-create makes a new `NsState`.
+pub struct Namespace {
+    /// The epoch of this incarnation; a delete and re-create makes a new `Namespace`.
     pub epoch: String,
     /// The offset after the last event readers may see. Only the writer moves it, and only
     /// once the events below it are durable (or, in relaxed mode, written). Waiting readers
@@ -38,16 +42,16 @@ pub struct NsState {
     pub name: Arc<str>,
     /// Turns true, once, when this incarnation is deleted.
     deleted: AtomicBool,
-    /// Wakes everyone waiting in [`NsState::deleted`]. A `Notify` rather than a `watch`:
+    /// Wakes everyone waiting in [`Namespace::deleted`]. A `Notify` rather than a `watch`:
     /// its wait is less than half the size, and every waiting subscription holds one.
     on_delete: Notify,
 }
 
-impl NsState {
+impl Namespace {
     /// State for a namespace the store reports, with a live ring of at most
     /// `fanout_buffer` runs of events under the broker's `budget`.
-    pub fn new(info: &NsInfo, fanout_buffer: usize, budget: &Arc<LiveBudget>) -> NsState {
-        NsState {
+    fn new(info: &NsInfo, fanout_buffer: usize, budget: &Arc<LiveBudget>) -> Namespace {
+        Namespace {
             epoch: info.epoch.clone(),
             visible: watch::Sender::new(info.next),
             earliest: AtomicU64::new(info.earliest),
@@ -75,7 +79,7 @@ impl NsState {
         woken.await;
     }
 
-    /// Marks this incarnation deleted and wakes everyone waiting in [`NsState::deleted`].
+    /// Marks this incarnation deleted and wakes everyone waiting in [`Namespace::deleted`].
     fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.on_delete.notify_waiters();
@@ -99,8 +103,8 @@ impl NsState {
         self.live.budget()
     }
 
-    /// Hands committed events to live subscribers. Call after [`NsState::publish_visible`].
-    pub fn send_live(&self, runs: Vec<SharedRun>) {
+    /// Hands committed events to live subscribers. Call after [`Namespace::publish_visible`].
+    pub(super) fn send_live(&self, runs: Vec<SharedRun>) {
         self.live.push(runs);
     }
 
@@ -111,13 +115,13 @@ impl NsState {
 
     /// A receiver that changes whenever `visible` moves. It does not end when the
     /// namespace is deleted (the reader's `Arc` keeps its sender alive): wait on
-    /// [`NsState::deleted`] as well.
+    /// [`Namespace::deleted`] as well.
     pub fn watch_visible(&self) -> watch::Receiver<u64> {
         self.visible.subscribe()
     }
 
     /// Makes events below `next` visible and wakes waiting readers.
-    pub fn publish_visible(&self, next: u64) {
+    pub(super) fn publish_visible(&self, next: u64) {
         self.visible.send_if_modified(|v| {
             let moved = next > *v;
             if moved {
@@ -132,8 +136,17 @@ impl NsState {
         self.earliest.load(Ordering::Acquire)
     }
 
+    /// The store's description of this namespace with `earliest` and `next` as readers
+    /// see them: `next` is the visible end (what is durable, not merely written), and
+    /// `earliest` what retention has reported, never above `next`.
+    pub fn as_read(&self, mut info: NsInfo) -> NsInfo {
+        info.next = self.visible();
+        info.earliest = self.earliest().min(info.next);
+        info
+    }
+
     /// Records that retention moved the oldest offset.
-    pub fn set_earliest(&self, earliest: u64) {
+    pub(super) fn set_earliest(&self, earliest: u64) {
         self.earliest.fetch_max(earliest, Ordering::AcqRel);
     }
 }
@@ -141,7 +154,7 @@ impl NsState {
 /// All live namespaces. The writer inserts and removes; everyone reads.
 #[derive(Debug)]
 pub struct Namespaces {
-    map: RwLock<HashMap<String, Arc<NsState>>>,
+    map: RwLock<HashMap<String, Arc<Namespace>>>,
     /// Runs per namespace ring, at most (`fanout_buffer`).
     fanout_buffer: usize,
     /// What every ring's runs may hold together (`fanout_memory_bytes`).
@@ -159,13 +172,8 @@ impl Namespaces {
         }
     }
 
-    /// The state of a new incarnation the store reports (not yet inserted).
-    pub fn state(&self, info: &NsInfo) -> Arc<NsState> {
-        Arc::new(NsState::new(info, self.fanout_buffer, &self.budget))
-    }
-
     /// The namespace's state, if it exists.
-    pub fn get(&self, ns: &str) -> Option<Arc<NsState>> {
+    pub fn get(&self, ns: &str) -> Option<Arc<Namespace>> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -173,21 +181,24 @@ impl Namespaces {
             .cloned()
     }
 
-    /// Adds a namespace; an incarnation it replaces counts as deleted.
-    pub fn insert(&self, ns: &str, state: Arc<NsState>) {
+    /// Adds the incarnation the store reports in `info` and returns it; an incarnation it
+    /// replaces counts as deleted. The writer's alone.
+    pub(super) fn open(&self, info: &NsInfo) -> Arc<Namespace> {
+        let state = Arc::new(Namespace::new(info, self.fanout_buffer, &self.budget));
         let old = self
             .map
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ns.to_owned(), state);
+            .insert(info.name.clone(), Arc::clone(&state));
         if let Some(old) = old {
             old.mark_deleted();
         }
+        state
     }
 
     /// Removes a namespace and marks it deleted: every reader waiting on it in
-    /// [`NsState::deleted`] is woken at once.
-    pub fn remove(&self, ns: &str) -> Option<Arc<NsState>> {
+    /// [`Namespace::deleted`] is woken at once. The writer's alone.
+    pub(super) fn remove(&self, ns: &str) -> Option<Arc<Namespace>> {
         let old = self
             .map
             .write()
@@ -200,7 +211,7 @@ impl Namespaces {
     }
 
     /// Every namespace's name and state.
-    pub fn all(&self) -> Vec<(String, Arc<NsState>)> {
+    pub fn all(&self) -> Vec<(String, Arc<Namespace>)> {
         self.map
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -217,20 +228,19 @@ mod tests {
     use super::*;
     use crate::storage::Retention;
 
-    fn state(name: &str, epoch: &str) -> Arc<NsState> {
-        let info = NsInfo {
+    fn info(name: &str, epoch: &str) -> NsInfo {
+        NsInfo {
             name: name.into(),
             epoch: epoch.into(),
             retention: Retention::default(),
             earliest: 0,
             next: 0,
             bytes: 0,
-        };
-        Arc::new(NsState::new(&info, 4, &LiveBudget::new(u64::MAX)))
+        }
     }
 
     /// A waiter that is not woken fails the test instead of hanging it.
-    async fn woken(state: &NsState) {
+    async fn woken(state: &Namespace) {
         tokio::time::timeout(Duration::from_secs(10), state.deleted())
             .await
             .expect("deleted() was not woken");
@@ -239,8 +249,7 @@ mod tests {
     #[tokio::test]
     async fn remove_wakes_every_waiter_of_that_incarnation_only() {
         let map = Namespaces::new(4, u64::MAX);
-        let old = state("n", "e1");
-        map.insert("n", Arc::clone(&old));
+        let old = map.open(&info("n", "e1"));
         assert!(!old.is_deleted());
         let waiters: Vec<_> = (0..3)
             .map(|_| {
@@ -258,21 +267,44 @@ mod tests {
         // A waiter that comes after the delete completes at once.
         woken(&old).await;
         // The next incarnation starts alive; removing a missing name marks nothing.
-        let new = state("n", "e2");
-        map.insert("n", Arc::clone(&new));
+        let new = map.open(&info("n", "e2"));
         assert!(!new.is_deleted());
         assert!(map.remove("other").is_none());
         assert!(!new.is_deleted());
     }
 
     #[tokio::test]
-    async fn an_incarnation_replaced_by_insert_counts_as_deleted() {
+    async fn an_incarnation_replaced_by_open_counts_as_deleted() {
         let map = Namespaces::new(4, u64::MAX);
-        let old = state("n", "e1");
-        map.insert("n", Arc::clone(&old));
-        map.insert("n", state("n", "e2"));
+        let old = map.open(&info("n", "e1"));
+        map.open(&info("n", "e2"));
         assert!(old.is_deleted());
         woken(&old).await;
         assert_eq!(map.get("n").expect("the new one").epoch, "e2");
+    }
+
+    #[test]
+    fn readers_see_the_visible_end_not_what_the_store_has_written() {
+        let map = Namespaces::new(4, u64::MAX);
+        let ns = map.open(&NsInfo {
+            earliest: 2,
+            next: 5,
+            ..info("n", "e1")
+        });
+        // The store has written up to 9 and its retention reached 7: readers see only
+        // what the writer made visible and reported, and an `earliest` never above `next`.
+        let written = NsInfo {
+            earliest: 7,
+            next: 9,
+            ..info("n", "e1")
+        };
+        let seen = ns.as_read(written.clone());
+        assert_eq!((seen.earliest, seen.next), (2, 5));
+        ns.set_earliest(7);
+        let seen = ns.as_read(written.clone());
+        assert_eq!((seen.earliest, seen.next), (5, 5));
+        ns.publish_visible(9);
+        let seen = ns.as_read(written);
+        assert_eq!((seen.earliest, seen.next), (7, 9));
     }
 }

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Config;
 use crate::engine::error::LogError;
 use crate::engine::fanout::SharedRun;
-use crate::engine::namespaces::{Namespaces, NsState};
+use crate::engine::namespaces::{Namespace, Namespaces};
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 use crate::storage::{Durability, Retention};
 
@@ -126,7 +126,7 @@ impl Ack {
 
 /// Events appended in this group, kept until the commit for live subscribers.
 struct PendingLive {
-    state: Arc<NsState>,
+    state: Arc<Namespace>,
     first: u64,
     ts_ms: u64,
     events: Vec<NewEvent>,
@@ -136,7 +136,7 @@ struct PendingLive {
 #[derive(Default)]
 struct Group {
     acks: Vec<Ack>,
-    visible: Vec<(Arc<NsState>, u64)>,
+    visible: Vec<(Arc<Namespace>, u64)>,
     live: Vec<PendingLive>,
     /// Something other than an append (a namespace change) must be made durable.
     needs_sync: bool,
@@ -160,19 +160,28 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer over `store`, publishing visibility to `namespaces`.
-    pub fn new(
-        store: Arc<dyn Storage>,
-        namespaces: Arc<Namespaces>,
-        config: Arc<Config>,
-    ) -> Writer {
-        Writer {
+    /// A writer over `store`, with the live state of every namespace the store holds
+    /// (the writer is its one owner: it alone adds, removes and moves them).
+    pub fn new(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Writer, StoreError> {
+        let namespaces = Arc::new(Namespaces::new(
+            config.fanout_buffer,
+            config.fanout_memory_bytes,
+        ));
+        for info in store.namespaces()? {
+            namespaces.open(&info);
+        }
+        Ok(Writer {
             store,
             namespaces,
             config,
             dirty: HashSet::new(),
             retention_passes: 0,
-        }
+        })
+    }
+
+    /// The namespaces as readers see them, moved by this writer only.
+    pub fn namespaces(&self) -> Arc<Namespaces> {
+        Arc::clone(&self.namespaces)
     }
 
     /// Runs until a [`Command::Shutdown`] has been applied and the queue is drained, then
@@ -251,7 +260,7 @@ impl Writer {
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
         let info = self.store.create(ns, retention)?;
-        self.namespaces.insert(ns, self.namespaces.state(&info));
+        self.namespaces.open(&info);
         tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
         Ok(info)
     }
@@ -359,7 +368,7 @@ impl Writer {
                 for ack in group.acks {
                     ack.succeed();
                 }
-                // After `visible` moved (see `NsState::subscribe_live`), and only where
+                // After `visible` moved (see `Namespace::subscribe_live`), and only where
                 // someone listens.
                 send_live(group.live);
             }
@@ -406,8 +415,7 @@ impl Writer {
                 .get(&info.name)
                 .is_some_and(|s| s.epoch == info.epoch);
             if !same {
-                self.namespaces
-                    .insert(&info.name, self.namespaces.state(info));
+                self.namespaces.open(info);
             }
         }
     }
@@ -445,7 +453,7 @@ impl Writer {
 /// Hands a group's new events to the live subscribers of their namespaces; appends to one
 /// namespace that follow each other in the group travel as one run of events.
 fn send_live(live: Vec<PendingLive>) {
-    let mut current: Option<(Arc<NsState>, Vec<Event>)> = None;
+    let mut current: Option<(Arc<Namespace>, Vec<Event>)> = None;
     for append in live {
         if !append.state.has_subscribers() {
             continue;
@@ -477,6 +485,6 @@ fn send_live(live: Vec<PendingLive>) {
     }
 }
 
-fn send_runs(state: &NsState, events: Vec<Event>) {
+fn send_runs(state: &Namespace, events: Vec<Event>) {
     state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
 }

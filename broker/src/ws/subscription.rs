@@ -34,7 +34,7 @@ use tokio::sync::Notify;
 
 use crate::engine::fanout::{self, SharedRun};
 use crate::engine::live::{CatchUpCharge, LiveSubscriber};
-use crate::engine::namespaces::NsState;
+use crate::engine::namespaces::Namespace;
 use crate::engine::{Log, LogError};
 
 /// Events read from the log per catch-up step, at most.
@@ -110,7 +110,7 @@ pub(super) enum Yield {
 /// The subscription's state.
 pub(super) struct Subscription {
     log: Log,
-    state: Arc<NsState>,
+    state: Arc<Namespace>,
     /// Subscribed before the start position was computed from `visible`.
     live: LiveSubscriber,
     /// The next offset to yield.
@@ -126,7 +126,7 @@ impl Subscription {
     /// the cursor was computed from the namespace's visible end.
     pub(super) fn new(
         log: Log,
-        state: Arc<NsState>,
+        state: Arc<Namespace>,
         live: LiveSubscriber,
         cursor: u64,
         credit: Arc<Credit>,
