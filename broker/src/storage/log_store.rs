@@ -14,7 +14,7 @@
 //!   that fails leaves the previous manifest and the write-ahead log segments it needs,
 //!   so it never stops the next start.
 //! - On open, each log is cut back to the manifest's `next` before the write-ahead log is
-//!   replayed: whatever the log held beyond it was either logged (and is written again)
+//!   replayed: whatever the log held beyond it was either in the wal (and is written again)
 //!   or never acknowledged. So a batch is all there, with its idempotency key, or absent.
 
 use std::collections::{HashMap, HashSet};
@@ -150,7 +150,7 @@ pub(crate) struct Writing {
     pub dead: Vec<PathBuf>,
     /// Something the manifest holds changed since it was written.
     pub changed: bool,
-    /// Sequence number of namespace changes (kept in the log's frames).
+    /// Sequence number of namespace changes (kept in the wal's frames).
     pub lsn: u64,
 }
 

@@ -205,7 +205,7 @@ fn check_wal_dir(
     Ok(())
 }
 
-/// Whether a directory holds no segment data at all (a create whose log frame never made
+/// Whether a directory holds no segment data at all (a create whose wal frame never made
 /// it, say).
 fn holds_nothing(dir: &Path) -> Result<bool, StoreError> {
     for entry in std::fs::read_dir(dir)? {
@@ -308,10 +308,10 @@ impl LogEnds {
         LogEnds { ends, wal_end }
     }
 
-    /// Refuses segments of `ns`'s incarnation `epoch` reaching `seen_next` when the log
-    /// (and the checkpoint, `known`) take it only to a lower offset. The log frame is
-    /// written before the segment frames, so that means the log lost frames it had:
-    /// damage (or a power cut that kept the segment's pages but not the log's), never
+    /// Refuses segments of `ns`'s incarnation `epoch` reaching `seen_next` when the wal
+    /// (and the checkpoint, `known`) take it only to a lower offset. The wal frame is
+    /// written before the segment frames, so that means the wal lost frames it had:
+    /// damage (or a power cut that kept the segment's pages but not the wal's), never
     /// what a `kill -9` leaves.
     fn check(&self, ns: &str, epoch: &str, known: u64, seen_next: u64) -> Result<(), StoreError> {
         let end = self
@@ -510,7 +510,7 @@ impl LogStore {
             }
         }
         // Directories the manifest does not list: leftovers of deleted incarnations go,
-        // a create whose log frame never made it left an empty one, and anything else
+        // a create whose wal frame never made it left an empty one, and anything else
         // is damage (or, recovering without a manifest, the data to rebuild from).
         let mut replay_created = HashSet::new();
         for (op, _) in &wal_read.ops {
@@ -518,7 +518,7 @@ impl LogStore {
                 replay_created.insert((ns.clone(), epoch.clone()));
             }
         }
-        // A namespace the manifest or the log has an incarnation of keeps that one as its
+        // A namespace the manifest or the wal has an incarnation of keeps that one as its
         // log: another directory is set aside by recovery, never merged into it.
         let known: HashSet<&String> = listed
             .iter()
@@ -573,7 +573,7 @@ impl LogStore {
                 &mut beyond,
             )?;
         }
-        // A log whose segments held frames beyond where replay ends lost the log frames
+        // A log whose segments held frames beyond where replay ends lost the wal frames
         // of acknowledged events (a damaged last frame looks like a torn one): its offsets
         // from there on may have been seen by readers, so it gets a new epoch.
         let mut same_offsets: BTreeMap<String, String> = BTreeMap::new();
@@ -616,10 +616,10 @@ impl LogStore {
                 continue;
             };
             if let (Some(b), false) = (ahead, opts.recover) {
-                // The log frame is written before the segment frames, so segments ahead of
-                // the log mean the log lost frames it had: damage (a power cut that kept
-                // segment pages but not the log's is the one innocent cause), never what a
-                // kill -9 leaves. Named where the log's valid frames end.
+                // The wal frame is written before the segment frames, so segments ahead of
+                // the wal mean the wal lost frames it had: damage (a power cut that kept
+                // segment pages but not the wal's is the one innocent cause), never what a
+                // kill -9 leaves. Named where the wal's valid frames end.
                 let (file, position) = wal_end.clone().unwrap_or_else(|| (store.paths.wal(), 0));
                 return Err(StoreError::damaged(
                     &file,
@@ -1017,7 +1017,7 @@ impl LogStore {
                 }
                 let dir = self.paths.log(&ns, &epoch);
                 if dir.exists() {
-                    // Everything in it is in the log, and is written again below; how far
+                    // Everything in it is in the wal, and is written again below; how far
                     // it reached is kept (see `Beyond`), and with `recover` its records.
                     if let Some(b) =
                         self.created_beyond(&dir, &ns, &epoch, floor, recover, log_ends)?
@@ -1110,7 +1110,7 @@ impl LogStore {
                     })
                 };
                 if let Some(s) = lost.get_mut(&ns) {
-                    // Recovering this one: the log's records join what was salvaged.
+                    // Recovering this one: the wal's records join what was salvaged.
                     s.absorb(numbered(records));
                     s.keys.extend(key_of(idempotency_key));
                     return Ok(());
@@ -1133,7 +1133,7 @@ impl LogStore {
                         return Err(StoreError::damaged(&file, place.position, what));
                     }
                     // Damaged frames before it held appends: the namespace gets a new
-                    // epoch with every valid record, its log's and the logged ones.
+                    // epoch with every valid record, its log's and the wal's.
                     let why = format!("{} at byte {}: {what}", file.display(), place.position);
                     tracing::warn!("recover: {why}");
                     let mut s = Salvaged::from_live(&l, why);

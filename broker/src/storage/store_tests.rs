@@ -153,9 +153,9 @@ fn an_unlogged_batch_tail_is_cut_back_at_open() {
         store.checkpoint().unwrap();
         epoch
     };
-    // A batch whose segment frames reached the disk but whose log frame did not: the log
-    // frame is written first, so the log lost it (damage, or a power cut that kept the
-    // segment's pages and not the log's). FIXA 2: refused, naming where the log ends.
+    // A batch whose segment frames reached the disk but whose wal frame did not: the wal
+    // frame is written first, so the wal lost it (damage, or a power cut that kept the
+    // segment's pages and not the wal's). FIXA 2: refused, naming where the wal ends.
     {
         let cfg = SegmentConfig {
             segment_bytes: 1 << 20,
@@ -210,7 +210,7 @@ fn a_torn_log_frame_takes_its_whole_batch_and_key_with_it() {
             .unwrap();
         store.sync().unwrap();
     }
-    // The batch's frame is torn: its segment frames are all there, its log frame is not.
+    // The batch's frame is torn: its segment frames are all there, its wal frame is not.
     let wal = only_file(&dir.path().join("wal"), "wal");
     let len = std::fs::metadata(&wal).unwrap().len();
     std::fs::OpenOptions::new()
@@ -221,8 +221,8 @@ fn a_torn_log_frame_takes_its_whole_batch_and_key_with_it() {
         .unwrap();
     // FIX9 item 5, FIXA 2: a torn write and a flipped byte in the last frame look the
     // same, but the segments hold frames beyond where replay ends, which a kill -9 cannot
-    // leave (the log frame is written first): the log lost frames it had. Refused, naming
-    // the log file where its valid frames end.
+    // leave (the wal frame is written first): the wal lost frames it had. Refused, naming
+    // the wal file where its valid frames end.
     let epoch = super::manifest::read(dir.path())
         .unwrap()
         .unwrap()

@@ -5,7 +5,7 @@
 //! segment files, the idempotency store and the `manifest` are synced only by checkpoints,
 //! which run beside the writer (see [`super::log_store`]).
 //!
-//! The log is a directory of segments named by a growing sequence number. A checkpoint
+//! The write-ahead log is a directory of segments named by a growing sequence number. A checkpoint
 //! starts a new segment, syncs everything else, writes the manifest (which names the new
 //! segment as where replay starts), and then deletes the segments before it. On open, the
 //! segments from the manifest's on are read in order and replayed.
@@ -433,7 +433,7 @@ fn segments(dir: &Path) -> Result<Vec<u64>, StoreError> {
     Ok(seqs)
 }
 
-/// A place in the log: the segment and the length written to it.
+/// A place in the write-ahead log: the segment and the length written to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
     seq: u64,
@@ -465,7 +465,7 @@ pub struct Opened {
     pub end: Option<(PathBuf, u64)>,
 }
 
-/// The open log: the segment being written, and the directory of them all.
+/// The open write-ahead log: the segment being written, and the directory of them all.
 pub struct Wal {
     dir: PathBuf,
     file: File,
@@ -475,7 +475,7 @@ pub struct Wal {
 }
 
 impl Wal {
-    /// Opens the log in `dir` (creating it) and returns every intact operation in the
+    /// Opens the write-ahead log in `dir` (creating it) and returns every intact operation in the
     /// segments numbered `from` and up, oldest first; older segments (left by a checkpoint
     /// that stopped before deleting them) are deleted. Writing continues in a new segment.
     ///
@@ -582,7 +582,7 @@ impl Wal {
         Ok(file)
     }
 
-    /// Where the log ends now.
+    /// Where the write-ahead log ends now.
     pub fn mark(&self) -> Mark {
         Mark {
             seq: self.seq,
@@ -604,7 +604,7 @@ impl Wal {
         Ok(())
     }
 
-    /// Cuts the current segment back to `mark` (which must be in it, or the log was
+    /// Cuts the current segment back to `mark` (which must be in it, or the wal was
     /// rotated since and nothing after the mark is in the current segment).
     pub fn cut_back(&mut self, mark: Mark) -> Result<(), StoreError> {
         let len = if mark.seq == self.seq { mark.len } else { 0 };
@@ -887,7 +887,7 @@ mod tests {
         }
     }
 
-    /// Writes `bytes` as the only (so the newest) segment and opens the log.
+    /// Writes `bytes` as the only (so the newest) segment and opens the write-ahead log.
     fn open_one(bytes: &[u8], recover: bool) -> (Result<Opened, StoreError>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
