@@ -488,3 +488,357 @@ fn send_live(live: Vec<PendingLive>) {
 fn send_runs(state: &Namespace, events: Vec<Event>) {
     state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
 }
+
+#[cfg(test)]
+mod tests {
+    //! Group commit under concurrent submitters, over the real store with its syncs held by
+    //! the test: each sync says it started and waits for the test's go-ahead (or for the
+    //! test to drop its sender, which lets every later sync through).
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc as std_mpsc;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use rewind_protocol::{Event, NewEvent, Payload};
+
+    use super::*;
+    use crate::log::Log;
+    use crate::storage::log_store::LogStore;
+    use crate::storage::open::OpenOptions;
+
+    /// Long enough for anything that should happen; a broken writer fails the test
+    /// instead of hanging it.
+    const BOUND: Duration = Duration::from_secs(10);
+
+    /// The real store, with syncs the test holds.
+    struct HeldSyncs {
+        inner: LogStore,
+        syncs: AtomicUsize,
+        started: Mutex<std_mpsc::Sender<usize>>,
+        go: Mutex<std_mpsc::Receiver<()>>,
+    }
+
+    impl HeldSyncs {
+        /// The store under `dir`, its "sync n started" receiver and its go-ahead sender.
+        fn open(
+            dir: &std::path::Path,
+        ) -> (
+            Arc<HeldSyncs>,
+            std_mpsc::Receiver<usize>,
+            std_mpsc::Sender<()>,
+        ) {
+            let opts = OpenOptions {
+                cache_bytes: 1 << 20,
+                segment_bytes: 1 << 20,
+                recover: false,
+                relaxed: false,
+            };
+            let (inner, _) = LogStore::open(dir, opts).expect("open the store");
+            let (started_tx, started) = std_mpsc::channel();
+            let (go, go_rx) = std_mpsc::channel();
+            let store = HeldSyncs {
+                inner,
+                syncs: AtomicUsize::new(0),
+                started: Mutex::new(started_tx),
+                go: Mutex::new(go_rx),
+            };
+            (Arc::new(store), started, go)
+        }
+
+        fn syncs(&self) -> usize {
+            self.syncs.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Storage for HeldSyncs {
+        fn namespaces(&self) -> Result<Vec<NsInfo>, StoreError> {
+            self.inner.namespaces()
+        }
+        fn info(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
+            self.inner.info(ns)
+        }
+        fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
+            self.inner.create(ns, retention)
+        }
+        fn undo_create(&self, ns: &str) -> Result<bool, StoreError> {
+            self.inner.undo_create(ns)
+        }
+        fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
+            self.inner.set_retention(ns, retention)
+        }
+        fn delete(&self, ns: &str) -> Result<bool, StoreError> {
+            self.inner.delete(ns)
+        }
+        fn append(
+            &self,
+            ns: &str,
+            events: &[NewEvent],
+            ts_ms: u64,
+            idempotency: Option<IdempotencyKey<'_>>,
+        ) -> Result<Appended, StoreError> {
+            self.inner.append(ns, events, ts_ms, idempotency)
+        }
+        fn read(
+            &self,
+            ns: &str,
+            from: u64,
+            until: u64,
+            max_events: usize,
+            max_bytes: usize,
+        ) -> Result<Vec<Event>, StoreError> {
+            self.inner.read(ns, from, until, max_events, max_bytes)
+        }
+        fn enforce_retention(
+            &self,
+            ns: &str,
+            policy: &Retention,
+            now_ms: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.inner.enforce_retention(ns, policy, now_ms)
+        }
+        fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError> {
+            self.inner.prune_idempotency(before_ms)
+        }
+        /// Counts, says it started, waits for the go-ahead (at most `BOUND`, not at all
+        /// once the test dropped its sender), then syncs.
+        fn sync(&self) -> Result<(), StoreError> {
+            let n = self.syncs.fetch_add(1, Ordering::SeqCst) + 1;
+            let _ = self
+                .started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(n);
+            let _ = self
+                .go
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .recv_timeout(BOUND);
+            self.inner.sync()
+        }
+        fn checkpoint(&self) -> Result<(), StoreError> {
+            self.inner.checkpoint()
+        }
+        fn mark_dirty(&self, ns: &str) -> Result<(), StoreError> {
+            self.inner.mark_dirty(ns)
+        }
+        fn clear_dirty(&self) -> Result<(), StoreError> {
+            self.inner.clear_dirty()
+        }
+    }
+
+    fn event(name: &str, n: usize) -> Vec<NewEvent> {
+        vec![NewEvent {
+            event: name.to_owned(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        }]
+    }
+
+    type Answer = oneshot::Receiver<Result<Appended, LogError>>;
+
+    fn append(ns: &str, events: Vec<NewEvent>) -> (Command, Answer) {
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::Append {
+            ns: ns.to_owned(),
+            events,
+            idempotency: None,
+            reply,
+        };
+        (cmd, answer)
+    }
+
+    fn offsets(a: Result<Appended, LogError>) -> (u64, u64) {
+        match a {
+            Ok(Appended::New { first, last }) => (first, last),
+            other => panic!("expected new offsets, got {other:?}"),
+        }
+    }
+
+    /// While the writer is held in one sync, 8 threads queue 4 appends each. The writer
+    /// then applies all 32 as one group and makes them durable with ONE sync; nobody is
+    /// answered and nothing is visible before that sync returns; each submitter's appends
+    /// get offsets in the order it queued them, and together the 32 cover `1..=32` once.
+    #[test]
+    fn one_sync_covers_every_append_queued_while_the_previous_one_ran() {
+        const SUBMITTERS: usize = 8;
+        const EACH: usize = 4;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, started, go) = HeldSyncs::open(dir.path());
+        let config = Arc::new(Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        });
+        let namespaces = Arc::new(Namespaces::new(
+            config.fanout_buffer,
+            config.fanout_memory_bytes,
+        ));
+        let (tx, rx) = mpsc::channel(config.write_queue);
+        let writer = Writer::new(
+            Arc::clone(&store) as Arc<dyn Storage>,
+            Arc::clone(&namespaces),
+            Arc::clone(&config),
+        );
+        let writer = std::thread::spawn(move || writer.run(rx));
+
+        // The first append (it auto-creates "g") holds the writer in sync 1.
+        let (cmd, mut first) = append("g", event("first", 0));
+        tx.blocking_send(cmd).expect("queue");
+        assert_eq!(started.recv_timeout(BOUND), Ok(1), "sync 1 did not start");
+        assert!(
+            first.try_recv().is_err(),
+            "answered before its sync returned"
+        );
+        let g = namespaces.get("g").expect("auto-created");
+        assert_eq!(g.visible(), 0, "visible before its sync returned");
+
+        // Concurrent submitters queue while sync 1 runs.
+        let (queued_tx, queued) = std_mpsc::channel();
+        let submitters: Vec<_> = (0..SUBMITTERS)
+            .map(|s| {
+                let tx = tx.clone();
+                let queued_tx = queued_tx.clone();
+                std::thread::spawn(move || {
+                    let answers: Vec<Answer> = (0..EACH)
+                        .map(|j| {
+                            let (cmd, answer) = append("g", event(&format!("s{s}"), j));
+                            tx.blocking_send(cmd).expect("queue");
+                            answer
+                        })
+                        .collect();
+                    queued_tx.send(()).expect("tell the test");
+                    answers
+                        .into_iter()
+                        .map(|a| offsets(a.blocking_recv().expect("answered")))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for _ in 0..SUBMITTERS {
+            queued.recv_timeout(BOUND).expect("a submitter queued");
+        }
+
+        go.send(()).expect("release sync 1");
+        assert_eq!(offsets(first.blocking_recv().expect("answered")), (0, 0));
+        assert_eq!(started.recv_timeout(BOUND), Ok(2), "sync 2 did not start");
+        // All 32 are applied and wait for sync 2: none answered, none visible.
+        assert_eq!(g.visible(), 1, "visible before its sync returned");
+        assert!(
+            submitters.iter().all(|s| !s.is_finished()),
+            "a submitter was answered before its sync returned"
+        );
+        // Releases sync 2 and lets any later one through at once.
+        drop(go);
+
+        let mut all = Vec::new();
+        for (s, submitter) in submitters.into_iter().enumerate() {
+            let got = submitter.join().expect("submitter");
+            for pair in got.windows(2) {
+                assert!(
+                    pair[0].1 < pair[1].0,
+                    "submitter {s}'s appends out of order: {got:?}"
+                );
+            }
+            for (j, &(first, last)) in got.iter().enumerate() {
+                assert_eq!(first, last);
+                all.push((first, format!("s{s}"), j));
+            }
+        }
+        assert_eq!(store.syncs(), 2, "the group of 32 took more than one sync");
+        all.sort();
+        let want: Vec<u64> = (1..=(SUBMITTERS * EACH) as u64).collect();
+        assert_eq!(all.iter().map(|a| a.0).collect::<Vec<_>>(), want);
+        assert_eq!(g.visible(), 1 + (SUBMITTERS * EACH) as u64);
+
+        // Each offset holds the event its answer named.
+        let stored = store
+            .read(
+                "g",
+                1,
+                1 + (SUBMITTERS * EACH) as u64,
+                usize::MAX,
+                usize::MAX,
+            )
+            .expect("read");
+        assert_eq!(stored.len(), all.len());
+        for (ev, (offset, name, j)) in stored.iter().zip(&all) {
+            assert_eq!((ev.offset, &ev.event), (*offset, name));
+            assert_eq!(ev.data, Payload::Json(j.to_string()));
+        }
+
+        tx.blocking_send(Command::Shutdown).expect("queue");
+        writer.join().expect("writer");
+        assert_eq!(store.syncs(), 2, "shutting down synced through `sync`");
+    }
+
+    /// With the writer held in a sync and `write_queue` commands queued behind it, one
+    /// more is refused at once with `Overloaded` (not awaited) and creates nothing; the
+    /// queued ones are all answered once the writer moves on, and then there is room again.
+    #[tokio::test]
+    async fn a_full_queue_is_answered_overloaded_at_once() {
+        const QUEUE: usize = 4;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, started, go) = HeldSyncs::open(dir.path());
+        let config = Arc::new(Config {
+            data_dir: dir.path().to_owned(),
+            write_queue: QUEUE,
+            // The timers' first ticks are due at once; this test's runtime has one thread
+            // and runs no other task before the refusal below (nothing is awaited until
+            // then), so no timer command takes a slot.
+            retention_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 3_600_000,
+            ..Config::default()
+        });
+        let log = Log::start(Arc::clone(&store) as Arc<dyn Storage>, config).expect("start");
+
+        let slot = log.try_queue_slot().expect("room");
+        let held = log.submit_append_in(slot, "q", event("held", 0), None);
+        // Blocks this (the runtime's only) thread until the writer is in sync 1.
+        assert_eq!(started.recv_timeout(BOUND), Ok(1), "sync 1 did not start");
+        let queued: Vec<_> = (1..=QUEUE)
+            .map(|n| {
+                let slot = log.try_queue_slot().expect("room in the queue");
+                log.submit_append_in(slot, "q", event("queued", n), None)
+            })
+            .collect();
+
+        assert_eq!(log.try_queue_slot().err(), Some(LogError::Overloaded));
+        let refused = futures::FutureExt::now_or_never(log.append("q", event("refused", 0), None));
+        assert_eq!(
+            refused,
+            Some(Err(LogError::Overloaded)),
+            "not refused at once"
+        );
+
+        // Releases sync 1 and lets every later one through at once.
+        drop(go);
+        let answered = tokio::time::timeout(BOUND, async {
+            let mut out = vec![offsets(held.await)];
+            for q in queued {
+                out.push(offsets(q.await));
+            }
+            out
+        })
+        .await
+        .expect("the queued appends were answered");
+        let want: Vec<(u64, u64)> = (0..=QUEUE as u64).map(|o| (o, o)).collect();
+        assert_eq!(answered, want);
+
+        // Room again; the refused event was never appended.
+        let after = tokio::time::timeout(BOUND, log.append("q", event("after", 0), None))
+            .await
+            .expect("answered");
+        assert_eq!(offsets(after), (QUEUE as u64 + 1, QUEUE as u64 + 1));
+        let names: Vec<String> = store
+            .read("q", 0, u64::MAX, usize::MAX, usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(!names.iter().any(|n| n == "refused"), "{names:?}");
+        assert_eq!(names.len(), QUEUE + 2);
+        tokio::time::timeout(BOUND, log.shutdown())
+            .await
+            .expect("shut down");
+    }
+}
