@@ -74,7 +74,8 @@ impl Served {
         }
     }
 
-    /// Shuts the server down and waits for it (bounded).
+    /// Shuts the server down and waits for it (bounded). Drop the WebSocket clients
+    /// first: a session waits for its client's close (docs/protocol.md, "Close codes").
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
