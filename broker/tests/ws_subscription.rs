@@ -46,11 +46,11 @@ async fn a_subscription_gets_exactly_its_credit_then_the_rest_after_a_refill() {
     let mut got = offsets(&mut ws, "c", 3).await;
     assert_eq!(got, [0, 1, 2]);
     // Credit spent: nothing more, from the log or live.
-    assert_eq!(ws.until_pong().await, Vec::<Value>::new(), "beyond credit");
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "beyond credit");
     log.append("c", events("e", 10, 1), None)
         .await
         .expect("append");
-    assert_eq!(ws.until_pong().await, Vec::<Value>::new(), "beyond credit");
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "beyond credit");
 
     // Another namespace on the same connection is not held up by the stalled one.
     ws.send(json!({"t": "open", "ns": "other", "credit": 10}))
@@ -74,7 +74,7 @@ async fn a_subscription_gets_exactly_its_credit_then_the_rest_after_a_refill() {
     let four = offsets(&mut ws, "c", 4).await;
     assert_eq!(four, [3, 4, 5, 6]);
     got.extend(four);
-    assert_eq!(ws.until_pong().await, Vec::<Value>::new(), "beyond credit");
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "beyond credit");
 
     // Plenty of credit: the rest of the log, the event appended while stalled, then live.
     ws.send(json!({"t": "credit", "ns": "c", "n": 100})).await;
@@ -85,7 +85,7 @@ async fn a_subscription_gets_exactly_its_credit_then_the_rest_after_a_refill() {
     got.extend(offsets(&mut ws, "c", 1).await);
     assert_eq!(got, (0..=11).collect::<Vec<u64>>(), "a gap or a duplicate");
     assert_eq!(
-        ws.until_pong().await,
+        ws.quiet().await,
         Vec::<Value>::new(),
         "more than was published"
     );
@@ -110,14 +110,10 @@ async fn a_subscription_opened_with_zero_credit_gets_nothing_until_credit_comes(
     ws.send(json!({"t": "open", "ns": "z", "from": "earliest", "credit": 0}))
         .await;
     assert_eq!(opened(&ws.recv().await, "z"), (0, 0, 2));
-    assert_eq!(
-        ws.until_pong().await,
-        Vec::<Value>::new(),
-        "sent at zero credit"
-    );
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "sent at zero credit");
     ws.send(json!({"t": "credit", "ns": "z", "n": 1})).await;
     assert_eq!(offsets(&mut ws, "z", 1).await, [0]);
-    assert_eq!(ws.until_pong().await, Vec::<Value>::new(), "beyond credit");
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "beyond credit");
     ws.send(json!({"t": "credit", "ns": "z", "n": 1})).await;
     assert_eq!(offsets(&mut ws, "z", 1).await, [1]);
     drop(ws);
@@ -182,11 +178,7 @@ async fn a_subscriber_left_behind_by_retention_is_told_truncated_then_continues_
         earliest > 1,
         "retention did not pass the subscriber ({earliest})"
     );
-    assert_eq!(
-        ws.until_pong().await,
-        Vec::<Value>::new(),
-        "sent at zero credit"
-    );
+    assert_eq!(ws.quiet().await, Vec::<Value>::new(), "sent at zero credit");
 
     ws.send(json!({"t": "credit", "ns": "r", "n": 100})).await;
     let truncated = ws.recv().await;
@@ -205,7 +197,7 @@ async fn a_subscriber_left_behind_by_retention_is_told_truncated_then_continues_
         .expect("append");
     assert_eq!(offsets(&mut ws, "r", 1).await, [10]);
     assert_eq!(
-        ws.until_pong().await,
+        ws.quiet().await,
         Vec::<Value>::new(),
         "more than was published"
     );

@@ -23,6 +23,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// hanging it.
 pub const BOUND: Duration = Duration::from_secs(10);
 
+/// How long a connection that should send nothing more is watched for a wrong frame.
+pub const QUIET: Duration = Duration::from_millis(200);
+
 /// The default configuration over `dir`.
 pub fn config(dir: &Path) -> Config {
     Config {
@@ -134,6 +137,20 @@ impl Ws {
                 other => panic!("unexpected message {other:?}"),
             }
         }
+    }
+
+    /// Every frame that arrives before the `pong` to a `ping` and within `QUIET` after
+    /// it: what a test that expects nothing more gets. The broker answers the `ping` as
+    /// soon as it reads it, which can be before a subscription's read of the log
+    /// completes, so the `pong` alone does not prove nothing else is coming; the window
+    /// after it can only let a wrong send slip through on a very slow machine, never fail
+    /// a right one.
+    pub async fn quiet(&mut self) -> Vec<Value> {
+        let mut got = self.until_pong().await;
+        while let Ok(frame) = tokio::time::timeout(QUIET, self.recv()).await {
+            got.push(frame);
+        }
+        got
     }
 
     /// Sends `ping` and returns every frame that arrived before its `pong`. The broker
