@@ -10,8 +10,8 @@ use common::{config, events, open, BOUND};
 use rewind_broker::log::{LogError, ReadRequest};
 use rewind_protocol::{ErrorCode, Position};
 
-/// A wait far longer than any test: a read that returns before it was answered by
-/// something else.
+/// A wait far longer than `BOUND`: a read that returns within `BOUND` was answered by
+/// something other than the end of its wait.
 const LONG: Duration = Duration::from_secs(60);
 
 fn waiting(from: Position, wait: Duration) -> ReadRequest {
