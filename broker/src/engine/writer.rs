@@ -503,7 +503,7 @@ mod tests {
     use rewind_protocol::{Event, NewEvent, Payload};
 
     use super::*;
-    use crate::log::Log;
+    use crate::engine::Log;
     use crate::storage::log_store::LogStore;
     use crate::storage::open::OpenOptions;
 
@@ -669,16 +669,10 @@ mod tests {
             data_dir: dir.path().to_owned(),
             ..Config::default()
         });
-        let namespaces = Arc::new(Namespaces::new(
-            config.fanout_buffer,
-            config.fanout_memory_bytes,
-        ));
         let (tx, rx) = mpsc::channel(config.write_queue);
-        let writer = Writer::new(
-            Arc::clone(&store) as Arc<dyn Storage>,
-            Arc::clone(&namespaces),
-            Arc::clone(&config),
-        );
+        let writer = Writer::new(Arc::clone(&store) as Arc<dyn Storage>, Arc::clone(&config))
+            .expect("a writer over the store");
+        let namespaces = writer.namespaces();
         let writer = std::thread::spawn(move || writer.run(rx));
 
         // The first append (it auto-creates "g") holds the writer in sync 1.
