@@ -172,12 +172,26 @@ fn open_db(dir: &Path, cache_bytes: u64) -> Result<::sled::Db, StoreError> {
 }
 
 /// Runs `f`, turning a panic into [`StoreError::Damaged`] naming `dir`. The panic hook is
-/// silenced meanwhile, so a damaged file gives one clear error instead of a backtrace.
+/// silenced for this thread meanwhile, so a damaged file gives one clear error instead of
+/// a backtrace. The process-wide hook is never swapped per call: swapping it raced with
+/// other threads doing the same (tests opening stores in parallel ended with the silent
+/// hook installed for good, and every later panic message lost).
 fn unpanicked<T>(dir: &Path, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    thread_local! {
+        static SILENT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !SILENT.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    SILENT.with(|s| s.set(true));
     let result = catch_unwind(AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
+    SILENT.with(|s| s.set(false));
     result.unwrap_or_else(|panic| {
         let what = panic
             .downcast_ref::<String>()
