@@ -6,8 +6,16 @@ use sha2::{Digest, Sha256};
 
 use crate::{NewEvent, Payload, ProtocolError};
 
+/// The longest idempotency key as a literal, so the constant and the refusal's message
+/// (a `&'static str`) are written from one figure.
+macro_rules! max_key_bytes {
+    () => {
+        256
+    };
+}
+
 /// Longest idempotency key, in bytes.
-pub const MAX_KEY_BYTES: usize = 256;
+pub const MAX_KEY_BYTES: usize = max_key_bytes!();
 
 /// Checks an idempotency key: 1 to [`MAX_KEY_BYTES`] visible ASCII characters (`!` to `~`,
 /// RFC 5234's `VCHAR`). No spaces: HTTP drops them at the ends of a header value, so a
@@ -17,9 +25,11 @@ pub fn validate_key(key: &str) -> Result<(), ProtocolError> {
         return Err(ProtocolError::BadIdempotencyKey("it is empty"));
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(ProtocolError::BadIdempotencyKey(
-            "it is longer than 256 bytes",
-        ));
+        return Err(ProtocolError::BadIdempotencyKey(concat!(
+            "it is longer than ",
+            max_key_bytes!(),
+            " bytes"
+        )));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ProtocolError::BadIdempotencyKey(
