@@ -29,7 +29,9 @@ use super::manifest::{self, Manifest, NsEntry};
 use super::segment::{SegmentConfig, SegmentLog};
 use super::wal::{self, Wal, WalOp};
 use super::Retention;
-use super::{new_epoch, now_ms, record, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
+use super::{
+    new_epoch, now_ms, record, sync_dir, Appended, IdempotencyKey, NsInfo, Storage, StoreError,
+};
 
 /// Where the store keeps what, under the data directory.
 pub(crate) struct Paths {
@@ -179,11 +181,6 @@ pub struct LogStore {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(path)?.sync_all()?;
-    Ok(())
 }
 
 /// Whether an error is the disk's or the files' (and so makes the store "failing"), not the
@@ -782,7 +779,7 @@ impl LogStore {
         }
         f.sync_all()?;
         std::fs::rename(&tmp, self.paths.dir.join("dirty"))?;
-        sync_dir(&self.paths.dir)
+        Ok(sync_dir(&self.paths.dir)?)
     }
 }
 

@@ -29,6 +29,13 @@ use rewind_protocol::{Event, NewEvent};
 
 pub use policy::{Durability, Retention, NO_LIMIT};
 
+/// Makes the entries of directory `dir` durable (a file created, renamed or removed in it
+/// survives a power cut once this returns): `fsync` of the directory itself, as POSIX
+/// requires after `rename`/`unlink` (fsync(2)).
+pub(crate) fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
 /// What a namespace keeps about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NsInfo {

@@ -36,7 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use super::StoreError;
+use super::{sync_dir, StoreError};
 
 mod frame;
 mod scan;
@@ -98,10 +98,6 @@ fn damaged(file: PathBuf, position: u64, what: impl Into<String>) -> StoreError 
         position,
         what: what.into(),
     }
-}
-
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// Segment files with their base offsets, and other entries.

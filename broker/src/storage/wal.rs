@@ -22,7 +22,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::Retention;
-use super::StoreError;
+use super::{sync_dir, StoreError};
 
 /// One logged change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,11 +409,6 @@ fn salvage(bytes: &[u8]) -> (Vec<Positioned>, Vec<(usize, usize)>) {
 /// The file of segment `seq` in `dir`.
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:020}.wal"))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 /// The segments in `dir`, oldest first.
