@@ -71,6 +71,32 @@ pub enum Position {
     Latest,
 }
 
+/// A position past the end of a log: an offset that has not been handed out yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("offset {offset} is beyond the end of the log (next is {next})")]
+pub struct BeyondEnd {
+    /// The offset asked for.
+    pub offset: u64,
+    /// The offset the log's next event gets.
+    pub next: u64,
+}
+
+impl Position {
+    /// The offset a read or a subscription starts at in a log holding `earliest..next`:
+    /// `earliest`, `next` for `latest`, or the offset itself. An offset below `earliest`
+    /// is returned as it is (each transport says how it continues past retention); one
+    /// above `next` is [`BeyondEnd`] (spec §2: `bad_position`), the same on every
+    /// transport.
+    pub fn resolve(self, earliest: u64, next: u64) -> Result<u64, BeyondEnd> {
+        match self {
+            Position::Earliest => Ok(earliest),
+            Position::Latest => Ok(next),
+            Position::Offset(offset) if offset > next => Err(BeyondEnd { offset, next }),
+            Position::Offset(offset) => Ok(offset),
+        }
+    }
+}
+
 impl FromStr for Position {
     type Err = ProtocolError;
 

@@ -33,5 +33,5 @@ pub mod value;
 pub mod wire;
 
 pub use error::{ErrorCode, ProtocolError};
-pub use event::{Event, NewEvent, Payload, Position};
+pub use event::{BeyondEnd, Event, NewEvent, Payload, Position};
 pub use names::{validate_event_name, validate_namespace};

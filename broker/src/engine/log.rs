@@ -375,16 +375,10 @@ impl Log {
             .ok_or_else(|| LogError::NotFound(ns.to_owned()))?;
         let mut visible_rx = state.watch_visible();
         let visible = *visible_rx.borrow_and_update();
-        let start = match req.from {
-            Position::Earliest => state.earliest(),
-            Position::Latest => visible,
-            Position::Offset(n) if n > visible => {
-                return Err(LogError::BadPosition(format!(
-                    "offset {n} is beyond the end of the log (next is {visible})"
-                )))
-            }
-            Position::Offset(n) => n,
-        };
+        let start = req
+            .from
+            .resolve(state.earliest(), visible)
+            .map_err(|e| LogError::BadPosition(e.to_string()))?;
         let wait = req.wait.min(Duration::from_secs(cfg.max_wait_secs));
         if start >= visible && !wait.is_zero() {
             let mut shutdown = self.inner.shutdown.subscribe();

@@ -653,15 +653,12 @@ impl Session {
         let earliest = state.earliest();
         let epoch_changed = epoch.as_ref().is_some_and(|e| *e != state.epoch);
         let (cursor, truncated) = match from {
-            Position::Earliest => (earliest, None),
-            Position::Latest => (visible, None),
             Position::Offset(n) if epoch_changed => (earliest, Some((n, "epoch"))),
-            Position::Offset(n) if n > visible => {
-                let msg = format!("offset {n} is beyond the end of the log (next is {visible})");
-                return self.error(ErrorCode::BadPosition, msg, Some(ns));
-            }
-            Position::Offset(n) if n < earliest => (earliest, Some((n, "retention"))),
-            Position::Offset(n) => (n, None),
+            from => match from.resolve(earliest, visible) {
+                Err(e) => return self.error(ErrorCode::BadPosition, e.to_string(), Some(ns)),
+                Ok(n) if n < earliest => (earliest, Some((n, "retention"))),
+                Ok(n) => (n, None),
+            },
         };
         self.send_frame(&ServerFrame::Opened {
             ns: ns.clone(),
