@@ -11,8 +11,8 @@ use anyhow::{anyhow, bail, Context};
 use clap::Args;
 use futures::StreamExt;
 use rewind_client::{
-    Certificate, Client, ClientOptions, Data, Item, PublishError, Publisher, PublisherOptions,
-    Record, Value,
+    http_client_builder, Backoff, Certificate, Client, ClientOptions, Data, Item, PublishError,
+    Publisher, PublisherOptions, Record, Value,
 };
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::{Position, ProtocolError};
@@ -62,15 +62,9 @@ impl Target {
 
     /// An HTTP client trusting the built-in roots and `--ca-cert`.
     fn http(&self) -> anyhow::Result<reqwest::Client> {
-        let mut builder = reqwest::Client::builder()
-            .http1_only()
-            .redirect(reqwest::redirect::Policy::none())
-            .use_rustls_tls()
-            .timeout(Duration::from_secs(30));
-        for cert in self.roots()? {
-            builder = builder.add_root_certificate(reqwest::Certificate::from_der(cert.der())?);
-        }
-        Ok(builder.build()?)
+        Ok(http_client_builder(&self.roots()?)?
+            .timeout(Duration::from_secs(30))
+            .build()?)
     }
 }
 
@@ -176,9 +170,12 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ..PublisherOptions::default()
     };
     if args.lines {
-        // A long-running pipe waits out a broker restart: 30 attempts, the waits
-        // doubling from 100 ms to 5 s, are about two minutes.
-        options.attempts = 30;
+        // A long-running pipe waits out a broker restart of up to two minutes: with the
+        // waits doubling from 100 ms to 5 s, that is 30 attempts.
+        let backoff = Backoff::new(options.backoff_min, options.backoff_max);
+        options.attempts = (1..=LINES_ATTEMPTS_MAX)
+            .find(|&waits| backoff.total(waits) >= LINES_RESTART_PATIENCE)
+            .map_or(LINES_ATTEMPTS_MAX, |waits| waits + 1);
     }
     if !(1..=MAX_BATCH).contains(&args.batch) {
         bail!(
@@ -246,6 +243,13 @@ const MAX_BATCH: usize = 10_000;
 /// Most bytes of line text per `--lines` request: far below the broker's default
 /// `max_body_bytes` (16 MiB), so a batch of long lines is not refused as a whole.
 const LINES_BATCH_BYTES: usize = 1 << 20;
+
+/// How long `publish --lines` keeps retrying a request while the broker is unreachable
+/// or unavailable (a restart), before it gives up.
+const LINES_RESTART_PATIENCE: Duration = Duration::from_secs(120);
+
+/// Most attempts of one `publish --lines` request, whatever the backoff.
+const LINES_ATTEMPTS_MAX: u32 = 1000;
 
 /// How often the `--lines` progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
+use crate::backoff::{jitter, Backoff};
 use crate::record::{Data, Record};
 use crate::subscription::{Grants, Item, Subscription};
 use crate::tls::Certificate;
@@ -410,18 +411,17 @@ enum Ended {
 impl Driver {
     async fn run(mut self, first: Socket) {
         let mut socket = Some(first);
-        let mut backoff = self.options.backoff_min;
+        let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
         loop {
             let ws = match socket.take() {
                 Some(ws) => ws,
                 None => match dial(&self.url, &self.tls).await {
                     Ok(ws) => {
-                        backoff = self.options.backoff_min;
+                        backoff.reset();
                         ws
                     }
                     Err(_) => {
-                        tokio::time::sleep(jitter(backoff)).await;
-                        backoff = (backoff * 2).min(self.options.backoff_max);
+                        tokio::time::sleep(jitter(backoff.next_wait())).await;
                         if self.cmd_rx.is_closed() {
                             return;
                         }
@@ -754,18 +754,6 @@ fn closing_answer(msg: &ServerMessage, closing: &HashSet<String>) -> Option<Opti
     Some(answers.then(|| ns.clone()))
 }
 
-/// `d` scaled by a random factor in [0.5, 1.5), so clients that lost the same broker do
-/// not all come back at once.
-fn jitter(d: Duration) -> Duration {
-    let mut b = [0u8; 2];
-    let r = if getrandom::getrandom(&mut b).is_ok() {
-        u16::from_le_bytes(b) as f64 / 65536.0
-    } else {
-        0.5
-    };
-    d.mul_f64(0.5 + r)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -844,17 +832,6 @@ mod tests {
                 }
                 (_, other) => panic!("{name}: {other:?}"),
             }
-        }
-    }
-
-    #[test]
-    fn jitter_stays_within_half_and_one_and_a_half() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(100));
-            assert!(
-                j >= Duration::from_millis(50) && j < Duration::from_millis(150),
-                "{j:?}"
-            );
         }
     }
 }

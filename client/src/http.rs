@@ -13,8 +13,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::StatusCode;
 
+use crate::backoff::Backoff;
 use crate::record::{Data, Record};
-use crate::tls::Certificate;
+use crate::tls::{Certificate, TlsError};
 
 /// Why a publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,26 @@ impl Default for PublisherOptions {
     }
 }
 
+/// The one way this project talks HTTP to a broker: a `reqwest` client builder for
+/// HTTP/1.1 over TCP with `TCP_NODELAY`, or over rustls for `https://`, trusting the
+/// bundled Mozilla roots plus `roots` ([`crate::tls`]), and following no redirect (a
+/// 301/302 turns a POST into a GET). The [`Publisher`], the `rewind` command, its
+/// benchmarks and the end-to-end tests all start from it and add what they need
+/// (timeouts, pooling, no proxy). [`TlsError::Invalid`] when a root is refused.
+pub fn http_client_builder(roots: &[Certificate]) -> Result<reqwest::ClientBuilder, TlsError> {
+    let mut builder = reqwest::Client::builder()
+        .http1_only()
+        .tcp_nodelay(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .use_rustls_tls();
+    for cert in roots {
+        let cert = reqwest::Certificate::from_der(cert.der())
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    Ok(builder)
+}
+
 /// Offsets a publish got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -133,18 +154,8 @@ impl Publisher {
         if authority.is_empty() || authority.contains(['/', '?', '#', '@']) {
             return Err(bad());
         }
-        // Redirects are not followed: a 301/302 turns a POST into a GET.
-        let mut builder = reqwest::Client::builder()
-            .http1_only()
-            .tcp_nodelay(true)
-            .redirect(reqwest::redirect::Policy::none())
-            .use_rustls_tls();
-        for cert in &options.root_certificates {
-            let cert = reqwest::Certificate::from_der(cert.der())
-                .map_err(|e| PublishError::Tls(e.to_string()))?;
-            builder = builder.add_root_certificate(cert);
-        }
-        let http = builder
+        let http = http_client_builder(&options.root_certificates)
+            .map_err(|e| PublishError::Tls(e.to_string()))?
             .build()
             .map_err(|e| PublishError::Tls(e.to_string()))?;
         let mut nonce = [0u8; 8];
@@ -259,7 +270,7 @@ impl Publisher {
         // The name goes into the URL path: one that breaks the rules could change the
         // path (`..`), so it is refused here with the broker's code.
         rewind_protocol::validate_namespace(req.ns).map_err(|e| refuse(e.code(), e.to_string()))?;
-        let mut backoff = self.options.backoff_min;
+        let mut backoff = Backoff::new(self.options.backoff_min, self.options.backoff_max);
         let mut last = String::new();
         for attempt in 1..=self.options.attempts.max(1) {
             match self.attempt(&req).await {
@@ -268,11 +279,8 @@ impl Publisher {
                 Attempt::Retry(why, retry_after) => {
                     last = why;
                     if attempt < self.options.attempts {
-                        tokio::time::sleep(
-                            retry_after.unwrap_or(backoff).min(self.options.backoff_max),
-                        )
-                        .await;
-                        backoff = (backoff * 2).min(self.options.backoff_max);
+                        let wait = backoff.next_wait();
+                        tokio::time::sleep(retry_after.unwrap_or(wait).min(backoff.max())).await;
                     }
                 }
             }

@@ -5,9 +5,13 @@
 //!   `Stream` of [`Item`]s) and publishes, reconnecting with backoff and jitter, resuming
 //!   by offset and epoch, de-duplicating by offset, granting credit as the application
 //!   consumes, and sending unanswered publishes again with their idempotency keys.
+//! - [`backoff`]: [`Backoff`], the doubling waits between attempts that both of them
+//!   (and the `rewind` command through them) use, and [`jitter`].
 //! - [`http`]: [`Publisher`], a plain HTTP publisher for services that never
 //!   subscribe: one event or a batch, answered with offsets once durable, with an
 //!   idempotency key so a retried request is appended once.
+//!   [`http_client_builder`] is the one HTTP client setup (reqwest, rustls) every HTTP
+//!   caller of the project starts from; `reqwest` itself is re-exported.
 //! - [`record`]: what both publish: [`Data`] (a JSON value, checked JSON text or
 //!   bytes) and [`Record`] (event name, optional key, data).
 //! - [`offsets`]: where a consumer keeps the next offset it wants per namespace, in memory
@@ -31,6 +35,7 @@
 //! # }
 //! ```
 
+pub mod backoff;
 pub mod client;
 pub mod http;
 pub mod offsets;
@@ -41,11 +46,13 @@ pub mod tls;
 #[doc = include_str!("../../docs/client.md")]
 pub mod guide {}
 
+pub use backoff::{jitter, Backoff};
 pub use client::{Client, ClientError, ClientOptions, Start};
 pub use futures::StreamExt;
-pub use http::{PublishError, Published, Publisher, PublisherOptions};
+pub use http::{http_client_builder, PublishError, Published, Publisher, PublisherOptions};
 pub use offsets::{FileOffsetStore, MemoryOffsetStore, OffsetStore, Resume};
 pub use record::{BadJson, Data, JsonText, Record};
+pub use reqwest;
 pub use rewind_protocol as protocol;
 pub use rewind_protocol::{Event, Payload, Position};
 pub use serde_json::{json, Value};
