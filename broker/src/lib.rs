@@ -15,6 +15,26 @@
 //! - [`bench`]: `rewind bench`, the publish-path benchmark.
 //! - [`config`]: the configuration struct, its defaults, and how flags, environment and
 //!   TOML combine.
+//!
+//! ### Entry points
+//!
+//! What the `rewind` binary's commands and benchmarks use, and all they may use: [`Config`],
+//! [`Log`] and [`server::run`] to run a broker, and for the benchmark's raw-store
+//! reference (`rewind bench publish` measures the store alone beside the broker) the
+//! storage entry point [`LogStore`] opened with [`OpenOptions`], driven through the
+//! [`Storage`] trait, failing with [`StoreError`], its namespaces created with a
+//! [`Retention`].
+
+// `rewind_broker::…` paths resolve inside this crate too, so `bench` and the binary's
+// commands are written against the entry points above alone and keep compiling when they
+// move from the library into the binary.
+extern crate self as rewind_broker;
+
+pub use config::{Config, Retention};
+pub use engine::Log;
+pub use storage::log_store::LogStore;
+pub use storage::open::OpenOptions;
+pub use storage::{Storage, StoreError};
 
 pub mod bench;
 pub mod config;
@@ -23,5 +43,3 @@ pub mod http;
 pub mod server;
 pub mod storage;
 pub mod ws;
-
-pub use engine::Log;

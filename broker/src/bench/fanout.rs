@@ -12,15 +12,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use clap::Args;
 use futures::{SinkExt, StreamExt};
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use rewind_client::reqwest::Method;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{BenchError, Measured};
+use super::http::Http;
+use super::{err, BenchError, Measured};
 
 /// Read buffer of each load-generating WebSocket connection.
 const LOAD_READ_BUFFER: usize = 4096;
@@ -62,7 +61,7 @@ pub enum PublisherKind {
 /// Unanswered publishes of the WebSocket publisher: the broker's default
 /// `ws_max_inflight_publishes`.
 fn ws_window() -> usize {
-    crate::config::Config::default().ws_max_inflight_publishes
+    rewind_broker::Config::default().ws_max_inflight_publishes
 }
 
 /// Options of `rewind bench catchup`.
@@ -164,10 +163,6 @@ impl Drop for ChildBroker {
     }
 }
 
-fn err(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Publish(e.to_string())
-}
-
 pub(super) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
 
@@ -212,55 +207,27 @@ pub(super) fn is_event(t: &str) -> bool {
 
 /// A keep-alive HTTP/1.1 publisher.
 pub(super) struct Publisher {
-    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-    addr: SocketAddr,
+    http: Http,
 }
 
 impl Publisher {
     pub(super) async fn connect(addr: SocketAddr) -> Result<Publisher, BenchError> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(err)?;
-        tokio::spawn(conn);
-        Ok(Publisher { sender, addr })
+        Ok(Publisher {
+            http: Http::connect(addr).await?,
+        })
     }
 
     /// Creates `ns` with `PUT` (subscribing does not create a namespace).
     pub(super) async fn create(&mut self, ns: &str) -> Result<(), BenchError> {
-        let req = Request::builder()
-            .method(Method::PUT)
-            .uri(format!("/v1/namespaces/{ns}"))
-            .header("host", self.addr.to_string())
-            .body(Full::new(Bytes::new()))
-            .map_err(err)?;
-        self.sender.ready().await.map_err(err)?;
-        let res = self.sender.send_request(req).await.map_err(err)?;
-        let status = res.status();
-        res.into_body().collect().await.map_err(err)?;
-        if !status.is_success() {
-            return Err(err(format!("PUT /v1/namespaces/{ns}: {status}")));
-        }
-        Ok(())
+        let path = format!("/v1/namespaces/{ns}");
+        self.http
+            .send(Method::PUT, &path, None, Bytes::new(), |s| s.is_success())
+            .await
+            .map(drop)
     }
 
     pub(super) async fn post(&mut self, ns: &str, body: String) -> Result<(), BenchError> {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(format!("/v1/namespaces/{ns}/events"))
-            .header("host", self.addr.to_string())
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(err)?;
-        self.sender.ready().await.map_err(err)?;
-        let res = self.sender.send_request(req).await.map_err(err)?;
-        let status = res.status();
-        let body = res.into_body().collect().await.map_err(err)?.to_bytes();
-        if status != StatusCode::CREATED {
-            return Err(err(format!("{status}: {}", String::from_utf8_lossy(&body))));
-        }
-        Ok(())
+        self.http.publish(ns, Bytes::from(body)).await
     }
 }
 

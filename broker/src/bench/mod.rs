@@ -9,13 +9,13 @@
 //!   against a broker child process, whatever its store.
 
 pub mod fanout;
+mod http;
 pub mod publish;
 pub mod store;
 mod ws;
 
 use clap::Subcommand;
-
-use crate::storage::StoreError;
+use rewind_broker::StoreError;
 
 /// The benchmarks.
 #[derive(Debug, Clone, Subcommand)]
@@ -44,6 +44,11 @@ pub enum BenchError {
     /// The broker answered something other than 201.
     #[error("publish failed: {0}")]
     Publish(String),
+}
+
+/// Any other failure of a benchmark's connection or broker, as its message.
+fn err(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Publish(e.to_string())
 }
 
 /// One scenario's result.

@@ -40,7 +40,8 @@ use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::fanout::{batch, is_event, subscribe, Publisher};
-use super::{BenchError, Measured};
+use super::http::Http;
+use super::{err, BenchError, Measured};
 
 /// The scenarios of `rewind bench store`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -119,10 +120,6 @@ pub struct StoreArgs {
     /// spaces (e.g. `--serve-args="--store-cache-bytes 4194304"`)
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub serve_args: Vec<String>,
-}
-
-fn err(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Publish(e.to_string())
 }
 
 /// A broker child process on a data directory the benchmark keeps across restarts.
@@ -341,24 +338,7 @@ async fn disk(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
 
 /// `GET /healthz` until it answers, so the broker is serving before RSS is read.
 async fn healthy(addr: SocketAddr) -> Result<(), BenchError> {
-    use http_body_util::{BodyExt, Empty};
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(err)?;
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/healthz")
-        .header("host", addr.to_string())
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(err)?;
-    let res = sender.send_request(req).await.map_err(err)?;
-    let status = res.status();
-    res.into_body().collect().await.map_err(err)?;
-    if !status.is_success() {
-        return Err(err(format!("/healthz answered {status}")));
-    }
-    Ok(())
+    Http::connect(addr).await.map(drop)
 }
 
 async fn idle(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {

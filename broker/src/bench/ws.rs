@@ -13,13 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::BenchError;
+use super::{err, BenchError};
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-fn err(e: impl std::fmt::Display) -> BenchError {
-    BenchError::Publish(e.to_string())
-}
 
 /// Connects to `/v1/ws` with a `read_buffer`-byte read buffer (see `fanout` for why
 /// the load generator's is small).
