@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hyper::StatusCode;
+use crate::StatusCode;
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::{Event, Payload};
 
@@ -348,7 +348,7 @@ impl Ledger {
         }
         let r = b
             .request(
-                hyper::Method::POST,
+                crate::Method::POST,
                 &format!("/v1/namespaces/{ns}/events"),
                 &headers,
                 body.clone(),
@@ -415,7 +415,7 @@ impl Ledger {
         for (ns, key, body, first) in &self.keyed {
             let r = b
                 .request(
-                    hyper::Method::POST,
+                    crate::Method::POST,
                     &format!("/v1/namespaces/{ns}/events"),
                     &[
                         ("content-type", "application/json"),

@@ -16,10 +16,12 @@ use std::time::Duration;
 pub mod fault;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use tempfile::TempDir;
+
+/// The HTTP types of the requests and answers: the client crate's (reqwest's, the `http`
+/// crate's), so a test names `Method`, `StatusCode` and `HeaderMap` from here.
+pub use rewind_client::reqwest::header::HeaderMap;
+pub use rewind_client::reqwest::{Method, StatusCode};
 
 /// Path of the `rewind` binary under test.
 pub fn rewind_bin() -> PathBuf {
@@ -385,7 +387,7 @@ pub struct Response {
     /// Status code.
     pub status: StatusCode,
     /// Headers.
-    pub headers: hyper::HeaderMap,
+    pub headers: HeaderMap,
     /// The whole body.
     pub body: Bytes,
 }
@@ -410,7 +412,11 @@ impl Response {
     }
 }
 
-/// Sends one request on a new connection.
+/// Sends one request on a new connection, through the client crate's HTTP client
+/// ([`rewind_client::http_client_builder`]: reqwest). `path` goes out as written; a path
+/// the client's URL parser would rewrite (it resolves `%2E%2E` to `..` and then away, as
+/// browsers do) goes out as raw bytes instead (see [`raw_request`]), since such a path is
+/// exactly what a test of the broker's own decoding must send.
 pub async fn request(
     addr: SocketAddr,
     method: Method,
@@ -418,24 +424,86 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", addr.to_string());
+    let url = rewind_client::reqwest::Url::parse(&format!("http://{addr}{path}"))?;
+    let kept = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    if kept != path {
+        return raw_request(addr, &method, path, headers, &body).await;
+    }
+    // A client per request, pooling nothing: every request has a connection of its own,
+    // and no connection outlives the test's runtime.
+    let client = rewind_client::http_client_builder(&[])?
+        .no_proxy()
+        .tls_built_in_root_certs(false)
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut req = client.request(method, url).body(body);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let res = sender.send_request(req.body(Full::new(body))?).await?;
+    let res = req.send().await?;
     let status = res.status();
     let headers = res.headers().clone();
-    let body = res.into_body().collect().await?.to_bytes();
+    let body = res.bytes().await?;
     Ok(Response {
         status,
         headers,
         body,
+    })
+}
+
+/// [`request`] for a path an HTTP client library would rewrite: the request as raw
+/// HTTP/1.1 bytes with `Connection: close`, and the answer read to the end of the
+/// connection (status line, headers, and a body of the `Content-Length` the broker sends).
+async fn raw_request(
+    addr: SocketAddr,
+    method: &Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, Box<dyn std::error::Error + Send + Sync>> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    let answer = raw_http(addr, &bytes).await;
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or("no end of the answer's headers")?;
+    let head = std::str::from_utf8(&answer[..end])?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .ok_or("no status line")?;
+    let status = StatusCode::from_bytes(status.as_bytes())?;
+    let mut map = HeaderMap::new();
+    for line in lines {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or("a header line without a colon")?;
+        map.append(
+            rewind_client::reqwest::header::HeaderName::from_bytes(name.trim().as_bytes())?,
+            value.trim().parse()?,
+        );
+    }
+    let length = match map.get("content-length") {
+        Some(v) => v.to_str()?.parse::<usize>()?,
+        None => answer.len() - end - 4,
+    };
+    let body = answer
+        .get(end + 4..end + 4 + length)
+        .ok_or("the answer is shorter than its Content-Length")?;
+    Ok(Response {
+        status,
+        headers: map,
+        body: Bytes::copy_from_slice(body),
     })
 }
 

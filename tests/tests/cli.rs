@@ -68,7 +68,7 @@ async fn tail_prints_every_offset_once_across_a_kill9_and_restart() {
     let mut b = Broker::start(&[]);
     // `tail` does not create what it reads.
     let created = b.put_json("/v1/namespaces/tailed", "").await;
-    assert_eq!(created.status, hyper::StatusCode::CREATED);
+    assert_eq!(created.status, rewind_tests::StatusCode::CREATED);
     let mut tail = Command::new(rewind_bin())
         .args(["tail", "tailed", "--from", "earliest", "--url", &b.url()])
         .env("RUST_LOG", "warn")
@@ -551,7 +551,7 @@ async fn tail_says_when_the_log_it_follows_gets_a_new_epoch() {
     // again as if nothing had happened.
     let mut b = Broker::start(&["--durability", "relaxed", "--flush-interval-ms", "600000"]);
     let created = b.put_json("/v1/namespaces/rx", "").await;
-    assert_eq!(created.status, hyper::StatusCode::CREATED);
+    assert_eq!(created.status, rewind_tests::StatusCode::CREATED);
     let mut tail = Command::new(rewind_bin())
         .args(["tail", "rx", "--from", "earliest", "--url", &b.url()])
         .env("RUST_LOG", "warn")

@@ -275,7 +275,7 @@ mod websocket_client {
     /// Creates `ns`: a subscription does not (only a publish or a PUT does).
     async fn create(b: &Broker, ns: &str) {
         let r = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
-        assert_eq!(r.status, hyper::StatusCode::CREATED);
+        assert_eq!(r.status, rewind_tests::StatusCode::CREATED);
     }
 
     async fn publish_n(b: &Broker, ns: &str, from: u64, n: u64) {
@@ -288,7 +288,7 @@ mod websocket_client {
                 &format!("[{}]", body.join(",")),
             )
             .await;
-        assert_eq!(r.status, hyper::StatusCode::CREATED);
+        assert_eq!(r.status, rewind_tests::StatusCode::CREATED);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -692,7 +692,7 @@ mod tls {
         let client = Client::connect(&wss, options.clone()).await.unwrap();
         // A subscription does not create its namespace.
         let created = b.put_json("/v1/namespaces/tls.ns", "").await;
-        assert_eq!(created.status, hyper::StatusCode::CREATED);
+        assert_eq!(created.status, rewind_tests::StatusCode::CREATED);
         let mut sub = client
             .subscribe("tls.ns", Position::Earliest)
             .await

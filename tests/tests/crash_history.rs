@@ -34,13 +34,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
-use hyper::{Method, StatusCode};
 use rewind_protocol::frame::{
     decode_server_json, encode_client_json, ClientFrame, ServerFrame, ServerMessage,
 };
 use rewind_protocol::Payload;
 use rewind_tests::fault::{self, NsLog, Rng};
 use rewind_tests::Broker;
+use rewind_tests::{Method, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
 
 const NAMESPACES: [&str; 3] = ["h0", "h1", "h2"];

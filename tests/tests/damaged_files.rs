@@ -30,9 +30,9 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
 use rewind_protocol::Payload;
 use rewind_tests::fault::{self, Ledger, NsLog, Rng};
+use rewind_tests::StatusCode;
 use rewind_tests::{rewind_bin, Broker};
 
 const NAMESPACES: [&str; 3] = ["d0", "d1", "d2"];
@@ -202,7 +202,7 @@ async fn older_wal_store(rng: &mut Rng) -> Pristine {
                     );
                     let sent = rewind_tests::request(
                         addr,
-                        hyper::Method::POST,
+                        rewind_tests::Method::POST,
                         &format!("/v1/namespaces/{ns}/events"),
                         &[("content-type", "application/json")],
                         fault::publish_body(&data).into(),
@@ -501,7 +501,7 @@ async fn keys_after_recovery(
     for (ns, key, body, first) in &p.ledger.keyed {
         let r = b
             .request(
-                hyper::Method::POST,
+                rewind_tests::Method::POST,
                 &format!("/v1/namespaces/{ns}/events"),
                 &[
                     ("content-type", "application/json"),

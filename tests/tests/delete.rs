@@ -7,11 +7,11 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{Payload, Position};
 use rewind_tests::ws::Client;
 use rewind_tests::{rewind_bin, Broker};
+use rewind_tests::{Method, StatusCode};
 
 fn open(ns: &str, from: Position, epoch: Option<&str>, credit: u64) -> ClientFrame {
     ClientFrame::Open {

@@ -3,10 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::{Event, Payload};
 use rewind_tests::Broker;
+use rewind_tests::{Method, StatusCode};
 use tokio::sync::watch;
 
 /// Every event of a namespace, read page by page.

@@ -19,13 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use hyper::{Method, StatusCode};
 use rewind_client::{Client, ClientOptions, Item};
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{NewEvent, Payload, Position};
 use rewind_tests::ws::{Client as Ws, PATIENCE};
 use rewind_tests::{rewind_bin, Broker};
+use rewind_tests::{Method, StatusCode};
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 

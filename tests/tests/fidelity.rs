@@ -7,13 +7,13 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use hyper::Method;
 use rewind_client::{
     json, Client, ClientError, ClientOptions, Data, Item, Publisher, PublisherOptions, StreamExt,
 };
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::value::{json_to_msgpack, msgpack_to_json};
 use rewind_protocol::{Payload, Position};
+use rewind_tests::Method;
 use rewind_tests::{rewind_bin, Broker};
 use serde_json::value::RawValue;
 

@@ -12,12 +12,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Payload;
 use rewind_tests::fault::{self, Filler, Ledger};
 use rewind_tests::ws;
 use rewind_tests::Broker;
+use rewind_tests::StatusCode;
 
 /// The tmpfs: room for the store, small enough to fill in a moment.
 const DISK: u64 = 64 << 20;
@@ -129,7 +129,7 @@ async fn a_disk_filling_during_checkpoints_gets_507_and_readyz_503_then_service_
                 n += 1;
                 let r = rewind_tests::request(
                     addr,
-                    hyper::Method::POST,
+                    rewind_tests::Method::POST,
                     &format!("/v1/namespaces/{ns}/events"),
                     &[("content-type", "application/json")],
                     fault::publish_body(&data).into(),
@@ -466,7 +466,7 @@ async fn every_write_path_on_a_full_disk_answers_storage_full_and_records_nothin
         }
         let r = b
             .request(
-                hyper::Method::POST,
+                rewind_tests::Method::POST,
                 &format!("/v1/namespaces/p/events{query}"),
                 &headers,
                 body.clone(),
@@ -513,7 +513,7 @@ async fn every_write_path_on_a_full_disk_answers_storage_full_and_records_nothin
     }
     let r = b
         .request(
-            hyper::Method::DELETE,
+            rewind_tests::Method::DELETE,
             "/v1/namespaces/gone",
             &[],
             bytes::Bytes::new(),

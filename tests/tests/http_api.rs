@@ -1,9 +1,9 @@
 //! The HTTP API against the real binary: publish, read, long-poll, admin, bad input.
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::Payload;
 use rewind_tests::Broker;
+use rewind_tests::{Method, StatusCode};
 
 #[tokio::test]
 async fn publish_then_read_every_body_kind() {

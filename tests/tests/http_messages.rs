@@ -3,8 +3,8 @@
 //! broker sees them, which are answered without a JSON body (documented in
 //! `docs/http-api.md`, "Requests that are not HTTP").
 
-use hyper::{Method, StatusCode};
 use rewind_tests::{raw_http, Broker};
+use rewind_tests::{Method, StatusCode};
 
 /// The `error.message` of a `400 bad_frame`.
 async fn bad_frame(b: &Broker, content_type: &str, body: &str) -> String {

@@ -2,8 +2,8 @@
 //! percent-decoded strictly (invalid UTF-8 is refused, never turned into U+FFFD), a
 //! parameter given twice is refused, and `%2F` makes no path hierarchy.
 
-use hyper::{Method, StatusCode};
 use rewind_tests::{Broker, Response};
+use rewind_tests::{Method, StatusCode};
 
 const RAW: (&str, &str) = ("content-type", "application/octet-stream");
 

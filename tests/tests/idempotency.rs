@@ -2,11 +2,11 @@
 //! answered in the original's shape, and a different request under a used key refused
 //! with `idempotency_conflict` (issue 8 §6).
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::frame::{ServerFrame, ServerMessage};
 use rewind_tests::ws::Client;
 use rewind_tests::{raw_http, Broker, Response};
+use rewind_tests::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::{Method, StatusCode};
 use rewind_tests::{request, rewind_bin, Broker};
+use rewind_tests::{Method, StatusCode};
 
 /// A broker whose stderr is a pipe (so not a terminal), kept for inspection.
 struct Served {

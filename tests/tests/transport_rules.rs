@@ -5,11 +5,11 @@
 
 use std::process::Command;
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::frame::{ServerFrame, ServerMessage};
 use rewind_tests::ws::Client;
 use rewind_tests::{raw_http, rewind_bin, Broker};
+use rewind_tests::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 

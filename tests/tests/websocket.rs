@@ -2,11 +2,11 @@
 
 use std::collections::HashMap;
 
-use hyper::{Method, StatusCode};
 use rewind_protocol::frame::{ClientFrame, EventFrame, ServerFrame, ServerMessage};
 use rewind_protocol::{Payload, Position};
 use rewind_tests::ws::Client;
 use rewind_tests::{rss_kib, Broker};
+use rewind_tests::{Method, StatusCode};
 use tokio_tungstenite::tungstenite::Message;
 
 fn open(ns: &str, from: Position, epoch: Option<&str>, credit: u64) -> ClientFrame {

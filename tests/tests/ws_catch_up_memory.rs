@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use hyper::StatusCode;
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::ws::Client;
+use rewind_tests::StatusCode;
 use rewind_tests::{rss_kib, Broker};
 
 const NAMESPACES: usize = 10;

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// Creates a namespace (a subscription does not).
 async fn create(b: &Broker, ns: &str) {
     let r = b.put_json(&format!("/v1/namespaces/{ns}"), "").await;
-    assert_eq!(r.status, hyper::StatusCode::CREATED, "{ns}");
+    assert_eq!(r.status, rewind_tests::StatusCode::CREATED, "{ns}");
 }
 
 async fn text(c: &mut Client, frame: &str) {
