@@ -2,9 +2,8 @@
 //! `127.0.0.1:0` with a temporary data directory, durable mode), so the broker's CPU time
 //! and memory are read from `/proc/<pid>` apart from the load generator's.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -93,25 +92,8 @@ struct ChildBroker {
 impl ChildBroker {
     fn start(extra: &[&str]) -> Result<ChildBroker, BenchError> {
         let dir = tempfile::tempdir()?;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
-            .args(["--ws-ping-interval-secs", "3600"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BenchError::Publish("no stdout from the broker".into()))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("rewind listening on http://")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| BenchError::Publish(format!("unexpected first line {line:?}")))?;
+        let args = ["--ws-ping-interval-secs", "3600"].iter().chain(extra);
+        let (child, addr) = super::spawn_serve(dir.path(), args)?;
         Ok(ChildBroker {
             child,
             addr,

@@ -14,6 +14,12 @@ pub mod publish;
 pub mod store;
 mod ws;
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
 use clap::Subcommand;
 use rewind_broker::StoreError;
 
@@ -49,6 +55,34 @@ pub enum BenchError {
 /// Any other failure of a benchmark's connection or broker, as its message.
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Publish(e.to_string())
+}
+
+/// Starts this executable as `rewind serve --listen 127.0.0.1:0 --data-dir DATA_DIR` with
+/// `args` added (`RUST_LOG=warn`, stdout piped) and reads its `rewind listening on
+/// http://ADDR` line: the broker child process of the `fanout` and `store` benchmarks.
+fn spawn_serve<S: AsRef<OsStr>>(
+    data_dir: &Path,
+    args: impl IntoIterator<Item = S>,
+) -> Result<(Child, SocketAddr), BenchError> {
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| err("no stdout from the broker"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("rewind listening on http://")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| err(format!("unexpected first line {line:?}")))?;
+    Ok((child, addr))
 }
 
 /// One scenario's result.

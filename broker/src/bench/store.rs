@@ -25,10 +25,9 @@
 //!   and the restart's start-up time (spawn to the `listening` line, the files dropped from
 //!   the page cache before it too) with the data's size.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -133,25 +132,10 @@ struct Broker {
 impl Broker {
     fn start(dir: &Path, extra: &[String]) -> Result<Broker, BenchError> {
         let t0 = Instant::now();
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(["--max-connections", "20000"])
-            .args(extra.iter().filter(|a| !a.is_empty()))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| err("no stdout from the broker"))?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let addr = line
-            .trim()
-            .strip_prefix("rewind listening on http://")
-            .and_then(|a| a.parse().ok())
-            .ok_or_else(|| err(format!("unexpected first line {line:?}")))?;
+        let args = ["--max-connections", "20000"]
+            .into_iter()
+            .chain(extra.iter().map(String::as_str).filter(|a| !a.is_empty()));
+        let (child, addr) = super::spawn_serve(dir, args)?;
         Ok(Broker {
             child: Some(child),
             addr,
