@@ -22,6 +22,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::Retention;
+use super::fields::{put_retention, put_str, Reader};
 use super::StoreError;
 
 const MAGIC: &[u8; 8] = b"RWMANIF\x01";
@@ -62,16 +63,6 @@ pub(crate) struct Manifest {
     pub namespaces: Vec<NsEntry>,
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
-    out.push(u8::from(v.is_some()));
-    out.extend_from_slice(&v.unwrap_or(0).to_le_bytes());
-}
-
 /// The manifest's bytes.
 pub(crate) fn encode(m: &Manifest) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + m.namespaces.len() * 96);
@@ -85,9 +76,7 @@ pub(crate) fn encode(m: &Manifest) -> Vec<u8> {
         put_str(&mut out, &e.name);
         put_str(&mut out, &e.epoch);
         out.extend_from_slice(&e.created_ms.to_le_bytes());
-        put_opt(&mut out, e.retention.max_events);
-        put_opt(&mut out, e.retention.max_bytes);
-        put_opt(&mut out, e.retention.max_age_secs);
+        put_retention(&mut out, &e.retention);
         out.extend_from_slice(&e.floor.to_le_bytes());
         out.extend_from_slice(&e.earliest.to_le_bytes());
         out.extend_from_slice(&e.next.to_le_bytes());
@@ -96,54 +85,6 @@ pub(crate) fn encode(m: &Manifest) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], (u64, String)> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
-            return Err((self.pos as u64, "ends early".into()));
-        };
-        let out = &self.bytes[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-    fn u8(&mut self) -> Result<u8, (u64, String)> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, (u64, String)> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, (u64, String)> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn u64(&mut self) -> Result<u64, (u64, String)> {
-        let mut a = [0u8; 8];
-        a.copy_from_slice(self.take(8)?);
-        Ok(u64::from_le_bytes(a))
-    }
-    fn string(&mut self) -> Result<String, (u64, String)> {
-        let n = self.u16()? as usize;
-        let at = self.pos as u64;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|_| (at, "text is not UTF-8".into()))
-    }
-    fn opt(&mut self) -> Result<Option<u64>, (u64, String)> {
-        let at = self.pos as u64;
-        let present = self.u8()?;
-        let v = self.u64()?;
-        match present {
-            0 => Ok(None),
-            1 => Ok(Some(v)),
-            _ => Err((at, format!("presence byte {present}"))),
-        }
-    }
 }
 
 /// Decodes a manifest; an error is the byte position and what is wrong there.
@@ -164,10 +105,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
             "the checksum of the whole file does not match (the damage is somewhere in it)".into(),
         ));
     }
-    let mut r = Reader {
-        bytes: body,
-        pos: 0,
-    };
+    let mut r = Reader::new(body);
     if r.take(MAGIC.len())? != MAGIC {
         return Err((0, "not a rewind manifest".into()));
     }
@@ -187,15 +125,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
         let name = r.string()?;
         let epoch = r.string()?;
         let created_ms = r.u64()?;
-        let retention = Retention {
-            max_events: r.opt()?,
-            max_bytes: r.opt()?,
-            max_age_secs: r.opt()?,
-        };
+        let retention = r.retention()?;
         let floor = r.u64()?;
         let earliest = r.u64()?;
         let next = r.u64()?;
-        let at = r.pos as u64;
+        let at = r.pos() as u64;
         let deleted = match r.u8()? {
             0 => false,
             1 => true,
@@ -212,8 +146,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Manifest, (u64, String)> {
             deleted,
         });
     }
-    if r.pos != body.len() {
-        return Err((r.pos as u64, "bytes after the last namespace".into()));
+    if !r.at_end() {
+        return Err((r.pos() as u64, "bytes after the last namespace".into()));
     }
     Ok(Manifest {
         generation,

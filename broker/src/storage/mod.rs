@@ -15,6 +15,7 @@
 //! Mutations are serialized inside each implementation; reads may run concurrently with
 //! them from any thread. Every call may block on disk and must not run on an async worker.
 
+pub(crate) mod fields;
 pub(crate) mod idem;
 pub mod log_store;
 pub(crate) mod manifest;

@@ -22,6 +22,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::Retention;
+use super::fields::{put_retention, put_str, FieldDamage, Reader};
 use super::{sync_dir, StoreError};
 
 /// One logged change.
@@ -114,22 +115,6 @@ const DELETE: u8 = 4;
 const APPEND_WITH_DIGEST: u8 = 5;
 const RETAIN: u8 = 6;
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
-    out.push(v.is_some() as u8);
-    out.extend_from_slice(&v.unwrap_or(0).to_le_bytes());
-}
-
-fn put_retention(out: &mut Vec<u8>, r: &Retention) {
-    put_opt(out, r.max_events);
-    put_opt(out, r.max_bytes);
-    put_opt(out, r.max_age_secs);
-}
-
 /// Appends `op` to `out` as one checksummed frame.
 pub fn encode(out: &mut Vec<u8>, op: &WalOp) {
     let start = out.len();
@@ -212,57 +197,14 @@ pub fn encode(out: &mut Vec<u8>, op: &WalOp) {
     out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-    fn u32(&mut self) -> Option<usize> {
-        self.take(4)
-            .and_then(|b| b.try_into().ok())
-            .map(|b| u32::from_le_bytes(b) as usize)
-    }
-    fn u64(&mut self) -> Option<u64> {
-        self.take(8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    }
-    fn string(&mut self) -> Option<String> {
-        let n = self
-            .take(2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)?;
-        self.take(n)
-            .and_then(|b| String::from_utf8(b.to_vec()).ok())
-    }
-    fn opt(&mut self) -> Option<Option<u64>> {
-        let present = self.u8()?;
-        let v = self.u64()?;
-        match present {
-            0 => Some(None),
-            1 => Some(Some(v)),
-            _ => None,
-        }
-    }
-    fn retention(&mut self) -> Option<Retention> {
-        Some(Retention {
-            max_events: self.opt()?,
-            max_bytes: self.opt()?,
-            max_age_secs: self.opt()?,
-        })
-    }
+/// Decodes a frame's body; `None` for anything that is not a whole operation.
+fn decode_body(body: &[u8]) -> Option<WalOp> {
+    decode_fields(body).ok()
 }
 
-fn decode_body(body: &[u8]) -> Option<WalOp> {
-    let mut r = Reader(body);
+fn decode_fields(body: &[u8]) -> Result<WalOp, FieldDamage> {
+    let unknown = |what: &str| Err((0, what.to_owned()));
+    let mut r = Reader::new(body);
     let op = match r.u8()? {
         kind @ (APPEND | APPEND_WITH_DIGEST) => {
             let ns = r.string()?;
@@ -272,16 +214,19 @@ fn decode_body(body: &[u8]) -> Option<WalOp> {
             let request = match kind {
                 APPEND_WITH_DIGEST => match r.u8()? {
                     0 => None,
-                    shape @ (1 | 2) => Some((r.take(32)?.try_into().ok()?, shape == 2)),
-                    _ => return None,
+                    shape @ (1 | 2) => {
+                        let digest = r.take(32)?.try_into().map_err(|_| (0, String::new()))?;
+                        Some((digest, shape == 2))
+                    }
+                    _ => return unknown("request shape"),
                 },
                 _ => None,
             };
             let ts_ms = r.u64()?;
-            let count = r.u32()?;
+            let count = r.u32()? as usize;
             let mut records = Vec::with_capacity(count.min(body.len()));
             for _ in 0..count {
-                let n = r.u32()?;
+                let n = r.u32()? as usize;
                 records.push(r.take(n)?.to_vec());
             }
             WalOp::Append {
@@ -317,9 +262,12 @@ fn decode_body(body: &[u8]) -> Option<WalOp> {
             epoch: r.string()?,
             earliest: r.u64()?,
         },
-        _ => return None,
+        _ => return unknown("operation"),
     };
-    r.0.is_empty().then_some(op)
+    if !r.at_end() {
+        return unknown("bytes after the operation");
+    }
+    Ok(op)
 }
 
 /// The frame at `pos`, if one starts there whose checksum matches and whose body
