@@ -280,8 +280,11 @@ impl Drop for Broker {
     }
 }
 
-fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (Child, SocketAddr) {
-    let mut child = Command::new(rewind_bin())
+/// `rewind serve --listen LISTEN --data-dir DATA_DIR ARGS…`, with no configuration file
+/// from the environment, `RUST_LOG` as the test's (else `warn`), and stdout piped.
+fn serve_command(data_dir: &Path, listen: &str, args: &[String]) -> Command {
+    let mut command = Command::new(rewind_bin());
+    command
         .arg("serve")
         .arg("--listen")
         .arg(listen)
@@ -293,7 +296,12 @@ fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (Child, SocketAddr) 
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::piped())
+        .stdout(Stdio::piped());
+    command
+}
+
+fn spawn(data_dir: &Path, listen: &str, args: &[String]) -> (Child, SocketAddr) {
+    let mut child = serve_command(data_dir, listen, args)
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start rewind");
@@ -325,19 +333,7 @@ fn spawn_captured(
         .open(stderr)
         .expect("stderr file");
     let before = err_file.metadata().map_or(0, |m| m.len() as usize);
-    let mut child = Command::new(rewind_bin())
-        .arg("serve")
-        .arg("--listen")
-        .arg(listen)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("REWIND_CONFIG")
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
+    let mut child = serve_command(data_dir, listen, args)
         .stderr(Stdio::from(err_file))
         .spawn()
         .expect("start rewind");

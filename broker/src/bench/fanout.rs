@@ -183,6 +183,19 @@ async fn subscribe_with_credit(
     }
 }
 
+/// Reads `n` events from a subscription, whatever else comes between them.
+pub(super) async fn replay_events(ws: &mut Ws, n: u64) -> Result<(), BenchError> {
+    let mut got = 0u64;
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if is_event(&t) => got += 1,
+            Some(Ok(_)) => {}
+            other => return Err(err(format!("replay ended early: {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn is_event(t: &str) -> bool {
     t.starts_with(r#"{"t":"event""#)
 }
@@ -472,14 +485,7 @@ pub async fn catchup(args: &CatchupArgs) -> Result<Vec<Measured>, BenchError> {
     }
     let (c0, t0) = (broker.cpu_secs()?, Instant::now());
     let mut ws = subscribe(broker.addr, "replay", "\"earliest\"").await?;
-    let mut got = 0u64;
-    while got < n {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if is_event(&t) => got += 1,
-            Some(Ok(_)) => {}
-            other => return Err(err(format!("replay ended early: {other:?}"))),
-        }
-    }
+    replay_events(&mut ws, n).await?;
     let (elapsed, c1) = (t0.elapsed(), broker.cpu_secs()?);
     Ok(vec![Measured::rate(
         format!(

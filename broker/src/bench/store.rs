@@ -38,7 +38,7 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant as TokioInstant;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::fanout::{batch, is_event, subscribe, Publisher};
+use super::fanout::{batch, replay_events, subscribe, Publisher};
 use super::http::Http;
 use super::{err, BenchError, Measured};
 
@@ -608,14 +608,7 @@ async fn replay(b: &Broker, ns: &str, n: u64) -> Result<(f64, u64), BenchError> 
     let read0 = b.read_bytes()?;
     let t0 = Instant::now();
     let mut ws = subscribe(b.addr, ns, "0").await?;
-    let mut got = 0u64;
-    while got < n {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if is_event(&t) => got += 1,
-            Some(Ok(_)) => {}
-            other => return Err(err(format!("replay ended early: {other:?}"))),
-        }
-    }
+    replay_events(&mut ws, n).await?;
     let rate = n as f64 / t0.elapsed().as_secs_f64();
     let _ = ws.close(None).await;
     Ok((rate, b.read_bytes()?.saturating_sub(read0)))
