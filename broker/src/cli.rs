@@ -170,12 +170,7 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
         ..PublisherOptions::default()
     };
     if args.lines {
-        // A long-running pipe waits out a broker restart of up to two minutes: with the
-        // waits doubling from 100 ms to 5 s, that is 30 attempts.
-        let backoff = Backoff::new(options.backoff_min, options.backoff_max);
-        options.attempts = (1..=LINES_ATTEMPTS_MAX)
-            .find(|&waits| backoff.total(waits) >= LINES_RESTART_PATIENCE)
-            .map_or(LINES_ATTEMPTS_MAX, |waits| waits + 1);
+        options.attempts = lines_attempts(&options);
     }
     if !(1..=MAX_BATCH).contains(&args.batch) {
         bail!(
@@ -250,6 +245,16 @@ const LINES_RESTART_PATIENCE: Duration = Duration::from_secs(120);
 
 /// Most attempts of one `publish --lines` request, whatever the backoff.
 const LINES_ATTEMPTS_MAX: u32 = 1000;
+
+/// Attempts per `publish --lines` request: the fewest whose waits add up to
+/// [`LINES_RESTART_PATIENCE`], so a long-running pipe waits out a broker restart (with the
+/// default waits, doubling from 100 ms to 5 s, 30 attempts).
+fn lines_attempts(options: &PublisherOptions) -> u32 {
+    let backoff = Backoff::new(options.backoff_min, options.backoff_max);
+    (1..LINES_ATTEMPTS_MAX)
+        .find(|&waits| backoff.total(waits) >= LINES_RESTART_PATIENCE)
+        .map_or(LINES_ATTEMPTS_MAX, |waits| waits + 1)
+}
 
 /// How often the `--lines` progress line is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(200);
@@ -550,4 +555,19 @@ pub async fn namespaces(args: NamespacesArgs) -> anyhow::Result<()> {
 pub(crate) fn say(line: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_retries_for_two_minutes_of_backoff() {
+        let options = PublisherOptions::default();
+        let attempts = lines_attempts(&options);
+        assert_eq!(attempts, 30);
+        let backoff = Backoff::new(options.backoff_min, options.backoff_max);
+        assert!(backoff.total(attempts - 1) >= LINES_RESTART_PATIENCE);
+        assert!(backoff.total(attempts - 2) < LINES_RESTART_PATIENCE);
+    }
 }
