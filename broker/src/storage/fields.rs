@@ -2,7 +2,7 @@
 //! strings as `len u16 LE | bytes`, optional numbers as `present u8 | value u64 LE`, a
 //! [`Retention`] as three of those. One writer and one [`Reader`] for both files.
 
-use crate::config::Retention;
+use super::Retention;
 
 /// What is wrong in a file's bytes: the byte position and what is there.
 pub(crate) type FieldDamage = (u64, String);

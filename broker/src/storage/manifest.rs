@@ -21,8 +21,8 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::Retention;
 use super::fields::{put_retention, put_str, Reader};
+use super::Retention;
 use super::StoreError;
 
 const MAGIC: &[u8; 8] = b"RWMANIF\x01";

@@ -21,8 +21,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::Retention;
 use super::fields::{put_retention, put_str, FieldDamage, Reader};
+use super::Retention;
 use super::{sync_dir, StoreError};
 
 /// One logged change.
