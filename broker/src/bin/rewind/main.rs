@@ -1,5 +1,7 @@
 //! The `rewind` command.
 
+// `cli.rs` stays beside the library's sources until it moves here with the benchmarks.
+#[path = "../../cli.rs"]
 mod cli;
 
 use std::io::{IsTerminal, Write};
