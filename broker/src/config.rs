@@ -1,174 +1,331 @@
-//! Broker configuration: one struct whose fields document their defaults, loaded with the
-//! precedence flags > `REWIND_*` environment > TOML file > defaults (spec §8).
+//! Broker configuration: one struct, [`Config`], loaded with the precedence flags >
+//! `REWIND_*` environment > TOML file > defaults (spec §8).
+//!
+//! Each option is declared once, in the `options!` invocation below: its name, its type,
+//! its default, its documentation and the one-line summary `rewind serve --help` shows.
+//! From that declaration come the [`Config`] field, [`Config::default`], the entry of
+//! [`OPTIONS`] the binary builds its flag from, and the reading of the option from a
+//! flag, a variable and the TOML file. The library knows no command-line parser: the
+//! binary hands [`Config::load`] the flags it was given as text, in [`Sources`].
 //!
 //! Every option has one name: the TOML key, the flag without `--` and with `_` for `-`,
 //! and the variable without `REWIND_` in lower case (`write_queue`, `--write-queue`,
-//! `REWIND_WRITE_QUEUE`). Flags are parsed by clap; variables and the file are read here,
-//! so every error names where the value came from (the variable, or the file and key),
-//! and `--help` shows the defaults of [`Config::default`].
+//! `REWIND_WRITE_QUEUE`). Flags, variables and keys are read by the same code, so every
+//! error names where the value came from (the flag, the variable, or the file and key).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use clap::Args;
+use serde::{Deserialize, Serialize};
 
 pub use crate::storage::{Durability, Retention, NO_LIMIT};
 
-/// Everything the broker can be told. Each field's doc states its default.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
+/// One option as the binary and the docs see it, from its declaration in `options!`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionSpec {
+    /// The option's name: the TOML key, and the flag and the variable derived from it.
+    pub name: &'static str,
+    /// What the value looks like (`N`, `BYTES|none`, `HOST:PORT`), for `--help`.
+    pub value_name: &'static str,
+    /// One line saying what the option does, for `--help` (the field's documentation
+    /// says more).
+    pub summary: &'static str,
+    /// The least whole number the option takes (0 or 1); 0 for an option that is not a
+    /// number. [`Config::load`] refuses less, naming where the value came from.
+    least: u64,
+}
+
+impl OptionSpec {
+    /// The option called `name`, if there is one.
+    pub fn named(name: &str) -> Option<&'static OptionSpec> {
+        OPTIONS.iter().find(|o| o.name == name)
+    }
+
+    /// The flag's long name, without `--`: the name with `-` for `_` (`write-queue`).
+    pub fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+
+    /// The environment variable: `REWIND_` and the name in upper case
+    /// (`REWIND_WRITE_QUEUE`).
+    pub fn variable(&self) -> String {
+        format!("REWIND_{}", self.name.to_uppercase())
+    }
+
+    /// The default, as a flag or a variable takes it (`4096`, `none`, `durable`): shown
+    /// from [`Config::default`], so `--help` can only say what the code does.
+    pub fn default_text(&self) -> String {
+        Config::default()
+            .show(self.name)
+            .unwrap_or_else(|| "none".to_owned())
+    }
+
+    /// Reads `text` as a flag or a variable of this option is read (surrounding
+    /// whitespace ignored): `Err` with the message [`Config::load`] gives for it. The
+    /// range check that needs the whole configuration (`must be at least 1`) is not made
+    /// here.
+    pub fn check_text(&self, text: &str) -> Result<(), String> {
+        Config::default()
+            .set(self.name, Raw::Text(text))
+            .map(|_| ())
+    }
+}
+
+/// The least value of `min` in a declaration: 0 when it is left out.
+macro_rules! least {
+    () => {
+        0
+    };
+    ($least:literal) => {
+        $least
+    };
+}
+
+/// Declares every option once. For each plain option: its documentation, `name: Type =
+/// default`, the value name and the `--help` summary, and `min 1` if 0 is refused. The
+/// retention options live in [`Config::retention`]; for each, the option name, the
+/// [`Retention`] field it sets, its default (`None`: no limit) and the same texts; they
+/// take a number from 1 up, or `none`.
+///
+/// Generates the [`Config`] struct, its `Default`, [`OPTIONS`], and `Config::set`,
+/// `Config::show` and `Config::whole` (the option's value as a whole number, for the
+/// range check).
+macro_rules! options {
+    (
+        $(
+            $(#[doc = $doc:literal])*
+            $field:ident: $ty:ty = $default:expr, $value_name:literal, $summary:literal
+            $(, min $least:literal)?;
+        )*
+        @retention {
+            $(
+                $(#[doc = $rdoc:literal])*
+                $roption:ident => $rfield:ident = $rdefault:expr, $rvalue_name:literal,
+                $rsummary:literal;
+            )*
+        }
+    ) => {
+        /// Everything the broker can be told. Each field is one option, whose name is the
+        /// field's; its default is [`Config::default`]'s.
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Config {
+            $(
+                $(#[doc = $doc])*
+                #[doc = ""]
+                #[doc = concat!("Default: `", stringify!($default), "`.")]
+                pub $field: $ty,
+            )*
+            /// Default retention of every namespace; `PUT /v1/namespaces/{ns}` overrides
+            /// it per namespace. A limit of 0 is refused (it would remove every event);
+            /// `none` means no limit. The options:
+            $(
+                #[doc = concat!("- `", stringify!($roption), "` (default `",
+                    stringify!($rdefault), "`):")]
+                $(#[doc = $rdoc])*
+            )*
+            pub retention: Retention,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config {
+                    $($field: $default,)*
+                    retention: Retention {
+                        $($rfield: $rdefault,)*
+                    },
+                }
+            }
+        }
+
+        /// Every option, in `--help` order.
+        pub const OPTIONS: &[OptionSpec] = &[
+            $(OptionSpec {
+                name: stringify!($field),
+                value_name: $value_name,
+                summary: $summary,
+                least: least!($($least)?),
+            },)*
+            $(OptionSpec {
+                name: stringify!($roption),
+                value_name: $rvalue_name,
+                summary: $rsummary,
+                least: 1,
+            },)*
+        ];
+
+        impl Config {
+            /// Sets `option` from `raw`; `Ok(false)` if there is no such option.
+            fn set(&mut self, option: &str, raw: Raw<'_>) -> Result<bool, String> {
+                match option {
+                    $(stringify!($field) => self.$field = OptionValue::read(raw, option)?,)*
+                    $(stringify!($roption) => {
+                        self.retention.$rfield = Limit::read(raw, option)?.0
+                    })*
+                    _ => return Ok(false),
+                }
+                Ok(true)
+            }
+
+            /// `option`'s value as a flag would take it; `None` if there is no such option.
+            fn show(&self, option: &str) -> Option<String> {
+                Some(match option {
+                    $(stringify!($field) => self.$field.show(),)*
+                    $(stringify!($roption) => Limit(self.retention.$rfield).show(),)*
+                    _ => return None,
+                })
+            }
+
+            /// `option`'s value as a whole number ([`NO_LIMIT`] for no retention limit);
+            /// `None` if it is not a number or there is no such option.
+            fn whole(&self, option: &str) -> Option<u64> {
+                match option {
+                    $(stringify!($field) => self.$field.whole(),)*
+                    $(stringify!($roption) => {
+                        Some(self.retention.$rfield.unwrap_or(NO_LIMIT))
+                    })*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+/// The listen address of a default, known to be good.
+fn listen(text: &str) -> ListenAddr {
+    ListenAddr(text.to_owned())
+}
+
+options! {
     /// Address to listen on, `HOST:PORT`: HOST is an IP address (IPv6 in brackets) or a
     /// name, resolved at start; the broker binds the first of its addresses that it can,
-    /// in the resolver's order. Default `127.0.0.1:7070`.
-    pub listen: ListenAddr,
-    /// Directory of the embedded store. Default `./rewind-data`.
-    pub data_dir: PathBuf,
-    /// When publishes are acknowledged. Default `durable`.
-    pub durability: Durability,
-    /// In `relaxed` mode, how often writes are flushed, in milliseconds. Default 100.
-    pub flush_interval_ms: u64,
+    /// in the resolver's order.
+    listen: ListenAddr = listen("127.0.0.1:7070"), "HOST:PORT",
+        "Address to listen on; a host name binds its first address";
+    /// Directory of the embedded store.
+    data_dir: PathBuf = PathBuf::from("./rewind-data"), "DIR",
+        "Directory of the embedded store";
+    /// When publishes are acknowledged.
+    durability: Durability = Durability::Durable, "durable|relaxed",
+        "When publishes are acknowledged";
+    /// In `relaxed` mode, how often writes are flushed, in milliseconds.
+    flush_interval_ms: u64 = 100, "MS", "Relaxed mode: flush interval in ms", min 1;
     /// How often the store takes a checkpoint — syncs segment files, writes idempotency
     /// records into sled and the `manifest`, trims the write-ahead log — in milliseconds.
-    /// Default 1000.
-    pub checkpoint_interval_ms: u64,
+    checkpoint_interval_ms: u64 = 1000, "MS",
+        "How often the store checkpoints (segments synced, manifest written, write-ahead log trimmed), in ms",
+        min 1;
     /// Write requests that may wait for the writer; when full, publishers get 503 with
-    /// `Retry-After`. Default 4096.
-    pub write_queue: usize,
-    /// Most write requests applied together before one flush (group commit). Default 1024.
-    pub max_group_commit: usize,
-    /// Largest payload of one event, in bytes. Default 1 MiB (1048576).
-    pub max_payload_bytes: usize,
-    /// Largest HTTP request body, in bytes; larger bodies get 413. Default 16 MiB.
-    pub max_body_bytes: usize,
+    /// `Retry-After`.
+    write_queue: usize = 4096, "N", "Write requests that may queue before publishers get 503",
+        min 1;
+    /// Most write requests applied together before one flush (group commit).
+    max_group_commit: usize = 1024, "N", "Most write requests sharing one flush", min 1;
+    /// Largest payload of one event, in bytes (1 MiB).
+    max_payload_bytes: usize = 1 << 20, "BYTES", "Largest event payload in bytes", min 1;
+    /// Largest HTTP request body, in bytes (16 MiB); larger bodies get 413.
+    max_body_bytes: usize = 16 << 20, "BYTES", "Largest HTTP request body in bytes", min 1;
     /// Seconds a client has to send a whole HTTP request body, counted from the end of
     /// its headers; a deadline for the body as a whole, so a body that trickles in byte by
     /// byte is bounded too. Past it: 408 `request_timeout`, the connection is closed and
-    /// nothing of the request is kept. Default 30, as the headers' read timeout.
-    pub http_body_timeout_secs: u64,
-    /// Most events in one batch publish. Default 10000.
-    pub max_batch_events: usize,
-    /// Most events one read returns (`limit` is capped to this). Default 1000.
-    pub max_read_events: usize,
-    /// Most payload bytes one read returns; a page always holds at least one event.
-    /// Default 4 MiB.
-    pub max_read_bytes: usize,
-    /// Longest `wait` of a long-poll read, in seconds. Default 60.
-    pub max_wait_secs: u64,
-    /// Default retention of every namespace; `PUT /v1/namespaces/{ns}` overrides it per
-    /// namespace. Default: no count or size limit, `max_age_secs` 604800 (7 days). A
-    /// limit of 0 is refused (it would remove every event); `none` means no limit.
-    pub retention: Retention,
-    /// How often retention is enforced, in milliseconds. Default 1000.
-    pub retention_interval_ms: u64,
-    /// How long an `Idempotency-Key` is remembered, in seconds. Default 3600.
-    pub idempotency_window_secs: u64,
-    /// Create a namespace on its first publish. Default true.
-    pub auto_create: bool,
-    /// Most concurrent client connections; further ones wait to be accepted. Default 10000.
-    pub max_connections: usize,
-    /// Memory sled may use as its page cache, in bytes; a cap, filled only as data is
-    /// written and read. sled holds only idempotency records; events live in segment files
-    /// read through the OS page cache (`docs/storage.md`). Default 512 MiB.
-    pub store_cache_bytes: u64,
-    /// Size at which a namespace's log starts a new segment file, in bytes; retention
-    /// removes whole segments, so a namespace holds up to this much more than its limits
-    /// allow. A segment holds at least one event, however large. Default 16 MiB (16777216).
-    pub segment_bytes: u64,
+    /// nothing of the request is kept. The default is the headers' read timeout.
+    http_body_timeout_secs: u64 = 30, "SECS",
+        "Seconds a client has to send a whole HTTP request body", min 1;
+    /// Most events in one batch publish.
+    max_batch_events: usize = 10_000, "N", "Most events in one batch publish", min 1;
+    /// Most events one read returns (`limit` is capped to this).
+    max_read_events: usize = 1000, "N", "Most events one read returns", min 1;
+    /// Most payload bytes one read returns (4 MiB); a page always holds at least one event.
+    max_read_bytes: usize = 4 << 20, "BYTES", "Most payload bytes one read returns", min 1;
+    /// Longest `wait` of a long-poll read, in seconds.
+    max_wait_secs: u64 = 60, "SECS", "Longest long-poll wait in seconds";
+    /// How often retention is enforced, in milliseconds.
+    retention_interval_ms: u64 = 1000, "MS", "How often retention runs, in ms", min 1;
+    /// How long an `Idempotency-Key` is remembered, in seconds (an hour).
+    idempotency_window_secs: u64 = 3600, "SECS",
+        "How long an Idempotency-Key is remembered, in seconds";
+    /// Create a namespace on its first publish.
+    auto_create: bool = true, "BOOL", "Create namespaces on first publish";
+    /// Most concurrent client connections; further ones wait to be accepted.
+    max_connections: usize = 10_000, "N", "Most concurrent connections", min 1;
+    /// Memory sled may use as its page cache, in bytes (512 MiB); a cap, filled only as
+    /// data is written and read. sled holds only idempotency records; events live in
+    /// segment files read through the OS page cache (`docs/storage.md`).
+    store_cache_bytes: u64 = 512 << 20, "BYTES", "Page cache of the embedded store in bytes";
+    /// Size at which a namespace's log starts a new segment file, in bytes (16 MiB);
+    /// retention removes whole segments, so a namespace holds up to this much more than
+    /// its limits allow. A segment holds at least one event, however large.
+    segment_bytes: u64 = 16 << 20, "BYTES",
+        "Size at which a namespace's log starts a new segment file, in bytes", min 1;
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
-    /// Default 30.
-    pub shutdown_timeout_secs: u64,
+    shutdown_timeout_secs: u64 = 30, "SECS",
+        "Seconds in-flight requests get to finish on shutdown";
     /// Runs of live events kept per namespace for subscribers that keep up (a run is up to
     /// 256 consecutive events and about 4 KiB of payload, or one larger event); one that
-    /// falls further behind reads the log instead. Default 512: about 2 MiB of small
+    /// falls further behind reads the log instead. The default is about 2 MiB of small
     /// events per busy namespace with a subscriber (none without one), within
     /// `fanout_memory_bytes` for all namespaces together.
-    pub fanout_buffer: usize,
+    fanout_buffer: usize = 512, "N", "Runs of live events kept per namespace for subscribers",
+        min 1;
     /// Bytes the live runs of every namespace may hold together, for the whole broker
-    /// (events and their built frames, as `fanout::SharedRun` counts them). Past it the
-    /// oldest runs, whatever their namespace, are let go, and subscribers that still
-    /// needed them read the log. Default 64 MiB; 0 keeps no live runs (every subscriber
-    /// reads the log).
-    pub fanout_memory_bytes: u64,
-    /// WebSocket: seconds between the broker's `ping`s. Default 25.
-    pub ws_ping_interval_secs: u64,
+    /// (events and their built frames, as `fanout::SharedRun` counts them), 64 MiB. Past
+    /// it the oldest runs, whatever their namespace, are let go, and subscribers that
+    /// still needed them read the log. 0 keeps no live runs (every subscriber reads the
+    /// log).
+    fanout_memory_bytes: u64 = 64 << 20, "BYTES",
+        "Bytes of live events held for subscribers, for the whole broker";
+    /// WebSocket: seconds between the broker's `ping`s.
+    ws_ping_interval_secs: u64 = 25, "SECS", "WebSocket ping interval in seconds", min 1;
     /// WebSocket: seconds after a `ping` within which the client must send something,
-    /// else the connection is dropped. Default 20.
-    pub ws_ping_timeout_secs: u64,
-    /// WebSocket: most namespaces open on one connection. Default 100.
-    pub ws_max_namespaces: usize,
+    /// else the connection is dropped.
+    ws_ping_timeout_secs: u64 = 20, "SECS",
+        "WebSocket: silence allowed after a ping, in seconds", min 1;
+    /// WebSocket: most namespaces open on one connection.
+    ws_max_namespaces: usize = 100, "N", "WebSocket: namespaces per connection", min 1;
     /// WebSocket: largest incoming frame or message, in bytes; larger closes the connection
-    /// with 1009 before the payload is read. Default 1114112 (1 MiB of payload plus 64 KiB
-    /// for the frame around it).
-    pub ws_max_frame_bytes: usize,
-    /// WebSocket: read buffer per connection, in bytes. Default 2048: it is allocated for
-    /// every connection, idle or not, and most of a dashboard's connections only read
-    /// small frames; publish-heavy clients gain from a larger one.
-    pub ws_read_buffer_bytes: usize,
-    /// WebSocket: the most bytes one socket write carries. Default 65536. Outgoing frames
-    /// are shared, already-framed bytes handed to one vectored write, so this is not a
-    /// buffer and costs no memory; it only bounds how much one write takes on.
-    pub ws_write_buffer_bytes: usize,
+    /// with 1009 before the payload is read. The default is 1 MiB of payload plus 64 KiB
+    /// for the frame around it.
+    ws_max_frame_bytes: usize = (1 << 20) + (64 << 10), "BYTES",
+        "WebSocket: largest incoming frame in bytes", min 1;
+    /// WebSocket: read buffer per connection, in bytes. The default is small: it is
+    /// allocated for every connection, idle or not, and most of a dashboard's connections
+    /// only read small frames; publish-heavy clients gain from a larger one.
+    ws_read_buffer_bytes: usize = 2048, "BYTES",
+        "WebSocket: read buffer per connection in bytes", min 1;
+    /// WebSocket: the most bytes one socket write carries (64 KiB). Outgoing frames are
+    /// shared, already-framed bytes handed to one vectored write, so this is not a buffer
+    /// and costs no memory; it only bounds how much one write takes on.
+    ws_write_buffer_bytes: usize = 64 << 10, "BYTES", "WebSocket: most bytes per socket write";
     /// WebSocket: publishes one connection may have unanswered (waiting for durability, or
     /// for the answers of earlier publishes); past it the broker stops reading the
-    /// connection until one is answered. Default 256: one connection's throughput is
-    /// about this many publishes per commit round trip, and 64 held a pipelining client to
-    /// about half of what 256 allows (`docs/benchmarks.md`).
-    pub ws_max_inflight_publishes: usize,
+    /// connection until one is answered. One connection's throughput is about this many
+    /// publishes per commit round trip, and 64 held a pipelining client to about half of
+    /// what the default, 256, allows (`docs/benchmarks.md`).
+    ws_max_inflight_publishes: usize = 256, "N",
+        "WebSocket: publishes in flight per connection", min 1;
     /// WebSocket: bytes waiting to be written to one connection (answers, events, pongs)
-    /// past which the broker stops reading it until the client reads. Default 1048576
-    /// (1 MiB): 10,000 pipelined publishes' answers fit, whether or not the client reads
+    /// past which the broker stops reading it until the client reads. In the default,
+    /// 1 MiB, 10,000 pipelined publishes' answers fit, whether or not the client reads
     /// them while it sends.
-    pub ws_max_unsent_bytes: usize,
+    ws_max_unsent_bytes: usize = 1 << 20, "BYTES",
+        "WebSocket: unsent bytes per connection before it is no longer read", min 1;
     /// Threads for blocking work (store reads, checkpoints, opening the store) at most;
-    /// more work waits in tokio's queue. Default 32: each thread keeps memory of its own
-    /// (its stack, mimalloc's per-thread pages), and tokio's default of 512 let stalled
-    /// WebSocket subscribers catching up grow RSS by about 150 KiB a thread
+    /// more work waits in tokio's queue. Each thread keeps memory of its own (its stack,
+    /// mimalloc's per-thread pages), and tokio's default of 512 let stalled WebSocket
+    /// subscribers catching up grow RSS by about 150 KiB a thread
     /// (`tests/tests/ws_catch_up_memory.rs`).
-    pub blocking_threads: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: ListenAddr("127.0.0.1:7070".to_owned()),
-            data_dir: PathBuf::from("./rewind-data"),
-            durability: Durability::Durable,
-            flush_interval_ms: 100,
-            checkpoint_interval_ms: 1000,
-            write_queue: 4096,
-            max_group_commit: 1024,
-            max_payload_bytes: 1 << 20,
-            max_body_bytes: 16 << 20,
-            http_body_timeout_secs: 30,
-            max_batch_events: 10_000,
-            max_read_events: 1000,
-            max_read_bytes: 4 << 20,
-            max_wait_secs: 60,
-            retention: Retention {
-                max_events: None,
-                max_bytes: None,
-                max_age_secs: Some(7 * 24 * 3600),
-            },
-            retention_interval_ms: 1000,
-            idempotency_window_secs: 3600,
-            auto_create: true,
-            max_connections: 10_000,
-            store_cache_bytes: 512 << 20,
-            segment_bytes: 16 << 20,
-            shutdown_timeout_secs: 30,
-            fanout_buffer: 512,
-            fanout_memory_bytes: 64 << 20,
-            ws_ping_interval_secs: 25,
-            ws_ping_timeout_secs: 20,
-            ws_max_namespaces: 100,
-            ws_max_frame_bytes: (1 << 20) + (64 << 10),
-            ws_read_buffer_bytes: 2048,
-            ws_write_buffer_bytes: 64 << 10,
-            ws_max_inflight_publishes: 256,
-            ws_max_unsent_bytes: 1 << 20,
-            blocking_threads: 32,
-        }
+    blocking_threads: usize = 32, "N",
+        "Threads for blocking work (store reads, checkpoints) at most", min 1;
+    @retention {
+        /// keep at most this many events of a namespace.
+        retention_max_events => max_events = None, "N|none",
+            "Default retention: most events per namespace, or none";
+        /// keep at most this many bytes of a namespace's stored events.
+        retention_max_bytes => max_bytes = None, "BYTES|none",
+            "Default retention: most bytes per namespace, or none";
+        /// drop a namespace's events older than this many seconds (7 days).
+        retention_max_age_secs => max_age_secs = Some(7 * 24 * 3600), "SECS|none",
+            "Default retention: oldest event age in seconds, or none";
     }
 }
 
@@ -244,158 +401,161 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// The names of the retention options, which live in [`Config::retention`].
-const RETENTION_OPTIONS: [&str; 3] = [
-    "retention_max_events",
-    "retention_max_bytes",
-    "retention_max_age_secs",
-];
-
-/// The flag's help line: `summary`, then the default from [`Config::default`] and the
-/// variable, both derived from the option's name.
-fn flag_help(option: &str, summary: &str) -> String {
-    let default = Config::default()
-        .show(option)
-        .unwrap_or_else(|| "none".to_owned());
-    format!(
-        "{summary} [default: {default}] [env: REWIND_{}]",
-        option.to_uppercase()
-    )
+/// Where [`Config::load`] reads the configuration from, besides the defaults and the
+/// `REWIND_*` variables of the process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// The TOML file (`--config`), if any.
+    pub file: Option<PathBuf>,
+    /// The flags given: each option's name (not the flag: `write_queue`) and its text as
+    /// written. A flag given twice is the command line parser's error to report.
+    pub flags: Vec<(String, String)>,
 }
 
-/// A retention flag: a positive number, or `none` ([`NO_LIMIT`]).
-fn parse_limit(text: &str) -> Result<u64, String> {
-    Limit::from_text(text.trim(), "").map(|l| l.0.unwrap_or(NO_LIMIT))
+impl Sources {
+    /// `self` with the flag of `option` set to `text`.
+    pub fn flag(mut self, option: &str, text: &str) -> Sources {
+        self.flags.push((option.to_owned(), text.to_owned()));
+        self
+    }
 }
 
-/// The parser of `option`'s flag: the same reading, and the same messages, as its
-/// variable's. A bad flag is then reported as `--flag: message` (see `main.rs`).
-fn flag<T: OptionValue + Clone + Send + Sync + 'static>(
-    option: &'static str,
-) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static {
-    move |text| T::read(Raw::Text(text), option)
-}
+impl Config {
+    /// Reads a TOML file over the defaults.
+    pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        cfg.read_toml_file(path, &mut Vec::new())?;
+        Ok(cfg)
+    }
 
-/// The `rewind serve` flags. Each can also come from its `REWIND_*` variable (read by
-/// [`Config::load`], not by clap, so that its errors name the variable); a flag wins over
-/// the variable, and both win over the TOML file. A retention flag of `none` is
-/// [`NO_LIMIT`].
-#[derive(Debug, Clone, Default, Args)]
-pub struct ServeArgs {
-    /// TOML config file: its keys are the option names below with `_` for `-`
-    /// (`write_queue = 64`, `retention_max_age_secs = "none"`)
-    #[arg(long, env = "REWIND_CONFIG", value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Start even if stored files are damaged: keep every record whose checksum holds, and
-    /// give each namespace that lost anything a new epoch, its surviving events written
-    /// again after its old `next` (docs/storage.md). Without it, damage refuses the start.
-    #[arg(long)]
-    pub recover: bool,
-    #[arg(long, value_name = "HOST:PORT", value_parser = flag::<ListenAddr>("listen"),
-        help = flag_help("listen", "Address to listen on; a host name binds its first address"))]
-    pub listen: Option<ListenAddr>,
-    #[arg(long, value_name = "DIR", value_parser = flag::<PathBuf>("data_dir"),
-        help = flag_help("data_dir", "Directory of the embedded store"))]
-    pub data_dir: Option<PathBuf>,
-    #[arg(long, value_name = "durable|relaxed", value_parser = flag::<Durability>("durability"),
-        help = flag_help("durability", "When publishes are acknowledged"))]
-    pub durability: Option<Durability>,
-    #[arg(long, value_name = "MS", value_parser = flag::<u64>("flush_interval_ms"),
-        help = flag_help("flush_interval_ms", "Relaxed mode: flush interval in ms"))]
-    pub flush_interval_ms: Option<u64>,
-    #[arg(long, value_name = "MS", value_parser = flag::<u64>("checkpoint_interval_ms"),
-        help = flag_help("checkpoint_interval_ms", "How often the store checkpoints (segments synced, manifest written, write-ahead log trimmed), in ms"))]
-    pub checkpoint_interval_ms: Option<u64>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("write_queue"),
-        help = flag_help("write_queue", "Write requests that may queue before publishers get 503"))]
-    pub write_queue: Option<usize>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_group_commit"),
-        help = flag_help("max_group_commit", "Most write requests sharing one flush"))]
-    pub max_group_commit: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_payload_bytes"),
-        help = flag_help("max_payload_bytes", "Largest event payload in bytes"))]
-    pub max_payload_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_body_bytes"),
-        help = flag_help("max_body_bytes", "Largest HTTP request body in bytes"))]
-    pub max_body_bytes: Option<usize>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("http_body_timeout_secs"),
-        help = flag_help("http_body_timeout_secs", "Seconds a client has to send a whole HTTP request body"))]
-    pub http_body_timeout_secs: Option<u64>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_batch_events"),
-        help = flag_help("max_batch_events", "Most events in one batch publish"))]
-    pub max_batch_events: Option<usize>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_read_events"),
-        help = flag_help("max_read_events", "Most events one read returns"))]
-    pub max_read_events: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("max_read_bytes"),
-        help = flag_help("max_read_bytes", "Most payload bytes one read returns"))]
-    pub max_read_bytes: Option<usize>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("max_wait_secs"),
-        help = flag_help("max_wait_secs", "Longest long-poll wait in seconds"))]
-    pub max_wait_secs: Option<u64>,
-    #[arg(long, value_name = "N|none", value_parser = parse_limit,
-        help = flag_help("retention_max_events", "Default retention: most events per namespace, or none"))]
-    pub retention_max_events: Option<u64>,
-    #[arg(long, value_name = "BYTES|none", value_parser = parse_limit,
-        help = flag_help("retention_max_bytes", "Default retention: most bytes per namespace, or none"))]
-    pub retention_max_bytes: Option<u64>,
-    #[arg(long, value_name = "SECS|none", value_parser = parse_limit,
-        help = flag_help("retention_max_age_secs", "Default retention: oldest event age in seconds, or none"))]
-    pub retention_max_age_secs: Option<u64>,
-    #[arg(long, value_name = "MS", value_parser = flag::<u64>("retention_interval_ms"),
-        help = flag_help("retention_interval_ms", "How often retention runs, in ms"))]
-    pub retention_interval_ms: Option<u64>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("idempotency_window_secs"),
-        help = flag_help("idempotency_window_secs", "How long an Idempotency-Key is remembered, in seconds"))]
-    pub idempotency_window_secs: Option<u64>,
-    #[arg(long, value_name = "BOOL", value_parser = flag::<bool>("auto_create"),
-        help = flag_help("auto_create", "Create namespaces on first publish"))]
-    pub auto_create: Option<bool>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("max_connections"),
-        help = flag_help("max_connections", "Most concurrent connections"))]
-    pub max_connections: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("store_cache_bytes"),
-        help = flag_help("store_cache_bytes", "Page cache of the embedded store in bytes"))]
-    pub store_cache_bytes: Option<u64>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("segment_bytes"),
-        help = flag_help("segment_bytes", "Size at which a namespace's log starts a new segment file, in bytes"))]
-    pub segment_bytes: Option<u64>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("shutdown_timeout_secs"),
-        help = flag_help("shutdown_timeout_secs", "Seconds in-flight requests get to finish on shutdown"))]
-    pub shutdown_timeout_secs: Option<u64>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("fanout_buffer"),
-        help = flag_help("fanout_buffer", "Runs of live events kept per namespace for subscribers"))]
-    pub fanout_buffer: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<u64>("fanout_memory_bytes"),
-        help = flag_help("fanout_memory_bytes", "Bytes of live events held for subscribers, for the whole broker"))]
-    pub fanout_memory_bytes: Option<u64>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("ws_ping_interval_secs"),
-        help = flag_help("ws_ping_interval_secs", "WebSocket ping interval in seconds"))]
-    pub ws_ping_interval_secs: Option<u64>,
-    #[arg(long, value_name = "SECS", value_parser = flag::<u64>("ws_ping_timeout_secs"),
-        help = flag_help("ws_ping_timeout_secs", "WebSocket: silence allowed after a ping, in seconds"))]
-    pub ws_ping_timeout_secs: Option<u64>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("ws_max_namespaces"),
-        help = flag_help("ws_max_namespaces", "WebSocket: namespaces per connection"))]
-    pub ws_max_namespaces: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_max_frame_bytes"),
-        help = flag_help("ws_max_frame_bytes", "WebSocket: largest incoming frame in bytes"))]
-    pub ws_max_frame_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_read_buffer_bytes"),
-        help = flag_help("ws_read_buffer_bytes", "WebSocket: read buffer per connection in bytes"))]
-    pub ws_read_buffer_bytes: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_write_buffer_bytes"),
-        help = flag_help("ws_write_buffer_bytes", "WebSocket: most bytes per socket write"))]
-    pub ws_write_buffer_bytes: Option<usize>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("ws_max_inflight_publishes"),
-        help = flag_help("ws_max_inflight_publishes", "WebSocket: publishes in flight per connection"))]
-    pub ws_max_inflight_publishes: Option<usize>,
-    #[arg(long, value_name = "BYTES", value_parser = flag::<usize>("ws_max_unsent_bytes"),
-        help = flag_help("ws_max_unsent_bytes", "WebSocket: unsent bytes per connection before it is no longer read"))]
-    pub ws_max_unsent_bytes: Option<usize>,
-    #[arg(long, value_name = "N", value_parser = flag::<usize>("blocking_threads"),
-        help = flag_help("blocking_threads", "Threads for blocking work (store reads, checkpoints) at most"))]
-    pub blocking_threads: Option<usize>,
+    /// Lays the TOML file at `path` over `self`, noting where each value came from.
+    /// Keys are the option names; a `[retention]` table with `max_events`, `max_bytes`
+    /// and `max_age_secs` (the shape of the HTTP API's retention) is read too.
+    fn read_toml_file(
+        &mut self,
+        path: &Path,
+        origins: &mut Vec<(String, Origin)>,
+    ) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut entries = Vec::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("retention", toml::Value::Table(inner)) => {
+                    for (k, v) in inner {
+                        entries.push((format!("retention_{k}"), format!("retention.{k}"), v));
+                    }
+                }
+                _ => entries.push((key.clone(), key.clone(), value)),
+            }
+        }
+        for (option, key, value) in entries {
+            let origin = Origin::File {
+                path: path.to_owned(),
+                key: key.clone(),
+            };
+            let bad = |message: String| ConfigError::Value {
+                origin: origin.clone(),
+                message,
+            };
+            if let Some((_, Origin::File { key, .. })) = origins.iter().find(|(o, _)| *o == option)
+            {
+                return Err(bad(format!("sets the same option as key `{key}`")));
+            }
+            match self.set(&option, Raw::Toml(value)) {
+                Ok(true) => origins.push((option, origin)),
+                Ok(false) => {
+                    let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
+                    return Err(bad(format!(
+                        "unknown key; the keys are the option names: {}",
+                        names.join(", ")
+                    )));
+                }
+                Err(message) => return Err(bad(message)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Defaults, then the TOML file of `sources`, then the `REWIND_*` variables of this
+    /// process, then the flags of `sources`. The first bad value is the error, naming
+    /// where it came from.
+    pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        Config::load_from(sources, |name| std::env::var_os(name))
+    }
+
+    /// [`Config::load`] with the variables looked up by `env`.
+    pub fn load_from(
+        sources: &Sources,
+        env: impl Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigError> {
+        let mut cfg = Config::default();
+        let mut origins: Vec<(String, Origin)> = Vec::new();
+        if let Some(path) = &sources.file {
+            cfg.read_toml_file(path, &mut origins)?;
+        }
+        for spec in OPTIONS {
+            let name = spec.variable();
+            let Some(value) = env(&name) else { continue };
+            let value = value.to_string_lossy().into_owned();
+            let origin = Origin::Variable {
+                name,
+                value: value.clone(),
+            };
+            if let Err(message) = cfg.set(spec.name, Raw::Text(&value)) {
+                return Err(ConfigError::Value { origin, message });
+            }
+            origins.push((spec.name.to_owned(), origin));
+        }
+        for (option, text) in &sources.flags {
+            let origin = Origin::Flag {
+                flag: format!("--{}", option.replace('_', "-")),
+            };
+            match cfg.set(option, Raw::Text(text)) {
+                Ok(true) => origins.push((option.clone(), origin)),
+                Ok(false) => {
+                    return Err(ConfigError::Value {
+                        origin,
+                        message: "no such option".to_owned(),
+                    })
+                }
+                Err(message) => return Err(ConfigError::Value { origin, message }),
+            }
+        }
+        cfg.check().map_err(|(option, message)| {
+            match origins.iter().rev().find(|(o, _)| o == option) {
+                Some((_, origin)) => ConfigError::Value {
+                    origin: origin.clone(),
+                    message,
+                },
+                None => ConfigError::Invalid(format!("{option} {message}")),
+            }
+        })?;
+        Ok(cfg)
+    }
+
+    /// Rejects values that would make the broker misbehave.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check()
+            .map_err(|(option, message)| ConfigError::Invalid(format!("{option} {message}")))
+    }
+
+    /// The first option whose value is under its least (its declaration's `min`), and
+    /// why.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        for spec in OPTIONS.iter().filter(|o| o.least > 0) {
+            if self.whole(spec.name).is_some_and(|v| v < spec.least) {
+                return Err((spec.name, format!("must be at least {}", spec.least)));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A value as a variable (text) or the TOML file (a TOML value) gives it.
@@ -429,41 +589,20 @@ trait OptionValue: Sized {
         }
     }
     fn show(&self) -> String;
+    /// The value as a whole number, for the range check; `None` if it is not one.
+    fn whole(&self) -> Option<u64> {
+        None
+    }
 }
 
-/// The options that must be at least 1 (0 would stop the broker working, or remove every
-/// event at once); every other whole-number option takes 0. [`Config::check`] enforces it.
-const AT_LEAST_ONE: &[&str] = &[
-    "flush_interval_ms",
-    "checkpoint_interval_ms",
-    "write_queue",
-    "max_group_commit",
-    "max_payload_bytes",
-    "max_body_bytes",
-    "http_body_timeout_secs",
-    "max_batch_events",
-    "max_read_events",
-    "max_read_bytes",
-    "retention_interval_ms",
-    "max_connections",
-    "segment_bytes",
-    "fanout_buffer",
-    "ws_ping_interval_secs",
-    "ws_ping_timeout_secs",
-    "ws_max_namespaces",
-    "ws_max_frame_bytes",
-    "ws_read_buffer_bytes",
-    "ws_max_inflight_publishes",
-    "ws_max_unsent_bytes",
-    "blocking_threads",
-    "retention_max_events",
-    "retention_max_bytes",
-    "retention_max_age_secs",
-];
+/// The least value of `option` (0 if there is no such option).
+fn option_least(option: &str) -> u64 {
+    OptionSpec::named(option).map_or(0, |o| o.least)
+}
 
 /// The range of a whole-number option, for messages: "a whole number from 1 up".
 fn whole_range(option: &str) -> String {
-    let least = u8::from(AT_LEAST_ONE.contains(&option));
+    let least = option_least(option);
     format!("a whole number from {least} up")
 }
 
@@ -504,6 +643,9 @@ macro_rules! whole_number_option {
             }
             fn show(&self) -> String {
                 self.to_string()
+            }
+            fn whole(&self) -> Option<u64> {
+                u64::try_from(*self).ok()
             }
         }
     )*};
@@ -644,296 +786,40 @@ impl OptionValue for Limit {
     }
 }
 
-/// Generates, from the names of the options that are plain fields of [`Config`] (the
-/// retention ones are added by hand), the list of every option, reading one from text or
-/// TOML, showing one, and laying the flags over a config.
-macro_rules! options {
-    ($($field:ident),* $(,)?) => {
-        /// Every option's name, in `--help` order.
-        pub const OPTIONS: &[&str] = &[
-            $(stringify!($field),)*
-            RETENTION_OPTIONS[0], RETENTION_OPTIONS[1], RETENTION_OPTIONS[2],
-        ];
-
-        impl Config {
-            /// Sets `option` from `raw`; `Ok(false)` if there is no such option.
-            fn set(&mut self, option: &str, raw: Raw<'_>) -> Result<bool, String> {
-                match option {
-                    $(stringify!($field) => self.$field = OptionValue::read(raw, option)?,)*
-                    "retention_max_events" => {
-                        self.retention.max_events = Limit::read(raw, option)?.0
-                    }
-                    "retention_max_bytes" => {
-                        self.retention.max_bytes = Limit::read(raw, option)?.0
-                    }
-                    "retention_max_age_secs" => {
-                        self.retention.max_age_secs = Limit::read(raw, option)?.0
-                    }
-                    _ => return Ok(false),
-                }
-                Ok(true)
-            }
-
-            /// `option`'s value as a flag would take it; `None` if there is no such option.
-            fn show(&self, option: &str) -> Option<String> {
-                Some(match option {
-                    $(stringify!($field) => self.$field.show(),)*
-                    "retention_max_events" => Limit(self.retention.max_events).show(),
-                    "retention_max_bytes" => Limit(self.retention.max_bytes).show(),
-                    "retention_max_age_secs" => Limit(self.retention.max_age_secs).show(),
-                    _ => return None,
-                })
-            }
-
-            /// Lays the flags given over `self`; returns their option names.
-            fn overlay_flags(&mut self, args: &ServeArgs) -> Vec<&'static str> {
-                let mut given = Vec::new();
-                $(if let Some(v) = &args.$field {
-                    self.$field = v.clone();
-                    given.push(stringify!($field));
-                })*
-                let limits = [
-                    (args.retention_max_events, &mut self.retention.max_events),
-                    (args.retention_max_bytes, &mut self.retention.max_bytes),
-                    (args.retention_max_age_secs, &mut self.retention.max_age_secs),
-                ];
-                for (i, (flag, limit)) in limits.into_iter().enumerate() {
-                    if let Some(v) = flag {
-                        *limit = (v != NO_LIMIT).then_some(v);
-                        given.push(RETENTION_OPTIONS[i]);
-                    }
-                }
-                given
-            }
-        }
-    };
-}
-
-options!(
-    listen,
-    data_dir,
-    durability,
-    flush_interval_ms,
-    checkpoint_interval_ms,
-    write_queue,
-    max_group_commit,
-    max_payload_bytes,
-    max_body_bytes,
-    http_body_timeout_secs,
-    max_batch_events,
-    max_read_events,
-    max_read_bytes,
-    max_wait_secs,
-    retention_interval_ms,
-    idempotency_window_secs,
-    auto_create,
-    max_connections,
-    store_cache_bytes,
-    segment_bytes,
-    shutdown_timeout_secs,
-    fanout_buffer,
-    fanout_memory_bytes,
-    ws_ping_interval_secs,
-    ws_ping_timeout_secs,
-    ws_max_namespaces,
-    ws_max_frame_bytes,
-    ws_read_buffer_bytes,
-    ws_write_buffer_bytes,
-    ws_max_inflight_publishes,
-    ws_max_unsent_bytes,
-    blocking_threads,
-);
-
-/// The variable of `option`.
-fn variable(option: &str) -> String {
-    format!("REWIND_{}", option.to_uppercase())
-}
-
-impl Config {
-    /// Reads a TOML file over the defaults.
-    pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        cfg.read_toml_file(path, &mut Vec::new())?;
-        Ok(cfg)
-    }
-
-    /// Lays the TOML file at `path` over `self`, noting where each value came from.
-    /// Keys are the option names; a `[retention]` table with `max_events`, `max_bytes`
-    /// and `max_age_secs` (the shape of the HTTP API's retention) is read too.
-    fn read_toml_file(
-        &mut self,
-        path: &Path,
-        origins: &mut Vec<(String, Origin)>,
-    ) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut entries = Vec::new();
-        for (key, value) in &table {
-            match (key.as_str(), value) {
-                ("retention", toml::Value::Table(inner)) => {
-                    for (k, v) in inner {
-                        entries.push((format!("retention_{k}"), format!("retention.{k}"), v));
-                    }
-                }
-                _ => entries.push((key.clone(), key.clone(), value)),
-            }
-        }
-        for (option, key, value) in entries {
-            let origin = Origin::File {
-                path: path.to_owned(),
-                key: key.clone(),
-            };
-            let bad = |message: String| ConfigError::Value {
-                origin: origin.clone(),
-                message,
-            };
-            if let Some((_, Origin::File { key, .. })) = origins.iter().find(|(o, _)| *o == option)
-            {
-                return Err(bad(format!("sets the same option as key `{key}`")));
-            }
-            match self.set(&option, Raw::Toml(value)) {
-                Ok(true) => origins.push((option, origin)),
-                Ok(false) => {
-                    return Err(bad(format!(
-                        "unknown key; the keys are the option names: {}",
-                        OPTIONS.join(", ")
-                    )))
-                }
-                Err(message) => return Err(bad(message)),
-            }
-        }
-        Ok(())
-    }
-
-    /// Defaults, then the TOML file named by `args.config`, then the `REWIND_*`
-    /// variables of this process, then the flags.
-    pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-        Config::load_from(args, |name| std::env::var_os(name))
-    }
-
-    /// [`Config::load`] with the variables looked up by `env`.
-    pub fn load_from(
-        args: &ServeArgs,
-        env: impl Fn(&str) -> Option<OsString>,
-    ) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        let mut origins: Vec<(String, Origin)> = Vec::new();
-        if let Some(path) = &args.config {
-            cfg.read_toml_file(path, &mut origins)?;
-        }
-        for option in OPTIONS {
-            let name = variable(option);
-            let Some(value) = env(&name) else { continue };
-            let value = value.to_string_lossy().into_owned();
-            let origin = Origin::Variable {
-                name,
-                value: value.clone(),
-            };
-            if let Err(message) = cfg.set(option, Raw::Text(&value)) {
-                return Err(ConfigError::Value { origin, message });
-            }
-            origins.push((option.to_string(), origin));
-        }
-        for option in cfg.overlay_flags(args) {
-            let flag = Origin::Flag {
-                flag: format!("--{}", option.replace('_', "-")),
-            };
-            origins.push((option.to_owned(), flag));
-        }
-        cfg.check().map_err(|(option, message)| {
-            match origins.iter().rev().find(|(o, _)| o == option) {
-                Some((_, origin)) => ConfigError::Value {
-                    origin: origin.clone(),
-                    message,
-                },
-                None => ConfigError::Invalid(format!("{option} {message}")),
-            }
-        })?;
-        Ok(cfg)
-    }
-
-    /// Rejects values that would make the broker misbehave.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        self.check()
-            .map_err(|(option, message)| ConfigError::Invalid(format!("{option} {message}")))
-    }
-
-    /// The first option whose value is out of range, and why.
-    fn check(&self) -> Result<(), (&'static str, String)> {
-        let positive = [
-            ("flush_interval_ms", self.flush_interval_ms),
-            ("checkpoint_interval_ms", self.checkpoint_interval_ms),
-            ("write_queue", self.write_queue as u64),
-            ("max_group_commit", self.max_group_commit as u64),
-            ("max_payload_bytes", self.max_payload_bytes as u64),
-            ("max_body_bytes", self.max_body_bytes as u64),
-            ("http_body_timeout_secs", self.http_body_timeout_secs),
-            ("max_batch_events", self.max_batch_events as u64),
-            ("max_read_events", self.max_read_events as u64),
-            ("max_read_bytes", self.max_read_bytes as u64),
-            ("retention_interval_ms", self.retention_interval_ms),
-            ("max_connections", self.max_connections as u64),
-            ("segment_bytes", self.segment_bytes),
-            ("fanout_buffer", self.fanout_buffer as u64),
-            ("ws_ping_interval_secs", self.ws_ping_interval_secs),
-            ("ws_ping_timeout_secs", self.ws_ping_timeout_secs),
-            ("ws_max_namespaces", self.ws_max_namespaces as u64),
-            ("ws_max_frame_bytes", self.ws_max_frame_bytes as u64),
-            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
-            (
-                "ws_max_inflight_publishes",
-                self.ws_max_inflight_publishes as u64,
-            ),
-            ("ws_max_unsent_bytes", self.ws_max_unsent_bytes as u64),
-            ("blocking_threads", self.blocking_threads as u64),
-            (
-                "retention_max_events",
-                self.retention.max_events.unwrap_or(NO_LIMIT),
-            ),
-            (
-                "retention_max_bytes",
-                self.retention.max_bytes.unwrap_or(NO_LIMIT),
-            ),
-            (
-                "retention_max_age_secs",
-                self.retention.max_age_secs.unwrap_or(NO_LIMIT),
-            ),
-        ];
-        for (name, value) in positive {
-            if value == 0 {
-                return Err((name, "must be at least 1".to_owned()));
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    /// Sources reading the TOML file `text`, kept in `dir`.
+    fn file(dir: &tempfile::TempDir, text: &str) -> (PathBuf, Sources) {
+        let file = dir.path().join("rewind.toml");
+        std::fs::write(&file, text).unwrap();
+        let sources = Sources {
+            file: Some(file.clone()),
+            ..Sources::default()
+        };
+        (file, sources)
+    }
+
     #[test]
     fn precedence_flags_over_file_over_defaults() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rewind.toml");
-        std::fs::write(
-            &file,
+        let (_, sources) = file(
+            &dir,
             "listen = \"127.0.0.1:9000\"\nwrite_queue = 7\n[retention]\nmax_events = 5\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            write_queue: Some(9),
-            retention_max_bytes: Some(100),
-            ..ServeArgs::default()
-        };
-        let cfg = Config::load(&args).unwrap();
+        );
+        let sources = sources
+            .flag("write_queue", "9")
+            .flag("retention_max_bytes", "100");
+        let cfg = Config::load_from(&sources, env(&[])).unwrap();
         assert_eq!(cfg.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(cfg.write_queue, 9);
         assert_eq!(cfg.retention.max_events, Some(5));
@@ -944,54 +830,33 @@ mod tests {
     #[test]
     fn rejects_unknown_keys_and_zero_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rewind.toml");
-        std::fs::write(&file, "lissen = \"x\"\n").unwrap();
-        assert!(Config::from_toml_file(&file).is_err());
-        let args = ServeArgs {
-            write_queue: Some(0),
-            ..ServeArgs::default()
-        };
-        assert!(Config::load(&args).is_err());
-    }
-
-    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
-        move |name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| OsString::from(v))
-        }
+        let (path, _) = file(&dir, "lissen = \"x\"\n");
+        assert!(Config::from_toml_file(&path).is_err());
+        let sources = Sources::default().flag("write_queue", "0");
+        assert!(Config::load_from(&sources, env(&[])).is_err());
     }
 
     #[test]
     fn variables_sit_between_the_file_and_the_flags() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rewind.toml");
-        std::fs::write(
-            &file,
+        let (_, sources) = file(
+            &dir,
             "write_queue = 7\nmax_wait_secs = 5\nretention_max_age_secs = 10\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(file),
-            write_queue: Some(9),
-            ..ServeArgs::default()
-        };
+        );
+        let sources = sources.flag("write_queue", "9");
         let vars = [
             ("REWIND_WRITE_QUEUE", "8"),
             ("REWIND_MAX_WAIT_SECS", "6"),
             ("REWIND_RETENTION_MAX_AGE_SECS", "none"),
         ];
-        let cfg = Config::load_from(&args, env(&vars)).unwrap();
+        let cfg = Config::load_from(&sources, env(&vars)).unwrap();
         assert_eq!(cfg.write_queue, 9);
         assert_eq!(cfg.max_wait_secs, 6);
         assert_eq!(cfg.retention.max_age_secs, None);
-        let cfg = Config::load_from(&args, env(&[])).unwrap();
+        let cfg = Config::load_from(&sources, env(&[])).unwrap();
         assert_eq!(cfg.max_wait_secs, 5);
         assert_eq!(cfg.retention.max_age_secs, Some(10));
-        let none_flag = ServeArgs {
-            retention_max_age_secs: Some(NO_LIMIT),
-            ..args
-        };
+        let none_flag = sources.flag("retention_max_age_secs", "none");
         let cfg = Config::load_from(&none_flag, env(&[])).unwrap();
         assert_eq!(cfg.retention.max_age_secs, None);
     }
@@ -999,40 +864,141 @@ mod tests {
     #[test]
     fn an_out_of_range_value_is_blamed_on_where_it_came_from() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("rewind.toml");
-        std::fs::write(&file, "fanout_buffer = 0\n").unwrap();
-        let args = ServeArgs {
-            config: Some(file.clone()),
-            ..ServeArgs::default()
-        };
-        let err = Config::load_from(&args, env(&[])).unwrap_err().to_string();
+        let (path, sources) = file(&dir, "fanout_buffer = 0\n");
+        let err = Config::load_from(&sources, env(&[]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             format!(
                 "config file {}, key `fanout_buffer`: must be at least 1",
-                file.display()
+                path.display()
             )
         );
-        let err = Config::load_from(&args, env(&[("REWIND_FANOUT_BUFFER", "0")]))
+        let err = Config::load_from(&sources, env(&[("REWIND_FANOUT_BUFFER", "0")]))
             .unwrap_err()
             .to_string();
         assert_eq!(
             err,
             "environment variable REWIND_FANOUT_BUFFER=\"0\": must be at least 1"
         );
-        let flagged = ServeArgs {
-            fanout_buffer: Some(0),
-            ..args
-        };
+        let flagged = sources.flag("fanout_buffer", "0");
         let err = Config::load_from(&flagged, env(&[("REWIND_FANOUT_BUFFER", "3")]))
             .unwrap_err()
             .to_string();
         assert_eq!(err, "--fanout-buffer: must be at least 1");
     }
 
+    /// A value no option takes, as text, for every option.
+    fn bad_text(spec: &OptionSpec) -> &'static str {
+        match spec.name {
+            "data_dir" => "",
+            "listen" => "nowhere",
+            _ => "bogus",
+        }
+    }
+
+    #[test]
+    fn a_bad_value_from_each_source_names_that_source_and_only_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for spec in OPTIONS {
+            let bad = bad_text(spec);
+            let why = spec.check_text(bad).unwrap_err();
+            let flag = format!("--{}", spec.flag());
+            let variable = spec.variable();
+
+            let sources = Sources::default().flag(spec.name, bad);
+            let err = Config::load_from(&sources, env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("{flag}: {why}"));
+
+            let vars = [(variable.as_str(), bad)];
+            let err = Config::load_from(&Sources::default(), env(&vars))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("environment variable {variable}={bad:?}: {why}")
+            );
+
+            let (path, sources) = file(&dir, &format!("{} = {bad:?}\n", spec.name));
+            let err = Config::load_from(&sources, env(&[]))
+                .unwrap_err()
+                .to_string();
+            let prefix = format!("config file {}, key `{}`: ", path.display(), spec.name);
+            assert!(err.starts_with(&prefix), "{err}");
+            assert!(!err.contains(&flag) && !err.contains(&variable), "{err}");
+        }
+    }
+
+    /// The TOML form of `text`, an option's value as `--help` shows it.
+    fn toml_value(text: &str) -> String {
+        if text.parse::<u64>().is_ok() || text == "true" || text == "false" {
+            text.to_owned()
+        } else {
+            format!("{text:?}")
+        }
+    }
+
+    #[test]
+    fn every_toml_key_is_the_option_name_and_takes_what_help_shows() {
+        let dir = tempfile::tempdir().unwrap();
+        for spec in OPTIONS {
+            // A value that is not the default, where the option has a whole-number one.
+            let mut shown = spec.default_text();
+            if let Ok(n) = shown.parse::<u64>() {
+                shown = (n + 1).to_string();
+            }
+            let (path, _) = file(&dir, &format!("{} = {}\n", spec.name, toml_value(&shown)));
+            let cfg = Config::from_toml_file(&path).unwrap();
+            assert_eq!(cfg.show(spec.name), Some(shown.clone()), "{}", spec.name);
+            let vars = [(spec.variable(), shown.clone())];
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let cfg = Config::load_from(&Sources::default(), env(&vars)).unwrap();
+            assert_eq!(cfg.show(spec.name), Some(shown.clone()), "{}", spec.name);
+            let flagged = Sources::default().flag(spec.name, &shown);
+            let cfg = Config::load_from(&flagged, env(&[])).unwrap();
+            assert_eq!(cfg.show(spec.name), Some(shown), "{}", spec.name);
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_naming_it_and_listing_the_options() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["lissen", "write-queue", "WRITE_QUEUE", "recover", "config"] {
+            let (path, sources) = file(&dir, &format!("{key} = 1\n"));
+            let err = Config::load_from(&sources, env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!(
+                    "config file {}, key `{key}`: unknown key",
+                    path.display()
+                )),
+                "{err}"
+            );
+            assert!(err.contains("write_queue, max_group_commit"), "{err}");
+        }
+        let (_, sources) = file(&dir, "[retention]\nmax_evnts = 1\n");
+        let err = Config::load_from(&sources, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key `retention.max_evnts`: unknown key"),
+            "{err}"
+        );
+        let err = Config::load_from(&Sources::default().flag("lissen", "x"), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "--lissen: no such option");
+    }
+
     #[test]
     fn messages_give_the_range_check_enforces() {
-        for option in OPTIONS {
+        for spec in OPTIONS {
+            let option = spec.name;
             let mut cfg = Config::default();
             if cfg.set(option, Raw::Text("0")).is_err()
                 || Config::default().set(option, Raw::Text("x")).is_ok()
@@ -1041,7 +1007,7 @@ mod tests {
                 continue;
             }
             let zero_refused = cfg.check().is_err();
-            assert_eq!(AT_LEAST_ONE.contains(option), zero_refused, "{option}");
+            assert_eq!(spec.least == 1, zero_refused, "{option}");
             let err = Config::default().set(option, Raw::Text("-1")).unwrap_err();
             let least = u8::from(zero_refused);
             assert!(err.contains(&format!("from {least} up")), "{option}: {err}");
@@ -1049,16 +1015,19 @@ mod tests {
     }
 
     #[test]
-    fn help_defaults_come_from_the_defaults() {
+    fn shown_defaults_read_back_as_the_defaults() {
         let defaults = Config::default();
-        for option in OPTIONS {
-            let shown = defaults.show(option).unwrap();
-            assert!(flag_help(option, "x").contains(&format!("[default: {shown}]")));
+        for spec in OPTIONS {
+            let shown = spec.default_text();
+            assert_eq!(defaults.show(spec.name), Some(shown.clone()));
             let mut again = Config::default();
-            again.set(option, Raw::Text(&shown)).unwrap();
-            assert_eq!(again.show(option), Some(shown), "{option}");
+            again.set(spec.name, Raw::Text(&shown)).unwrap();
+            assert_eq!(again, defaults, "{}", spec.name);
         }
-        assert_eq!(defaults.show("retention_max_age_secs").unwrap(), "604800");
-        assert_eq!(defaults.show("retention_max_bytes").unwrap(), "none");
+        let shown = |name| OptionSpec::named(name).unwrap().default_text();
+        assert_eq!(shown("retention_max_age_secs"), "604800");
+        assert_eq!(shown("retention_max_bytes"), "none");
+        assert_eq!(shown("write_queue"), "4096");
+        assert_eq!(OPTIONS.len(), 35);
     }
 }

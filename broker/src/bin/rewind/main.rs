@@ -1,8 +1,11 @@
-//! The `rewind` command.
+//! The `rewind` command: a thin layer over the `rewind_broker` library. `serve` reads
+//! its flags as [`serve::ServeArgs`] and runs the library's server; the client commands
+//! and the benchmarks have their own modules.
 
 // `cli.rs` stays beside the library's sources until it moves here with the benchmarks.
 #[path = "../../cli.rs"]
 mod cli;
+mod serve;
 
 use std::io::{IsTerminal, Write};
 use std::sync::Arc;
@@ -10,9 +13,10 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use rewind_broker::bench::{self, BenchCommand};
-use rewind_broker::config::{Config, ServeArgs};
+use rewind_broker::config::Config;
 use rewind_broker::server;
 use rewind_broker::Log;
+use serve::ServeArgs;
 
 /// mimalloc instead of glibc's malloc: the store allocates and frees small nodes on every
 /// insert, and glibc's bins and consolidation were a tenth of the broker's CPU in a
@@ -81,7 +85,8 @@ fn refused(e: clap::Error) -> std::process::ExitCode {
         _ => None,
     };
     let line = match (e.kind(), flag, std::error::Error::source(&e)) {
-        // The flag's own parser said what is wrong (`config.rs`).
+        // The flag's own parser said what is wrong (`serve.rs`, reading as `config.rs`
+        // does).
         (ErrorKind::ValueValidation, Some(flag), Some(why)) => format!("{flag}: {why}"),
         _ => {
             // clap's message without its `error: ` (with what it lists under it, such as
@@ -165,7 +170,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             // Read before the runtime is built: it sizes the runtime's blocking pool.
-            let config = Config::load(&args)?;
+            let config = Config::load(&args.sources())?;
             runtime(config.blocking_threads)?.block_on(serve(*args, config))
         }
         Command::Publish(args) => runtime(default_threads)?.block_on(cli::publish(args)),
