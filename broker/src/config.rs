@@ -12,11 +12,19 @@
 //! and the variable without `REWIND_` in lower case (`write_queue`, `--write-queue`,
 //! `REWIND_WRITE_QUEUE`). Flags, variables and keys are read by the same code, so every
 //! error names where the value came from (the flag, the variable, or the file and key).
+//!
+//! The layering is figment's: the file, the variables and the flags are three figment
+//! providers merged in that order, and for each option figment gives the winning value and
+//! its source. The reading is the option's own, of every value any source gives, so the
+//! messages give the option's range (figment's serde extraction would not).
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider, Source};
 use serde::{Deserialize, Serialize};
 
 pub use crate::storage::{Durability, Retention, NO_LIMIT};
@@ -380,12 +388,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The TOML file is not TOML.
-    #[error("config file {} is not valid TOML", path.display())]
+    #[error("config file {} is not valid TOML: {message}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
-        /// Where and what.
-        source: toml::de::Error,
+        /// Where and what (the TOML parser's message).
+        message: String,
     },
     /// A value from a flag, a variable or the file is not one the option takes.
     #[error("{origin}: {message}")]
@@ -421,66 +429,10 @@ impl Sources {
 }
 
 impl Config {
-    /// Reads a TOML file over the defaults.
+    /// Reads a TOML file over the defaults (without the range check of [`Config::load`]).
     pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        cfg.read_toml_file(path, &mut Vec::new())?;
-        Ok(cfg)
-    }
-
-    /// Lays the TOML file at `path` over `self`, noting where each value came from.
-    /// Keys are the option names; a `[retention]` table with `max_events`, `max_bytes`
-    /// and `max_age_secs` (the shape of the HTTP API's retention) is read too.
-    fn read_toml_file(
-        &mut self,
-        path: &Path,
-        origins: &mut Vec<(String, Origin)>,
-    ) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut entries = Vec::new();
-        for (key, value) in &table {
-            match (key.as_str(), value) {
-                ("retention", toml::Value::Table(inner)) => {
-                    for (k, v) in inner {
-                        entries.push((format!("retention_{k}"), format!("retention.{k}"), v));
-                    }
-                }
-                _ => entries.push((key.clone(), key.clone(), value)),
-            }
-        }
-        for (option, key, value) in entries {
-            let origin = Origin::File {
-                path: path.to_owned(),
-                key: key.clone(),
-            };
-            let bad = |message: String| ConfigError::Value {
-                origin: origin.clone(),
-                message,
-            };
-            if let Some((_, Origin::File { key, .. })) = origins.iter().find(|(o, _)| *o == option)
-            {
-                return Err(bad(format!("sets the same option as key `{key}`")));
-            }
-            match self.set(&option, Raw::Toml(value)) {
-                Ok(true) => origins.push((option, origin)),
-                Ok(false) => {
-                    let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
-                    return Err(bad(format!(
-                        "unknown key; the keys are the option names: {}",
-                        names.join(", ")
-                    )));
-                }
-                Err(message) => return Err(bad(message)),
-            }
-        }
-        Ok(())
+        let layers = Figment::from(FileLayer::read(path)?);
+        Ok(Config::from_layers(&layers)?.0)
     }
 
     /// Defaults, then the TOML file of `sources`, then the `REWIND_*` variables of this
@@ -491,45 +443,29 @@ impl Config {
     }
 
     /// [`Config::load`] with the variables looked up by `env`.
+    ///
+    /// figment lays the sources over each other and says which one gave each option's
+    /// value; every value any source gives is read by its option's own reading first
+    /// (so a bad value is refused even where a later source overrides it), and the
+    /// range check is blamed on the source whose value won.
     pub fn load_from(
         sources: &Sources,
         env: impl Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigError> {
-        let mut cfg = Config::default();
-        let mut origins: Vec<(String, Origin)> = Vec::new();
+        let mut layers = Figment::new();
         if let Some(path) = &sources.file {
-            cfg.read_toml_file(path, &mut origins)?;
+            layers = layers.merge(FileLayer::read(path)?);
         }
-        for spec in OPTIONS {
-            let name = spec.variable();
-            let Some(value) = env(&name) else { continue };
-            let value = value.to_string_lossy().into_owned();
-            let origin = Origin::Variable {
-                name,
-                value: value.clone(),
-            };
-            if let Err(message) = cfg.set(spec.name, Raw::Text(&value)) {
-                return Err(ConfigError::Value { origin, message });
-            }
-            origins.push((spec.name.to_owned(), origin));
-        }
-        for (option, text) in &sources.flags {
-            let origin = Origin::Flag {
-                flag: format!("--{}", option.replace('_', "-")),
-            };
-            match cfg.set(option, Raw::Text(text)) {
-                Ok(true) => origins.push((option.clone(), origin)),
-                Ok(false) => {
-                    return Err(ConfigError::Value {
-                        origin,
-                        message: "no such option".to_owned(),
-                    })
-                }
-                Err(message) => return Err(ConfigError::Value { origin, message }),
-            }
-        }
+        let variables = OPTIONS.iter().filter_map(|spec| {
+            let text = env(&spec.variable())?;
+            Some((spec.name.to_owned(), text.to_string_lossy().into_owned()))
+        });
+        let layers = layers
+            .merge(Texts::read(TextKind::Variable, variables)?)
+            .merge(Texts::read(TextKind::Flag, sources.flags.iter().cloned())?);
+        let (cfg, origins) = Config::from_layers(&layers)?;
         cfg.check().map_err(|(option, message)| {
-            match origins.iter().rev().find(|(o, _)| o == option) {
+            match origins.iter().find(|(o, _)| *o == option) {
                 Some((_, origin)) => ConfigError::Value {
                     origin: origin.clone(),
                     message,
@@ -538,6 +474,56 @@ impl Config {
             }
         })?;
         Ok(cfg)
+    }
+
+    /// The defaults with each option that `layers` gives a value set to the value of the
+    /// last layer that gives one (figment's merge), and where each came from (figment's
+    /// metadata of that layer: the file, or the flag or variable it names the key by).
+    fn from_layers(layers: &Figment) -> Result<(Config, Origins), ConfigError> {
+        let mut cfg = Config::default();
+        let mut origins = Vec::new();
+        for spec in OPTIONS {
+            // A key of the file's `[retention]` table is the option `retention_` + key.
+            let table_key = spec
+                .name
+                .strip_prefix("retention_")
+                .map(|k| format!("retention.{k}"));
+            let found = std::iter::once(spec.name.to_owned())
+                .chain(table_key)
+                .find_map(|key| {
+                    let value = layers.find_value(&key).ok()?;
+                    Some((layers.find_metadata(&key)?, key, value))
+                });
+            let Some((metadata, key, value)) = found else {
+                continue;
+            };
+            let (origin, toml_value);
+            let raw = match (&metadata.source, TextKind::of(metadata)) {
+                (Some(Source::File(path)), _) => {
+                    origin = Origin::File {
+                        path: path.clone(),
+                        key,
+                    };
+                    toml_value = as_toml(&value).map_err(|message| ConfigError::Value {
+                        origin: origin.clone(),
+                        message,
+                    })?;
+                    Raw::Toml(&toml_value)
+                }
+                (_, Some(kind)) => {
+                    let text = value.as_str().unwrap_or_default();
+                    origin = kind.origin(metadata, spec.name, text);
+                    Raw::Text(text)
+                }
+                // No layer but these three is merged.
+                (_, None) => continue,
+            };
+            if let Err(message) = cfg.set(spec.name, raw) {
+                return Err(ConfigError::Value { origin, message });
+            }
+            origins.push((spec.name, origin));
+        }
+        Ok((cfg, origins))
     }
 
     /// Rejects values that would make the broker misbehave.
@@ -558,6 +544,184 @@ impl Config {
     }
 }
 
+/// The TOML file's keys and values as a figment layer, named after the file.
+struct FileLayer {
+    path: PathBuf,
+    table: Dict,
+}
+
+impl FileLayer {
+    /// Reads the TOML file at `path`, once each of its keys is known to be an option's
+    /// name (figment takes any key) and its value one the option takes. Keys are the
+    /// option names; a `[retention]` table with `max_events`, `max_bytes` and
+    /// `max_age_secs` (the shape of the HTTP API's retention) is read too.
+    fn read(path: &Path) -> Result<FileLayer, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut parsed = Toml::string(&text).data().map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.kind.to_string(),
+        })?;
+        let table = parsed.remove(&Profile::Default).unwrap_or_default();
+        let mut entries = Vec::new();
+        for (key, value) in &table {
+            match (key.as_str(), value) {
+                ("retention", Value::Dict(_, inner)) => {
+                    for (k, v) in inner {
+                        entries.push((format!("retention_{k}"), format!("retention.{k}"), v));
+                    }
+                }
+                _ => entries.push((key.clone(), key.clone(), value)),
+            }
+        }
+        let mut seen: Vec<(String, String)> = Vec::new();
+        for (option, key, value) in entries {
+            let origin = Origin::File {
+                path: path.to_owned(),
+                key: key.clone(),
+            };
+            let bad = |message: String| ConfigError::Value {
+                origin: origin.clone(),
+                message,
+            };
+            if let Some((_, first)) = seen.iter().find(|(o, _)| *o == option) {
+                return Err(bad(format!("sets the same option as key `{first}`")));
+            }
+            let value = as_toml(value).map_err(bad)?;
+            match Config::default().set(&option, Raw::Toml(&value)) {
+                Ok(true) => seen.push((option, key)),
+                Ok(false) => {
+                    let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
+                    return Err(bad(format!(
+                        "unknown key; the keys are the option names: {}",
+                        names.join(", ")
+                    )));
+                }
+                Err(message) => return Err(bad(message)),
+            }
+        }
+        Ok(FileLayer {
+            path: path.to_owned(),
+            table,
+        })
+    }
+}
+
+impl Provider for FileLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("TOML file", self.path.as_path())
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.table.clone()))
+    }
+}
+
+/// A value of the TOML file as TOML again (figment keeps a TOML datetime as a table
+/// with one magic key, which `toml::Value` reads back as the datetime).
+fn as_toml(value: &Value) -> Result<toml::Value, String> {
+    value.deserialize().map_err(|e| e.kind.to_string())
+}
+
+/// Flags and variables, which give an option's value as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TextKind {
+    Flag,
+    Variable,
+}
+
+impl TextKind {
+    /// The name figment knows the layer by.
+    fn name(self) -> &'static str {
+        match self {
+            TextKind::Flag => "flags",
+            TextKind::Variable => "environment variables",
+        }
+    }
+
+    /// The kind of the layer `metadata` describes; `None` for another.
+    fn of(metadata: &Metadata) -> Option<TextKind> {
+        [TextKind::Flag, TextKind::Variable]
+            .into_iter()
+            .find(|kind| metadata.name == kind.name())
+    }
+
+    /// The layer's metadata: its name, and the flag or variable of an option name.
+    fn metadata(self) -> Metadata {
+        let metadata = Metadata::named(self.name());
+        match self {
+            TextKind::Flag => metadata.interpolater(|_: &Profile, keys: &[&str]| {
+                format!("--{}", keys.join(".").replace('_', "-"))
+            }),
+            TextKind::Variable => metadata.interpolater(|_: &Profile, keys: &[&str]| {
+                format!("REWIND_{}", keys.join(".").to_uppercase())
+            }),
+        }
+    }
+
+    /// Where `option`'s `text` came from, named by the layer's `metadata`.
+    fn origin(self, metadata: &Metadata, option: &str, text: &str) -> Origin {
+        let name = metadata.interpolate(&Profile::Default, &[option]);
+        match self {
+            TextKind::Flag => Origin::Flag { flag: name },
+            TextKind::Variable => Origin::Variable {
+                name,
+                value: text.to_owned(),
+            },
+        }
+    }
+}
+
+/// A layer of option texts (flags, or variables) as a figment provider: each value is
+/// the string written, whatever it looks like. Not figment's `Env`, which parses a
+/// variable's text as a value (`007` arrives as 7, `1.0` as a float, `"relaxed"`
+/// without its quotes, `-0` as 0) and takes its name in any case
+/// (`rewind_write_queue`), so what reached an option would not be what was written.
+struct Texts {
+    kind: TextKind,
+    values: Dict,
+}
+
+impl Texts {
+    /// The layer of `values` (option name, text), each read by its option's reading
+    /// (all but the range check): the first bad one is the error, naming its flag or
+    /// variable.
+    fn read(
+        kind: TextKind,
+        values: impl Iterator<Item = (String, String)>,
+    ) -> Result<Texts, ConfigError> {
+        let mut dict = Dict::new();
+        for (option, text) in values {
+            let bad = |message: String| ConfigError::Value {
+                origin: kind.origin(&kind.metadata(), &option, &text),
+                message,
+            };
+            match Config::default().set(&option, Raw::Text(&text)) {
+                Ok(true) => {}
+                Ok(false) => return Err(bad("no such option".to_owned())),
+                Err(message) => return Err(bad(message)),
+            }
+            dict.insert(option, Value::from(text));
+        }
+        Ok(Texts { kind, values: dict })
+    }
+}
+
+impl Provider for Texts {
+    fn metadata(&self) -> Metadata {
+        self.kind.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Ok(Profile::Default.collect(self.values.clone()))
+    }
+}
+
+/// Where each option's value came from, by option name.
+type Origins = Vec<(&'static str, Origin)>;
+
 /// A value as a variable (text) or the TOML file (a TOML value) gives it.
 #[derive(Clone, Copy)]
 enum Raw<'a> {
@@ -576,9 +740,9 @@ trait OptionValue: Sized {
         match value {
             toml::Value::String(s) => Self::from_text(s, option),
             other => Err(format!(
-                "expected {}, found {} {other}",
+                "expected {}, found {}",
                 Self::EXPECTED,
-                other.type_str()
+                found(other)
             )),
         }
     }
@@ -592,6 +756,16 @@ trait OptionValue: Sized {
     /// The value as a whole number, for the range check; `None` if it is not one.
     fn whole(&self) -> Option<u64> {
         None
+    }
+}
+
+/// A TOML value an option does not take, for messages: its type and the value as TOML
+/// writes it (`string "many"`, `array [1, 2]`, `datetime 1979-05-27`).
+fn found(value: &toml::Value) -> String {
+    match value {
+        // toml shows a datetime as the table it is serialized through.
+        toml::Value::Datetime(datetime) => format!("datetime {datetime}"),
+        other => format!("{} {other}", other.type_str()),
     }
 }
 
@@ -624,9 +798,9 @@ fn whole_number<T: TryFrom<i64>>(raw_value: &toml::Value, option: &str) -> Resul
             T::try_from(*n).map_err(|_| format!("expected {}, found {n}", whole_range(option)))
         }
         other => Err(format!(
-            "expected {}, found {} {other}",
+            "expected {}, found {}",
             whole_range(option),
-            other.type_str()
+            found(other)
         )),
     }
 }
@@ -664,7 +838,7 @@ impl OptionValue for bool {
     fn from_toml(value: &toml::Value, _option: &str) -> Result<Self, String> {
         value
             .as_bool()
-            .ok_or_else(|| format!("expected true or false, found {} {value}", value.type_str()))
+            .ok_or_else(|| format!("expected true or false, found {}", found(value)))
     }
     fn show(&self) -> String {
         self.to_string()
@@ -775,9 +949,9 @@ impl OptionValue for Limit {
                 u64::try_from(*n).map_err(|_| format!("expected {}, found {n}", Self::EXPECTED))?,
             ),
             other => Err(format!(
-                "expected {}, found {} {other}",
+                "expected {}, found {}",
                 Self::EXPECTED,
-                other.type_str()
+                found(other)
             )),
         }
     }
@@ -1012,6 +1186,236 @@ mod tests {
             let least = u8::from(zero_refused);
             assert!(err.contains(&format!("from {least} up")), "{option}: {err}");
         }
+    }
+
+    /// Loads `sources` with `vars`, for the error message.
+    fn refused(sources: &Sources, vars: &[(&str, &str)]) -> String {
+        Config::load_from(sources, env(vars))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn a_flag_or_variable_reaches_its_option_as_written() {
+        // Texts a value parser would turn into other values (a number, a float, a
+        // string without its quotes, an array) reach the option as the text written.
+        let var =
+            |name: &str, text: &str| Config::load_from(&Sources::default(), env(&[(name, text)]));
+        let flag = |option: &str, text: &str| {
+            Config::load_from(&Sources::default().flag(option, text), env(&[]))
+        };
+        for text in ["007", "1.50", "[a]", "{a=b}", "true", "\"x\"", "'y'"] {
+            let path = PathBuf::from(text);
+            assert_eq!(var("REWIND_DATA_DIR", text).unwrap().data_dir, path);
+            assert_eq!(flag("data_dir", text).unwrap().data_dir, path);
+        }
+        assert_eq!(var("REWIND_WRITE_QUEUE", "007").unwrap().write_queue, 7);
+        assert_eq!(var("REWIND_WRITE_QUEUE", " 5 ").unwrap().write_queue, 5);
+        assert_eq!(var("REWIND_WRITE_QUEUE", "+5").unwrap().write_queue, 5);
+        assert!(!var("REWIND_AUTO_CREATE", "false").unwrap().auto_create);
+        assert_eq!(
+            var("REWIND_RETENTION_MAX_EVENTS", "NONE")
+                .unwrap()
+                .retention
+                .max_events,
+            None
+        );
+        let cases = [
+            (
+                "REWIND_WRITE_QUEUE",
+                "1.0",
+                "expected a whole number from 1 up, found \"1.0\"",
+            ),
+            (
+                "REWIND_WRITE_QUEUE",
+                "1e3",
+                "expected a whole number from 1 up, found \"1e3\"",
+            ),
+            (
+                "REWIND_WRITE_QUEUE",
+                "",
+                "expected a whole number from 1 up, found \"\"",
+            ),
+            (
+                "REWIND_WRITE_QUEUE",
+                " -1",
+                "expected a whole number from 1 up, found \"-1\"",
+            ),
+            (
+                "REWIND_WRITE_QUEUE",
+                "[1]",
+                "expected a whole number from 1 up, found \"[1]\"",
+            ),
+            (
+                "REWIND_MAX_WAIT_SECS",
+                "-0",
+                "expected a whole number from 0 up, found \"-0\"",
+            ),
+            (
+                "REWIND_MAX_WAIT_SECS",
+                "18446744073709551616",
+                "18446744073709551616 is over the largest value, 18446744073709551615",
+            ),
+            (
+                "REWIND_DURABILITY",
+                "\"relaxed\"",
+                "expected durable or relaxed, found \"\\\"relaxed\\\"\"",
+            ),
+            (
+                "REWIND_AUTO_CREATE",
+                "1",
+                "expected true or false, found \"1\"",
+            ),
+            (
+                "REWIND_AUTO_CREATE",
+                "TRUE",
+                "expected true or false, found \"TRUE\"",
+            ),
+            ("REWIND_DATA_DIR", "  ", "the path is empty"),
+            (
+                "REWIND_LISTEN",
+                "7070",
+                "expected HOST:PORT (an IP address or a host name, and a port)",
+            ),
+        ];
+        for (name, text, why) in cases {
+            let err = refused(&Sources::default(), &[(name, text)]);
+            assert_eq!(err, format!("environment variable {name}={text:?}: {why}"));
+            let option = name.strip_prefix("REWIND_").unwrap().to_lowercase();
+            let err = refused(&Sources::default().flag(&option, text), &[]);
+            assert_eq!(err, format!("--{}: {why}", option.replace('_', "-")));
+        }
+        // Only the variable's exact name is read.
+        let cfg = var("rewind_write_queue", "0").unwrap();
+        assert_eq!(cfg.write_queue, Config::default().write_queue);
+    }
+
+    #[test]
+    fn a_file_value_is_read_as_the_toml_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            (
+                "write_queue = 1.0",
+                "expected a whole number from 1 up, found float 1.0",
+            ),
+            (
+                "write_queue = 1e3",
+                "expected a whole number from 1 up, found float 1000.0",
+            ),
+            (
+                "write_queue = -1",
+                "expected a whole number from 1 up, found -1",
+            ),
+            (
+                "write_queue = \"7\"",
+                "expected a whole number from 1 up, found string \"7\"",
+            ),
+            (
+                "write_queue = true",
+                "expected a whole number from 1 up, found boolean true",
+            ),
+            (
+                "write_queue = [1, 2]",
+                "expected a whole number from 1 up, found array [1, 2]",
+            ),
+            (
+                "write_queue = { a = 1 }",
+                "expected a whole number from 1 up, found table { a = 1 }",
+            ),
+            (
+                "write_queue = 1979-05-27",
+                "expected a whole number from 1 up, found datetime 1979-05-27",
+            ),
+            (
+                "auto_create = \"true\"",
+                "expected true or false, found string \"true\"",
+            ),
+            ("data_dir = 7", "expected a path, found integer 7"),
+            ("data_dir = \"\"", "the path is empty"),
+            (
+                "durability = \"Durable\"",
+                "expected durable or relaxed, found \"Durable\"",
+            ),
+            (
+                "retention_max_events = -1",
+                "expected a whole number from 1 up, or \"none\", found -1",
+            ),
+            (
+                "retention_max_events = 1.5",
+                "expected a whole number from 1 up, or \"none\", found float 1.5",
+            ),
+        ];
+        for (text, why) in cases {
+            let (path, sources) = file(&dir, &format!("{text}\n"));
+            let key = text.split(" =").next().unwrap();
+            assert_eq!(
+                refused(&sources, &[]),
+                format!("config file {}, key `{key}`: {why}", path.display()),
+                "{text}"
+            );
+        }
+        let (_, sources) = file(&dir, "write_queue = 9_000\ndata_dir = \"007\"\n");
+        let cfg = Config::load_from(&sources, env(&[])).unwrap();
+        assert_eq!(
+            (cfg.write_queue, cfg.data_dir),
+            (9000, PathBuf::from("007"))
+        );
+    }
+
+    #[test]
+    fn a_bad_value_is_refused_where_a_later_source_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, sources) = file(&dir, "write_queue = \"many\"\n");
+        let good_var = [("REWIND_WRITE_QUEUE", "5")];
+        let err = refused(&sources.clone().flag("write_queue", "6"), &good_var);
+        let file_key = format!("config file {}, key `write_queue`: ", path.display());
+        assert!(err.starts_with(&file_key), "{err}");
+        let bad_var = [("REWIND_WRITE_QUEUE", "x")];
+        let err = refused(&Sources::default().flag("write_queue", "6"), &bad_var);
+        assert!(
+            err.starts_with("environment variable REWIND_WRITE_QUEUE=\"x\": "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_retention_table_sits_under_variables_and_flags_and_is_blamed_by_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, sources) = file(&dir, "[retention]\nmax_events = 5\ninterval_ms = 0\n");
+        let err = refused(&sources, &[]);
+        assert_eq!(
+            err,
+            format!(
+                "config file {}, key `retention.interval_ms`: must be at least 1",
+                path.display()
+            )
+        );
+        let (_, sources) = file(&dir, "[retention]\nmax_events = 5\nmax_bytes = 9\n");
+        let vars = [("REWIND_RETENTION_MAX_EVENTS", "7")];
+        let flagged = sources.clone().flag("retention_max_bytes", "none");
+        let cfg = Config::load_from(&flagged, env(&vars)).unwrap();
+        assert_eq!(cfg.retention.max_events, Some(7));
+        assert_eq!(cfg.retention.max_bytes, None);
+        let cfg = Config::load_from(&sources, env(&[])).unwrap();
+        assert_eq!(cfg.retention.max_events, Some(5));
+        assert_eq!(cfg.retention.max_bytes, Some(9));
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_or_not_there_is_named_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, sources) = file(&dir, "max_wait_secs = 0x\n");
+        let err = refused(&sources, &[]);
+        let start = format!("config file {} is not valid TOML: ", path.display());
+        assert!(err.starts_with(&start), "{err}");
+        assert!(err.contains("line 1"), "{err}");
+        assert_eq!(err.matches(&path.display().to_string()).count(), 1, "{err}");
+        let missing = Sources {
+            file: Some(dir.path().join("absent.toml")),
+            ..Sources::default()
+        };
+        let err = Config::load_from(&missing, env(&[])).unwrap_err();
+        assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     }
 
     #[test]
