@@ -25,7 +25,6 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider, Source};
-use serde::{Deserialize, Serialize};
 
 pub use crate::storage::{Durability, Retention, NO_LIMIT};
 

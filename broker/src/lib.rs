@@ -12,7 +12,6 @@
 //!   publishing, liveness.
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
-//! - [`bench`]: `rewind bench`, the publish-path benchmark.
 //! - [`config`]: the configuration struct, its defaults, and how flags, environment and
 //!   TOML combine.
 //!
@@ -25,18 +24,12 @@
 //! [`Storage`] trait, failing with [`StoreError`], its namespaces created with a
 //! [`Retention`].
 
-// `rewind_broker::…` paths resolve inside this crate too, so `bench` and the binary's
-// commands are written against the entry points above alone and keep compiling when they
-// move from the library into the binary.
-extern crate self as rewind_broker;
-
 pub use config::{Config, Retention};
 pub use engine::Log;
 pub use storage::log_store::LogStore;
 pub use storage::open::OpenOptions;
 pub use storage::{Storage, StoreError};
 
-pub mod bench;
 pub mod config;
 pub mod engine;
 pub mod http;

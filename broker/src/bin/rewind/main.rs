@@ -2,8 +2,7 @@
 //! its flags as [`serve::ServeArgs`] and runs the library's server; the client commands
 //! and the benchmarks have their own modules.
 
-// `cli.rs` stays beside the library's sources until it moves here with the benchmarks.
-#[path = "../../cli.rs"]
+mod bench;
 mod cli;
 mod serve;
 
@@ -11,8 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 
 use anyhow::Context;
+use bench::BenchCommand;
 use clap::{Parser, Subcommand};
-use rewind_broker::bench::{self, BenchCommand};
 use rewind_broker::config::Config;
 use rewind_broker::server;
 use rewind_broker::Log;
