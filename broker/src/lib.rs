@@ -25,14 +25,14 @@
 //! [`Retention`].
 
 pub use config::{Config, Retention};
-pub use engine::Log;
+pub use engine::{Appended, Idempotency, Log, LogError, NsInfo, Pending, QueueSlot, ReadRequest};
 pub use storage::log_store::LogStore;
 pub use storage::open::OpenOptions;
 pub use storage::{Storage, StoreError};
 
 pub mod config;
-pub mod engine;
-pub mod http;
+pub(crate) mod engine;
+pub(crate) mod http;
 pub mod server;
-pub mod storage;
-pub mod ws;
+pub(crate) mod storage;
+pub(crate) mod ws;

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{config, events, open, BOUND};
-use rewind_broker::engine::{LogError, ReadRequest};
+use rewind_broker::{LogError, ReadRequest};
 use rewind_protocol::{ErrorCode, Position};
 
 /// A wait far longer than `BOUND`: a read that returns within `BOUND` was answered by

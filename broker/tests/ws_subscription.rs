@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{config, event_offset, events, open, Served, Ws, BOUND};
 use rewind_broker::config::{Config, Retention};
-use rewind_broker::engine::{Log, ReadRequest};
+use rewind_broker::{Log, ReadRequest};
 use rewind_protocol::Position;
 use serde_json::{json, Value};
 

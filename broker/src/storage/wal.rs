@@ -284,7 +284,8 @@ fn frame_at(bytes: &[u8], pos: usize) -> Option<(WalOp, usize)> {
 }
 
 /// Decodes every whole, intact frame; returns them and the length of the good prefix.
-pub fn decode_all(bytes: &[u8]) -> (Vec<WalOp>, usize) {
+#[cfg(test)]
+pub(crate) fn decode_all(bytes: &[u8]) -> (Vec<WalOp>, usize) {
     let (ops, good) = decode_placed(bytes);
     (ops.into_iter().map(|(op, _)| op).collect(), good)
 }

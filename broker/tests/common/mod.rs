@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use rewind_broker::config::Config;
-use rewind_broker::engine::Log;
+use rewind_broker::Log;
 use rewind_protocol::{NewEvent, Payload};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
