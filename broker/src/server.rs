@@ -1,4 +1,10 @@
 //! The accept loop: one port, a cap on connections, and graceful shutdown.
+//!
+//! Each connection is served by hyper's HTTP/1 connection (with upgrades) running the axum
+//! [`http::router`]; the server adds the WebSocket route to it, so `http` and `ws` never
+//! use each other. Shutdown is one signal, the [`Log`]'s cancellation token
+//! ([`Log::begin_shutdown`]), and two [`TaskTracker`]s: the connections and the WebSocket
+//! sessions, each waited for within `shutdown_timeout_secs`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -6,16 +12,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Request;
+use axum::routing::get;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use crate::http;
 use crate::engine::Log;
-use crate::http::{self, App};
-use crate::ws::WsContext;
+use crate::ws::{self, WsContext};
 
 /// How long a client may take to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -29,14 +39,14 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// `shutdown_timeout_secs` to finish (answering new requests meanwhile with 503, and
 /// `/readyz` with 503), lets the writer commit everything queued, and returns.
 pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output = ()>) {
-    // A drop guard: every connection task holds a clone; the channel closes when the
-    // last one ends.
-    let (conns_guard, mut conns_done) = mpsc::channel::<()>(1);
-    let (ws, mut sessions) = WsContext::new(log.clone());
-    let app = App {
-        log: log.clone(),
-        ws,
-    };
+    let connections = TaskTracker::new();
+    let sessions = TaskTracker::new();
+    let ws = WsContext::new(log.clone(), sessions.clone());
+    let upgrade = get(move |req: Request| {
+        let res = ws::upgrade(req, &ws);
+        async move { res }
+    });
+    let router = http::router(log.clone(), upgrade);
     let slots = Arc::new(Semaphore::new(log.config().max_connections));
     tokio::pin!(shutdown);
     loop {
@@ -62,18 +72,20 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn_app = app.clone();
+        let conn_router = router.clone();
+        let conn_log = log.clone();
         let served = Arc::new(AtomicBool::new(false));
         let conn_served = Arc::clone(&served);
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             conn_served.store(true, Ordering::Relaxed);
-            let app = conn_app.clone();
+            let router = conn_router.clone();
+            let log = conn_log.clone();
             async move {
                 // A request that starts once shutdown has begun is no new work.
-                if !app.log.is_ready() {
-                    return Ok::<_, Infallible>(http::draining(&req, &app.log));
+                if !log.is_ready() {
+                    return Ok::<_, Infallible>(http::draining(&req, &log));
                 }
-                Ok(http::handle(req, app).await)
+                Ok(http::serve(router, req).await)
             }
         });
         let conn = http1::Builder::new()
@@ -81,13 +93,12 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let mut stop = log.shutdown_signal();
-        let guard = conns_guard.clone();
-        tokio::spawn(async move {
+        let stop = log.shutdown_signal();
+        connections.spawn(async move {
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
-                () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                () = stop.cancelled() => {
                     // Accepted just before the signal and its first request not read yet
                     // (often a health check): closing it now would leave that client with
                     // no answer at all, so it gets a moment to be answered under the
@@ -112,7 +123,6 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);
-            drop(guard);
         });
     }
     // Ready no more from here; the listener stays open while in-flight work drains, so
@@ -121,24 +131,25 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     tracing::info!("shutting down: new requests get 503");
     let grace = Duration::from_secs(log.config().shutdown_timeout_secs);
     let deadline = tokio::time::Instant::now() + grace;
-    drop(conns_guard);
-    // WebSocket sessions saw `begin_shutdown` and are sending 1001; each counts itself
-    // in `sessions` until it is done.
-    drop(app);
+    // No task is added to either tracker from here (the accept loop is over, and a
+    // session starts only from a connection's request), so each wait ends when its last
+    // task does.
+    connections.close();
+    sessions.close();
     let drain = async {
-        if tokio::time::timeout_at(deadline, conns_done.recv())
+        if tokio::time::timeout_at(deadline, connections.wait())
             .await
             .is_err()
         {
             tracing::warn!("connections still open after the shutdown timeout");
         }
-        if tokio::time::timeout_at(deadline, sessions.wait_for(|open| *open == 0))
+        // WebSocket sessions saw `begin_shutdown` and are sending 1001.
+        if tokio::time::timeout_at(deadline, sessions.wait())
             .await
             .is_err()
         {
-            let open = *sessions.borrow();
             tracing::warn!(
-                open,
+                open = sessions.len(),
                 "WebSocket sessions still open after the shutdown timeout"
             );
         }
@@ -159,9 +170,10 @@ async fn serve_draining(
     drain: impl Future<Output = ()>,
 ) {
     tokio::pin!(drain);
-    let mut answering = JoinSet::new();
+    // Cancelled on return: the connections still being answered are dropped with it.
+    let done = CancellationToken::new();
+    let _cancel_on_return = done.clone().drop_guard();
     loop {
-        while answering.try_join_next().is_some() {}
         let permit = tokio::select! {
             () = &mut drain => return,
             permit = Arc::clone(slots).acquire_owned() => match permit {
@@ -181,7 +193,7 @@ async fn serve_draining(
             },
         };
         let log = log.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |req: Request<Incoming>| {
             let res = http::draining(&req, &log);
             async move { Ok::<_, Infallible>(res) }
         });
@@ -190,8 +202,9 @@ async fn serve_draining(
             .header_read_timeout(HEADER_READ_TIMEOUT)
             .keep_alive(false)
             .serve_connection(TokioIo::new(stream), service);
-        answering.spawn(async move {
-            let _ = conn.await;
+        let done = done.clone();
+        tokio::spawn(async move {
+            let _ = done.run_until_cancelled(conn).await;
             drop(permit);
         });
     }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use rewind_protocol::codec::ReadPage;
 use rewind_protocol::{NewEvent, Position};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::engine::error::LogError;
@@ -41,8 +42,8 @@ struct Inner {
     config: Arc<Config>,
     /// The writer's queue.
     tx: mpsc::Sender<Command>,
-    /// Set once shutdown begins; wakes waiting readers and stops the timers.
-    shutdown: watch::Sender<bool>,
+    /// Cancelled once shutdown begins; wakes waiting readers and stops the timers.
+    shutdown: CancellationToken,
     /// The writer thread, joined on shutdown.
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -135,7 +136,7 @@ impl Log {
                 namespaces,
                 config: Arc::clone(&config),
                 tx,
-                shutdown: watch::Sender::new(false),
+                shutdown: CancellationToken::new(),
                 writer: Mutex::new(Some(handle)),
             }),
         };
@@ -153,7 +154,7 @@ impl Log {
 
     fn spawn_timer(&self, period: Duration, cmd: fn() -> Command) {
         let tx = self.inner.tx.clone();
-        let mut shutdown = self.inner.shutdown.subscribe();
+        let shutdown = self.inner.shutdown.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -163,7 +164,7 @@ impl Log {
                         // A full queue means the writer is busy; the next tick will do.
                         let _ = tx.try_send(cmd());
                     }
-                    _ = shutdown.wait_for(|s| *s) => break,
+                    () = shutdown.cancelled() => break,
                 }
             }
         });
@@ -173,7 +174,7 @@ impl Log {
     /// writer, so no commit waits for one.
     fn spawn_checkpoints(&self, period: Duration) {
         let store = Arc::clone(&self.inner.store);
-        let mut shutdown = self.inner.shutdown.subscribe();
+        let shutdown = self.inner.shutdown.clone();
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(period);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -181,7 +182,7 @@ impl Log {
             loop {
                 let stop = tokio::select! {
                     _ = ticks.tick() => false,
-                    _ = shutdown.wait_for(|s| *s) => true,
+                    () = shutdown.cancelled() => true,
                 };
                 if stop {
                     break;
@@ -292,9 +293,9 @@ impl Log {
             .map_err(|e| LogError::from(&e))
     }
 
-    /// A receiver that turns true when shutdown begins.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.inner.shutdown.subscribe()
+    /// A token cancelled when shutdown begins (a child: cancelling it stops nothing else).
+    pub fn shutdown_signal(&self) -> CancellationToken {
+        self.inner.shutdown.child_token()
     }
 
     /// Appends events (all or nothing); returns once they are durable (in relaxed mode:
@@ -381,7 +382,7 @@ impl Log {
             .map_err(|e| LogError::BadPosition(e.to_string()))?;
         let wait = req.wait.min(Duration::from_secs(cfg.max_wait_secs));
         if start >= visible && !wait.is_zero() {
-            let mut shutdown = self.inner.shutdown.subscribe();
+            let shutdown = self.inner.shutdown.clone();
             tokio::select! {
                 moved = visible_rx.wait_for(|v| *v > start) => {
                     if moved.is_err() {
@@ -390,7 +391,7 @@ impl Log {
                 }
                 () = state.deleted() => return Err(LogError::Deleted(ns.to_owned())),
                 _ = tokio::time::sleep(wait) => {}
-                _ = shutdown.wait_for(|s| *s) => {}
+                () = shutdown.cancelled() => {}
             }
         }
         let until = state.visible();
@@ -427,7 +428,7 @@ impl Log {
 
     /// False once shutdown has begun.
     pub fn is_ready(&self) -> bool {
-        !*self.inner.shutdown.borrow()
+        !self.inner.shutdown.is_cancelled()
     }
 
     /// True while the store's last write, sync or checkpoint failed (a full disk, an I/O
@@ -439,7 +440,7 @@ impl Log {
     /// Wakes waiting readers, stops the timers and reports not ready. Writes are still
     /// taken until [`Log::shutdown`], so in-flight publishes can finish.
     pub fn begin_shutdown(&self) {
-        self.inner.shutdown.send_replace(true);
+        self.inner.shutdown.cancel();
     }
 
     /// Lets the writer finish what is queued, sync, and stop; waits for it.

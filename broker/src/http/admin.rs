@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use axum::extract::{Request, State};
+use hyper::{Response, StatusCode};
 use serde::{Deserialize, Deserializer};
 
 use super::publish::read_body;
 use super::response::{self, ApiError, Body};
+use super::Ns;
 use crate::config::{Retention, NO_LIMIT};
 use crate::engine::Log;
 use crate::storage::NsInfo;
@@ -30,8 +31,8 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
 }
 
 /// `GET /v1/namespaces`.
-pub(super) fn list(log: &Log) -> Result<Response<Body>, ApiError> {
-    let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(log, i)).collect();
+pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiError> {
+    let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(&log, i)).collect();
     Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "namespaces": all }),
@@ -39,11 +40,11 @@ pub(super) fn list(log: &Log) -> Result<Response<Body>, ApiError> {
 }
 
 /// `GET /v1/namespaces/{ns}`.
-pub(super) fn info(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
+pub(super) async fn info(State(log): State<Log>, Ns(ns): Ns) -> Result<Response<Body>, ApiError> {
     let info = log
-        .info(ns)?
-        .ok_or_else(|| crate::engine::LogError::NotFound(ns.to_owned()))?;
-    Ok(response::json(StatusCode::OK, &info_json(log, &info)))
+        .info(&ns)?
+        .ok_or_else(|| crate::engine::LogError::NotFound(ns.clone()))?;
+    Ok(response::json(StatusCode::OK, &info_json(&log, &info)))
 }
 
 #[derive(Deserialize, Default)]
@@ -111,9 +112,9 @@ fn put_body(body: &[u8]) -> Result<PutBody, ApiError> {
 
 /// `PUT /v1/namespaces/{ns}`: creates (201) or sets retention (200).
 pub(super) async fn put(
-    req: Request<Incoming>,
-    log: &Log,
-    ns: &str,
+    State(log): State<Log>,
+    Ns(ns): Ns,
+    req: Request,
 ) -> Result<Response<Body>, ApiError> {
     let timeout = Duration::from_secs(log.config().http_body_timeout_secs);
     let body = read_body(req, MAX_PUT_BODY, timeout).await?;
@@ -127,21 +128,21 @@ pub(super) async fn put(
         max_bytes: put.retention.max_bytes,
         max_age_secs: put.retention.max_age_secs,
     };
-    let (info, created) = log.put(ns, own).await?;
+    let (info, created) = log.put(&ns, own).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(response::json(status, &info_json(log, &info)))
+    Ok(response::json(status, &info_json(&log, &info)))
 }
 
 /// `DELETE /v1/namespaces/{ns}`.
-pub(super) async fn delete(log: &Log, ns: &str) -> Result<Response<Body>, ApiError> {
-    if log.delete(ns).await? {
+pub(super) async fn delete(State(log): State<Log>, Ns(ns): Ns) -> Result<Response<Body>, ApiError> {
+    if log.delete(&ns).await? {
         Ok(response::empty(StatusCode::NO_CONTENT))
     } else {
-        Err(crate::engine::LogError::NotFound(ns.to_owned()).into())
+        Err(crate::engine::LogError::NotFound(ns).into())
     }
 }
 
@@ -168,6 +169,6 @@ pub(super) fn ready(log: &Log) -> Response<Body> {
             rewind_protocol::ErrorCode::ShuttingDown,
             "shutting down",
         )
-        .into_response()
+        .response()
     }
 }

@@ -1,4 +1,20 @@
-//! The HTTP API (spec §3.2, §3.3, §3.5): routing, and one module per group of routes.
+//! The HTTP API (spec §3.2, §3.3, §3.5) on axum: the route table, and one module per
+//! group of routes. [`crate::server`] serves [`router`] on each connection and hands it the
+//! WebSocket route, so this module never sees a WebSocket.
+//!
+//! ### Where our answers replace axum's
+//!
+//! - Paths: before routing, [`serve`] decodes `%XX` escapes of unreserved characters
+//!   (RFC 3986 §6.2.2.2: `/v1/n%61mespaces` is `/v1/namespaces`) and drops trailing `/`s.
+//!   A namespace segment is then decoded whole by [`Ns`] (`%2F` stays inside it, so it
+//!   makes no new segment), not by axum's `Path`, whose rejections are plain text.
+//! - An unknown path is `404 not_found`, a known path with another method `405
+//!   method_not_allowed` with our `Allow` list (`HEAD` beside `GET`), both in the JSON
+//!   error shape (axum's own are empty).
+//! - `HEAD` is axum's: every `GET` route answers it as `GET` would, status and headers
+//!   alike (`Content-Length` included), without the body.
+//! - Body limits and the body deadline are the handlers' ([`publish::read_body`]): the
+//!   `413` and `408` answers are JSON, and a request's headers are checked before its body.
 //!
 //! ### Invariants
 //!
@@ -12,48 +28,133 @@ mod media;
 mod params;
 mod publish;
 mod read;
-pub mod response;
+pub(crate) mod response;
 
+use axum::extract::{FromRequestParts, OriginalUri, Request};
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::Router;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::header::{HeaderValue, CONNECTION};
+use hyper::{Method, StatusCode, Uri};
 use rewind_protocol::{validate_namespace, ErrorCode};
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
+use tower_service::Service;
 
 use crate::engine::Log;
-use crate::ws::{self, WsContext};
 use response::{ApiError, Body};
 
-/// What every request handler can reach.
-#[derive(Clone)]
-pub struct App {
-    /// The log.
-    pub log: Log,
-    /// The WebSocket sessions' shared state.
-    pub ws: WsContext,
+/// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
+pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz).fallback(only_get))
+        .route("/readyz", get(readyz).fallback(only_get))
+        .route("/v1/ws", ws.fallback(only_get))
+        .route("/v1/namespaces", get(admin::list).fallback(only_get))
+        .route(
+            "/v1/namespaces/{ns}",
+            get(admin::info)
+                .put(admin::put)
+                .delete(admin::delete)
+                .fallback(|| async { not_allowed(&[Method::GET, Method::PUT, Method::DELETE]) }),
+        )
+        .route(
+            "/v1/namespaces/{ns}/events",
+            get(read::read)
+                .post(publish::publish)
+                .fallback(|| async { not_allowed(&[Method::GET, Method::POST]) }),
+        )
+        .fallback(no_route)
+        // 5xx answers (503 while shutting down, 507 while storage fails) are expected
+        // states, logged where they arise: the trace records them at debug level.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
+        .with_state(log)
 }
 
-/// Answers one request. Never fails: every error becomes a JSON error response.
-///
-/// `HEAD` is answered on every `GET` route as `GET` would be, status and headers alike
-/// (`Content-Length` included), without the body.
-pub async fn handle(req: Request<Incoming>, app: App) -> Response<Body> {
-    let head = req.method() == Method::HEAD;
-    let res = match route(req, &app).await {
-        Ok(res) => res,
-        Err(e) => e.into_response(),
-    };
-    if head {
-        without_body(res)
-    } else {
-        res
+/// Answers one request with `router`, after normalising its path (see the module docs).
+pub(crate) async fn serve(mut router: Router, mut req: Request<Incoming>) -> Response {
+    let original = req.uri().clone();
+    if let Some(uri) = normalized(&original) {
+        req.extensions_mut().insert(OriginalUri(original));
+        *req.uri_mut() = uri;
     }
+    match router.call(req).await {
+        Ok(res) => res,
+        Err(never) => match never {},
+    }
+}
+
+/// `uri` with unreserved characters decoded in its path and trailing `/`s dropped; `None`
+/// when that changes nothing. The query is kept as sent.
+fn normalized(uri: &Uri) -> Option<Uri> {
+    let path = uri.path();
+    let decoded = params::decode_unreserved(path);
+    let trimmed = decoded.trim_end_matches('/');
+    let trimmed = if trimmed.is_empty() { "/" } else { trimmed };
+    if trimmed == path {
+        return None;
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{trimmed}?{q}"),
+        None => trimmed.to_owned(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = path_and_query.parse().ok();
+    Uri::from_parts(parts).ok()
+}
+
+/// A route's namespace segment, percent-decoded and checked (`400 bad_namespace`). A
+/// segment that is not UTF-8 once decoded is checked as sent, so the refusal names the
+/// bytes the client sent rather than U+FFFD.
+pub(super) struct Ns(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Ns {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ns, ApiError> {
+        // `/v1/namespaces/{ns}…`: the fourth piece of the (normalised) path.
+        let raw = parts.uri.path().split('/').nth(3).unwrap_or_default();
+        let ns = params::segment(raw).unwrap_or_else(|| raw.to_owned());
+        validate_namespace(&ns)?;
+        Ok(Ns(ns))
+    }
+}
+
+async fn healthz() -> Response<Body> {
+    response::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(axum::extract::State(log): axum::extract::State<Log>) -> impl IntoResponse {
+    admin::ready(&log)
+}
+
+/// 405 for a route that takes only `GET` (and `HEAD`).
+async fn only_get() -> ApiError {
+    not_allowed(&[Method::GET])
+}
+
+/// 404 naming the path as the client sent it.
+async fn no_route(uri: Uri, original: Option<axum::Extension<OriginalUri>>) -> ApiError {
+    let path = match &original {
+        Some(axum::Extension(OriginalUri(o))) => o.path(),
+        None => uri.path(),
+    };
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!("no route for {path}"),
+    )
 }
 
 /// Answers a request that starts once shutdown has begun (the broker keeps accepting
 /// while it drains): `/healthz` as usual, `/readyz` 503, everything else `503
 /// shutting_down` with `Retry-After`, each with `Connection: close`. No new work is
 /// taken, and a load balancer polling readiness sees the broker leave.
-pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
+pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
     let mut res = match req.uri().path().trim_end_matches('/') {
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => admin::ready(log),
@@ -62,102 +163,26 @@ pub fn draining(req: &Request<Incoming>, log: &Log) -> Response<Body> {
             ErrorCode::ShuttingDown,
             "the broker is shutting down",
         )
-        .into_response(),
+        .response(),
     };
-    res.headers_mut().insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("close"),
-    );
+    res.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     if req.method() == Method::HEAD {
         without_body(res)
     } else {
-        res
+        res.into_response()
     }
 }
 
 /// A `HEAD` answer: the `GET` answer's status and headers, with the length its body had.
-fn without_body(res: Response<Body>) -> Response<Body> {
+fn without_body(res: Response<Body>) -> Response {
     let (mut parts, body) = res.into_parts();
     if let Some(len) = hyper::body::Body::size_hint(&body).exact() {
-        parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+        parts
+            .headers
+            .insert(hyper::header::CONTENT_LENGTH, HeaderValue::from(len));
     }
-    Response::from_parts(parts, Body::default())
-}
-
-async fn route(req: Request<Incoming>, app: &App) -> Result<Response<Body>, ApiError> {
-    let log = &app.log;
-    let path = req.uri().path().to_owned();
-    // Each segment percent-decoded (`a%2Eb` is `a.b`) after the split, so `%2F` makes no
-    // new segment; one that is not UTF-8 once decoded stays as sent, and a namespace
-    // holding it is refused (`%` is not allowed in a name).
-    let decoded: Vec<String> = path
-        .trim_end_matches('/')
-        .split('/')
-        .skip(1)
-        .map(|raw| params::segment(raw).unwrap_or_else(|| raw.to_owned()))
-        .collect();
-    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-    // HEAD takes the GET route (see `handle`).
-    let method = match req.method() {
-        &Method::HEAD => Method::GET,
-        m => m.clone(),
-    };
-    let head = req.method() == Method::HEAD;
-    match segments.as_slice() {
-        ["healthz"] => only(&method, &[Method::GET])
-            .map(|()| response::json(StatusCode::OK, &serde_json::json!({"status": "ok"}))),
-        ["readyz"] => {
-            only(&method, &[Method::GET])?;
-            Ok(admin::ready(log))
-        }
-        ["v1", "ws"] => {
-            only(&method, &[Method::GET])?;
-            if head {
-                // A HEAD cannot switch protocols; it learns what a plain GET would.
-                Ok(ws::upgrade_required())
-            } else {
-                Ok(ws::upgrade(req, &app.ws))
-            }
-        }
-        ["v1", "namespaces"] => {
-            only(&method, &[Method::GET])?;
-            admin::list(log)
-        }
-        ["v1", "namespaces", ns] => {
-            namespace(ns)?;
-            match method {
-                Method::GET => admin::info(log, ns),
-                Method::PUT => admin::put(req, log, ns).await,
-                Method::DELETE => admin::delete(log, ns).await,
-                _ => Err(not_allowed(&[Method::GET, Method::PUT, Method::DELETE])),
-            }
-        }
-        ["v1", "namespaces", ns, "events"] => {
-            namespace(ns)?;
-            match method {
-                Method::POST => publish::publish(req, log, ns).await,
-                Method::GET => read::read(req, log, ns).await,
-                _ => Err(not_allowed(&[Method::GET, Method::POST])),
-            }
-        }
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            format!("no route for {path}"),
-        )),
-    }
-}
-
-fn namespace(ns: &str) -> Result<(), ApiError> {
-    validate_namespace(ns).map_err(ApiError::from)
-}
-
-fn only(method: &Method, allowed: &[Method]) -> Result<(), ApiError> {
-    if allowed.contains(method) {
-        Ok(())
-    } else {
-        Err(not_allowed(allowed))
-    }
+    Response::from_parts(parts, axum::body::Body::empty())
 }
 
 /// 405 with an `Allow` header; every route with `GET` also takes `HEAD`.
@@ -180,6 +205,6 @@ fn not_allowed(allowed: &[Method]) -> ApiError {
 }
 
 /// The request's query parameters, decoded strictly when asked for (see [`params`]).
-fn query(req: &Request<Incoming>) -> params::Query<'_> {
+fn query<B>(req: &Request<B>) -> params::Query<'_> {
     params::Query::parse(req.uri().query())
 }

@@ -84,6 +84,42 @@ impl<'a> Query<'a> {
     }
 }
 
+/// `path` with each `%XX` that encodes an unreserved character (`A-Z a-z 0-9 - . _ ~`)
+/// decoded, which RFC 3986 §6.2.2.2 says changes nothing it identifies; every other escape
+/// (`%2F`, `%25`, a byte over 127) is kept as sent.
+pub(super) fn decode_unreserved(path: &str) -> Cow<'_, str> {
+    if !path.contains('%') {
+        return Cow::Borrowed(path);
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match escaped {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                // Not an unreserved escape: copied through up to the next `%`.
+                let next = bytes[i + 1..]
+                    .iter()
+                    .position(|&b| b == b'%')
+                    .map_or(bytes.len(), |p| i + 1 + p);
+                out.push_str(&path[i..next]);
+                i = next;
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
 /// One path segment, percent-decoded; `None` when the result is not UTF-8.
 pub(super) fn segment(raw: &str) -> Option<String> {
     percent_decode(raw.as_bytes())
@@ -127,6 +163,18 @@ mod tests {
         assert_eq!(err.code, ErrorCode::BadPosition);
         assert!(err.message.contains("from"), "{}", err.message);
         assert!(q.get("event", ErrorCode::BadFrame).is_ok());
+    }
+
+    #[test]
+    fn only_unreserved_escapes_are_decoded_before_routing() {
+        assert_eq!(decode_unreserved("/v1/n%61mespaces"), "/v1/namespaces");
+        assert_eq!(decode_unreserved("/a%2eb/%65vents"), "/a.b/events");
+        assert_eq!(decode_unreserved("/%7E%5F%2D"), "/~_-");
+        for kept in [
+            "/a%2Fb", "/%25", "/x%FFy", "/%C3%A9", "/%zz", "/%", "/a%2", "é%",
+        ] {
+            assert_eq!(decode_unreserved(kept), kept);
+        }
     }
 
     #[test]

@@ -2,17 +2,17 @@
 
 use std::time::Duration;
 
+use axum::extract::{Request, State};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use rewind_protocol::idempotency;
 use rewind_protocol::publish::{self, PublishLimits};
 use rewind_protocol::ErrorCode;
 
 use super::media::MediaType;
-use super::query;
 use super::response::{self, ApiError, Body};
+use super::{query, Ns};
 use crate::engine::{Idempotency, Log};
 use crate::storage::Appended;
 
@@ -83,9 +83,9 @@ fn body_timed_out(timeout: Duration) -> ApiError {
 /// Reads the whole body, refusing more than `limit` bytes, within `timeout` counted from
 /// now (the end of the headers). The deadline covers the whole body, so one that trickles
 /// in a byte at a time is cut off as surely as one that stalls: `408 request_timeout`,
-/// answered with `Connection: close` (see [`ApiError::into_response`]).
+/// answered with `Connection: close` (see [`ApiError::response`]).
 pub(super) async fn read_body(
-    req: Request<Incoming>,
+    req: Request,
     limit: usize,
     timeout: Duration,
 ) -> Result<Vec<u8>, ApiError> {
@@ -109,10 +109,7 @@ pub(super) async fn read_body(
 
 /// The one value of a header that may appear once (`name` as the docs spell it); a
 /// second copy is `400 bad_frame` naming the header, so no copy silently wins.
-fn single_header<'r>(
-    req: &'r Request<Incoming>,
-    name: &str,
-) -> Result<Option<&'r HeaderValue>, ApiError> {
+fn single_header<'r>(req: &'r Request, name: &str) -> Result<Option<&'r HeaderValue>, ApiError> {
     let mut values = req.headers().get_all(name).iter();
     let first = values.next();
     if values.next().is_some() {
@@ -124,7 +121,7 @@ fn single_header<'r>(
 }
 
 /// The `Idempotency-Key` header, checked by the rule every transport uses.
-fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> {
+fn idempotency_key(req: &Request) -> Result<Option<String>, ApiError> {
     let Some(value) = single_header(req, "Idempotency-Key")? else {
         return Ok(None);
     };
@@ -139,9 +136,9 @@ fn idempotency_key(req: &Request<Incoming>) -> Result<Option<String>, ApiError> 
 
 /// Publishes the body's events and answers with their offsets once they are durable.
 pub(super) async fn publish(
-    req: Request<Incoming>,
-    log: &Log,
-    ns: &str,
+    State(log): State<Log>,
+    Ns(ns): Ns,
+    req: Request,
 ) -> Result<Response<Body>, ApiError> {
     let cfg = log.config();
     let limits = PublishLimits {
@@ -180,7 +177,7 @@ pub(super) async fn publish(
         }
     };
     let idempotency = Idempotency::of(idempotency, &parsed.events, parsed.batch);
-    let appended = log.append(ns, parsed.events, idempotency).await?;
+    let appended = log.append(&ns, parsed.events, idempotency).await?;
     // A replay answers in the original's shape (a record from before shapes were kept
     // cannot tell, and takes the retry's).
     let (first, last, replayed, batch) = match appended {

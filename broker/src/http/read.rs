@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use axum::extract::{Request, State};
 use hyper::header::{ACCEPT, VARY};
-use hyper::{Request, Response, StatusCode};
+use hyper::{Response, StatusCode};
 use rewind_protocol::{ErrorCode, Position};
 
 use super::response::{self, ApiError, Body};
-use super::{media, query};
+use super::{media, query, Ns};
 use crate::engine::{Log, ReadRequest};
 
 /// Events per page when `limit` is not given.
@@ -27,9 +27,9 @@ fn bad_position(message: impl Into<String>) -> ApiError {
 
 /// Reads a page of events, waiting up to `wait` seconds for the first one.
 pub(super) async fn read(
-    req: Request<Incoming>,
-    log: &Log,
-    ns: &str,
+    State(log): State<Log>,
+    Ns(ns): Ns,
+    req: Request,
 ) -> Result<Response<Body>, ApiError> {
     let cfg = log.config();
     let params = query(&req);
@@ -81,12 +81,12 @@ pub(super) async fn read(
             ))
         }
     };
-    let page = log.read(ns, ReadRequest { from, limit, wait }).await?;
+    let page = log.read(&ns, ReadRequest { from, limit, wait }).await?;
     if msgpack {
         // A page stops at an event it cannot encode and names it in `error`.
         let (bytes, error) = page.to_msgpack();
         if let Some(e) = error {
-            tracing::error!(ns, offset = e.offset, error = %e.message, "event cannot be encoded in MessagePack");
+            tracing::error!(ns = %ns, offset = e.offset, error = %e.message, "event cannot be encoded in MessagePack");
         }
         Ok(varies(response::with_body(
             StatusCode::OK,

@@ -1,5 +1,6 @@
 //! Building responses: JSON bodies and the `{"error": {"code", "message"}}` shape.
 
+use axum::response::IntoResponse;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
@@ -8,11 +9,11 @@ use rewind_protocol::{ErrorCode, ProtocolError};
 
 use crate::engine::LogError;
 
-/// The body type of every response.
-pub type Body = Full<Bytes>;
+/// The body type of every response the handlers build (axum boxes it on the way out).
+pub(crate) type Body = Full<Bytes>;
 
 /// A response with a body of `content_type`.
-pub fn with_body(
+pub(crate) fn with_body(
     status: StatusCode,
     content_type: &'static str,
     body: impl Into<Bytes>,
@@ -25,12 +26,12 @@ pub fn with_body(
 }
 
 /// A JSON response.
-pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
     with_body(status, "application/json", value.to_string())
 }
 
 /// An empty response.
-pub fn empty(status: StatusCode) -> Response<Body> {
+pub(crate) fn empty(status: StatusCode) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::new()));
     *res.status_mut() = status;
     res
@@ -38,7 +39,7 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 
 /// An HTTP error: its status, code and message.
 #[derive(Debug)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// The HTTP status.
     pub status: StatusCode,
     /// The error code.
@@ -73,13 +74,15 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadFrame, message)
     }
 
-    /// The response. A 408 carries `Connection: close`: the rest of that body may still
-    /// come, and is not read.
-    pub fn into_response(self) -> Response<Body> {
-        let body = serde_json::json!({
-            "error": { "code": self.code.as_str(), "message": self.message }
-        });
-        let mut res = json(self.status, &body);
+    /// The response (body: [`ErrorCode::http_body`]). A 503 or 429 carries
+    /// `Retry-After: 1`; a 408 carries `Connection: close`: the rest of that body may
+    /// still come, and is not read.
+    pub fn response(self) -> Response<Body> {
+        let mut res = with_body(
+            self.status,
+            "application/json",
+            self.code.http_body(&self.message),
+        );
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             res.headers_mut().insert(ALLOW, allow);
         }
@@ -95,6 +98,12 @@ impl ApiError {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         res
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        self.response().into_response()
     }
 }
 

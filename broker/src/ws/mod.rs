@@ -22,19 +22,19 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::header::{
     HeaderMap, HeaderValue, CONNECTION, CONTENT_TYPE, RETRY_AFTER, SEC_WEBSOCKET_ACCEPT,
     SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use rewind_protocol::wire::Encoding;
 use rewind_protocol::ErrorCode;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
+use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 
@@ -43,7 +43,7 @@ use crate::engine::Log;
 const TUNGSTENITE_WRITE_CAP: usize = 64 << 10;
 
 /// The body of the handshake's answers (the same type as every HTTP answer's).
-pub type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// A refused handshake: `code`'s HTTP status ([`ErrorCode::http_status`]) with the JSON
 /// error body ([`ErrorCode::http_body`]); a 503 says `Retry-After: 1`, as every HTTP 503
@@ -68,36 +68,19 @@ pub struct WsContext {
     pub log: Log,
     /// Connection slots (`max_connections`); a session holds one for its life.
     slots: Arc<Semaphore>,
-    /// How many sessions are running: counted by the sessions themselves (a
-    /// [`SessionCount`] each), not by clones of the context, which every HTTP connection
-    /// holds too.
-    open: Arc<watch::Sender<usize>>,
-}
-
-/// Counts one session for as long as it is alive.
-struct SessionCount(Arc<watch::Sender<usize>>);
-
-impl SessionCount {
-    fn new(open: &Arc<watch::Sender<usize>>) -> SessionCount {
-        open.send_modify(|n| *n += 1);
-        SessionCount(Arc::clone(open))
-    }
-}
-
-impl Drop for SessionCount {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
+    /// The running sessions, each spawned on it, so shutdown can wait for them.
+    sessions: TaskTracker,
 }
 
 impl WsContext {
-    /// A context; the receiver holds the number of sessions running, so shutdown can
-    /// wait for it to reach 0.
-    pub fn new(log: Log) -> (WsContext, watch::Receiver<usize>) {
-        let open = Arc::new(watch::Sender::new(0));
-        let sessions = open.subscribe();
+    /// A context whose sessions run on `sessions`.
+    pub fn new(log: Log, sessions: TaskTracker) -> WsContext {
         let slots = Arc::new(Semaphore::new(log.config().max_connections));
-        (WsContext { log, slots, open }, sessions)
+        WsContext {
+            log,
+            slots,
+            sessions,
+        }
     }
 
     fn socket_config(&self) -> WebSocketConfig {
@@ -153,7 +136,7 @@ fn negotiate(headers: &HeaderMap) -> (Encoding, Option<&'static str>) {
 
 /// The answer to a plain (not upgrading) request to `/v1/ws`: `426 Upgrade Required`,
 /// `Upgrade: websocket`, and a JSON error `upgrade_required`.
-pub fn upgrade_required() -> Response<Body> {
+fn upgrade_required() -> Response<Body> {
     let mut res = refusal(
         ErrorCode::UpgradeRequired,
         "this is a WebSocket endpoint: send Connection: Upgrade and Upgrade: websocket",
@@ -164,14 +147,15 @@ pub fn upgrade_required() -> Response<Body> {
     res
 }
 
-/// Answers the handshake with `101 Switching Protocols` and starts the session, or
-/// refuses it: `426` (not an upgrade, or not version 13), `400 bad_frame` (a bad
-/// `Sec-WebSocket-Key`), `503 overloaded` (every connection slot taken).
-pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Response<Body> {
+/// Answers `GET /v1/ws`: the handshake with `101 Switching Protocols`, starting the
+/// session on the upgraded connection (hyper's own upgrade: the session writes to the
+/// socket itself); a plain request or a `HEAD` (which cannot switch protocols) with
+/// `426`; a bad handshake with `400`; no free slot with `503 overloaded`.
+pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body> {
     let headers = req.headers();
     let is_ws = header_has_token(headers, CONNECTION, "upgrade")
         && header_has_token(headers, UPGRADE, "websocket");
-    if !is_ws {
+    if !is_ws || req.method() == Method::HEAD {
         return upgrade_required();
     }
     if headers
@@ -203,11 +187,10 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Response<Body> {
         return refusal(ErrorCode::Overloaded, "too many connections");
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    // Counted before the 101 goes out, so shutdown never misses a session starting.
-    let counted = SessionCount::new(&ctx.open);
     let session_ctx = ctx.clone();
     let config = ctx.socket_config();
-    tokio::spawn(async move {
+    // Tracked before the 101 goes out, so shutdown never misses a session starting.
+    ctx.sessions.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(
@@ -221,9 +204,8 @@ pub fn upgrade(mut req: Request<Incoming>, ctx: &WsContext) -> Response<Body> {
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
         drop(permit);
-        drop(counted);
     });
-    let mut res = Response::new(Full::new(Bytes::new()));
+    let mut res = Response::new(Body::default());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(UPGRADE, HeaderValue::from_static("websocket"));

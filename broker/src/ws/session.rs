@@ -193,11 +193,11 @@ impl Session {
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let ping_timeout = Duration::from_secs(cfg.ws_ping_timeout_secs);
-        let mut shutdown = self.ctx.log.shutdown_signal();
+        let shutdown = self.ctx.log.shutdown_signal();
         let close = loop {
             let turn = {
                 let closing = self.closing.is_some();
-                let stop = shutdown.wait_for(|s| *s);
+                let stop = shutdown.cancelled();
                 tokio::pin!(stop);
                 let silence = sleep_until(self.deadline);
                 tokio::pin!(silence);
