@@ -294,7 +294,7 @@ impl Log {
     }
 
     /// A token cancelled when shutdown begins (a child: cancelling it stops nothing else).
-    pub fn shutdown_signal(&self) -> CancellationToken {
+    pub(crate) fn shutdown_signal(&self) -> CancellationToken {
         self.inner.shutdown.child_token()
     }
 

@@ -208,3 +208,22 @@ fn not_allowed(allowed: &[Method]) -> ApiError {
 fn query<B>(req: &Request<B>) -> params::Query<'_> {
     params::Query::parse(req.uri().query())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::normalized;
+
+    #[test]
+    fn paths_are_normalised_before_routing_and_queries_kept() {
+        let n = |uri: &str| normalized(&uri.parse().unwrap()).map(|u| u.to_string());
+        assert_eq!(n("/healthz/").as_deref(), Some("/healthz"));
+        assert_eq!(
+            n("/v1/n%61mespaces/a%2eb//?from=%61&x=1").as_deref(),
+            Some("/v1/namespaces/a.b?from=%61&x=1")
+        );
+        assert_eq!(n("///").as_deref(), Some("/"));
+        for unchanged in ["/", "/healthz", "/v1/namespaces/a%2Fb/events?event=%FF"] {
+            assert_eq!(n(unchanged), None, "{unchanged}");
+        }
+    }
+}

@@ -74,7 +74,7 @@ pub struct WsContext {
 
 impl WsContext {
     /// A context whose sessions run on `sessions`.
-    pub fn new(log: Log, sessions: TaskTracker) -> WsContext {
+    pub(crate) fn new(log: Log, sessions: TaskTracker) -> WsContext {
         let slots = Arc::new(Semaphore::new(log.config().max_connections));
         WsContext {
             log,
