@@ -35,7 +35,6 @@ use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::Router;
-use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONNECTION};
 use hyper::{Method, StatusCode, Uri};
 use rewind_protocol::{validate_namespace, ErrorCode};
@@ -76,7 +75,11 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
 }
 
 /// Answers one request with `router`, after normalising its path (see the module docs).
-pub(crate) async fn serve(mut router: Router, mut req: Request<Incoming>) -> Response {
+pub(crate) async fn serve<B>(mut router: Router, mut req: Request<B>) -> Response
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
     let original = req.uri().clone();
     if let Some(uri) = normalized(&original) {
         req.extensions_mut().insert(OriginalUri(original));
@@ -211,7 +214,80 @@ fn query<B>(req: &Request<B>) -> params::Query<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalized;
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    /// `method path` through [`serve`]: status, `Allow`, and the error code of the body.
+    async fn ask(
+        router: &Router,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, serde_json::Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let res = serve(router.clone(), req).await;
+        let status = res.status();
+        let allow = res
+            .headers()
+            .get(hyper::header::ALLOW)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+        (status, allow, json)
+    }
+
+    #[tokio::test]
+    async fn our_404_and_405_replace_axums_and_paths_route_once_normalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        });
+        let log = tokio::task::spawn_blocking(move || Log::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let router = router(log.clone(), get(|| async { StatusCode::IM_A_TEAPOT }));
+
+        let (status, _, body) = ask(&router, Method::GET, "/healthz/").await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (StatusCode::OK, Some("ok"))
+        );
+        let (status, _, _) = ask(&router, Method::GET, "/v1/w%73").await;
+        assert_eq!(status, StatusCode::IM_A_TEAPOT);
+
+        let (status, _, body) = ask(&router, Method::GET, "/v2/nothing/").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["error"]["code"], "not_found");
+        assert_eq!(body["error"]["message"], "no route for /v2/nothing/");
+
+        for (path, allow) in [
+            ("/v1/ws", "GET, HEAD"),
+            ("/readyz", "GET, HEAD"),
+            ("/v1/namespaces", "GET, HEAD"),
+            ("/v1/namespaces/bad%2Fname", "GET, HEAD, PUT, DELETE"),
+            ("/v1/namespaces/n/events/", "GET, HEAD, POST"),
+        ] {
+            let (status, got, body) = ask(&router, Method::PATCH, path).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+            assert_eq!(got.as_deref(), Some(allow), "{path}");
+            assert_eq!(body["error"]["code"], "method_not_allowed", "{path}");
+        }
+
+        let (status, _, body) = ask(&router, Method::GET, "/v1/namespaces/x%FFy").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(body["error"]["code"], "bad_namespace");
+        log.shutdown().await;
+    }
 
     #[test]
     fn paths_are_normalised_before_routing_and_queries_kept() {
