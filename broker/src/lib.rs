@@ -1,19 +1,20 @@
 //! The rewind broker.
 //!
-//! A map of the modules, from the disk up:
+//! A map of the modules, in the order an event passes them (`docs/architecture.md` draws
+//! the path; `tests/structure.rs` keeps the uses acyclic):
 //!
-//! - [`storage`]: the log store trait and its sled implementation (offsets, epochs,
-//!   retention, idempotency records, the durable sync).
-//! - [`engine`]: the [`Log`] handle transports use to publish, read and manage
-//!   namespaces; the writer thread that commits in groups; each namespace's live state;
-//!   the fan-out of live events to subscribers.
-//! - [`http`]: the HTTP API — routing, publish, read and long-poll, namespace admin.
-//! - [`ws`]: the WebSocket transport — sessions, multiplexed subscriptions with credit,
+//! - `http`: the HTTP API on axum — routing, publish, read and long-poll, namespace admin.
+//! - `ws`: the WebSocket transport — sessions, multiplexed subscriptions with credit,
 //!   publishing, liveness.
+//! - `engine`: the [`Log`] handle both transports call; the writer thread that commits in
+//!   groups; each namespace's live state; the fan-out of live events and its memory budget.
+//!   Its errors ([`LogError`]) carry the one mapping to wire codes.
+//! - `storage`: the [`Storage`] trait and the segmented store, [`LogStore`] (offsets,
+//!   epochs, retention, the write-ahead log and its group-commit sync, idempotency records).
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
-//! - [`config`]: the configuration struct, its defaults, and how flags, environment and
-//!   TOML combine.
+//! - [`config`]: [`Config`], each option declared once, and how flags, environment and
+//!   TOML combine (the binary builds its flags from [`config::OPTIONS`]).
 //!
 //! ### Entry points
 //!

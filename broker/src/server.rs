@@ -1,7 +1,7 @@
 //! The accept loop: one port, a cap on connections, and graceful shutdown.
 //!
 //! Each connection is served by hyper's HTTP/1 connection (with upgrades) running the axum
-//! [`http::router`]; the server adds the WebSocket route to it, so `http` and `ws` never
+//! `http::router`; the server adds the WebSocket route to it, so `http` and `ws` never
 //! use each other. Shutdown is one signal, the [`Log`]'s cancellation token
 //! ([`Log::begin_shutdown`]), and two [`TaskTracker`]s: the connections and the WebSocket
 //! sessions, each waited for within `shutdown_timeout_secs`.
@@ -23,8 +23,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::http;
 use crate::engine::Log;
+use crate::http;
 use crate::ws::{self, WsContext};
 
 /// How long a client may take to send a request's headers.

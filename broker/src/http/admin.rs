@@ -11,7 +11,7 @@ use super::response::{self, ApiError, Body};
 use super::Ns;
 use crate::config::{Retention, NO_LIMIT};
 use crate::engine::Log;
-use crate::storage::NsInfo;
+use crate::engine::NsInfo;
 
 /// Largest `PUT /v1/namespaces/{ns}` body, in bytes.
 const MAX_PUT_BODY: usize = 64 * 1024;

@@ -13,8 +13,8 @@ use rewind_protocol::ErrorCode;
 use super::media::MediaType;
 use super::response::{self, ApiError, Body};
 use super::{query, Ns};
+use crate::engine::Appended;
 use crate::engine::{Idempotency, Log};
-use crate::storage::Appended;
 
 /// How the body is to be read.
 enum BodyKind {
