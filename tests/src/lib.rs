@@ -1,11 +1,9 @@
 //! Helpers for end-to-end tests: start the real `rewind` binary on an ephemeral port with
 //! a temporary data directory, talk HTTP to it, kill it, restart it.
 //!
-//! The binary is `$REWIND_BIN` if set, else `rewind` next to the test executable's
-//! `deps/` directory, where `cargo test --workspace` builds it (the broker crate has
-//! integration tests of its own, which makes cargo build its binary). `cargo test -p
-//! rewind-tests` alone does not rebuild it, so a binary older than the sources of the
-//! crates it is built from (broker, protocol, client) is refused rather than tested.
+//! The binary is `$REWIND_BIN` if set, else the workspace's `rewind`, which [`rewind_bin`]
+//! builds first if its sources changed: `cargo test -p rewind-tests` alone tests the
+//! broker as the sources are.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -23,60 +21,47 @@ use tempfile::TempDir;
 pub use rewind_client::reqwest::header::HeaderMap;
 pub use rewind_client::reqwest::{Method, StatusCode};
 
-/// Path of the `rewind` binary under test.
+/// Path of the `rewind` binary under test: `$REWIND_BIN` if set; else the workspace's own,
+/// built (or found up to date) by `cargo build -p rewind-broker --bin rewind` once per
+/// test process, in the profile of the test executable, so no test ever runs a binary
+/// older than its sources. (cargo releases its build lock before it runs test
+/// executables, so the nested build does not wait on the outer one.)
 pub fn rewind_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("REWIND_BIN") {
         return PathBuf::from(bin);
     }
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_rewind).clone()
+}
+
+/// Builds the `rewind` binary beside the test executable's `deps/` directory.
+fn build_rewind() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe
         .parent()
         .and_then(Path::parent)
         .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join(format!("rewind{}", std::env::consts::EXE_SUFFIX));
-    let built = std::fs::metadata(&bin)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|_| {
-            panic!(
-                "{} is missing: run `cargo test --workspace` or `cargo build -p rewind-broker`",
-                bin.display()
-            )
-        });
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for crate_dir in ["broker", "protocol", "client"] {
-        if let Some(newer) = newer_source(&root.join(crate_dir), built) {
-            panic!(
-                "{} is older than {}: run `cargo test --workspace` or `cargo build -p rewind-broker`",
-                bin.display(),
-                newer.display()
-            );
-        }
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "rewind-broker", "--bin", "rewind"]);
+    if dir.file_name().is_some_and(|p| p == "release") {
+        cargo.arg("--release");
     }
+    let out = cargo.output().expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "building the rewind binary failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = dir.join(format!("rewind{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing after the build",
+        bin.display()
+    );
     bin
-}
-
-/// A source file under `dir` modified after `than`, if any.
-fn newer_source(dir: &Path, than: std::time::SystemTime) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(dir).ok()?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        if path.is_dir() {
-            if name != "target" {
-                if let Some(found) = newer_source(&path, than) {
-                    return Some(found);
-                }
-            }
-        } else if path.extension().is_some_and(|e| e == "rs" || e == "toml")
-            && entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .is_ok_and(|m| m > than)
-        {
-            return Some(path);
-        }
-    }
-    None
 }
 
 /// A running broker process.
