@@ -41,6 +41,7 @@ use rewind_protocol::frame::{
 };
 use rewind_protocol::wire::{self, Encoding};
 use rewind_protocol::{ErrorCode, NewEvent, Payload, Position};
+use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -443,8 +444,19 @@ impl Session {
         // (or the end of the stream, or the deadline). A socket closed with unread bytes
         // is answered by the kernel with a reset, and a reset can make the client's
         // kernel drop what it has not read yet: the close frame and the last answers.
+        // After a refused frame (too big, malformed) tungstenite gives up on the stream at
+        // once, while the client may still be sending the rest of it: the bytes are then
+        // read and dropped as they are, below the WebSocket framing.
         let _ = tokio::time::timeout_at(deadline, async {
-            while let Some(Ok(_)) = self.ws.next().await {}
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => break,
+                    None => return,
+                }
+            }
+            let mut dropped = [0u8; 8 << 10];
+            while let Ok(1..) = self.ws.get_mut().read(&mut dropped).await {}
         })
         .await;
     }
