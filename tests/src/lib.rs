@@ -772,3 +772,33 @@ pub fn status_kib(pid: u32, field: &str) -> u64 {
 pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
+
+/// Runs `cmd`, a `rewind serve` that must refuse to start, and returns its stderr after
+/// checking the exit status is 1 (every configuration error exits 1, whichever source it
+/// came from). One that starts anyway (it prints its listening line) is killed and the
+/// test fails, instead of hanging.
+pub fn refusal(cmd: &mut Command) -> String {
+    let mut child = cmd
+        .env_remove("REWIND_CONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rewind starts");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    });
+    let mut line = String::new();
+    let _ = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
+    if !line.is_empty() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("{cmd:?} started: {line}");
+    }
+    let status = child.wait().expect("rewind exits");
+    let stderr = stderr.join().expect("stderr reader");
+    assert_eq!(status.code(), Some(1), "{cmd:?}: {stderr}");
+    stderr
+}

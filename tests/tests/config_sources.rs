@@ -5,11 +5,10 @@
 //! table in `docs/operations.md` gives each option's key, flag and default as `--help`
 //! does.
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use rewind_tests::rewind_bin;
+use rewind_tests::{refusal, rewind_bin};
 
 /// One option as `rewind serve --help` shows it.
 struct Shown {
@@ -68,34 +67,6 @@ fn bad_value(option: &Shown) -> &'static str {
     } else {
         "bogus"
     }
-}
-
-/// Runs `cmd`, a `rewind serve` that must refuse to start; its stderr, after checking
-/// the exit status is 1. One that starts anyway is killed and the test fails.
-fn refusal(cmd: &mut Command) -> String {
-    let mut child = cmd
-        .env_remove("REWIND_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-    if !line.is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} started: {line}");
-    }
-    let status = child.wait().unwrap();
-    let stderr = stderr.join().unwrap();
-    assert_eq!(status.code(), Some(1), "{cmd:?}: {stderr}");
-    stderr
 }
 
 /// `rewind serve` in `dir`, on port 0, with the other options at their defaults except

@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rewind_tests::{request, rewind_bin, Broker};
+use rewind_tests::{refusal, request, rewind_bin, Broker};
 use rewind_tests::{Method, StatusCode};
 
 /// A broker whose stderr is a pipe (so not a terminal), kept for inspection.
@@ -213,36 +213,6 @@ async fn logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     assert!(status.success());
     assert!(stderr.contains("rewind started"), "{stderr}");
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
-}
-
-/// Runs `cmd`, a `rewind serve` that must fail to start; its stderr. One that starts
-/// anyway (it prints its listening line) is killed and the test fails, instead of
-/// hanging.
-fn refusal(cmd: &mut Command) -> String {
-    let mut child = cmd
-        .env_remove("REWIND_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = err.read_to_string(&mut text);
-        text
-    });
-    let mut line = String::new();
-    let _ = BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
-    if !line.is_empty() {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("{cmd:?} started: {line}");
-    }
-    let status = child.wait().unwrap();
-    let stderr = stderr.join().unwrap();
-    // Every configuration error exits 1, whichever source it came from.
-    assert_eq!(status.code(), Some(1), "{cmd:?}: {stderr}");
-    stderr
 }
 
 /// `rewind serve` with `args` and `env` (on port 0 unless `args` say otherwise, in a
