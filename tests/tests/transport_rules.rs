@@ -329,6 +329,8 @@ async fn a_plain_request_to_the_websocket_endpoint_is_426_upgrade_required() {
             "{version:?}"
         );
         assert_eq!(r.headers["sec-websocket-version"], "13");
+        // RFC 9110 §15.5.22: every 426 names the protocol (a tester found this one did not).
+        assert_eq!(r.headers["upgrade"], "websocket", "{version:?}");
     }
     // Upgrade without Connection: Upgrade is not a handshake either.
     let r = b

@@ -168,8 +168,10 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
             ErrorCode::UpgradeRequired,
             "Sec-WebSocket-Version must be 13",
         );
-        res.headers_mut()
-            .insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        // RFC 9110 §15.5.22: every 426 names the protocol to upgrade to.
+        let h = res.headers_mut();
+        h.insert(SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         return res;
     }
     let Some(key) = headers.get(SEC_WEBSOCKET_KEY) else {
