@@ -38,9 +38,14 @@ pub struct OptionSpec {
     /// One line saying what the option does, for `--help` (the field's documentation
     /// says more).
     pub summary: &'static str,
-    /// The least whole number the option takes (0 or 1); 0 for an option that is not a
-    /// number. [`Config::load`] refuses less, naming where the value came from.
+    /// The least whole number the option takes (its declaration's `min`, else 0); 0 for
+    /// an option that is not a number. [`Config::load`] refuses less, naming where the
+    /// value came from.
     least: u64,
+    /// The largest whole number the option takes (its declaration's `max`, else
+    /// `u64::MAX`: only its type bounds it). [`Config::load`] refuses more, naming where
+    /// the value came from.
+    most: u64,
 }
 
 impl OptionSpec {
@@ -70,13 +75,39 @@ impl OptionSpec {
 
     /// Reads `text` as a flag or a variable of this option is read (surrounding
     /// whitespace ignored): `Err` with the message [`Config::load`] gives for it. The
-    /// range check that needs the whole configuration (`must be at least 1`) is not made
-    /// here.
+    /// range check that needs the whole configuration (`must be at least 1`, `must be at
+    /// most N`) is not made here.
     pub fn check_text(&self, text: &str) -> Result<(), String> {
         Config::default()
             .set(self.name, Raw::Text(text))
             .map(|_| ())
     }
+
+    /// The largest whole number the option takes, if its declaration gives one (`max`);
+    /// `None` where only its type bounds it.
+    pub fn most(&self) -> Option<u64> {
+        (self.most != u64::MAX).then_some(self.most)
+    }
+}
+
+/// tokio's `Semaphore::MAX_PERMITS` (`usize::MAX >> 3`): a semaphore or a bounded channel
+/// (`tokio::sync::mpsc::channel`) of more permits panics when it is made.
+const TOKIO_MAX_PERMITS: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
+
+/// The most blocking threads: Linux's default `pid_max` (32768, `kernel/pid_max`) bounds
+/// the threads of a default system, so more could never run; tokio's builder adds its
+/// worker threads to the figure and overflows near `usize::MAX`.
+const MOST_BLOCKING_THREADS: u64 = 32_768;
+
+/// The longest a duration option is taken to mean: about a century. A deadline that far
+/// off is never reached, and `Instant::now()` plus `u64::MAX` seconds overflows the clock
+/// (a panic); see [`seconds`].
+const LONGEST: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `secs` seconds as a duration to add to `Instant::now()`: at most [`LONGEST`] (a
+/// century), so the deadline can be computed for any value an option takes.
+pub(crate) fn seconds(secs: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(secs).min(LONGEST)
 }
 
 /// The least value of `min` in a declaration: 0 when it is left out.
@@ -89,8 +120,20 @@ macro_rules! least {
     };
 }
 
+/// The value of `max` in a declaration: `u64::MAX` (only the type bounds it) when it is
+/// left out.
+macro_rules! most {
+    () => {
+        u64::MAX
+    };
+    ($most:expr) => {
+        $most
+    };
+}
+
 /// Declares every option once. For each plain option: its documentation, `name: Type =
-/// default`, the value name and the `--help` summary, and `min 1` if 0 is refused. The
+/// default`, the value name and the `--help` summary, `min N` if less than N is refused
+/// and `max N` if more than N is (where the value feeds an API with a bound). The
 /// retention options live in [`Config::retention`]; for each, the option name, the
 /// [`Retention`] field it sets, its default (`None`: no limit) and the same texts; they
 /// take a number from 1 up, or `none`.
@@ -103,7 +146,7 @@ macro_rules! options {
         $(
             $(#[doc = $doc:literal])*
             $field:ident: $ty:ty = $default:expr, $value_name:literal, $summary:literal
-            $(, min $least:literal)?;
+            $(, min $least:literal)? $(, max $most:expr)?;
         )*
         @retention {
             $(
@@ -152,12 +195,14 @@ macro_rules! options {
                 value_name: $value_name,
                 summary: $summary,
                 least: least!($($least)?),
+                most: most!($($most)?),
             },)*
             $(OptionSpec {
                 name: stringify!($roption),
                 value_name: $rvalue_name,
                 summary: $rsummary,
                 least: 1,
+                most: u64::MAX,
             },)*
         ];
 
@@ -223,9 +268,10 @@ options! {
         "How often the store checkpoints (segments synced, manifest written, write-ahead log trimmed), in ms",
         min 1;
     /// Write requests that may wait for the writer; when full, publishers get 503 with
-    /// `Retry-After`.
+    /// `Retry-After`. At most tokio's `Semaphore::MAX_PERMITS` (2305843009213693951), the
+    /// most a bounded channel holds.
     write_queue: usize = 4096, "N", "Write requests that may queue before publishers get 503",
-        min 1;
+        min 1, max TOKIO_MAX_PERMITS;
     /// Most write requests applied together before one flush (group commit).
     max_group_commit: usize = 1024, "N", "Most write requests sharing one flush", min 1;
     /// Largest payload of one event, in bytes (1 MiB).
@@ -253,18 +299,26 @@ options! {
         "How long an Idempotency-Key is remembered, in seconds";
     /// Create a namespace on its first publish.
     auto_create: bool = true, "BOOL", "Create namespaces on first publish";
-    /// Most concurrent client connections; further ones wait to be accepted.
-    max_connections: usize = 10_000, "N", "Most concurrent connections", min 1;
+    /// Most concurrent client connections; further ones wait to be accepted. At most
+    /// tokio's `Semaphore::MAX_PERMITS` (2305843009213693951), the most a semaphore counts.
+    max_connections: usize = 10_000, "N", "Most concurrent connections", min 1,
+        max TOKIO_MAX_PERMITS;
     /// Memory sled may use as its page cache, in bytes (512 MiB); a cap, filled only as
     /// data is written and read. sled holds only idempotency records; events live in
-    /// segment files read through the OS page cache (`docs/storage.md`).
-    store_cache_bytes: u64 = 512 << 20, "BYTES", "Page cache of the embedded store in bytes";
+    /// segment files read through the OS page cache (`docs/storage.md`). At least 256:
+    /// sled refuses a smaller cache when the store is opened ("configure the cache
+    /// capacity to be at least 256 bytes"), so a smaller one is refused here, before
+    /// anything is opened.
+    store_cache_bytes: u64 = 512 << 20, "BYTES", "Page cache of the embedded store in bytes",
+        min 256;
     /// Size at which a namespace's log starts a new segment file, in bytes (16 MiB);
     /// retention removes whole segments, so a namespace holds up to this much more than
     /// its limits allow. A segment holds at least one event, however large.
     segment_bytes: u64 = 16 << 20, "BYTES",
         "Size at which a namespace's log starts a new segment file, in bytes", min 1;
-    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds.
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds
+    /// (more than a century is taken as a century: a deadline that far off is never
+    /// reached, and the clock cannot hold `u64::MAX` seconds from now).
     shutdown_timeout_secs: u64 = 30, "SECS",
         "Seconds in-flight requests get to finish on shutdown";
     /// Runs of live events kept per namespace for subscribers that keep up (a run is up to
@@ -281,10 +335,14 @@ options! {
     /// log).
     fanout_memory_bytes: u64 = 64 << 20, "BYTES",
         "Bytes of live events held for subscribers, for the whole broker";
-    /// WebSocket: seconds between the broker's `ping`s.
+    /// WebSocket: seconds between the broker's `ping`s (more than a century is taken as a
+    /// century: a deadline that far off is never reached, and the clock cannot hold
+    /// `u64::MAX` seconds from now).
     ws_ping_interval_secs: u64 = 25, "SECS", "WebSocket ping interval in seconds", min 1;
     /// WebSocket: seconds after a `ping` within which the client must send something,
-    /// else the connection is dropped.
+    /// else the connection is dropped (more than a century is taken as a century: a
+    /// deadline that far off is never reached, and the clock cannot hold `u64::MAX`
+    /// seconds from now).
     ws_ping_timeout_secs: u64 = 20, "SECS",
         "WebSocket: silence allowed after a ping, in seconds", min 1;
     /// WebSocket: most namespaces open on one connection.
@@ -301,8 +359,11 @@ options! {
         "WebSocket: read buffer per connection in bytes", min 1;
     /// WebSocket: the most bytes one socket write carries (64 KiB). Outgoing frames are
     /// shared, already-framed bytes handed to one vectored write, so this is not a buffer
-    /// and costs no memory; it only bounds how much one write takes on.
-    ws_write_buffer_bytes: usize = 64 << 10, "BYTES", "WebSocket: most bytes per socket write";
+    /// and costs no memory; it only bounds how much one write takes on. At least 1: a
+    /// connection takes events from its subscriptions only while fewer bytes than this
+    /// wait to be written, so 0 would never send one.
+    ws_write_buffer_bytes: usize = 64 << 10, "BYTES", "WebSocket: most bytes per socket write",
+        min 1;
     /// WebSocket: publishes one connection may have unanswered (waiting for durability, or
     /// for the answers of earlier publishes); past it the broker stops reading the
     /// connection until one is answered. One connection's throughput is about this many
@@ -320,9 +381,12 @@ options! {
     /// more work waits in tokio's queue. Each thread keeps memory of its own (its stack,
     /// mimalloc's per-thread pages), and tokio's default of 512 let stalled WebSocket
     /// subscribers catching up grow RSS by about 150 KiB a thread
-    /// (`tests/tests/ws_catch_up_memory.rs`).
+    /// (`tests/tests/ws_catch_up_memory.rs`). At most 32768, Linux's default `pid_max`
+    /// (more threads could not run on a default system, and tokio's builder overflows
+    /// near `usize::MAX`).
     blocking_threads: usize = 32, "N",
-        "Threads for blocking work (store reads, checkpoints) at most", min 1;
+        "Threads for blocking work (store reads, checkpoints) at most", min 1,
+        max MOST_BLOCKING_THREADS;
     @retention {
         /// keep at most this many events of a namespace.
         retention_max_events => max_events = None, "N|none",
@@ -348,7 +412,7 @@ pub enum Origin {
     Variable {
         /// Its name.
         name: String,
-        /// Its value.
+        /// Its value (where it is not UTF-8, each bad sequence as U+FFFD).
         value: String,
     },
     /// A key of the TOML file.
@@ -455,12 +519,25 @@ impl Config {
         if let Some(path) = &sources.file {
             layers = layers.merge(FileLayer::read(path)?);
         }
-        let variables = OPTIONS.iter().filter_map(|spec| {
-            let text = env(&spec.variable())?;
-            Some((spec.name.to_owned(), text.to_string_lossy().into_owned()))
-        });
+        let mut variables = Vec::new();
+        for spec in OPTIONS {
+            let name = spec.variable();
+            let Some(text) = env(&name) else {
+                continue;
+            };
+            // Refused as a flag that is not UTF-8 is: changed, it would be another value
+            // (another directory).
+            let text = text.into_string().map_err(|text| ConfigError::Value {
+                origin: Origin::Variable {
+                    name: name.clone(),
+                    value: text.to_string_lossy().into_owned(),
+                },
+                message: "the value is not UTF-8".to_owned(),
+            })?;
+            variables.push((spec.name.to_owned(), text));
+        }
         let layers = layers
-            .merge(Texts::read(TextKind::Variable, variables)?)
+            .merge(Texts::read(TextKind::Variable, variables.into_iter())?)
             .merge(Texts::read(TextKind::Flag, sources.flags.iter().cloned())?);
         let (cfg, origins) = Config::from_layers(&layers)?;
         cfg.check().map_err(|(option, message)| {
@@ -531,12 +608,18 @@ impl Config {
             .map_err(|(option, message)| ConfigError::Invalid(format!("{option} {message}")))
     }
 
-    /// The first option whose value is under its least (its declaration's `min`), and
-    /// why.
+    /// The first option whose value is under its least (its declaration's `min`) or
+    /// over its most (`max`), and why.
     fn check(&self) -> Result<(), (&'static str, String)> {
-        for spec in OPTIONS.iter().filter(|o| o.least > 0) {
-            if self.whole(spec.name).is_some_and(|v| v < spec.least) {
+        for spec in OPTIONS {
+            let Some(value) = self.whole(spec.name) else {
+                continue;
+            };
+            if value < spec.least {
                 return Err((spec.name, format!("must be at least {}", spec.least)));
+            }
+            if value > spec.most {
+                return Err((spec.name, format!("must be at most {}", spec.most)));
             }
         }
         Ok(())
@@ -1180,10 +1263,130 @@ mod tests {
                 continue;
             }
             let zero_refused = cfg.check().is_err();
-            assert_eq!(spec.least == 1, zero_refused, "{option}");
+            assert_eq!(spec.least > 0, zero_refused, "{option}");
+            // The least the check takes is the one the message gives.
+            let least = least_taken(option);
+            assert_eq!(least, spec.least, "{option}");
             let err = Config::default().set(option, Raw::Text("-1")).unwrap_err();
-            let least = u8::from(zero_refused);
             assert!(err.contains(&format!("from {least} up")), "{option}: {err}");
+        }
+    }
+
+    /// The least whole number the range check takes for `option`, found by trying.
+    fn least_taken(option: &str) -> u64 {
+        (0..=u64::from(u16::MAX))
+            .find(|n| {
+                let mut cfg = Config::default();
+                cfg.set(option, Raw::Text(&n.to_string())).is_ok() && cfg.check().is_ok()
+            })
+            .unwrap()
+    }
+
+    #[test]
+    fn a_store_cache_under_sleds_floor_and_a_write_buffer_of_0_are_refused() {
+        // sled refuses a cache under 256 bytes only when the store is opened, and then
+        // as damage; a write buffer of 0 would never send an event.
+        assert_eq!(least_taken("store_cache_bytes"), 256);
+        assert_eq!(least_taken("ws_write_buffer_bytes"), 1);
+        for (variable, text, why) in [
+            ("REWIND_STORE_CACHE_BYTES", "0", "must be at least 256"),
+            ("REWIND_STORE_CACHE_BYTES", "255", "must be at least 256"),
+            ("REWIND_WS_WRITE_BUFFER_BYTES", "0", "must be at least 1"),
+        ] {
+            let err = refused(&Sources::default(), &[(variable, text)]);
+            assert_eq!(
+                err,
+                format!("environment variable {variable}={text:?}: {why}")
+            );
+        }
+        let cfg = Config::load_from(
+            &Sources::default().flag("store_cache_bytes", "256"),
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(cfg.store_cache_bytes, 256);
+    }
+
+    #[test]
+    fn a_value_over_an_options_most_is_blamed_on_where_it_came_from() {
+        let permits = tokio::sync::Semaphore::MAX_PERMITS as u64;
+        let cases = [
+            ("write_queue", permits),
+            ("max_connections", permits),
+            ("blocking_threads", 32_768),
+        ];
+        for (option, most) in cases {
+            let spec = OptionSpec::named(option).unwrap();
+            assert_eq!(spec.most(), Some(most), "{option}");
+            let over = (most + 1).to_string();
+            let err = refused(&Sources::default().flag(option, &over), &[]);
+            assert_eq!(err, format!("--{}: must be at most {most}", spec.flag()));
+            let variable = spec.variable();
+            let err = refused(&Sources::default(), &[(variable.as_str(), over.as_str())]);
+            assert_eq!(
+                err,
+                format!("environment variable {variable}={over:?}: must be at most {most}")
+            );
+            let dir = tempfile::tempdir().unwrap();
+            let (path, sources) = file(
+                &dir,
+                &format!(
+                    "{option} = {}
+",
+                    most + 1
+                ),
+            );
+            assert_eq!(
+                refused(&sources, &[]),
+                format!(
+                    "config file {}, key `{option}`: must be at most {most}",
+                    path.display()
+                )
+            );
+            let err = refused(
+                &Sources::default().flag(option, &usize::MAX.to_string()),
+                &[],
+            );
+            assert!(err.ends_with(&format!("must be at most {most}")), "{err}");
+            let cfg = Config::load_from(
+                &Sources::default().flag(option, &most.to_string()),
+                env(&[]),
+            )
+            .unwrap();
+            assert_eq!(cfg.whole(option), Some(most));
+        }
+        // Every other option is bounded by its type only.
+        for spec in OPTIONS {
+            if !cases.iter().any(|(o, _)| *o == spec.name) {
+                assert_eq!(spec.most(), None, "{}", spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn seconds_of_any_option_make_a_deadline() {
+        let now = std::time::Instant::now();
+        for secs in [0, 30, u64::MAX / 1000, u64::MAX] {
+            let after = seconds(secs);
+            assert!(now.checked_add(after).is_some(), "{secs}");
+            assert!(tokio::time::Instant::now().checked_add(after).is_some());
+        }
+        assert_eq!(seconds(30), std::time::Duration::from_secs(30));
+        assert_eq!(seconds(u64::MAX), LONGEST);
+    }
+
+    #[test]
+    fn a_variable_that_is_not_utf8_is_refused_naming_it() {
+        use std::os::unix::ffi::OsStringExt;
+        for name in ["REWIND_DATA_DIR", "REWIND_WRITE_QUEUE", "REWIND_LISTEN"] {
+            let env = |asked: &str| (asked == name).then(|| OsString::from_vec(b"d-\xff".to_vec()));
+            let err = Config::load_from(&Sources::default(), env)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                err,
+                format!("environment variable {name}=\"d-\u{fffd}\": the value is not UTF-8")
+            );
         }
     }
 

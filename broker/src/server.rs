@@ -129,7 +129,8 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     // health checks get 503 instead of a refused connection (see `http::draining`).
     log.begin_shutdown();
     tracing::info!("shutting down: new requests get 503");
-    let grace = Duration::from_secs(log.config().shutdown_timeout_secs);
+    // At most a century, so the deadline can be computed however large the option.
+    let grace = crate::config::seconds(log.config().shutdown_timeout_secs);
     let deadline = tokio::time::Instant::now() + grace;
     // No task is added to either tracker from here (the accept loop is over, and a
     // session starts only from a connection's request), so each wait ends when its last

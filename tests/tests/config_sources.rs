@@ -8,7 +8,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use rewind_tests::{refusal, rewind_bin};
+use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
+use rewind_protocol::Position;
+use rewind_tests::ws::Client;
+use rewind_tests::{refusal, rewind_bin, Broker, StatusCode};
 
 /// One option as `rewind serve --help` shows it.
 struct Shown {
@@ -157,6 +160,206 @@ fn a_value_under_an_options_least_is_blamed_on_its_source() {
             .env("REWIND_WRITE_QUEUE", "0"),
     );
     blames(&err, "--write-queue: ", &["REWIND_WRITE_QUEUE".to_owned()]);
+}
+
+/// The option whose TOML key is `key`.
+fn shown(key: &str) -> Shown {
+    shown_options()
+        .into_iter()
+        .find(|o| o.key() == key)
+        .unwrap_or_else(|| panic!("no option {key}"))
+}
+
+/// Every path under `dir` with its size, sorted: what a refused start must leave as it was.
+fn tree(dir: &Path) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap().flatten() {
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                todo.push(entry.path());
+            }
+            let name = entry
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .display()
+                .to_string();
+            found.push((name, if meta.is_dir() { 0 } else { meta.len() }));
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn a_store_cache_under_sleds_floor_is_refused_before_the_store_is_opened() {
+    // sled refuses a cache under 256 bytes only when it opens the idempotency store, and
+    // that used to be reported as damage, with --recover as the advice (which moved the
+    // healthy store aside).
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut b = Broker::open(&data, &[]).unwrap();
+    assert!(b.terminate().success());
+    let before = tree(&data);
+    let file = dir.path().join("rewind.toml");
+    let option = shown("store_cache_bytes");
+    for (text, least) in [("0", 256), ("255", 256)] {
+        let err = refusal(serve(dir.path(), &option).args(["--store-cache-bytes", text]));
+        blames(&err, "--store-cache-bytes: ", &[]);
+        assert!(
+            err.trim_end()
+                .ends_with(&format!("must be at least {least}")),
+            "{err}"
+        );
+        let err = refusal(
+            serve(dir.path(), &option)
+                .arg("--recover")
+                .env("REWIND_STORE_CACHE_BYTES", text),
+        );
+        let source = format!("environment variable REWIND_STORE_CACHE_BYTES=\"{text}\": ");
+        blames(&err, &source, &[]);
+        std::fs::write(&file, format!("store_cache_bytes = {text}\n")).unwrap();
+        let err = refusal(serve(dir.path(), &option).arg("--config").arg(&file));
+        let source = format!("config file {}, key `store_cache_bytes`: ", file.display());
+        blames(&err, &source, &[]);
+        assert!(
+            !err.contains("damaged") && !err.contains("--recover"),
+            "{err}"
+        );
+    }
+    assert_eq!(tree(&data), before, "a refused start changed the store");
+    let mut b = Broker::open(&data, &["--store-cache-bytes", "256"]).unwrap();
+    assert!(b.terminate().success(), "{}", b.stderr());
+    assert!(!b.stderr().contains("damaged"), "{}", b.stderr());
+}
+
+#[test]
+fn a_value_over_an_options_most_is_refused_naming_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rewind.toml");
+    // tokio's Semaphore::MAX_PERMITS, and Linux's default pid_max.
+    let permits = (usize::MAX >> 3) as u64;
+    let cases = [
+        ("write_queue", permits),
+        ("max_connections", permits),
+        ("blocking_threads", 32_768),
+    ];
+    for (key, most) in cases {
+        let option = shown(key);
+        let flag = format!("--{}", option.flag);
+        let why = format!("must be at most {most}");
+        for over in [(most + 1).to_string(), usize::MAX.to_string()] {
+            let err = refusal(serve(dir.path(), &option).args([flag.as_str(), over.as_str()]));
+            blames(
+                &err,
+                &format!("{flag}: {why}"),
+                std::slice::from_ref(&option.variable),
+            );
+            let err = refusal(serve(dir.path(), &option).env(&option.variable, &over));
+            let source = format!("environment variable {}={over:?}: {why}", option.variable);
+            blames(&err, &source, std::slice::from_ref(&flag));
+        }
+        // A TOML integer is at most i64::MAX, which every most is under.
+        std::fs::write(&file, format!("{key} = {}\n", most + 1)).unwrap();
+        let err = refusal(serve(dir.path(), &option).arg("--config").arg(&file));
+        let source = format!("config file {}, key `{key}`: {why}", file.display());
+        blames(&err, &source, std::slice::from_ref(&flag));
+    }
+}
+
+#[test]
+fn a_variable_that_is_not_utf8_is_refused_naming_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let option = shown("data_dir");
+    let bad = std::ffi::OsStr::from_bytes(b"d-\xff");
+    let err = refusal(
+        serve(dir.path(), &option)
+            .current_dir(dir.path())
+            .env("REWIND_DATA_DIR", bad),
+    );
+    blames(
+        &err,
+        "environment variable REWIND_DATA_DIR=\"d-\u{fffd}\": the value is not UTF-8",
+        &[],
+    );
+    // Nothing was created under another name.
+    assert_eq!(tree(dir.path()), [], "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_at_their_extremes_serve_and_stop() {
+    // Each option at its most (the semaphores' and the thread pool's bounds, and seconds
+    // that overflow the clock when added to it), and the write buffer at its least.
+    let most = |key: &str| match key {
+        "write_queue" | "max_connections" => ((usize::MAX >> 3) as u64).to_string(),
+        "blocking_threads" => "32768".to_owned(),
+        // u64::MAX itself is `none`.
+        "retention_max_age_secs" => (u64::MAX - 1).to_string(),
+        _ => u64::MAX.to_string(),
+    };
+    let keys = [
+        "write_queue",
+        "max_connections",
+        "blocking_threads",
+        "shutdown_timeout_secs",
+        "ws_ping_interval_secs",
+        "ws_ping_timeout_secs",
+        "max_wait_secs",
+        "http_body_timeout_secs",
+        "idempotency_window_secs",
+        "retention_max_age_secs",
+        "flush_interval_ms",
+        "checkpoint_interval_ms",
+        "retention_interval_ms",
+    ];
+    let mut args: Vec<String> = Vec::new();
+    for key in keys {
+        args.push(format!("--{}", key.replace('_', "-")));
+        args.push(most(key));
+    }
+    args.extend(["--ws-write-buffer-bytes".to_owned(), "1".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Broker::open(&dir.path().join("data"), &args).unwrap();
+    let r = b
+        .post_json("/v1/namespaces/a/events", r#"[{"event":"x","data":1}]"#)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    let mut c = Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: "a".into(),
+        from: Position::Earliest,
+        epoch: None,
+        credit: 10,
+    })
+    .await;
+    // The subscriber gets the event through a write buffer of 1 byte.
+    loop {
+        match c.next().await {
+            ServerMessage::Event(e) => {
+                assert_eq!(e.event.offset, 0);
+                break;
+            }
+            ServerMessage::Frame(ServerFrame::Opened { .. } | ServerFrame::Ping) => {}
+            ServerMessage::Frame(f) => panic!("unexpected {f:?}"),
+        }
+    }
+    // And answers a ping: the session lives on, its ping timer set a century away.
+    c.send(&ClientFrame::Ping).await;
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Pong) => break,
+            ServerMessage::Frame(ServerFrame::Ping) => {}
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+    drop(c);
+    let status = b.terminate();
+    assert!(status.success(), "{status}: {}", b.stderr());
+    assert!(!b.stderr().contains("panicked"), "{}", b.stderr());
 }
 
 #[test]

@@ -52,6 +52,7 @@ use super::answers::Answers;
 use super::link::Link;
 use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
+use crate::config::seconds;
 use crate::engine::{Idempotency, LogError, QueueSlot};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
@@ -190,10 +191,12 @@ pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
 impl Session {
     async fn serve(mut self) {
         let cfg = self.ctx.log.config();
-        let mut ping = tokio::time::interval(Duration::from_secs(cfg.ws_ping_interval_secs));
+        // Each at most a century, so the next tick and the deadline can be computed
+        // however large the option (tokio's interval adds its period to the last tick).
+        let mut ping = tokio::time::interval(seconds(cfg.ws_ping_interval_secs));
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let ping_timeout = Duration::from_secs(cfg.ws_ping_timeout_secs);
+        let ping_timeout = seconds(cfg.ws_ping_timeout_secs);
         let shutdown = self.ctx.log.shutdown_signal();
         let close = loop {
             let turn = {

@@ -34,15 +34,21 @@ impl ServeArgs {
     }
 }
 
-/// The flag of `spec`: `--write-queue <N>  summary [default: 4096] [env: REWIND_WRITE_QUEUE]`.
+/// The flag of `spec`: `--write-queue <N>  summary [default: 4096] [max:
+/// 2305843009213693951] [env: REWIND_WRITE_QUEUE]` (`[max: …]` where the declaration gives
+/// one).
 fn option_arg(spec: &'static OptionSpec) -> Arg {
+    let most = spec
+        .most()
+        .map(|most| format!(" [max: {most}]"))
+        .unwrap_or_default();
     Arg::new(spec.name)
         .long(spec.flag())
         .value_name(spec.value_name)
         .action(ArgAction::Set)
         .value_parser(move |text: &str| spec.check_text(text).map(|()| text.to_owned()))
         .help(format!(
-            "{} [default: {}] [env: {}]",
+            "{} [default: {}]{most} [env: {}]",
             spec.summary,
             spec.default_text(),
             spec.variable()
@@ -133,6 +139,14 @@ mod tests {
                 entry.contains(&format!("[env: {}]", spec.variable())),
                 "{entry}"
             );
+            // The most it takes, where it has one, and no other.
+            let shown = spec.most().map(|most| format!("[max: {most}]"));
+            let found = entry
+                .split("[max: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next())
+                .map(|most| format!("[max: {}]", most.split_whitespace().collect::<String>()));
+            assert_eq!(found, shown, "{entry}");
         }
         assert_eq!(entries.len(), OPTIONS.len() + 2, "{help}");
     }
