@@ -99,6 +99,13 @@ const TOKIO_MAX_PERMITS: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
 /// worker threads to the figure and overflows near `usize::MAX`.
 const MOST_BLOCKING_THREADS: u64 = 32_768;
 
+/// The largest WebSocket read buffer, 64 MiB: tungstenite allocates it for every
+/// connection and zero-fills all of it on every read (tungstenite-rs#547), so past a few
+/// MiB a larger one costs more than it saves; 64 MiB is sixty times the default largest
+/// frame. Near `usize::MAX` the allocation panicked (capacity overflow), and 1 TiB got the
+/// broker killed for its memory at the first connection.
+const MOST_WS_READ_BUFFER_BYTES: u64 = 64 << 20;
+
 /// The longest a duration option is taken to mean: about a century. A deadline that far
 /// off is never reached, and `Instant::now()` plus `u64::MAX` seconds overflows the clock
 /// (a panic); see [`seconds`].
@@ -354,9 +361,12 @@ options! {
         "WebSocket: largest incoming frame in bytes", min 1;
     /// WebSocket: read buffer per connection, in bytes. The default is small: it is
     /// allocated for every connection, idle or not, and most of a dashboard's connections
-    /// only read small frames; publish-heavy clients gain from a larger one.
+    /// only read small frames; publish-heavy clients gain from a larger one. At most
+    /// 64 MiB: tungstenite allocates it for every connection and zero-fills all of it on
+    /// every read (tungstenite-rs#547).
     ws_read_buffer_bytes: usize = 2048, "BYTES",
-        "WebSocket: read buffer per connection in bytes", min 1;
+        "WebSocket: read buffer per connection in bytes", min 1,
+        max MOST_WS_READ_BUFFER_BYTES;
     /// WebSocket: the most bytes one socket write carries (64 KiB). Outgoing frames are
     /// shared, already-framed bytes handed to one vectored write, so this is not a buffer
     /// and costs no memory; it only bounds how much one write takes on. At least 1: a
@@ -1314,6 +1324,7 @@ mod tests {
             ("write_queue", permits),
             ("max_connections", permits),
             ("blocking_threads", 32_768),
+            ("ws_read_buffer_bytes", 64 << 20),
         ];
         for (option, most) in cases {
             let spec = OptionSpec::named(option).unwrap();

@@ -245,6 +245,8 @@ fn a_value_over_an_options_most_is_refused_naming_its_source() {
         ("write_queue", permits),
         ("max_connections", permits),
         ("blocking_threads", 32_768),
+        // tungstenite allocates and zero-fills it for every connection.
+        ("ws_read_buffer_bytes", 64 << 20),
     ];
     for (key, most) in cases {
         let option = shown(key);
