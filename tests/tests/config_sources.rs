@@ -21,6 +21,8 @@ struct Shown {
     default: String,
     /// The variable shown (`REWIND_WRITE_QUEUE`).
     variable: String,
+    /// The most shown (`[max: 32768]`), where the option has one.
+    most: Option<String>,
 }
 
 impl Shown {
@@ -51,10 +53,12 @@ fn shown_options() -> Vec<Shown> {
             let default = between(entry, "[default: ")?;
             let variable =
                 between(entry, "[env: ").unwrap_or_else(|| panic!("--{flag} shows no variable"));
+            let most = between(entry, "[max: ").map(|m| m.split_whitespace().collect());
             Some(Shown {
                 flag,
                 default,
                 variable,
+                most,
             })
         })
         .collect();
@@ -293,35 +297,26 @@ fn a_variable_that_is_not_utf8_is_refused_naming_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_at_their_extremes_serve_and_stop() {
-    // Each option at its most (the semaphores' and the thread pool's bounds, and seconds
-    // that overflow the clock when added to it), and the write buffer at its least.
-    let most = |key: &str| match key {
-        "write_queue" | "max_connections" => ((usize::MAX >> 3) as u64).to_string(),
-        "blocking_threads" => "32768".to_owned(),
-        // u64::MAX itself is `none`.
-        "retention_max_age_secs" => (u64::MAX - 1).to_string(),
-        _ => u64::MAX.to_string(),
-    };
-    let keys = [
-        "write_queue",
-        "max_connections",
-        "blocking_threads",
-        "shutdown_timeout_secs",
-        "ws_ping_interval_secs",
-        "ws_ping_timeout_secs",
-        "max_wait_secs",
-        "http_body_timeout_secs",
-        "idempotency_window_secs",
-        "retention_max_age_secs",
-        "flush_interval_ms",
-        "checkpoint_interval_ms",
-        "retention_interval_ms",
-    ];
+    // Every whole-number option at its most: the one --help shows (the semaphores', the
+    // thread pool's and the read buffer's bounds), else the largest number (seconds that
+    // overflow the clock when added to it, sizes no arithmetic may overflow); and the
+    // write buffer at its least.
     let mut args: Vec<String> = Vec::new();
-    for key in keys {
-        args.push(format!("--{}", key.replace('_', "-")));
-        args.push(most(key));
+    for option in shown_options() {
+        let whole = option.default.parse::<u64>().is_ok() || option.default == "none";
+        if !whole || option.key() == "ws_write_buffer_bytes" {
+            continue;
+        }
+        // u64::MAX itself is `none` for a retention limit.
+        let largest = if option.default == "none" || option.key().starts_with("retention_max") {
+            u64::MAX - 1
+        } else {
+            u64::MAX
+        };
+        args.push(format!("--{}", option.flag));
+        args.push(option.most.unwrap_or_else(|| largest.to_string()));
     }
+    assert!(args.len() > 40, "{args:?}");
     args.extend(["--ws-write-buffer-bytes".to_owned(), "1".to_owned()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let dir = tempfile::tempdir().unwrap();
