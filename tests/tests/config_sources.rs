@@ -325,6 +325,14 @@ async fn options_at_their_extremes_serve_and_stop() {
         .post_json("/v1/namespaces/a/events", r#"[{"event":"x","data":1}]"#)
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{r:?}");
+    // A long-poll may ask for as long as `max_wait_secs` allows, however long (a tester's
+    // `wait=18446744073709551615` panicked the handler: u64::MAX as f64 is 2^64).
+    for wait in ["18446744073709551615", "18446744073709551616"] {
+        let r = b
+            .get(&format!("/v1/namespaces/a/events?from=0&wait={wait}"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "wait={wait}: {r:?}");
+    }
     let mut c = Client::connect(b.addr, None).await;
     c.send(&ClientFrame::Open {
         ns: "a".into(),

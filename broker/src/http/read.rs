@@ -54,7 +54,11 @@ pub(super) async fn read(
                 .ok()
                 .filter(|s| s.is_finite() && *s >= 0.0);
             match secs {
-                Some(s) if s <= cfg.max_wait_secs as f64 => Duration::from_secs_f64(s),
+                // `max_wait_secs as f64` may round up past any `Duration` (u64::MAX is
+                // 2^64 as f64): a wait that long is taken as the longest deadline.
+                Some(s) if s <= cfg.max_wait_secs as f64 => Duration::try_from_secs_f64(s)
+                    .unwrap_or(Duration::MAX)
+                    .min(crate::config::seconds(cfg.max_wait_secs)),
                 _ => {
                     return Err(bad_position(format!(
                         "wait must be a number of seconds from 0 to {}, not {text:?}",
