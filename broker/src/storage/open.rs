@@ -75,6 +75,28 @@ fn set_aside(dir: &Path, path: &Path, why: &str) -> Result<PathBuf, StoreError> 
     Ok(to)
 }
 
+/// What open does with `path`, an entry that does not belong where it is (`what` says
+/// why): refuses it as damage naming it, or with `recover` sets it aside (see
+/// [`set_aside`]) and notes the repair.
+fn misplaced(
+    dir: &Path,
+    recover: bool,
+    path: &Path,
+    what: &str,
+    repairs: &mut Vec<String>,
+) -> Result<(), StoreError> {
+    if !recover {
+        return Err(StoreError::damaged(path, 0, what));
+    }
+    let to = set_aside(dir, path, what)?;
+    repairs.push(format!(
+        "{}: {what}; set aside as {}",
+        path.display(),
+        to.display()
+    ));
+    Ok(())
+}
+
 /// Every `log/<ns>/<epoch>` directory. A file where `log/`, a namespace's directory or an
 /// incarnation's directory belongs is damage; `recover` sets it aside (see [`set_aside`]).
 fn incarnation_dirs(
@@ -84,21 +106,11 @@ fn incarnation_dirs(
     repairs: &mut Vec<String>,
 ) -> Result<Vec<(String, String)>, StoreError> {
     let mut out = Vec::new();
-    let misplaced = |path: &Path, what: &str, repairs: &mut Vec<String>| {
-        if !recover {
-            return Err(StoreError::damaged(path, 0, what));
-        }
-        let to = set_aside(dir, path, what)?;
-        repairs.push(format!(
-            "{}: {what}; set aside as {}",
-            path.display(),
-            to.display()
-        ));
-        Ok(())
-    };
     match std::fs::symlink_metadata(logs) {
         Ok(m) if !m.is_dir() => {
             misplaced(
+                dir,
+                recover,
                 logs,
                 "a file where the directory of namespace logs belongs",
                 repairs,
@@ -114,6 +126,8 @@ fn incarnation_dirs(
         let ns = ns?;
         if !ns.file_type()?.is_dir() {
             misplaced(
+                dir,
+                recover,
                 &ns.path(),
                 "a file where a namespace's directory belongs",
                 repairs,
@@ -126,6 +140,8 @@ fn incarnation_dirs(
             let epoch = epoch?;
             if !epoch.file_type()?.is_dir() {
                 misplaced(
+                    dir,
+                    recover,
                     &epoch.path(),
                     "a file where a namespace incarnation's directory belongs",
                     repairs,
@@ -162,18 +178,6 @@ fn check_wal_dir(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(StoreError::io_at(wal, e)),
     };
-    let mut misplaced = |path: &Path, what: &str| {
-        if !recover {
-            return Err(StoreError::damaged(path, 0, what));
-        }
-        let to = set_aside(dir, path, what)?;
-        repairs.push(format!(
-            "{}: {what}; set aside as {}",
-            path.display(),
-            to.display()
-        ));
-        Ok(())
-    };
     let mut seqs = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| StoreError::io_at(wal, e))?;
@@ -185,7 +189,13 @@ fn check_wal_dir(
             .and_then(|n| n.parse::<u64>().ok());
         match seq {
             Some(seq) if entry.file_type()?.is_file() => seqs.push((seq, path)),
-            _ => misplaced(&path, "not a segment file of the write-ahead log")?,
+            _ => misplaced(
+                dir,
+                recover,
+                &path,
+                "not a segment file of the write-ahead log",
+                repairs,
+            )?,
         }
     }
     seqs.sort();
@@ -196,8 +206,11 @@ fn check_wal_dir(
         }
         match before {
             Some(b) if seq != b + 1 => misplaced(
+                dir,
+                recover,
                 &path,
                 &format!("a write-ahead log segment numbered {seq} after {b}; segments are numbered consecutively"),
+                repairs,
             )?,
             _ => before = Some(seq),
         }
