@@ -323,6 +323,27 @@ pub fn first_offset(r: &crate::Response) -> Option<u64> {
     v["offset"].as_u64().or_else(|| v["first"].as_u64())
 }
 
+/// Sends the JSON publish `body` to `ns` again with its `Idempotency-Key` `key`; the
+/// answer, and whether it says it was replayed (`Idempotent-Replayed: true`).
+pub async fn retry_keyed(b: &Broker, ns: &str, key: &str, body: &str) -> (crate::Response, bool) {
+    let r = b
+        .request(
+            crate::Method::POST,
+            &format!("/v1/namespaces/{ns}/events"),
+            &[
+                ("content-type", "application/json"),
+                ("idempotency-key", key),
+            ],
+            body.to_owned(),
+        )
+        .await;
+    let replayed = r
+        .headers
+        .get("idempotent-replayed")
+        .is_some_and(|v| v == "true");
+    (r, replayed)
+}
+
 impl Ledger {
     /// Records `data` as acknowledged at offsets `first..`.
     pub fn record(&mut self, ns: &str, first: u64, data: &[String]) {
@@ -413,21 +434,7 @@ impl Ledger {
     /// original first offset.
     pub async fn check_keys(&self, b: &Broker) -> Result<(), String> {
         for (ns, key, body, first) in &self.keyed {
-            let r = b
-                .request(
-                    crate::Method::POST,
-                    &format!("/v1/namespaces/{ns}/events"),
-                    &[
-                        ("content-type", "application/json"),
-                        ("idempotency-key", key),
-                    ],
-                    body.clone(),
-                )
-                .await;
-            let replayed = r
-                .headers
-                .get("idempotent-replayed")
-                .is_some_and(|v| v == "true");
+            let (r, replayed) = retry_keyed(b, ns, key, body).await;
             if r.status != StatusCode::CREATED || !replayed || first_offset(&r) != Some(*first) {
                 return Err(format!(
                     "{ns}: the retry of key {key} (first offset {first}) got {} replayed={replayed}: {}",

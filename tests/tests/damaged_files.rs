@@ -499,21 +499,7 @@ async fn keys_after_recovery(
     let wal_damaged = t.damage.file().starts_with("wal");
     let (mut replayed_n, mut dropped) = (0, 0);
     for (ns, key, body, first) in &p.ledger.keyed {
-        let r = b
-            .request(
-                rewind_tests::Method::POST,
-                &format!("/v1/namespaces/{ns}/events"),
-                &[
-                    ("content-type", "application/json"),
-                    ("idempotency-key", key),
-                ],
-                body.clone(),
-            )
-            .await;
-        let replayed = r
-            .headers
-            .get("idempotent-replayed")
-            .is_some_and(|v| v == "true");
+        let (r, replayed) = fault::retry_keyed(b, ns, key, body).await;
         if r.status != StatusCode::CREATED {
             return Err(format!(
                 "{ns}: the retry of key {key} after --recover got {}: {}",
@@ -678,6 +664,16 @@ async fn run_all(what: &str, p: &Pristine, trials: Vec<Trial>) {
     );
 }
 
+/// The trial of a flipped byte `(file, pos)`, allowed to lose what `loss` says for that
+/// file; `position`: the refusal must name the byte.
+fn flip(loss: impl Fn(&Path) -> Loss, position: bool) -> impl Fn((PathBuf, u64)) -> Trial {
+    move |(file, pos)| Trial {
+        loss: loss(&file),
+        damage: Damage::Flip { file, pos },
+        position,
+    }
+}
+
 fn flips() -> u64 {
     fault::env_count("REWIND_DAMAGE_FLIPS", 8)
 }
@@ -795,14 +791,13 @@ async fn flipped_bytes_in_segment_files_are_refused_naming_file_and_byte() {
         .collect();
     let trials = random_flips(&p, &files, flips(), &mut rng)
         .into_iter()
-        .map(|(file, pos)| Trial {
-            loss: Loss {
-                ns: ns_of(&file),
+        .map(flip(
+            |file| Loss {
+                ns: ns_of(file),
                 max: 1,
             },
-            damage: Damage::Flip { file, pos },
-            position: true,
-        })
+            true,
+        ))
         .collect();
     run_all("flip segment", &p, trials).await;
 }
@@ -819,11 +814,7 @@ async fn flipped_bytes_in_the_manifest_are_refused_and_recovered_from_the_segmen
     );
     let trials = random_flips(&p, &[manifest], flips(), &mut rng)
         .into_iter()
-        .map(|(file, pos)| Trial {
-            damage: Damage::Flip { file, pos },
-            loss: Loss { ns: None, max: 0 },
-            position: false,
-        })
+        .map(flip(|_| Loss { ns: None, max: 0 }, false))
         .collect();
     run_all("flip manifest", &p, trials).await;
 }
@@ -858,14 +849,13 @@ async fn flipped_bytes_in_the_newest_write_ahead_log_segment_are_refused_not_tak
     let trials = random_flips(&p, std::slice::from_ref(&newest), flips(), &mut rng)
         .into_iter()
         .chain(last_frame_flips)
-        .map(|(file, pos)| Trial {
-            damage: Damage::Flip { file, pos },
-            loss: Loss {
+        .map(flip(
+            |_| Loss {
                 ns: None,
                 max: MAX_PUBLISH,
             },
-            position: true,
-        })
+            true,
+        ))
         .collect();
     run_all("flip newest wal", &p, trials).await;
 }
@@ -877,14 +867,13 @@ async fn flipped_bytes_in_an_older_write_ahead_log_segment_are_refused() {
     let oldest = wal_segments(&p.dir).remove(0);
     let trials = random_flips(&p, std::slice::from_ref(&oldest), flips(), &mut rng)
         .into_iter()
-        .map(|(file, pos)| Trial {
-            damage: Damage::Flip { file, pos },
-            loss: Loss {
+        .map(flip(
+            |_| Loss {
                 ns: None,
                 max: MAX_PUBLISH,
             },
-            position: true,
-        })
+            true,
+        ))
         .collect();
     run_all("flip older wal", &p, trials).await;
 }
@@ -903,11 +892,7 @@ async fn flipped_bytes_in_sleds_idempotency_files_are_refused_or_harmless() {
     chosen.extend(random_flips(&p, &files, flips(), &mut rng));
     let trials = chosen
         .into_iter()
-        .map(|(file, pos)| Trial {
-            damage: Damage::Flip { file, pos },
-            loss: Loss { ns: None, max: 0 },
-            position: false,
-        })
+        .map(flip(|_| Loss { ns: None, max: 0 }, false))
         .collect();
     run_all("flip idem", &p, trials).await;
 }
@@ -925,14 +910,13 @@ async fn any_file_of_the_store_flipped_or_cut_is_refused_or_harmless() {
     chosen.extend(random_flips(&p, &files, flips(), &mut rng));
     let mut trials: Vec<Trial> = chosen
         .into_iter()
-        .map(|(file, pos)| Trial {
-            loss: Loss {
-                ns: ns_of(&file),
+        .map(flip(
+            |file| Loss {
+                ns: ns_of(file),
                 max: 1,
             },
-            damage: Damage::Flip { file, pos },
-            position: false,
-        })
+            false,
+        ))
         .collect();
     for file in &files {
         if std::fs::metadata(file).is_ok_and(|m| m.len() >= 5) {
