@@ -397,6 +397,14 @@ options! {
     blocking_threads: usize = 32, "N",
         "Threads for blocking work (store reads, checkpoints) at most", min 1,
         max MOST_BLOCKING_THREADS;
+    /// `GET /metrics`: how many namespaces get series of their own (head offset,
+    /// subscriber lag): those whose slowest subscriber lags the most at the scrape. Bounds
+    /// the label cardinality whatever the number of namespaces; 0 gives none.
+    metrics_namespaces: usize = 10, "N",
+        "Metrics: namespaces with series of their own (the most lagging)";
+    /// How log lines are written to stderr: `text` (one line per event, coloured only at
+    /// a terminal) or `json` (one JSON object per line).
+    log_format: LogFormat = LogFormat::Text, "text|json", "Log line format on stderr";
     @retention {
         /// keep at most this many events of a namespace.
         retention_max_events => max_events = None, "N|none",
@@ -963,6 +971,33 @@ impl OptionValue for Durability {
         match self {
             Durability::Durable => "durable",
             Durability::Relaxed => "relaxed",
+        }
+        .to_owned()
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// tracing-subscriber's plain lines.
+    Text,
+    /// One JSON object per line (tracing-subscriber's `json`).
+    Json,
+}
+
+impl OptionValue for LogFormat {
+    const EXPECTED: &'static str = "\"text\" or \"json\"";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        match text {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("expected text or json, found {text:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
         }
         .to_owned()
     }
@@ -1645,6 +1680,6 @@ mod tests {
         assert_eq!(shown("retention_max_age_secs"), "604800");
         assert_eq!(shown("retention_max_bytes"), "none");
         assert_eq!(shown("write_queue"), "4096");
-        assert_eq!(OPTIONS.len(), 35);
+        assert_eq!(OPTIONS.len(), 37);
     }
 }

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::engine::error::LogError;
 use crate::engine::namespaces::{Namespace, Namespaces};
 use crate::engine::writer::{Command, Idempotency, Reply, Writer};
+use crate::metrics::{Metrics, Snapshot, Timer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
@@ -46,13 +47,15 @@ struct Inner {
     shutdown: CancellationToken,
     /// The writer thread, joined on shutdown.
     writer: Mutex<Option<JoinHandle<()>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// Room for one command in the writer's queue.
 pub type QueueSlot = mpsc::OwnedPermit<Command>;
 
-/// The writer's answer to a queued command, to be awaited.
-pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>);
+/// The writer's answer to a queued command, to be awaited; a publish's carries the timer
+/// of its latency, observed when the answer is dropped.
+pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>, Option<Timer>);
 
 impl<T> Pending<T> {
     /// Waits for the answer.
@@ -126,6 +129,7 @@ impl Log {
     pub fn start(store: Arc<dyn Storage>, config: Arc<Config>) -> Result<Log, StoreError> {
         let writer = Writer::new(Arc::clone(&store), Arc::clone(&config))?;
         let namespaces = writer.namespaces();
+        let metrics = writer.metrics();
         let (tx, rx) = mpsc::channel(config.write_queue);
         let handle = std::thread::Builder::new()
             .name("rewind-writer".into())
@@ -138,6 +142,7 @@ impl Log {
                 tx,
                 shutdown: CancellationToken::new(),
                 writer: Mutex::new(Some(handle)),
+                metrics,
             }),
         };
         log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || {
@@ -213,7 +218,7 @@ impl Log {
             mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
         })?;
-        Ok(Pending(answer))
+        Ok(Pending(answer, None))
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
@@ -257,7 +262,7 @@ impl Log {
             idempotency,
             reply,
         });
-        Pending(answer)
+        Pending(answer, Some(self.inner.metrics.publish_timer()))
     }
 
     /// Events of `ns` with offsets in `from..until`, at most `max_events` (and
@@ -306,13 +311,14 @@ impl Log {
         events: Vec<NewEvent>,
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, LogError> {
-        self.request(|reply| Command::Append {
+        let mut pending = self.submit(|reply| Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency,
             reply,
-        })
-        .await
+        })?;
+        pending.1 = Some(self.inner.metrics.publish_timer());
+        pending.wait().await
     }
 
     /// Creates a namespace or replaces its retention; true if it was created.
@@ -382,6 +388,7 @@ impl Log {
             .map_err(|e| LogError::BadPosition(e.to_string()))?;
         let wait = req.wait.min(Duration::from_secs(cfg.max_wait_secs));
         if start >= visible && !wait.is_zero() {
+            let _waiting = self.inner.metrics.long_poll();
             let shutdown = self.inner.shutdown.clone();
             tokio::select! {
                 moved = visible_rx.wait_for(|v| *v > start) => {
@@ -424,6 +431,30 @@ impl Log {
             epoch: state.epoch.clone(),
             error: None,
         })
+    }
+
+    /// The broker's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    /// The text of `GET /metrics`: the counters as they stand, and what is read now (the
+    /// writer's queue, the namespaces' heads and lag, the data directory's size, walked on
+    /// the blocking pool).
+    pub(crate) async fn metrics_text(&self) -> String {
+        let dir = self.inner.config.data_dir.clone();
+        let disk_bytes = tokio::task::spawn_blocking(move || crate::metrics::disk_bytes(&dir))
+            .await
+            .unwrap_or(0);
+        let snapshot = Snapshot {
+            write_queue_depth: (self.inner.tx.max_capacity() - self.inner.tx.capacity()) as u64,
+            namespaces: self.inner.namespaces.all().len() as u64,
+            disk_bytes,
+        };
+        let namespaces = &self.inner.namespaces;
+        self.inner
+            .metrics
+            .render(&snapshot, |ns| namespaces.get(ns).map(|s| s.visible()))
     }
 
     /// False once shutdown has begun.

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::engine::error::LogError;
 use crate::engine::fanout::SharedRun;
 use crate::engine::namespaces::{Namespace, Namespaces};
+use crate::metrics::Metrics;
 use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
 use crate::storage::{Durability, Retention};
 
@@ -157,6 +158,7 @@ pub struct Writer {
     dirty: HashSet<String>,
     /// Retention passes so far; idempotency records are pruned every 60th.
     retention_passes: u64,
+    metrics: Arc<Metrics>,
 }
 
 impl Writer {
@@ -173,15 +175,21 @@ impl Writer {
         Ok(Writer {
             store,
             namespaces,
-            config,
             dirty: HashSet::new(),
             retention_passes: 0,
+            metrics: Arc::new(Metrics::new(config.metrics_namespaces)),
+            config,
         })
     }
 
     /// The namespaces as readers see them, moved by this writer only.
     pub fn namespaces(&self) -> Arc<Namespaces> {
         Arc::clone(&self.namespaces)
+    }
+
+    /// The broker's metrics, which this writer moves for appends and syncs.
+    pub(crate) fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
     }
 
     /// Runs until a [`Command::Shutdown`] has been applied and the queue is drained, then
@@ -353,7 +361,9 @@ impl Writer {
             }
             let sync = group.needs_sync || (durable && !group.acks.is_empty());
             if sync {
+                let since = std::time::Instant::now();
                 self.store.sync()?;
+                self.metrics.synced(since);
             }
             Ok::<_, StoreError>(())
         })();
@@ -368,6 +378,13 @@ impl Writer {
                 for ack in group.acks {
                     ack.succeed();
                 }
+                self.metrics.appended(
+                    group
+                        .live
+                        .iter()
+                        .flat_map(|l| &l.events)
+                        .map(|e| e.data.len() as u64),
+                );
                 // After `visible` moved (see `Namespace::subscribe_live`), and only where
                 // someone listens.
                 send_live(group.live);
