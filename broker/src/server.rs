@@ -3,8 +3,10 @@
 //! Each connection is served by hyper's HTTP/1 connection (with upgrades) running the axum
 //! `http::router`; the server adds the WebSocket route to it, so `http` and `ws` never
 //! use each other. Shutdown is one signal, the [`Log`]'s cancellation token
-//! ([`Log::begin_shutdown`]), and two [`TaskTracker`]s: the connections and the WebSocket
-//! sessions, each waited for within `shutdown_timeout_secs`.
+//! ([`Log::begin_shutdown`]), and three [`TaskTracker`]s: the requests being answered, the
+//! connections and the WebSocket sessions, each waited for within `shutdown_timeout_secs`.
+//! Connections stay open (answering `503 shutting_down`) until the requests in flight at
+//! the signal are done; only then are idle ones closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,7 +44,10 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output = ()>) {
     let connections = TaskTracker::new();
     let sessions = TaskTracker::new();
-
+    // The requests being answered (not the idle connections), and the signal that they
+    // and the sessions are done once shutdown has begun.
+    let requests = TaskTracker::new();
+    let drained = CancellationToken::new();
     let ws = WsContext::new(log.clone(), sessions.clone());
     let upgrade = get(move |req: Request| {
         let res = ws::upgrade(req, &ws);
@@ -77,12 +82,14 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         let open = log.metrics().http_connection();
         let conn_router = router.clone();
         let conn_log = log.clone();
+        let conn_requests = requests.clone();
         let served = Arc::new(AtomicBool::new(false));
         let conn_served = Arc::clone(&served);
         let service = service_fn(move |mut req: Request<Incoming>| {
             conn_served.store(true, Ordering::Relaxed);
             let router = conn_router.clone();
             let log = conn_log.clone();
+            let in_flight = conn_requests.token();
             async move {
                 let line = RequestLine::of(&req, peer);
                 req.extensions_mut().insert(Peer(peer));
@@ -93,6 +100,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
                     http::draining(&req, &log)
                 };
                 line.answered(&log, &res);
+                drop(in_flight);
                 Ok::<_, Infallible>(res)
             }
         });
@@ -102,16 +110,26 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = log.shutdown_signal();
+        let drained = drained.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
                 () = stop.cancelled() => {
+                    // While in-flight work drains, the connection stays open: a request
+                    // sent on it meanwhile is answered `503 shutting_down` (and the
+                    // connection closed after that answer), not met by a closed socket.
+                    let during = tokio::select! {
+                        ended = conn.as_mut() => Some(ended),
+                        () = drained.cancelled() => None,
+                    };
                     // Accepted just before the signal and its first request not read yet
                     // (often a health check): closing it now would leave that client with
                     // no answer at all, so it gets a moment to be answered under the
                     // draining rules (which close the connection).
-                    let early = if served.load(Ordering::Relaxed) {
+                    let early = if during.is_some() {
+                        during
+                    } else if served.load(Ordering::Relaxed) {
                         None
                     } else {
                         tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
@@ -146,10 +164,17 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     // task does.
     connections.close();
     sessions.close();
+    requests.close();
     let drain = async {
-        if tokio::time::timeout_at(deadline, connections.wait())
-            .await
-            .is_err()
+        // In-flight requests first, while every connection still answers `503`; then
+        // the idle connections close. (A request sent on an idle connection as it closes
+        // meets a closed socket, as on any HTTP server: clients retry those on a new one.)
+        let in_flight = tokio::time::timeout_at(deadline, requests.wait()).await;
+        drained.cancel();
+        if in_flight.is_err()
+            || tokio::time::timeout_at(deadline, connections.wait())
+                .await
+                .is_err()
         {
             tracing::warn!("connections still open after the shutdown timeout");
         }

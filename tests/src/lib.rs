@@ -188,6 +188,11 @@ impl Broker {
         self.child.wait().expect("wait for broker")
     }
 
+    /// Waits for the process to exit (after a signal the test sent itself).
+    pub fn wait(&mut self) -> ExitStatus {
+        self.child.wait().expect("wait for broker")
+    }
+
     /// Starts the broker again on the same data directory and the same port.
     pub fn restart(&mut self) {
         let _ = self.child.try_wait();
