@@ -375,9 +375,8 @@ impl Writer {
                 }
                 // Publishers first: their answers would otherwise queue behind the
                 // wake-ups of every subscriber.
-                for ack in group.acks {
-                    ack.succeed();
-                }
+                // Counted before anyone is answered, so a publisher that scrapes after its
+                // answer sees its events.
                 self.metrics.appended(
                     group
                         .live
@@ -385,6 +384,9 @@ impl Writer {
                         .flat_map(|l| &l.events)
                         .map(|e| e.data.len() as u64),
                 );
+                for ack in group.acks {
+                    ack.succeed();
+                }
                 // After `visible` moved (see `Namespace::subscribe_live`), and only where
                 // someone listens.
                 send_live(group.live);
