@@ -106,6 +106,16 @@ const MOST_BLOCKING_THREADS: u64 = 32_768;
 /// broker killed for its memory at the first connection.
 const MOST_WS_READ_BUFFER_BYTES: u64 = 64 << 20;
 
+/// The most header lines a request may be allowed: hyper allocates room for this many
+/// for every request it parses, so near `usize::MAX` the first request would abort the
+/// broker; 10,000 is a hundred times the default.
+const MOST_HTTP_MAX_HEADERS: u64 = 10_000;
+
+/// The largest request head that can be allowed: hyper's read buffer, which holds the
+/// head, never grows past 417792 bytes (8 KiB + 100 × 4 KiB, its default `max_buf_size`),
+/// so a larger figure would change nothing.
+const MOST_HTTP_MAX_HEADER_BYTES: u64 = 417_792;
+
 /// The longest a duration option is taken to mean: about a century. A deadline that far
 /// off is never reached, and `Instant::now()` plus `u64::MAX` seconds overflows the clock
 /// (a panic); see [`seconds`].
@@ -310,6 +320,42 @@ options! {
     /// tokio's `Semaphore::MAX_PERMITS` (2305843009213693951), the most a semaphore counts.
     max_connections: usize = 10_000, "N", "Most concurrent connections", min 1,
         max TOKIO_MAX_PERMITS;
+    /// Seconds a client has to send a request's head (request line and headers), counted
+    /// from when the connection is accepted or, on a keep-alive connection, from the end
+    /// of the previous answer; so it is the idle keep-alive timeout too. Past it the
+    /// connection is closed without an answer (hyper's header read timeout). Short by
+    /// default (10 s) so that clients that never finish their headers (slowloris) hold a
+    /// connection slot briefly.
+    http_header_timeout_secs: u64 = 10, "SECS",
+        "Seconds a client has to send a request's headers; also the idle keep-alive timeout",
+        min 1;
+    /// Largest request head (request line and headers) in bytes, 100 KiB: room for the
+    /// longest path hyper takes (65534 bytes, past which it answers `414`) and headers
+    /// beside it. A larger head is answered `431` and the connection closed, once this
+    /// much of it has been read (so a 20 MB header costs at most this much). Also the
+    /// limit of chunked trailers. At most 417792, hyper's own bound on its read buffer.
+    http_max_header_bytes: usize = 100 << 10, "BYTES",
+        "Largest HTTP request head (request line and headers) in bytes", min 1,
+        max MOST_HTTP_MAX_HEADER_BYTES;
+    /// Most header lines in one request, 100; more is answered `431` and the connection
+    /// closed. At most 10,000 (hyper makes room for this many per request).
+    http_max_headers: usize = 100, "N", "Most header lines in one HTTP request", min 1,
+        max MOST_HTTP_MAX_HEADERS;
+    /// Most connections open at once from one IP address (HTTP and WebSocket alike);
+    /// beyond it a new connection gets `503 too_many_connections` and is closed, so a few
+    /// peers cannot take every slot of `max_connections`.
+    max_connections_per_ip: usize = 1000, "N", "Most concurrent connections from one IP address",
+        min 1;
+    /// New connections one IP address may open per second (a token bucket holding one
+    /// second's worth); beyond it a new connection gets `429 rate_limited` and is closed.
+    new_connections_per_sec_per_ip: u64 = 1000, "N",
+        "New connections per second from one IP address", min 1;
+    /// Publishes per second on one connection (an HTTP keep-alive connection or a
+    /// WebSocket), a token bucket holding one second's worth; beyond it a publish is
+    /// refused with `rate_limited` (HTTP `429` with `Retry-After`, a WebSocket `error`
+    /// frame) and nothing is appended. A batch is one publish. 0, the default, is no
+    /// limit: the write queue (`write_queue`) already bounds what the broker holds.
+    publish_rate: u64 = 0, "N", "Publishes per second per connection (0: no limit)";
     /// Memory sled may use as its page cache, in bytes (512 MiB); a cap, filled only as
     /// data is written and read. sled holds only idempotency records; events live in
     /// segment files read through the OS page cache (`docs/storage.md`). At least 256:

@@ -35,6 +35,7 @@ pub use storage::{Storage, StoreError};
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod http;
+pub(crate) mod limits;
 pub(crate) mod metrics;
 pub mod server;
 pub(crate) mod storage;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -27,11 +28,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 use crate::http;
+use crate::limits::{IdleConnections, IdleState, PeerLimits, PublishRate};
 use crate::metrics::{Peer, Transport};
 use crate::ws::{self, WsContext};
 
-/// How long a client may take to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused connection (`max_connections_per_ip`,
+/// `new_connections_per_sec_per_ip`) is kept to read what the client sends after its
+/// answer, so that closing it does not reset the connection before the answer is read.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 
 /// On shutdown, how long a connection that has not sent its first request yet gets to
 /// send it (it is then answered as in [`http::draining`]).
@@ -55,17 +59,14 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     });
     let router = http::router(log.clone(), upgrade);
     let slots = Arc::new(Semaphore::new(log.config().max_connections));
+    let peers = PeerLimits::new(
+        log.config().max_connections_per_ip,
+        log.config().new_connections_per_sec_per_ip,
+    );
+    let builder = http1_builder(&log);
+    let idle = IdleConnections::default();
     tokio::pin!(shutdown);
     loop {
-        // Waiting for a slot before accepting leaves further connections in the kernel's
-        // backlog instead of taking memory here.
-        let permit = tokio::select! {
-            permit = Arc::clone(&slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -78,8 +79,41 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             },
             () = &mut shutdown => break,
         };
+        let admitted = match peers.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                // A refused connection takes no slot: its answer is written at once.
+                let (code, message) = refusal.answer();
+                log.metrics().refused(Transport::Http, code.as_str());
+                tracing::debug!(%peer, code = code.as_str(), "connection refused");
+                tokio::spawn(refuse(stream, code, message));
+                continue;
+            }
+        };
+        // With every slot taken, the connection idle the longest (a slowloris still
+        // sending its head, or an idle keep-alive) is closed to make room; with none
+        // idle, this one waits for a slot, and further ones in the kernel's backlog.
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if idle.evict_oldest() {
+                    tracing::debug!(%peer, "every connection slot taken: closing the connection idle the longest");
+                }
+                tokio::select! {
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                    () = &mut shutdown => break,
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let open = log.metrics().http_connection();
+        let evicted = CancellationToken::new();
+        let idle_state = idle.track(evicted.clone());
+        let conn_idle = idle_state.clone();
+        let publish_rate = PublishRate::new(log.config().publish_rate);
         let conn_router = router.clone();
         let conn_log = log.clone();
         let conn_requests = requests.clone();
@@ -87,26 +121,30 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         let conn_served = Arc::clone(&served);
         let service = service_fn(move |mut req: Request<Incoming>| {
             conn_served.store(true, Ordering::Relaxed);
+            conn_idle.busy();
+            let idle_after = conn_idle.clone();
+            let publish_rate = publish_rate.clone();
             let router = conn_router.clone();
             let log = conn_log.clone();
             let in_flight = conn_requests.token();
             async move {
                 let line = RequestLine::of(&req, peer);
                 req.extensions_mut().insert(Peer(peer));
+                req.extensions_mut().insert(publish_rate.clone());
                 // A request that starts once shutdown has begun is no new work.
-                let res = if log.is_ready() {
+                let res = if let Some(refused) = unsupported_transfer_coding(&req) {
+                    refused
+                } else if log.is_ready() {
                     http::serve(router, req).await
                 } else {
                     http::draining(&req, &log)
                 };
                 line.answered(&log, &res);
                 drop(in_flight);
-                Ok::<_, Infallible>(res)
+                Ok::<_, Infallible>(idle_once_sent(res, idle_after))
             }
         });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+        let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = log.shutdown_signal();
@@ -115,6 +153,9 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
+                // Chosen to make room while idle (no request being answered, its last
+                // answer sent whole): closed at once, as an idle keep-alive may be.
+                () = evicted.cancelled() => Ok(()),
                 () = stop.cancelled() => {
                     // While in-flight work drains, the connection stays open: a request
                     // sent on it meanwhile is answered `503 shutting_down` (and the
@@ -148,7 +189,9 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            idle_state.busy();
             drop(open);
+            drop(admitted);
             drop(permit);
         });
     }
@@ -208,6 +251,8 @@ async fn serve_draining(
     // Cancelled on return: the connections still being answered are dropped with it.
     let done = CancellationToken::new();
     let _cancel_on_return = done.clone().drop_guard();
+    let mut builder = http1_builder(log);
+    builder.keep_alive(false);
     loop {
         let permit = tokio::select! {
             () = &mut drain => return,
@@ -234,17 +279,129 @@ async fn serve_draining(
             line.answered(&log, &res);
             async move { Ok::<_, Infallible>(res) }
         });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(false)
-            .serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
         let done = done.clone();
         tokio::spawn(async move {
             let _ = done.run_until_cancelled(conn).await;
             drop(permit);
         });
     }
+}
+
+/// `res`, whose connection counts as idle again (one that may be closed to make room)
+/// once hyper has written all of it and dropped its body; never after a `101`, whose
+/// connection becomes a WebSocket session.
+fn idle_once_sent(res: axum::response::Response, idle: IdleState) -> axum::response::Response {
+    if res.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return res;
+    }
+    res.map(|inner| axum::body::Body::new(IdleWhenSent { inner, idle }))
+}
+
+/// A body that marks its connection idle when hyper drops it (all of it written, or the
+/// connection gone); its size and end are the inner body's, so `Content-Length` stays.
+struct IdleWhenSent {
+    inner: axum::body::Body,
+    idle: IdleState,
+}
+
+impl Drop for IdleWhenSent {
+    fn drop(&mut self) {
+        self.idle.idle();
+    }
+}
+
+impl hyper::body::Body for IdleWhenSent {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, axum::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// hyper's HTTP/1 settings from the options: the head's deadline (which is the idle
+/// keep-alive timeout too: hyper starts it when it waits for a request's head), its size
+/// and its number of header lines (both answered `431` by hyper).
+fn http1_builder(log: &Log) -> http1::Builder {
+    let cfg = log.config();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(crate::config::seconds(cfg.http_header_timeout_secs))
+        .max_header_size(cfg.http_max_header_bytes)
+        .max_headers(cfg.http_max_headers);
+    builder
+}
+
+/// `501 not_implemented` (with `Connection: close`: the body is not read) for a request
+/// whose `Transfer-Encoding` is anything but `chunked` alone. hyper reads a body whose
+/// last coding is `chunked` as plain chunked, so `gzip, chunked` would otherwise be
+/// taken as the still-compressed bytes (RFC 9112 §6.1: a server that does not understand
+/// a transfer coding answers 501).
+fn unsupported_transfer_coding<B>(req: &Request<B>) -> Option<axum::response::Response> {
+    let mut codings = req
+        .headers()
+        .get_all(hyper::header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| c.trim_ascii())
+        .filter(|c| !c.is_empty());
+    let first = codings.next()?;
+    if first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none() {
+        return None;
+    }
+    let mut res = http::response::ApiError::of(
+        rewind_protocol::ErrorCode::NotImplemented,
+        "only Transfer-Encoding: chunked is supported; send the body unencoded",
+    )
+    .into_response();
+    res.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    Some(res)
+}
+
+/// Answers a refused connection with `code` and closes it: the JSON error in an HTTP/1.1
+/// response written at once, whatever the client sent, then up to [`REFUSAL_LINGER`] of
+/// reading (and dropping) what it sends, so the close does not reset the connection
+/// before the client has read the answer.
+async fn refuse(
+    mut stream: tokio::net::TcpStream,
+    code: rewind_protocol::ErrorCode,
+    message: String,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = code.http_body(&message);
+    let status = hyper::StatusCode::from_u16(code.http_status())
+        .unwrap_or(hyper::StatusCode::SERVICE_UNAVAILABLE);
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         retry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
+    );
+    let linger = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_LINGER, linger).await;
 }
 
 /// One request as the request log writes it: `info` for every request but the scrapes

@@ -52,6 +52,14 @@ pub enum ErrorCode {
     NotAcceptable,
     /// HTTP only: the request body did not arrive within `http_body_timeout_secs`.
     RequestTimeout,
+    /// Too many publishes on one connection (`publish_rate`), or new connections from one
+    /// address (`new_connections_per_sec_per_ip`); retry after a moment. HTTP 429.
+    RateLimited,
+    /// HTTP only: the peer's address holds `max_connections_per_ip` connections already.
+    /// HTTP 503, and the connection is closed.
+    TooManyConnections,
+    /// HTTP only: a `Transfer-Encoding` other than `chunked` alone (RFC 9112 §6.1). HTTP 501.
+    NotImplemented,
 }
 
 impl ErrorCode {
@@ -79,6 +87,9 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::NotAcceptable => "not_acceptable",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::NotImplemented => "not_implemented",
         }
     }
 
@@ -102,8 +113,10 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::UpgradeRequired => 426,
+            ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown => 503,
+            ErrorCode::NotImplemented => 501,
+            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => 503,
             ErrorCode::StorageFull => 507,
         }
     }

@@ -55,6 +55,7 @@ use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
 use crate::config::seconds;
 use crate::engine::{Idempotency, LogError, QueueSlot};
+use crate::limits::PublishRate;
 use crate::metrics::{Peer, Transport};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
@@ -163,6 +164,8 @@ struct Session {
     /// protocol: the publishes taken are answered, then the connection closes with this.
     closing: CloseWith,
     report: Report,
+    /// `publish_rate`: publishes past it are answered `rate_limited`.
+    publish_rate: PublishRate,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -177,8 +180,10 @@ fn reason(text: &str) -> String {
 /// Serves one upgraded connection until it ends.
 pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext, peer: Option<Peer>) {
     let report = Report::new(&ctx.log, peer.map(|p| p.0));
+    let publish_rate = PublishRate::new(ctx.log.config().publish_rate);
     let session = Session {
         report,
+        publish_rate,
         ctx,
         encoding,
         ws,
@@ -729,6 +734,9 @@ impl Session {
         key: Option<String>,
         idempotency_key: Option<String>,
     ) {
+        if let Err((code, message)) = self.publish_rate.admit() {
+            return self.refuse_publish(id, ns, code, message);
+        }
         let events = vec![NewEvent { event, key, data }];
         self.report.events_in += 1;
         match self.ctx.log.try_queue_slot() {
