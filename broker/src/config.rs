@@ -1406,6 +1406,8 @@ mod tests {
             ("max_connections", permits),
             ("blocking_threads", 32_768),
             ("ws_read_buffer_bytes", 64 << 20),
+            ("http_max_headers", 10_000),
+            ("http_max_header_bytes", 417_792),
         ];
         for (option, most) in cases {
             let spec = OptionSpec::named(option).unwrap();
@@ -1726,6 +1728,6 @@ mod tests {
         assert_eq!(shown("retention_max_age_secs"), "604800");
         assert_eq!(shown("retention_max_bytes"), "none");
         assert_eq!(shown("write_queue"), "4096");
-        assert_eq!(OPTIONS.len(), 37);
+        assert_eq!(OPTIONS.len(), 43);
     }
 }

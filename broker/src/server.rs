@@ -7,6 +7,13 @@
 //! connections and the WebSocket sessions, each waited for within `shutdown_timeout_secs`.
 //! Connections stay open (answering `503 shutting_down`) until the requests in flight at
 //! the signal are done; only then are idle ones closed.
+//!
+//! Limits (`docs/operations.md`, "Limits"; [`crate::limits`]): each accepted connection is
+//! checked against its address's limits first (refused ones are answered and closed
+//! without a slot), then takes a slot; with none free, the connection idle the longest is
+//! closed to make room. hyper enforces the head's deadline, size and header count; the
+//! service refuses transfer codings other than `chunked` before routing, and hands each
+//! request its connection's [`PublishRate`].
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -251,6 +251,10 @@ fn a_value_over_an_options_most_is_refused_naming_its_source() {
         ("blocking_threads", 32_768),
         // tungstenite allocates and zero-fills it for every connection.
         ("ws_read_buffer_bytes", 64 << 20),
+        // hyper makes room for this many header lines per request.
+        ("http_max_headers", 10_000),
+        // hyper's read buffer, which holds the head, never grows past it.
+        ("http_max_header_bytes", 417_792),
     ];
     for (key, most) in cases {
         let option = shown(key);
