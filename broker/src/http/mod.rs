@@ -1,4 +1,4 @@
-//! The HTTP API (spec §3.2, §3.3, §3.5) on axum: the route table, and one module per
+//! The HTTP API (spec §3.2, §3.3, §3.4, §3.5) on axum: the route table, and one module per
 //! group of routes. [`crate::server`] serves [`router`] on each connection and hands it the
 //! WebSocket route, so this module never sees a WebSocket.
 //!
@@ -24,11 +24,13 @@
 //!   next, so nothing a request waits for depends on that connection doing anything else.
 
 mod admin;
+mod cors;
 mod media;
 mod params;
 mod publish;
 mod read;
 pub(crate) mod response;
+mod sse;
 
 use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::http::request::Parts;
@@ -64,6 +66,7 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
                 .post(publish::publish)
                 .fallback(|| async { not_allowed(&[Method::GET, Method::POST]) }),
         )
+        .route("/v1/namespaces/{ns}/sse", get(sse::sse).fallback(only_get))
         .fallback(no_route)
         // 5xx answers (503 while shutting down, 507 while storage fails) are expected
         // states, logged where they arise: the trace records them at debug level.
@@ -71,6 +74,9 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        // Outermost, so a preflight is answered before routing and every answer, errors
+        // included, can be read by a page on another origin.
+        .layer(cors::layer())
         .with_state(log)
 }
 
