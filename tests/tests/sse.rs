@@ -600,3 +600,64 @@ async fn any_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
     assert_eq!(sse.header("access-control-allow-origin"), Some("*"));
     assert_eq!(sse.header("access-control-allow-credentials"), None);
 }
+
+/// While a broker drains (a publish still uploading its body), an SSE request is answered
+/// with an empty event stream and `retry:`, which makes an `EventSource` try again, not
+/// the `503` that would make it give up for good.
+#[tokio::test]
+async fn a_stream_asked_for_while_the_broker_drains_is_told_to_retry() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = Broker::start(&["--shutdown-timeout-secs", "60"]);
+    publish_n(&b, "n", 1).await;
+    // A publish whose body is not sent yet keeps the broker draining.
+    let mut publish = tokio::net::TcpStream::connect(b.addr)
+        .await
+        .expect("connect");
+    let body = br#"{"event":"late","data":1}"#;
+    publish
+        .write_all(
+            format!(
+                "POST /v1/namespaces/n/events HTTP/1.1\r\nhost: x\r\ncontent-type: \
+                 application/json\r\nexpect: 100-continue\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    while !got.ends_with(b"\r\n\r\n") {
+        got.push(publish.read_u8().await.expect("100 Continue"));
+    }
+    assert!(got.starts_with(b"HTTP/1.1 100"));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &b.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    b.wait_for("/readyz", |v| v["error"]["code"] == json!("shutting_down"))
+        .await;
+
+    let mut sse = Sse::open(
+        b.addr,
+        "/v1/namespaces/n/sse?from=0",
+        &[("last-event-id", "0")],
+    )
+    .await;
+    assert_eq!(sse.status, 200, "{:?}", sse.headers);
+    assert_eq!(
+        sse.header("content-type"),
+        Some("text/event-stream; charset=utf-8")
+    );
+    assert_eq!(sse.next().await, Some(Item::Retry(1000)));
+    assert!(matches!(sse.next().await, Some(Item::Comment(_))));
+    assert_eq!(sse.next().await, None);
+    // Other requests still get 503.
+    let r = b.get("/v1/namespaces/n/events?from=0").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    publish.write_all(body).await.expect("body");
+    let mut answer = String::new();
+    let _ = publish.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}

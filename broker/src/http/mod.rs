@@ -162,11 +162,16 @@ async fn no_route(uri: Uri, original: Option<axum::Extension<OriginalUri>>) -> A
 /// Answers a request that starts once shutdown has begun (the broker keeps accepting
 /// while it drains): `/healthz` as usual, `/readyz` 503, everything else `503
 /// shutting_down` with `Retry-After`, each with `Connection: close`. No new work is
-/// taken, and a load balancer polling readiness sees the broker leave.
+/// taken, and a load balancer polling readiness sees the broker leave. An SSE request
+/// gets an empty event stream instead ([`sse::draining`]): an `EventSource` gives up for
+/// good on any answer but `200 text/event-stream`, and this one makes it retry.
 pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
     let mut res = match req.uri().path().trim_end_matches('/') {
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => admin::ready(log),
+        path if sse::is_sse_path(path) && matches!(*req.method(), Method::GET | Method::HEAD) => {
+            sse::draining()
+        }
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ShuttingDown,

@@ -22,7 +22,9 @@
 //!   under a new `rewind.opened`, never at an offset of the deleted log.
 //! - A comment (`: heartbeat`) after every `sse_heartbeat_secs` without anything to send,
 //!   so proxies keep the connection open and a dead client is found by the write.
-//! - On shutdown the stream ends; the browser reconnects with `Last-Event-ID`.
+//! - On shutdown the stream ends; the browser reconnects with `Last-Event-ID`. A request
+//!   that comes while the broker drains gets an empty stream with `retry:` (see
+//!   [`draining`]), so the browser keeps trying until a broker answers.
 //!
 //! ### Where it starts
 //!
@@ -192,6 +194,32 @@ pub(super) async fn sse(
         HeaderValue::from_static("no"),
     );
     Ok(res)
+}
+
+/// True for `/v1/namespaces/{ns}/sse` (trailing `/`s dropped), the path as sent.
+pub(super) fn is_sse_path(path: &str) -> bool {
+    let path = path.trim_end_matches('/');
+    let mut parts = path.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next(), parts.next()),
+        (Some(""), Some("v1"), Some("namespaces"), Some(ns), Some("sse"), None) if !ns.is_empty()
+    )
+}
+
+/// The answer to an SSE request that starts while the broker shuts down: `200`, an event
+/// stream holding only `retry:` and a comment, ended at once. The browser's `EventSource`
+/// then reconnects after `retry` with its `Last-Event-ID` (to the broker that replaces
+/// this one), where a `503` would make it give up for good (HTML §9.2.3: any answer but
+/// `200 text/event-stream` fails the connection).
+pub(super) fn draining() -> hyper::Response<super::response::Body> {
+    let mut res = super::response::with_body(
+        StatusCode::OK,
+        "text/event-stream; charset=utf-8",
+        format!("retry: {RETRY_MS}\n\n: the broker is shutting down\n\n"),
+    );
+    res.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
 }
 
 /// Appends one SSE message: `id:` (when given; `Some(None)` writes an empty one, which
@@ -403,6 +431,26 @@ mod tests {
             framed(" x\u{2028}", b"1"),
             "id: 7\nevent:  x\u{2028}\ndata: 1\n\n"
         );
+    }
+
+    #[test]
+    fn sse_paths_are_told_apart() {
+        for yes in [
+            "/v1/namespaces/a/sse",
+            "/v1/namespaces/a.b/sse/",
+            "/v1/namespaces/%2F/sse",
+        ] {
+            assert!(is_sse_path(yes), "{yes}");
+        }
+        for no in [
+            "/v1/namespaces//sse",
+            "/v1/namespaces/a/events",
+            "/v1/namespaces/a/sse/x",
+            "/v1/namespaces/sse",
+            "/v2/namespaces/a/sse",
+        ] {
+            assert!(!is_sse_path(no), "{no}");
+        }
     }
 
     #[test]
