@@ -185,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BenchCommand::Store(a) => bench::store::run(a).await,
                 }
             })?;
-            print!("{}", bench::table(&results));
+            print!("{}", bench::render(&results, which.json()));
             Ok(())
         }
     }

@@ -48,6 +48,9 @@ pub struct PublishArgs {
     /// unanswered) [default: the broker's default]
     #[arg(long)]
     pub ws_inflight: Option<usize>,
+    /// One JSON object per scenario instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn payload(bytes: usize) -> String {
@@ -197,7 +200,9 @@ async fn http_scenario(
         events_per_sec: events as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
         max_us: latencies.last().copied().unwrap_or(0) as u64,
+        ..Measured::default()
     })
 }
 
@@ -232,7 +237,9 @@ async fn ws_scenario(
         events_per_sec: done.events as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
         max_us: done.latencies_us.last().copied().unwrap_or(0) as u64,
+        ..Measured::default()
     })
 }
 
