@@ -52,8 +52,8 @@ async fn connection(tcp: TcpStream, subscribers: Subscribers) {
         path = req.uri().path().to_owned();
         Ok(res)
     };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async_with_config(tcp, record_path, Some(config))
-        .await
+    let Ok(ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(tcp, record_path, Some(config)).await
     else {
         return;
     };
