@@ -1,4 +1,4 @@
-//! `rewind bench fanout` / `idle` / `publish` parse their options and run tiny cases, and
+//! `rewind bench fanout` / `namespaces` / `idle` / `publish` parse their options and run tiny cases, and
 //! the fan-out load generator counts what it was owed: against rewind nothing is lost, and
 //! a `--target` peer that drops events is reported as losing them (small sizes: this
 //! checks the bench works, not the numbers).
@@ -77,7 +77,28 @@ fn fanout_flood_and_paced_against_rewind_lose_nothing_and_report_both_cpus() {
 }
 
 #[test]
-fn idle_and_publish_run_tiny_cases() {
+fn idle_namespaces_and_publish_run_tiny_cases() {
+    let many = bench_json(&[
+        "namespaces",
+        "--namespaces",
+        "20",
+        "--rate",
+        "100",
+        "--seconds",
+        "1",
+    ]);
+    assert_eq!(many.len(), 1, "{many:#?}");
+    // 100 events/s round-robin over 20 namespaces, one subscriber each: each event is one
+    // delivery, and none is lost.
+    assert_eq!(many[0]["lost"], 0, "{}", many[0]);
+    let delivered = num(&many[0], "events_per_sec");
+    assert!((80.0..=140.0).contains(&delivered), "{}", many[0]);
+    assert!(
+        num(&many[0], "server_cpu_s_per_million") > 0.0,
+        "{}",
+        many[0]
+    );
+
     let idle = bench_json(&["idle", "--connections", "20"]);
     assert_eq!(idle.len(), 1);
     let name = idle[0]["name"].as_str().expect("a name");

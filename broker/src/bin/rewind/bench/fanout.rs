@@ -128,6 +128,30 @@ pub struct CatchupArgs {
     pub json: bool,
 }
 
+/// Options of `rewind bench namespaces`.
+#[derive(Debug, Clone, Args)]
+pub struct NamespacesArgs {
+    /// Namespaces, each with one WebSocket subscriber of its own
+    #[arg(long, default_value_t = 10_000)]
+    pub namespaces: usize,
+    /// Events per second in all, published round-robin over the namespaces by one
+    /// WebSocket publisher
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Seconds the paced publishing lasts
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    /// Size of each event's JSON payload in bytes
+    #[arg(long, default_value_t = 100)]
+    pub payload_bytes: usize,
+    /// The rewind broker's durability (the child process's `--durability`)
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Durable)]
+    pub durability: DurabilityArg,
+    /// One JSON object per scenario instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Options of `rewind bench idle`.
 #[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
@@ -417,6 +441,17 @@ impl Subscribers {
         n: usize,
         window: Option<u64>,
     ) -> Result<Subscribers, BenchError> {
+        let names = vec![ns.to_owned(); n];
+        Subscribers::open_each(server, &names, window).await
+    }
+
+    /// Subscribes one connection to each of `names` (each registered before this returns).
+    async fn open_each(
+        server: &Server,
+        names: &[String],
+        window: Option<u64>,
+    ) -> Result<Subscribers, BenchError> {
+        let n = names.len();
         let delivered = Arc::new(AtomicU64::new(0));
         let (stop, stop_rx) = watch::channel(false);
         // With a window, credit comes back a quarter at a time, as the Rust client grants it.
@@ -424,10 +459,10 @@ impl Subscribers {
             Some(w) => (w.max(4), (w / 4).max(1)),
             None => (u64::from(u32::MAX), 0),
         };
-        let grant_frame = format!(r#"{{"t":"credit","ns":"{ns}","n":{grant}}}"#);
-        let mut progress = super::loadgen::Progress::new(format!("subscribing to {ns}"));
+        let mut progress = super::loadgen::Progress::new("subscribing");
         let mut tasks = Vec::with_capacity(n);
-        for i in 0..n {
+        for (i, ns) in names.iter().enumerate() {
+            let grant_frame = format!(r#"{{"t":"credit","ns":"{ns}","n":{grant}}}"#);
             let ws = server.subscribe(ns, credit).await?;
             tasks.push(tokio::spawn(super::loadgen::subscriber(
                 ws,
@@ -435,7 +470,7 @@ impl Subscribers {
                 Arc::clone(&delivered),
                 stop_rx.clone(),
                 grant,
-                grant_frame.clone(),
+                grant_frame,
             )));
             progress.show(i as u64 + 1, n as u64);
         }
@@ -664,6 +699,68 @@ pub async fn run(args: &FanoutArgs) -> Result<Vec<Measured>, BenchError> {
         }
     }
     Ok(out)
+}
+
+/// Many namespaces, one subscriber each: `namespaces` namespaces created with `PUT`, one
+/// WebSocket subscriber on each, and one WebSocket publisher publishing single events
+/// round-robin over them at `rate` per second; publish-to-receive latency, broker CPU per
+/// million deliveries, deliveries lost.
+pub async fn namespaces(args: &NamespacesArgs) -> Result<Vec<Measured>, BenchError> {
+    let broker = ChildBroker::start(&[
+        "--durability",
+        args.durability.as_str(),
+        "--max-connections",
+        &(args.namespaces + 100).to_string(),
+    ])?;
+    let addr = broker.addr;
+    let server = Server::Rewind(broker);
+    let names: Vec<String> = (0..args.namespaces.max(1))
+        .map(|i| format!("many.{i}"))
+        .collect();
+    let mut creator = Publisher::connect(addr).await?;
+    let mut progress = super::loadgen::Progress::new("creating namespaces");
+    for (i, ns) in names.iter().enumerate() {
+        creator.create(ns).await?;
+        progress.show(i as u64 + 1, names.len() as u64);
+    }
+    let subs = Subscribers::open_each(&server, &names, None).await?;
+    let mut publisher = super::ws::WsPublisher::connect(addr, &names[0], ws_window()).await?;
+    let rate = args.rate.max(1) as f64;
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let m0 = CpuMark::now(&server)?;
+    let until = m0.at + Duration::from_secs(args.seconds);
+    let mut seq = 0u64;
+    while Instant::now() < until {
+        ticks.tick().await;
+        let data = super::loadgen::payload(seq, super::loadgen::now_us(), args.payload_bytes);
+        publisher
+            .publish_to(&names[seq as usize % names.len()], &data)
+            .await?;
+        publisher.flush().await?;
+        seq += 1;
+    }
+    publisher.finish().await?;
+    let (hist, lost) = subs.close(seq).await?;
+    let m1 = CpuMark::now(&server)?;
+    let delivered = hist.len();
+    let mut m = Measured {
+        name: format!(
+            "{} namespaces, one subscriber each, rewind ({}): {seq} single-event publishes at {rate:.0}/s round-robin (WebSocket, {} in flight)",
+            names.len(),
+            args.durability.as_str(),
+            ws_window()
+        ),
+        events_per_sec: delivered as f64 / args.seconds.max(1) as f64,
+        p50_us: hist.value_at_quantile(0.50),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        lost: Some(lost),
+        ..Measured::default()
+    };
+    m0.fill(&m1, delivered, &mut m);
+    Ok(vec![m])
 }
 
 /// Fills a log, then measures how fast one subscriber replays it from the start.

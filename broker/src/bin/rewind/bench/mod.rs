@@ -1,9 +1,10 @@
 //! `rewind bench`: benchmarks whose numbers go into `docs/benchmarks.md`.
 //!
 //! - [`publish`]: durable HTTP and WebSocket publish against the raw store, in-process.
-//! - [`fanout`]: WebSocket fan-out, latency, catch-up and idle connections against a
-//!   broker started as a child process, so its CPU time is measured apart from the load
-//!   generator's.
+//! - [`fanout`]: WebSocket fan-out (flooded and paced), many namespaces, latency,
+//!   catch-up and idle connections against a broker started as a child process, so its
+//!   CPU time is measured apart from the load generator's (`getrusage`), or against a
+//!   bare-broadcast peer (`--target`, the protocol in `loadgen`).
 //! - [`store`]: what the store costs — disk per payload byte, RSS per idle namespace,
 //!   acknowledgement latency at a steady rate, catch-up from beyond the page cache —
 //!   against a broker child process, whatever its store.
@@ -35,6 +36,8 @@ pub enum BenchCommand {
     Catchup(fanout::CatchupArgs),
     /// Broker RSS per idle WebSocket connection with one namespace open
     Idle(fanout::IdleArgs),
+    /// Many namespaces with one subscriber each, paced round-robin: latency and CPU
+    Namespaces(fanout::NamespacesArgs),
     /// The store's costs: disk ÷ payload, RSS per idle namespace, ack latency, cold catch-up
     Store(store::StoreArgs),
 }
@@ -47,6 +50,7 @@ impl BenchCommand {
             BenchCommand::Fanout(a) => a.json,
             BenchCommand::Catchup(a) => a.json,
             BenchCommand::Idle(a) => a.json,
+            BenchCommand::Namespaces(a) => a.json,
             BenchCommand::Store(a) => a.json,
         }
     }
