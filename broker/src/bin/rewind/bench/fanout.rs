@@ -354,7 +354,7 @@ impl Server {
     async fn publisher(&self, args: &FanoutArgs, ns: &str) -> Result<Pub, BenchError> {
         Ok(match (self, args.publisher) {
             (Server::Peer { url, .. }, _) => {
-                Pub::Peer(super::loadgen::peer_connect(url, "pub").await?)
+                Pub::Peer(Box::new(super::loadgen::peer_connect(url, "pub").await?))
             }
             (Server::Rewind(b), PublisherKind::Ws) => {
                 Pub::Ws(super::ws::WsPublisher::connect(b.addr, ns, ws_window()).await?)
@@ -374,7 +374,7 @@ enum Pub {
     /// rewind: keep-alive HTTP, batches of 100 flooding, single events paced.
     Http(Publisher),
     /// A bare-broadcast peer: one text frame per event on its `/pub` connection.
-    Peer(Ws),
+    Peer(Box<Ws>),
 }
 
 impl Pub {
@@ -415,7 +415,7 @@ impl Pub {
             Pub::Ws(p) => Ok(p.finish().await?.latencies_us),
             Pub::Http(_) => Ok(Vec::new()),
             Pub::Peer(mut ws) => {
-                let _ = ws.close(None).await;
+                let _ = Ws::close(&mut ws, None).await;
                 Ok(Vec::new())
             }
         }
