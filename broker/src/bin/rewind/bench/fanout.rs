@@ -25,7 +25,7 @@ use super::loadgen::LOAD_READ_BUFFER;
 /// Options of `rewind bench fanout`.
 #[derive(Debug, Clone, Args)]
 pub struct FanoutArgs {
-    /// Subscriber counts, one pair of scenarios each (comma-separated)
+    /// Subscriber counts, one pair of scenarios each (comma-separated; e.g. 10,100,1000,10000)
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub subscribers: Vec<usize>,
     /// Seconds each scenario measures
@@ -305,10 +305,16 @@ impl Server {
                 url: url.clone(),
                 pid: args.target_pid,
             },
-            None => Server::Rewind(ChildBroker::start(&[
-                "--durability",
-                args.durability.as_str(),
-            ])?),
+            None => {
+                // Room for the largest subscriber count, the publisher and the creator.
+                let most = args.subscribers.iter().max().copied().unwrap_or(0) + 100;
+                Server::Rewind(ChildBroker::start(&[
+                    "--durability",
+                    args.durability.as_str(),
+                    "--max-connections",
+                    &most.to_string(),
+                ])?)
+            }
         })
     }
 
