@@ -126,6 +126,17 @@ function subscribe(counting) {
   });
 }
 
+// Connects `n` subscribers, fifty handshakes at a time (one at a time, 10,000 take
+// minutes in this client); resolves once every one is in the room.
+async function subscribeAll(n, counting) {
+  const open = [];
+  while (open.length < n) {
+    const batch = Math.min(50, n - open.length);
+    open.push(...(await Promise.all(Array.from({ length: batch }, () => subscribe(counting)))));
+  }
+  return open;
+}
+
 function publisher() {
   return new Promise((resolve, reject) => {
     const p = connect({ role: "pub" });
@@ -173,8 +184,7 @@ function result(name, m0, m1, deliveries, rate, lost) {
 }
 
 async function flood() {
-  const subs = [];
-  for (let i = 0; i < subscribers; i++) subs.push(await subscribe(true));
+  const subs = await subscribeAll(subscribers, true);
   const pub = await publisher();
   let seq = 0;
   let inflight = 0;
@@ -215,8 +225,7 @@ async function flood() {
 
 async function paced() {
   const rate = Number(args.rate || 200);
-  const subs = [];
-  for (let i = 0; i < subscribers; i++) subs.push(await subscribe(true));
+  const subs = await subscribeAll(subscribers, true);
   const pub = await publisher();
   const m0 = mark();
   const end = m0.at + seconds * 1000;
@@ -247,12 +256,7 @@ async function idle() {
   const n = Number(args.connections || 10000);
   const first = await subscribe(false);
   const before = procRssKib(serverPid);
-  // Fifty handshakes at a time: one at a time, 10,000 take minutes in this client.
-  const open = [];
-  while (open.length < n) {
-    const batch = Math.min(50, n - open.length);
-    open.push(...(await Promise.all(Array.from({ length: batch }, () => subscribe(false)))));
-  }
+  const open = await subscribeAll(n, false);
   const after = procRssKib(serverPid);
   open.forEach((s) => s.close());
   first.close();
