@@ -200,10 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BenchCommand::Fanout(a) => bench::fanout::run(a).await,
                     BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
                     BenchCommand::Idle(a) => bench::fanout::idle(a).await,
+                    BenchCommand::Namespaces(a) => bench::fanout::namespaces(a).await,
                     BenchCommand::Store(a) => bench::store::run(a).await,
                 }
             })?;
-            print!("{}", bench::table(&results));
+            print!("{}", bench::render(&results, which.json()));
             Ok(())
         }
     }
