@@ -22,6 +22,7 @@ pub(crate) mod manifest;
 pub mod open;
 mod policy;
 pub mod record;
+pub mod redis;
 pub(crate) mod segment;
 pub mod wal;
 
@@ -158,6 +159,14 @@ pub enum StoreError {
     /// Another process has the store open.
     #[error("the store in {0} is in use by another process")]
     Locked(std::path::PathBuf),
+    /// The shared store (Redis) cannot be reached or cannot serve now (a connection
+    /// refused, dropped or timed out; a server still loading, a read-only replica).
+    /// Nothing was acknowledged; the same call may succeed later.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis refused a command (a script error, a wrong type under one of our keys).
+    #[error("redis: {0}")]
+    Redis(String),
     /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),
