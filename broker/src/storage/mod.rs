@@ -315,6 +315,20 @@ pub trait Storage: Send + Sync + 'static {
     fn is_failing(&self) -> bool {
         false
     }
+
+    /// True when other brokers write the same store (Redis): namespaces may appear, move
+    /// and go without this broker's writer, which then asks the store (`docs/cluster.md`).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// A shared store: true, once per broker, when the store is found to have lost its
+    /// data since this broker last looked (a Redis restart without persistence, a
+    /// `FLUSHALL`, a failover to a replica without the tail). The namespaces this broker
+    /// knew then get a new epoch.
+    fn lost_data(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// A fresh random epoch: 16 hex digits.

@@ -51,7 +51,7 @@ pub struct RedisOptions {
     /// prefix share the namespaces.
     pub prefix: String,
     /// Replicas `WAIT` must reach before a publish is acknowledged; 0 runs no `WAIT`.
-    pub wait_replicas: u32,
+    pub wait_replicas: u64,
     /// How long `WAIT` waits, in milliseconds.
     pub wait_timeout_ms: u64,
     /// Connect, read and write timeout of every command, in milliseconds.
@@ -70,6 +70,9 @@ pub struct RedisStore {
     failing: Arc<AtomicBool>,
     /// True when the last `WAIT` reached fewer replicas than asked for.
     under_replicated: AtomicBool,
+    /// The value of the instance marker (`P:instance`) this broker last saw: a Redis that
+    /// lost its data has lost the marker too.
+    instance: Mutex<Option<String>>,
     append: Script,
     create: Script,
     delete: Script,
@@ -153,6 +156,7 @@ impl RedisStore {
             writer: Mutex::new(None),
             failing: Arc::new(AtomicBool::new(false)),
             under_replicated: AtomicBool::new(false),
+            instance: Mutex::new(None),
             append: Script::new(scripts::APPEND),
             create: Script::new(scripts::CREATE),
             delete: Script::new(scripts::DELETE),
@@ -160,6 +164,7 @@ impl RedisStore {
             prune: Script::new(scripts::PRUNE),
         });
         store.ping()?;
+        store.lost_data()?;
         Ok(store)
     }
 
@@ -186,11 +191,6 @@ impl RedisStore {
     pub fn ping(&self) -> Result<(), StoreError> {
         self.with(|con| redis::cmd("PING").query::<String>(con))
             .map(drop)
-    }
-
-    /// The options the store was opened with.
-    pub fn options(&self) -> &RedisOptions {
-        &self.opts
     }
 
     /// A new connection of the store's own (for Pub/Sub), with its timeouts set; `read`
@@ -329,6 +329,9 @@ impl Storage for RedisStore {
         let mut names: Vec<String> =
             self.with(|con| redis::cmd("SMEMBERS").arg(self.namespaces_key()).query(con))?;
         names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut pipe = redis::pipe();
         for ns in &names {
             pipe.cmd("HGETALL").arg(self.key(ns, "meta"));
@@ -555,7 +558,7 @@ impl Storage for RedisStore {
         if self.opts.wait_replicas == 0 {
             return Ok(());
         }
-        let reached: u32 = self.with_writer(|con| {
+        let reached: u64 = self.with_writer(|con| {
             redis::cmd("WAIT")
                 .arg(self.opts.wait_replicas)
                 .arg(self.opts.wait_timeout_ms)
@@ -587,5 +590,32 @@ impl Storage for RedisStore {
 
     fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn lost_data(&self) -> Result<bool, StoreError> {
+        let key = format!("{}:instance", self.opts.prefix);
+        let fresh = new_epoch()?;
+        // Sets a marker when there is none, and answers the one in force either way.
+        let (_, now): ((), String) = self.with_writer(|con| {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&fresh)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query(con)
+                .map(|(now,): (String,)| ((), now))
+        })?;
+        let mut seen = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = seen.as_ref().is_some_and(|old| *old != now);
+        *seen = Some(now);
+        Ok(lost)
     }
 }

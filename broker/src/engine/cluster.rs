@@ -1,0 +1,137 @@
+//! Fan-out across the broker nodes that share one Redis (`docs/cluster.md`).
+//!
+//! Every mutation script announces itself on the store's Pub/Sub channel
+//! ([`RedisStore::channel`]). Each node keeps ONE Pub/Sub connection, on a thread of its
+//! own, and for each announcement:
+//!
+//! - `a NEXT NS` (an append, by any node): if this node has the namespace, its visible end
+//!   moves to `NEXT` and its readers wake. The events are not pushed into the live ring:
+//!   readers take them from the store, from their own offsets, so offsets that other nodes
+//!   appended in between are read too and no reader skips one. Namespaces this node has
+//!   no state for cost one map lookup.
+//! - `c`, `d`, `r` (create, delete, retention): the writer refreshes the namespace from
+//!   the store ([`Command::Refresh`]), so deletes reach every node's readers at once.
+//!
+//! A missed announcement (the connection dropped, the writer's queue was full) is healed by
+//! [`Command::RefreshAll`]: after every (re)connect, and every `redis_heal_interval_ms`.
+//! Visible ends only move up to what the store holds, and the store's offsets are dense, so
+//! whatever a node makes visible is there to read.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::namespaces::Namespaces;
+use crate::engine::writer::Command;
+use crate::storage::redis::RedisStore;
+
+/// How long the listener waits for a message before it looks at the shutdown token.
+const POLL: Duration = Duration::from_millis(250);
+/// The wait before reconnecting after the connection failed.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// One announcement on the channel.
+#[derive(Debug, PartialEq, Eq)]
+enum Change<'a> {
+    /// Offsets below `next` are in the store.
+    Appended { ns: &'a str, next: u64 },
+    /// The namespace was created, deleted or trimmed: refresh it.
+    Other { ns: &'a str },
+}
+
+fn parse(text: &str) -> Option<Change<'_>> {
+    let mut parts = text.splitn(3, ' ');
+    let kind = parts.next()?;
+    let n: u64 = parts.next()?.parse().ok()?;
+    let ns = parts.next()?;
+    match kind {
+        "a" => Some(Change::Appended { ns, next: n }),
+        "c" | "d" | "r" => Some(Change::Other { ns }),
+        _ => None,
+    }
+}
+
+/// Starts the listener thread; it stops once `shutdown` is cancelled.
+pub(crate) fn spawn_listener(
+    store: Arc<RedisStore>,
+    namespaces: Arc<Namespaces>,
+    tx: mpsc::Sender<Command>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("rewind-cluster".into())
+        .spawn(move || {
+            while !shutdown.is_cancelled() {
+                if let Err(e) = listen(&store, &namespaces, &tx, &shutdown) {
+                    tracing::warn!(error = %e, "cluster listener: reconnecting");
+                    std::thread::sleep(BACKOFF);
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// One connection's life: subscribe, heal what was missed, then follow announcements.
+fn listen(
+    store: &RedisStore,
+    namespaces: &Namespaces,
+    tx: &mpsc::Sender<Command>,
+    shutdown: &CancellationToken,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let mut con = store.connect(Some(POLL))?;
+    let mut pubsub = con.as_pubsub();
+    pubsub.subscribe(store.channel())?;
+    pubsub.set_read_timeout(Some(POLL))?;
+    // Whatever happened while this node was not listening.
+    let _ = tx.try_send(Command::RefreshAll);
+    while !shutdown.is_cancelled() {
+        let msg = match pubsub.get_message() {
+            Ok(msg) => msg,
+            Err(e) if e.is_timeout() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let payload: String = match msg.get_payload() {
+            Ok(p) => p,
+            Err(_) => continue,
+        };
+        match parse(&payload) {
+            Some(Change::Appended { ns, next }) => {
+                if let Some(state) = namespaces.get(ns) {
+                    state.publish_remote(next);
+                }
+            }
+            Some(Change::Other { ns }) => {
+                // A full queue: the next heal catches up.
+                let _ = tx.try_send(Command::Refresh {
+                    ns: ns.to_owned(),
+                    reply: None,
+                });
+            }
+            None => tracing::debug!(payload, "cluster listener: unknown announcement"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_parse_and_garbage_does_not() {
+        assert_eq!(
+            parse("a 17 logs.api"),
+            Some(Change::Appended {
+                ns: "logs.api",
+                next: 17
+            })
+        );
+        assert_eq!(parse("d 0 x"), Some(Change::Other { ns: "x" }));
+        assert_eq!(parse("r 5 x"), Some(Change::Other { ns: "x" }));
+        for bad in ["", "a", "a x y", "z 1 ns", "a 1"] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+    }
+}
