@@ -310,3 +310,39 @@ async fn redis_stopped_publishes_get_503_unavailable_and_everything_recovers_aft
     // The subscriber on the other node goes on by itself.
     assert_eq!(events(&mut sub, 1).await[0].0, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_a_replica_that_is_not_there_says_not_replicated_and_stores_anyway() {
+    let redis = RedisServer::start(Persistence::None);
+    let waiting = node(
+        &redis,
+        &[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "50",
+        ],
+    );
+    let plain = node(&redis, &[]);
+    let (status, body) = publish(&waiting, "w", 0).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["replicated"], false, "{body}");
+    assert_eq!(body["offset"], 0);
+    let r = waiting
+        .post_json(
+            "/v1/namespaces/w/events",
+            r#"[{"event":"n","data":1},{"event":"n","data":2}]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"first": 1, "last": 2, "replicated": false})
+    );
+    // Without WAIT the answer is as always, and the events are there for every node.
+    let (status, body) = publish(&plain, "w", 3).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body, serde_json::json!({"offset": 3}));
+    let page = plain.get("/v1/namespaces/w/events?from=0").await.json();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(4));
+}

@@ -293,6 +293,7 @@ impl Log {
             events,
             idempotency,
             reply,
+            replicated: None,
         });
         Pending(answer)
     }
@@ -348,8 +349,32 @@ impl Log {
             events,
             idempotency,
             reply,
+            replicated: None,
         })
         .await
+    }
+
+    /// [`Log::append`], and whether the commit that made it durable reached the replicas
+    /// `redis_wait_replicas` asks for (always true without `WAIT`): false when Redis
+    /// `WAIT` timed out first. The events are stored either way.
+    pub async fn append_replicated(
+        &self,
+        ns: &str,
+        events: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<(Appended, bool), LogError> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let replicated = Some(Arc::clone(&flag));
+        let appended = self
+            .request(|reply| Command::Append {
+                ns: ns.to_owned(),
+                events,
+                idempotency,
+                reply,
+                replicated,
+            })
+            .await?;
+        Ok((appended, flag.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     /// Creates a namespace or replaces its retention; true if it was created.

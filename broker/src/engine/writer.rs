@@ -18,6 +18,7 @@
 //!   on: a read, a subscription or a refused request never creates one.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rewind_protocol::idempotency::RequestDigest;
@@ -72,6 +73,9 @@ pub enum Command {
         idempotency: Option<Idempotency>,
         /// Answered once the events are durable.
         reply: Reply<Appended>,
+        /// Set to false before the answer when the commit's replication (Redis `WAIT`,
+        /// `redis_wait_replicas`) fell short; `None` when the caller does not ask.
+        replicated: Option<Arc<AtomicBool>>,
     },
     /// Create a namespace, or set the retention of an existing one. The reply says
     /// whether it was created.
@@ -111,7 +115,7 @@ pub enum Command {
 
 /// An answer held back until the group's sync.
 enum Ack {
-    Append(Reply<Appended>, Appended),
+    Append(Reply<Appended>, Appended, Option<Arc<AtomicBool>>),
     Put(Reply<(NsInfo, bool)>, (NsInfo, bool)),
     Delete(Reply<bool>, bool),
 }
@@ -120,15 +124,22 @@ impl Ack {
     fn fail(self, err: LogError) {
         // A caller that gave up waiting has dropped its receiver; nothing to tell it.
         match self {
-            Ack::Append(r, _) => drop(r.send(Err(err))),
+            Ack::Append(r, _, _) => drop(r.send(Err(err))),
             Ack::Put(r, _) => drop(r.send(Err(err))),
             Ack::Delete(r, _) => drop(r.send(Err(err))),
         }
     }
 
-    fn succeed(self) {
+    /// Answers with success; `replicated` is false when the commit's replication fell
+    /// short, which the appends that asked are told.
+    fn succeed(self, replicated: bool) {
         match self {
-            Ack::Append(r, v) => drop(r.send(Ok(v))),
+            Ack::Append(r, v, flag) => {
+                if let Some(flag) = flag {
+                    flag.store(replicated, Ordering::Release);
+                }
+                drop(r.send(Ok(v)))
+            }
             Ack::Put(r, v) => drop(r.send(Ok(v))),
             Ack::Delete(r, v) => drop(r.send(Ok(v))),
         }
@@ -229,7 +240,15 @@ impl Writer {
                 events,
                 idempotency,
                 reply,
-            } => self.append(ns, events, idempotency.as_ref(), reply, group, false),
+                replicated,
+            } => self.append(
+                ns,
+                events,
+                idempotency.as_ref(),
+                (reply, replicated),
+                group,
+                false,
+            ),
             Command::Put {
                 ns,
                 retention,
@@ -295,7 +314,7 @@ impl Writer {
         ns: String,
         events: Vec<NewEvent>,
         idempotency: Option<&Idempotency>,
-        reply: Reply<Appended>,
+        (reply, replicated): (Reply<Appended>, Option<Arc<AtomicBool>>),
         group: &mut Group,
         retried: bool,
     ) {
@@ -350,13 +369,13 @@ impl Writer {
                         group.newly_dirty.push(ns);
                     }
                 }
-                group.acks.push(Ack::Append(reply, appended));
+                group.acks.push(Ack::Append(reply, appended, replicated));
             }
             // A shared store lost the namespace, or another broker deleted it, since this
             // broker last looked: once more with the store's state.
             Err(StoreError::NotFound(_)) if self.store.is_shared() && !created && !retried => {
                 self.refresh(&ns);
-                self.append(ns, events, idempotency, reply, group, true);
+                self.append(ns, events, idempotency, (reply, replicated), group, true);
             }
             Err(e) => {
                 // A refused request creates nothing: the namespace its first publish
@@ -403,8 +422,9 @@ impl Writer {
                 }
                 // Publishers first: their answers would otherwise queue behind the
                 // wake-ups of every subscriber.
+                let replicated = self.store.last_sync_replicated();
                 for ack in group.acks {
-                    ack.succeed();
+                    ack.succeed(replicated);
                 }
                 // After `visible` moved (see `Namespace::subscribe_live`), and only where
                 // someone listens.
@@ -757,6 +777,7 @@ mod tests {
             events,
             idempotency: None,
             reply,
+            replicated: None,
         };
         (cmd, answer)
     }

@@ -316,6 +316,12 @@ pub trait Storage: Send + Sync + 'static {
         false
     }
 
+    /// Whether the last [`Storage::sync`] reached the replicas it was asked to (Redis
+    /// `WAIT`); true for a store without replicas.
+    fn last_sync_replicated(&self) -> bool {
+        true
+    }
+
     /// True when other brokers write the same store (Redis): namespaces may appear, move
     /// and go without this broker's writer, which then asks the store (`docs/cluster.md`).
     fn is_shared(&self) -> bool {

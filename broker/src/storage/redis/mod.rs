@@ -212,11 +212,6 @@ impl RedisStore {
         format!("{}:changes", self.opts.prefix)
     }
 
-    /// True when the last `WAIT` reached fewer replicas than `wait_replicas`.
-    pub fn under_replicated(&self) -> bool {
-        self.under_replicated.load(Ordering::Acquire)
-    }
-
     fn key(&self, ns: &str, part: &str) -> String {
         format!("{}:{{{ns}}}:{part}", self.opts.prefix)
     }
@@ -594,6 +589,10 @@ impl Storage for RedisStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn last_sync_replicated(&self) -> bool {
+        !self.under_replicated.load(Ordering::Acquire)
     }
 
     fn lost_data(&self) -> Result<bool, StoreError> {
