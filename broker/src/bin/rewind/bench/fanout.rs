@@ -46,6 +46,11 @@ pub struct FanoutArgs {
     /// publishes, `ws_max_inflight_publishes` in flight) or `http` (batches of 100 flooding, single events paced)
     #[arg(long, value_enum, default_value_t = PublisherKind::Ws)]
     pub publisher: PublisherKind,
+    /// Run a cluster of two brokers sharing this Redis (`redis://HOST:PORT`) instead of one
+    /// broker on the embedded store: the publisher on one node, every subscriber on the
+    /// other, so each event reaches them through Redis. Broker CPU is both nodes'.
+    #[arg(long)]
+    pub redis: Option<String>,
 }
 
 /// The fan-out scenarios' publisher.
@@ -135,6 +140,43 @@ impl ChildBroker {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0))
+    }
+}
+
+/// The brokers of one scenario: one on the embedded store, or two sharing a Redis under a
+/// key prefix of the scenario's own (`--redis`). Publishers talk to the first, subscribers
+/// to the last.
+struct Brokers(Vec<ChildBroker>);
+
+impl Brokers {
+    fn start(args: &FanoutArgs) -> Result<Brokers, BenchError> {
+        let Some(url) = &args.redis else {
+            return Ok(Brokers(vec![ChildBroker::start(&[])?]));
+        };
+        static RUN: AtomicU64 = AtomicU64::new(0);
+        let prefix = format!(
+            "bench-{}-{}",
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        );
+        let extra = ["--redis", url.as_str(), "--redis-prefix", prefix.as_str()];
+        Ok(Brokers(vec![
+            ChildBroker::start(&extra)?,
+            ChildBroker::start(&extra)?,
+        ]))
+    }
+
+    fn publisher(&self) -> SocketAddr {
+        self.0[0].addr
+    }
+
+    fn subscriber(&self) -> SocketAddr {
+        self.0[self.0.len() - 1].addr
+    }
+
+    /// User plus system CPU seconds so far, of every broker.
+    fn cpu_secs(&self) -> Result<f64, BenchError> {
+        self.0.iter().map(ChildBroker::cpu_secs).sum()
     }
 }
 
@@ -270,8 +312,11 @@ impl Flooder {
 /// Flooding: one publisher sends batches as fast as the broker takes them; every
 /// subscriber counts the events it gets.
 async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
-    let broker = ChildBroker::start(&[])?;
-    Publisher::connect(broker.addr).await?.create("fan").await?;
+    let broker = Brokers::start(args)?;
+    Publisher::connect(broker.publisher())
+        .await?
+        .create("fan")
+        .await?;
     let delivered = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -282,7 +327,8 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     };
     let grant_frame = format!(r#"{{"t":"credit","ns":"fan","n":{grant}}}"#);
     for _ in 0..subscribers {
-        let mut ws = subscribe_with_credit(broker.addr, "fan", "\"latest\"", credit).await?;
+        let mut ws =
+            subscribe_with_credit(broker.subscriber(), "fan", "\"latest\"", credit).await?;
         let delivered = Arc::clone(&delivered);
         let mut stop = stop_rx.clone();
         let grant_frame = grant_frame.clone();
@@ -311,11 +357,11 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     }
     let mut publisher = match args.publisher {
         PublisherKind::Http => Flooder::Http(
-            Publisher::connect(broker.addr).await?,
+            Publisher::connect(broker.publisher()).await?,
             batch(args.payload_bytes, 100),
         ),
         PublisherKind::Ws => Flooder::Ws(
-            super::ws::WsPublisher::connect(broker.addr, "fan", ws_window()).await?,
+            super::ws::WsPublisher::connect(broker.publisher(), "fan", ws_window()).await?,
             format!("\"{}\"", "x".repeat(args.payload_bytes.saturating_sub(2))),
         ),
     };
@@ -361,15 +407,15 @@ async fn flood(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
 /// Paced: single-event publishes at `paced_deliveries / subscribers` per second; every
 /// subscriber measures publish-to-receive latency from the send time in the payload.
 async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchError> {
-    let broker = ChildBroker::start(&[])?;
-    Publisher::connect(broker.addr)
+    let broker = Brokers::start(args)?;
+    Publisher::connect(broker.publisher())
         .await?
         .create("paced")
         .await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();
     for _ in 0..subscribers {
-        let mut ws = subscribe(broker.addr, "paced", "\"latest\"").await?;
+        let mut ws = subscribe(broker.subscriber(), "paced", "\"latest\"").await?;
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
@@ -399,9 +445,11 @@ async fn paced(args: &FanoutArgs, subscribers: usize) -> Result<Measured, BenchE
     let mut http = None;
     let mut ws = None;
     match args.publisher {
-        PublisherKind::Http => http = Some(Publisher::connect(broker.addr).await?),
+        PublisherKind::Http => http = Some(Publisher::connect(broker.publisher()).await?),
         PublisherKind::Ws => {
-            ws = Some(super::ws::WsPublisher::connect(broker.addr, "paced", ws_window()).await?)
+            ws = Some(
+                super::ws::WsPublisher::connect(broker.publisher(), "paced", ws_window()).await?,
+            )
         }
     }
     let (c0, t0) = (broker.cpu_secs()?, Instant::now());
@@ -469,6 +517,11 @@ pub async fn run(args: &FanoutArgs) -> Result<Vec<Measured>, BenchError> {
     for &n in &args.subscribers {
         out.push(flood(args, n).await?);
         out.push(paced(args, n).await?);
+    }
+    if args.redis.is_some() {
+        for m in &mut out {
+            m.name = format!("[Redis, 2 nodes] {}", m.name);
+        }
     }
     Ok(out)
 }
