@@ -346,3 +346,51 @@ async fn wait_for_a_replica_that_is_not_there_says_not_replicated_and_stores_any
     let page = plain.get("/v1/namespaces/w/events?from=0").await.json();
     assert_eq!(page["events"].as_array().map(Vec::len), Some(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_in_order() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 3);
+    publish_ok(&nodes[0], "burst", 0).await;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for b in &nodes {
+        let client = Client::connect(&b.url(), options()).await.unwrap();
+        subs.push(
+            client
+                .subscribe("burst", Position::Offset(0))
+                .await
+                .unwrap(),
+        );
+        clients.push(client);
+    }
+    // Batches from every node at once, so each node's appends interleave with the others'.
+    let mut tasks = Vec::new();
+    for b in &nodes {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let body: Vec<String> = (0..10)
+                    .map(|_| r#"{"event":"n","data":"x"}"#.to_owned())
+                    .collect();
+                let r = rewind_tests::request(
+                    addr,
+                    rewind_tests::Method::POST,
+                    "/v1/namespaces/burst/events",
+                    &[("content-type", "application/json")],
+                    format!("[{}]", body.join(",")).into(),
+                )
+                .await
+                .expect("publish");
+                assert_eq!(r.status, StatusCode::CREATED);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    for sub in &mut subs {
+        let offsets: Vec<u64> = events(sub, 301).await.into_iter().map(|e| e.0).collect();
+        assert_eq!(offsets, (0..301).collect::<Vec<u64>>());
+    }
+}

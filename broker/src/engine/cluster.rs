@@ -4,11 +4,14 @@
 //! ([`RedisStore::channel`]). Each node keeps ONE Pub/Sub connection, on a thread of its
 //! own, and for each announcement:
 //!
-//! - `a NEXT NS` (an append, by any node): if this node has the namespace, its visible end
-//!   moves to `NEXT` and its readers wake. The events are not pushed into the live ring:
-//!   readers take them from the store, from their own offsets, so offsets that other nodes
-//!   appended in between are read too and no reader skips one. Namespaces this node has
-//!   no state for cost one map lookup.
+//! - `a NEXT NS` (an append, by any node, this one included): if this node has the
+//!   namespace and it has live subscribers, the events from where this listener last got
+//!   to up to `NEXT` are read from the stream once (at most [`TAIL_EVENTS`]) and pushed
+//!   into the live ring, in offset order; then the visible end moves to `NEXT` and readers
+//!   wake. The writer pushes nothing into the ring with a shared store, so runs never
+//!   interleave out of order. Whatever is not in the ring (a first announcement, a long
+//!   burst, a missed one) readers take from the store, from their own offsets, so no
+//!   reader skips an offset. Namespaces this node has no state for cost one map lookup.
 //! - `c`, `d`, `r` (create, delete, retention): the writer refreshes the namespace from
 //!   the store ([`Command::Refresh`]), so deletes reach every node's readers at once.
 //!
@@ -17,15 +20,23 @@
 //! Visible ends only move up to what the store holds, and the store's offsets are dense, so
 //! whatever a node makes visible is there to read.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::namespaces::Namespaces;
+use crate::engine::fanout::SharedRun;
+use crate::engine::namespaces::{Namespace, Namespaces};
 use crate::engine::writer::Command;
 use crate::storage::redis::RedisStore;
+use crate::storage::Storage;
+
+/// Most events one announcement reads into the live ring; past it readers read the store.
+const TAIL_EVENTS: u64 = 4096;
+/// Most bytes of records one announcement reads into the live ring.
+const TAIL_BYTES: usize = 4 << 20;
 
 /// How long the listener waits for a message before it looks at the shutdown token.
 const POLL: Duration = Duration::from_millis(250);
@@ -86,6 +97,8 @@ fn listen(
     pubsub.set_read_timeout(Some(POLL))?;
     // Whatever happened while this node was not listening.
     let _ = tx.try_send(Command::RefreshAll);
+    // Per namespace: the epoch and the offset up to which its ring has been fed.
+    let mut tails: HashMap<String, (String, u64)> = HashMap::new();
     while !shutdown.is_cancelled() {
         let msg = match pubsub.get_message() {
             Ok(msg) => msg,
@@ -97,11 +110,15 @@ fn listen(
             Err(_) => continue,
         };
         match parse(&payload) {
-            Some(Change::Appended { ns, next }) => {
-                if let Some(state) = namespaces.get(ns) {
+            Some(Change::Appended { ns, next }) => match namespaces.get(ns) {
+                Some(state) => {
+                    feed(store, &state, next, &mut tails);
                     state.publish_remote(next);
                 }
-            }
+                None => {
+                    tails.remove(ns);
+                }
+            },
             Some(Change::Other { ns }) => {
                 // A full queue: the next heal catches up.
                 let _ = tx.try_send(Command::Refresh {
@@ -113,6 +130,35 @@ fn listen(
         }
     }
     Ok(())
+}
+
+/// Pushes the events below `next` that the ring of `state` has not had yet, read from the
+/// store once for every subscriber of this node.
+fn feed(
+    store: &RedisStore,
+    state: &Namespace,
+    next: u64,
+    tails: &mut HashMap<String, (String, u64)>,
+) {
+    let name: &str = &state.name;
+    let from = match tails.get(name) {
+        Some((epoch, tail)) if *epoch == state.epoch => *tail,
+        // First seen (or a new incarnation): only what is new from here on.
+        _ => state.visible(),
+    };
+    let tail = from.max(next);
+    tails.insert(name.to_owned(), (state.epoch.clone(), tail));
+    if from >= next || !state.has_subscribers() {
+        return;
+    }
+    let from = from.max(next.saturating_sub(TAIL_EVENTS));
+    match store.read(name, from, next, TAIL_EVENTS as usize, TAIL_BYTES) {
+        Ok(events) if !events.is_empty() => {
+            state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
+        }
+        Ok(_) => {}
+        Err(e) => tracing::debug!(ns = name, error = %e, "cluster listener: tail read failed"),
+    }
 }
 
 #[cfg(test)]

@@ -427,8 +427,11 @@ impl Writer {
                     ack.succeed(replicated);
                 }
                 // After `visible` moved (see `Namespace::subscribe_live`), and only where
-                // someone listens.
-                send_live(group.live);
+                // someone listens. With a shared store the cluster listener feeds the
+                // rings, in the store's order (`engine::cluster`).
+                if !self.store.is_shared() {
+                    send_live(group.live);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
