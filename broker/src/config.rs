@@ -1399,6 +1399,7 @@ mod tests {
             ("max_connections", permits),
             ("blocking_threads", 32_768),
             ("ws_read_buffer_bytes", 64 << 20),
+            ("redis_wait_replicas", 1_000_000),
         ];
         for (option, most) in cases {
             let spec = OptionSpec::named(option).unwrap();
@@ -1706,6 +1707,28 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_and_key_prefixes_are_checked() {
+        let load = |option: &str, text: &str| {
+            Config::load_from(&Sources::default().flag(option, text), env(&[]))
+        };
+        for url in ["redis://127.0.0.1:6379", "rediss://u:p@cache:6380/2"] {
+            assert_eq!(load("redis", url).unwrap().redis, RedisUrl(Some(url.to_owned())));
+        }
+        assert_eq!(load("redis", "none").unwrap().redis, RedisUrl(None));
+        for bad in ["http://x:1", "127.0.0.1:6379", ""] {
+            let err = load("redis", bad).unwrap_err().to_string();
+            assert!(err.contains("redis:// or rediss://"), "{bad}: {err}");
+        }
+        assert_eq!(
+            load("redis_prefix", "app-1.prod:rw").unwrap().redis_prefix,
+            KeyPrefix("app-1.prod:rw".to_owned())
+        );
+        for bad in ["", "{ns}", "a b", &"x".repeat(65)] {
+            assert!(load("redis_prefix", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn shown_defaults_read_back_as_the_defaults() {
         let defaults = Config::default();
         for spec in OPTIONS {
@@ -1719,6 +1742,8 @@ mod tests {
         assert_eq!(shown("retention_max_age_secs"), "604800");
         assert_eq!(shown("retention_max_bytes"), "none");
         assert_eq!(shown("write_queue"), "4096");
-        assert_eq!(OPTIONS.len(), 35);
+        assert_eq!(shown("redis"), "none");
+        assert_eq!(shown("redis_prefix"), "rewind");
+        assert_eq!(OPTIONS.len(), 41);
     }
 }
