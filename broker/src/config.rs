@@ -1712,7 +1712,10 @@ mod tests {
             Config::load_from(&Sources::default().flag(option, text), env(&[]))
         };
         for url in ["redis://127.0.0.1:6379", "rediss://u:p@cache:6380/2"] {
-            assert_eq!(load("redis", url).unwrap().redis, RedisUrl(Some(url.to_owned())));
+            assert_eq!(
+                load("redis", url).unwrap().redis,
+                RedisUrl(Some(url.to_owned()))
+            );
         }
         assert_eq!(load("redis", "none").unwrap().redis, RedisUrl(None));
         for bad in ["http://x:1", "127.0.0.1:6379", ""] {

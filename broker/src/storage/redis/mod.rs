@@ -41,6 +41,8 @@ use super::{new_epoch, now_ms, Appended, IdempotencyKey, NsInfo, Retention, Stor
 
 /// Idle connections kept for reuse.
 const POOL_IDLE: usize = 16;
+/// The longest socket timeout used, a day in milliseconds.
+const DAY_MS: u64 = 24 * 3600 * 1000;
 
 /// How to reach Redis and where to keep the keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +198,9 @@ impl RedisStore {
     /// A new connection of the store's own (for Pub/Sub), with its timeouts set; `read`
     /// sets the read timeout (`None`: block).
     pub fn connect(&self, read: Option<Duration>) -> Result<Connection, StoreError> {
-        let timeout = Duration::from_millis(self.opts.timeout_ms.max(1));
+        // A socket timeout is a `timeval`: a day is as good as forever here.
+        let timeout = Duration::from_millis(self.opts.timeout_ms.clamp(1, DAY_MS));
+        let read = read.map(|r| r.min(Duration::from_millis(DAY_MS)));
         let con = self
             .client
             .get_connection_with_timeout(timeout)
@@ -229,7 +233,7 @@ impl RedisStore {
         let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut con = match idle {
             Some(con) => con,
-            None => self.connect_counted()?,
+            None => self.connect_counted(false)?,
         };
         let result = f(&mut con);
         let keep = self.note(&result);
@@ -246,7 +250,7 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            *slot = Some(self.connect_counted()?);
+            *slot = Some(self.connect_counted(true)?);
         }
         let Some(con) = slot.as_mut() else {
             return Err(StoreError::Unavailable("no connection".into()));
@@ -258,11 +262,17 @@ impl RedisStore {
         result.map_err(store_error)
     }
 
-    fn connect_counted(&self) -> Result<Connection, StoreError> {
-        let read = Some(Duration::from_millis(self.opts.timeout_ms.max(1)));
-        self.connect(read).inspect_err(|_| {
-            self.failing.store(true, Ordering::Release);
-        })
+    /// A new connection whose reads wait `redis_timeout_ms`, plus `WAIT`'s own timeout on
+    /// the writer's connection (`writer`), so a `WAIT` is not cut short by the socket.
+    fn connect_counted(&self, writer: bool) -> Result<Connection, StoreError> {
+        let mut read = self.opts.timeout_ms.max(1);
+        if writer && self.opts.wait_replicas > 0 {
+            read = read.saturating_add(self.opts.wait_timeout_ms);
+        }
+        self.connect(Some(Duration::from_millis(read)))
+            .inspect_err(|_| {
+                self.failing.store(true, Ordering::Release);
+            })
     }
 
     /// Records whether Redis answered; returns whether the connection is still good.
