@@ -6,9 +6,10 @@
 //!
 //! - `a NEXT NS` (an append, by any node, this one included): if this node has the
 //!   namespace and it has live subscribers, the events from where this listener last got
-//!   to up to `NEXT` are read from the stream once (at most [`TAIL_EVENTS`]) and pushed
-//!   into the live ring, in offset order; then the visible end moves to `NEXT` and readers
-//!   wake. The writer pushes nothing into the ring with a shared store, so runs never
+//!   to, up to `NEXT` and beyond if the stream holds more, are read once (at most
+//!   [`TAIL_EVENTS`]) and pushed into the live ring, in offset order; then the visible end
+//!   moves past them and readers wake. Announcements whose events were already read read
+//!   nothing, so under load one read serves many. The writer pushes nothing into the ring with a shared store, so runs never
 //!   interleave out of order. Whatever is not in the ring (a first announcement, a long
 //!   burst, a missed one) readers take from the store, from their own offsets, so no
 //!   reader skips an offset. Namespaces this node has no state for cost one map lookup.
@@ -112,8 +113,8 @@ fn listen(
         match parse(&payload) {
             Some(Change::Appended { ns, next }) => match namespaces.get(ns) {
                 Some(state) => {
-                    feed(store, &state, next, &mut tails);
-                    state.publish_remote(next);
+                    let known = feed(store, &state, next, &mut tails);
+                    state.publish_remote(known);
                 }
                 None => {
                     tails.remove(ns);
@@ -132,33 +133,38 @@ fn listen(
     Ok(())
 }
 
-/// Pushes the events below `next` that the ring of `state` has not had yet, read from the
-/// store once for every subscriber of this node.
+/// Pushes the events from where the ring of `state` got to, up to `next` and whatever else
+/// the stream already holds (at most [`TAIL_EVENTS`]), read from the store once for every
+/// subscriber of this node; returns the end of what is known to be in the store. Reading
+/// past `next` lets one read answer the announcements queued behind this one, which then
+/// read nothing: under load the reads coalesce.
 fn feed(
     store: &RedisStore,
     state: &Namespace,
     next: u64,
     tails: &mut HashMap<String, (String, u64)>,
-) {
+) -> u64 {
     let name: &str = &state.name;
     let from = match tails.get(name) {
         Some((epoch, tail)) if *epoch == state.epoch => *tail,
         // First seen (or a new incarnation): only what is new from here on.
         _ => state.visible(),
     };
-    let tail = from.max(next);
-    tails.insert(name.to_owned(), (state.epoch.clone(), tail));
-    if from >= next || !state.has_subscribers() {
-        return;
-    }
-    let from = from.max(next.saturating_sub(TAIL_EVENTS));
-    match store.read(name, from, next, TAIL_EVENTS as usize, TAIL_BYTES) {
-        Ok(events) if !events.is_empty() => {
-            state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
+    let mut tail = from.max(next);
+    if from < next && state.has_subscribers() {
+        let from = from.max(next.saturating_sub(TAIL_EVENTS));
+        match store.read(name, from, u64::MAX, TAIL_EVENTS as usize, TAIL_BYTES) {
+            Ok(events) => {
+                if let Some(last) = events.last() {
+                    tail = tail.max(last.offset + 1);
+                    state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
+                }
+            }
+            Err(e) => tracing::debug!(ns = name, error = %e, "cluster listener: tail read failed"),
         }
-        Ok(_) => {}
-        Err(e) => tracing::debug!(ns = name, error = %e, "cluster listener: tail read failed"),
     }
+    tails.insert(name.to_owned(), (state.epoch.clone(), tail));
+    tail
 }
 
 #[cfg(test)]
