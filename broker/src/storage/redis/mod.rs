@@ -628,3 +628,107 @@ impl Storage for RedisStore {
         Ok(lost)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! How a node learns of an append: Pub/Sub (what `engine::cluster` uses) against a
+    //! blocking `XREAD` per stream, measured on the test process's `redis-server`.
+
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::test_server;
+
+    /// Sorted latencies' `p` quantile, in microseconds.
+    fn quantile(sorted: &[Duration], p: f64) -> u128 {
+        let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+        sorted[i].as_micros()
+    }
+
+    /// `n` appends, each timed from before its `XADD` to the moment a second connection
+    /// is told, one at a time: through a `PUBLISH` in the same script, or a blocked
+    /// `XREAD` waking.
+    fn measure(n: usize, pubsub: bool) -> Vec<Duration> {
+        let client = redis::Client::open(test_server::url()).unwrap();
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A stream of its own: XREAD below starts from its beginning.
+        let key = format!("lat:{}:{run}", std::process::id());
+        let (tx, rx) = mpsc::channel::<Instant>();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let mut listener = client.get_connection().unwrap();
+        let stream = key.clone();
+        let reader = std::thread::spawn(move || {
+            if pubsub {
+                let mut ps = listener.as_pubsub();
+                ps.subscribe(&stream).unwrap();
+                ready_tx.send(()).unwrap();
+                for _ in 0..n {
+                    ps.get_message().unwrap();
+                    tx.send(Instant::now()).unwrap();
+                }
+            } else {
+                ready_tx.send(()).unwrap();
+                let mut last = "0-0".to_owned();
+                let mut got = 0;
+                while got < n {
+                    type Reply = Vec<(String, Vec<(String, Vec<Vec<u8>>)>)>;
+                    let reply: Reply = redis::cmd("XREAD")
+                        .arg("BLOCK")
+                        .arg(0)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(&last)
+                        .query(&mut listener)
+                        .unwrap();
+                    let now = Instant::now();
+                    for (_, entries) in reply {
+                        for (id, _) in entries {
+                            last = id;
+                            got += 1;
+                            tx.send(now).unwrap();
+                        }
+                    }
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        let mut con = client.get_connection().unwrap();
+        let script = redis::Script::new(
+            "redis.call('XADD', KEYS[1], '*', 'r', ARGV[1]) \
+             if ARGV[2] == '1' then redis.call('PUBLISH', KEYS[1], ARGV[1]) end return 1",
+        );
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let start = Instant::now();
+            let _: i64 = script
+                .key(&key)
+                .arg(i)
+                .arg(if pubsub { "1" } else { "0" })
+                .invoke(&mut con)
+                .unwrap();
+            let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            out.push(told.saturating_duration_since(start));
+        }
+        reader.join().unwrap();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test -p rewind-broker --lib storage::redis::tests -- --ignored --nocapture"]
+    fn append_to_notification_latency_pubsub_vs_blocking_xread() {
+        let n = 2000;
+        for (name, pubsub) in [("Pub/Sub", true), ("XREAD BLOCK", false)] {
+            measure(200, pubsub);
+            let lat = measure(n, pubsub);
+            assert_eq!(lat.len(), n);
+            println!(
+                "{name}: {n} appends, append → told p50 {} µs, p99 {} µs, max {} µs",
+                quantile(&lat, 0.5),
+                quantile(&lat, 0.99),
+                quantile(&lat, 1.0)
+            );
+        }
+    }
+}
