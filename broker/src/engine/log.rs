@@ -427,21 +427,28 @@ impl Log {
         self.inner.store.is_shared()
     }
 
-    /// One namespace, with `earliest` and `next` as readers see them.
-    pub fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
-        let Some(state) = self.namespace(ns) else {
+    /// One namespace, with `earliest` and `next` as readers see them; with a shared store,
+    /// one another broker created is found too. The store is asked on the blocking pool.
+    pub async fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
+        let Some(state) = self.namespace_fresh(ns).await? else {
             return Ok(None);
         };
-        let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;
+        let store = Arc::clone(&self.inner.store);
+        let name = ns.to_owned();
+        let info = tokio::task::spawn_blocking(move || store.info(&name))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::from(&e))?;
         Ok(info.map(|i| state.as_read(i)))
     }
 
     /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
-    pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
-        let all = self
-            .inner
-            .store
-            .namespaces()
+    /// The store is asked on the blocking pool.
+    pub async fn list(&self) -> Result<Vec<NsInfo>, LogError> {
+        let store = Arc::clone(&self.inner.store);
+        let all = tokio::task::spawn_blocking(move || store.namespaces())
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
             .map_err(|e| LogError::from(&e))?;
         Ok(all
             .into_iter()

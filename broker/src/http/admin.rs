@@ -32,7 +32,12 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
 
 /// `GET /v1/namespaces`.
 pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiError> {
-    let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(&log, i)).collect();
+    let all: Vec<serde_json::Value> = log
+        .list()
+        .await?
+        .iter()
+        .map(|i| info_json(&log, i))
+        .collect();
     Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "namespaces": all }),
@@ -42,7 +47,8 @@ pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiEr
 /// `GET /v1/namespaces/{ns}`.
 pub(super) async fn info(State(log): State<Log>, Ns(ns): Ns) -> Result<Response<Body>, ApiError> {
     let info = log
-        .info(&ns)?
+        .info(&ns)
+        .await?
         .ok_or_else(|| crate::engine::LogError::NotFound(ns.clone()))?;
     Ok(response::json(StatusCode::OK, &info_json(&log, &info)))
 }
