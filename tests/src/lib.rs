@@ -14,6 +14,7 @@ use std::time::Duration;
 pub mod browser;
 pub mod fault;
 pub mod sse;
+pub mod redis;
 
 use bytes::Bytes;
 use tempfile::TempDir;

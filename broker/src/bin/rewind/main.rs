@@ -217,7 +217,10 @@ async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let log = tokio::task::spawn_blocking(move || Log::open_with(open_config, recover))
         .await
         .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        .with_context(|| match &config.redis.0 {
+            Some(_) => "opening the store in Redis (--redis)".to_owned(),
+            None => format!("opening the store in {}", config.data_dir.display()),
+        })?;
     // A host name is resolved here; tokio binds the first of its addresses it can.
     let listener = tokio::net::TcpListener::bind(config.listen.as_str())
         .await

@@ -44,6 +44,10 @@ pub struct PublishArgs {
     /// Run only the WebSocket scenario (and the 64-publisher HTTP one as its reference)
     #[arg(long)]
     pub ws_only: bool,
+    /// Keep the log in this Redis (`redis://HOST:PORT`) instead of the embedded store,
+    /// under a key prefix of this run's own; the raw-store scenarios are left out.
+    #[arg(long)]
+    pub redis: Option<String>,
     /// The broker's `ws_max_inflight_publishes` (the WebSocket publisher keeps this many
     /// unanswered) [default: the broker's default]
     #[arg(long)]
@@ -262,6 +266,8 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
             super::fanout::DurabilityArg::Durable => rewind_broker::config::Durability::Durable,
             super::fanout::DurabilityArg::Relaxed => rewind_broker::config::Durability::Relaxed,
         },
+        redis: rewind_broker::config::RedisUrl(args.redis.clone()),
+        redis_prefix: rewind_broker::config::KeyPrefix(format!("bench-{}", std::process::id())),
         ..defaults
     });
     let open_config = Arc::clone(&config);
@@ -325,6 +331,12 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     );
     let _ = stop_tx.send(());
     let _ = server.await;
+    if args.redis.is_some() {
+        for m in &mut results {
+            m.name = format!("[Redis] {}", m.name);
+        }
+        return Ok(results);
+    }
     // Last, so the store's background writing does not overlap the HTTP scenarios.
     let (seconds, payload_bytes) = (args.seconds, args.payload_bytes);
     for raw in [raw_sled, raw_store] {
