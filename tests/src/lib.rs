@@ -12,6 +12,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 pub mod fault;
+pub mod proxy;
 
 use bytes::Bytes;
 use tempfile::TempDir;
