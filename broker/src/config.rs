@@ -299,6 +299,10 @@ options! {
     max_read_bytes: usize = 4 << 20, "BYTES", "Most payload bytes one read returns", min 1;
     /// Longest `wait` of a long-poll read, in seconds.
     max_wait_secs: u64 = 60, "SECS", "Longest long-poll wait in seconds";
+    /// SSE: seconds without anything to send after which a stream sends a comment line,
+    /// so proxies keep it open and a vanished client is noticed by the failed write.
+    sse_heartbeat_secs: u64 = 15, "SECS", "SSE: seconds between heartbeat comments when idle",
+        min 1;
     /// How often retention is enforced, in milliseconds.
     retention_interval_ms: u64 = 1000, "MS", "How often retention runs, in ms", min 1;
     /// How long an `Idempotency-Key` is remembered, in seconds (an hour).
@@ -1645,6 +1649,6 @@ mod tests {
         assert_eq!(shown("retention_max_age_secs"), "604800");
         assert_eq!(shown("retention_max_bytes"), "none");
         assert_eq!(shown("write_queue"), "4096");
-        assert_eq!(OPTIONS.len(), 35);
+        assert_eq!(OPTIONS.len(), 36);
     }
 }

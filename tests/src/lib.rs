@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod browser;
 pub mod fault;
 pub mod proxy;
+pub mod sse;
 
 use bytes::Bytes;
 use tempfile::TempDir;
