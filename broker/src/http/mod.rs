@@ -53,7 +53,10 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
         .route("/", get(assets::index).fallback(only_get))
         .route("/rewind.js", get(assets::client).fallback(only_get))
         .route("/rewind.d.ts", get(assets::declarations).fallback(only_get))
-        .route("/dashboard/{file}", get(assets::dashboard).fallback(only_get))
+        .route(
+            "/dashboard/{file}",
+            get(assets::dashboard).fallback(only_get),
+        )
         .route("/healthz", get(healthz).fallback(only_get))
         .route("/readyz", get(readyz).fallback(only_get))
         .route("/v1/ws", ws.fallback(only_get))
