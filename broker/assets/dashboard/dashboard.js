@@ -56,15 +56,18 @@ function el(tag, attrs = {}, text) {
 
 const SVG = "http://www.w3.org/2000/svg";
 
-/** A sparkline of `values` (an SVG polyline scaled to the largest value). */
+/**
+ * A sparkline of `values` (an SVG polyline over the box's width, scaled to the largest
+ * value): the samples so far, up to the last SAMPLES.
+ */
 function sparkline(values) {
   const svg = document.createElementNS(SVG, "svg");
   svg.setAttribute("class", "spark");
-  svg.setAttribute("viewBox", `0 0 ${SAMPLES - 1} 20`);
+  const width = Math.max(1, values.length - 1);
+  svg.setAttribute("viewBox", `0 0 ${width} 20`);
   svg.setAttribute("preserveAspectRatio", "none");
   const max = Math.max(1, ...values);
-  const start = SAMPLES - values.length;
-  const points = values.map((v, i) => `${start + i},${(20 - (v / max) * 18 - 1).toFixed(2)}`);
+  const points = values.map((v, i) => `${i},${(20 - (v / max) * 18 - 1).toFixed(2)}`);
   const line = document.createElementNS(SVG, "polyline");
   line.setAttribute("points", points.join(" "));
   svg.append(line);
