@@ -21,6 +21,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -257,6 +258,9 @@ impl Browser {
         );
         let profile = tempfile::tempdir().expect("temp dir for the Chromium profile");
         let mut child = Command::new(&bin)
+            // A process group of its own, so dropping the browser ends its helper
+            // processes (zygote, renderers, GPU, network service) too.
+            .process_group(0)
             .args(FLAGS)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
@@ -290,8 +294,7 @@ impl Browser {
         let ws_url = match ws_url {
             Ok(url) => url,
             Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill_group(&mut child);
                 panic!(
                     "Chromium ({}) did not open its DevTools socket; its stderr:\n{}",
                     bin.display(),
@@ -374,9 +377,19 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_group(&mut self.child);
     }
+}
+
+/// Kills a browser's whole process group (its own, see [`Browser::launch`]) and reaps it.
+fn kill_group(child: &mut Child) {
+    let group = format!("-{}", child.id());
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &group])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A tab of a [`Browser`].

@@ -74,7 +74,26 @@ struct Pending {
 impl Sse {
     /// Sends `GET path` with `headers` and reads the answer's head.
     pub async fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut conn = TcpStream::connect(addr).await.expect("connect");
+        let conn = TcpStream::connect(addr).await.expect("connect");
+        Sse::open_on(conn, addr, path, headers).await
+    }
+
+    /// [`Sse::open`] on a socket with a 64 KiB receive buffer (set before connecting,
+    /// which also turns off Linux's receive-buffer autotuning): a reader that does not read
+    /// soon stops the broker's writes, instead of the kernel taking megabytes for it.
+    pub async fn open_small(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 << 10).expect("SO_RCVBUF");
+        let conn = socket.connect(addr).await.expect("connect");
+        Sse::open_on(conn, addr, path, headers).await
+    }
+
+    async fn open_on(
+        mut conn: TcpStream,
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Sse {
         let mut req =
             format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n");
         for (k, v) in headers {

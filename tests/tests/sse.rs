@@ -661,3 +661,52 @@ async fn a_stream_asked_for_while_the_broker_drains_is_told_to_retry() {
     let _ = publish.read_to_string(&mut answer).await;
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
 }
+
+/// A reader that fell behind while retention moved `earliest` past its cursor is told,
+/// in the stream, which offsets it skipped, and goes on from `earliest`.
+#[tokio::test]
+async fn retention_overtaking_a_slow_reader_is_announced_in_the_stream() {
+    let b = Broker::start(&["--retention-interval-ms", "10", "--segment-bytes", "65536"]);
+    publish_n(&b, "n", 1).await;
+    let mut sse = Sse::open_small(b.addr, "/v1/namespaces/n/sse?from=earliest", &[]).await;
+    assert_eq!(sse.status, 200);
+    opened(&mut sse).await;
+    assert_eq!(offsets(&mut sse, 1).await, vec![0]);
+    // 10 MB of 10 KB events, more than twice what the socket buffers between us hold
+    // (64 KiB here, 4 MiB at most on the broker's side): the stream stops reading the
+    // log far behind the end while this reader does not read.
+    let one = json!({"event": "e", "data": "x".repeat(10_000)});
+    for _ in 0..10 {
+        publish(&b, "n", &Value::Array(vec![one.clone(); 100])).await;
+    }
+    let r = b
+        .put_json("/v1/namespaces/n", r#"{"retention": {"max_events": 10}}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let info = b
+        .wait_for("/v1/namespaces/n", |v| v["earliest"].as_u64() >= Some(900))
+        .await;
+    let earliest = info["earliest"].as_u64().expect("earliest");
+
+    let mut next = 1;
+    let jump = loop {
+        let m = sse.message().await;
+        if m.event == "rewind.truncated" {
+            break m.json();
+        }
+        assert_eq!(m.id, Some(next.to_string()));
+        next += 1;
+    };
+    assert!(
+        next < earliest,
+        "the reader was behind: {next} vs {earliest}"
+    );
+    assert_eq!(
+        jump,
+        json!({"requested": next, "from": jump["from"], "reason": "retention"})
+    );
+    let from = jump["from"].as_u64().expect("from");
+    assert!(from >= earliest, "{jump}");
+    let got = offsets(&mut sse, (1001 - from) as usize).await;
+    assert_eq!(got, (from..1001).collect::<Vec<u64>>());
+}
