@@ -775,7 +775,8 @@ export class Client {
     const sub = new Subscription(this, ns, options.from ?? "latest", handlers, options.epoch);
     this.subs.set(ns, sub);
     if (this.active instanceof WsTransport && this.active.open) {
-      this.active.closing.delete(ns);
+      // After a `close` of the same name on this connection, frames up to its `closed`
+      // are the old subscription's (`closing`); the broker answers this `open` after it.
       this.active.subscribe(sub);
     } else if (this.active instanceof PollTransport) this.active.subscribe(sub);
     return sub;

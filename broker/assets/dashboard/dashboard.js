@@ -213,9 +213,10 @@ function follow() {
   const from = position();
   status(`Following ${ns} from ${from}.`);
   $("tail-pause").disabled = false;
-  sub = client.subscribe(ns, { from }, {
+  const mine = client.subscribe(ns, { from }, {
     onEvent: async (ev) => {
       if (paused) await paused.promise;
+      if (sub !== mine) return; // a tail replaced while it was paused
       addRow(eventRow(ev));
       status(`Following ${ns}: last offset ${ev.offset}.`);
     },
@@ -229,6 +230,7 @@ function follow() {
       $("tail-pause").disabled = true;
     },
   });
+  sub = mine;
 }
 
 function togglePause() {

@@ -209,3 +209,26 @@ test("a refused publish rejects with the broker's code; later ones go on", async
   client.close();
   await assert.rejects(client.publish("ok", "e", 1), (e) => e.code === "closed");
 });
+
+test("subscribing again after close: the old subscription's frames up to its closed are not the new one's", async () => {
+  const { FakeWebSocket, sockets } = fakeSocket();
+  const client = await connect("http://127.0.0.1:9", { WebSocket: FakeWebSocket });
+  const old = [];
+  const now = [];
+  const first = client.subscribe("n", { from: 0 }, { onEvent: (e) => old.push(e.offset), onEnded: (e) => old.push(e.reason) });
+  const ws = sockets[0];
+  ws.frame({ t: "opened", ns: "n", epoch: EPOCH, from: 0, earliest: 0, next: 9 });
+  ws.frame({ t: "event", ns: "n", offset: 0, event: "e", ts: 1, data: null });
+  await settle();
+  first.close();
+  client.subscribe("n", { from: 5 }, { onEvent: (e) => now.push(e.offset), onEnded: (e) => now.push(e.reason) });
+  assert.deepEqual(ws.sent.slice(-2).map((f) => f.t), ["close", "open"]);
+  ws.frame({ t: "event", ns: "n", offset: 1, event: "e", ts: 1, data: null });
+  ws.frame({ t: "closed", ns: "n" });
+  ws.frame({ t: "opened", ns: "n", epoch: EPOCH, from: 5, earliest: 0, next: 9 });
+  ws.frame({ t: "event", ns: "n", offset: 5, event: "e", ts: 1, data: null });
+  await settle();
+  assert.deepEqual(old, [0]);
+  assert.deepEqual(now, [5]);
+  client.close();
+});
