@@ -5,6 +5,7 @@
 //!
 //! While it refuses, a connection that asks for `/v1/ws` is closed without an answer, and
 //! every WebSocket it carries is cut; every other request goes through byte for byte.
+//! While it cuts, handshakes go through and each WebSocket is cut shortly after.
 //! It runs on a thread of its own and ends with the test process.
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub struct WsProxy {
     /// Where it listens.
     pub addr: SocketAddr,
     refusing: Arc<AtomicBool>,
+    cutting: Arc<AtomicBool>,
     cut: watch::Sender<u64>,
     upgrades: Arc<AtomicUsize>,
 }
@@ -36,6 +38,7 @@ impl WsProxy {
         let proxy = WsProxy {
             addr,
             refusing: Arc::new(AtomicBool::new(false)),
+            cutting: Arc::new(AtomicBool::new(false)),
             cut,
             upgrades: Arc::new(AtomicUsize::new(0)),
         };
@@ -65,6 +68,16 @@ impl WsProxy {
     pub fn refuse_websockets(&self, refuse: bool) {
         self.refusing.store(refuse, Ordering::SeqCst);
         if refuse {
+            self.cut.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Lets WebSocket handshakes through but cuts each socket [`CUT_AFTER`] later, and the
+    /// ones it carries at once (`true`), as a proxy that kills upgraded connections does;
+    /// or stops (`false`).
+    pub fn cut_websockets(&self, cut: bool) {
+        self.cutting.store(cut, Ordering::SeqCst);
+        if cut {
             self.cut.send_modify(|n| *n += 1);
         }
     }
@@ -106,11 +119,21 @@ impl WsProxy {
         let mut cut = self.cut.subscribe();
         let cut_websocket = async {
             loop {
-                if cut.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-                if websocket.load(Ordering::SeqCst) {
-                    return;
+                tokio::select! {
+                    changed = cut.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        if websocket.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
+                    // While cutting, a socket lives CUT_AFTER from its handshake.
+                    () = tokio::time::sleep(CUT_AFTER) => {
+                        if websocket.load(Ordering::SeqCst) && self.cutting.load(Ordering::SeqCst) {
+                            return;
+                        }
+                    }
                 }
             }
         };
@@ -121,6 +144,9 @@ impl WsProxy {
         }
     }
 }
+
+/// How long a WebSocket lives while the proxy cuts them ([`WsProxy::cut_websockets`]).
+pub const CUT_AFTER: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// True when `bytes` (what a client sent in one read) hold a request line of
 /// `GET /v1/ws` (with any query) at their start or after a line break.

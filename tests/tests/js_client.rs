@@ -8,7 +8,8 @@
 //! Node tests get, in the environment: `REWIND_URL` (the broker), `REWIND_PROXY_URL` (the
 //! proxy) and `REWIND_CONTROL_URL`, which answers `POST /restart` (kill -9, then the broker
 //! again on the same port and data dir, answered once it listens), `POST /ws/refuse`,
-//! `POST /ws/allow` and `GET /ws/upgrades` (WebSocket handshakes the proxy passed).
+//! `POST /ws/cut` (handshakes pass, each socket is cut 100 ms later), `POST /ws/allow`
+//! and `GET /ws/upgrades` (WebSocket handshakes the proxy passed).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -92,8 +93,13 @@ fn control(broker: Arc<Mutex<Broker>>, proxy: WsProxy) -> std::net::SocketAddr {
                             proxy.refuse_websockets(true);
                             ("200 OK", "refusing".to_owned())
                         }
+                        ["POST", "/ws/cut"] => {
+                            proxy.cut_websockets(true);
+                            ("200 OK", "cutting".to_owned())
+                        }
                         ["POST", "/ws/allow"] => {
                             proxy.refuse_websockets(false);
+                            proxy.cut_websockets(false);
                             ("200 OK", "allowing".to_owned())
                         }
                         ["GET", "/ws/upgrades"] => ("200 OK", proxy.upgrades().to_string()),

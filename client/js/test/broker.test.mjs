@@ -278,3 +278,34 @@ test("a WebSocket refused from the start: connect resolves over long-poll", asyn
     await control("/ws/allow");
   }
 });
+
+/** `fallbackAfter`'s default: the failures in a row that make the client long-poll. */
+const FAST_FALLBACK = 2;
+
+test("WebSockets that open but are cut at once: after fallbackAfter of them, long-polling; then the WebSocket again", async () => {
+  need();
+  const client = await connect(PROXY, { ...FAST });
+  assert.equal(client.transport, "websocket");
+  const ns = name("cut");
+  await client.publish(ns, "e", 0);
+  const items = record(client, ns, "earliest");
+  await until(() => items.events.length === 1, "the first event");
+  const before = Number(await control("/ws/upgrades", "GET"));
+  try {
+    await control("/ws/cut");
+    await until(() => client.transport === "longpoll", "the switch to long-polling");
+    // The handshakes went through: it is the cuts that made it switch.
+    const passed = Number(await control("/ws/upgrades", "GET")) - before;
+    assert.ok(passed >= FAST_FALLBACK, `${passed} handshakes passed the proxy, each cut`);
+    for (let i = 1; i < 4; i++) await httpPublish(ns, `cut-${i}`, i);
+    await until(() => items.events.length === 4, "events over long-poll");
+  } finally {
+    await control("/ws/allow");
+  }
+  await until(() => client.transport === "websocket", "the return to the WebSocket", 30000);
+  await httpPublish(ns, "back", 4);
+  await until(() => items.events.length === 5, "events over the WebSocket again");
+  contiguous(items.offsets(), 0, 5);
+  assert.deepEqual([items.gaps, items.truncated, items.ended], [[], [], []]);
+  client.close();
+});
