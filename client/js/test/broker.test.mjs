@@ -3,7 +3,7 @@
 // in REWIND_URL, REWIND_PROXY_URL and REWIND_CONTROL_URL (see that file). Without them
 // every test here fails, saying so.
 
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, RewindError } from "../rewind.js";
 
@@ -14,6 +14,19 @@ const CONTROL = process.env.REWIND_CONTROL_URL;
 function need() {
   assert.ok(URL_ && PROXY && CONTROL, "run these through `cargo test -p rewind-tests --test js_client` (REWIND_URL, REWIND_PROXY_URL and REWIND_CONTROL_URL are unset)");
 }
+
+/** Clients of the running test, closed after it whatever happened (else a failed test's
+ * client keeps reconnecting and Node never exits). */
+const clients = new Set();
+async function open(url, options) {
+  const client = await connect(url, options);
+  clients.add(client);
+  return client;
+}
+afterEach(() => {
+  for (const client of clients) client.close();
+  clients.clear();
+});
 
 let unique = 0;
 const name = (what) => `js.${what}.${process.pid}.${unique++}`;
@@ -77,7 +90,7 @@ function contiguous(offsets, from, to) {
 for (const transport of ["websocket", "longpoll"]) {
   test(`${transport}: publish returns offsets; JSON, keys and bytes arrive as published`, async () => {
     need();
-    const client = await connect(URL_, { ...FAST, transport });
+    const client = await open(URL_, { ...FAST, transport });
     assert.equal(client.transport, transport);
     const ns = name("basic");
     assert.equal(await client.publish(ns, "first", { a: [1, "x", null] }), 0);
@@ -106,7 +119,7 @@ for (const transport of ["websocket", "longpoll"]) {
 
   test(`${transport}: a refused publish rejects with the broker's code, and an idempotency key appends once`, async () => {
     need();
-    const client = await connect(URL_, { ...FAST, transport });
+    const client = await open(URL_, { ...FAST, transport });
     await assert.rejects(client.publish("bad..name", "e", 1), (e) => e instanceof RewindError && e.code === "bad_namespace");
     await assert.rejects(client.publish(name("ok"), "", 1), (e) => e.code === "bad_frame");
     const ns = name("idem");
@@ -121,7 +134,7 @@ for (const transport of ["websocket", "longpoll"]) {
 
   test(`${transport}: deletion ends the subscription with reason deleted`, async () => {
     need();
-    const client = await connect(URL_, { ...FAST, transport });
+    const client = await open(URL_, { ...FAST, transport });
     const ns = name("deleted");
     await client.publish(ns, "e", 1);
     const items = record(client, ns, "earliest");
@@ -139,7 +152,7 @@ for (const transport of ["websocket", "longpoll"]) {
 
   test(`${transport}: retention and a re-created log are announced as truncation`, async () => {
     need();
-    const client = await connect(URL_, { ...FAST, transport });
+    const client = await open(URL_, { ...FAST, transport });
     const ns = name("trunc");
     const put = await fetch(`${URL_}/v1/namespaces/${ns}`, {
       method: "PUT",
@@ -170,7 +183,7 @@ for (const transport of ["websocket", "longpoll"]) {
 
   test(`${transport}: async handlers are awaited in order and the buffer bounds what is held`, async () => {
     need();
-    const client = await connect(URL_, { ...FAST, transport, buffer: 4, pollLimit: 4 });
+    const client = await open(URL_, { ...FAST, transport, buffer: 4, pollLimit: 4 });
     const ns = name("credit");
     for (let i = 0; i < 30; i++) await client.publish(ns, "e", i);
     const seen = [];
@@ -196,7 +209,7 @@ for (const transport of ["websocket", "longpoll"]) {
 test("many subscriptions share one WebSocket", async () => {
   need();
   const before = Number(await control("/ws/upgrades", "GET"));
-  const client = await connect(PROXY, { ...FAST, transport: "websocket" });
+  const client = await open(PROXY, { ...FAST, transport: "websocket" });
   const names = [name("multi"), name("multi"), name("multi")];
   for (const ns of names) await client.publish(ns, "e", ns);
   const subs = names.map((ns) => record(client, ns, "earliest"));
@@ -208,7 +221,7 @@ test("many subscriptions share one WebSocket", async () => {
 
 test("a broker restart: every subscription resumes with no gap and no duplicate, and unanswered publishes land once", async () => {
   need();
-  const client = await connect(URL_, { ...FAST });
+  const client = await open(URL_, { ...FAST });
   const states = [];
   client.on("state", (s) => states.push(s.state));
   const ns = name("restart");
@@ -235,7 +248,7 @@ test("a broker restart: every subscription resumes with no gap and no duplicate,
 
 test("WebSockets refused by a proxy: long-polling takes over, then the WebSocket again, with no gap and no duplicate", async () => {
   need();
-  const client = await connect(PROXY, { ...FAST });
+  const client = await open(PROXY, { ...FAST });
   const transports = [];
   client.on("state", (s) => transports.push(s.transport));
   assert.equal(client.transport, "websocket");
@@ -266,7 +279,7 @@ test("a WebSocket refused from the start: connect resolves over long-poll", asyn
   need();
   await control("/ws/refuse");
   try {
-    const client = await connect(PROXY, { ...FAST, probeMin: 60000, probeMax: 60000 });
+    const client = await open(PROXY, { ...FAST, probeMin: 60000, probeMax: 60000 });
     assert.deepEqual([client.state, client.transport], ["open", "longpoll"]);
     const ns = name("refused");
     assert.equal(await client.publish(ns, "e", { over: "http" }), 0);
@@ -279,12 +292,9 @@ test("a WebSocket refused from the start: connect resolves over long-poll", asyn
   }
 });
 
-/** `fallbackAfter`'s default: the failures in a row that make the client long-poll. */
-const FAST_FALLBACK = 2;
-
 test("WebSockets that open but are cut at once: after fallbackAfter of them, long-polling; then the WebSocket again", async () => {
   need();
-  const client = await connect(PROXY, { ...FAST });
+  const client = await open(PROXY, { ...FAST });
   assert.equal(client.transport, "websocket");
   const ns = name("cut");
   await client.publish(ns, "e", 0);
@@ -295,8 +305,10 @@ test("WebSockets that open but are cut at once: after fallbackAfter of them, lon
     await control("/ws/cut");
     await until(() => client.transport === "longpoll", "the switch to long-polling");
     // The handshakes went through: it is the cuts that made it switch.
+    // Handshakes went through (the first cut one may have been the socket from before,
+    // itself younger than stableAfter): it is the cuts that made the client switch.
     const passed = Number(await control("/ws/upgrades", "GET")) - before;
-    assert.ok(passed >= FAST_FALLBACK, `${passed} handshakes passed the proxy, each cut`);
+    assert.ok(passed >= 1, `${passed} handshakes passed the proxy`);
     for (let i = 1; i < 4; i++) await httpPublish(ns, `cut-${i}`, i);
     await until(() => items.events.length === 4, "events over long-poll");
   } finally {
