@@ -122,6 +122,9 @@ fn control(broker: Arc<Mutex<Broker>>, proxy: WsProxy) -> std::net::SocketAddr {
 /// whether it succeeded and everything it printed.
 fn run_node(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
     let mut cmd = Command::new(node());
+    // A process group of its own: `node --test` runs each file in a child process, which
+    // must not outlive a run killed for taking too long.
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     cmd.current_dir(js_dir())
         .args(args)
         .stdout(Stdio::piped())
@@ -148,6 +151,9 @@ fn run_node(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
             break Some(status);
         }
         if Instant::now() > deadline {
+            let _ = Command::new("kill")
+                .args(["-s", "KILL", "--", &format!("-{}", child.id())])
+                .status();
             let _ = child.kill();
             let _ = child.wait();
             break None;
