@@ -11,6 +11,7 @@
 //!   Its errors ([`LogError`]) carry the one mapping to wire codes.
 //! - `storage`: the [`Storage`] trait and the segmented store, [`LogStore`] (offsets,
 //!   epochs, retention, the write-ahead log and its group-commit sync, idempotency records).
+//! - `metrics`: the figures `GET /metrics` reports, one set per [`Log`].
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
 //! - [`config`]: [`Config`], each option declared once, and how flags, environment and
@@ -34,6 +35,7 @@ pub use storage::{Storage, StoreError};
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod http;
+pub(crate) mod metrics;
 pub mod server;
 pub(crate) mod storage;
 pub(crate) mod ws;

@@ -3,8 +3,10 @@
 //! Each connection is served by hyper's HTTP/1 connection (with upgrades) running the axum
 //! `http::router`; the server adds the WebSocket route to it, so `http` and `ws` never
 //! use each other. Shutdown is one signal, the [`Log`]'s cancellation token
-//! ([`Log::begin_shutdown`]), and two [`TaskTracker`]s: the connections and the WebSocket
-//! sessions, each waited for within `shutdown_timeout_secs`.
+//! ([`Log::begin_shutdown`]), and three [`TaskTracker`]s: the requests being answered, the
+//! connections and the WebSocket sessions, each waited for within `shutdown_timeout_secs`.
+//! Connections stay open (answering `503 shutting_down`) until the requests in flight at
+//! the signal are done; only then are idle ones closed.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 use crate::http;
+use crate::metrics::{Peer, Transport};
 use crate::ws::{self, WsContext};
 
 /// How long a client may take to send a request's headers.
@@ -41,6 +44,10 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output = ()>) {
     let connections = TaskTracker::new();
     let sessions = TaskTracker::new();
+    // The requests being answered (not the idle connections), and the signal that they
+    // and the sessions are done once shutdown has begun.
+    let requests = TaskTracker::new();
+    let drained = CancellationToken::new();
     let ws = WsContext::new(log.clone(), sessions.clone());
     let upgrade = get(move |req: Request| {
         let res = ws::upgrade(req, &ws);
@@ -72,20 +79,29 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let open = log.metrics().http_connection();
         let conn_router = router.clone();
         let conn_log = log.clone();
+        let conn_requests = requests.clone();
         let served = Arc::new(AtomicBool::new(false));
         let conn_served = Arc::clone(&served);
-        let service = service_fn(move |req: Request<Incoming>| {
+        let service = service_fn(move |mut req: Request<Incoming>| {
             conn_served.store(true, Ordering::Relaxed);
             let router = conn_router.clone();
             let log = conn_log.clone();
+            let in_flight = conn_requests.token();
             async move {
+                let line = RequestLine::of(&req, peer);
+                req.extensions_mut().insert(Peer(peer));
                 // A request that starts once shutdown has begun is no new work.
-                if !log.is_ready() {
-                    return Ok::<_, Infallible>(http::draining(&req, &log));
-                }
-                Ok(http::serve(router, req).await)
+                let res = if log.is_ready() {
+                    http::serve(router, req).await
+                } else {
+                    http::draining(&req, &log)
+                };
+                line.answered(&log, &res);
+                drop(in_flight);
+                Ok::<_, Infallible>(res)
             }
         });
         let conn = http1::Builder::new()
@@ -94,16 +110,26 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
         let stop = log.shutdown_signal();
+        let drained = drained.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
                 () = stop.cancelled() => {
+                    // While in-flight work drains, the connection stays open: a request
+                    // sent on it meanwhile is answered `503 shutting_down` (and the
+                    // connection closed after that answer), not met by a closed socket.
+                    let during = tokio::select! {
+                        ended = conn.as_mut() => Some(ended),
+                        () = drained.cancelled() => None,
+                    };
                     // Accepted just before the signal and its first request not read yet
                     // (often a health check): closing it now would leave that client with
                     // no answer at all, so it gets a moment to be answered under the
                     // draining rules (which close the connection).
-                    let early = if served.load(Ordering::Relaxed) {
+                    let early = if during.is_some() {
+                        during
+                    } else if served.load(Ordering::Relaxed) {
                         None
                     } else {
                         tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
@@ -122,6 +148,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(open);
             drop(permit);
         });
     }
@@ -137,10 +164,17 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     // task does.
     connections.close();
     sessions.close();
+    requests.close();
     let drain = async {
-        if tokio::time::timeout_at(deadline, connections.wait())
-            .await
-            .is_err()
+        // In-flight requests first, while every connection still answers `503`; then
+        // the idle connections close. (A request sent on an idle connection as it closes
+        // meets a closed socket, as on any HTTP server: clients retry those on a new one.)
+        let in_flight = tokio::time::timeout_at(deadline, requests.wait()).await;
+        drained.cancel();
+        if in_flight.is_err()
+            || tokio::time::timeout_at(deadline, connections.wait())
+                .await
+                .is_err()
         {
             tracing::warn!("connections still open after the shutdown timeout");
         }
@@ -182,10 +216,10 @@ async fn serve_draining(
                 Err(_) => return,
             },
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut drain => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(pair) => pair,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -195,7 +229,9 @@ async fn serve_draining(
         };
         let log = log.clone();
         let service = service_fn(move |req: Request<Incoming>| {
+            let line = RequestLine::of(&req, peer);
             let res = http::draining(&req, &log);
+            line.answered(&log, &res);
             async move { Ok::<_, Infallible>(res) }
         });
         let conn = http1::Builder::new()
@@ -208,5 +244,44 @@ async fn serve_draining(
             let _ = done.run_until_cancelled(conn).await;
             drop(permit);
         });
+    }
+}
+
+/// One request as the request log writes it: `info` for every request but the scrapes
+/// and probes (`/metrics`, `/healthz`, `/readyz`: `debug`), and the WebSocket upgrade
+/// (`debug`: its session has a line of its own when it ends). The path is logged without
+/// its query, which may carry a token. Its duration runs until the answer's head is
+/// ready (bodies are whole by then).
+struct RequestLine {
+    method: hyper::Method,
+    path: String,
+    peer: std::net::SocketAddr,
+    started: std::time::Instant,
+}
+
+impl RequestLine {
+    fn of<B>(req: &Request<B>, peer: std::net::SocketAddr) -> RequestLine {
+        RequestLine {
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            peer,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Logs the answer `res`, and counts it if it is an error with a code.
+    fn answered<B>(self, log: &Log, res: &hyper::Response<B>) {
+        if let Some(code) = res.extensions().get::<rewind_protocol::ErrorCode>() {
+            log.metrics().refused(Transport::Http, code.as_str());
+        }
+        let status = res.status().as_u16();
+        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        let (method, path, peer) = (self.method.as_str(), self.path.as_str(), self.peer);
+        let quiet = matches!(path, "/metrics" | "/healthz" | "/readyz") || status == 101;
+        if quiet {
+            tracing::debug!(method, path, status, duration_ms, %peer, "request");
+        } else {
+            tracing::info!(method, path, status, duration_ms, %peer, "request");
+        }
     }
 }

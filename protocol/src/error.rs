@@ -52,6 +52,9 @@ pub enum ErrorCode {
     NotAcceptable,
     /// HTTP only: the request body did not arrive within `http_body_timeout_secs`.
     RequestTimeout,
+    /// The shared store (Redis, `docs/cluster.md`) cannot be reached: nothing was
+    /// acknowledged; retry (HTTP 503 with `Retry-After`).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -79,6 +82,7 @@ impl ErrorCode {
             ErrorCode::UpgradeRequired => "upgrade_required",
             ErrorCode::NotAcceptable => "not_acceptable",
             ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -103,7 +107,7 @@ impl ErrorCode {
             ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::UpgradeRequired => 426,
             ErrorCode::Internal => 500,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown => 503,
+            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::Unavailable => 503,
             ErrorCode::StorageFull => 507,
         }
     }

@@ -15,6 +15,7 @@ pub mod browser;
 pub mod fault;
 pub mod proxy;
 pub mod sse;
+pub mod redis;
 
 use bytes::Bytes;
 use tempfile::TempDir;
@@ -188,6 +189,11 @@ impl Broker {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM failed");
+        self.child.wait().expect("wait for broker")
+    }
+
+    /// Waits for the process to exit (after a signal the test sent itself).
+    pub fn wait(&mut self) -> ExitStatus {
         self.child.wait().expect("wait for broker")
     }
 

@@ -128,6 +128,17 @@ async fn each_event_is_id_event_and_the_long_poll_object_and_bytes_are_base64() 
     assert_eq!(events[3]["data_b64"], json!("AA0K/zo="));
     assert_eq!(events[1]["key"], json!("k-1"));
 
+    // HEAD: the stream's status and headers, no body, and the request ends.
+    let head = b
+        .request(Method::HEAD, "/v1/namespaces/n/sse", &[], "")
+        .await;
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(
+        head.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"text/event-stream; charset=utf-8"[..])
+    );
+    assert!(head.body.is_empty());
+
     // Live: an event published now arrives next.
     publish(&b, "n", &json!({"event": "later", "data": [true]})).await;
     let m = sse.expect("later").await;

@@ -59,6 +59,7 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
         )
         .route("/healthz", get(healthz).fallback(only_get))
         .route("/readyz", get(readyz).fallback(only_get))
+        .route("/metrics", get(metrics).fallback(only_get))
         .route("/v1/ws", ws.fallback(only_get))
         .route("/v1/namespaces", get(admin::list).fallback(only_get))
         .route(
@@ -147,6 +148,12 @@ async fn healthz() -> Response<Body> {
 
 async fn readyz(axum::extract::State(log): axum::extract::State<Log>) -> impl IntoResponse {
     admin::ready(&log)
+}
+
+/// `GET /metrics`: the OpenMetrics text of [`crate::metrics`].
+async fn metrics(axum::extract::State(log): axum::extract::State<Log>) -> Response<Body> {
+    let text = log.metrics_text().await;
+    response::with_body(StatusCode::OK, crate::metrics::CONTENT_TYPE, text)
 }
 
 /// 405 for a route that takes only `GET` (and `HEAD`).

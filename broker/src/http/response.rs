@@ -83,6 +83,7 @@ impl ApiError {
             "application/json",
             self.code.http_body(&self.message),
         );
+        res.extensions_mut().insert(self.code);
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             res.headers_mut().insert(ALLOW, allow);
         }

@@ -15,6 +15,7 @@
 
 mod answers;
 mod link;
+mod report;
 mod session;
 mod subscription;
 
@@ -50,6 +51,7 @@ pub(crate) type Body = Full<Bytes>;
 /// of the broker does.
 fn refusal(code: ErrorCode, message: &str) -> Response<Body> {
     let mut res = Response::new(Full::new(Bytes::from(code.http_body(message))));
+    res.extensions_mut().insert(code);
     *res.status_mut() =
         StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let retry = res.status() == StatusCode::SERVICE_UNAVAILABLE;
@@ -188,6 +190,7 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
     let Ok(permit) = Arc::clone(&ctx.slots).try_acquire_owned() else {
         return refusal(ErrorCode::Overloaded, "too many connections");
     };
+    let peer = req.extensions().get::<crate::metrics::Peer>().copied();
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_ctx = ctx.clone();
     let config = ctx.socket_config();
@@ -201,7 +204,7 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
                     Some(config),
                 )
                 .await;
-                session::run(ws, encoding, session_ctx).await;
+                session::run(ws, encoding, session_ctx, peer).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

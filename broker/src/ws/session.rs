@@ -50,10 +50,12 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::answers::Answers;
 use super::link::Link;
+use super::report::Report;
 use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
 use crate::config::seconds;
 use crate::engine::{Idempotency, LogError, QueueSlot};
+use crate::metrics::{Peer, Transport};
 
 type Socket = WebSocketStream<Link<TokioIo<Upgraded>>>;
 
@@ -160,6 +162,7 @@ struct Session {
     /// Reading stopped for good — the broker is shutting down, or the client broke the
     /// protocol: the publishes taken are answered, then the connection closes with this.
     closing: CloseWith,
+    report: Report,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -172,8 +175,10 @@ fn reason(text: &str) -> String {
 }
 
 /// Serves one upgraded connection until it ends.
-pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext) {
+pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext, peer: Option<Peer>) {
+    let report = Report::new(&ctx.log, peer.map(|p| p.0));
     let session = Session {
+        report,
         ctx,
         encoding,
         ws,
@@ -252,6 +257,8 @@ impl Session {
                 Turn::End(close) => break close,
             }
         };
+        self.report
+            .ended(close.as_ref().map(|(code, _)| u16::from(*code)));
         // Boxed: an idle connection's future should only be as big as its waiting.
         Box::pin(self.finish(close, ping_timeout)).await;
     }
@@ -351,7 +358,9 @@ impl Session {
     fn take_answers(&mut self, cx: &mut Context<'_>) {
         let encoding = self.encoding;
         let out = &mut self.ws.get_mut().out;
+        let log = &self.ctx.log;
         self.answers.poll_ready(cx, |answer| {
+            count_refusal(log, &answer);
             out.push_with(|buf| wire::push_server_frame(buf, encoding, &answer))
         });
     }
@@ -471,6 +480,7 @@ impl Session {
     }
 
     fn send_frame(&mut self, f: &ServerFrame) {
+        count_refusal(&self.ctx.log, f);
         let encoding = self.encoding;
         self.ws
             .get_mut()
@@ -658,9 +668,14 @@ impl Session {
         }
         // A subscription never creates its namespace (as an HTTP read does not): only
         // a publish or a PUT does.
-        let Some(state) = self.ctx.log.namespace(&ns) else {
-            let e = LogError::NotFound(ns.clone());
-            return self.error(e.code(), e.to_string(), Some(ns));
+        // With a shared store (Redis) another broker may have created it.
+        let state = match self.ctx.log.namespace_fresh(&ns).await {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let e = LogError::NotFound(ns.clone());
+                return self.error(e.code(), e.to_string(), Some(ns));
+            }
+            Err(e) => return self.error(e.code(), e.to_string(), Some(ns)),
         };
         // Subscribe to live events before reading `visible`, so nothing falls in between.
         let live = state.subscribe_live();
@@ -698,7 +713,9 @@ impl Session {
             cursor,
             Arc::clone(&credit),
             self.encoding,
+            Arc::clone(&self.report.events_out),
         );
+        self.report.opened += 1;
         let stream: Pin<Box<dyn Stream<Item = Vec<Yield>> + Send>> = Box::pin(sub.into_stream());
         let (abort, registration) = AbortHandle::new_pair();
         self.streams.push(Abortable::new(stream, registration));
@@ -718,6 +735,7 @@ impl Session {
         idempotency_key: Option<String>,
     ) {
         let events = vec![NewEvent { event, key, data }];
+        self.report.events_in += 1;
         match self.ctx.log.try_queue_slot() {
             // A full queue holds this publish, and with it the reading of the connection,
             // until the writer has taken enough: backpressure, not an error.
@@ -753,6 +771,13 @@ impl Session {
             }
             Err(e) => self.refuse_publish(id, ns, e.code(), e.to_string()),
         }
+    }
+}
+
+/// Counts an `error` frame in `rewind_refused_requests_total`.
+fn count_refusal(log: &crate::engine::Log, f: &ServerFrame) {
+    if let ServerFrame::Error { code, .. } = f {
+        log.metrics().refused(Transport::Ws, code);
     }
 }
 

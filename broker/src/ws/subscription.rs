@@ -29,13 +29,13 @@ use bytes::Bytes;
 use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
 use rewind_protocol::wire::Encoding;
-use rewind_protocol::ErrorCode;
 use tokio::sync::Notify;
 
 use crate::engine::fanout::{self, SharedRun};
 use crate::engine::live::{CatchUpCharge, LiveSubscriber};
 use crate::engine::namespaces::Namespace;
 use crate::engine::{Log, LogError};
+use crate::metrics::Subscribed;
 
 /// Events read from the log per catch-up step, at most.
 const CATCH_UP_BATCH: u64 = 1000;
@@ -119,6 +119,10 @@ pub(super) struct Subscription {
     encoding: Encoding,
     /// Set once the subscription has said its last word.
     finished: bool,
+    /// Its cursor as the lag metrics see it; counted in `rewind_subscriptions`.
+    mark: Subscribed,
+    /// Events handed out, for the session's log line.
+    delivered: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -131,8 +135,11 @@ impl Subscription {
         cursor: u64,
         credit: Arc<Credit>,
         encoding: Encoding,
+        delivered: Arc<AtomicU64>,
     ) -> Subscription {
         Subscription {
+            mark: log.metrics().subscribed(&state.name, cursor),
+            delivered,
             log,
             state,
             live,
@@ -151,8 +158,15 @@ impl Subscription {
                 return None;
             }
             let out = sub.step().await;
+            sub.mark.at(sub.cursor);
             Some((out, sub))
         })
+    }
+
+    /// `n` events handed to the session, counted once for the lot.
+    fn handed_out(&self, n: u64) {
+        self.log.metrics().delivered(n);
+        self.delivered.fetch_add(n, Ordering::Relaxed);
     }
 
     fn truncated(&mut self, to: u64) -> Yield {
@@ -242,6 +256,7 @@ impl Subscription {
         let piece = run.frames(self.encoding, self.cursor, self.cursor + n);
         self.cursor += n;
         self.credit.spend(n);
+        self.handed_out(n);
         piece
     }
 
@@ -284,12 +299,7 @@ impl Subscription {
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "catch-up read failed");
                 let ns = Some(self.state.name.to_string());
-                return self.finish(ServerFrame::error(
-                    ErrorCode::Internal,
-                    e.to_string(),
-                    None,
-                    ns,
-                ));
+                return self.finish(ServerFrame::error(e.code(), e.to_string(), None, ns));
             }
         };
         if events.is_empty() {
@@ -314,6 +324,7 @@ impl Subscription {
             self.cursor = ev.offset + 1;
         }
         self.credit.spend(n_read);
+        self.handed_out(n_read);
         pieces.push(Bytes::from(piece));
         // What is held now is the frames (the records are gone); pieces before a
         // `truncated` are counted with them.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use bench::BenchCommand;
 use clap::{Parser, Subcommand};
-use rewind_broker::config::Config;
+use rewind_broker::config::{Config, LogFormat};
 use rewind_broker::server;
 use rewind_broker::Log;
 use serve::ServeArgs;
@@ -147,17 +147,30 @@ fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Sets up logging to stderr in `format`: tracing-subscriber's plain lines, coloured only
+/// when stderr is a terminal, or one JSON object per line, its fields at the top level
+/// beside `timestamp`, `level`, `target` and `message` (`docs/operations.md`).
+fn start_logging(format: LogFormat) {
     let (filter, bad_filter) = log_filter();
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(std::io::stderr);
+    match format {
         // Colour codes only for a person at a terminal, never in a file or a log collector.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     if let Some(why) = bad_filter {
         tracing::warn!("{why}; logging with the default filter, info");
     }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = |blocking_threads: usize| {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -166,10 +179,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .context("starting the runtime")
     };
     let default_threads = Config::default().blocking_threads;
+    if !matches!(cli.command, Command::Serve(_)) {
+        start_logging(LogFormat::Text);
+    }
     match cli.command {
         Command::Serve(args) => {
-            // Read before the runtime is built: it sizes the runtime's blocking pool.
+            // Read before the runtime is built: it sizes the runtime's blocking pool, and
+            // before logging starts: it says the log format.
             let config = Config::load(&args.sources())?;
+            start_logging(config.log_format);
             runtime(config.blocking_threads)?.block_on(serve(*args, config))
         }
         Command::Publish(args) => runtime(default_threads)?.block_on(cli::publish(args)),
@@ -182,10 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BenchCommand::Fanout(a) => bench::fanout::run(a).await,
                     BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
                     BenchCommand::Idle(a) => bench::fanout::idle(a).await,
+                    BenchCommand::Namespaces(a) => bench::fanout::namespaces(a).await,
                     BenchCommand::Store(a) => bench::store::run(a).await,
                 }
             })?;
-            print!("{}", bench::table(&results));
+            print!("{}", bench::render(&results, which.json()));
             Ok(())
         }
     }
@@ -198,7 +217,10 @@ async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let log = tokio::task::spawn_blocking(move || Log::open_with(open_config, recover))
         .await
         .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        .with_context(|| match &config.redis.0 {
+            Some(_) => "opening the store in Redis (--redis)".to_owned(),
+            None => format!("opening the store in {}", config.data_dir.display()),
+        })?;
     // A host name is resolved here; tokio binds the first of its addresses it can.
     let listener = tokio::net::TcpListener::bind(config.listen.as_str())
         .await
