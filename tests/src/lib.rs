@@ -13,6 +13,7 @@ use std::time::Duration;
 
 pub mod browser;
 pub mod fault;
+pub mod proxy;
 pub mod sse;
 pub mod redis;
 

@@ -24,6 +24,7 @@
 //!   next, so nothing a request waits for depends on that connection doing anything else.
 
 mod admin;
+mod assets;
 mod cors;
 mod media;
 mod params;
@@ -49,6 +50,13 @@ use response::{ApiError, Body};
 /// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
 pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
     Router::new()
+        .route("/", get(assets::index).fallback(only_get))
+        .route("/rewind.js", get(assets::client).fallback(only_get))
+        .route("/rewind.d.ts", get(assets::declarations).fallback(only_get))
+        .route(
+            "/dashboard/{file}",
+            get(assets::dashboard).fallback(only_get),
+        )
         .route("/healthz", get(healthz).fallback(only_get))
         .route("/readyz", get(readyz).fallback(only_get))
         .route("/metrics", get(metrics).fallback(only_get))
