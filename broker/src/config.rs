@@ -309,6 +309,10 @@ options! {
     max_read_bytes: usize = 4 << 20, "BYTES", "Most payload bytes one read returns", min 1;
     /// Longest `wait` of a long-poll read, in seconds.
     max_wait_secs: u64 = 60, "SECS", "Longest long-poll wait in seconds";
+    /// SSE: seconds without anything to send after which a stream sends a comment line,
+    /// so proxies keep it open and a vanished client is noticed by the failed write.
+    sse_heartbeat_secs: u64 = 15, "SECS", "SSE: seconds between heartbeat comments when idle",
+        min 1;
     /// How often retention is enforced, in milliseconds.
     retention_interval_ms: u64 = 1000, "MS", "How often retention runs, in ms", min 1;
     /// How long an `Idempotency-Key` is remembered, in seconds (an hour).
@@ -451,6 +455,33 @@ options! {
     /// How log lines are written to stderr: `text` (one line per event, coloured only at
     /// a terminal) or `json` (one JSON object per line).
     log_format: LogFormat = LogFormat::Text, "text|json", "Log line format on stderr";
+    /// Keep every namespace in Redis at this URL instead of under `data_dir`, so any number
+    /// of broker nodes sharing it serve one log (`docs/cluster.md`): `redis://HOST:PORT`,
+    /// `rediss://` for TLS, with `USER:PASSWORD@` and `/DB` as Redis URLs take them; `none`
+    /// for the embedded store. `data_dir` is not used then.
+    redis: RedisUrl = RedisUrl(None), "URL|none",
+        "Redis URL (redis:// or rediss://) of a log shared by many nodes; none: embedded store";
+    /// With `redis`: the prefix of every key (followed by `:`); nodes with the same prefix
+    /// share their namespaces. Letters, digits and `_ - . :`.
+    redis_prefix: KeyPrefix = KeyPrefix("rewind".to_owned()), "PREFIX",
+        "With --redis: prefix of every key";
+    /// With `redis`: replicas that must have each write (Redis `WAIT`) before a publish is
+    /// acknowledged; 0 waits for none. When `WAIT` times out the answer says
+    /// `"replicated": false` (`docs/cluster.md`).
+    redis_wait_replicas: u64 = 0, "N", "With --redis: replicas WAIT must reach before an ack",
+        max 1_000_000;
+    /// With `redis` and `redis_wait_replicas`: how long `WAIT` waits, in milliseconds.
+    redis_wait_timeout_ms: u64 = 1000, "MS", "With --redis: how long WAIT waits, in ms", min 1;
+    /// With `redis`: connect, read and write timeout of each Redis command, in
+    /// milliseconds; past it the command fails and publishes get 503 `unavailable`.
+    redis_timeout_ms: u64 = 2000, "MS", "With --redis: timeout of each Redis command, in ms",
+        min 1;
+    /// With `redis`: how often a node compares what it knows of every namespace with
+    /// Redis (healing a missed Pub/Sub announcement, noticing data Redis lost) and pings
+    /// Redis for `/readyz`, in milliseconds.
+    redis_heal_interval_ms: u64 = 1000, "MS",
+        "With --redis: how often a node re-reads every namespace's state from Redis, in ms",
+        min 1;
     @retention {
         /// keep at most this many events of a namespace.
         retention_max_events => max_events = None, "N|none",
@@ -1092,6 +1123,52 @@ impl OptionValue for ListenAddr {
     }
 }
 
+/// The `redis` option: a `redis://` or `rediss://` URL, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub Option<String>);
+
+impl OptionValue for RedisUrl {
+    const EXPECTED: &'static str = "a redis:// or rediss:// URL, or \"none\"";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(RedisUrl(None));
+        }
+        if !(text.starts_with("redis://") || text.starts_with("rediss://")) {
+            return Err(format!(
+                "expected a redis:// or rediss:// URL, or none, found {text:?}"
+            ));
+        }
+        Ok(RedisUrl(Some(text.to_owned())))
+    }
+    fn show(&self) -> String {
+        self.0.clone().unwrap_or_else(|| "none".to_owned())
+    }
+}
+
+/// The `redis_prefix` option: 1–64 of `A-Z a-z 0-9 _ - . :`, so no key of it has a
+/// hash tag of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPrefix(pub String);
+
+impl OptionValue for KeyPrefix {
+    const EXPECTED: &'static str = "a key prefix";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        let ok = (1..=64).contains(&text.len())
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        if !ok {
+            return Err(format!(
+                "expected 1 to 64 of A-Z a-z 0-9 _ - . :, found {text:?}"
+            ));
+        }
+        Ok(KeyPrefix(text.to_owned()))
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
 /// A retention limit: a number from 1 up, or `none`.
 struct Limit(Option<u64>);
 
@@ -1241,6 +1318,7 @@ mod tests {
         match spec.name {
             "data_dir" => "",
             "listen" => "nowhere",
+            "redis_prefix" => "{tag}",
             _ => "bogus",
         }
     }
@@ -1408,6 +1486,7 @@ mod tests {
             ("ws_read_buffer_bytes", 64 << 20),
             ("http_max_headers", 10_000),
             ("http_max_header_bytes", 417_792),
+            ("redis_wait_replicas", 1_000_000),
         ];
         for (option, most) in cases {
             let spec = OptionSpec::named(option).unwrap();
@@ -1715,6 +1794,31 @@ mod tests {
     }
 
     #[test]
+    fn redis_urls_and_key_prefixes_are_checked() {
+        let load = |option: &str, text: &str| {
+            Config::load_from(&Sources::default().flag(option, text), env(&[]))
+        };
+        for url in ["redis://127.0.0.1:6379", "rediss://u:p@cache:6380/2"] {
+            assert_eq!(
+                load("redis", url).unwrap().redis,
+                RedisUrl(Some(url.to_owned()))
+            );
+        }
+        assert_eq!(load("redis", "none").unwrap().redis, RedisUrl(None));
+        for bad in ["http://x:1", "127.0.0.1:6379", ""] {
+            let err = load("redis", bad).unwrap_err().to_string();
+            assert!(err.contains("redis:// or rediss://"), "{bad}: {err}");
+        }
+        assert_eq!(
+            load("redis_prefix", "app-1.prod:rw").unwrap().redis_prefix,
+            KeyPrefix("app-1.prod:rw".to_owned())
+        );
+        for bad in ["", "{ns}", "a b", &"x".repeat(65)] {
+            assert!(load("redis_prefix", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn shown_defaults_read_back_as_the_defaults() {
         let defaults = Config::default();
         for spec in OPTIONS {
@@ -1728,6 +1832,8 @@ mod tests {
         assert_eq!(shown("retention_max_age_secs"), "604800");
         assert_eq!(shown("retention_max_bytes"), "none");
         assert_eq!(shown("write_queue"), "4096");
-        assert_eq!(OPTIONS.len(), 43);
+        assert_eq!(shown("redis"), "none");
+        assert_eq!(shown("redis_prefix"), "rewind");
+        assert_eq!(OPTIONS.len(), 50);
     }
 }

@@ -91,7 +91,7 @@ async fn a_waiting_read_is_told_at_once_when_its_namespace_is_deleted() {
         .await
         .expect_err("gone");
     assert_eq!(after.code(), ErrorCode::NotFound);
-    assert!(log.info("d").expect("info").is_none());
+    assert!(log.info("d").await.expect("info").is_none());
     log.shutdown().await;
 }
 

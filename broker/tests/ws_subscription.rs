@@ -141,7 +141,7 @@ fn retaining_three(dir: &std::path::Path) -> Config {
 async fn retained(log: &Log, ns: &str) -> u64 {
     tokio::time::timeout(BOUND, async {
         loop {
-            let info = log.info(ns).expect("info").expect("exists");
+            let info = log.info(ns).await.expect("info").expect("exists");
             if info.next - info.earliest <= 3 {
                 return info.earliest;
             }

@@ -60,6 +60,9 @@ pub enum ErrorCode {
     TooManyConnections,
     /// HTTP only: a `Transfer-Encoding` other than `chunked` alone (RFC 9112 §6.1). HTTP 501.
     NotImplemented,
+    /// The shared store (Redis, `docs/cluster.md`) cannot be reached: nothing was
+    /// acknowledged; retry (HTTP 503 with `Retry-After`).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 
@@ -116,7 +120,10 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::NotImplemented => 501,
-            ErrorCode::Overloaded | ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => 503,
+            ErrorCode::Overloaded
+            | ErrorCode::ShuttingDown
+            | ErrorCode::TooManyConnections
+            | ErrorCode::Unavailable => 503,
             ErrorCode::StorageFull => 507,
         }
     }

@@ -43,10 +43,22 @@ pub fn validate_namespace(name: &str) -> Result<(), ProtocolError> {
     Ok(())
 }
 
-/// Checks an event name: 1–128 characters of UTF-8 with no control characters.
+/// Event names starting with this are the broker's own: Server-Sent Events name its
+/// messages `rewind.opened`, `rewind.truncated`, `rewind.closed` and `rewind.error` in the
+/// same `event:` field as the events, so a published `rewind.closed` would pass for the
+/// broker's (spec §2: a value is accepted only if every encoding can carry it).
+pub const RESERVED_EVENT_PREFIX: &str = "rewind.";
+
+/// Checks an event name: 1–128 characters of UTF-8 with no control characters, not
+/// starting with [`RESERVED_EVENT_PREFIX`].
 pub fn validate_event_name(name: &str) -> Result<(), ProtocolError> {
     if name.is_empty() {
         return Err(ProtocolError::BadEventName("must not be empty"));
+    }
+    if name.starts_with(RESERVED_EVENT_PREFIX) {
+        return Err(ProtocolError::BadEventName(
+            "must not start with \"rewind.\" (reserved for the broker's own SSE messages)",
+        ));
     }
     let mut chars = 0usize;
     for c in name.chars() {
@@ -93,10 +105,26 @@ mod tests {
 
     #[test]
     fn event_names() {
-        for ok in ["created", "über ereignis", "a.b/c", &"é".repeat(128)] {
+        for ok in [
+            "created",
+            "über ereignis",
+            "a.b/c",
+            &"é".repeat(128),
+            "rewind",
+            "Rewind.closed",
+            "my.rewind.closed",
+        ] {
             assert!(validate_event_name(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "tab\there", "nl\n", "\u{7f}", &"é".repeat(129)] {
+        for bad in [
+            "",
+            "tab\there",
+            "nl\n",
+            "\u{7f}",
+            &"é".repeat(129),
+            "rewind.closed",
+            "rewind.",
+        ] {
             assert!(validate_event_name(bad).is_err(), "{bad:?}");
         }
     }

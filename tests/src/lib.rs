@@ -11,7 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+pub mod browser;
 pub mod fault;
+pub mod proxy;
+pub mod redis;
+pub mod sse;
 
 use bytes::Bytes;
 use tempfile::TempDir;

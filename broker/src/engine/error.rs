@@ -28,6 +28,9 @@ pub enum LogError {
     /// The disk is full.
     #[error("the disk is full")]
     DiskFull,
+    /// The shared store (Redis) cannot be reached; nothing was acknowledged; retry.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The store failed.
     #[error("storage failed: {0}")]
     Storage(String),
@@ -53,6 +56,7 @@ impl LogError {
             LogError::ShuttingDown => ErrorCode::ShuttingDown,
             LogError::BadPosition(_) => ErrorCode::BadPosition,
             LogError::DiskFull => ErrorCode::StorageFull,
+            LogError::Unavailable(_) => ErrorCode::Unavailable,
             LogError::Storage(_) => ErrorCode::Internal,
             LogError::IdempotencyConflict { .. } => ErrorCode::IdempotencyConflict,
         }
@@ -67,6 +71,7 @@ impl From<&StoreError> for LogError {
                 first: *first,
                 last: *last,
             },
+            StoreError::Unavailable(why) => LogError::Unavailable(why.clone()),
             _ if e.is_disk_full() => LogError::DiskFull,
             other => LogError::Storage(other.to_string()),
         }

@@ -254,6 +254,13 @@ impl LiveRing {
         drop(left);
     }
 
+    /// Wakes every subscriber waiting for a push without pushing: events that are only in
+    /// the store became visible (appended by another node of a cluster), and the
+    /// subscribers read them from there.
+    pub fn wake(&self) {
+        self.arrived.notify_waiters();
+    }
+
     /// Lets go of every run (the namespace was deleted).
     pub fn clear(&self) {
         let left = std::mem::take(&mut self.ring().runs);

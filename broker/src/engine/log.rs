@@ -22,6 +22,7 @@ use crate::engine::writer::{Command, Idempotency, Reply, Writer};
 use crate::metrics::{Metrics, Snapshot, Timer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
+use crate::storage::redis::{RedisOptions, RedisStore};
 use crate::storage::{Appended, NsInfo, Storage, StoreError};
 use crate::storage::{Durability, Retention};
 
@@ -94,6 +95,9 @@ impl Log {
     /// recovered instead of refused: every valid record is kept and each namespace that
     /// lost anything gets a new epoch (docs/storage.md).
     pub fn open_with(config: Arc<Config>, recover: bool) -> Result<Log, StoreError> {
+        if let Some(url) = &config.redis.0 {
+            return Log::open_redis(url, config.clone());
+        }
         let opts = OpenOptions {
             cache_bytes: config.store_cache_bytes,
             segment_bytes: config.segment_bytes,
@@ -123,6 +127,39 @@ impl Log {
             );
         }
         Log::start(Arc::new(store), config)
+    }
+
+    /// Opens the log in Redis (`--redis`) and joins the cluster of brokers that share it:
+    /// the listener that follows the other nodes' changes, and the heal timer. `data_dir`
+    /// is not used. `durability = "relaxed"` is refused: with Redis, what a publish
+    /// survives is Redis's persistence (`docs/cluster.md`).
+    fn open_redis(url: &str, config: Arc<Config>) -> Result<Log, StoreError> {
+        if config.durability == Durability::Relaxed {
+            return Err(StoreError::Redis(
+                "durability = \"relaxed\" has no meaning with --redis: what a publish survives is Redis's persistence (docs/cluster.md)".into(),
+            ));
+        }
+        let opts = RedisOptions {
+            url: url.to_owned(),
+            prefix: config.redis_prefix.0.clone(),
+            wait_replicas: config.redis_wait_replicas,
+            wait_timeout_ms: config.redis_wait_timeout_ms,
+            timeout_ms: config.redis_timeout_ms,
+        };
+        let store = RedisStore::open(opts)?;
+        store.watch_health(Duration::from_millis(config.redis_heal_interval_ms))?;
+        let log = Log::start(Arc::clone(&store) as Arc<dyn Storage>, Arc::clone(&config))?;
+        crate::engine::cluster::spawn_listener(
+            store,
+            Arc::clone(&log.inner.namespaces),
+            log.inner.tx.clone(),
+            log.inner.shutdown.clone(),
+        )?;
+        log.spawn_timer(Duration::from_millis(config.redis_heal_interval_ms), || {
+            Command::RefreshAll
+        });
+        tracing::info!(url = %redacted(url), "log in redis");
+        Ok(log)
     }
 
     /// Starts the writer and timers over any store.
@@ -261,6 +298,7 @@ impl Log {
             events,
             idempotency,
             reply,
+            replicated: None,
         });
         Pending(answer, Some(self.inner.metrics.publish_timer()))
     }
@@ -316,9 +354,33 @@ impl Log {
             events,
             idempotency,
             reply,
+            replicated: None,
         })?;
         pending.1 = Some(self.inner.metrics.publish_timer());
         pending.wait().await
+    }
+
+    /// [`Log::append`], and whether the commit that made it durable reached the replicas
+    /// `redis_wait_replicas` asks for (always true without `WAIT`): false when Redis
+    /// `WAIT` timed out first. The events are stored either way.
+    pub async fn append_replicated(
+        &self,
+        ns: &str,
+        events: Vec<NewEvent>,
+        idempotency: Option<Idempotency>,
+    ) -> Result<(Appended, bool), LogError> {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let replicated = Some(Arc::clone(&flag));
+        let mut pending = self.submit(|reply| Command::Append {
+            ns: ns.to_owned(),
+            events,
+            idempotency,
+            reply,
+            replicated,
+        })?;
+        pending.1 = Some(self.inner.metrics.publish_timer());
+        let appended = pending.wait().await?;
+        Ok((appended, flag.load(std::sync::atomic::Ordering::Acquire)))
     }
 
     /// Creates a namespace or replaces its retention; true if it was created.
@@ -345,21 +407,54 @@ impl Log {
         self.inner.namespaces.get(ns)
     }
 
-    /// One namespace, with `earliest` and `next` as readers see them.
-    pub fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
-        let Some(state) = self.namespace(ns) else {
+    /// The live state of a namespace; with a shared store, a namespace this broker does
+    /// not know yet is looked up there (another broker may have created it).
+    pub async fn namespace_fresh(&self, ns: &str) -> Result<Option<Arc<Namespace>>, LogError> {
+        if let Some(state) = self.namespace(ns) {
+            return Ok(Some(state));
+        }
+        if !self.inner.store.is_shared() {
+            return Ok(None);
+        }
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Refresh {
+                ns: ns.to_owned(),
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| LogError::ShuttingDown)?;
+        answer.await.map_err(|_| LogError::ShuttingDown)
+    }
+
+    /// True when the store is shared with other brokers (Redis).
+    pub fn storage_shared(&self) -> bool {
+        self.inner.store.is_shared()
+    }
+
+    /// One namespace, with `earliest` and `next` as readers see them; with a shared store,
+    /// one another broker created is found too. The store is asked on the blocking pool.
+    pub async fn info(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
+        let Some(state) = self.namespace_fresh(ns).await? else {
             return Ok(None);
         };
-        let info = self.inner.store.info(ns).map_err(|e| LogError::from(&e))?;
+        let store = Arc::clone(&self.inner.store);
+        let name = ns.to_owned();
+        let info = tokio::task::spawn_blocking(move || store.info(&name))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::from(&e))?;
         Ok(info.map(|i| state.as_read(i)))
     }
 
     /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
-    pub fn list(&self) -> Result<Vec<NsInfo>, LogError> {
-        let all = self
-            .inner
-            .store
-            .namespaces()
+    /// The store is asked on the blocking pool.
+    pub async fn list(&self) -> Result<Vec<NsInfo>, LogError> {
+        let store = Arc::clone(&self.inner.store);
+        let all = tokio::task::spawn_blocking(move || store.namespaces())
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
             .map_err(|e| LogError::from(&e))?;
         Ok(all
             .into_iter()
@@ -376,9 +471,8 @@ impl Log {
     pub async fn read(&self, ns: &str, req: ReadRequest) -> Result<ReadPage, LogError> {
         let cfg = &self.inner.config;
         let state = self
-            .inner
-            .namespaces
-            .get(ns)
+            .namespace_fresh(ns)
+            .await?
             .ok_or_else(|| LogError::NotFound(ns.to_owned()))?;
         let mut visible_rx = state.watch_visible();
         let visible = *visible_rx.borrow_and_update();
@@ -495,5 +589,13 @@ impl Log {
                 tracing::error!("writer thread panicked");
             }
         }
+    }
+}
+
+/// A Redis URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***{}", &url[at..]),
+        _ => url.to_owned(),
     }
 }

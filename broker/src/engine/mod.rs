@@ -7,11 +7,13 @@
 //! - [`namespaces`]: a namespace's live state, one `Namespace` per incarnation (epoch,
 //!   visible end, earliest, live ring, deletion), owned by the writer.
 //! - [`fanout`]: live events encoded once per encoding and shared by every subscriber.
+//! - [`cluster`]: with Redis, follows what the other brokers sharing it change.
 //! - [`live`]: each namespace's ring of live runs, and the one memory budget of them all.
 //!
 //! Outside the crate only the re-exports below are reachable; the modules are the
 //! crate's own.
 
+pub(crate) mod cluster;
 pub(crate) mod error;
 pub(crate) mod fanout;
 pub(crate) mod live;

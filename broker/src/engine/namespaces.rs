@@ -131,6 +131,16 @@ impl Namespace {
         });
     }
 
+    /// Makes events below `next` visible that another node of a cluster appended, and wakes
+    /// every reader: waiting readers, and subscribers waiting for a live run (the events
+    /// are not in the ring, so they read them from the store).
+    pub(super) fn publish_remote(&self, next: u64) {
+        if next > self.visible() {
+            self.publish_visible(next);
+            self.live.wake();
+        }
+    }
+
     /// The oldest offset held.
     pub fn earliest(&self) -> u64 {
         self.earliest.load(Ordering::Acquire)

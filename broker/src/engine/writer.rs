@@ -18,6 +18,7 @@
 //!   on: a read, a subscription or a refused request never creates one.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rewind_protocol::idempotency::RequestDigest;
@@ -73,6 +74,9 @@ pub enum Command {
         idempotency: Option<Idempotency>,
         /// Answered once the events are durable.
         reply: Reply<Appended>,
+        /// Set to false before the answer when the commit's replication (Redis `WAIT`,
+        /// `redis_wait_replicas`) fell short; `None` when the caller does not ask.
+        replicated: Option<Arc<AtomicBool>>,
     },
     /// Create a namespace, or set the retention of an existing one. The reply says
     /// whether it was created.
@@ -95,13 +99,24 @@ pub enum Command {
     Retention,
     /// Relaxed mode: flush everything written so far (sent on a timer).
     Flush,
+    /// A shared store: make this broker's state of a namespace match the store's (another
+    /// broker created, deleted or trimmed it). The reply, if asked for, is the state after.
+    Refresh {
+        /// The namespace.
+        ns: String,
+        /// Answered with the namespace's state once refreshed.
+        reply: Option<oneshot::Sender<Option<Arc<Namespace>>>>,
+    },
+    /// A shared store: refresh every namespace, and give a new epoch to those the store
+    /// lost (sent on a timer and after the cluster listener reconnects).
+    RefreshAll,
     /// Finish what is queued, sync, and stop.
     Shutdown,
 }
 
 /// An answer held back until the group's sync.
 enum Ack {
-    Append(Reply<Appended>, Appended),
+    Append(Reply<Appended>, Appended, Option<Arc<AtomicBool>>),
     Put(Reply<(NsInfo, bool)>, (NsInfo, bool)),
     Delete(Reply<bool>, bool),
 }
@@ -110,15 +125,22 @@ impl Ack {
     fn fail(self, err: LogError) {
         // A caller that gave up waiting has dropped its receiver; nothing to tell it.
         match self {
-            Ack::Append(r, _) => drop(r.send(Err(err))),
+            Ack::Append(r, _, _) => drop(r.send(Err(err))),
             Ack::Put(r, _) => drop(r.send(Err(err))),
             Ack::Delete(r, _) => drop(r.send(Err(err))),
         }
     }
 
-    fn succeed(self) {
+    /// Answers with success; `replicated` is false when the commit's replication fell
+    /// short, which the appends that asked are told.
+    fn succeed(self, replicated: bool) {
         match self {
-            Ack::Append(r, v) => drop(r.send(Ok(v))),
+            Ack::Append(r, v, flag) => {
+                if let Some(flag) = flag {
+                    flag.store(replicated, Ordering::Release);
+                }
+                drop(r.send(Ok(v)))
+            }
             Ack::Put(r, v) => drop(r.send(Ok(v))),
             Ack::Delete(r, v) => drop(r.send(Ok(v))),
         }
@@ -226,7 +248,15 @@ impl Writer {
                 events,
                 idempotency,
                 reply,
-            } => self.append(ns, events, idempotency.as_ref(), reply, group),
+                replicated,
+            } => self.append(
+                ns,
+                events,
+                idempotency.as_ref(),
+                (reply, replicated),
+                group,
+                false,
+            ),
             Command::Put {
                 ns,
                 retention,
@@ -262,12 +292,26 @@ impl Writer {
             },
             Command::Retention => self.enforce_retention(),
             Command::Flush => group.flush = true,
+            Command::Refresh { ns, reply } => {
+                let state = self.refresh(&ns);
+                if let Some(reply) = reply {
+                    let _ = reply.send(state);
+                }
+            }
+            Command::RefreshAll => self.refresh_all(),
             Command::Shutdown => rx.close(),
         }
     }
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
-        let info = self.store.create(ns, retention)?;
+        let info = match self.store.create(ns, retention) {
+            // Another broker of a shared store created it first: this one takes it as is.
+            Err(StoreError::Exists(_)) if self.store.is_shared() => self
+                .store
+                .info(ns)?
+                .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?,
+            other => other?,
+        };
         self.namespaces.open(&info);
         tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
         Ok(info)
@@ -278,11 +322,18 @@ impl Writer {
         ns: String,
         events: Vec<NewEvent>,
         idempotency: Option<&Idempotency>,
-        reply: Reply<Appended>,
+        (reply, replicated): (Reply<Appended>, Option<Arc<AtomicBool>>),
         group: &mut Group,
+        retried: bool,
     ) {
         let mut created = false;
-        let state = match self.namespaces.get(&ns) {
+        let known = match self.namespaces.get(&ns) {
+            Some(state) => Some(state),
+            // Another broker may have created it.
+            None if self.store.is_shared() => self.refresh(&ns),
+            None => None,
+        };
+        let state = match known {
             Some(state) => state,
             None if self.config.auto_create => match self.create(&ns, Retention::default()) {
                 Ok(_) => {
@@ -304,7 +355,7 @@ impl Writer {
             }
         };
         let now = now_ms();
-        let idempotency = idempotency.map(|i| IdempotencyKey {
+        let key = idempotency.map(|i| IdempotencyKey {
             key: &i.key,
             request: i.request,
             request_v1: i.request_v1,
@@ -312,7 +363,7 @@ impl Writer {
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });
-        match self.store.append(&ns, &events, now, idempotency) {
+        match self.store.append(&ns, &events, now, key) {
             Ok(appended) => {
                 if let Appended::New { first, last } = appended {
                     group.visible.push((Arc::clone(&state), last + 1));
@@ -326,7 +377,13 @@ impl Writer {
                         group.newly_dirty.push(ns);
                     }
                 }
-                group.acks.push(Ack::Append(reply, appended));
+                group.acks.push(Ack::Append(reply, appended, replicated));
+            }
+            // A shared store lost the namespace, or another broker deleted it, since this
+            // broker last looked: once more with the store's state.
+            Err(StoreError::NotFound(_)) if self.store.is_shared() && !created && !retried => {
+                self.refresh(&ns);
+                self.append(ns, events, idempotency, (reply, replicated), group, true);
             }
             Err(e) => {
                 // A refused request creates nothing: the namespace its first publish
@@ -384,12 +441,16 @@ impl Writer {
                         .flat_map(|l| &l.events)
                         .map(|e| e.data.len() as u64),
                 );
+                let replicated = self.store.last_sync_replicated();
                 for ack in group.acks {
-                    ack.succeed();
+                    ack.succeed(replicated);
                 }
                 // After `visible` moved (see `Namespace::subscribe_live`), and only where
-                // someone listens.
-                send_live(group.live);
+                // someone listens. With a shared store the cluster listener feeds the
+                // rings, in the store's order (`engine::cluster`).
+                if !self.store.is_shared() {
+                    send_live(group.live);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "commit failed");
@@ -436,6 +497,81 @@ impl Writer {
             if !same {
                 self.namespaces.open(info);
             }
+        }
+    }
+
+    /// Makes this broker's state of `ns` match the shared store's; returns it.
+    fn refresh(&mut self, ns: &str) -> Option<Arc<Namespace>> {
+        match self.store.info(ns) {
+            Ok(Some(info)) => Some(self.follow(&info)),
+            Ok(None) => {
+                if self.namespaces.remove(ns).is_some() {
+                    tracing::info!(ns, "namespace deleted by another broker");
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(ns, error = %e, "refreshing a namespace from the store failed");
+                self.namespaces.get(ns)
+            }
+        }
+    }
+
+    /// Takes the store's `info` of a namespace as this broker's: the same incarnation
+    /// moves on, another one replaces it (its readers are told, as on a delete).
+    fn follow(&mut self, info: &NsInfo) -> Arc<Namespace> {
+        match self.namespaces.get(&info.name) {
+            Some(state) if state.epoch == info.epoch => {
+                state.set_earliest(info.earliest);
+                state.publish_remote(info.next);
+                state
+            }
+            _ => self.namespaces.open(info),
+        }
+    }
+
+    /// Refreshes every namespace from the shared store; when the store lost its data, the
+    /// namespaces this broker knew are created again, with new epochs, so that clients
+    /// resuming them are told (`truncated`, reason `epoch`).
+    fn refresh_all(&mut self) {
+        let lost = match self.store.lost_data() {
+            Ok(lost) => lost,
+            Err(e) => {
+                tracing::debug!(error = %e, "checking the shared store failed");
+                return;
+            }
+        };
+        let infos = match self.store.namespaces() {
+            Ok(infos) => infos,
+            Err(e) => {
+                tracing::debug!(error = %e, "listing the shared store's namespaces failed");
+                return;
+            }
+        };
+        let names: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+        for (ns, state) in self.namespaces.all() {
+            if names.contains(ns.as_str()) {
+                continue;
+            }
+            if lost {
+                match self.create(&ns, Retention::default()) {
+                    Ok(info) => tracing::warn!(
+                        ns,
+                        old_epoch = %state.epoch,
+                        epoch = %info.epoch,
+                        "the shared store lost this namespace's data: new epoch"
+                    ),
+                    Err(e) => {
+                        tracing::error!(ns, error = %e, "re-creating a lost namespace failed")
+                    }
+                }
+            } else {
+                self.namespaces.remove(&ns);
+                tracing::info!(ns, "namespace deleted by another broker");
+            }
+        }
+        for info in &infos {
+            self.follow(info);
         }
     }
 
@@ -663,6 +799,7 @@ mod tests {
             events,
             idempotency: None,
             reply,
+            replicated: None,
         };
         (cmd, answer)
     }

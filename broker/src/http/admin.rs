@@ -32,7 +32,12 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
 
 /// `GET /v1/namespaces`.
 pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiError> {
-    let all: Vec<serde_json::Value> = log.list()?.iter().map(|i| info_json(&log, i)).collect();
+    let all: Vec<serde_json::Value> = log
+        .list()
+        .await?
+        .iter()
+        .map(|i| info_json(&log, i))
+        .collect();
     Ok(response::json(
         StatusCode::OK,
         &serde_json::json!({ "namespaces": all }),
@@ -42,7 +47,8 @@ pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiEr
 /// `GET /v1/namespaces/{ns}`.
 pub(super) async fn info(State(log): State<Log>, Ns(ns): Ns) -> Result<Response<Body>, ApiError> {
     let info = log
-        .info(&ns)?
+        .info(&ns)
+        .await?
         .ok_or_else(|| crate::engine::LogError::NotFound(ns.clone()))?;
     Ok(response::json(StatusCode::OK, &info_json(&log, &info)))
 }
@@ -148,9 +154,21 @@ pub(super) async fn delete(State(log): State<Log>, Ns(ns): Ns) -> Result<Respons
 
 /// `GET /readyz`: 200 while serving; 503 `{"status": "storage_failing", ...}` while the
 /// store's last write, sync or checkpoint failed (a full disk), 200 again after the next
-/// success; 503 `shutting_down` once shutdown has begun.
+/// success; with Redis, 503 `{"status": "storage_unavailable", ...}` (code `unavailable`)
+/// while Redis cannot be reached; 503 `shutting_down` once shutdown has begun.
 pub(super) fn ready(log: &Log) -> Response<Body> {
-    if log.is_ready() && log.storage_failing() {
+    if log.is_ready() && log.storage_failing() && log.storage_shared() {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "storage_unavailable",
+                "error": {
+                    "code": rewind_protocol::ErrorCode::Unavailable.as_str(),
+                    "message": "Redis cannot be reached; publishes are refused until it can (docs/cluster.md)",
+                },
+            }),
+        )
+    } else if log.is_ready() && log.storage_failing() {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({

@@ -1,4 +1,4 @@
-//! The HTTP API (spec §3.2, §3.3, §3.5) on axum: the route table, and one module per
+//! The HTTP API (spec §3.2, §3.3, §3.4, §3.5) on axum: the route table, and one module per
 //! group of routes. [`crate::server`] serves [`router`] on each connection and hands it the
 //! WebSocket route, so this module never sees a WebSocket.
 //!
@@ -24,11 +24,14 @@
 //!   next, so nothing a request waits for depends on that connection doing anything else.
 
 mod admin;
+mod assets;
+mod cors;
 mod media;
 mod params;
 mod publish;
 mod read;
 pub(crate) mod response;
+mod sse;
 
 use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::http::request::Parts;
@@ -47,6 +50,13 @@ use response::{ApiError, Body};
 /// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
 pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
     Router::new()
+        .route("/", get(assets::index).fallback(only_get))
+        .route("/rewind.js", get(assets::client).fallback(only_get))
+        .route("/rewind.d.ts", get(assets::declarations).fallback(only_get))
+        .route(
+            "/dashboard/{file}",
+            get(assets::dashboard).fallback(only_get),
+        )
         .route("/healthz", get(healthz).fallback(only_get))
         .route("/readyz", get(readyz).fallback(only_get))
         .route("/metrics", get(metrics).fallback(only_get))
@@ -65,6 +75,7 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
                 .post(publish::publish)
                 .fallback(|| async { not_allowed(&[Method::GET, Method::POST]) }),
         )
+        .route("/v1/namespaces/{ns}/sse", get(sse::sse).fallback(only_get))
         .fallback(no_route)
         // 5xx answers (503 while shutting down, 507 while storage fails) are expected
         // states, logged where they arise: the trace records them at debug level.
@@ -72,6 +83,9 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
+        // Outermost, so a preflight is answered before routing and every answer, errors
+        // included, can be read by a page on another origin.
+        .layer(cors::layer())
         .with_state(log)
 }
 
@@ -163,11 +177,16 @@ async fn no_route(uri: Uri, original: Option<axum::Extension<OriginalUri>>) -> A
 /// Answers a request that starts once shutdown has begun (the broker keeps accepting
 /// while it drains): `/healthz` as usual, `/readyz` 503, everything else `503
 /// shutting_down` with `Retry-After`, each with `Connection: close`. No new work is
-/// taken, and a load balancer polling readiness sees the broker leave.
+/// taken, and a load balancer polling readiness sees the broker leave. An SSE request
+/// gets an empty event stream instead ([`sse::draining`]): an `EventSource` gives up for
+/// good on any answer but `200 text/event-stream`, and this one makes it retry.
 pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
     let mut res = match req.uri().path().trim_end_matches('/') {
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => admin::ready(log),
+        path if sse::is_sse_path(path) && matches!(*req.method(), Method::GET | Method::HEAD) => {
+            sse::draining()
+        }
         _ => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::ShuttingDown,

@@ -198,7 +198,9 @@ pub(super) async fn publish(
         }
     };
     let idempotency = Idempotency::of(idempotency, &parsed.events, parsed.batch);
-    let appended = log.append(&ns, parsed.events, idempotency).await?;
+    let (appended, replicated) = log
+        .append_replicated(&ns, parsed.events, idempotency)
+        .await?;
     // A replay answers in the original's shape (a record from before shapes were kept
     // cannot tell, and takes the retry's).
     let (first, last, replayed, batch) = match appended {
@@ -207,11 +209,16 @@ pub(super) async fn publish(
             (first, last, true, batch.unwrap_or(parsed.batch))
         }
     };
-    let body = if batch {
+    let mut body = if batch {
         serde_json::json!({ "first": first, "last": last })
     } else {
         serde_json::json!({ "offset": first })
     };
+    // `redis_wait_replicas`: Redis `WAIT` timed out before the replicas had the events
+    // (they are stored on the primary either way; docs/cluster.md).
+    if !replicated {
+        body["replicated"] = serde_json::Value::Bool(false);
+    }
     let mut res = response::json(StatusCode::CREATED, &body);
     if replayed {
         res.headers_mut()

@@ -22,6 +22,7 @@ pub(crate) mod manifest;
 pub mod open;
 mod policy;
 pub mod record;
+pub mod redis;
 pub(crate) mod segment;
 pub mod wal;
 
@@ -158,6 +159,14 @@ pub enum StoreError {
     /// Another process has the store open.
     #[error("the store in {0} is in use by another process")]
     Locked(std::path::PathBuf),
+    /// The shared store (Redis) cannot be reached or cannot serve now (a connection
+    /// refused, dropped or timed out; a server still loading, a read-only replica).
+    /// Nothing was acknowledged; the same call may succeed later.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
+    /// Redis refused a command (a script error, a wrong type under one of our keys).
+    #[error("redis: {0}")]
+    Redis(String),
     /// The namespace does not exist.
     #[error("namespace {0:?} does not exist")]
     NotFound(String),
@@ -305,6 +314,26 @@ pub trait Storage: Send + Sync + 'static {
     /// succeed in a partly filled page while the disk is still full). `/readyz` reports it.
     fn is_failing(&self) -> bool {
         false
+    }
+
+    /// Whether the last [`Storage::sync`] reached the replicas it was asked to (Redis
+    /// `WAIT`); true for a store without replicas.
+    fn last_sync_replicated(&self) -> bool {
+        true
+    }
+
+    /// True when other brokers write the same store (Redis): namespaces may appear, move
+    /// and go without this broker's writer, which then asks the store (`docs/cluster.md`).
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    /// A shared store: true, once per broker, when the store is found to have lost its
+    /// data since this broker last looked (a Redis restart without persistence, a
+    /// `FLUSHALL`, a failover to a replica without the tail). The namespaces this broker
+    /// knew then get a new epoch.
+    fn lost_data(&self) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }
 

@@ -673,9 +673,14 @@ impl Session {
         }
         // A subscription never creates its namespace (as an HTTP read does not): only
         // a publish or a PUT does.
-        let Some(state) = self.ctx.log.namespace(&ns) else {
-            let e = LogError::NotFound(ns.clone());
-            return self.error(e.code(), e.to_string(), Some(ns));
+        // With a shared store (Redis) another broker may have created it.
+        let state = match self.ctx.log.namespace_fresh(&ns).await {
+            Ok(Some(state)) => state,
+            Ok(None) => {
+                let e = LogError::NotFound(ns.clone());
+                return self.error(e.code(), e.to_string(), Some(ns));
+            }
+            Err(e) => return self.error(e.code(), e.to_string(), Some(ns)),
         };
         // Subscribe to live events before reading `visible`, so nothing falls in between.
         let live = state.subscribe_live();

@@ -29,7 +29,6 @@ use bytes::Bytes;
 use futures::Stream;
 use rewind_protocol::frame::ServerFrame;
 use rewind_protocol::wire::Encoding;
-use rewind_protocol::ErrorCode;
 use tokio::sync::Notify;
 
 use crate::engine::fanout::{self, SharedRun};
@@ -300,12 +299,7 @@ impl Subscription {
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "catch-up read failed");
                 let ns = Some(self.state.name.to_string());
-                return self.finish(ServerFrame::error(
-                    ErrorCode::Internal,
-                    e.to_string(),
-                    None,
-                    ns,
-                ));
+                return self.finish(ServerFrame::error(e.code(), e.to_string(), None, ns));
             }
         };
         if events.is_empty() {

@@ -200,10 +200,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     BenchCommand::Fanout(a) => bench::fanout::run(a).await,
                     BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
                     BenchCommand::Idle(a) => bench::fanout::idle(a).await,
+                    BenchCommand::Namespaces(a) => bench::fanout::namespaces(a).await,
                     BenchCommand::Store(a) => bench::store::run(a).await,
                 }
             })?;
-            print!("{}", bench::table(&results));
+            print!("{}", bench::render(&results, which.json()));
             Ok(())
         }
     }
@@ -216,7 +217,10 @@ async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
     let log = tokio::task::spawn_blocking(move || Log::open_with(open_config, recover))
         .await
         .context("opening the store")?
-        .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        .with_context(|| match &config.redis.0 {
+            Some(_) => "opening the store in Redis (--redis)".to_owned(),
+            None => format!("opening the store in {}", config.data_dir.display()),
+        })?;
     // A host name is resolved here; tokio binds the first of its addresses it can.
     let listener = tokio::net::TcpListener::bind(config.listen.as_str())
         .await

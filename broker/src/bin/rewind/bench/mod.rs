@@ -1,15 +1,17 @@
 //! `rewind bench`: benchmarks whose numbers go into `docs/benchmarks.md`.
 //!
 //! - [`publish`]: durable HTTP and WebSocket publish against the raw store, in-process.
-//! - [`fanout`]: WebSocket fan-out, latency, catch-up and idle connections against a
-//!   broker started as a child process, so its CPU time is measured apart from the load
-//!   generator's.
+//! - [`fanout`]: WebSocket fan-out (flooded and paced), many namespaces, latency,
+//!   catch-up and idle connections against a broker started as a child process, so its
+//!   CPU time is measured apart from the load generator's (`getrusage`), or against a
+//!   bare-broadcast peer (`--target`, the protocol in `loadgen`).
 //! - [`store`]: what the store costs — disk per payload byte, RSS per idle namespace,
 //!   acknowledgement latency at a steady rate, catch-up from beyond the page cache —
 //!   against a broker child process, whatever its store.
 
 pub mod fanout;
 mod http;
+mod loadgen;
 pub mod publish;
 pub mod store;
 mod ws;
@@ -34,8 +36,24 @@ pub enum BenchCommand {
     Catchup(fanout::CatchupArgs),
     /// Broker RSS per idle WebSocket connection with one namespace open
     Idle(fanout::IdleArgs),
+    /// Many namespaces with one subscriber each, paced round-robin: latency and CPU
+    Namespaces(fanout::NamespacesArgs),
     /// The store's costs: disk ÷ payload, RSS per idle namespace, ack latency, cold catch-up
     Store(store::StoreArgs),
+}
+
+impl BenchCommand {
+    /// Whether `--json` was given: one JSON object per scenario instead of the table.
+    pub fn json(&self) -> bool {
+        match self {
+            BenchCommand::Publish(a) => a.json,
+            BenchCommand::Fanout(a) => a.json,
+            BenchCommand::Catchup(a) => a.json,
+            BenchCommand::Idle(a) => a.json,
+            BenchCommand::Namespaces(a) => a.json,
+            BenchCommand::Store(a) => a.json,
+        }
+    }
 }
 
 /// Why the benchmark could not run.
@@ -86,18 +104,30 @@ fn spawn_serve<S: AsRef<OsStr>>(
 }
 
 /// One scenario's result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Measured {
     /// What was measured.
     pub name: String,
-    /// Events stored per second.
+    /// Events stored (publish) or delivered (fan-out) per second.
     pub events_per_sec: f64,
-    /// Median request latency in microseconds (0 where requests are not timed).
+    /// Median latency in microseconds (0 where nothing is timed).
     pub p50_us: u64,
-    /// 99th percentile request latency in microseconds.
+    /// 99th percentile latency in microseconds.
     pub p99_us: u64,
-    /// Slowest request, in microseconds.
+    /// 99.9th percentile latency in microseconds (0 where not recorded).
+    pub p999_us: u64,
+    /// Slowest, in microseconds.
     pub max_us: u64,
+    /// Deliveries that never arrived (fan-out), when counted.
+    pub lost: Option<u64>,
+    /// The server's CPU seconds per million deliveries, when measured.
+    pub server_cpu_per_million: Option<f64>,
+    /// The server's CPU over the measured time, in cores.
+    pub server_cores: Option<f64>,
+    /// The load generator's own CPU (`getrusage`) over the measured time, in cores.
+    pub loadgen_cores: Option<f64>,
+    /// A warning about the run (the load generator near a full core, events lost).
+    pub warning: Option<String>,
 }
 
 impl Measured {
@@ -106,33 +136,65 @@ impl Measured {
         Measured {
             name: name.into(),
             events_per_sec,
-            p50_us: 0,
-            p99_us: 0,
-            max_us: 0,
+            ..Measured::default()
         }
+    }
+
+    /// The result as one JSON object: the fields above, `null` where not measured.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "events_per_sec": self.events_per_sec,
+            "p50_us": self.p50_us,
+            "p99_us": self.p99_us,
+            "p999_us": self.p999_us,
+            "max_us": self.max_us,
+            "lost": self.lost,
+            "server_cpu_s_per_million": self.server_cpu_per_million,
+            "server_cores": self.server_cores,
+            "loadgen_cores": self.loadgen_cores,
+            "warning": self.warning,
+        })
+    }
+}
+
+/// The results as one JSON object a line (`--json`) or as a Markdown table.
+pub fn render(results: &[Measured], json: bool) -> String {
+    if json {
+        results.iter().map(|m| format!("{}\n", m.json())).collect()
+    } else {
+        table(results)
     }
 }
 
 /// The results as a Markdown table.
 pub fn table(results: &[Measured]) -> String {
     let mut out = String::from(
-        "| scenario | events/s | p50 | p99 | max |\n| --- | ---: | ---: | ---: | ---: |\n",
+        "| scenario | events/s | p50 | p99 | max | p99.9 | lost | server CPU-s per million | load generator cores |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
+    let lat = |us: u64| {
+        if us == 0 {
+            "–".to_owned()
+        } else {
+            format!("{:.2} ms", us as f64 / 1000.0)
+        }
+    };
+    let opt = |v: Option<String>| v.unwrap_or_else(|| "–".to_owned());
     for m in results {
-        let lat = |us: u64| {
-            if us == 0 {
-                "–".to_owned()
-            } else {
-                format!("{:.2} ms", us as f64 / 1000.0)
-            }
-        };
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} |\n",
+            "| {}{} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
             m.name,
+            m.warning
+                .as_ref()
+                .map_or(String::new(), |w| format!(" **WARNING: {w}**")),
             m.events_per_sec,
             lat(m.p50_us),
             lat(m.p99_us),
-            lat(m.max_us)
+            lat(m.max_us),
+            lat(m.p999_us),
+            opt(m.lost.map(|l| l.to_string())),
+            opt(m.server_cpu_per_million.map(|c| format!("{c:.3}"))),
+            opt(m.loadgen_cores.map(|c| format!("{c:.2}"))),
         ));
     }
     out

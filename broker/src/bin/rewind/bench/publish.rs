@@ -2,7 +2,7 @@
 //! one run on one machine, so the two numbers can be compared.
 //!
 //! It starts a broker in this process on `127.0.0.1:0` with a temporary data directory
-//! (durable mode, the default configuration otherwise), then runs each scenario for a fixed
+//! (`--durability`, durable by default; the default configuration otherwise), then runs each scenario for a fixed
 //! time with keep-alive HTTP/1.1 connections, one per publisher. The load generator shares
 //! the machine with the broker, as a dashboard fleet's publishers would not; the numbers
 //! are therefore a floor.
@@ -44,10 +44,20 @@ pub struct PublishArgs {
     /// Run only the WebSocket scenario (and the 64-publisher HTTP one as its reference)
     #[arg(long)]
     pub ws_only: bool,
+    /// Keep the log in this Redis (`redis://HOST:PORT`) instead of the embedded store,
+    /// under a key prefix of this run's own; the raw-store scenarios are left out.
+    #[arg(long)]
+    pub redis: Option<String>,
     /// The broker's `ws_max_inflight_publishes` (the WebSocket publisher keeps this many
     /// unanswered) [default: the broker's default]
     #[arg(long)]
     pub ws_inflight: Option<usize>,
+    /// The broker's durability: `durable` (answered once synced) or `relaxed`
+    #[arg(long, value_enum, default_value_t = super::fanout::DurabilityArg::Durable)]
+    pub durability: super::fanout::DurabilityArg,
+    /// One JSON object per scenario instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 fn payload(bytes: usize) -> String {
@@ -197,7 +207,9 @@ async fn http_scenario(
         events_per_sec: events as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
         max_us: latencies.last().copied().unwrap_or(0) as u64,
+        ..Measured::default()
     })
 }
 
@@ -227,12 +239,15 @@ async fn ws_scenario(
     };
     Ok(Measured {
         name: format!(
-            "durable WebSocket publish, 1 connection, single-event publishes, {window} in flight"
+            "{} WebSocket publish, 1 connection, single-event publishes, {window} in flight",
+            args.durability.as_str()
         ),
         events_per_sec: done.events as f64 / elapsed,
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        p999_us: pct(0.999),
         max_us: done.latencies_us.last().copied().unwrap_or(0) as u64,
+        ..Measured::default()
     })
 }
 
@@ -247,6 +262,12 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
         ws_max_inflight_publishes: args
             .ws_inflight
             .unwrap_or(defaults.ws_max_inflight_publishes),
+        durability: match args.durability {
+            super::fanout::DurabilityArg::Durable => rewind_broker::config::Durability::Durable,
+            super::fanout::DurabilityArg::Relaxed => rewind_broker::config::Durability::Relaxed,
+        },
+        redis: rewind_broker::config::RedisUrl(args.redis.clone()),
+        redis_prefix: rewind_broker::config::KeyPrefix(format!("bench-{}", std::process::id())),
         ..defaults
     });
     let open_config = Arc::clone(&config);
@@ -273,7 +294,10 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     for n in publishers {
         results.push(
             http_scenario(
-                format!("durable HTTP publish, {n} concurrent single-event publishers"),
+                format!(
+                    "{} HTTP publish, {n} concurrent single-event publishers",
+                    args.durability.as_str()
+                ),
                 addr,
                 n,
                 Bytes::from(one.clone()),
@@ -292,8 +316,10 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     results.push(
         http_scenario(
             format!(
-                "durable HTTP publish, batches of {}, {} concurrent publishers",
-                args.batch, args.batch_publishers
+                "{} HTTP publish, batches of {}, {} concurrent publishers",
+                args.durability.as_str(),
+                args.batch,
+                args.batch_publishers
             ),
             addr,
             args.batch_publishers,
@@ -305,6 +331,12 @@ pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     );
     let _ = stop_tx.send(());
     let _ = server.await;
+    if args.redis.is_some() {
+        for m in &mut results {
+            m.name = format!("[Redis] {}", m.name);
+        }
+        return Ok(results);
+    }
     // Last, so the store's background writing does not overlap the HTTP scenarios.
     let (seconds, payload_bytes) = (args.seconds, args.payload_bytes);
     for raw in [raw_sled, raw_store] {

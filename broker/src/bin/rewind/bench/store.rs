@@ -119,6 +119,9 @@ pub struct StoreArgs {
     /// spaces (e.g. `--serve-args="--store-cache-bytes 4194304"`)
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     pub serve_args: Vec<String>,
+    /// One JSON object per scenario instead of the table
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// A broker child process on a data directory the benchmark keeps across restarts.
@@ -581,7 +584,9 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         events_per_sec: hist.len() as f64 / elapsed.as_secs_f64(),
         p50_us: hist.value_at_quantile(0.50),
         p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        ..Measured::default()
     }];
     if let Some(probe) = probe {
         let probe = probe.join().map_err(|_| err("the disk probe panicked"))??;
@@ -596,7 +601,9 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
             events_per_sec: 0.0,
             p50_us: probe.value_at_quantile(0.50),
             p99_us: probe.value_at_quantile(0.99),
+            p999_us: probe.value_at_quantile(0.999),
             max_us: probe.max(),
+            ..Measured::default()
         });
     }
     Ok(out)

@@ -74,6 +74,14 @@ impl WsPublisher {
     /// Queues one publish of `data` (a JSON value), waiting (after flushing what is
     /// queued) while the window is full.
     pub(super) async fn publish(&mut self, data: &str) -> Result<(), BenchError> {
+        let ns = std::mem::take(&mut self.ns);
+        let sent = self.publish_to(&ns, data).await;
+        self.ns = ns;
+        sent
+    }
+
+    /// Queues one publish of `data` to namespace `ns`, as [`publish`](Self::publish).
+    pub(super) async fn publish_to(&mut self, ns: &str, data: &str) -> Result<(), BenchError> {
         let permit = match self.window.try_acquire() {
             Ok(p) => p,
             Err(_) => {
@@ -83,8 +91,8 @@ impl WsPublisher {
         };
         permit.forget();
         let frame = format!(
-            r#"{{"t":"publish","id":{},"ns":"{}","event":"bench","data":{data}}}"#,
-            self.next_id, self.ns
+            r#"{{"t":"publish","id":{},"ns":"{ns}","event":"bench","data":{data}}}"#,
+            self.next_id
         );
         self.next_id += 1;
         let _ = self.sent.send(Instant::now());

@@ -1,0 +1,734 @@
+//! The [`Storage`] trait on Redis Streams, for many brokers sharing one log (spec §5,
+//! `docs/cluster.md`).
+//!
+//! Every mutation of a namespace is one Lua script ([`scripts`]), so it is atomic inside
+//! Redis whichever node runs it: the append script checks the idempotency key, takes the
+//! namespace's `next`, `XADD`s each event under an id derived from its offset (never `*`,
+//! never a clock) and moves `next`, so offsets are dense and the same on every node.
+//!
+//! Connections are synchronous: the trait is synchronous and every call already runs off
+//! the async workers (the writer thread, the blocking pool), so an async client would only
+//! add a `block_on` per call. Idle connections are kept in a small pool; one that failed is
+//! dropped, and the next call opens a new one, which is how the store recovers when Redis
+//! comes back.
+//!
+//! ### Exceptions to the trait's invariants (docs/storage.md)
+//!
+//! - Durability is Redis's: [`Storage::sync`] runs `WAIT` when replicas are asked for, and
+//!   otherwise does nothing; what survives a crash of Redis is what its persistence
+//!   settings keep (`docs/cluster.md`).
+//! - Dirty marks ([`Storage::mark_dirty`]) are not kept: a broker node keeps no unwritten
+//!   events, so its crash loses nothing, and `durability = "relaxed"` is refused with
+//!   Redis.
+//! - If Redis loses a namespace's data (a restart without persistence, `FLUSHALL`, a
+//!   failover to a replica without the tail), its offsets start again at 0 under a new
+//!   epoch: the epoch is what tells clients, as spec §2 says.
+
+mod scripts;
+#[cfg(test)]
+pub(crate) mod test_server;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::{Connection, RedisError, Script};
+use rewind_protocol::{Event, NewEvent};
+
+use super::record;
+use super::{new_epoch, now_ms, Appended, IdempotencyKey, NsInfo, Retention, Storage, StoreError};
+
+/// Idle connections kept for reuse.
+const POOL_IDLE: usize = 16;
+/// The longest socket timeout used, a day in milliseconds.
+const DAY_MS: u64 = 24 * 3600 * 1000;
+
+/// How to reach Redis and where to keep the keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisOptions {
+    /// `redis://HOST:PORT[/DB]` or `rediss://` for TLS (with `user:password@` if needed).
+    pub url: String,
+    /// Every key starts with this and a colon (`rewind` by default): brokers that share a
+    /// prefix share the namespaces.
+    pub prefix: String,
+    /// Replicas `WAIT` must reach before a publish is acknowledged; 0 runs no `WAIT`.
+    pub wait_replicas: u64,
+    /// How long `WAIT` waits, in milliseconds.
+    pub wait_timeout_ms: u64,
+    /// Connect, read and write timeout of every command, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The Redis store. Cheap to share: every call takes a pooled connection.
+pub struct RedisStore {
+    client: redis::Client,
+    opts: RedisOptions,
+    pool: Mutex<Vec<Connection>>,
+    /// The connection every mutation and `WAIT` goes through: `WAIT` counts the writes
+    /// of its own connection only. Mutations come from the broker's one writer thread.
+    writer: Mutex<Option<Connection>>,
+    /// True from a call that could not reach Redis until the next one that did.
+    failing: Arc<AtomicBool>,
+    /// True when the last `WAIT` reached fewer replicas than asked for.
+    under_replicated: AtomicBool,
+    /// The value of the instance marker (`P:instance`) this broker last saw: a Redis that
+    /// lost its data has lost the marker too.
+    instance: Mutex<Option<String>>,
+    append: Script,
+    create: Script,
+    delete: Script,
+    retain: Script,
+    prune: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.opts.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether a Redis error means Redis cannot serve now (it may later), rather than a
+/// refused command: a connection that failed or timed out, a server still loading its
+/// data, a read-only replica, a primary that is down.
+fn is_unavailable(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN")
+        )
+}
+
+fn store_error(e: RedisError) -> StoreError {
+    if is_unavailable(&e) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Redis(e.to_string())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn limit_arg(v: Option<u64>) -> String {
+    v.map(|n| n.to_string()).unwrap_or_default()
+}
+
+fn parse_u64(fields: &HashMap<String, String>, name: &str) -> Result<u64, StoreError> {
+    fields
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("namespace metadata without {name}")))
+}
+
+fn parse_limit(fields: &HashMap<String, String>, name: &str) -> Option<u64> {
+    fields.get(name).and_then(|v| v.parse().ok())
+}
+
+fn parse_offset(s: &str) -> Result<u64, StoreError> {
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("{s:?} is not an offset")))
+}
+
+/// The offset of stream entry id `n-1`.
+fn id_offset(id: &str) -> Result<u64, StoreError> {
+    id.split_once('-')
+        .and_then(|(ms, _)| ms.parse().ok())
+        .ok_or_else(|| StoreError::Corrupt(format!("stream id {id:?} is not an offset's")))
+}
+
+impl RedisStore {
+    /// Connects to Redis (one `PING`) and starts a thread that pings it every
+    /// `health_interval` so `is_failing` (and `/readyz`) follow it while nothing is
+    /// written. Errors: [`StoreError::Unavailable`] when Redis cannot be reached,
+    /// [`StoreError::Redis`] for a bad URL.
+    pub fn open(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
+        let client =
+            redis::Client::open(opts.url.as_str()).map_err(|e| StoreError::Redis(e.to_string()))?;
+        let store = Arc::new(RedisStore {
+            client,
+            opts,
+            pool: Mutex::new(Vec::new()),
+            writer: Mutex::new(None),
+            failing: Arc::new(AtomicBool::new(false)),
+            under_replicated: AtomicBool::new(false),
+            instance: Mutex::new(None),
+            append: Script::new(scripts::APPEND),
+            create: Script::new(scripts::CREATE),
+            delete: Script::new(scripts::DELETE),
+            retain: Script::new(scripts::RETAIN),
+            prune: Script::new(scripts::PRUNE),
+        });
+        store.ping()?;
+        store.lost_data()?;
+        Ok(store)
+    }
+
+    /// Pings Redis every `every` from a thread of its own, for as long as the store lives.
+    pub fn watch_health(self: &Arc<Self>, every: Duration) -> Result<(), StoreError> {
+        let weak: Weak<RedisStore> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("rewind-redis-health".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(store) => {
+                        if let Err(e) = store.ping() {
+                            tracing::debug!(error = %e, "redis health check failed");
+                        }
+                    }
+                    None => break,
+                }
+            })?;
+        Ok(())
+    }
+
+    /// One `PING`.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.with(|con| redis::cmd("PING").query::<String>(con))
+            .map(drop)
+    }
+
+    /// A new connection of the store's own (for Pub/Sub), with its timeouts set; `read`
+    /// sets the read timeout (`None`: block).
+    pub fn connect(&self, read: Option<Duration>) -> Result<Connection, StoreError> {
+        // A socket timeout is a `timeval`: a day is as good as forever here.
+        let timeout = Duration::from_millis(self.opts.timeout_ms.clamp(1, DAY_MS));
+        let read = read.map(|r| r.min(Duration::from_millis(DAY_MS)));
+        let con = self
+            .client
+            .get_connection_with_timeout(timeout)
+            .map_err(store_error)?;
+        con.set_write_timeout(Some(timeout)).map_err(store_error)?;
+        con.set_read_timeout(read).map_err(store_error)?;
+        Ok(con)
+    }
+
+    /// The Pub/Sub channel every change of a namespace is announced on: `a NEXT NS` after
+    /// an append, `c 0 NS` a create, `d 0 NS` a delete, `r EARLIEST NS` a retention cut.
+    pub fn channel(&self) -> String {
+        format!("{}:changes", self.opts.prefix)
+    }
+
+    fn key(&self, ns: &str, part: &str) -> String {
+        format!("{}:{{{ns}}}:{part}", self.opts.prefix)
+    }
+
+    fn namespaces_key(&self) -> String {
+        format!("{}:namespaces", self.opts.prefix)
+    }
+
+    /// Runs `f` on a pooled connection. A connection whose call could not reach Redis is
+    /// dropped and the store reports failing until a call succeeds.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut con = match idle {
+            Some(con) => con,
+            None => self.connect_counted(false)?,
+        };
+        let result = f(&mut con);
+        let keep = self.note(&result);
+        if keep {
+            self.give_back(con);
+        }
+        result.map_err(store_error)
+    }
+
+    /// Runs `f` on the writer's connection (see `writer`), opening it if need be.
+    fn with_writer<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
+    ) -> Result<T, StoreError> {
+        let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            *slot = Some(self.connect_counted(true)?);
+        }
+        let Some(con) = slot.as_mut() else {
+            return Err(StoreError::Unavailable("no connection".into()));
+        };
+        let result = f(con);
+        if !self.note(&result) {
+            *slot = None;
+        }
+        result.map_err(store_error)
+    }
+
+    /// A new connection whose reads wait `redis_timeout_ms`, plus `WAIT`'s own timeout on
+    /// the writer's connection (`writer`), so a `WAIT` is not cut short by the socket.
+    fn connect_counted(&self, writer: bool) -> Result<Connection, StoreError> {
+        let mut read = self.opts.timeout_ms.max(1);
+        if writer && self.opts.wait_replicas > 0 {
+            read = read.saturating_add(self.opts.wait_timeout_ms);
+        }
+        self.connect(Some(Duration::from_millis(read)))
+            .inspect_err(|_| {
+                self.failing.store(true, Ordering::Release);
+            })
+    }
+
+    /// Records whether Redis answered; returns whether the connection is still good.
+    fn note<T>(&self, result: &Result<T, RedisError>) -> bool {
+        match result {
+            Err(e) if is_unavailable(e) => {
+                self.failing.store(true, Ordering::Release);
+                false
+            }
+            _ => {
+                self.failing.store(false, Ordering::Release);
+                true
+            }
+        }
+    }
+
+    fn give_back(&self, con: Connection) {
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_IDLE {
+            pool.push(con);
+        }
+    }
+
+    fn info_from(ns: &str, fields: &HashMap<String, String>) -> Result<Option<NsInfo>, StoreError> {
+        if fields.get("live").map(String::as_str) != Some("1") {
+            return Ok(None);
+        }
+        Ok(Some(NsInfo {
+            name: ns.to_owned(),
+            epoch: fields.get("epoch").cloned().unwrap_or_default(),
+            retention: Retention {
+                max_events: parse_limit(fields, "max_events"),
+                max_bytes: parse_limit(fields, "max_bytes"),
+                max_age_secs: parse_limit(fields, "max_age_secs"),
+            },
+            earliest: parse_u64(fields, "earliest")?,
+            next: parse_u64(fields, "next")?,
+            bytes: parse_u64(fields, "bytes")?,
+        }))
+    }
+
+    fn run_delete(&self, ns: &str, only_empty: bool) -> Result<bool, StoreError> {
+        let mut inv = self.delete.prepare_invoke();
+        inv.key(self.key(ns, "meta"))
+            .key(self.key(ns, "log"))
+            .key(self.key(ns, "idem"))
+            .key(self.key(ns, "idemts"))
+            .key(self.namespaces_key())
+            .arg(self.channel())
+            .arg(ns)
+            .arg(if only_empty { "empty" } else { "" });
+        let n: i64 = self.with_writer(|con| inv.invoke(con))?;
+        Ok(n == 1)
+    }
+}
+
+impl Storage for RedisStore {
+    fn namespaces(&self) -> Result<Vec<NsInfo>, StoreError> {
+        let mut names: Vec<String> =
+            self.with(|con| redis::cmd("SMEMBERS").arg(self.namespaces_key()).query(con))?;
+        names.sort();
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for ns in &names {
+            pipe.cmd("HGETALL").arg(self.key(ns, "meta"));
+        }
+        let metas: Vec<HashMap<String, String>> = self.with(|con| pipe.query(con))?;
+        let mut out = Vec::with_capacity(names.len());
+        for (ns, fields) in names.iter().zip(&metas) {
+            if let Some(info) = Self::info_from(ns, fields)? {
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    fn info(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
+        Self::info_from(ns, &fields)
+    }
+
+    fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
+        let epoch = new_epoch()?;
+        let mut inv = self.create.prepare_invoke();
+        inv.key(self.key(ns, "meta"))
+            .key(self.namespaces_key())
+            .arg(&epoch)
+            .arg(now_ms())
+            .arg(limit_arg(retention.max_events))
+            .arg(limit_arg(retention.max_bytes))
+            .arg(limit_arg(retention.max_age_secs))
+            .arg(self.channel())
+            .arg(ns);
+        let answer: Vec<String> = self.with_writer(|con| inv.invoke(con))?;
+        match answer.as_slice() {
+            [ok, next] if ok == "ok" => {
+                let next = parse_offset(next)?;
+                Ok(NsInfo {
+                    name: ns.to_owned(),
+                    epoch,
+                    retention,
+                    earliest: next,
+                    next,
+                    bytes: 0,
+                })
+            }
+            [exists] if exists == "exists" => Err(StoreError::Exists(ns.to_owned())),
+            other => Err(StoreError::Corrupt(format!("create answered {other:?}"))),
+        }
+    }
+
+    fn undo_create(&self, ns: &str) -> Result<bool, StoreError> {
+        self.run_delete(ns, true)
+    }
+
+    fn set_retention(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
+        let meta = self.key(ns, "meta");
+        // One transaction: the check that the namespace is live and the change together.
+        let (live,): (Option<String>,) = self.with_writer(|con| {
+            redis::pipe()
+                .atomic()
+                .cmd("HGET")
+                .arg(&meta)
+                .arg("live")
+                .cmd("HSET")
+                .arg(&meta)
+                .arg("max_events")
+                .arg(limit_arg(retention.max_events))
+                .arg("max_bytes")
+                .arg(limit_arg(retention.max_bytes))
+                .arg("max_age_secs")
+                .arg(limit_arg(retention.max_age_secs))
+                .ignore()
+                .query(con)
+        })?;
+        if live.as_deref() != Some("1") {
+            // The fields written to a deleted namespace's metadata are replaced by its
+            // next create; nothing else reads them.
+            return Err(StoreError::NotFound(ns.to_owned()));
+        }
+        self.info(ns)?
+            .ok_or_else(|| StoreError::NotFound(ns.to_owned()))
+    }
+
+    fn delete(&self, ns: &str) -> Result<bool, StoreError> {
+        self.run_delete(ns, false)
+    }
+
+    fn append(
+        &self,
+        ns: &str,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
+        if events.is_empty() {
+            return Err(StoreError::Corrupt("an append of no events".into()));
+        }
+        let mut inv = self.append.prepare_invoke();
+        inv.key(self.key(ns, "meta"))
+            .key(self.key(ns, "log"))
+            .key(self.key(ns, "idem"))
+            .key(self.key(ns, "idemts"))
+            .arg(ts_ms);
+        match &idempotency {
+            Some(k) => inv
+                .arg(k.key)
+                .arg(hex(&k.request.0))
+                .arg(hex(&k.request_v1.0))
+                .arg(if k.batch { "true" } else { "false" })
+                .arg(k.not_before_ms),
+            None => inv.arg("").arg("").arg("").arg("false").arg(0),
+        };
+        inv.arg(self.channel()).arg(ns);
+        for ev in events {
+            inv.arg(record::encode(ev, ts_ms));
+        }
+        let answer: Vec<String> = self.with_writer(|con| inv.invoke(con))?;
+        match answer.as_slice() {
+            [new, first, last] if new == "new" => Ok(Appended::New {
+                first: parse_offset(first)?,
+                last: parse_offset(last)?,
+            }),
+            [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
+                first: parse_offset(first)?,
+                last: parse_offset(last)?,
+                batch: Some(batch == "true"),
+            }),
+            [conflict, first, last] if conflict == "conflict" => {
+                Err(StoreError::IdempotencyConflict {
+                    first: parse_offset(first)?,
+                    last: parse_offset(last)?,
+                })
+            }
+            [missing] if missing == "missing" => Err(StoreError::NotFound(ns.to_owned())),
+            other => Err(StoreError::Corrupt(format!("append answered {other:?}"))),
+        }
+    }
+
+    fn read(
+        &self,
+        ns: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if from >= until || max_events == 0 {
+            return Ok(Vec::new());
+        }
+        type Entry = (String, Vec<Vec<u8>>);
+        let entries: Vec<Entry> = self.with(|con| {
+            redis::cmd("XRANGE")
+                .arg(self.key(ns, "log"))
+                .arg(format!("{from}-1"))
+                .arg(format!("{}-1", until - 1))
+                .arg("COUNT")
+                .arg(max_events)
+                .query(con)
+        })?;
+        let mut out = Vec::with_capacity(entries.len());
+        let mut bytes = 0usize;
+        for (id, fields) in entries {
+            let offset = id_offset(&id)?;
+            let rec = fields
+                .chunks(2)
+                .find(|f| f.first().map(Vec::as_slice) == Some(b"r"))
+                .and_then(|f| f.get(1))
+                .ok_or_else(|| StoreError::Corrupt(format!("entry {id} without a record")))?;
+            if !out.is_empty() && bytes.saturating_add(rec.len()) > max_bytes {
+                break;
+            }
+            bytes += rec.len();
+            out.push(record::decode(offset, rec)?);
+        }
+        Ok(out)
+    }
+
+    fn enforce_retention(
+        &self,
+        ns: &str,
+        policy: &Retention,
+        now_ms: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let policy = policy.in_force();
+        let info = self
+            .info(ns)?
+            .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?;
+        let count_cut = policy
+            .max_events
+            .map_or(0, |max| info.next.saturating_sub(max));
+        let age_cut = policy
+            .max_age_secs
+            .map_or(0, |secs| now_ms.saturating_sub(secs.saturating_mul(1000)));
+        let max_bytes = policy.max_bytes.unwrap_or(u64::MAX);
+        if count_cut <= info.earliest && info.bytes <= max_bytes && policy.max_age_secs.is_none() {
+            return Ok(None);
+        }
+        let mut inv = self.retain.prepare_invoke();
+        inv.key(self.key(ns, "meta"))
+            .key(self.key(ns, "log"))
+            .arg(count_cut)
+            .arg(max_bytes)
+            .arg(age_cut)
+            .arg(self.channel())
+            .arg(ns);
+        let cut: i64 = self.with_writer(|con| inv.invoke(con))?;
+        Ok(u64::try_from(cut).ok())
+    }
+
+    fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError> {
+        let mut n = 0usize;
+        for info in self.namespaces()? {
+            let mut inv = self.prune.prepare_invoke();
+            inv.key(self.key(&info.name, "idem"))
+                .key(self.key(&info.name, "idemts"))
+                .arg(before_ms);
+            let pruned: usize = self.with_writer(|con| inv.invoke(con))?;
+            n += pruned;
+        }
+        Ok(n)
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        if self.opts.wait_replicas == 0 {
+            return Ok(());
+        }
+        let reached: u64 = self.with_writer(|con| {
+            redis::cmd("WAIT")
+                .arg(self.opts.wait_replicas)
+                .arg(self.opts.wait_timeout_ms)
+                .query(con)
+        })?;
+        let short = reached < self.opts.wait_replicas;
+        if short {
+            tracing::warn!(
+                reached,
+                wanted = self.opts.wait_replicas,
+                "WAIT timed out: writes acknowledged before reaching every replica asked for"
+            );
+        }
+        self.under_replicated.store(short, Ordering::Release);
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        self.ping()
+    }
+
+    fn mark_dirty(&self, _ns: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn clear_dirty(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn last_sync_replicated(&self) -> bool {
+        !self.under_replicated.load(Ordering::Acquire)
+    }
+
+    fn lost_data(&self) -> Result<bool, StoreError> {
+        let key = format!("{}:instance", self.opts.prefix);
+        let fresh = new_epoch()?;
+        // Sets a marker when there is none, and answers the one in force either way.
+        let (_, now): ((), String) = self.with_writer(|con| {
+            redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(&fresh)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg(&key)
+                .query(con)
+                .map(|(now,): (String,)| ((), now))
+        })?;
+        let mut seen = self.instance.lock().unwrap_or_else(|p| p.into_inner());
+        let lost = seen.as_ref().is_some_and(|old| *old != now);
+        *seen = Some(now);
+        Ok(lost)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! How a node learns of an append: Pub/Sub (what `engine::cluster` uses) against a
+    //! blocking `XREAD` per stream, measured on the test process's `redis-server`.
+
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    use super::test_server;
+
+    /// Sorted latencies' `p` quantile, in microseconds.
+    fn quantile(sorted: &[Duration], p: f64) -> u128 {
+        let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
+        sorted[i].as_micros()
+    }
+
+    /// `n` appends, each timed from before its `XADD` to the moment a second connection
+    /// is told, one at a time: through a `PUBLISH` in the same script, or a blocked
+    /// `XREAD` waking.
+    fn measure(n: usize, pubsub: bool) -> Vec<Duration> {
+        let client = redis::Client::open(test_server::url()).unwrap();
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A stream of its own: XREAD below starts from its beginning.
+        let key = format!("lat:{}:{run}", std::process::id());
+        let (tx, rx) = mpsc::channel::<Instant>();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let mut listener = client.get_connection().unwrap();
+        let stream = key.clone();
+        let reader = std::thread::spawn(move || {
+            if pubsub {
+                let mut ps = listener.as_pubsub();
+                ps.subscribe(&stream).unwrap();
+                ready_tx.send(()).unwrap();
+                for _ in 0..n {
+                    ps.get_message().unwrap();
+                    tx.send(Instant::now()).unwrap();
+                }
+            } else {
+                ready_tx.send(()).unwrap();
+                let mut last = "0-0".to_owned();
+                let mut got = 0;
+                while got < n {
+                    type Reply = Vec<(String, Vec<(String, Vec<Vec<u8>>)>)>;
+                    let reply: Reply = redis::cmd("XREAD")
+                        .arg("BLOCK")
+                        .arg(0)
+                        .arg("STREAMS")
+                        .arg(&stream)
+                        .arg(&last)
+                        .query(&mut listener)
+                        .unwrap();
+                    let now = Instant::now();
+                    for (_, entries) in reply {
+                        for (id, _) in entries {
+                            last = id;
+                            got += 1;
+                            tx.send(now).unwrap();
+                        }
+                    }
+                }
+            }
+        });
+        ready_rx.recv().unwrap();
+        let mut con = client.get_connection().unwrap();
+        let script = redis::Script::new(
+            "redis.call('XADD', KEYS[1], '*', 'r', ARGV[1]) \
+             if ARGV[2] == '1' then redis.call('PUBLISH', KEYS[1], ARGV[1]) end return 1",
+        );
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let start = Instant::now();
+            let _: i64 = script
+                .key(&key)
+                .arg(i)
+                .arg(if pubsub { "1" } else { "0" })
+                .invoke(&mut con)
+                .unwrap();
+            let told = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            out.push(told.saturating_duration_since(start));
+        }
+        reader.join().unwrap();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    #[ignore = "a measurement: cargo test -p rewind-broker --lib storage::redis::tests -- --ignored --nocapture"]
+    fn append_to_notification_latency_pubsub_vs_blocking_xread() {
+        let n = 2000;
+        for (name, pubsub) in [("Pub/Sub", true), ("XREAD BLOCK", false)] {
+            measure(200, pubsub);
+            let lat = measure(n, pubsub);
+            assert_eq!(lat.len(), n);
+            println!(
+                "{name}: {n} appends, append → told p50 {} µs, p99 {} µs, max {} µs",
+                quantile(&lat, 0.5),
+                quantile(&lat, 0.99),
+                quantile(&lat, 1.0)
+            );
+        }
+    }
+}

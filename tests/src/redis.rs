@@ -1,0 +1,217 @@
+//! A real `redis-server` for the cluster tests, and a load balancer without sticky
+//! sessions in front of broker nodes.
+//!
+//! [`RedisServer::start`] runs `redis-server` on a free port of 127.0.0.1 (retrying when
+//! the port is taken between the probe and the bind); a missing `redis-server` fails the
+//! test with a message saying to install it (`.ci/run` does). Stopping and starting again
+//! keeps the port, so brokers started with its URL find it again.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How a `redis-server` keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// Nothing on disk: a restart starts empty.
+    None,
+    /// An append-only file synced on every write (`appendfsync always`).
+    AofAlways,
+}
+
+/// A running (or stopped) `redis-server`.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    persistence: Persistence,
+    dir: TempDir,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+impl RedisServer {
+    /// Starts a server on a free port.
+    pub fn start(persistence: Persistence) -> RedisServer {
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            persistence,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        for _ in 0..5 {
+            server.port = free_port();
+            if server.try_start() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    fn try_start(&mut self) -> bool {
+        let port = self.port.to_string();
+        let dir: PathBuf = self.dir.path().to_owned();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port,
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            String::new(),
+        ];
+        match self.persistence {
+            Persistence::None => args.extend(["--appendonly".into(), "no".into()]),
+            Persistence::AofAlways => args.extend([
+                "--appendonly".into(),
+                "yes".into(),
+                "--appendfsync".into(),
+                "always".into(),
+            ]),
+        }
+        let mut child = match Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(child) => child,
+            Err(e) => panic!(
+                "cannot start redis-server ({e}): install it (apt-get install redis-server); \
+                 the cluster tests need a real one"
+            ),
+        };
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut ready = false;
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) if line.contains("Ready to accept connections") => {
+                    ready = true;
+                    break;
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        if !ready {
+            let _ = child.kill();
+            let _ = child.wait();
+            return false;
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        self.child = Some(child);
+        true
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it: whatever it did not persist is lost.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port (with what its persistence kept), retrying for a
+    /// while if the port is not free yet.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.try_start() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TCP load balancer without sticky sessions: each new connection goes to the next
+/// backend in turn that accepts it, so a client that reconnects lands on another node.
+pub struct Balancer {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    backends: Arc<Mutex<Vec<SocketAddr>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Balancer {
+    /// Listens on a free port of 127.0.0.1 and forwards to `backends`.
+    pub async fn start(backends: Vec<SocketAddr>) -> Balancer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the balancer");
+        let addr = listener.local_addr().expect("balancer address");
+        let backends = Arc::new(Mutex::new(backends));
+        let turn = Arc::new(AtomicUsize::new(0));
+        let list = Arc::clone(&backends);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let list = Arc::clone(&list);
+                let turn = Arc::clone(&turn);
+                tokio::spawn(async move {
+                    let candidates = list.lock().expect("backends").clone();
+                    for _ in 0..candidates.len() {
+                        let i = turn.fetch_add(1, Ordering::Relaxed) % candidates.len();
+                        if let Ok(mut outbound) =
+                            tokio::net::TcpStream::connect(candidates[i]).await
+                        {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Balancer {
+            addr,
+            backends,
+            task,
+        }
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Takes a backend out of the rotation.
+    pub fn remove(&self, backend: SocketAddr) {
+        self.backends
+            .lock()
+            .expect("backends")
+            .retain(|b| *b != backend);
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,265 @@
+//! The browser's own `EventSource` against the real broker, in headless Chromium, from a
+//! page on another origin (a static site of the test's): it receives events (JSON and
+//! bytes), resumes across a broker restart with `Last-Event-ID` by itself with no gap and
+//! no duplicate, and learns of a deletion (and then stops, with no reconnect loop). A page
+//! on another origin also reads and publishes with `fetch` (CORS).
+
+use std::time::Duration;
+
+use rewind_tests::browser::{Browser, Page, StaticSite};
+use rewind_tests::{Broker, StatusCode};
+use serde_json::{json, Value};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn publish(b: &Broker, ns: &str, body: &Value) {
+    let r = b
+        .post_json(&format!("/v1/namespaces/{ns}/events"), &body.to_string())
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+}
+
+async fn publish_range(b: &Broker, ns: &str, from: u64, to: u64) {
+    let batch: Vec<Value> = (from..to)
+        .map(|i| json!({"event": "tick", "data": {"i": i}}))
+        .collect();
+    publish(b, ns, &Value::Array(batch)).await;
+}
+
+/// A blank page on a static site of its own (another origin than the broker's).
+async fn page_elsewhere(browser: &Browser) -> (StaticSite, Page) {
+    let site = StaticSite::start().await;
+    site.html(
+        "/",
+        "<!doctype html><meta charset=utf-8><title>elsewhere</title><p>a page elsewhere",
+    );
+    let page = browser.page(&site.url("/")).await;
+    (site, page)
+}
+
+/// Opens `window.es` on `url` in the page, recording every message and error in
+/// `window.rec`: `opened` (data), `events` (`[lastEventId, data]` for the names in
+/// `names`), `truncated`, `closed` (`[lastEventId, data]`), `errors` (`readyState`s).
+async fn follow(page: &Page, url: &str, names: &[&str]) {
+    let script = format!(
+        r#"(() => {{
+            const rec = {{opened: [], events: [], truncated: [], closed: [], errors: []}};
+            window.rec = rec;
+            const es = new EventSource({url});
+            window.es = es;
+            es.addEventListener("rewind.opened", m => rec.opened.push(JSON.parse(m.data)));
+            es.addEventListener("rewind.truncated", m => rec.truncated.push(JSON.parse(m.data)));
+            es.addEventListener("rewind.closed", m => rec.closed.push([m.lastEventId, JSON.parse(m.data)]));
+            for (const name of {names}) {{
+                es.addEventListener(name, m => rec.events.push([m.lastEventId, JSON.parse(m.data)]));
+            }}
+            es.onerror = () => rec.errors.push(es.readyState);
+            return true;
+        }})()"#,
+        url = json!(url),
+        names = json!(names),
+    );
+    page.eval(&script).await;
+}
+
+/// The offsets of the events recorded so far, checking each one's id against its data.
+async fn offsets(page: &Page) -> Vec<u64> {
+    let events = page.eval("window.rec.events").await;
+    events
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|pair| {
+            let offset = pair[1]["offset"].as_u64().expect("offset");
+            assert_eq!(pair[0], json!(offset.to_string()), "{pair}");
+            offset
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn an_event_source_on_another_origin_receives_json_and_bytes() {
+    let b = Broker::start(&[]);
+    publish(
+        &b,
+        "feed",
+        &json!({"event": "tick", "data": {"msg": "héllo\n"}, "key": "k"}),
+    )
+    .await;
+    let raw = b
+        .request(
+            rewind_tests::Method::POST,
+            "/v1/namespaces/feed/events?event=blob",
+            &[("content-type", "application/octet-stream")],
+            vec![0u8, 1, 2, 255],
+        )
+        .await;
+    assert_eq!(raw.status, StatusCode::CREATED);
+    let browser = Browser::launch().await;
+    let (_site, page) = page_elsewhere(&browser).await;
+    let url = format!("{}/v1/namespaces/feed/sse?from=earliest", b.url());
+    follow(&page, &url, &["tick", "blob"]).await;
+    page.wait_for("window.rec.events.length === 2", PATIENCE)
+        .await;
+    // Live, after the page caught up.
+    publish(&b, "feed", &json!({"event": "tick", "data": [1, 2]})).await;
+    page.wait_for("window.rec.events.length === 3", PATIENCE)
+        .await;
+
+    let rec = page.eval("window.rec").await;
+    let epoch = b.get("/v1/namespaces/feed").await.json()["epoch"].clone();
+    assert_eq!(
+        rec["opened"],
+        json!([{"ns": "feed", "epoch": epoch, "from": 0, "earliest": 0, "next": 2}])
+    );
+    let events = rec["events"].as_array().expect("events");
+    assert_eq!(events[0][1]["data"], json!({"msg": "héllo\n"}));
+    assert_eq!(events[0][1]["key"], json!("k"));
+    assert_eq!(events[1][1]["event"], json!("blob"));
+    let bytes = page
+        .eval("Array.from(atob(window.rec.events[1][1].data_b64), c => c.charCodeAt(0))")
+        .await;
+    assert_eq!(bytes, json!([0, 1, 2, 255]));
+    assert_eq!(events[2][1]["data"], json!([1, 2]));
+    assert_eq!(offsets(&page).await, vec![0, 1, 2]);
+    assert_eq!(rec["errors"], json!([]), "{}", page.console_report());
+    assert_eq!(page.eval("window.es.readyState").await, json!(1));
+}
+
+#[tokio::test]
+async fn an_event_source_resumes_across_a_broker_restart_with_no_gap_and_no_duplicate() {
+    let mut b = Broker::start(&[]);
+    publish_range(&b, "feed", 0, 5).await;
+    let browser = Browser::launch().await;
+    let (_site, page) = page_elsewhere(&browser).await;
+    // `from=earliest` in the URL: a reconnect that ignored Last-Event-ID would start
+    // over at 0 and show duplicates.
+    let url = format!("{}/v1/namespaces/feed/sse?from=earliest", b.url());
+    follow(&page, &url, &["tick"]).await;
+    page.wait_for("window.rec.events.length === 5", PATIENCE)
+        .await;
+
+    // Killed outright: the browser sees the connection drop.
+    b.kill9();
+    page.wait_for("window.rec.errors.length >= 1", PATIENCE)
+        .await;
+    assert_eq!(
+        page.eval("window.es.readyState").await,
+        json!(0),
+        "reconnecting, not closed"
+    );
+    b.restart();
+    publish_range(&b, "feed", 5, 9).await;
+    page.wait_for("window.rec.events.length >= 9", PATIENCE)
+        .await;
+    // Once more, with a clean shutdown (SIGTERM) this time.
+    let status = b.terminate();
+    assert!(status.success());
+    b.restart();
+    publish_range(&b, "feed", 9, 12).await;
+    page.wait_for("window.rec.events.length >= 12", PATIENCE)
+        .await;
+
+    assert_eq!(offsets(&page).await, (0..12).collect::<Vec<u64>>());
+    let rec = page.eval("window.rec").await;
+    let opened = rec["opened"].as_array().expect("opened");
+    assert_eq!(opened.len(), 3, "{rec}");
+    // Each reconnect started where the page was: Last-Event-ID, not the URL's `from`.
+    assert_eq!(
+        opened.iter().map(|o| o["from"].clone()).collect::<Vec<_>>(),
+        [json!(0), json!(5), json!(9)]
+    );
+    assert!(
+        opened.iter().all(|o| o["epoch"] == opened[0]["epoch"]),
+        "{rec}"
+    );
+    assert_eq!(rec["truncated"], json!([]));
+    assert_eq!(page.eval("window.es.readyState").await, json!(1));
+}
+
+#[tokio::test]
+async fn deletion_reaches_the_event_source_which_then_stops_without_a_reconnect_loop() {
+    let b = Broker::start(&[]);
+    publish_range(&b, "doomed", 0, 3).await;
+    let browser = Browser::launch().await;
+    let (_site, page) = page_elsewhere(&browser).await;
+    let url = format!("{}/v1/namespaces/doomed/sse?from=earliest", b.url());
+    follow(&page, &url, &["tick"]).await;
+    page.wait_for("window.rec.events.length === 3", PATIENCE)
+        .await;
+
+    let r = b
+        .request(
+            rewind_tests::Method::DELETE,
+            "/v1/namespaces/doomed",
+            &[],
+            "",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    page.wait_for("window.rec.closed.length === 1", PATIENCE)
+        .await;
+    assert_eq!(
+        page.eval("window.rec.closed[0]").await,
+        json!(["", {"ns": "doomed", "reason": "deleted"}])
+    );
+    // The page did not close it: the browser reconnects once, meets 404, and gives up.
+    page.wait_for("window.es.readyState === 2", PATIENCE).await;
+    let rec = page.eval("window.rec").await;
+    assert_eq!(rec["errors"].as_array().map(Vec::len), Some(2), "{rec}");
+    assert_eq!(rec["opened"].as_array().map(Vec::len), Some(1), "{rec}");
+    assert_eq!(offsets(&page).await, vec![0, 1, 2]);
+    // And it created nothing.
+    assert_eq!(
+        b.get("/v1/namespaces/doomed").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_reads_and_publishes_with_fetch() {
+    let b = Broker::start(&[]);
+    publish_range(&b, "feed", 0, 2).await;
+    let browser = Browser::launch().await;
+    let (_site, page) = page_elsewhere(&browser).await;
+    let script = format!(
+        r#"(async () => {{
+            const base = {base};
+            const list = await (await fetch(base + "/v1/namespaces")).json();
+            const read = await (await fetch(base + "/v1/namespaces/feed/events?from=0&wait=1")).json();
+            // JSON with an Idempotency-Key: not a simple request, so a preflight first.
+            const post = await fetch(base + "/v1/namespaces/feed/events", {{
+                method: "POST",
+                headers: {{"Content-Type": "application/json", "Idempotency-Key": "page-1"}},
+                body: JSON.stringify({{event: "from-page", data: {{ok: true}}}}),
+            }});
+            const missing = await fetch(base + "/v1/namespaces/ghost/events");
+            return {{
+                names: list.namespaces.map(n => n.name),
+                offsets: read.events.map(e => e.offset),
+                posted: [post.status, await post.json()],
+                missing: [missing.status, (await missing.json()).error.code],
+            }};
+        }})()"#,
+        base = json!(b.url()),
+    );
+    let got = page.eval(&script).await;
+    assert_eq!(
+        got,
+        json!({
+            "names": ["feed"],
+            "offsets": [0, 1],
+            "posted": [201, {"offset": 2}],
+            "missing": [404, "not_found"],
+        }),
+        "{}",
+        page.console_report()
+    );
+    let polled = b.get("/v1/namespaces/feed/events?from=2").await.json();
+    assert_eq!(polled["events"][0]["event"], json!("from-page"));
+}

@@ -1,0 +1,396 @@
+//! Many brokers sharing one log in Redis (issue 13, `docs/cluster.md`): the real `rewind`
+//! binary, three nodes on one real `redis-server` each test starts, publishes spread over
+//! the nodes, subscribers on other nodes, a node killed with `kill -9`, Redis stopped and
+//! restarted with and without persistence.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
+use rewind_protocol::Position;
+use rewind_tests::redis::{Balancer, Persistence, RedisServer};
+use rewind_tests::{Broker, StatusCode};
+
+/// Every test's deadline for a condition it waits on.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn node(redis: &RedisServer, extra: &[&str]) -> Broker {
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str(), "--redis-heal-interval-ms", "100"];
+    args.extend_from_slice(extra);
+    Broker::start(&args)
+}
+
+fn nodes(redis: &RedisServer, n: usize) -> Vec<Broker> {
+    (0..n).map(|_| node(redis, &[])).collect()
+}
+
+fn options() -> ClientOptions {
+    ClientOptions {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        liveness: Duration::from_secs(10),
+        buffer: 64,
+        root_certificates: Vec::new(),
+    }
+}
+
+async fn next(sub: &mut Subscription) -> Item {
+    tokio::time::timeout(PATIENCE, sub.next())
+        .await
+        .expect("an item in time")
+        .expect("the stream goes on")
+}
+
+/// Takes items until `n` events have arrived; returns their offsets and payloads.
+async fn events(sub: &mut Subscription, n: usize) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        match next(sub).await {
+            Item::Event(e) => out.push((e.offset, format!("{:?}", e.data))),
+            Item::Epoch(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    out
+}
+
+async fn publish(b: &Broker, ns: &str, i: u64) -> (StatusCode, serde_json::Value) {
+    let r = b
+        .post_json(
+            &format!("/v1/namespaces/{ns}/events"),
+            &format!(r#"{{"event":"n","data":{i}}}"#),
+        )
+        .await;
+    let status = r.status;
+    (status, r.json())
+}
+
+async fn publish_ok(b: &Broker, ns: &str, i: u64) -> u64 {
+    let (status, body) = publish(b, ns, i).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["offset"].as_u64().expect("an offset")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_spread_over_three_nodes_make_one_dense_log_every_node_reads_alike() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 3);
+    // Concurrent publishers, each on its own node.
+    let mut tasks = Vec::new();
+    for (n, b) in nodes.iter().enumerate() {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..20u64 {
+                let r = rewind_tests::request(
+                    addr,
+                    rewind_tests::Method::POST,
+                    "/v1/namespaces/shared/events",
+                    &[("content-type", "application/json")],
+                    format!(r#"{{"event":"n","data":{}}}"#, n as u64 * 1000 + i).into(),
+                )
+                .await
+                .expect("publish");
+                assert_eq!(r.status, StatusCode::CREATED);
+                got.push(r.json()["offset"].as_u64().expect("offset"));
+            }
+            got
+        }));
+    }
+    let mut offsets = BTreeSet::new();
+    for t in tasks {
+        for o in t.await.expect("publisher") {
+            assert!(offsets.insert(o), "offset {o} handed out twice");
+        }
+    }
+    assert_eq!(offsets, (0..60).collect::<BTreeSet<u64>>());
+    let mut pages = Vec::new();
+    for b in &nodes {
+        let page = b
+            .get("/v1/namespaces/shared/events?from=0&limit=100")
+            .await
+            .json();
+        let got: Vec<u64> = page["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .map(|e| e["offset"].as_u64().expect("offset"))
+            .collect();
+        assert_eq!(got, (0..60).collect::<Vec<u64>>());
+        pages.push(page);
+    }
+    assert_eq!(pages[0], pages[1]);
+    assert_eq!(pages[1], pages[2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_one_node_gets_what_the_others_publish_in_order() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 3);
+    publish_ok(&nodes[0], "live", 0).await;
+    let client = Client::connect(&nodes[1].url(), options()).await.unwrap();
+    let mut sub = client.subscribe("live", Position::Offset(0)).await.unwrap();
+    assert_eq!(events(&mut sub, 1).await, [(0, "Json(\"0\")".to_owned())]);
+    // Live: node B only hears of these through Redis.
+    for i in 1..=30u64 {
+        let on = if i % 2 == 0 { &nodes[0] } else { &nodes[2] };
+        publish_ok(on, "live", i).await;
+    }
+    let got = events(&mut sub, 30).await;
+    let want: Vec<(u64, String)> = (1..=30).map(|i| (i, format!("Json(\"{i}\")"))).collect();
+    assert_eq!(got, want);
+    // A long-poll on node C wakes for a publish on node A.
+    let c = nodes[2].addr;
+    let poll = tokio::spawn(async move {
+        rewind_tests::request(
+            c,
+            rewind_tests::Method::GET,
+            "/v1/namespaces/live/events?from=31&wait=20",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await
+        .expect("long-poll")
+        .json()
+    });
+    publish_ok(&nodes[0], "live", 31).await;
+    let page = tokio::time::timeout(PATIENCE, poll)
+        .await
+        .expect("the long-poll woke")
+        .expect("long-poll task");
+    assert_eq!(page["events"][0]["offset"], 31);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_on_one_node_ends_subscriptions_on_the_others() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "gone", 0).await;
+    let client = Client::connect(&nodes[1].url(), options()).await.unwrap();
+    let mut sub = client.subscribe("gone", Position::Offset(0)).await.unwrap();
+    assert_eq!(events(&mut sub, 1).await.len(), 1);
+    let r = nodes[0]
+        .request(
+            rewind_tests::Method::DELETE,
+            "/v1/namespaces/gone",
+            &[],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    match next(&mut sub).await {
+        Item::Ended { reason } => assert_eq!(reason, "deleted"),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    let r = nodes[1].get("/v1/namespaces/gone").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_a_node_the_client_resumes_on_another_with_no_gap_and_no_duplicate() {
+    let redis = RedisServer::start(Persistence::None);
+    let mut nodes = nodes(&redis, 3);
+    let balancer = Balancer::start(nodes.iter().map(|b| b.addr).collect()).await;
+    publish_ok(&nodes[0], "k", 0).await;
+    // The balancer's first connection, the client's, goes to node 0, and each reconnect
+    // to the next node in turn that is still in the rotation.
+    let client = Client::connect(&balancer.url(), options()).await.unwrap();
+    let mut sub = client.subscribe("k", Position::Offset(0)).await.unwrap();
+    let mut seen = events(&mut sub, 1).await;
+    for i in 1..50u64 {
+        publish_ok(&nodes[(i % 3) as usize], "k", i).await;
+    }
+    seen.extend(events(&mut sub, 49).await);
+    for victim in 0..2 {
+        balancer.remove(nodes[victim].addr);
+        nodes[victim].kill9();
+        for i in 0..10u64 {
+            publish_ok(&nodes[2], "k", 50 + victim as u64 * 10 + i).await;
+        }
+        seen.extend(events(&mut sub, 10).await);
+    }
+    let offsets: Vec<u64> = seen.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..70).collect::<Vec<u64>>());
+    let payloads: Vec<String> = seen.iter().map(|(_, d)| d.clone()).collect();
+    let want: Vec<String> = (0..70).map(|i| format!("Json(\"{i}\")")).collect();
+    assert_eq!(payloads, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_without_persistence_gives_a_new_epoch_that_resuming_clients_are_told() {
+    let mut redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    for i in 0..5 {
+        publish_ok(&nodes[0], "lost", i).await;
+    }
+    let before = nodes[1].get("/v1/namespaces/lost").await.json();
+    let old_epoch = before["epoch"].as_str().expect("epoch").to_owned();
+    assert_eq!(before["next"], 5);
+    redis.restart();
+    // The next node to notice gives the namespace a new epoch, and both serve it (a
+    // read's page carries the epoch of the log the node serves).
+    let page = "/v1/namespaces/lost/events?from=0";
+    let after = nodes[1]
+        .wait_for(page, |v| {
+            v["epoch"].as_str().is_some_and(|e| e != old_epoch)
+        })
+        .await;
+    let new_epoch = after["epoch"].as_str().expect("epoch").to_owned();
+    nodes[0]
+        .wait_for(page, |v| v["epoch"] == new_epoch.as_str())
+        .await;
+    assert_eq!(
+        nodes[0].get("/v1/namespaces/lost").await.json()["epoch"],
+        new_epoch.as_str()
+    );
+    assert_eq!(publish_ok(&nodes[0], "lost", 100).await, 0);
+    // A client resuming after offset 4 of the old log is told, not fed the new log's 0.
+    let client = Client::connect(&nodes[1].url(), options()).await.unwrap();
+    let resume = Resume {
+        next: 5,
+        epoch: old_epoch.clone(),
+    };
+    let mut sub = client.subscribe("lost", resume).await.unwrap();
+    let mut items = Vec::new();
+    while !items.iter().any(|i| matches!(i, Item::Event(_))) {
+        match tokio::time::timeout(PATIENCE, sub.next()).await {
+            Ok(Some(item)) => items.push(item),
+            other => panic!("after {items:?}: {other:?}"),
+        }
+    }
+    assert!(
+        items.iter().any(|i| matches!(
+            i,
+            Item::Truncated { requested: 5, from: 0, reason } if reason == "epoch"
+        )),
+        "{items:?}"
+    );
+    assert!(items.contains(&Item::Epoch(new_epoch)), "{items:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_publishes_get_503_unavailable_and_everything_recovers_after() {
+    let mut redis = RedisServer::start(Persistence::AofAlways);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "down", 0).await;
+    let client = Client::connect(&nodes[1].url(), options()).await.unwrap();
+    let mut sub = client.subscribe("down", Position::Offset(0)).await.unwrap();
+    assert_eq!(events(&mut sub, 1).await.len(), 1);
+    redis.stop();
+    let r = nodes[0]
+        .post_json("/v1/namespaces/down/events", r#"{"event":"n","data":1}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.error_code(), "unavailable");
+    assert_eq!(
+        r.headers.get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let ready = nodes[1]
+        .wait_for("/readyz", |v| v["status"] == "storage_unavailable")
+        .await;
+    assert_eq!(ready["error"]["code"], "unavailable");
+    redis.restart();
+    // Publishes are taken again once Redis answers; nothing was stored meanwhile.
+    let deadline = Instant::now() + PATIENCE;
+    let offset = loop {
+        let (status, body) = publish(&nodes[0], "down", 1).await;
+        if status == StatusCode::CREATED {
+            break body["offset"].as_u64().expect("offset");
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(Instant::now() < deadline, "publishes never recovered");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(offset, 1);
+    nodes[1]
+        .wait_for("/readyz", |v| v["status"] == "ready")
+        .await;
+    // The subscriber on the other node goes on by itself.
+    assert_eq!(events(&mut sub, 1).await[0].0, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_a_replica_that_is_not_there_says_not_replicated_and_stores_anyway() {
+    let redis = RedisServer::start(Persistence::None);
+    let waiting = node(
+        &redis,
+        &[
+            "--redis-wait-replicas",
+            "1",
+            "--redis-wait-timeout-ms",
+            "50",
+        ],
+    );
+    let plain = node(&redis, &[]);
+    let (status, body) = publish(&waiting, "w", 0).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["replicated"], false, "{body}");
+    assert_eq!(body["offset"], 0);
+    let r = waiting
+        .post_json(
+            "/v1/namespaces/w/events",
+            r#"[{"event":"n","data":1},{"event":"n","data":2}]"#,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"first": 1, "last": 2, "replicated": false})
+    );
+    // Without WAIT the answer is as always, and the events are there for every node.
+    let (status, body) = publish(&plain, "w", 3).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(body, serde_json::json!({"offset": 3}));
+    let page = plain.get("/v1/namespaces/w/events?from=0").await.json();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_in_order() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 3);
+    publish_ok(&nodes[0], "burst", 0).await;
+    let mut subs = Vec::new();
+    let mut clients = Vec::new();
+    for b in &nodes {
+        let client = Client::connect(&b.url(), options()).await.unwrap();
+        subs.push(
+            client
+                .subscribe("burst", Position::Offset(0))
+                .await
+                .unwrap(),
+        );
+        clients.push(client);
+    }
+    // Batches from every node at once, so each node's appends interleave with the others'.
+    let mut tasks = Vec::new();
+    for b in &nodes {
+        let addr = b.addr;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let body: Vec<String> = (0..10)
+                    .map(|_| r#"{"event":"n","data":"x"}"#.to_owned())
+                    .collect();
+                let r = rewind_tests::request(
+                    addr,
+                    rewind_tests::Method::POST,
+                    "/v1/namespaces/burst/events",
+                    &[("content-type", "application/json")],
+                    format!("[{}]", body.join(",")).into(),
+                )
+                .await
+                .expect("publish");
+                assert_eq!(r.status, StatusCode::CREATED);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("publisher");
+    }
+    for sub in &mut subs {
+        let offsets: Vec<u64> = events(sub, 301).await.into_iter().map(|e| e.0).collect();
+        assert_eq!(offsets, (0..301).collect::<Vec<u64>>());
+    }
+}
