@@ -13,8 +13,8 @@ use std::time::Duration;
 
 pub mod browser;
 pub mod fault;
-pub mod sse;
 pub mod redis;
+pub mod sse;
 
 use bytes::Bytes;
 use tempfile::TempDir;

@@ -394,3 +394,33 @@ async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_
         assert_eq!(offsets, (0..301).collect::<Vec<u64>>());
     }
 }
+
+/// Review F3: with Redis the writer made its own appends visible without waking the
+/// live ring, and the listener, on first sight of a namespace, started from that visible
+/// end: a subscriber on the publishing node waited for the next append. Several fresh
+/// namespaces, each one a listener's first sight of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_the_publishing_node_gets_each_event_at_once() {
+    let redis = RedisServer::start(Persistence::None);
+    let b = node(&redis, &[]);
+    // A client that would reconnect after a silence shorter than PATIENCE hides a stall.
+    let patient = ClientOptions {
+        liveness: PATIENCE * 3,
+        ..options()
+    };
+    let client = Client::connect(&b.url(), patient).await.unwrap();
+    for k in 0..8u64 {
+        let ns = format!("same{k}");
+        let r = b.put_json(&format!("/v1/namespaces/{ns}"), "{}").await;
+        assert!(r.status.is_success(), "{:?}", r.status);
+        let mut sub = client.subscribe(&ns, Position::Offset(0)).await.unwrap();
+        for i in 0..3u64 {
+            assert_eq!(publish_ok(&b, &ns, i).await, i);
+            assert_eq!(
+                events(&mut sub, 1).await,
+                [(i, format!("Json(\"{i}\")"))],
+                "{ns}"
+            );
+        }
+    }
+}

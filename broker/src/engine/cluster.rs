@@ -9,8 +9,10 @@
 //!   to, up to `NEXT` and beyond if the stream holds more, are read once (at most
 //!   [`TAIL_EVENTS`]) and pushed into the live ring, in offset order; then the visible end
 //!   moves past them and readers wake. Announcements whose events were already read read
-//!   nothing, so under load one read serves many. The writer pushes nothing into the ring with a shared store, so runs never
-//!   interleave out of order. Whatever is not in the ring (a first announcement, a long
+//!   nothing, so under load one read serves many. The writer pushes nothing into the ring
+//!   with a shared store, so runs never interleave out of order; it wakes the ring after it
+//!   moves `visible`, and so does every announcement for a namespace with subscribers, so a
+//!   subscriber on the publishing node never waits for the next append. Whatever is not in the ring (a first announcement, a long
 //!   burst, a missed one) readers take from the store, from their own offsets, so no
 //!   reader skips an offset. Namespaces this node has no state for cost one map lookup.
 //! - `c`, `d`, `r` (create, delete, retention): the writer refreshes the namespace from
@@ -115,6 +117,11 @@ fn listen(
                 Some(state) => {
                     let known = feed(store, &state, next, &mut tails);
                     state.publish_remote(known);
+                    // Even when `visible` was already there (this node's writer moved it):
+                    // a subscriber parked on the ring reads the store.
+                    if state.has_subscribers() {
+                        state.wake_live();
+                    }
                 }
                 None => {
                     tails.remove(ns);

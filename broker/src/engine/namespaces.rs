@@ -141,6 +141,12 @@ impl Namespace {
         }
     }
 
+    /// Wakes subscribers waiting for a live run. With a shared store nothing is pushed to
+    /// the ring by the writer: they read what became visible from the store.
+    pub(super) fn wake_live(&self) {
+        self.live.wake();
+    }
+
     /// The oldest offset held.
     pub fn earliest(&self) -> u64 {
         self.earliest.load(Ordering::Acquire)

@@ -427,8 +427,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.dirty.extend(group.newly_dirty);
+                let shared = self.store.is_shared();
                 for (state, next) in group.visible {
                     state.publish_visible(next);
+                    // The cluster listener may have read this namespace's announcement
+                    // before `visible` moved, and pushed nothing: subscribers waiting on
+                    // the ring read the store.
+                    if shared {
+                        state.wake_live();
+                    }
                 }
                 // Publishers first: their answers would otherwise queue behind the
                 // wake-ups of every subscriber.
