@@ -424,3 +424,64 @@ async fn a_subscriber_on_the_publishing_node_gets_each_event_at_once() {
         }
     }
 }
+
+/// Review F1: node B's listener fed the next incarnation's events into the one it had
+/// (CREATE keeps `next`, so the new incarnation's offsets follow the old one's): B's
+/// subscriber got them under the old epoch before it heard of the delete. Now it hears
+/// `closed` `deleted`, and no event past what the old incarnation held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_and_recreate_on_one_node_never_feeds_the_old_incarnation_on_another() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    for round in 0..3u64 {
+        let ns = format!("again{round}");
+        for i in 0..5 {
+            publish_ok(&nodes[0], &ns, i).await;
+        }
+        let patient = ClientOptions {
+            liveness: PATIENCE * 3,
+            ..options()
+        };
+        let client = Client::connect(&nodes[1].url(), patient).await.unwrap();
+        let mut sub = client.subscribe(&ns, Position::Offset(0)).await.unwrap();
+        assert_eq!(events(&mut sub, 5).await.len(), 5);
+        let a = nodes[0].addr;
+        let path = format!("/v1/namespaces/{ns}");
+        let ns2 = ns.clone();
+        let again = tokio::spawn(async move {
+            let r = rewind_tests::request(
+                a,
+                rewind_tests::Method::DELETE,
+                &path,
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("delete");
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+            for i in 0..20u64 {
+                let r = rewind_tests::request(
+                    a,
+                    rewind_tests::Method::POST,
+                    &format!("/v1/namespaces/{ns2}/events"),
+                    &[("content-type", "application/json")],
+                    format!(r#"{{"event":"n","data":{}}}"#, 100 + i).into(),
+                )
+                .await
+                .expect("publish");
+                assert_eq!(r.status, StatusCode::CREATED);
+            }
+        });
+        loop {
+            match next(&mut sub).await {
+                Item::Ended { reason } => {
+                    assert_eq!(reason, "deleted");
+                    break;
+                }
+                Item::Event(e) => panic!("{ns}: the old incarnation was fed {e:?}"),
+                _ => {}
+            }
+        }
+        again.await.expect("publisher");
+    }
+}

@@ -46,23 +46,31 @@ const POLL: Duration = Duration::from_millis(250);
 /// The wait before reconnecting after the connection failed.
 const BACKOFF: Duration = Duration::from_millis(200);
 
-/// One announcement on the channel.
+/// One announcement on the channel; each names the epoch of the incarnation it is about.
 #[derive(Debug, PartialEq, Eq)]
 enum Change<'a> {
-    /// Offsets below `next` are in the store.
-    Appended { ns: &'a str, next: u64 },
-    /// The namespace was created, deleted or trimmed: refresh it.
+    /// Offsets below `next` of incarnation `epoch` are in the store.
+    Appended {
+        ns: &'a str,
+        epoch: &'a str,
+        next: u64,
+    },
+    /// Incarnation `epoch` was deleted.
+    Deleted { ns: &'a str, epoch: &'a str },
+    /// The namespace was created or trimmed: refresh it.
     Other { ns: &'a str },
 }
 
 fn parse(text: &str) -> Option<Change<'_>> {
-    let mut parts = text.splitn(3, ' ');
+    let mut parts = text.splitn(4, ' ');
     let kind = parts.next()?;
     let n: u64 = parts.next()?.parse().ok()?;
-    let ns = parts.next()?;
+    let epoch = parts.next().filter(|e| !e.is_empty())?;
+    let ns = parts.next().filter(|n| !n.is_empty())?;
     match kind {
-        "a" => Some(Change::Appended { ns, next: n }),
-        "c" | "d" | "r" => Some(Change::Other { ns }),
+        "a" => Some(Change::Appended { ns, epoch, next: n }),
+        "d" => Some(Change::Deleted { ns, epoch }),
+        "c" | "r" => Some(Change::Other { ns }),
         _ => None,
     }
 }
@@ -112,32 +120,58 @@ fn listen(
             Ok(p) => p,
             Err(_) => continue,
         };
-        match parse(&payload) {
-            Some(Change::Appended { ns, next }) => match namespaces.get(ns) {
-                Some(state) => {
-                    let known = feed(store, &state, next, &mut tails);
-                    state.publish_remote(known);
-                    // Even when `visible` was already there (this node's writer moved it):
-                    // a subscriber parked on the ring reads the store.
-                    if state.has_subscribers() {
-                        state.wake_live();
-                    }
-                }
-                None => {
-                    tails.remove(ns);
-                }
-            },
-            Some(Change::Other { ns }) => {
-                // A full queue: the next heal catches up.
-                let _ = tx.try_send(Command::Refresh {
-                    ns: ns.to_owned(),
-                    reply: None,
-                });
-            }
-            None => tracing::debug!(payload, "cluster listener: unknown announcement"),
-        }
+        handle(store, namespaces, tx, &mut tails, &payload);
     }
     Ok(())
+}
+
+/// Handles one announcement: `tails` is the listener's, per connection.
+fn handle(
+    store: &RedisStore,
+    namespaces: &Namespaces,
+    tx: &mpsc::Sender<Command>,
+    tails: &mut HashMap<String, (String, u64)>,
+    payload: &str,
+) {
+    match parse(payload) {
+        Some(Change::Appended { ns, epoch, next }) => match namespaces.get(ns) {
+            Some(state) if state.epoch == epoch => {
+                let known = feed(store, &state, next, tails);
+                state.publish_remote(known);
+                // Even when `visible` was already there (this node's writer moved it):
+                // a subscriber parked on the ring reads the store.
+                if state.has_subscribers() {
+                    state.wake_live();
+                }
+            }
+            // Another incarnation than the one this node serves: nothing of it is fed to
+            // this one. The writer asks the store which is current (waited for, not
+            // dropped when its queue is full).
+            Some(_) => refresh(tx, ns),
+            None => {
+                tails.remove(ns);
+            }
+        },
+        Some(Change::Deleted { ns, epoch }) => {
+            // At once, here: every reader of that incarnation stops before anything of
+            // the next one could reach it. An epoch is never reused, so a newer
+            // incarnation this node already follows stays.
+            tails.remove(ns);
+            if namespaces.remove_epoch(ns, epoch).is_some() {
+                tracing::info!(ns, epoch, "namespace deleted by another broker");
+            }
+        }
+        Some(Change::Other { ns }) => refresh(tx, ns),
+        None => tracing::debug!(payload, "cluster listener: unknown announcement"),
+    }
+}
+
+/// Asks the writer to refresh `ns` from the store; waits while its queue is full.
+fn refresh(tx: &mpsc::Sender<Command>, ns: &str) {
+    let _ = tx.blocking_send(Command::Refresh {
+        ns: ns.to_owned(),
+        reply: None,
+    });
 }
 
 /// Pushes the events from where the ring of `state` got to, up to `next` and whatever else
@@ -177,19 +211,105 @@ fn feed(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::redis::{test_server, RedisOptions};
+    use crate::storage::Retention;
+    use rewind_protocol::{NewEvent, Payload};
+
+    fn store(prefix: &str) -> Arc<RedisStore> {
+        RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: prefix.into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap()
+    }
+
+    fn events(n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| NewEvent {
+                event: "n".into(),
+                key: None,
+                data: Payload::Json(format!("{i}")),
+            })
+            .collect()
+    }
+
+    /// Every announcement the store made since `pubsub` subscribed, in order.
+    fn announcements(pubsub: &mut redis::PubSub<'_>, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                pubsub
+                    .get_message()
+                    .expect("an announcement")
+                    .get_payload()
+                    .expect("text")
+            })
+            .collect()
+    }
+
+    /// Review F1: CREATE keeps `next`, so the next incarnation's offsets follow the old
+    /// one's; the listener fed them into the old incarnation and moved its visible end.
+    /// The real announcements of a delete, a re-create and an append, handled in order
+    /// while the old incarnation has a live subscriber.
+    #[test]
+    fn the_next_incarnations_events_never_reach_the_old_one() {
+        let store = store("f1-incarnation");
+        let mut con = store.connect(Some(Duration::from_secs(5))).unwrap();
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(store.channel()).unwrap();
+        store.create("x", Retention::default()).unwrap();
+        store.append("x", &events(5), 1, None).unwrap();
+        let namespaces = Namespaces::new(16, u64::MAX);
+        let old = namespaces.open(&store.info("x").unwrap().expect("x"));
+        let _sub = old.subscribe_live();
+        assert!(store.delete("x").unwrap());
+        store.create("x", Retention::default()).unwrap();
+        store.append("x", &events(3), 2, None).unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let mut tails = HashMap::new();
+        // The announcements of the first create and append, then of the rest.
+        for payload in announcements(&mut pubsub, 5) {
+            handle(&store, &namespaces, &tx, &mut tails, &payload);
+        }
+        assert_eq!(
+            old.visible(),
+            5,
+            "the old incarnation was fed the new one's"
+        );
+        assert!(old.is_deleted(), "the delete was not handled at once");
+    }
 
     #[test]
     fn announcements_parse_and_garbage_does_not() {
         assert_eq!(
-            parse("a 17 logs.api"),
+            parse("a 17 e1 logs.api"),
             Some(Change::Appended {
                 ns: "logs.api",
+                epoch: "e1",
                 next: 17
             })
         );
-        assert_eq!(parse("d 0 x"), Some(Change::Other { ns: "x" }));
-        assert_eq!(parse("r 5 x"), Some(Change::Other { ns: "x" }));
-        for bad in ["", "a", "a x y", "z 1 ns", "a 1"] {
+        assert_eq!(
+            parse("d 0 e1 x"),
+            Some(Change::Deleted {
+                ns: "x",
+                epoch: "e1"
+            })
+        );
+        assert_eq!(parse("r 5 e1 x"), Some(Change::Other { ns: "x" }));
+        assert_eq!(parse("c 0 e1 x"), Some(Change::Other { ns: "x" }));
+        for bad in [
+            "",
+            "a",
+            "a x y",
+            "z 1 e ns",
+            "a 1",
+            "a 1 e",
+            "a 17 logs.api",
+            "a 1  x",
+        ] {
             assert_eq!(parse(bad), None, "{bad:?}");
         }
     }

@@ -226,6 +226,23 @@ impl Namespaces {
         old
     }
 
+    /// Removes the incarnation of `ns` whose epoch is `epoch`, if it is the one held, and
+    /// marks it deleted. The cluster listener's, for a delete another broker announced:
+    /// an epoch is never reused, so a later incarnation is never removed by mistake.
+    pub(super) fn remove_epoch(&self, ns: &str, epoch: &str) -> Option<Arc<Namespace>> {
+        let old = {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            match map.get(ns) {
+                Some(state) if state.epoch == epoch => map.remove(ns),
+                _ => None,
+            }
+        };
+        if let Some(old) = &old {
+            old.mark_deleted();
+        }
+        old
+    }
+
     /// Every namespace's name and state.
     pub fn all(&self) -> Vec<(String, Arc<Namespace>)> {
         self.map

@@ -363,7 +363,12 @@ impl Writer {
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });
-        match self.store.append(&ns, &events, now, key) {
+        // With a shared store, only to the incarnation this broker serves: another one's
+        // offsets must never become this one's (`NotFound`, then once more below).
+        match self
+            .store
+            .append_at_epoch(&ns, &state.epoch, &events, now, key)
+        {
             Ok(appended) => {
                 if let Appended::New { first, last } = appended {
                     group.visible.push((Arc::clone(&state), last + 1));

@@ -271,6 +271,22 @@ pub trait Storage: Send + Sync + 'static {
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError>;
 
+    /// [`Storage::append`] to the incarnation of `ns` whose epoch is `epoch`: a shared
+    /// store answers [`StoreError::NotFound`] when the namespace has another epoch there
+    /// (another broker deleted and re-created it), and writes nothing. A store only this
+    /// broker writes has no other incarnation to meet.
+    fn append_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
+        let _ = epoch;
+        self.append(ns, events, ts_ms, idempotency)
+    }
+
     /// Events with offsets in `from..until`, at most `max_events` of them and, past the
     /// first, at most `max_bytes` of records. Offsets below `earliest` are skipped.
     fn read(

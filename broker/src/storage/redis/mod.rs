@@ -431,6 +431,17 @@ impl Storage for RedisStore {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
+        self.append_at_epoch(ns, "", events, ts_ms, idempotency)
+    }
+
+    fn append_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
         if events.is_empty() {
             return Err(StoreError::Corrupt("an append of no events".into()));
         }
@@ -449,7 +460,7 @@ impl Storage for RedisStore {
                 .arg(k.not_before_ms),
             None => inv.arg("").arg("").arg("").arg("false").arg(0),
         };
-        inv.arg(self.channel()).arg(ns);
+        inv.arg(self.channel()).arg(ns).arg(epoch);
         for ev in events {
             inv.arg(record::encode(ev, ts_ms));
         }

@@ -15,13 +15,17 @@
 
 /// Appends a batch. KEYS: meta, log, idem, idemts. ARGV: ts, idempotency key (empty for
 /// none), digest, digest v1, batch (`true`/`false`), not-before ms, channel, namespace,
-/// then one record per event. Answers `{'new', first, last}`, `{'dup', first, last,
-/// batch}`, `{'conflict', first, last}` or `{'missing'}`. Nothing is written unless the
+/// the epoch the caller appends to (empty: any), then one record per event. Answers
+/// `{'new', first, last}`, `{'dup', first, last, batch}`, `{'conflict', first, last}` or
+/// `{'missing'}` (no such namespace, or not of that epoch: the caller's state is stale).
+/// Announces `a NEXT EPOCH NS`. Nothing is written unless the
 /// whole batch is: every check comes before the first write, and `XADD` with an id above
 /// the stream's last cannot fail once the first one has not.
 pub(super) const APPEND: &str = r#"
 local meta, log, idem, idemts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', meta, 'live') ~= '1' then return {'missing'} end
+local epoch = redis.call('HGET', meta, 'epoch')
+if ARGV[9] ~= '' and ARGV[9] ~= epoch then return {'missing'} end
 local key = ARGV[2]
 if key ~= '' then
   local rec = redis.call('HGET', idem, key)
@@ -34,10 +38,10 @@ if key ~= '' then
   end
 end
 local first = tonumber(redis.call('HGET', meta, 'next'))
-local n = #ARGV - 8
+local n = #ARGV - 9
 local bytes = 0
 for i = 1, n do
-  local r = ARGV[8 + i]
+  local r = ARGV[9 + i]
   redis.call('XADD', log, string.format('%d-1', first + i - 1), 'r', r, 't', ARGV[1])
   bytes = bytes + #r
 end
@@ -48,13 +52,14 @@ if key ~= '' then
   redis.call('HSET', idem, key, string.format('%s %d %d %s %s', ARGV[1], first, last, ARGV[5], ARGV[3]))
   redis.call('ZADD', idemts, ARGV[1], key)
 end
-redis.call('PUBLISH', ARGV[7], string.format('a %d ', last + 1) .. ARGV[8])
+redis.call('PUBLISH', ARGV[7], string.format('a %d ', last + 1) .. epoch .. ' ' .. ARGV[8])
 return {'new', string.format('%d', first), string.format('%d', last)}
 "#;
 
 /// Creates a namespace. KEYS: meta, namespaces set. ARGV: epoch, created ms,
 /// max_events, max_bytes, max_age_secs, channel, namespace. Answers `{'exists'}` or
-/// `{'ok', next}`; offsets continue after an earlier incarnation's.
+/// `{'ok', next}`; offsets continue after an earlier incarnation's. Announces
+/// `c 0 EPOCH NS`.
 pub(super) const CREATE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') == '1' then return {'exists'} end
@@ -63,13 +68,14 @@ redis.call('HSET', meta, 'live', '1', 'epoch', ARGV[1], 'next', next, 'earliest'
   'bytes', '0', 'created_ms', ARGV[2], 'max_events', ARGV[3], 'max_bytes', ARGV[4],
   'max_age_secs', ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[7])
-redis.call('PUBLISH', ARGV[6], 'c 0 ' .. ARGV[7])
+redis.call('PUBLISH', ARGV[6], 'c 0 ' .. ARGV[1] .. ' ' .. ARGV[7])
 return {'ok', next}
 "#;
 
 /// Deletes a namespace, keeping `next`. KEYS: meta, log, idem, idemts, namespaces set.
 /// ARGV: channel, namespace, `empty` (only delete when it never held an event: the undo
-/// of an auto-create). Answers 1 if it deleted, else 0.
+/// of an auto-create). Answers 1 if it deleted, else 0. Announces `d 0 EPOCH NS` with the
+/// epoch of the incarnation deleted.
 pub(super) const DELETE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') ~= '1' then return 0 end
@@ -77,16 +83,18 @@ local next = redis.call('HGET', meta, 'next')
 if ARGV[3] == 'empty' and (redis.call('HGET', meta, 'earliest') ~= next or redis.call('EXISTS', KEYS[2]) == 1) then
   return 0
 end
+local epoch = redis.call('HGET', meta, 'epoch')
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', meta, 'live', '0', 'earliest', next, 'bytes', '0')
 redis.call('SREM', KEYS[5], ARGV[2])
-redis.call('PUBLISH', ARGV[1], 'd 0 ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], 'd 0 ' .. epoch .. ' ' .. ARGV[2])
 return 1
 "#;
 
 /// Removes the oldest events that break the policy. KEYS: meta, log. ARGV: count cut
 /// (offsets below it go), max bytes, age cut (ms; events stamped before it go), channel,
-/// namespace. Answers the new earliest, or -1 when nothing was removed.
+/// namespace. Answers the new earliest, or -1 when nothing was removed. Announces
+/// `r EARLIEST EPOCH NS`.
 pub(super) const RETAIN: &str = r#"
 local meta, log = KEYS[1], KEYS[2]
 if redis.call('HGET', meta, 'live') ~= '1' then return -1 end
@@ -116,7 +124,7 @@ if cut == earliest then return -1 end
 redis.call('XTRIM', log, 'MINID', string.format('%d-1', cut))
 redis.call('HSET', meta, 'earliest', string.format('%d', cut))
 redis.call('HINCRBY', meta, 'bytes', -removed)
-redis.call('PUBLISH', ARGV[4], string.format('r %d ', cut) .. ARGV[5])
+redis.call('PUBLISH', ARGV[4], string.format('r %d ', cut) .. redis.call('HGET', meta, 'epoch') .. ' ' .. ARGV[5])
 return cut
 "#;
 
