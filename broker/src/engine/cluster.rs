@@ -136,8 +136,12 @@ fn handle(
     match parse(payload) {
         Some(Change::Appended { ns, epoch, next }) => match namespaces.get(ns) {
             Some(state) if state.epoch == epoch => {
-                let known = feed(store, &state, next, tails);
-                state.publish_remote(known);
+                // Never the number in the message: whoever can `PUBLISH` chooses it. What
+                // was read from the stream, or else the store's own `next` for the epoch.
+                let known = feed(store, &state, next, tails).or_else(|| stored_next(store, &state));
+                if let Some(known) = known {
+                    state.publish_remote(known);
+                }
                 // Even when `visible` was already there (this node's writer moved it):
                 // a subscriber parked on the ring reads the store.
                 if state.has_subscribers() {
@@ -176,36 +180,55 @@ fn refresh(tx: &mpsc::Sender<Command>, ns: &str) {
 
 /// Pushes the events from where the ring of `state` got to, up to `next` and whatever else
 /// the stream already holds (at most [`TAIL_EVENTS`]), read from the store once for every
-/// subscriber of this node; returns the end of what is known to be in the store. Reading
-/// past `next` lets one read answer the announcements queued behind this one, which then
-/// read nothing: under load the reads coalesce.
+/// subscriber of this node. Returns the end of what is known to be in the store (from a
+/// read, this one or an earlier one, or the visible end), or `None` when that is below
+/// `next` and nothing was read. Reading past `next`
+/// lets one read answer the announcements queued behind this one, which then read nothing:
+/// under load the reads coalesce.
 fn feed(
     store: &RedisStore,
     state: &Namespace,
     next: u64,
     tails: &mut HashMap<String, (String, u64)>,
-) -> u64 {
+) -> Option<u64> {
     let name: &str = &state.name;
     let from = match tails.get(name) {
         Some((epoch, tail)) if *epoch == state.epoch => *tail,
         // First seen (or a new incarnation): only what is new from here on.
         _ => state.visible(),
     };
-    let mut tail = from.max(next);
-    if from < next && state.has_subscribers() {
-        let from = from.max(next.saturating_sub(TAIL_EVENTS));
-        match store.read(name, from, u64::MAX, TAIL_EVENTS as usize, TAIL_BYTES) {
-            Ok(events) => {
-                if let Some(last) = events.last() {
-                    tail = tail.max(last.offset + 1);
-                    state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
-                }
-            }
-            Err(e) => tracing::debug!(ns = name, error = %e, "cluster listener: tail read failed"),
+    // Read before, or visible already: either is in the store.
+    if from >= next {
+        return Some(from);
+    }
+    if !state.has_subscribers() {
+        return None;
+    }
+    let from = from.max(next.saturating_sub(TAIL_EVENTS));
+    match store.read(name, from, u64::MAX, TAIL_EVENTS as usize, TAIL_BYTES) {
+        Ok(events) => {
+            let tail = events.last()?.offset + 1;
+            state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
+            tails.insert(name.to_owned(), (state.epoch.clone(), tail));
+            Some(tail)
+        }
+        Err(e) => {
+            tracing::debug!(ns = name, error = %e, "cluster listener: tail read failed");
+            None
         }
     }
-    tails.insert(name.to_owned(), (state.epoch.clone(), tail));
-    tail
+}
+
+/// The store's `next` for the incarnation `state` is, when it still is the store's.
+fn stored_next(store: &RedisStore, state: &Namespace) -> Option<u64> {
+    match store.info(&state.name) {
+        Ok(Some(info)) if info.epoch == state.epoch => Some(info.next),
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!(ns = %state.name, error = %e, "cluster listener: reading next failed");
+            None
+        }
+    }
 }
 
 #[cfg(test)]
@@ -216,8 +239,12 @@ mod tests {
     use rewind_protocol::{NewEvent, Payload};
 
     fn store(prefix: &str) -> Arc<RedisStore> {
+        store_in(prefix, &test_server::url())
+    }
+
+    fn store_in(prefix: &str, url: &str) -> Arc<RedisStore> {
         RedisStore::open(RedisOptions {
-            url: test_server::url(),
+            url: url.into(),
             prefix: prefix.into(),
             wait_replicas: 0,
             wait_timeout_ms: 100,
@@ -279,6 +306,31 @@ mod tests {
             "the old incarnation was fed the new one's"
         );
         assert!(old.is_deleted(), "the delete was not handled at once");
+    }
+
+    /// Review F2: the listener moved the visible end to the number in the message, which
+    /// anyone who can `PUBLISH` (or another database's deployment under the same prefix:
+    /// Pub/Sub ignores database numbers) chooses: a false truncation, and offsets never
+    /// visible. Now the visible end moves only to what the store holds for that epoch,
+    /// and each database has a channel of its own.
+    #[test]
+    fn the_visible_end_moves_only_to_what_the_store_holds() {
+        let store = store("f2-forged");
+        store.create("y", Retention::default()).unwrap();
+        store.append("y", &events(3), 1, None).unwrap();
+        let namespaces = Namespaces::new(16, u64::MAX);
+        let info = store.info("y").unwrap().expect("y");
+        let state = namespaces.open(&info);
+        let (tx, _rx) = mpsc::channel(16);
+        let mut tails = HashMap::new();
+        for sub in [None, Some(state.subscribe_live())] {
+            let forged = format!("a {} {} y", u64::MAX, info.epoch);
+            handle(&store, &namespaces, &tx, &mut tails, &forged);
+            assert_eq!(state.visible(), 3, "moved by a forged announcement");
+            drop(sub);
+        }
+        let db1 = store_in("f2-forged", &format!("{}/1", test_server::url()));
+        assert_ne!(db1.channel(), store.channel());
     }
 
     #[test]

@@ -210,10 +210,12 @@ impl RedisStore {
         Ok(con)
     }
 
-    /// The Pub/Sub channel every change of a namespace is announced on: `a NEXT NS` after
-    /// an append, `c 0 NS` a create, `d 0 NS` a delete, `r EARLIEST NS` a retention cut.
+    /// The Pub/Sub channel every change of a namespace is announced on (`engine::cluster`):
+    /// `PREFIX:changes:DB`. Pub/Sub ignores database numbers, so the number is in the name:
+    /// deployments on two databases of one Redis never hear each other.
     pub fn channel(&self) -> String {
-        format!("{}:changes", self.opts.prefix)
+        let db = self.client.get_connection_info().redis_settings().db();
+        format!("{}:changes:{db}", self.opts.prefix)
     }
 
     fn key(&self, ns: &str, part: &str) -> String {
