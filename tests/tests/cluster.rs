@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
+use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::redis::{Balancer, Persistence, RedisServer};
-use rewind_tests::{Broker, StatusCode};
+use rewind_tests::{ws, Broker, StatusCode};
 
 /// Every test's deadline for a condition it waits on.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -53,6 +54,52 @@ async fn events(sub: &mut Subscription, n: usize) -> Vec<(u64, String)> {
         }
     }
     out
+}
+
+/// A raw WebSocket subscription to `ns` on `b` from offset `from`: every event frame the
+/// broker sends, not de-duplicated (the Rust client drops offsets below its next one, so it
+/// would hide a duplicate).
+async fn raw_subscribe(b: &Broker, ns: &str, from: u64) -> ws::Client {
+    let mut c = ws::Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: ns.to_owned(),
+        from: Position::Offset(from),
+        epoch: None,
+        credit: 1_000_000,
+    })
+    .await;
+    c
+}
+
+/// Takes the next `n` events of a raw subscription and asserts their offsets are exactly
+/// `from`, `from + 1`, ...: no gap, no duplicate, no reordering.
+async fn consecutive(c: &mut ws::Client, from: u64, n: u64) {
+    let mut want = from;
+    while want < from + n {
+        match c.next().await {
+            ServerMessage::Event(e) => {
+                assert_eq!(e.event.offset, want, "a gap, a duplicate or out of order");
+                want += 1;
+            }
+            ServerMessage::Frame(
+                f @ (ServerFrame::Closed { .. } | ServerFrame::Truncated { .. }),
+            ) => panic!("at {want}: {f:?}"),
+            ServerMessage::Frame(_) => {}
+        }
+    }
+}
+
+/// Waits until a long-poll is parked on `b` (its `rewind_long_poll_waits` gauge is 1).
+async fn parked(b: &Broker) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = String::from_utf8(b.get("/metrics").await.body.to_vec()).expect("UTF-8");
+        if text.lines().any(|l| l == "rewind_long_poll_waits 1") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no long-poll parked: {text}");
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn publish(b: &Broker, ns: &str, i: u64) -> (StatusCode, serde_json::Value) {
@@ -154,6 +201,8 @@ async fn a_subscriber_on_one_node_gets_what_the_others_publish_in_order() {
         .expect("long-poll")
         .json()
     });
+    // Parked before the publish, or the test would not exercise the wake.
+    parked(&nodes[2]).await;
     publish_ok(&nodes[0], "live", 31).await;
     let page = tokio::time::timeout(PATIENCE, poll)
         .await
@@ -364,6 +413,13 @@ async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_
         );
         clients.push(client);
     }
+    // And a raw reader on every node, which sees a duplicate if the broker sends one.
+    let mut raws = Vec::new();
+    for b in &nodes {
+        let mut raw = raw_subscribe(b, "burst", 0).await;
+        consecutive(&mut raw, 0, 1).await;
+        raws.push(raw);
+    }
     // Batches from every node at once, so each node's appends interleave with the others'.
     let mut tasks = Vec::new();
     for b in &nodes {
@@ -392,6 +448,9 @@ async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_
     for sub in &mut subs {
         let offsets: Vec<u64> = events(sub, 301).await.into_iter().map(|e| e.0).collect();
         assert_eq!(offsets, (0..301).collect::<Vec<u64>>());
+    }
+    for raw in &mut raws {
+        consecutive(raw, 1, 300).await;
     }
 }
 
