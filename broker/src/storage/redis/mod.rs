@@ -364,6 +364,9 @@ impl Storage for RedisStore {
         let mut inv = self.create.prepare_invoke();
         inv.key(self.key(ns, "meta"))
             .key(self.namespaces_key())
+            .key(self.key(ns, "log"))
+            .key(self.key(ns, "idem"))
+            .key(self.key(ns, "idemts"))
             .arg(&epoch)
             .arg(now_ms())
             .arg(limit_arg(retention.max_events))
@@ -742,6 +745,50 @@ mod tests {
                 quantile(&lat, 0.99),
                 quantile(&lat, 1.0)
             );
+        }
+    }
+
+    /// Review F8: a namespace whose `meta` is gone while its stream and idempotency records
+    /// survived (eviction under an `allkeys-*` policy, an operator deleting the key) is
+    /// created again over clean keys: before, reads from 0 returned the old incarnation's
+    /// entries and every `XADD` failed with an id below the stream's top.
+    #[test]
+    fn create_clears_what_an_earlier_incarnation_left_behind() {
+        use super::{Appended, RedisOptions, RedisStore, Retention, Storage};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f8-leftovers".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = |n: usize| NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        };
+        store.create("z", Retention::default()).unwrap();
+        store.append("z", &[ev(0), ev(1), ev(2)], 1, None).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(store.key("z", "meta"))
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("SREM")
+            .arg(store.namespaces_key())
+            .arg("z")
+            .query(&mut con)
+            .unwrap();
+        let info = store.create("z", Retention::default()).unwrap();
+        assert_eq!(info.next, 0);
+        let old = store.read("z", 0, u64::MAX, 10, 1 << 20).unwrap();
+        assert!(old.is_empty(), "the old incarnation's events: {old:?}");
+        match store.append("z", &[ev(9)], 2, None) {
+            Ok(Appended::New { first, last }) => assert_eq!((first, last), (0, 0)),
+            other => panic!("{other:?}"),
         }
     }
 }

@@ -56,7 +56,9 @@ redis.call('PUBLISH', ARGV[7], string.format('a %d ', last + 1) .. epoch .. ' ' 
 return {'new', string.format('%d', first), string.format('%d', last)}
 "#;
 
-/// Creates a namespace. KEYS: meta, namespaces set. ARGV: epoch, created ms,
+/// Creates a namespace over clean keys: whatever an earlier incarnation left in `log`,
+/// `idem` and `idemts` (its `meta` evicted or deleted by hand) goes. KEYS: meta,
+/// namespaces set, log, idem, idemts. ARGV: epoch, created ms,
 /// max_events, max_bytes, max_age_secs, channel, namespace. Answers `{'exists'}` or
 /// `{'ok', next}`; offsets continue after an earlier incarnation's. Announces
 /// `c 0 EPOCH NS`.
@@ -64,6 +66,7 @@ pub(super) const CREATE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') == '1' then return {'exists'} end
 local next = redis.call('HGET', meta, 'next') or '0'
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('HSET', meta, 'live', '1', 'epoch', ARGV[1], 'next', next, 'earliest', next,
   'bytes', '0', 'created_ms', ARGV[2], 'max_events', ARGV[3], 'max_bytes', ARGV[4],
   'max_age_secs', ARGV[5])
