@@ -161,7 +161,9 @@ pub enum StoreError {
     Locked(std::path::PathBuf),
     /// The shared store (Redis) cannot be reached or cannot serve now (a connection
     /// refused, dropped or timed out; a server still loading, a read-only replica).
-    /// Nothing was acknowledged; the same call may succeed later.
+    /// Nothing was acknowledged; the same call may succeed later. The message starts
+    /// with `not sent:` when no connection could be opened, and with `outcome unknown:`
+    /// when a write was sent and no answer came (Redis may have applied it).
     #[error("redis unavailable: {0}")]
     Unavailable(String),
     /// Redis refused a command (a script error, a wrong type under one of our keys).

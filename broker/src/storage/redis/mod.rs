@@ -112,6 +112,30 @@ fn store_error(e: RedisError) -> StoreError {
     }
 }
 
+/// [`store_error`] for a request sent on an open connection that may have changed Redis:
+/// when the connection failed or timed out after the request went out, Redis may have run
+/// it, so the error says the outcome is unknown (`docs/cluster.md`). An error answer
+/// (`LOADING`, `READONLY`, `BUSY`, ...) means it did not run.
+fn write_error(e: RedisError) -> StoreError {
+    if is_unavailable(&e) && e.code().is_none() {
+        StoreError::Unavailable(format!(
+            "outcome unknown: the request was sent and Redis did not answer ({e}); it may have been applied, retry with the same Idempotency-Key"
+        ))
+    } else {
+        store_error(e)
+    }
+}
+
+/// [`store_error`] for a connection that could not be opened: nothing was sent.
+fn not_sent(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => {
+            StoreError::Unavailable(format!("not sent: no connection to Redis ({why})"))
+        }
+        other => other,
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -261,7 +285,7 @@ impl RedisStore {
         if !self.note(&result) {
             *slot = None;
         }
-        result.map_err(store_error)
+        result.map_err(write_error)
     }
 
     /// A new connection whose reads wait `redis_timeout_ms`, plus `WAIT`'s own timeout on
@@ -275,6 +299,7 @@ impl RedisStore {
             .inspect_err(|_| {
                 self.failing.store(true, Ordering::Release);
             })
+            .map_err(not_sent)
     }
 
     /// Records whether Redis answered; returns whether the connection is still good.
@@ -788,6 +813,50 @@ mod tests {
         assert!(old.is_empty(), "the old incarnation's events: {old:?}");
         match store.append("z", &[ev(9)], 2, None) {
             Ok(Appended::New { first, last }) => assert_eq!((first, last), (0, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Review F7: a 503 whose outcome is unknown (the script went out, no answer came)
+    /// said the same as one where nothing was sent. Redis pauses writes (`CLIENT PAUSE`)
+    /// past the store's reply timeout: the append is answered "outcome unknown"; a Redis
+    /// that is not there gives "not sent".
+    #[test]
+    fn an_append_without_an_answer_says_its_outcome_is_unknown() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let opts = |url: String| RedisOptions {
+            url,
+            prefix: "f7-unknown".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 200,
+        };
+        let store = RedisStore::open(opts(test_server::url())).unwrap();
+        store.create("u", Retention::default()).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1000)
+            .arg("WRITE")
+            .query(&mut con)
+            .unwrap();
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        match store.append("u", &[ev], 1, None) {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("outcome unknown"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Whether it ran is what the store cannot know: here Redis drops the paused
+        // command with the closed connection; over a slow network it would have run.
+        let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+        // Nobody listens on port 1.
+        match RedisStore::open(opts("redis://127.0.0.1:1".into())) {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("not sent"), "{why}"),
             other => panic!("{other:?}"),
         }
     }
