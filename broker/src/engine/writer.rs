@@ -621,10 +621,17 @@ impl Writer {
 
     fn enforce_retention(&mut self) {
         let now = now_ms();
+        // A store that cannot serve now fails every namespace alike, each after its own
+        // timeout, while publishes wait behind this pass: the pass stops at the first.
         for (ns, state) in self.namespaces.all() {
             let own = match self.store.info(&ns) {
                 Ok(Some(info)) => info.retention,
-                _ => continue,
+                Ok(None) => continue,
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(ns, error = %e, "retention pass stopped: the store is unavailable");
+                    return;
+                }
+                Err(_) => continue,
             };
             let policy = self.config.retention.overlaid(&own);
             match self.store.enforce_retention(&ns, &policy, now) {
@@ -633,6 +640,10 @@ impl Writer {
                     tracing::debug!(ns, earliest, "retention");
                 }
                 Ok(None) => {}
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(ns, error = %e, "retention pass stopped: the store is unavailable");
+                    return;
+                }
                 Err(e) => tracing::warn!(ns, error = %e, "retention failed"),
             }
         }
@@ -1084,5 +1095,119 @@ mod tests {
         let now = log.namespace("m").expect("m");
         assert_ne!(now.epoch, old);
         log.shutdown().await;
+    }
+
+    /// A store whose every call after the first listing is `Unavailable`, counting calls.
+    struct Down {
+        names: Vec<NsInfo>,
+        calls: AtomicUsize,
+    }
+
+    impl Down {
+        fn down<T>(&self) -> Result<T, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
+
+    impl Storage for Down {
+        fn namespaces(&self) -> Result<Vec<NsInfo>, StoreError> {
+            Ok(self.names.clone())
+        }
+        fn info(&self, _: &str) -> Result<Option<NsInfo>, StoreError> {
+            self.down()
+        }
+        fn create(&self, _: &str, _: Retention) -> Result<NsInfo, StoreError> {
+            self.down()
+        }
+        fn undo_create(&self, _: &str) -> Result<bool, StoreError> {
+            self.down()
+        }
+        fn set_retention(&self, _: &str, _: Retention) -> Result<NsInfo, StoreError> {
+            self.down()
+        }
+        fn delete(&self, _: &str) -> Result<bool, StoreError> {
+            self.down()
+        }
+        fn append(
+            &self,
+            _: &str,
+            _: &[NewEvent],
+            _: u64,
+            _: Option<IdempotencyKey<'_>>,
+        ) -> Result<Appended, StoreError> {
+            self.down()
+        }
+        fn read(
+            &self,
+            _: &str,
+            _: u64,
+            _: u64,
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<Event>, StoreError> {
+            self.down()
+        }
+        fn enforce_retention(
+            &self,
+            _: &str,
+            _: &Retention,
+            _: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.down()
+        }
+        fn prune_idempotency(&self, _: u64) -> Result<usize, StoreError> {
+            self.down()
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn checkpoint(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn mark_dirty(&self, _: &str) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn clear_dirty(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+    }
+
+    /// Review F11: with Redis down, the retention pass went on through every namespace,
+    /// each call waiting out its own timeout while publishes queued behind the writer. It
+    /// stops at the first `Unavailable`.
+    #[test]
+    fn the_retention_pass_stops_at_the_first_unavailable() {
+        let names: Vec<NsInfo> = (0..5)
+            .map(|i| NsInfo {
+                name: format!("n{i}"),
+                epoch: "e".into(),
+                retention: Retention::default(),
+                earliest: 0,
+                next: 0,
+                bytes: 0,
+            })
+            .collect();
+        // The calls a writer makes for `commands`, then a shutdown.
+        let calls = |names: &Vec<NsInfo>, commands: Vec<Command>| {
+            let store = Arc::new(Down {
+                names: names.clone(),
+                calls: AtomicUsize::new(0),
+            });
+            let writer = Writer::new(
+                Arc::clone(&store) as Arc<dyn Storage>,
+                Arc::new(Config::default()),
+            )
+            .expect("writer");
+            let (tx, rx) = mpsc::channel(4);
+            for c in commands {
+                tx.try_send(c).expect("queue");
+            }
+            tx.try_send(Command::Shutdown).expect("queue");
+            writer.run(rx);
+            store.calls.load(Ordering::SeqCst)
+        };
+        let shutdown = calls(&names, Vec::new());
+        assert_eq!(calls(&names, vec![Command::Retention]), shutdown + 1);
     }
 }
