@@ -24,6 +24,11 @@
 //!   failover to a replica without the tail), its offsets start again at 0 under a new
 //!   epoch: the epoch is what tells clients, as spec §2 says.
 
+/// Most events one RETAIN script call looks at and removes: the store calls it again until
+/// the policy holds, so Redis serves other clients between pages (review F9: a script that
+/// read until done blocked Redis past `lua-time-limit` on a large first pass).
+const RETAIN_PAGE: u64 = 64;
+
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
@@ -575,16 +580,24 @@ impl Storage for RedisStore {
         if count_cut <= info.earliest && info.bytes <= max_bytes && policy.max_age_secs.is_none() {
             return Ok(None);
         }
-        let mut inv = self.retain.prepare_invoke();
-        inv.key(self.key(ns, "meta"))
-            .key(self.key(ns, "log"))
-            .arg(count_cut)
-            .arg(max_bytes)
-            .arg(age_cut)
-            .arg(self.channel())
-            .arg(ns);
-        let cut: i64 = self.with_writer(|con| inv.invoke(con))?;
-        Ok(u64::try_from(cut).ok())
+        // One page per call; each call that answers moves `earliest` up, so this ends.
+        let mut earliest = None;
+        loop {
+            let mut inv = self.retain.prepare_invoke();
+            inv.key(self.key(ns, "meta"))
+                .key(self.key(ns, "log"))
+                .arg(count_cut)
+                .arg(max_bytes)
+                .arg(age_cut)
+                .arg(self.channel())
+                .arg(ns)
+                .arg(RETAIN_PAGE);
+            let cut: i64 = self.with_writer(|con| inv.invoke(con))?;
+            match u64::try_from(cut) {
+                Ok(cut) => earliest = Some(cut),
+                Err(_) => return Ok(earliest),
+            }
+        }
     }
 
     fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError> {
@@ -859,5 +872,54 @@ mod tests {
             Err(StoreError::Unavailable(why)) => assert!(why.contains("not sent"), "{why}"),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Review F9: one RETAIN call looped over pages of 256 full records until the policy
+    /// held, so a first pass over a large namespace blocked Redis past `lua-time-limit`.
+    /// One call now removes at most one page of `RETAIN_PAGE` events; the store calls it
+    /// until the policy holds.
+    #[test]
+    fn one_retain_call_removes_one_page_at_most() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, RETAIN_PAGE};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f9-page".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let events: Vec<NewEvent> = (0..200)
+            .map(|i| NewEvent {
+                event: "n".into(),
+                key: None,
+                data: Payload::Json(i.to_string()),
+            })
+            .collect();
+        for ns in ["one", "all"] {
+            store.create(ns, Retention::default()).unwrap();
+            store.append(ns, &events, 1, None).unwrap();
+        }
+        let mut inv = store.retain.prepare_invoke();
+        inv.key(store.key("one", "meta"))
+            .key(store.key("one", "log"))
+            .arg(190)
+            .arg(u64::MAX)
+            .arg(0)
+            .arg(store.channel())
+            .arg("one")
+            .arg(RETAIN_PAGE);
+        let cut: i64 = store.with_writer(|con| inv.invoke(con)).unwrap();
+        assert_eq!(cut, RETAIN_PAGE as i64, "one call went past one page");
+        let policy = Retention {
+            max_events: Some(10),
+            ..Retention::default()
+        };
+        assert_eq!(
+            store.enforce_retention("all", &policy, 2).unwrap(),
+            Some(190)
+        );
+        assert_eq!(store.info("all").unwrap().expect("all").earliest, 190);
     }
 }

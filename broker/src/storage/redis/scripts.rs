@@ -94,9 +94,10 @@ redis.call('PUBLISH', ARGV[1], 'd 0 ' .. epoch .. ' ' .. ARGV[2])
 return 1
 "#;
 
-/// Removes the oldest events that break the policy. KEYS: meta, log. ARGV: count cut
-/// (offsets below it go), max bytes, age cut (ms; events stamped before it go), channel,
-/// namespace. Answers the new earliest, or -1 when nothing was removed. Announces
+/// Removes the oldest events that break the policy, at most one page of them (the caller
+/// calls again until it answers -1, so one call never holds Redis for long). KEYS: meta,
+/// log. ARGV: count cut (offsets below it go), max bytes, age cut (ms; events stamped
+/// before it go), channel, namespace, page (most events looked at). Answers the new earliest, or -1 when nothing was removed. Announces
 /// `r EARLIEST EPOCH NS`.
 pub(super) const RETAIN: &str = r#"
 local meta, log = KEYS[1], KEYS[2]
@@ -106,10 +107,9 @@ local next = tonumber(redis.call('HGET', meta, 'next'))
 local bytes = tonumber(redis.call('HGET', meta, 'bytes'))
 local count_cut, max_bytes, age_cut = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cut, removed = earliest, 0
-local done = false
-while not done and cut < next do
-  local page = redis.call('XRANGE', log, string.format('%d-1', cut), '+', 'COUNT', 256)
-  if #page == 0 then cut = math.max(cut, math.min(count_cut, next)) break end
+if cut < next then
+  local page = redis.call('XRANGE', log, string.format('%d-1', cut), '+', 'COUNT', tonumber(ARGV[6]))
+  if #page == 0 then cut = math.max(cut, math.min(count_cut, next)) end
   for _, e in ipairs(page) do
     local off = tonumber(string.match(e[1], '^(%d+)'))
     local f = e[2]
@@ -118,7 +118,6 @@ while not done and cut < next do
       removed = removed + size
       cut = off + 1
     else
-      done = true
       break
     end
   end
