@@ -372,7 +372,7 @@ impl Writer {
         // offsets must never become this one's (`NotFound`, then once more below).
         match self
             .store
-            .append_at_epoch(&ns, &state.epoch, &events, now, key)
+            .append_at_epoch(&ns, &state.epoch, state.visible(), &events, now, key)
         {
             Ok(appended) => {
                 if let Appended::New { first, last } = appended {

@@ -93,12 +93,13 @@ impl<T: Storage> Storage for ArcStore<T> {
         &self,
         ns: &str,
         epoch: &str,
+        min_next: u64,
         events: &[NewEvent],
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
         self.0
-            .append_at_epoch(ns, epoch, events, ts_ms, idempotency)
+            .append_at_epoch(ns, epoch, min_next, events, ts_ms, idempotency)
     }
     fn is_shared(&self) -> bool {
         self.0.is_shared()

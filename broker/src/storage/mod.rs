@@ -273,19 +273,23 @@ pub trait Storage: Send + Sync + 'static {
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError>;
 
-    /// [`Storage::append`] to the incarnation of `ns` whose epoch is `epoch`: a shared
-    /// store answers [`StoreError::NotFound`] when the namespace has another epoch there
-    /// (another broker deleted and re-created it), and writes nothing. A store only this
-    /// broker writes has no other incarnation to meet.
+    /// [`Storage::append`] to the incarnation of `ns` whose epoch is `epoch`, by a broker
+    /// that has already made offsets below `min_next` visible in it: a shared store answers
+    /// [`StoreError::NotFound`] and writes nothing when the namespace has another epoch
+    /// there (another broker deleted and re-created it), or when its `next` went back below
+    /// `min_next` under the same epoch (it lost a tail readers had seen), and then it gives
+    /// the namespace a new epoch first, so those offsets never mean other events under the
+    /// old one. A store only this broker writes has no other incarnation to meet.
     fn append_at_epoch(
         &self,
         ns: &str,
         epoch: &str,
+        min_next: u64,
         events: &[NewEvent],
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
-        let _ = epoch;
+        let _ = (epoch, min_next);
         self.append(ns, events, ts_ms, idempotency)
     }
 

@@ -466,13 +466,14 @@ impl Storage for RedisStore {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
-        self.append_at_epoch(ns, "", events, ts_ms, idempotency)
+        self.append_at_epoch(ns, "", 0, events, ts_ms, idempotency)
     }
 
     fn append_at_epoch(
         &self,
         ns: &str,
         epoch: &str,
+        min_next: u64,
         events: &[NewEvent],
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
@@ -495,7 +496,17 @@ impl Storage for RedisStore {
                 .arg(k.not_before_ms),
             None => inv.arg("").arg("").arg("").arg("false").arg(0),
         };
-        inv.arg(self.channel()).arg(ns).arg(epoch);
+        // A fresh epoch for the script to take if the namespace's `next` went back.
+        let fresh = if epoch.is_empty() {
+            String::new()
+        } else {
+            new_epoch()?
+        };
+        inv.arg(self.channel())
+            .arg(ns)
+            .arg(epoch)
+            .arg(min_next)
+            .arg(fresh);
         for ev in events {
             inv.arg(record::encode(ev, ts_ms));
         }
@@ -921,5 +932,64 @@ mod tests {
             Some(190)
         );
         assert_eq!(store.info("all").unwrap().expect("all").earliest, 190);
+    }
+
+    /// Review F4: Redis came back with an older `next` under the same epoch (a failover
+    /// to a replica without the tail, a crash under RDB or `appendfsync everysec`), and
+    /// the offsets readers had already seen were handed out again under that epoch. The
+    /// appending node is a witness: it had made offsets up to 10 visible, so the append
+    /// rotates the epoch and writes nothing.
+    #[test]
+    fn an_append_that_meets_a_regressed_next_rotates_the_epoch() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f4-regressed".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let events: Vec<NewEvent> = (0..10)
+            .map(|i| NewEvent {
+                event: "n".into(),
+                key: None,
+                data: Payload::Json(i.to_string()),
+            })
+            .collect();
+        let info = store.create("r", Retention::default()).unwrap();
+        store.append("r", &events, 1, None).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.key("r", "meta"))
+            .arg("next")
+            .arg(5)
+            .query(&mut con)
+            .unwrap();
+        // The stream as a replica that lacked the tail has it: offsets 0..=4.
+        let _: () = redis::cmd("DEL")
+            .arg(store.key("r", "log"))
+            .query(&mut con)
+            .unwrap();
+        for o in 0..5 {
+            let _: String = redis::cmd("XADD")
+                .arg(store.key("r", "log"))
+                .arg(format!("{o}-1"))
+                .arg("r")
+                .arg("x")
+                .arg("t")
+                .arg(1)
+                .query(&mut con)
+                .unwrap();
+        }
+        match store.append_at_epoch("r", &info.epoch, 10, &events[..1], 2, None) {
+            Err(StoreError::NotFound(_)) => {}
+            other => panic!("offsets handed out again under the same epoch: {other:?}"),
+        }
+        let now = store.info("r").unwrap().expect("r");
+        assert_ne!(now.epoch, info.epoch);
+        assert_eq!(now.next, 5);
     }
 }

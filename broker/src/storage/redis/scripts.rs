@@ -15,9 +15,14 @@
 
 /// Appends a batch. KEYS: meta, log, idem, idemts. ARGV: ts, idempotency key (empty for
 /// none), digest, digest v1, batch (`true`/`false`), not-before ms, channel, namespace,
-/// the epoch the caller appends to (empty: any), then one record per event. Answers
+/// the epoch the caller appends to (empty: any), the offset below which the caller has
+/// already shown events of that epoch, a fresh epoch, then one record per event. Answers
 /// `{'new', first, last}`, `{'dup', first, last, batch}`, `{'conflict', first, last}` or
 /// `{'missing'}` (no such namespace, or not of that epoch: the caller's state is stale).
+/// When `next` is below what the caller has shown under the same epoch (Redis lost a tail
+/// its readers saw), the namespace takes the fresh epoch (announced as a create, its
+/// idempotency records dropped: they name offsets of the old epoch) and the answer is
+/// `{'missing'}`: nothing is written under the old epoch.
 /// Announces `a NEXT EPOCH NS`. Nothing is written unless the
 /// whole batch is: every check comes before the first write, and `XADD` with an id above
 /// the stream's last cannot fail once the first one has not.
@@ -26,6 +31,12 @@ local meta, log, idem, idemts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', meta, 'live') ~= '1' then return {'missing'} end
 local epoch = redis.call('HGET', meta, 'epoch')
 if ARGV[9] ~= '' and ARGV[9] ~= epoch then return {'missing'} end
+if ARGV[9] ~= '' and tonumber(redis.call('HGET', meta, 'next')) < tonumber(ARGV[10]) then
+  redis.call('HSET', meta, 'epoch', ARGV[11])
+  redis.call('DEL', idem, idemts)
+  redis.call('PUBLISH', ARGV[7], 'c 0 ' .. ARGV[11] .. ' ' .. ARGV[8])
+  return {'missing'}
+end
 local key = ARGV[2]
 if key ~= '' then
   local rec = redis.call('HGET', idem, key)
@@ -38,10 +49,10 @@ if key ~= '' then
   end
 end
 local first = tonumber(redis.call('HGET', meta, 'next'))
-local n = #ARGV - 9
+local n = #ARGV - 11
 local bytes = 0
 for i = 1, n do
-  local r = ARGV[9 + i]
+  local r = ARGV[11 + i]
   redis.call('XADD', log, string.format('%d-1', first + i - 1), 'r', r, 't', ARGV[1])
   bytes = bytes + #r
 end
