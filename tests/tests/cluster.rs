@@ -544,3 +544,49 @@ async fn a_delete_and_recreate_on_one_node_never_feeds_the_old_incarnation_on_an
         again.await.expect("publisher");
     }
 }
+
+/// Review F14: the same `Idempotency-Key` sent at once to two nodes appends once, and both
+/// publishers get the same offsets (the record lives in Redis, checked in the same script
+/// that appends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "idem", 0).await;
+    for k in 0..10u64 {
+        let key = format!("key-{k}");
+        let body = format!(r#"[{{"event":"n","data":{k}}},{{"event":"n","data":{k}}}]"#);
+        let mut tasks = Vec::new();
+        for b in &nodes {
+            let (addr, key, body) = (b.addr, key.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = rewind_tests::request(
+                    addr,
+                    rewind_tests::Method::POST,
+                    "/v1/namespaces/idem/events",
+                    &[
+                        ("content-type", "application/json"),
+                        ("idempotency-key", key.as_str()),
+                    ],
+                    body.into(),
+                )
+                .await
+                .expect("publish");
+                assert!(r.status.is_success(), "{:?}", r.status);
+                let v = r.json();
+                (v["first"].as_u64(), v["last"].as_u64())
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.expect("publisher"));
+        }
+        assert_eq!(got[0], got[1], "{key}: two appends");
+        assert_eq!(got[0], (Some(1 + 2 * k), Some(2 + 2 * k)), "{key}");
+    }
+    let page = nodes[1]
+        .get("/v1/namespaces/idem/events?from=0&limit=100")
+        .await
+        .json();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(21));
+}
