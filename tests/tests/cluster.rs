@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
+use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::redis::{Balancer, Persistence, RedisServer};
-use rewind_tests::{Broker, StatusCode};
+use rewind_tests::{ws, Broker, StatusCode};
 
 /// Every test's deadline for a condition it waits on.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -53,6 +54,52 @@ async fn events(sub: &mut Subscription, n: usize) -> Vec<(u64, String)> {
         }
     }
     out
+}
+
+/// A raw WebSocket subscription to `ns` on `b` from offset `from`: every event frame the
+/// broker sends, not de-duplicated (the Rust client drops offsets below its next one, so it
+/// would hide a duplicate).
+async fn raw_subscribe(b: &Broker, ns: &str, from: u64) -> ws::Client {
+    let mut c = ws::Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: ns.to_owned(),
+        from: Position::Offset(from),
+        epoch: None,
+        credit: 1_000_000,
+    })
+    .await;
+    c
+}
+
+/// Takes the next `n` events of a raw subscription and asserts their offsets are exactly
+/// `from`, `from + 1`, ...: no gap, no duplicate, no reordering.
+async fn consecutive(c: &mut ws::Client, from: u64, n: u64) {
+    let mut want = from;
+    while want < from + n {
+        match c.next().await {
+            ServerMessage::Event(e) => {
+                assert_eq!(e.event.offset, want, "a gap, a duplicate or out of order");
+                want += 1;
+            }
+            ServerMessage::Frame(
+                f @ (ServerFrame::Closed { .. } | ServerFrame::Truncated { .. }),
+            ) => panic!("at {want}: {f:?}"),
+            ServerMessage::Frame(_) => {}
+        }
+    }
+}
+
+/// Waits until a long-poll is parked on `b` (its `rewind_long_poll_waits` gauge is 1).
+async fn parked(b: &Broker) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let text = String::from_utf8(b.get("/metrics").await.body.to_vec()).expect("UTF-8");
+        if text.lines().any(|l| l == "rewind_long_poll_waits 1") {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no long-poll parked: {text}");
+        tokio::task::yield_now().await;
+    }
 }
 
 async fn publish(b: &Broker, ns: &str, i: u64) -> (StatusCode, serde_json::Value) {
@@ -154,6 +201,8 @@ async fn a_subscriber_on_one_node_gets_what_the_others_publish_in_order() {
         .expect("long-poll")
         .json()
     });
+    // Parked before the publish, or the test would not exercise the wake.
+    parked(&nodes[2]).await;
     publish_ok(&nodes[0], "live", 31).await;
     let page = tokio::time::timeout(PATIENCE, poll)
         .await
@@ -364,6 +413,13 @@ async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_
         );
         clients.push(client);
     }
+    // And a raw reader on every node, which sees a duplicate if the broker sends one.
+    let mut raws = Vec::new();
+    for b in &nodes {
+        let mut raw = raw_subscribe(b, "burst", 0).await;
+        consecutive(&mut raw, 0, 1).await;
+        raws.push(raw);
+    }
     // Batches from every node at once, so each node's appends interleave with the others'.
     let mut tasks = Vec::new();
     for b in &nodes {
@@ -393,4 +449,144 @@ async fn subscribers_on_every_node_get_concurrent_publishes_from_all_nodes_once_
         let offsets: Vec<u64> = events(sub, 301).await.into_iter().map(|e| e.0).collect();
         assert_eq!(offsets, (0..301).collect::<Vec<u64>>());
     }
+    for raw in &mut raws {
+        consecutive(raw, 1, 300).await;
+    }
+}
+
+/// Review F3: with Redis the writer made its own appends visible without waking the
+/// live ring, and the listener, on first sight of a namespace, started from that visible
+/// end: a subscriber on the publishing node waited for the next append. Several fresh
+/// namespaces, each one a listener's first sight of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_on_the_publishing_node_gets_each_event_at_once() {
+    let redis = RedisServer::start(Persistence::None);
+    let b = node(&redis, &[]);
+    // A client that would reconnect after a silence shorter than PATIENCE hides a stall.
+    let patient = ClientOptions {
+        liveness: PATIENCE * 3,
+        ..options()
+    };
+    let client = Client::connect(&b.url(), patient).await.unwrap();
+    for k in 0..8u64 {
+        let ns = format!("same{k}");
+        let r = b.put_json(&format!("/v1/namespaces/{ns}"), "{}").await;
+        assert!(r.status.is_success(), "{:?}", r.status);
+        let mut sub = client.subscribe(&ns, Position::Offset(0)).await.unwrap();
+        for i in 0..3u64 {
+            assert_eq!(publish_ok(&b, &ns, i).await, i);
+            assert_eq!(
+                events(&mut sub, 1).await,
+                [(i, format!("Json(\"{i}\")"))],
+                "{ns}"
+            );
+        }
+    }
+}
+
+/// Review F1: node B's listener fed the next incarnation's events into the one it had
+/// (CREATE keeps `next`, so the new incarnation's offsets follow the old one's): B's
+/// subscriber got them under the old epoch before it heard of the delete. Now it hears
+/// `closed` `deleted`, and no event past what the old incarnation held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_and_recreate_on_one_node_never_feeds_the_old_incarnation_on_another() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    for round in 0..3u64 {
+        let ns = format!("again{round}");
+        for i in 0..5 {
+            publish_ok(&nodes[0], &ns, i).await;
+        }
+        let patient = ClientOptions {
+            liveness: PATIENCE * 3,
+            ..options()
+        };
+        let client = Client::connect(&nodes[1].url(), patient).await.unwrap();
+        let mut sub = client.subscribe(&ns, Position::Offset(0)).await.unwrap();
+        assert_eq!(events(&mut sub, 5).await.len(), 5);
+        let a = nodes[0].addr;
+        let path = format!("/v1/namespaces/{ns}");
+        let ns2 = ns.clone();
+        let again = tokio::spawn(async move {
+            let r = rewind_tests::request(
+                a,
+                rewind_tests::Method::DELETE,
+                &path,
+                &[],
+                bytes::Bytes::new(),
+            )
+            .await
+            .expect("delete");
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+            for i in 0..20u64 {
+                let r = rewind_tests::request(
+                    a,
+                    rewind_tests::Method::POST,
+                    &format!("/v1/namespaces/{ns2}/events"),
+                    &[("content-type", "application/json")],
+                    format!(r#"{{"event":"n","data":{}}}"#, 100 + i).into(),
+                )
+                .await
+                .expect("publish");
+                assert_eq!(r.status, StatusCode::CREATED);
+            }
+        });
+        loop {
+            match next(&mut sub).await {
+                Item::Ended { reason } => {
+                    assert_eq!(reason, "deleted");
+                    break;
+                }
+                Item::Event(e) => panic!("{ns}: the old incarnation was fed {e:?}"),
+                _ => {}
+            }
+        }
+        again.await.expect("publisher");
+    }
+}
+
+/// Review F14: the same `Idempotency-Key` sent at once to two nodes appends once, and both
+/// publishers get the same offsets (the record lives in Redis, checked in the same script
+/// that appends).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
+    let redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "idem", 0).await;
+    for k in 0..10u64 {
+        let key = format!("key-{k}");
+        let body = format!(r#"[{{"event":"n","data":{k}}},{{"event":"n","data":{k}}}]"#);
+        let mut tasks = Vec::new();
+        for b in &nodes {
+            let (addr, key, body) = (b.addr, key.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let r = rewind_tests::request(
+                    addr,
+                    rewind_tests::Method::POST,
+                    "/v1/namespaces/idem/events",
+                    &[
+                        ("content-type", "application/json"),
+                        ("idempotency-key", key.as_str()),
+                    ],
+                    body.into(),
+                )
+                .await
+                .expect("publish");
+                assert!(r.status.is_success(), "{:?}", r.status);
+                let v = r.json();
+                (v["first"].as_u64(), v["last"].as_u64())
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.push(t.await.expect("publisher"));
+        }
+        assert_eq!(got[0], got[1], "{key}: two appends");
+        assert_eq!(got[0], (Some(1 + 2 * k), Some(2 + 2 * k)), "{key}");
+    }
+    let page = nodes[1]
+        .get("/v1/namespaces/idem/events?from=0&limit=100")
+        .await
+        .json();
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(21));
 }

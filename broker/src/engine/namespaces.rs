@@ -141,6 +141,12 @@ impl Namespace {
         }
     }
 
+    /// Wakes subscribers waiting for a live run. With a shared store nothing is pushed to
+    /// the ring by the writer: they read what became visible from the store.
+    pub(super) fn wake_live(&self) {
+        self.live.wake();
+    }
+
     /// The oldest offset held.
     pub fn earliest(&self) -> u64 {
         self.earliest.load(Ordering::Acquire)
@@ -214,6 +220,23 @@ impl Namespaces {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(ns);
+        if let Some(old) = &old {
+            old.mark_deleted();
+        }
+        old
+    }
+
+    /// Removes the incarnation of `ns` whose epoch is `epoch`, if it is the one held, and
+    /// marks it deleted. The cluster listener's, for a delete another broker announced:
+    /// an epoch is never reused, so a later incarnation is never removed by mistake.
+    pub(super) fn remove_epoch(&self, ns: &str, epoch: &str) -> Option<Arc<Namespace>> {
+        let old = {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            match map.get(ns) {
+                Some(state) if state.epoch == epoch => map.remove(ns),
+                _ => None,
+            }
+        };
         if let Some(old) = &old {
             old.mark_deleted();
         }

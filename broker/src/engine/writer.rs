@@ -180,6 +180,10 @@ pub struct Writer {
     dirty: HashSet<String>,
     /// Retention passes so far; idempotency records are pruned every 60th.
     retention_passes: u64,
+    /// A shared store lost its data and the namespaces this broker knew are not all
+    /// created again yet: kept until they are, whatever fails in between (the store says
+    /// so only once, [`Storage::lost_data`]).
+    lost_pending: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -199,6 +203,7 @@ impl Writer {
             namespaces,
             dirty: HashSet::new(),
             retention_passes: 0,
+            lost_pending: false,
             metrics: Arc::new(Metrics::new(config.metrics_namespaces)),
             config,
         })
@@ -363,7 +368,12 @@ impl Writer {
             not_before_ms: now
                 .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
         });
-        match self.store.append(&ns, &events, now, key) {
+        // With a shared store, only to the incarnation this broker serves: another one's
+        // offsets must never become this one's (`NotFound`, then once more below).
+        match self
+            .store
+            .append_at_epoch(&ns, &state.epoch, state.visible(), &events, now, key)
+        {
             Ok(appended) => {
                 if let Appended::New { first, last } = appended {
                     group.visible.push((Arc::clone(&state), last + 1));
@@ -427,8 +437,15 @@ impl Writer {
         match result {
             Ok(()) => {
                 self.dirty.extend(group.newly_dirty);
+                let shared = self.store.is_shared();
                 for (state, next) in group.visible {
                     state.publish_visible(next);
+                    // The cluster listener may have read this namespace's announcement
+                    // before `visible` moved, and pushed nothing: subscribers waiting on
+                    // the ring read the store.
+                    if shared {
+                        state.wake_live();
+                    }
                 }
                 // Publishers first: their answers would otherwise queue behind the
                 // wake-ups of every subscriber.
@@ -504,12 +521,25 @@ impl Writer {
     fn refresh(&mut self, ns: &str) -> Option<Arc<Namespace>> {
         match self.store.info(ns) {
             Ok(Some(info)) => Some(self.follow(&info)),
-            Ok(None) => {
-                if self.namespaces.remove(ns).is_some() {
-                    tracing::info!(ns, "namespace deleted by another broker");
+            Ok(None) if self.namespaces.get(ns).is_none() => None,
+            // Gone from the store: deleted by another broker, unless the store lost its
+            // data, and then it is created again with a new epoch (`refresh_all`).
+            Ok(None) => match self.store_lost_data() {
+                Ok(true) => {
+                    self.refresh_all();
+                    self.namespaces.get(ns)
                 }
-                None
-            }
+                Ok(false) => {
+                    if self.namespaces.remove(ns).is_some() {
+                        tracing::info!(ns, "namespace deleted by another broker");
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(ns, error = %e, "checking the shared store failed");
+                    self.namespaces.get(ns)
+                }
+            },
             Err(e) => {
                 tracing::warn!(ns, error = %e, "refreshing a namespace from the store failed");
                 self.namespaces.get(ns)
@@ -533,8 +563,17 @@ impl Writer {
     /// Refreshes every namespace from the shared store; when the store lost its data, the
     /// namespaces this broker knew are created again, with new epochs, so that clients
     /// resuming them are told (`truncated`, reason `epoch`).
+    /// Whether the shared store lost its data and this broker has not recovered from it
+    /// yet; sticky until [`Writer::refresh_all`] has created every namespace again.
+    fn store_lost_data(&mut self) -> Result<bool, StoreError> {
+        if !self.lost_pending {
+            self.lost_pending = self.store.lost_data()?;
+        }
+        Ok(self.lost_pending)
+    }
+
     fn refresh_all(&mut self) {
-        let lost = match self.store.lost_data() {
+        let lost = match self.store_lost_data() {
             Ok(lost) => lost,
             Err(e) => {
                 tracing::debug!(error = %e, "checking the shared store failed");
@@ -549,6 +588,7 @@ impl Writer {
             }
         };
         let names: HashSet<&str> = infos.iter().map(|i| i.name.as_str()).collect();
+        let mut recovered = true;
         for (ns, state) in self.namespaces.all() {
             if names.contains(ns.as_str()) {
                 continue;
@@ -562,6 +602,7 @@ impl Writer {
                         "the shared store lost this namespace's data: new epoch"
                     ),
                     Err(e) => {
+                        recovered = false;
                         tracing::error!(ns, error = %e, "re-creating a lost namespace failed")
                     }
                 }
@@ -573,14 +614,24 @@ impl Writer {
         for info in &infos {
             self.follow(info);
         }
+        if lost && recovered {
+            self.lost_pending = false;
+        }
     }
 
     fn enforce_retention(&mut self) {
         let now = now_ms();
+        // A store that cannot serve now fails every namespace alike, each after its own
+        // timeout, while publishes wait behind this pass: the pass stops at the first.
         for (ns, state) in self.namespaces.all() {
             let own = match self.store.info(&ns) {
                 Ok(Some(info)) => info.retention,
-                _ => continue,
+                Ok(None) => continue,
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(ns, error = %e, "retention pass stopped: the store is unavailable");
+                    return;
+                }
+                Err(_) => continue,
             };
             let policy = self.config.retention.overlaid(&own);
             match self.store.enforce_retention(&ns, &policy, now) {
@@ -589,6 +640,10 @@ impl Writer {
                     tracing::debug!(ns, earliest, "retention");
                 }
                 Ok(None) => {}
+                Err(e @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(ns, error = %e, "retention pass stopped: the store is unavailable");
+                    return;
+                }
                 Err(e) => tracing::warn!(ns, error = %e, "retention failed"),
             }
         }
@@ -990,5 +1045,169 @@ mod tests {
         tokio::time::timeout(BOUND, log.shutdown())
             .await
             .expect("shut down");
+    }
+
+    /// Review F5: with a shared store, an append that met a missing namespace took it as
+    /// deleted by another broker (and, without auto-create, answered `not_found`), even
+    /// when Redis had lost its data. Now it checks the instance marker first: the lost
+    /// namespace gets a new epoch and the append goes to it. Redis losing this prefix's
+    /// keys stands in for a restart without persistence (other tests share the server).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_namespace_redis_lost_gets_a_new_epoch_not_a_delete() {
+        use crate::storage::redis::{test_server, RedisOptions, RedisStore};
+        let prefix = "f5-missing";
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: prefix.into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .expect("redis");
+        let config = Arc::new(Config {
+            auto_create: false,
+            retention_interval_ms: 3_600_000,
+            checkpoint_interval_ms: 3_600_000,
+            ..Config::default()
+        });
+        let log = Log::start(store as Arc<dyn Storage>, config).expect("start");
+        log.put("m", Retention::default()).await.expect("create");
+        let appended = log.append("m", event("before", 0), None).await;
+        assert_eq!(offsets(appended), (0, 0));
+        let old = log.namespace("m").expect("m").epoch.clone();
+
+        let client = redis::Client::open(test_server::url()).expect("url");
+        let mut con = client.get_connection().expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut con)
+            .expect("keys");
+        let _: () = redis::cmd("DEL").arg(&keys).query(&mut con).expect("del");
+
+        let after = tokio::time::timeout(BOUND, log.append("m", event("after", 0), None))
+            .await
+            .expect("answered");
+        assert_eq!(
+            offsets(after),
+            (0, 0),
+            "the lost namespace was taken as deleted"
+        );
+        let now = log.namespace("m").expect("m");
+        assert_ne!(now.epoch, old);
+        log.shutdown().await;
+    }
+
+    /// A store whose every call after the first listing is `Unavailable`, counting calls.
+    struct Down {
+        names: Vec<NsInfo>,
+        calls: AtomicUsize,
+    }
+
+    impl Down {
+        fn down<T>(&self) -> Result<T, StoreError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::Unavailable("down".into()))
+        }
+    }
+
+    impl Storage for Down {
+        fn namespaces(&self) -> Result<Vec<NsInfo>, StoreError> {
+            Ok(self.names.clone())
+        }
+        fn info(&self, _: &str) -> Result<Option<NsInfo>, StoreError> {
+            self.down()
+        }
+        fn create(&self, _: &str, _: Retention) -> Result<NsInfo, StoreError> {
+            self.down()
+        }
+        fn undo_create(&self, _: &str) -> Result<bool, StoreError> {
+            self.down()
+        }
+        fn set_retention(&self, _: &str, _: Retention) -> Result<NsInfo, StoreError> {
+            self.down()
+        }
+        fn delete(&self, _: &str) -> Result<bool, StoreError> {
+            self.down()
+        }
+        fn append(
+            &self,
+            _: &str,
+            _: &[NewEvent],
+            _: u64,
+            _: Option<IdempotencyKey<'_>>,
+        ) -> Result<Appended, StoreError> {
+            self.down()
+        }
+        fn read(
+            &self,
+            _: &str,
+            _: u64,
+            _: u64,
+            _: usize,
+            _: usize,
+        ) -> Result<Vec<Event>, StoreError> {
+            self.down()
+        }
+        fn enforce_retention(
+            &self,
+            _: &str,
+            _: &Retention,
+            _: u64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.down()
+        }
+        fn prune_idempotency(&self, _: u64) -> Result<usize, StoreError> {
+            self.down()
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn checkpoint(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn mark_dirty(&self, _: &str) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn clear_dirty(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+    }
+
+    /// Review F11: with Redis down, the retention pass went on through every namespace,
+    /// each call waiting out its own timeout while publishes queued behind the writer. It
+    /// stops at the first `Unavailable`.
+    #[test]
+    fn the_retention_pass_stops_at_the_first_unavailable() {
+        let names: Vec<NsInfo> = (0..5)
+            .map(|i| NsInfo {
+                name: format!("n{i}"),
+                epoch: "e".into(),
+                retention: Retention::default(),
+                earliest: 0,
+                next: 0,
+                bytes: 0,
+            })
+            .collect();
+        // The calls a writer makes for `commands`, then a shutdown.
+        let calls = |names: &Vec<NsInfo>, commands: Vec<Command>| {
+            let store = Arc::new(Down {
+                names: names.clone(),
+                calls: AtomicUsize::new(0),
+            });
+            let writer = Writer::new(
+                Arc::clone(&store) as Arc<dyn Storage>,
+                Arc::new(Config::default()),
+            )
+            .expect("writer");
+            let (tx, rx) = mpsc::channel(4);
+            for c in commands {
+                tx.try_send(c).expect("queue");
+            }
+            tx.try_send(Command::Shutdown).expect("queue");
+            writer.run(rx);
+            store.calls.load(Ordering::SeqCst)
+        };
+        let shutdown = calls(&names, Vec::new());
+        assert_eq!(calls(&names, vec![Command::Retention]), shutdown + 1);
     }
 }

@@ -89,6 +89,27 @@ impl<T: Storage> Storage for ArcStore<T> {
     ) -> Result<Appended, StoreError> {
         self.0.append(ns, events, ts_ms, idempotency)
     }
+    fn append_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        min_next: u64,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
+        self.0
+            .append_at_epoch(ns, epoch, min_next, events, ts_ms, idempotency)
+    }
+    fn is_shared(&self) -> bool {
+        self.0.is_shared()
+    }
+    fn lost_data(&self) -> Result<bool, StoreError> {
+        self.0.lost_data()
+    }
+    fn last_sync_replicated(&self) -> bool {
+        self.0.last_sync_replicated()
+    }
     fn read(
         &self,
         ns: &str,

@@ -161,7 +161,9 @@ pub enum StoreError {
     Locked(std::path::PathBuf),
     /// The shared store (Redis) cannot be reached or cannot serve now (a connection
     /// refused, dropped or timed out; a server still loading, a read-only replica).
-    /// Nothing was acknowledged; the same call may succeed later.
+    /// Nothing was acknowledged; the same call may succeed later. The message starts
+    /// with `not sent:` when no connection could be opened, and with `outcome unknown:`
+    /// when a write was sent and no answer came (Redis may have applied it).
     #[error("redis unavailable: {0}")]
     Unavailable(String),
     /// Redis refused a command (a script error, a wrong type under one of our keys).
@@ -270,6 +272,26 @@ pub trait Storage: Send + Sync + 'static {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError>;
+
+    /// [`Storage::append`] to the incarnation of `ns` whose epoch is `epoch`, by a broker
+    /// that has already made offsets below `min_next` visible in it: a shared store answers
+    /// [`StoreError::NotFound`] and writes nothing when the namespace has another epoch
+    /// there (another broker deleted and re-created it), or when its `next` went back below
+    /// `min_next` under the same epoch (it lost a tail readers had seen), and then it gives
+    /// the namespace a new epoch first, so those offsets never mean other events under the
+    /// old one. A store only this broker writes has no other incarnation to meet.
+    fn append_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        min_next: u64,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
+        let _ = (epoch, min_next);
+        self.append(ns, events, ts_ms, idempotency)
+    }
 
     /// Events with offsets in `from..until`, at most `max_events` of them and, past the
     /// first, at most `max_bytes` of records. Offsets below `earliest` are skipped.

@@ -24,6 +24,11 @@
 //!   failover to a replica without the tail), its offsets start again at 0 under a new
 //!   epoch: the epoch is what tells clients, as spec §2 says.
 
+/// Most events one RETAIN script call looks at and removes: the store calls it again until
+/// the policy holds, so Redis serves other clients between pages (review F9: a script that
+/// read until done blocked Redis past `lua-time-limit` on a large first pass).
+const RETAIN_PAGE: u64 = 64;
+
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
@@ -109,6 +114,30 @@ fn store_error(e: RedisError) -> StoreError {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Redis(e.to_string())
+    }
+}
+
+/// [`store_error`] for a request sent on an open connection that may have changed Redis:
+/// when the connection failed or timed out after the request went out, Redis may have run
+/// it, so the error says the outcome is unknown (`docs/cluster.md`). An error answer
+/// (`LOADING`, `READONLY`, `BUSY`, ...) means it did not run.
+fn write_error(e: RedisError) -> StoreError {
+    if is_unavailable(&e) && e.code().is_none() {
+        StoreError::Unavailable(format!(
+            "outcome unknown: the request was sent and Redis did not answer ({e}); it may have been applied, retry with the same Idempotency-Key"
+        ))
+    } else {
+        store_error(e)
+    }
+}
+
+/// [`store_error`] for a connection that could not be opened: nothing was sent.
+fn not_sent(e: StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => {
+            StoreError::Unavailable(format!("not sent: no connection to Redis ({why})"))
+        }
+        other => other,
     }
 }
 
@@ -210,10 +239,12 @@ impl RedisStore {
         Ok(con)
     }
 
-    /// The Pub/Sub channel every change of a namespace is announced on: `a NEXT NS` after
-    /// an append, `c 0 NS` a create, `d 0 NS` a delete, `r EARLIEST NS` a retention cut.
+    /// The Pub/Sub channel every change of a namespace is announced on (`engine::cluster`):
+    /// `PREFIX:changes:DB`. Pub/Sub ignores database numbers, so the number is in the name:
+    /// deployments on two databases of one Redis never hear each other.
     pub fn channel(&self) -> String {
-        format!("{}:changes", self.opts.prefix)
+        let db = self.client.get_connection_info().redis_settings().db();
+        format!("{}:changes:{db}", self.opts.prefix)
     }
 
     fn key(&self, ns: &str, part: &str) -> String {
@@ -259,7 +290,7 @@ impl RedisStore {
         if !self.note(&result) {
             *slot = None;
         }
-        result.map_err(store_error)
+        result.map_err(write_error)
     }
 
     /// A new connection whose reads wait `redis_timeout_ms`, plus `WAIT`'s own timeout on
@@ -273,6 +304,7 @@ impl RedisStore {
             .inspect_err(|_| {
                 self.failing.store(true, Ordering::Release);
             })
+            .map_err(not_sent)
     }
 
     /// Records whether Redis answered; returns whether the connection is still good.
@@ -362,6 +394,9 @@ impl Storage for RedisStore {
         let mut inv = self.create.prepare_invoke();
         inv.key(self.key(ns, "meta"))
             .key(self.namespaces_key())
+            .key(self.key(ns, "log"))
+            .key(self.key(ns, "idem"))
+            .key(self.key(ns, "idemts"))
             .arg(&epoch)
             .arg(now_ms())
             .arg(limit_arg(retention.max_events))
@@ -431,6 +466,18 @@ impl Storage for RedisStore {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
+        self.append_at_epoch(ns, "", 0, events, ts_ms, idempotency)
+    }
+
+    fn append_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        min_next: u64,
+        events: &[NewEvent],
+        ts_ms: u64,
+        idempotency: Option<IdempotencyKey<'_>>,
+    ) -> Result<Appended, StoreError> {
         if events.is_empty() {
             return Err(StoreError::Corrupt("an append of no events".into()));
         }
@@ -449,7 +496,17 @@ impl Storage for RedisStore {
                 .arg(k.not_before_ms),
             None => inv.arg("").arg("").arg("").arg("false").arg(0),
         };
-        inv.arg(self.channel()).arg(ns);
+        // A fresh epoch for the script to take if the namespace's `next` went back.
+        let fresh = if epoch.is_empty() {
+            String::new()
+        } else {
+            new_epoch()?
+        };
+        inv.arg(self.channel())
+            .arg(ns)
+            .arg(epoch)
+            .arg(min_next)
+            .arg(fresh);
         for ev in events {
             inv.arg(record::encode(ev, ts_ms));
         }
@@ -534,16 +591,24 @@ impl Storage for RedisStore {
         if count_cut <= info.earliest && info.bytes <= max_bytes && policy.max_age_secs.is_none() {
             return Ok(None);
         }
-        let mut inv = self.retain.prepare_invoke();
-        inv.key(self.key(ns, "meta"))
-            .key(self.key(ns, "log"))
-            .arg(count_cut)
-            .arg(max_bytes)
-            .arg(age_cut)
-            .arg(self.channel())
-            .arg(ns);
-        let cut: i64 = self.with_writer(|con| inv.invoke(con))?;
-        Ok(u64::try_from(cut).ok())
+        // One page per call; each call that answers moves `earliest` up, so this ends.
+        let mut earliest = None;
+        loop {
+            let mut inv = self.retain.prepare_invoke();
+            inv.key(self.key(ns, "meta"))
+                .key(self.key(ns, "log"))
+                .arg(count_cut)
+                .arg(max_bytes)
+                .arg(age_cut)
+                .arg(self.channel())
+                .arg(ns)
+                .arg(RETAIN_PAGE);
+            let cut: i64 = self.with_writer(|con| inv.invoke(con))?;
+            match u64::try_from(cut) {
+                Ok(cut) => earliest = Some(cut),
+                Err(_) => return Ok(earliest),
+            }
+        }
     }
 
     fn prune_idempotency(&self, before_ms: u64) -> Result<usize, StoreError> {
@@ -730,5 +795,201 @@ mod tests {
                 quantile(&lat, 1.0)
             );
         }
+    }
+
+    /// Review F8: a namespace whose `meta` is gone while its stream and idempotency records
+    /// survived (eviction under an `allkeys-*` policy, an operator deleting the key) is
+    /// created again over clean keys: before, reads from 0 returned the old incarnation's
+    /// entries and every `XADD` failed with an id below the stream's top.
+    #[test]
+    fn create_clears_what_an_earlier_incarnation_left_behind() {
+        use super::{Appended, RedisOptions, RedisStore, Retention, Storage};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f8-leftovers".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = |n: usize| NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        };
+        store.create("z", Retention::default()).unwrap();
+        store.append("z", &[ev(0), ev(1), ev(2)], 1, None).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(store.key("z", "meta"))
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("SREM")
+            .arg(store.namespaces_key())
+            .arg("z")
+            .query(&mut con)
+            .unwrap();
+        let info = store.create("z", Retention::default()).unwrap();
+        assert_eq!(info.next, 0);
+        let old = store.read("z", 0, u64::MAX, 10, 1 << 20).unwrap();
+        assert!(old.is_empty(), "the old incarnation's events: {old:?}");
+        match store.append("z", &[ev(9)], 2, None) {
+            Ok(Appended::New { first, last }) => assert_eq!((first, last), (0, 0)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Review F7: a 503 whose outcome is unknown (the script went out, no answer came)
+    /// said the same as one where nothing was sent. Redis pauses writes (`CLIENT PAUSE`)
+    /// past the store's reply timeout: the append is answered "outcome unknown"; a Redis
+    /// that is not there gives "not sent".
+    #[test]
+    fn an_append_without_an_answer_says_its_outcome_is_unknown() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let opts = |url: String| RedisOptions {
+            url,
+            prefix: "f7-unknown".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 200,
+        };
+        let store = RedisStore::open(opts(test_server::url())).unwrap();
+        store.create("u", Retention::default()).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(1000)
+            .arg("WRITE")
+            .query(&mut con)
+            .unwrap();
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        match store.append("u", &[ev], 1, None) {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("outcome unknown"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Whether it ran is what the store cannot know: here Redis drops the paused
+        // command with the closed connection; over a slow network it would have run.
+        let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
+        // Nobody listens on port 1.
+        match RedisStore::open(opts("redis://127.0.0.1:1".into())) {
+            Err(StoreError::Unavailable(why)) => assert!(why.contains("not sent"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Review F9: one RETAIN call looped over pages of 256 full records until the policy
+    /// held, so a first pass over a large namespace blocked Redis past `lua-time-limit`.
+    /// One call now removes at most one page of `RETAIN_PAGE` events; the store calls it
+    /// until the policy holds.
+    #[test]
+    fn one_retain_call_removes_one_page_at_most() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, RETAIN_PAGE};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f9-page".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let events: Vec<NewEvent> = (0..200)
+            .map(|i| NewEvent {
+                event: "n".into(),
+                key: None,
+                data: Payload::Json(i.to_string()),
+            })
+            .collect();
+        for ns in ["one", "all"] {
+            store.create(ns, Retention::default()).unwrap();
+            store.append(ns, &events, 1, None).unwrap();
+        }
+        let mut inv = store.retain.prepare_invoke();
+        inv.key(store.key("one", "meta"))
+            .key(store.key("one", "log"))
+            .arg(190)
+            .arg(u64::MAX)
+            .arg(0)
+            .arg(store.channel())
+            .arg("one")
+            .arg(RETAIN_PAGE);
+        let cut: i64 = store.with_writer(|con| inv.invoke(con)).unwrap();
+        assert_eq!(cut, RETAIN_PAGE as i64, "one call went past one page");
+        let policy = Retention {
+            max_events: Some(10),
+            ..Retention::default()
+        };
+        assert_eq!(
+            store.enforce_retention("all", &policy, 2).unwrap(),
+            Some(190)
+        );
+        assert_eq!(store.info("all").unwrap().expect("all").earliest, 190);
+    }
+
+    /// Review F4: Redis came back with an older `next` under the same epoch (a failover
+    /// to a replica without the tail, a crash under RDB or `appendfsync everysec`), and
+    /// the offsets readers had already seen were handed out again under that epoch. The
+    /// appending node is a witness: it had made offsets up to 10 visible, so the append
+    /// rotates the epoch and writes nothing.
+    #[test]
+    fn an_append_that_meets_a_regressed_next_rotates_the_epoch() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f4-regressed".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let events: Vec<NewEvent> = (0..10)
+            .map(|i| NewEvent {
+                event: "n".into(),
+                key: None,
+                data: Payload::Json(i.to_string()),
+            })
+            .collect();
+        let info = store.create("r", Retention::default()).unwrap();
+        store.append("r", &events, 1, None).unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let _: () = redis::cmd("HSET")
+            .arg(store.key("r", "meta"))
+            .arg("next")
+            .arg(5)
+            .query(&mut con)
+            .unwrap();
+        // The stream as a replica that lacked the tail has it: offsets 0..=4.
+        let _: () = redis::cmd("DEL")
+            .arg(store.key("r", "log"))
+            .query(&mut con)
+            .unwrap();
+        for o in 0..5 {
+            let _: String = redis::cmd("XADD")
+                .arg(store.key("r", "log"))
+                .arg(format!("{o}-1"))
+                .arg("r")
+                .arg("x")
+                .arg("t")
+                .arg(1)
+                .query(&mut con)
+                .unwrap();
+        }
+        match store.append_at_epoch("r", &info.epoch, 10, &events[..1], 2, None) {
+            Err(StoreError::NotFound(_)) => {}
+            other => panic!("offsets handed out again under the same epoch: {other:?}"),
+        }
+        let now = store.info("r").unwrap().expect("r");
+        assert_ne!(now.epoch, info.epoch);
+        assert_eq!(now.next, 5);
     }
 }

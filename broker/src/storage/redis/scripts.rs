@@ -15,13 +15,28 @@
 
 /// Appends a batch. KEYS: meta, log, idem, idemts. ARGV: ts, idempotency key (empty for
 /// none), digest, digest v1, batch (`true`/`false`), not-before ms, channel, namespace,
-/// then one record per event. Answers `{'new', first, last}`, `{'dup', first, last,
-/// batch}`, `{'conflict', first, last}` or `{'missing'}`. Nothing is written unless the
+/// the epoch the caller appends to (empty: any), the offset below which the caller has
+/// already shown events of that epoch, a fresh epoch, then one record per event. Answers
+/// `{'new', first, last}`, `{'dup', first, last, batch}`, `{'conflict', first, last}` or
+/// `{'missing'}` (no such namespace, or not of that epoch: the caller's state is stale).
+/// When `next` is below what the caller has shown under the same epoch (Redis lost a tail
+/// its readers saw), the namespace takes the fresh epoch (announced as a create, its
+/// idempotency records dropped: they name offsets of the old epoch) and the answer is
+/// `{'missing'}`: nothing is written under the old epoch.
+/// Announces `a NEXT EPOCH NS`. Nothing is written unless the
 /// whole batch is: every check comes before the first write, and `XADD` with an id above
 /// the stream's last cannot fail once the first one has not.
 pub(super) const APPEND: &str = r#"
 local meta, log, idem, idemts = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('HGET', meta, 'live') ~= '1' then return {'missing'} end
+local epoch = redis.call('HGET', meta, 'epoch')
+if ARGV[9] ~= '' and ARGV[9] ~= epoch then return {'missing'} end
+if ARGV[9] ~= '' and tonumber(redis.call('HGET', meta, 'next')) < tonumber(ARGV[10]) then
+  redis.call('HSET', meta, 'epoch', ARGV[11])
+  redis.call('DEL', idem, idemts)
+  redis.call('PUBLISH', ARGV[7], 'c 0 ' .. ARGV[11] .. ' ' .. ARGV[8])
+  return {'missing'}
+end
 local key = ARGV[2]
 if key ~= '' then
   local rec = redis.call('HGET', idem, key)
@@ -34,10 +49,10 @@ if key ~= '' then
   end
 end
 local first = tonumber(redis.call('HGET', meta, 'next'))
-local n = #ARGV - 8
+local n = #ARGV - 11
 local bytes = 0
 for i = 1, n do
-  local r = ARGV[8 + i]
+  local r = ARGV[11 + i]
   redis.call('XADD', log, string.format('%d-1', first + i - 1), 'r', r, 't', ARGV[1])
   bytes = bytes + #r
 end
@@ -48,28 +63,33 @@ if key ~= '' then
   redis.call('HSET', idem, key, string.format('%s %d %d %s %s', ARGV[1], first, last, ARGV[5], ARGV[3]))
   redis.call('ZADD', idemts, ARGV[1], key)
 end
-redis.call('PUBLISH', ARGV[7], string.format('a %d ', last + 1) .. ARGV[8])
+redis.call('PUBLISH', ARGV[7], string.format('a %d ', last + 1) .. epoch .. ' ' .. ARGV[8])
 return {'new', string.format('%d', first), string.format('%d', last)}
 "#;
 
-/// Creates a namespace. KEYS: meta, namespaces set. ARGV: epoch, created ms,
+/// Creates a namespace over clean keys: whatever an earlier incarnation left in `log`,
+/// `idem` and `idemts` (its `meta` evicted or deleted by hand) goes. KEYS: meta,
+/// namespaces set, log, idem, idemts. ARGV: epoch, created ms,
 /// max_events, max_bytes, max_age_secs, channel, namespace. Answers `{'exists'}` or
-/// `{'ok', next}`; offsets continue after an earlier incarnation's.
+/// `{'ok', next}`; offsets continue after an earlier incarnation's. Announces
+/// `c 0 EPOCH NS`.
 pub(super) const CREATE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') == '1' then return {'exists'} end
 local next = redis.call('HGET', meta, 'next') or '0'
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5])
 redis.call('HSET', meta, 'live', '1', 'epoch', ARGV[1], 'next', next, 'earliest', next,
   'bytes', '0', 'created_ms', ARGV[2], 'max_events', ARGV[3], 'max_bytes', ARGV[4],
   'max_age_secs', ARGV[5])
 redis.call('SADD', KEYS[2], ARGV[7])
-redis.call('PUBLISH', ARGV[6], 'c 0 ' .. ARGV[7])
+redis.call('PUBLISH', ARGV[6], 'c 0 ' .. ARGV[1] .. ' ' .. ARGV[7])
 return {'ok', next}
 "#;
 
 /// Deletes a namespace, keeping `next`. KEYS: meta, log, idem, idemts, namespaces set.
 /// ARGV: channel, namespace, `empty` (only delete when it never held an event: the undo
-/// of an auto-create). Answers 1 if it deleted, else 0.
+/// of an auto-create). Answers 1 if it deleted, else 0. Announces `d 0 EPOCH NS` with the
+/// epoch of the incarnation deleted.
 pub(super) const DELETE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') ~= '1' then return 0 end
@@ -77,16 +97,19 @@ local next = redis.call('HGET', meta, 'next')
 if ARGV[3] == 'empty' and (redis.call('HGET', meta, 'earliest') ~= next or redis.call('EXISTS', KEYS[2]) == 1) then
   return 0
 end
+local epoch = redis.call('HGET', meta, 'epoch')
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', meta, 'live', '0', 'earliest', next, 'bytes', '0')
 redis.call('SREM', KEYS[5], ARGV[2])
-redis.call('PUBLISH', ARGV[1], 'd 0 ' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], 'd 0 ' .. epoch .. ' ' .. ARGV[2])
 return 1
 "#;
 
-/// Removes the oldest events that break the policy. KEYS: meta, log. ARGV: count cut
-/// (offsets below it go), max bytes, age cut (ms; events stamped before it go), channel,
-/// namespace. Answers the new earliest, or -1 when nothing was removed.
+/// Removes the oldest events that break the policy, at most one page of them (the caller
+/// calls again until it answers -1, so one call never holds Redis for long). KEYS: meta,
+/// log. ARGV: count cut (offsets below it go), max bytes, age cut (ms; events stamped
+/// before it go), channel, namespace, page (most events looked at). Answers the new earliest, or -1 when nothing was removed. Announces
+/// `r EARLIEST EPOCH NS`.
 pub(super) const RETAIN: &str = r#"
 local meta, log = KEYS[1], KEYS[2]
 if redis.call('HGET', meta, 'live') ~= '1' then return -1 end
@@ -95,10 +118,9 @@ local next = tonumber(redis.call('HGET', meta, 'next'))
 local bytes = tonumber(redis.call('HGET', meta, 'bytes'))
 local count_cut, max_bytes, age_cut = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local cut, removed = earliest, 0
-local done = false
-while not done and cut < next do
-  local page = redis.call('XRANGE', log, string.format('%d-1', cut), '+', 'COUNT', 256)
-  if #page == 0 then cut = math.max(cut, math.min(count_cut, next)) break end
+if cut < next then
+  local page = redis.call('XRANGE', log, string.format('%d-1', cut), '+', 'COUNT', tonumber(ARGV[6]))
+  if #page == 0 then cut = math.max(cut, math.min(count_cut, next)) end
   for _, e in ipairs(page) do
     local off = tonumber(string.match(e[1], '^(%d+)'))
     local f = e[2]
@@ -107,7 +129,6 @@ while not done and cut < next do
       removed = removed + size
       cut = off + 1
     else
-      done = true
       break
     end
   end
@@ -116,7 +137,7 @@ if cut == earliest then return -1 end
 redis.call('XTRIM', log, 'MINID', string.format('%d-1', cut))
 redis.call('HSET', meta, 'earliest', string.format('%d', cut))
 redis.call('HINCRBY', meta, 'bytes', -removed)
-redis.call('PUBLISH', ARGV[4], string.format('r %d ', cut) .. ARGV[5])
+redis.call('PUBLISH', ARGV[4], string.format('r %d ', cut) .. redis.call('HGET', meta, 'epoch') .. ' ' .. ARGV[5])
 return cut
 "#;
 

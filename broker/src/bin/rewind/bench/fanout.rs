@@ -69,6 +69,11 @@ pub struct FanoutArgs {
     /// One JSON object per scenario instead of the table
     #[arg(long)]
     pub json: bool,
+    /// Run a cluster of two brokers sharing this Redis (`redis://HOST:PORT`) instead of one
+    /// broker on the embedded store: the publisher on one node, every subscriber on the
+    /// other, so each event reaches them through Redis. Broker CPU is both nodes'.
+    #[arg(long, conflicts_with = "target")]
+    pub redis: Option<String>,
 }
 
 /// The fan-out scenarios.
@@ -295,7 +300,13 @@ pub(super) fn batch(payload_bytes: usize, n: usize) -> String {
 /// peer already running at `--target`.
 enum Server {
     Rewind(ChildBroker),
-    Peer { url: String, pid: Option<u32> },
+    /// Two rewind nodes sharing a Redis (`--redis`) under a key prefix of the scenario's
+    /// own: the publisher talks to the first, subscribers to the second.
+    Cluster(Box<[ChildBroker; 2]>),
+    Peer {
+        url: String,
+        pid: Option<u32>,
+    },
 }
 
 impl Server {
@@ -307,13 +318,29 @@ impl Server {
             },
             None => {
                 // Room for the largest subscriber count, the publisher and the creator.
-                let most = args.subscribers.iter().max().copied().unwrap_or(0) + 100;
-                Server::Rewind(ChildBroker::start(&[
+                let most = (args.subscribers.iter().max().copied().unwrap_or(0) + 100).to_string();
+                let mut extra = vec![
                     "--durability",
                     args.durability.as_str(),
                     "--max-connections",
-                    &most.to_string(),
-                ])?)
+                    most.as_str(),
+                ];
+                match &args.redis {
+                    None => Server::Rewind(ChildBroker::start(&extra)?),
+                    Some(url) => {
+                        static RUN: AtomicU64 = AtomicU64::new(0);
+                        let prefix = format!(
+                            "bench-{}-{}",
+                            std::process::id(),
+                            RUN.fetch_add(1, Ordering::Relaxed)
+                        );
+                        extra.extend(["--redis", url.as_str(), "--redis-prefix", prefix.as_str()]);
+                        Server::Cluster(Box::new([
+                            ChildBroker::start(&extra)?,
+                            ChildBroker::start(&extra)?,
+                        ]))
+                    }
+                }
             }
         })
     }
@@ -322,6 +349,7 @@ impl Server {
     fn label(&self, args: &FanoutArgs) -> String {
         match self {
             Server::Rewind(_) => format!("rewind ({})", args.durability.as_str()),
+            Server::Cluster(_) => "rewind [Redis, 2 nodes]".to_owned(),
             Server::Peer { url, .. } => format!("peer at {url}"),
         }
     }
@@ -330,6 +358,7 @@ impl Server {
     fn cpu_secs(&self) -> Result<Option<f64>, BenchError> {
         match self {
             Server::Rewind(b) => b.cpu_secs().map(Some),
+            Server::Cluster(nodes) => Ok(Some(nodes[0].cpu_secs()? + nodes[1].cpu_secs()?)),
             Server::Peer { pid: Some(pid), .. } => super::loadgen::proc_cpu_secs(*pid).map(Some),
             Server::Peer { pid: None, .. } => Ok(None),
         }
@@ -339,13 +368,16 @@ impl Server {
     async fn subscribe(&self, ns: &str, credit: u64) -> Result<Ws, BenchError> {
         match self {
             Server::Rewind(b) => subscribe_with_credit(b.addr, ns, "\"latest\"", credit).await,
+            Server::Cluster(nodes) => {
+                subscribe_with_credit(nodes[1].addr, ns, "\"latest\"", credit).await
+            }
             Server::Peer { url, .. } => super::loadgen::peer_subscribe(url).await,
         }
     }
 
     fn is_event(&self) -> fn(&str) -> bool {
         match self {
-            Server::Rewind(_) => is_event,
+            Server::Rewind(_) | Server::Cluster(_) => is_event,
             Server::Peer { .. } => |_| true,
         }
     }
@@ -353,6 +385,7 @@ impl Server {
     async fn create(&self, ns: &str) -> Result<(), BenchError> {
         match self {
             Server::Rewind(b) => Publisher::connect(b.addr).await?.create(ns).await,
+            Server::Cluster(nodes) => Publisher::connect(nodes[0].addr).await?.create(ns).await,
             Server::Peer { .. } => Ok(()),
         }
     }
@@ -362,12 +395,8 @@ impl Server {
             (Server::Peer { url, .. }, _) => {
                 Pub::Peer(Box::new(super::loadgen::peer_connect(url, "pub").await?))
             }
-            (Server::Rewind(b), PublisherKind::Ws) => {
-                Pub::Ws(super::ws::WsPublisher::connect(b.addr, ns, ws_window()).await?)
-            }
-            (Server::Rewind(b), PublisherKind::Http) => {
-                Pub::Http(Publisher::connect(b.addr).await?)
-            }
+            (Server::Rewind(b), kind) => Pub::rewind(b.addr, kind, ns).await?,
+            (Server::Cluster(nodes), kind) => Pub::rewind(nodes[0].addr, kind, ns).await?,
         })
     }
 }
@@ -384,6 +413,16 @@ enum Pub {
 }
 
 impl Pub {
+    /// A publisher to the rewind broker at `addr`.
+    async fn rewind(addr: SocketAddr, kind: PublisherKind, ns: &str) -> Result<Pub, BenchError> {
+        Ok(match kind {
+            PublisherKind::Ws => {
+                Pub::Ws(super::ws::WsPublisher::connect(addr, ns, ws_window()).await?)
+            }
+            PublisherKind::Http => Pub::Http(Publisher::connect(addr).await?),
+        })
+    }
+
     /// Sends `events` (batched as one request over HTTP, pipelined otherwise) and flushes.
     async fn send(&mut self, ns: &str, events: &[String]) -> Result<(), BenchError> {
         match self {
