@@ -21,6 +21,21 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// How long a browser may reuse a preflight's answer (Chromium caps it at 2 hours).
 pub(crate) const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
+/// The answer header saying a publish was a retry of one already appended.
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// What every answer given outside the router carries (while the broker drains), so a
+/// page on another origin can read it too: the layer's `Access-Control-Allow-Origin` and
+/// `Access-Control-Expose-Headers`.
+pub(crate) fn decorate(headers: &mut hyper::HeaderMap) {
+    use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS};
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("retry-after,etag,idempotent-replayed"),
+    );
+}
+
 /// The layer: any origin; the API's methods; the request headers its routes read.
 pub(crate) fn layer() -> CorsLayer {
     CorsLayer::new()
@@ -39,7 +54,7 @@ pub(crate) fn layer() -> CorsLayer {
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([RETRY_AFTER, ETAG])
+        .expose_headers([RETRY_AFTER, ETAG, IDEMPOTENT_REPLAYED])
         .max_age(PREFLIGHT_MAX_AGE)
         .vary([])
 }

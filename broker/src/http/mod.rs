@@ -196,6 +196,7 @@ pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
     };
     res.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
+    cors::decorate(res.headers_mut());
     if req.method() == Method::HEAD {
         without_body(res)
     } else {

@@ -155,9 +155,12 @@ pub(super) async fn sse(
         "earliest": earliest,
         "next": visible,
     });
+    // `id: from - 1` sets the browser's last event id before any event came, so a stream
+    // that breaks first resumes at `from` and not at the URL's start again (`latest` would
+    // skip what was published meanwhile). From offset 0 there is no id to give.
     message(
         &mut opening,
-        None,
+        cursor.checked_sub(1).map(Some),
         "rewind.opened",
         opened.to_string().as_bytes(),
     );
