@@ -229,6 +229,21 @@ impl Broker {
         .await
     }
 
+    /// `POST`s `body` (one event or a JSON array of them) to namespace `ns` and checks the
+    /// broker answered `201 Created` (the test fails with the answer's body otherwise).
+    pub async fn publish(&self, ns: &str, body: &str) -> Response {
+        let r = self
+            .post_json(&format!("/v1/namespaces/{ns}/events"), body)
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r
+    }
+
     /// `GET` a path.
     pub async fn get(&self, path: &str) -> Response {
         self.request(Method::GET, path, &[], Bytes::new()).await
@@ -810,4 +825,78 @@ pub fn refusal(cmd: &mut Command) -> String {
     let stderr = stderr.join().expect("stderr reader");
     assert_eq!(status.code(), Some(1), "{cmd:?}: {stderr}");
     stderr
+}
+
+/// The status and the JSON body of a whole raw HTTP answer (`Null` for a body that is not
+/// JSON). Panics if there is no status line.
+pub fn status_and_json(answer: &[u8]) -> (u16, serde_json::Value) {
+    let text = String::from_utf8_lossy(answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {text:?}"));
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Polls the RSS of process `pid` (every 100 ms: nothing announces it) until it is at most
+/// `limit` KiB or 30 s pass; returns the last value, in KiB. The broker is sent nothing
+/// meanwhile: freed memory goes back to the OS by itself, about a second after it is freed
+/// (the broker's purge thread; see `purge_freed_memory` in `broker/src/bin/rewind/main.rs`
+/// and `decisions.md`).
+pub async fn rss_falls_to(pid: u32, limit: u64) -> u64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let rss = rss_kib(pid);
+        if rss <= limit || std::time::Instant::now() > deadline {
+            return rss;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A `rewind serve` started by a test's own [`Command`], whose stdout and stderr are pipes.
+pub struct Piped {
+    /// The process.
+    pub child: Child,
+    /// The address of its listening line.
+    pub addr: SocketAddr,
+    /// Its whole stderr, read on a thread until the process closes it.
+    pub stderr: std::thread::JoinHandle<String>,
+}
+
+/// Spawns `cmd` (a `rewind serve` on an ephemeral port) with stdout and stderr piped,
+/// starts reading its stderr to the end on a thread, and waits for its first stdout line,
+/// `rewind listening on http://ADDR`. Panics if the first line is anything else.
+pub fn spawn_piped(cmd: &mut Command) -> Piped {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rewind");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    });
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("rewind listening on http://")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("listening address");
+    Piped {
+        child,
+        addr,
+        stderr,
+    }
 }

@@ -11,8 +11,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rewind_tests::ws::Client;
-use rewind_tests::{rss_kib, Broker, StatusCode};
-use serde_json::{json, Value};
+use rewind_tests::{rss_kib, status_and_json, Broker, StatusCode};
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -88,18 +88,6 @@ async fn send_and_read(addr: SocketAddr, request: Vec<u8>) -> Vec<u8> {
     }
     writer.abort();
     out
-}
-
-/// The status and JSON body of a whole answer (`Null` for a body that is not JSON).
-fn status_and_json(answer: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(answer);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 #[tokio::test]

@@ -18,18 +18,7 @@ async fn publish_range(b: &Broker, ns: &str, from: u64, to: u64) {
     let batch: Vec<Value> = (from..to)
         .map(|i| json!({"event": "tick", "data": {"i": i}}))
         .collect();
-    let r = b
-        .post_json(
-            &format!("/v1/namespaces/{ns}/events"),
-            &Value::Array(batch).to_string(),
-        )
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    b.publish(ns, &Value::Array(batch).to_string()).await;
 }
 
 /// A page on a static site of its own whose module script imports the client from the

@@ -17,15 +17,7 @@ use serde_json::{json, Value};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn publish(b: &Broker, ns: &str, body: &Value) {
-    let r = b
-        .post_json(&format!("/v1/namespaces/{ns}/events"), &body.to_string())
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    b.publish(ns, &body.to_string()).await;
 }
 
 fn artifact(name: &str) -> PathBuf {

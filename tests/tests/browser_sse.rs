@@ -13,15 +13,7 @@ use serde_json::{json, Value};
 const PATIENCE: Duration = Duration::from_secs(30);
 
 async fn publish(b: &Broker, ns: &str, body: &Value) {
-    let r = b
-        .post_json(&format!("/v1/namespaces/{ns}/events"), &body.to_string())
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
+    b.publish(ns, &body.to_string()).await;
 }
 
 async fn publish_range(b: &Broker, ns: &str, from: u64, to: u64) {

@@ -1,13 +1,12 @@
 //! The memory held for stalled subscribers: one budget (`fanout_memory_bytes`) for the
 //! whole broker, given back when they close.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
 use rewind_tests::ws::Client;
-use rewind_tests::StatusCode;
-use rewind_tests::{rss_kib, Broker};
+use rewind_tests::{rss_falls_to, rss_kib, Broker};
 
 const NAMESPACES: usize = 100;
 /// 1 KB events per namespace, in batches of 500: about 1.5 MB each, 150 MB in all.
@@ -21,22 +20,10 @@ fn name(i: usize) -> String {
     format!("busy-{i:03}")
 }
 
-async fn publish(b: &Broker, ns: &str, body: &str) {
-    let r = b
-        .post_json(&format!("/v1/namespaces/{ns}/events"), body)
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-}
-
 /// Creates every namespace with one small event.
 async fn warm(b: &Broker) {
     for i in 0..NAMESPACES {
-        publish(b, &name(i), r#"{"event":"warm"}"#).await;
+        b.publish(&name(i), r#"{"event":"warm"}"#).await;
     }
 }
 
@@ -46,7 +33,7 @@ async fn publish_all(b: &Broker) {
     let batch = format!("[{}]", vec![one.as_str(); 500].join(","));
     for _ in 0..BATCHES {
         for i in 0..NAMESPACES {
-            publish(b, &name(i), &batch).await;
+            b.publish(&name(i), &batch).await;
         }
     }
 }
@@ -59,21 +46,6 @@ fn broker() -> Broker {
         "--fanout-memory-bytes",
         &BUDGET.to_string(),
     ])
-}
-
-/// Polls RSS (every 100 ms: nothing announces it) until it is at most `limit` KiB or 30 s
-/// pass; returns the last value. The broker is sent nothing meanwhile: an idle broker must
-/// give the memory back by itself (its allocator returns freed pages only when called, and
-/// the broker calls it; see `purge_freed_memory` in `broker/src/bin/rewind/main.rs`).
-async fn rss_falls_to(b: &Broker, limit: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rss = rss_kib(b.pid());
-        if rss <= limit || Instant::now() > deadline {
-            return rss;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +111,7 @@ async fn a_stalled_subscriber_on_100_busy_namespaces_is_held_to_the_budget_and_f
     c.close_code().await;
     let closed = Instant::now();
     let target = stalled.saturating_sub(BUDGET / 1024 / 2);
-    let after = rss_falls_to(&b, target).await;
+    let after = rss_falls_to(b.pid(), target).await;
     eprintln!(
         "RSS {stalled} KiB while stalled, {after} KiB {:?} after the subscriber closed",
         closed.elapsed()

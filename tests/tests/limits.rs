@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rewind_protocol::frame::{ServerFrame, ServerMessage};
 use rewind_tests::ws::Client;
-use rewind_tests::{Broker, StatusCode};
+use rewind_tests::{status_and_json, Broker, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -44,18 +44,6 @@ async fn until_closed(stream: &mut TcpStream) -> Vec<u8> {
     .await
     .expect("the broker closes the connection in time");
     out
-}
-
-/// The status and the JSON body of a whole HTTP answer.
-fn status_and_json(answer: &[u8]) -> (u16, Value) {
-    let text = String::from_utf8_lossy(answer);
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {text:?}"));
-    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// Whether `stream` is still open: nothing to read and no end within a moment.

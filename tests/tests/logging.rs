@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 
 use rewind_protocol::frame::{ServerFrame, ServerMessage};
 use rewind_tests::ws::Client;
-use rewind_tests::{request, rewind_bin, Method, StatusCode};
+use rewind_tests::{request, rewind_bin, spawn_piped, Method, StatusCode};
 use serde_json::{json, Value};
 
 /// A broker whose stderr is a pipe, read to the end once it exits.
@@ -22,37 +22,19 @@ struct Logged {
 impl Logged {
     fn start(args: &[&str]) -> Logged {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(rewind_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(args)
-            .env_remove("REWIND_CONFIG")
-            .env_remove("REWIND_LOG_FORMAT")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start rewind");
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("rewind listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let piped = spawn_piped(
+            Command::new(rewind_bin())
+                .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(args)
+                .env_remove("REWIND_CONFIG")
+                .env_remove("REWIND_LOG_FORMAT")
+                .env("RUST_LOG", "info"),
+        );
         Logged {
-            child,
-            addr,
-            stderr: Some(stderr),
+            child: piped.child,
+            addr: piped.addr,
+            stderr: Some(piped.stderr),
             _dir: dir,
         }
     }

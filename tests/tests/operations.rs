@@ -1,14 +1,14 @@
 //! Running the broker as an operator does: configuration from flags, `REWIND_*` variables
 //! and TOML, what goes to stderr, and what a load balancer sees during shutdown.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use rewind_tests::{refusal, request, rewind_bin, Broker};
+use rewind_tests::{refusal, request, rewind_bin, spawn_piped, Broker};
 use rewind_tests::{Method, StatusCode};
 
 /// A broker whose stderr is a pipe (so not a terminal), kept for inspection.
@@ -28,38 +28,20 @@ impl Served {
         } else {
             &["--listen", "127.0.0.1:0"]
         };
-        let mut child = Command::new(rewind_bin())
-            .args(["serve", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(listen)
-            .args(args)
-            .env_remove("REWIND_CONFIG")
-            .env("RUST_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start rewind");
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("rewind listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
+        let piped = spawn_piped(
+            Command::new(rewind_bin())
+                .args(["serve", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .args(listen)
+                .args(args)
+                .env_remove("REWIND_CONFIG")
+                .env("RUST_LOG", "info")
+                .envs(env.iter().copied()),
+        );
         Served {
-            child,
-            addr,
-            stderr: Some(stderr),
+            child: piped.child,
+            addr: piped.addr,
+            stderr: Some(piped.stderr),
             _dir: dir,
         }
     }

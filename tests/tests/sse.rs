@@ -9,16 +9,7 @@ use rewind_tests::{Broker, Method, StatusCode};
 use serde_json::{json, Value};
 
 async fn publish(b: &Broker, ns: &str, body: &Value) -> Value {
-    let r = b
-        .post_json(&format!("/v1/namespaces/{ns}/events"), &body.to_string())
-        .await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-    r.json()
+    b.publish(ns, &body.to_string()).await.json()
 }
 
 /// Publishes `n` events `e` with data `{"i": i}`.

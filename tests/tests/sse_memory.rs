@@ -3,10 +3,8 @@
 //! with nobody reading (within the noise between two brokers), and a stalled reader that
 //! reads again gets every event in order.
 
-use std::time::{Duration, Instant};
-
 use rewind_tests::sse::Sse;
-use rewind_tests::{rss_kib, Broker, StatusCode};
+use rewind_tests::{rss_falls_to, rss_kib, Broker};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -15,21 +13,11 @@ const BATCHES: usize = 50;
 const READERS: usize = 8;
 const MIB: u64 = 1024;
 
-async fn publish(b: &Broker, body: &str) {
-    let r = b.post_json("/v1/namespaces/flood/events", body).await;
-    assert_eq!(
-        r.status,
-        StatusCode::CREATED,
-        "{}",
-        String::from_utf8_lossy(&r.body)
-    );
-}
-
 async fn flood(b: &Broker) {
     let one = format!(r#"{{"event":"big","data":"{}"}}"#, "x".repeat(1000));
     let batch = format!("[{}]", vec![one.as_str(); 1000].join(","));
     for _ in 0..BATCHES {
-        publish(b, &batch).await;
+        b.publish("flood", &batch).await;
     }
 }
 
@@ -49,33 +37,18 @@ async fn stalled(b: &Broker) -> TcpStream {
     conn
 }
 
-/// Polls RSS (every 100 ms: nothing announces it) until it is at most `limit` KiB or 30 s
-/// pass; returns the last value. Freed memory goes back to the OS about a second after it
-/// is freed (the broker's purge thread, `decisions.md`), and readers that filled their
-/// socket buffers before they stalled freed what they read.
-async fn rss_falls_to(b: &Broker, limit: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let rss = rss_kib(b.pid());
-        if rss <= limit || Instant::now() > deadline {
-            return rss;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_that_stop_reading_cost_their_cursor_not_the_events_published() {
     // Baseline: the same publishes with nobody reading.
     let base = broker();
-    publish(&base, r#"{"event":"warm","data":0}"#).await;
+    base.publish("flood", r#"{"event":"warm","data":0}"#).await;
     let before = rss_kib(base.pid());
     flood(&base).await;
     let base_growth = rss_kib(base.pid()).saturating_sub(before);
     drop(base);
 
     let b = broker();
-    publish(&b, r#"{"event":"warm","data":0}"#).await;
+    b.publish("flood", r#"{"event":"warm","data":0}"#).await;
     let mut readers = Vec::new();
     for _ in 0..READERS {
         readers.push(stalled(&b).await);
@@ -88,7 +61,7 @@ async fn readers_that_stop_reading_cost_their_cursor_not_the_events_published() 
     let before = rss_kib(b.pid());
     flood(&b).await;
     let limit = before + base_growth + 24 * MIB;
-    let growth = rss_falls_to(&b, limit).await.saturating_sub(before);
+    let growth = rss_falls_to(b.pid(), limit).await.saturating_sub(before);
     eprintln!(
         "RSS growth: {growth} KiB with {} stalled SSE readers, {base_growth} KiB without",
         READERS + 1
