@@ -298,7 +298,10 @@ class WsTransport {
     this.open = false;
     this.openedAt = 0;
     this.silence = null;
-    this.closing = new Set(); // namespaces closed here whose `closed` has not come yet
+    // Namespace -> how many `close`s sent here still wait for their answer. The broker
+    // answers in order (opened, …, closed, opened, …), so every frame for the name up to
+    // the last pending answer belongs to a subscription already closed.
+    this.closing = new Map();
   }
   send(frame, bytes) {
     if (this.socket.readyState !== 1) return;
@@ -324,7 +327,7 @@ class WsTransport {
     this.send(frame);
   }
   unsubscribe(sub) {
-    this.closing.add(sub.ns);
+    this.closing.set(sub.ns, (this.closing.get(sub.ns) ?? 0) + 1);
     this.send({ t: "close", ns: sub.ns });
   }
   credit(sub, n) {
@@ -362,9 +365,13 @@ class WsTransport {
       return client.answered(f.id, null, new RewindError(f.code, f.message));
     }
     const ns = f.ns;
-    if (this.closing.has(ns)) {
-      // Leftovers of a subscription this connection closed; its answer ends them.
-      if (f.t === "closed" || (f.t === "error" && f.code === "not_open")) this.closing.delete(ns);
+    const pending = this.closing.get(ns);
+    if (pending) {
+      // Leftovers of subscriptions this connection closed; each answer ends one of them.
+      if (f.t === "closed" || (f.t === "error" && f.code === "not_open")) {
+        if (pending > 1) this.closing.set(ns, pending - 1);
+        else this.closing.delete(ns);
+      }
       return;
     }
     const sub = client.subs.get(ns);

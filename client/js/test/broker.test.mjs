@@ -132,6 +132,33 @@ for (const transport of ["websocket", "longpoll"]) {
     client.close();
   });
 
+  test(`${transport}: closing and re-subscribing to a namespace hands nothing of the old subscription to the new one`, async () => {
+    need();
+    const client = await open(URL_, { ...FAST, transport });
+    const ns = name("resub");
+    for (let i = 0; i < 40; i++) await client.publish(ns, "e", i);
+    // The tester's repro: two closes pending on the same name, then a third subscription.
+    const s1 = record(client, ns, 0);
+    s1.sub.close();
+    const s2 = record(client, ns, 10);
+    s2.sub.close();
+    const s3 = record(client, ns, 20);
+    await until(() => s3.events.length >= 20 || s3.ended.length > 0, "s3's events");
+    assert.deepEqual(s3.ended, []);
+    contiguous(s3.offsets(), 20, 40);
+    s3.sub.close();
+    // Thirty close/re-subscribe cycles (a double-clicked Follow, many times over).
+    for (let i = 0; i < 30; i++) record(client, ns, i).sub.close();
+    const last = record(client, ns, 5);
+    await until(() => last.events.length >= 35 || last.ended.length > 0, "the last subscription's events");
+    assert.deepEqual(last.ended, []);
+    contiguous(last.offsets(), 5, 40);
+    assert.equal(await client.publish(ns, "e", 40), 40);
+    await until(() => last.events.length === 36, "the live event");
+    contiguous(last.offsets(), 5, 41);
+    client.close();
+  });
+
   test(`${transport}: deletion ends the subscription with reason deleted`, async () => {
     need();
     const client = await open(URL_, { ...FAST, transport });
