@@ -116,7 +116,7 @@ export type State = "connecting" | "open" | "closed";
 export type TransportName = "websocket" | "longpoll" | null;
 
 export declare class RewindError extends Error {
-  /** The broker's error code (docs/protocol.md) or "closed", "bad_url", "bad_position", "already_open". */
+  /** The broker's error code (docs/protocol.md) or "closed", "bad_url", "bad_position", "already_open", "bad_data". */
   readonly code: string;
   /** The HTTP status, when the refusal came over HTTP. */
   readonly status?: number;
@@ -126,7 +126,11 @@ export declare class Client {
   readonly state: State;
   readonly transport: TransportName;
   subscribe(ns: string, options?: SubscribeOptions, handlers?: Handlers): Subscription;
-  /** Resolves to the event's offset once it is durable; rejects with a RewindError when refused. */
+  /**
+   * Resolves to the event's offset once it is durable; rejects with a RewindError when
+   * refused, and with code "bad_data" (nothing sent, nothing kept) when `data` cannot be
+   * serialised as JSON (a BigInt, a cyclic object, a function).
+   */
   publish(ns: string, event: string, data?: Json | Bytes, options?: PublishOptions): Promise<number>;
   on(type: "state", fn: (s: { state: State; transport: TransportName }) => void): () => void;
   on(type: "error", fn: (e: { ns: string; error: unknown }) => void): () => void;

@@ -811,7 +811,18 @@ export class Client {
       idempotencyKey: options.idempotencyKey ?? `${this.keyPrefix}-${id}`,
     };
     if (isBytes(data)) p.bytes = asBytes(data);
-    else p.data = data === undefined ? null : data;
+    else {
+      // Serialised once, here: data JSON cannot carry is refused now and never kept for
+      // a resend; the copy also keeps later changes to `data` out of a resend.
+      let text;
+      try {
+        text = JSON.stringify(data === undefined ? null : data);
+      } catch (e) {
+        return Promise.reject(new RewindError("bad_data", `data cannot be serialised as JSON: ${e.message}`));
+      }
+      if (text === undefined) return Promise.reject(new RewindError("bad_data", `data cannot be serialised as JSON: ${typeof data}`));
+      p.data = JSON.parse(text);
+    }
     const done = new Promise((resolve, reject) => {
       p.resolve = resolve;
       p.reject = reject;

@@ -159,6 +159,30 @@ for (const transport of ["websocket", "longpoll"]) {
     client.close();
   });
 
+  test(`${transport}: data JSON cannot carry rejects with bad_data and is kept for no resend`, async () => {
+    need();
+    const client = await open(URL_, { ...FAST, transport });
+    const ns = name("baddata");
+    const cyclic = { a: 1 };
+    cyclic.self = cyclic;
+    for (const data of [10n, cyclic, { n: 1n }, () => 1]) {
+      let sync = null;
+      let promise;
+      try {
+        promise = client.publish(ns, "e", data);
+      } catch (e) {
+        sync = e;
+      }
+      assert.equal(sync, null, "publish threw instead of rejecting");
+      await assert.rejects(promise, (e) => e instanceof RewindError && e.code === "bad_data");
+    }
+    assert.equal(client.pending.size, 0);
+    assert.equal(await client.publish(ns, "e", { ok: true }), 0);
+    const info = await (await fetch(`${URL_}/v1/namespaces/${ns}`)).json();
+    assert.equal(info.events, 1);
+    client.close();
+  });
+
   test(`${transport}: deletion ends the subscription with reason deleted`, async () => {
     need();
     const client = await open(URL_, { ...FAST, transport });
