@@ -346,6 +346,7 @@ class WsTransport {
   }
   stop() {
     clearTimeout(this.silence);
+    clearTimeout(this.stable);
     this.open = false;
     try {
       this.socket.close(1000);
@@ -680,6 +681,7 @@ export class Client {
     socket.onclose = () => {
       clearTimeout(giveUp);
       clearTimeout(t.silence);
+      clearTimeout(t.stable);
       if (abandoned) return;
       if (this.probing === socket) this.probing = null;
       if (this.active !== t && opened) return;
@@ -705,8 +707,13 @@ export class Client {
     if (previous instanceof PollTransport) previous.stop();
     this.probing = null;
     this.active = t;
-    this.wsBackoff.reset();
-    this.probeBackoff.reset();
+    // The waits restart only once it has lasted `stableAfter`: a proxy that cuts every
+    // WebSocket soon after the upgrade must not make the client redial at the shortest wait.
+    t.stable = setTimeout(() => {
+      if (this.active !== t) return;
+      this.wsBackoff.reset();
+      this.probeBackoff.reset();
+    }, this.options.stableAfter);
     t.start();
     this.setState("open");
     this.resolveFirst?.(this);

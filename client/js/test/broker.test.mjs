@@ -372,3 +372,26 @@ test("WebSockets that open but are cut at once: after fallbackAfter of them, lon
   assert.deepEqual([items.gaps, items.truncated, items.ended], [[], [], []]);
   client.close();
 });
+
+test("WebSockets cut soon after every upgrade: the waits between tries keep growing instead of restarting", async () => {
+  need();
+  const ns = name("flap");
+  await httpPublish(ns, "e", 0);
+  const client = await open(PROXY, { ...FAST, probeMin: 50, probeMax: 4000, stableAfter: 1000 });
+  const items = record(client, ns, "earliest");
+  await until(() => items.events.length === 1, "the first event");
+  try {
+    await control("/ws/cut");
+    await until(() => client.transport === "longpoll", "the switch to long-polling");
+    // A measuring window, not a wait for an event: sessions the proxy passed in 4 s.
+    // Growing waits (50 ms doubling to 4 s, each session cut after 100 ms) allow about
+    // six; waits restarted by every cut WebSocket allow some twenty or more.
+    const before = Number(await control("/ws/upgrades", "GET"));
+    await new Promise((r) => setTimeout(r, 4000));
+    const sessions = Number(await control("/ws/upgrades", "GET")) - before;
+    assert.ok(sessions <= 9, `${sessions} WebSocket sessions in 4 s behind a cutting proxy`);
+  } finally {
+    await control("/ws/allow");
+  }
+  client.close();
+});
