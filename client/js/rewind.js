@@ -60,15 +60,25 @@ export function jitter(ms, random = Math.random) {
   return ms * (0.5 + random());
 }
 
-/** The base HTTP URL and the WebSocket URL of a broker URL (http, https, ws or wss). */
+/**
+ * The base HTTP URL and the WebSocket URL of a broker URL (http, https, ws or wss). A path
+ * is kept as a base path (a broker behind a proxy at `https://host/rewind`); a query or
+ * fragment is dropped. Anything else throws a `RewindError` with code `bad_url`.
+ */
 export function brokerUrls(url) {
-  const u = new URL(url);
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new RewindError("bad_url", `a broker URL is http(s)://host[:port][/path] or ws(s)://…, not ${JSON.stringify(String(url))}`);
+  }
   const scheme = { "http:": "http:", "https:": "https:", "ws:": "http:", "wss:": "https:" }[u.protocol];
   if (!scheme) {
     throw new RewindError("bad_url", `a broker URL is http(s):// or ws(s)://, not ${u.protocol}//`);
   }
-  const http = `${scheme}//${u.host}`;
-  const ws = `${scheme === "https:" ? "wss:" : "ws:"}//${u.host}/v1/ws`;
+  const base = u.pathname.replace(/\/+$/, "");
+  const http = `${scheme}//${u.host}${base}`;
+  const ws = `${scheme === "https:" ? "wss:" : "ws:"}//${u.host}${base}/v1/ws`;
   return { http, ws };
 }
 
@@ -870,6 +880,11 @@ export class Client {
  * `close()`.
  */
 export function connect(url, options = {}) {
-  const client = new Client(url, options);
+  let client;
+  try {
+    client = new Client(url, options);
+  } catch (e) {
+    return Promise.reject(e);
+  }
   return client.start();
 }
