@@ -35,6 +35,10 @@ export interface Options {
   pollWait?: number;
   /** Events per long-poll page (at most the broker's max_read_events). Default 100. */
   pollLimit?: number;
+  /** Long-polls held at once; the other subscriptions poll without a wait (browsers allow 6 connections per host). Default 4. */
+  pollHeld?: number;
+  /** ms between the short polls of the subscriptions past pollHeld, while they find nothing. Default 1000. */
+  pollEvery?: number;
   /** The WebSocket URL, when it is not the broker URL's `/v1/ws`. */
   wsUrl?: string | null;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */

@@ -23,6 +23,8 @@ export const DEFAULTS = Object.freeze({
   probeMax: 30000, // ms, the longest such wait
   pollWait: 25, // s a long-poll is held by the broker (at most its max_wait_secs, 60)
   pollLimit: 100, // events per long-poll page
+  pollHeld: 4, // long-polls held at once; browsers allow 6 connections per host (HTTP/1.1)
+  pollEvery: 1000, // ms between short polls of the subscriptions past pollHeld
   wsUrl: null, // the WebSocket URL, when it is not the broker URL's /v1/ws
 });
 
@@ -430,6 +432,7 @@ class PollTransport {
   constructor(client) {
     this.client = client;
     this.loops = new Map(); // sub -> AbortController
+    this.held = 0; // polls out now with a wait (at most options.pollHeld)
     this.stopped = false;
   }
   start() {
@@ -466,7 +469,11 @@ class PollTransport {
       }
       const from = sub.cursor.position();
       const limit = Math.min(client.options.pollLimit, sub.room());
-      const q = `from=${from}&limit=${limit}&wait=${client.options.pollWait}`;
+      // Only pollHeld polls are held at once, so connections stay free for publishes;
+      // the others ask without waiting, every pollEvery, until a held slot is free.
+      const holds = this.held < client.options.pollHeld;
+      if (holds) this.held += 1;
+      const q = `from=${from}&limit=${limit}&wait=${holds ? client.options.pollWait : 0}`;
       let res;
       let body;
       try {
@@ -476,11 +483,13 @@ class PollTransport {
         });
         body = await res.json();
       } catch (e) {
+        if (holds) this.held -= 1;
         if (signal.aborted) return;
         client.pollFailed(e);
         await client.sleep(jitter(backoff.next()), signal);
         continue;
       }
+      if (holds) this.held -= 1;
       if (signal.aborted) return;
       client.pollWorked();
       if (res.status === 404) {
@@ -501,6 +510,7 @@ class PollTransport {
       }
       backoff.reset();
       this.page(sub, from, body);
+      if (!holds && body.events.length === 0) await client.sleep(client.options.pollEvery, signal);
     }
   }
   /** Checks the namespace's epoch; on a change, restarts the cursor at its earliest. */

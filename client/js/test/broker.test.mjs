@@ -395,3 +395,29 @@ test("WebSockets cut soon after every upgrade: the waits between tries keep grow
   }
   client.close();
 });
+
+test("long-poll: at most pollHeld polls are held at once, so publishes always find a free connection", async () => {
+  need();
+  let held = 0;
+  let most = 0;
+  // Counts the polls out at once that ask the broker to hold them (wait > 0).
+  const fetch_ = async (url, init) => {
+    const holds = /\/events\?.*wait=[1-9]/.test(String(url));
+    if (holds) most = Math.max(most, ++held);
+    try {
+      return await fetch(url, init);
+    } finally {
+      if (holds) held -= 1;
+    }
+  };
+  const client = await open(URL_, { ...FAST, transport: "longpoll", pollWait: 5, pollEvery: 100, fetch: fetch_ });
+  const names = Array.from({ length: 7 }, () => name("held"));
+  for (const ns of names) await client.publish(ns, "e", 0);
+  const subs = names.map((ns) => record(client, ns, "earliest"));
+  await until(() => subs.every((s) => s.events.length === 1), "the first event on each");
+  for (const ns of names) await client.publish(ns, "e", 1);
+  await until(() => subs.every((s) => s.events.length === 2), "the second event on each");
+  subs.forEach((s) => contiguous(s.offsets(), 0, 2));
+  assert.ok(most <= 4, `${most} polls held at once`);
+  client.close();
+});
