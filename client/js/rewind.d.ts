@@ -35,6 +35,10 @@ export interface Options {
   pollWait?: number;
   /** Events per long-poll page (at most the broker's max_read_events). Default 100. */
   pollLimit?: number;
+  /** Long-polls held at once; the other subscriptions poll without a wait (browsers allow 6 connections per host). Default 4. */
+  pollHeld?: number;
+  /** ms between the short polls of the subscriptions past pollHeld, while they find nothing. Default 1000. */
+  pollEvery?: number;
   /** The WebSocket URL, when it is not the broker URL's `/v1/ws`. */
   wsUrl?: string | null;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
@@ -116,7 +120,7 @@ export type State = "connecting" | "open" | "closed";
 export type TransportName = "websocket" | "longpoll" | null;
 
 export declare class RewindError extends Error {
-  /** The broker's error code (docs/protocol.md) or "closed", "bad_url", "bad_position", "already_open". */
+  /** The broker's error code (docs/protocol.md) or "closed", "bad_url", "bad_position", "already_open", "bad_data". */
   readonly code: string;
   /** The HTTP status, when the refusal came over HTTP. */
   readonly status?: number;
@@ -126,7 +130,11 @@ export declare class Client {
   readonly state: State;
   readonly transport: TransportName;
   subscribe(ns: string, options?: SubscribeOptions, handlers?: Handlers): Subscription;
-  /** Resolves to the event's offset once it is durable; rejects with a RewindError when refused. */
+  /**
+   * Resolves to the event's offset once it is durable; rejects with a RewindError when
+   * refused, and with code "bad_data" (nothing sent, nothing kept) when `data` cannot be
+   * serialised as JSON (a BigInt, a cyclic object, a function).
+   */
   publish(ns: string, event: string, data?: Json | Bytes, options?: PublishOptions): Promise<number>;
   on(type: "state", fn: (s: { state: State; transport: TransportName }) => void): () => void;
   on(type: "error", fn: (e: { ns: string; error: unknown }) => void): () => void;

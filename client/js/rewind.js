@@ -23,6 +23,8 @@ export const DEFAULTS = Object.freeze({
   probeMax: 30000, // ms, the longest such wait
   pollWait: 25, // s a long-poll is held by the broker (at most its max_wait_secs, 60)
   pollLimit: 100, // events per long-poll page
+  pollHeld: 4, // long-polls held at once; browsers allow 6 connections per host (HTTP/1.1)
+  pollEvery: 1000, // ms between short polls of the subscriptions past pollHeld
   wsUrl: null, // the WebSocket URL, when it is not the broker URL's /v1/ws
 });
 
@@ -60,15 +62,25 @@ export function jitter(ms, random = Math.random) {
   return ms * (0.5 + random());
 }
 
-/** The base HTTP URL and the WebSocket URL of a broker URL (http, https, ws or wss). */
+/**
+ * The base HTTP URL and the WebSocket URL of a broker URL (http, https, ws or wss). A path
+ * is kept as a base path (a broker behind a proxy at `https://host/rewind`); a query or
+ * fragment is dropped. Anything else throws a `RewindError` with code `bad_url`.
+ */
 export function brokerUrls(url) {
-  const u = new URL(url);
+  let u;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new RewindError("bad_url", `a broker URL is http(s)://host[:port][/path] or ws(s)://…, not ${JSON.stringify(String(url))}`);
+  }
   const scheme = { "http:": "http:", "https:": "https:", "ws:": "http:", "wss:": "https:" }[u.protocol];
   if (!scheme) {
     throw new RewindError("bad_url", `a broker URL is http(s):// or ws(s)://, not ${u.protocol}//`);
   }
-  const http = `${scheme}//${u.host}`;
-  const ws = `${scheme === "https:" ? "wss:" : "ws:"}//${u.host}/v1/ws`;
+  const base = u.pathname.replace(/\/+$/, "");
+  const http = `${scheme}//${u.host}${base}`;
+  const ws = `${scheme === "https:" ? "wss:" : "ws:"}//${u.host}${base}/v1/ws`;
   return { http, ws };
 }
 
@@ -298,7 +310,10 @@ class WsTransport {
     this.open = false;
     this.openedAt = 0;
     this.silence = null;
-    this.closing = new Set(); // namespaces closed here whose `closed` has not come yet
+    // Namespace -> how many `close`s sent here still wait for their answer. The broker
+    // answers in order (opened, …, closed, opened, …), so every frame for the name up to
+    // the last pending answer belongs to a subscription already closed.
+    this.closing = new Map();
   }
   send(frame, bytes) {
     if (this.socket.readyState !== 1) return;
@@ -324,7 +339,7 @@ class WsTransport {
     this.send(frame);
   }
   unsubscribe(sub) {
-    this.closing.add(sub.ns);
+    this.closing.set(sub.ns, (this.closing.get(sub.ns) ?? 0) + 1);
     this.send({ t: "close", ns: sub.ns });
   }
   credit(sub, n) {
@@ -343,6 +358,7 @@ class WsTransport {
   }
   stop() {
     clearTimeout(this.silence);
+    clearTimeout(this.stable);
     this.open = false;
     try {
       this.socket.close(1000);
@@ -362,9 +378,13 @@ class WsTransport {
       return client.answered(f.id, null, new RewindError(f.code, f.message));
     }
     const ns = f.ns;
-    if (this.closing.has(ns)) {
-      // Leftovers of a subscription this connection closed; its answer ends them.
-      if (f.t === "closed" || (f.t === "error" && f.code === "not_open")) this.closing.delete(ns);
+    const pending = this.closing.get(ns);
+    if (pending) {
+      // Leftovers of subscriptions this connection closed; each answer ends one of them.
+      if (f.t === "closed" || (f.t === "error" && f.code === "not_open")) {
+        if (pending > 1) this.closing.set(ns, pending - 1);
+        else this.closing.delete(ns);
+      }
       return;
     }
     const sub = client.subs.get(ns);
@@ -412,6 +432,7 @@ class PollTransport {
   constructor(client) {
     this.client = client;
     this.loops = new Map(); // sub -> AbortController
+    this.held = 0; // polls out now with a wait (at most options.pollHeld)
     this.stopped = false;
   }
   start() {
@@ -448,7 +469,11 @@ class PollTransport {
       }
       const from = sub.cursor.position();
       const limit = Math.min(client.options.pollLimit, sub.room());
-      const q = `from=${from}&limit=${limit}&wait=${client.options.pollWait}`;
+      // Only pollHeld polls are held at once, so connections stay free for publishes;
+      // the others ask without waiting, every pollEvery, until a held slot is free.
+      const holds = this.held < client.options.pollHeld;
+      if (holds) this.held += 1;
+      const q = `from=${from}&limit=${limit}&wait=${holds ? client.options.pollWait : 0}`;
       let res;
       let body;
       try {
@@ -458,11 +483,13 @@ class PollTransport {
         });
         body = await res.json();
       } catch (e) {
+        if (holds) this.held -= 1;
         if (signal.aborted) return;
         client.pollFailed(e);
         await client.sleep(jitter(backoff.next()), signal);
         continue;
       }
+      if (holds) this.held -= 1;
       if (signal.aborted) return;
       client.pollWorked();
       if (res.status === 404) {
@@ -483,6 +510,7 @@ class PollTransport {
       }
       backoff.reset();
       this.page(sub, from, body);
+      if (!holds && body.events.length === 0) await client.sleep(client.options.pollEvery, signal);
     }
   }
   /** Checks the namespace's epoch; on a change, restarts the cursor at its earliest. */
@@ -673,6 +701,7 @@ export class Client {
     socket.onclose = () => {
       clearTimeout(giveUp);
       clearTimeout(t.silence);
+      clearTimeout(t.stable);
       if (abandoned) return;
       if (this.probing === socket) this.probing = null;
       if (this.active !== t && opened) return;
@@ -698,8 +727,13 @@ export class Client {
     if (previous instanceof PollTransport) previous.stop();
     this.probing = null;
     this.active = t;
-    this.wsBackoff.reset();
-    this.probeBackoff.reset();
+    // The waits restart only once it has lasted `stableAfter`: a proxy that cuts every
+    // WebSocket soon after the upgrade must not make the client redial at the shortest wait.
+    t.stable = setTimeout(() => {
+      if (this.active !== t) return;
+      this.wsBackoff.reset();
+      this.probeBackoff.reset();
+    }, this.options.stableAfter);
     t.start();
     this.setState("open");
     this.resolveFirst?.(this);
@@ -804,7 +838,18 @@ export class Client {
       idempotencyKey: options.idempotencyKey ?? `${this.keyPrefix}-${id}`,
     };
     if (isBytes(data)) p.bytes = asBytes(data);
-    else p.data = data === undefined ? null : data;
+    else {
+      // Serialised once, here: data JSON cannot carry is refused now and never kept for
+      // a resend; the copy also keeps later changes to `data` out of a resend.
+      let text;
+      try {
+        text = JSON.stringify(data === undefined ? null : data);
+      } catch (e) {
+        return Promise.reject(new RewindError("bad_data", `data cannot be serialised as JSON: ${e.message}`));
+      }
+      if (text === undefined) return Promise.reject(new RewindError("bad_data", `data cannot be serialised as JSON: ${typeof data}`));
+      p.data = JSON.parse(text);
+    }
     const done = new Promise((resolve, reject) => {
       p.resolve = resolve;
       p.reject = reject;
@@ -845,6 +890,11 @@ export class Client {
  * `close()`.
  */
 export function connect(url, options = {}) {
-  const client = new Client(url, options);
+  let client;
+  try {
+    client = new Client(url, options);
+  } catch (e) {
+    return Promise.reject(e);
+  }
   return client.start();
 }

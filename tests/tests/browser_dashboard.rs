@@ -178,6 +178,29 @@ async fn the_dashboard_lists_namespaces_and_tails_one_live() {
     )
     .await;
 
+    // A double-clicked Follow (two closes of the same name pending at once) keeps the
+    // live tail: the newest subscription gets none of the closed ones' frames.
+    page.eval("{ document.getElementById('tail-from').value = 'earliest'; const f = document.getElementById('tail-form'); f.requestSubmit(); f.requestSubmit(); true }")
+        .await;
+    publish(
+        &b,
+        "orders",
+        &json!({"event": "returned", "data": {"id": 41}}),
+    )
+    .await;
+    page.wait_for(
+        "document.querySelector('#tail-list li[data-offset=\"5\"]') !== null",
+        PATIENCE,
+    )
+    .await;
+    let status = page
+        .eval("document.getElementById('tail-status').textContent")
+        .await;
+    assert!(
+        !status.to_string().contains("Not following"),
+        "the tail ended after a double-click on Follow: {status}"
+    );
+
     // A steady stream: the event rate and its sparkline become live.
     let stream = tokio::spawn({
         let url = b.url();

@@ -132,6 +132,57 @@ for (const transport of ["websocket", "longpoll"]) {
     client.close();
   });
 
+  test(`${transport}: closing and re-subscribing to a namespace hands nothing of the old subscription to the new one`, async () => {
+    need();
+    const client = await open(URL_, { ...FAST, transport });
+    const ns = name("resub");
+    for (let i = 0; i < 40; i++) await client.publish(ns, "e", i);
+    // The tester's repro: two closes pending on the same name, then a third subscription.
+    const s1 = record(client, ns, 0);
+    s1.sub.close();
+    const s2 = record(client, ns, 10);
+    s2.sub.close();
+    const s3 = record(client, ns, 20);
+    await until(() => s3.events.length >= 20 || s3.ended.length > 0, "s3's events");
+    assert.deepEqual(s3.ended, []);
+    contiguous(s3.offsets(), 20, 40);
+    s3.sub.close();
+    // Thirty close/re-subscribe cycles (a double-clicked Follow, many times over).
+    for (let i = 0; i < 30; i++) record(client, ns, i).sub.close();
+    const last = record(client, ns, 5);
+    await until(() => last.events.length >= 35 || last.ended.length > 0, "the last subscription's events");
+    assert.deepEqual(last.ended, []);
+    contiguous(last.offsets(), 5, 40);
+    assert.equal(await client.publish(ns, "e", 40), 40);
+    await until(() => last.events.length === 36, "the live event");
+    contiguous(last.offsets(), 5, 41);
+    client.close();
+  });
+
+  test(`${transport}: data JSON cannot carry rejects with bad_data and is kept for no resend`, async () => {
+    need();
+    const client = await open(URL_, { ...FAST, transport });
+    const ns = name("baddata");
+    const cyclic = { a: 1 };
+    cyclic.self = cyclic;
+    for (const data of [10n, cyclic, { n: 1n }, () => 1]) {
+      let sync = null;
+      let promise;
+      try {
+        promise = client.publish(ns, "e", data);
+      } catch (e) {
+        sync = e;
+      }
+      assert.equal(sync, null, "publish threw instead of rejecting");
+      await assert.rejects(promise, (e) => e instanceof RewindError && e.code === "bad_data");
+    }
+    assert.equal(client.pending.size, 0);
+    assert.equal(await client.publish(ns, "e", { ok: true }), 0);
+    const info = await (await fetch(`${URL_}/v1/namespaces/${ns}`)).json();
+    assert.equal(info.events, 1);
+    client.close();
+  });
+
   test(`${transport}: deletion ends the subscription with reason deleted`, async () => {
     need();
     const client = await open(URL_, { ...FAST, transport });
@@ -319,5 +370,54 @@ test("WebSockets that open but are cut at once: after fallbackAfter of them, lon
   await until(() => items.events.length === 5, "events over the WebSocket again");
   contiguous(items.offsets(), 0, 5);
   assert.deepEqual([items.gaps, items.truncated, items.ended], [[], [], []]);
+  client.close();
+});
+
+test("WebSockets cut soon after every upgrade: the waits between tries keep growing instead of restarting", async () => {
+  need();
+  const ns = name("flap");
+  await httpPublish(ns, "e", 0);
+  const client = await open(PROXY, { ...FAST, probeMin: 50, probeMax: 4000, stableAfter: 1000 });
+  const items = record(client, ns, "earliest");
+  await until(() => items.events.length === 1, "the first event");
+  try {
+    await control("/ws/cut");
+    await until(() => client.transport === "longpoll", "the switch to long-polling");
+    // A measuring window, not a wait for an event: sessions the proxy passed in 4 s.
+    // Growing waits (50 ms doubling to 4 s, each session cut after 100 ms) allow about
+    // six; waits restarted by every cut WebSocket allow some twenty or more.
+    const before = Number(await control("/ws/upgrades", "GET"));
+    await new Promise((r) => setTimeout(r, 4000));
+    const sessions = Number(await control("/ws/upgrades", "GET")) - before;
+    assert.ok(sessions <= 9, `${sessions} WebSocket sessions in 4 s behind a cutting proxy`);
+  } finally {
+    await control("/ws/allow");
+  }
+  client.close();
+});
+
+test("long-poll: at most pollHeld polls are held at once, so publishes always find a free connection", async () => {
+  need();
+  let held = 0;
+  let most = 0;
+  // Counts the polls out at once that ask the broker to hold them (wait > 0).
+  const fetch_ = async (url, init) => {
+    const holds = /\/events\?.*wait=[1-9]/.test(String(url));
+    if (holds) most = Math.max(most, ++held);
+    try {
+      return await fetch(url, init);
+    } finally {
+      if (holds) held -= 1;
+    }
+  };
+  const client = await open(URL_, { ...FAST, transport: "longpoll", pollWait: 5, pollEvery: 100, fetch: fetch_ });
+  const names = Array.from({ length: 7 }, () => name("held"));
+  for (const ns of names) await client.publish(ns, "e", 0);
+  const subs = names.map((ns) => record(client, ns, "earliest"));
+  await until(() => subs.every((s) => s.events.length === 1), "the first event on each");
+  for (const ns of names) await client.publish(ns, "e", 1);
+  await until(() => subs.every((s) => s.events.length === 2), "the second event on each");
+  subs.forEach((s) => contiguous(s.offsets(), 0, 2));
+  assert.ok(most <= 4, `${most} polls held at once`);
   client.close();
 });

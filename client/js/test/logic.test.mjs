@@ -25,10 +25,24 @@ test("jitter scales a wait by 0.5 to 1.5", () => {
 
 test("broker URLs of every scheme, and others refused", () => {
   assert.deepEqual(brokerUrls("http://127.0.0.1:7070"), { http: "http://127.0.0.1:7070", ws: "ws://127.0.0.1:7070/v1/ws" });
-  assert.deepEqual(brokerUrls("https://h:1/x"), { http: "https://h:1", ws: "wss://h:1/v1/ws" });
+  assert.deepEqual(brokerUrls("https://h:1/x"), { http: "https://h:1/x", ws: "wss://h:1/x/v1/ws" });
+  assert.deepEqual(brokerUrls("http://h/base/path/?q=1#f"), { http: "http://h/base/path", ws: "ws://h/base/path/v1/ws" });
   assert.deepEqual(brokerUrls("ws://h:2"), { http: "http://h:2", ws: "ws://h:2/v1/ws" });
   assert.deepEqual(brokerUrls("wss://h"), { http: "https://h", ws: "wss://h/v1/ws" });
   assert.throws(() => brokerUrls("ftp://h"), (e) => e instanceof RewindError && e.code === "bad_url");
+  for (const bad of ["127.0.0.1:7070", "", "h:1", "//h"]) {
+    assert.throws(() => brokerUrls(bad), (e) => e instanceof RewindError && e.code === "bad_url", bad);
+  }
+});
+
+test("connect rejects a bad URL with bad_url, and never throws", async () => {
+  for (const bad of ["127.0.0.1:7070", "", "ftp://h"]) {
+    let promise;
+    assert.doesNotThrow(() => {
+      promise = connect(bad);
+    }, bad);
+    await assert.rejects(promise, (e) => e instanceof RewindError && e.code === "bad_url", bad);
+  }
 });
 
 test("positions: offsets, earliest, latest; nothing else", () => {
