@@ -590,3 +590,51 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
         .json();
     assert_eq!(page["events"].as_array().map(Vec::len), Some(21));
 }
+
+/// A client told an offset by one node starts there on another at once (found by a
+/// new-user tester): the other node's visible end may lag Redis by a moment, and a start
+/// beyond it but within what Redis holds is looked up there, not refused `bad_position` —
+/// on every transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_another_node_has_not_heard_of_yet_is_taken_on_every_transport() {
+    let redis = RedisServer::start(Persistence::None);
+    // The second node re-reads the store only once a minute, so what it has heard of is
+    // only what the announcements told it: a start past that must be looked up.
+    let url = redis.url();
+    let nodes = [
+        node(&redis, &[]),
+        Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]),
+    ];
+    for i in 0..40u64 {
+        let offset = publish_ok(&nodes[0], "lag", i).await;
+        let mut c = raw_subscribe(&nodes[1], "lag", offset).await;
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Opened { from, .. }) => assert_eq!(from, offset),
+            other => panic!("open at {offset} on the other node: {other:?}"),
+        }
+        consecutive(&mut c, offset, 1).await;
+        let next = offset + 1;
+        let r = nodes[1]
+            .get(&format!("/v1/namespaces/lag/events?from={}", next + 1))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "beyond Redis's next too");
+        let published = publish_ok(&nodes[0], "lag", i).await;
+        let r = nodes[1]
+            .get(&format!("/v1/namespaces/lag/events?from={published}"))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "long-poll read at {published}");
+        let sse = rewind_tests::sse::Sse::open(
+            nodes[1].addr,
+            &format!("/v1/namespaces/lag/sse?from={}", published + 1),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            sse.status,
+            200,
+            "SSE at {}: {:?}",
+            published + 1,
+            sse.headers
+        );
+    }
+}

@@ -416,6 +416,30 @@ impl Log {
         if !self.inner.store.is_shared() {
             return Ok(None);
         }
+        self.refresh(ns).await
+    }
+
+    /// [`Log::namespace_fresh`] for a reader starting at `from`. With a shared store, a
+    /// start beyond this broker's visible end may already be in the store: another broker
+    /// appended it a moment ago and this one has not heard yet. The namespace is then
+    /// looked up in the store again (moving the visible end to what it holds), so a client
+    /// resuming on another node with the `next` it was told is not refused `bad_position`.
+    pub async fn namespace_reaching(
+        &self,
+        ns: &str,
+        from: &Position,
+    ) -> Result<Option<Arc<Namespace>>, LogError> {
+        let state = self.namespace_fresh(ns).await?;
+        match (&state, from) {
+            (Some(s), Position::Offset(n)) if self.inner.store.is_shared() && *n > s.visible() => {
+                self.refresh(ns).await
+            }
+            _ => Ok(state),
+        }
+    }
+
+    /// Has the writer take the store's view of `ns` as this broker's.
+    async fn refresh(&self, ns: &str) -> Result<Option<Arc<Namespace>>, LogError> {
         let (reply, answer) = oneshot::channel();
         self.inner
             .tx
@@ -471,7 +495,7 @@ impl Log {
     pub async fn read(&self, ns: &str, req: ReadRequest) -> Result<ReadPage, LogError> {
         let cfg = &self.inner.config;
         let state = self
-            .namespace_fresh(ns)
+            .namespace_reaching(ns, &req.from)
             .await?
             .ok_or_else(|| LogError::NotFound(ns.to_owned()))?;
         let mut visible_rx = state.watch_visible();

@@ -133,8 +133,12 @@ pub(super) async fn sse(
         )));
     }
     let from = resumed.map_or(from, Position::Offset);
+    // With a shared store (Redis) another broker may have created it, or appended past
+    // what this one has heard of.
     let state = log
-        .namespace(&ns)
+        .namespace_reaching(&ns, &from)
+        .await
+        .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::from(LogError::NotFound(ns.clone())))?;
     let visible = state.visible();
     let earliest = state.earliest();
