@@ -797,6 +797,17 @@ pub fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS:")
 }
 
+/// Takes `child`'s piped stderr and reads it to the end on a thread (so a chatty child
+/// never blocks on a full pipe); the thread returns the whole text.
+fn stderr_to_end(child: &mut Child) -> std::thread::JoinHandle<String> {
+    let mut err = child.stderr.take().expect("piped stderr");
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        text
+    })
+}
+
 /// Runs `cmd`, a `rewind serve` that must refuse to start, and returns its stderr after
 /// checking the exit status is 1 (every configuration error exits 1, whichever source it
 /// came from). One that starts anyway (it prints its listening line) is killed and the
@@ -808,12 +819,7 @@ pub fn refusal(cmd: &mut Command) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("rewind starts");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut text);
-        text
-    });
+    let stderr = stderr_to_end(&mut child);
     let mut line = String::new();
     let _ = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
     if !line.is_empty() {
@@ -878,12 +884,7 @@ pub fn spawn_piped(cmd: &mut Command) -> Piped {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start rewind");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let stderr = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut text);
-        text
-    });
+    let stderr = stderr_to_end(&mut child);
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped stdout"))
         .read_line(&mut line)
