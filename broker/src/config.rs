@@ -271,6 +271,17 @@ options! {
     /// in the resolver's order.
     listen: ListenAddr = listen("127.0.0.1:7070"), "HOST:PORT",
         "Address to listen on; a host name binds its first address";
+    /// Origins whose web pages may use the broker (WebSocket upgrades, SSE, the HTTP
+    /// API: any request carrying `Origin`), besides the broker's own
+    /// (`http://127.0.0.1:PORT`, `http://localhost:PORT`, `http://[::1]:PORT` for the
+    /// bound port, and the bound address when it is a specific one), which are always
+    /// allowed. A comma-separated list (an array in the TOML file) of
+    /// `scheme://host[:port]`, compared once scheme and host are in lower case and a
+    /// default port dropped; `*` allows any origin but `null`, `null` allows pages with
+    /// that origin (sandboxed iframes, `file://`); `none`, the default, lists nothing. A
+    /// page of another origin gets `403 origin_not_allowed` (`docs/security.md`).
+    allowed_origins: AllowedOrigins = AllowedOrigins::default(), "ORIGIN,...|*|none",
+        "Origins (besides the broker's own) whose web pages may use the broker";
     /// Directory of the embedded store.
     data_dir: PathBuf = PathBuf::from("./rewind-data"), "DIR",
         "Directory of the embedded store";
@@ -1145,6 +1156,50 @@ impl OptionValue for RedisUrl {
     }
 }
 
+/// The `allowed_origins` option: each entry normalised
+/// (`crate::http::cors::entry`: an origin, `*` or `null`), in the order given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowedOrigins(pub Vec<String>);
+
+impl OptionValue for AllowedOrigins {
+    const EXPECTED: &'static str = "origins separated by commas, \"*\" or \"none\"";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        if text.eq_ignore_ascii_case("none") {
+            return Ok(AllowedOrigins::default());
+        }
+        text.split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(crate::http::cors::entry)
+            .collect::<Result<_, _>>()
+            .map(AllowedOrigins)
+    }
+    fn from_toml(value: &toml::Value, option: &str) -> Result<Self, String> {
+        match value {
+            toml::Value::String(s) => Self::from_text(s, option),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => crate::http::cors::entry(s.trim()),
+                    other => Err(format!("expected an origin, found {}", found(other))),
+                })
+                .collect::<Result<_, _>>()
+                .map(AllowedOrigins),
+            other => Err(format!(
+                "expected {}, found {}",
+                Self::EXPECTED,
+                found(other)
+            )),
+        }
+    }
+    fn show(&self) -> String {
+        if self.0.is_empty() {
+            return "none".to_owned();
+        }
+        self.0.join(",")
+    }
+}
+
 /// The `redis_prefix` option: 1–64 of `A-Z a-z 0-9 _ - . :`, so no key of it has a
 /// hash tag of its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1834,6 +1889,41 @@ mod tests {
         assert_eq!(shown("write_queue"), "4096");
         assert_eq!(shown("redis"), "none");
         assert_eq!(shown("redis_prefix"), "rewind");
-        assert_eq!(OPTIONS.len(), 50);
+        assert_eq!(shown("allowed_origins"), "none");
+        assert_eq!(OPTIONS.len(), 51);
+    }
+
+    #[test]
+    fn allowed_origins_from_a_list_flag_a_variable_or_a_toml_array() {
+        let listed = |cfg: Config| cfg.allowed_origins.0;
+        let sources = Sources::default().flag(
+            "allowed_origins",
+            " HTTPS://Dash.example/ , http://localhost:5173,null,*",
+        );
+        let want = ["https://dash.example", "http://localhost:5173", "null", "*"];
+        assert_eq!(listed(Config::load_from(&sources, env(&[])).unwrap()), want);
+        let vars = [("REWIND_ALLOWED_ORIGINS", "http://a.example:8080")];
+        let cfg = Config::load_from(&Sources::default(), env(&vars)).unwrap();
+        assert_eq!(listed(cfg), ["http://a.example:8080"]);
+        let dir = tempfile::tempdir().unwrap();
+        let (_, sources) = file(
+            &dir,
+            "allowed_origins = [\"https://dash.example:443\", \"null\"]\n",
+        );
+        let cfg = Config::load_from(&sources, env(&[])).unwrap();
+        assert_eq!(listed(cfg), ["https://dash.example", "null"]);
+        for bad in ["https://a.example/app", "a.example", "http://u@a.example"] {
+            let sources = Sources::default().flag("allowed_origins", bad);
+            let err = Config::load_from(&sources, env(&[]))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("is not an origin"), "{bad}: {err}");
+            assert!(err.contains("--allowed-origins"), "{bad}: {err}");
+        }
+        let (_, sources) = file(&dir, "allowed_origins = [1]\n");
+        let err = Config::load_from(&sources, env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("expected an origin"), "{err}");
     }
 }

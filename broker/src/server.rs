@@ -64,7 +64,11 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         let res = ws::upgrade(req, &ws);
         async move { res }
     });
-    let router = http::router(log.clone(), upgrade);
+    let origins = Arc::new(http::cors::Origins::new(
+        &log.config().allowed_origins.0,
+        bound_address(&listener),
+    ));
+    let router = http::router(log.clone(), upgrade, Arc::clone(&origins));
     let slots = Arc::new(Semaphore::new(log.config().max_connections));
     let peers = PeerLimits::new(
         log.config().max_connections_per_ip,
@@ -124,6 +128,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         let conn_router = router.clone();
         let conn_log = log.clone();
         let conn_requests = requests.clone();
+        let conn_origins = Arc::clone(&origins);
         let served = Arc::new(AtomicBool::new(false));
         let conn_served = Arc::clone(&served);
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -134,6 +139,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             let router = conn_router.clone();
             let log = conn_log.clone();
             let in_flight = conn_requests.token();
+            let origins = Arc::clone(&conn_origins);
             async move {
                 let line = RequestLine::of(&req, peer);
                 req.extensions_mut().insert(Peer(peer));
@@ -144,7 +150,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
                 } else if log.is_ready() {
                     http::serve(router, req).await
                 } else {
-                    http::draining(&req, &log)
+                    http::draining(&req, &log, &origins)
                 };
                 line.answered(&log, &res);
                 drop(in_flight);
@@ -239,7 +245,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             );
         }
     };
-    serve_draining(&listener, &log, &slots, drain).await;
+    serve_draining(&listener, &log, &slots, &origins, drain).await;
     drop(listener);
     log.shutdown().await;
     tracing::info!("shutdown complete");
@@ -252,6 +258,7 @@ async fn serve_draining(
     listener: &TcpListener,
     log: &Log,
     slots: &Arc<Semaphore>,
+    origins: &Arc<http::cors::Origins>,
     drain: impl Future<Output = ()>,
 ) {
     tokio::pin!(drain);
@@ -280,9 +287,10 @@ async fn serve_draining(
             },
         };
         let log = log.clone();
+        let origins = Arc::clone(origins);
         let service = service_fn(move |req: Request<Incoming>| {
             let line = RequestLine::of(&req, peer);
-            let res = http::draining(&req, &log);
+            let res = http::draining(&req, &log, &origins);
             line.answered(&log, &res);
             async move { Ok::<_, Infallible>(res) }
         });
@@ -293,6 +301,15 @@ async fn serve_draining(
             drop(permit);
         });
     }
+}
+
+/// The listener's address, for the broker's own origins (the port actually bound when
+/// the configured one is 0); if the socket cannot say, `127.0.0.1:0`, whose origins no
+/// page has.
+fn bound_address(listener: &TcpListener) -> std::net::SocketAddr {
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
 }
 
 /// `res`, whose connection counts as idle again (one that may be closed to make room)

@@ -63,6 +63,10 @@ pub enum ErrorCode {
     /// The shared store (Redis, `docs/cluster.md`) cannot be reached: nothing was
     /// acknowledged; retry (HTTP 503 with `Retry-After`).
     Unavailable,
+    /// HTTP only: the request's `Origin` (a page in a browser) is not in the broker's
+    /// `allowed_origins`; nothing was done. HTTP 403, on every route and the WebSocket
+    /// handshake alike.
+    OriginNotAllowed,
 }
 
 impl ErrorCode {
@@ -94,6 +98,7 @@ impl ErrorCode {
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::OriginNotAllowed => "origin_not_allowed",
         }
     }
 
@@ -108,7 +113,7 @@ impl ErrorCode {
             | ErrorCode::AlreadyOpen
             | ErrorCode::TooManyNamespaces => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::OriginNotAllowed => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::NotAcceptable => 406,

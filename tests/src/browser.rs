@@ -663,6 +663,12 @@ impl StaticSite {
         self.add(path, "text/html; charset=utf-8", html);
     }
 
+    /// The origin of this site's pages, `http://127.0.0.1:PORT`: what a broker must list in
+    /// `--allowed-origins` for them to use it.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// The URL of `path` on this site, `http://127.0.0.1:PORT/path`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)

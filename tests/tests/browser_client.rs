@@ -21,10 +21,20 @@ async fn publish_range(b: &Broker, ns: &str, from: u64, to: u64) {
     b.publish(ns, &Value::Array(batch).to_string()).await;
 }
 
-/// A page on a static site of its own whose module script imports the client from the
-/// broker at `broker` and puts `connect` on `window`; `window.ready` once it has run.
-async fn page_elsewhere(browser: &Browser, broker: &str) -> (StaticSite, Page) {
+/// A static site for the test's page (another origin than the broker's), and a broker
+/// that lists its origin in `--allowed-origins`, started with `args` besides.
+async fn site_and_broker(args: &[&str]) -> (StaticSite, Broker) {
     let site = StaticSite::start().await;
+    let origin = site.origin();
+    let mut all = vec!["--allowed-origins", origin.as_str()];
+    all.extend_from_slice(args);
+    let b = Broker::start(&all);
+    (site, b)
+}
+
+/// A page on `site` whose module script imports the client from the broker at `broker`
+/// and puts `connect` on `window`; `window.ready` once it has run.
+async fn page_elsewhere(browser: &Browser, site: &StaticSite, broker: &str) -> Page {
     site.html(
         "/",
         &format!(
@@ -38,7 +48,7 @@ window.ready = true;
     );
     let page = browser.page(&site.url("/")).await;
     page.wait_for("window.ready === true", PATIENCE).await;
-    (site, page)
+    page
 }
 
 /// Connects `window.client` to `url` with `options` (a JS object literal) and subscribes
@@ -104,9 +114,9 @@ async fn no_gaps(page: &Page) {
 
 #[tokio::test]
 async fn a_page_elsewhere_imports_the_client_publishes_and_follows_through_a_broker_restart() {
-    let mut b = Broker::start(&[]);
+    let (site, mut b) = site_and_broker(&[]).await;
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser, &b.url()).await;
+    let page = page_elsewhere(&browser, &site, &b.url()).await;
     publish_range(&b, "feed", 0, 3).await;
     let transport = follow(
         &page,
@@ -169,10 +179,10 @@ async fn a_page_elsewhere_imports_the_client_publishes_and_follows_through_a_bro
 
 #[tokio::test]
 async fn websockets_refused_by_a_proxy_fall_back_to_long_polling_and_come_back() {
-    let b = Broker::start(&[]);
+    let (site, b) = site_and_broker(&[]).await;
     let proxy = WsProxy::start(b.addr);
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser, &b.url()).await;
+    let page = page_elsewhere(&browser, &site, &b.url()).await;
     publish_range(&b, "wall", 0, 2).await;
     let options = "{backoffMin: 50, backoffMax: 300, probeMin: 200, probeMax: 500, pollWait: 2, stableAfter: 500}";
     let transport = follow(&page, &proxy.url(), options, "wall", json!(0)).await;
@@ -214,9 +224,9 @@ async fn websockets_refused_by_a_proxy_fall_back_to_long_polling_and_come_back()
 
 #[tokio::test]
 async fn deletion_is_reported_to_the_page_over_both_transports() {
-    let b = Broker::start(&[]);
+    let (site, b) = site_and_broker(&[]).await;
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser, &b.url()).await;
+    let page = page_elsewhere(&browser, &site, &b.url()).await;
     for transport in ["websocket", "longpoll"] {
         let ns = format!("gone.{transport}");
         publish_range(&b, &ns, 0, 1).await;

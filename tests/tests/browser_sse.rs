@@ -23,15 +23,24 @@ async fn publish_range(b: &Broker, ns: &str, from: u64, to: u64) {
     publish(b, ns, &Value::Array(batch)).await;
 }
 
-/// A blank page on a static site of its own (another origin than the broker's).
-async fn page_elsewhere(browser: &Browser) -> (StaticSite, Page) {
+/// A static site for the test's page (another origin than the broker's), and a broker
+/// that lists its origin in `--allowed-origins`, started with `args` besides.
+async fn site_and_broker(args: &[&str]) -> (StaticSite, Broker) {
     let site = StaticSite::start().await;
+    let origin = site.origin();
+    let mut all = vec!["--allowed-origins", origin.as_str()];
+    all.extend_from_slice(args);
+    let b = Broker::start(&all);
+    (site, b)
+}
+
+/// A blank page on `site`.
+async fn page_elsewhere(browser: &Browser, site: &StaticSite) -> Page {
     site.html(
         "/",
         "<!doctype html><meta charset=utf-8><title>elsewhere</title><p>a page elsewhere",
     );
-    let page = browser.page(&site.url("/")).await;
-    (site, page)
+    browser.page(&site.url("/")).await
 }
 
 /// Opens `window.es` on `url` in the page, recording every message and error in
@@ -76,7 +85,7 @@ async fn offsets(page: &Page) -> Vec<u64> {
 
 #[tokio::test]
 async fn an_event_source_on_another_origin_receives_json_and_bytes() {
-    let b = Broker::start(&[]);
+    let (site, b) = site_and_broker(&[]).await;
     publish(
         &b,
         "feed",
@@ -93,7 +102,7 @@ async fn an_event_source_on_another_origin_receives_json_and_bytes() {
         .await;
     assert_eq!(raw.status, StatusCode::CREATED);
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser).await;
+    let page = page_elsewhere(&browser, &site).await;
     let url = format!("{}/v1/namespaces/feed/sse?from=earliest", b.url());
     follow(&page, &url, &["tick", "blob"]).await;
     page.wait_for("window.rec.events.length === 2", PATIENCE)
@@ -125,10 +134,10 @@ async fn an_event_source_on_another_origin_receives_json_and_bytes() {
 
 #[tokio::test]
 async fn an_event_source_resumes_across_a_broker_restart_with_no_gap_and_no_duplicate() {
-    let mut b = Broker::start(&[]);
+    let (site, mut b) = site_and_broker(&[]).await;
     publish_range(&b, "feed", 0, 5).await;
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser).await;
+    let page = page_elsewhere(&browser, &site).await;
     // `from=earliest` in the URL: a reconnect that ignored Last-Event-ID would start
     // over at 0 and show duplicates.
     let url = format!("{}/v1/namespaces/feed/sse?from=earliest", b.url());
@@ -176,10 +185,10 @@ async fn an_event_source_resumes_across_a_broker_restart_with_no_gap_and_no_dupl
 
 #[tokio::test]
 async fn deletion_reaches_the_event_source_which_then_stops_without_a_reconnect_loop() {
-    let b = Broker::start(&[]);
+    let (site, b) = site_and_broker(&[]).await;
     publish_range(&b, "doomed", 0, 3).await;
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser).await;
+    let page = page_elsewhere(&browser, &site).await;
     let url = format!("{}/v1/namespaces/doomed/sse?from=earliest", b.url());
     follow(&page, &url, &["tick"]).await;
     page.wait_for("window.rec.events.length === 3", PATIENCE)
@@ -215,10 +224,10 @@ async fn deletion_reaches_the_event_source_which_then_stops_without_a_reconnect_
 
 #[tokio::test]
 async fn a_page_on_another_origin_reads_and_publishes_with_fetch() {
-    let b = Broker::start(&[]);
+    let (site, b) = site_and_broker(&[]).await;
     publish_range(&b, "feed", 0, 2).await;
     let browser = Browser::launch().await;
-    let (_site, page) = page_elsewhere(&browser).await;
+    let page = page_elsewhere(&browser, &site).await;
     let script = format!(
         r#"(async () => {{
             const base = {base};
@@ -254,4 +263,75 @@ async fn a_page_on_another_origin_reads_and_publishes_with_fetch() {
     );
     let polled = b.get("/v1/namespaces/feed/events?from=2").await.json();
     assert_eq!(polled["events"][0]["event"], json!("from-page"));
+}
+
+/// The attack issue 12 found, in a browser: a page on an origin the broker does not list
+/// can open no WebSocket and no `EventSource`, read nothing with `fetch`, and its
+/// `no-cors` text/plain POST (which needs no preflight, so the browser sends it whatever
+/// the answer) is refused by the broker before anything is created.
+#[tokio::test]
+async fn a_page_on_an_unlisted_origin_can_neither_follow_nor_read_nor_publish() {
+    let site = StaticSite::start().await;
+    let b = Broker::start(&[]);
+    publish_range(&b, "feed", 0, 2).await;
+    let browser = Browser::launch().await;
+    let page = page_elsewhere(&browser, &site).await;
+    let script = format!(
+        r#"(async () => {{
+            const base = {base};
+            const ws = await new Promise(done => {{
+                const s = new WebSocket(base.replace("http", "ws") + "/v1/ws");
+                s.onopen = () => done("open");
+                s.onclose = e => done("closed " + e.code);
+            }});
+            const es = await new Promise(done => {{
+                const s = new EventSource(base + "/v1/namespaces/feed/sse?from=earliest");
+                s.onmessage = () => done("message");
+                s.onerror = () => {{ done("error, readyState " + s.readyState); s.close(); }};
+            }});
+            let read;
+            try {{
+                await fetch(base + "/v1/namespaces/feed/events?from=0");
+                read = "read";
+            }} catch (e) {{
+                read = e.name;
+            }}
+            const post = await fetch(base + "/v1/namespaces/from-a-page/events?event=note", {{
+                method: "POST",
+                mode: "no-cors",
+                headers: {{"Content-Type": "text/plain"}},
+                body: "written by a page",
+            }});
+            return {{ws, es, read, post: post.type}};
+        }})()"#,
+        base = json!(b.url()),
+    );
+    let got = page.eval(&script).await;
+    assert_eq!(
+        got,
+        json!({
+            "ws": "closed 1006",
+            "es": "error, readyState 2",
+            "read": "TypeError",
+            "post": "opaque",
+        }),
+        "{}",
+        page.console_report()
+    );
+    // The POST reached the broker (an opaque answer is an answer) and was refused.
+    assert_eq!(
+        b.get("/v1/namespaces/from-a-page").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let metrics = String::from_utf8(b.get("/metrics").await.body.to_vec()).expect("UTF-8");
+    let refused = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                r#"rewind_refused_requests_total{transport="http",code="origin_not_allowed"} "#,
+            )
+        })
+        .map_or(0.0, |v| v.trim().parse::<f64>().expect("a number"));
+    // The WebSocket handshake, the EventSource, the read and the POST.
+    assert!(refused >= 4.0, "{metrics}");
 }

@@ -539,8 +539,8 @@ async fn shutdown_ends_open_streams_at_once() {
 }
 
 #[tokio::test]
-async fn any_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
-    let b = Broker::start(&[]);
+async fn a_listed_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
+    let b = Broker::start(&["--allowed-origins", "http://page.example:8000"]);
     let r = b
         .request(
             Method::OPTIONS,
@@ -564,7 +564,7 @@ async fn any_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
             .unwrap_or_default()
             .to_ascii_lowercase()
     };
-    assert_eq!(h("access-control-allow-origin"), "*");
+    assert_eq!(h("access-control-allow-origin"), "http://page.example:8000");
     assert!(h("access-control-allow-methods").contains("post"), "{r:?}");
     for header in ["content-type", "idempotency-key", "last-event-id"] {
         assert!(h("access-control-allow-headers").contains(header), "{r:?}");
@@ -581,7 +581,10 @@ async fn any_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
         )
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    assert_eq!(r.headers.get("access-control-allow-origin").unwrap(), "*");
+    assert_eq!(
+        r.headers.get("access-control-allow-origin").unwrap(),
+        "http://page.example:8000"
+    );
     for path in [
         "/v1/namespaces",
         "/v1/namespaces/n/events?from=0",
@@ -593,18 +596,27 @@ async fn any_origin_may_read_and_publish_and_a_preflight_allows_json_posts() {
             r.headers
                 .get("access-control-allow-origin")
                 .map(|v| v.as_bytes()),
-            Some(&b"*"[..]),
+            Some(&b"http://page.example:8000"[..]),
             "{path}"
         );
     }
-    // A long-poll read still varies by Accept only: the origin changes nothing.
+    // A long-poll read varies by Accept, and by Origin (each allowed origin is echoed).
     let r = b
         .request(Method::GET, "/v1/namespaces/n/events?from=0", &origin, "")
         .await;
-    let vary: Vec<_> = r.headers.get_all("vary").iter().collect();
-    assert_eq!(vary, ["accept"]);
+    let vary: Vec<_> = r
+        .headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+        .collect();
+    assert_eq!(vary[0], "accept", "{vary:?}");
+    assert!(vary[1..].iter().any(|v| v.contains("origin")), "{vary:?}");
     let sse = open(&b, "/v1/namespaces/n/sse", &origin).await;
-    assert_eq!(sse.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        sse.header("access-control-allow-origin"),
+        Some("http://page.example:8000")
+    );
     assert_eq!(sse.header("access-control-allow-credentials"), None);
 }
 
@@ -645,10 +657,12 @@ async fn a_stream_asked_for_while_the_broker_drains_is_told_to_retry() {
     b.wait_for("/readyz", |v| v["error"]["code"] == json!("shutting_down"))
         .await;
 
+    // The broker's own origin (its dashboard's) is allowed by default.
+    let own = format!("http://localhost:{}", b.addr.port());
     let mut sse = Sse::open(
         b.addr,
         "/v1/namespaces/n/sse?from=0",
-        &[("last-event-id", "0")],
+        &[("last-event-id", "0"), ("origin", &own)],
     )
     .await;
     assert_eq!(sse.status, 200, "{:?}", sse.headers);
@@ -656,20 +670,30 @@ async fn a_stream_asked_for_while_the_broker_drains_is_told_to_retry() {
         sse.header("content-type"),
         Some("text/event-stream; charset=utf-8")
     );
-    // A page on another origin must be able to read it, or its EventSource gives up.
-    assert_eq!(sse.header("access-control-allow-origin"), Some("*"));
+    // A page of an allowed origin must be able to read it, or its EventSource gives up.
+    assert_eq!(
+        sse.header("access-control-allow-origin"),
+        Some(own.as_str())
+    );
     assert_eq!(sse.next().await, Some(Item::Retry(1000)));
     assert!(matches!(sse.next().await, Some(Item::Comment(_))));
     assert_eq!(sse.next().await, None);
     // Other requests still get 503.
-    let r = b.get("/v1/namespaces/n/events?from=0").await;
+    let r = b
+        .request(
+            Method::GET,
+            "/v1/namespaces/n/events?from=0",
+            &[("origin", &own)],
+            "",
+        )
+        .await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
-    // Readable from another origin too, with its Retry-After.
+    // Readable by the page too, with its Retry-After.
     assert_eq!(
         r.headers
             .get("access-control-allow-origin")
             .and_then(|v| v.to_str().ok()),
-        Some("*")
+        Some(own.as_str())
     );
     assert!(r
         .headers

@@ -1,22 +1,46 @@
-//! Cross-origin reads and publishes from browsers (the Fetch standard's CORS protocol),
-//! one tower-http [`CorsLayer`] over the whole route table.
+//! Which web pages may use the broker (spec §6, "an origin allow-list"), and CORS for
+//! those that may.
 //!
-//! Any origin may read (long-poll, SSE, `GET /v1/namespaces`) and publish, as any origin
-//! may open a WebSocket today: rewind has no origin allow-list yet (spec §6; issue 12
-//! brings it and replaces this layer). So every answer carries
-//! `Access-Control-Allow-Origin: *`, and every `OPTIONS` request is answered as a
-//! preflight: `200`, the methods and request headers below, cached by the browser for
-//! [`PREFLIGHT_MAX_AGE`]. No credentials: `*` cannot carry them, and rewind's auth (issue
-//! 12) is a bearer token, not a cookie.
+//! A browser names the page behind every WebSocket handshake, every cross-origin request
+//! and every `POST` in the `Origin` header (the Fetch standard). [`check`] runs before
+//! routing, for every route and the WebSocket upgrade alike (only the broker's own static
+//! files are left alone, [`is_public_file`]): a request whose `Origin` is not allowed is
+//! answered `403 origin_not_allowed` before anything is read, routed or created. A request without `Origin` is not a page's (curl, services, Node, the Rust
+//! client) and passes; tokens guard those.
 //!
-//! Answers do not vary by origin (the same `*` for all), so the layer adds no `Vary`:
-//! a long-poll read keeps its own `Vary: accept`.
+//! Allowed are the broker's own origins ([`Origins::new`]: `http://127.0.0.1:PORT`,
+//! `http://localhost:PORT`, `http://[::1]:PORT` for the bound port, and the bound address
+//! itself when it is a specific one), so its dashboard works, and those of the
+//! `allowed_origins` option. `*` there allows any origin but `null`; `null` (sandboxed
+//! iframes, `file://` pages) is allowed only when listed itself.
+//!
+//! Origins are compared exactly once normalised ([`normalise`]): scheme and host in lower
+//! case, the default port (80 for `http`, 443 for `https`) dropped. A request's `Origin`
+//! must be a serialised origin (RFC 6454 §6.2: `scheme://host[:port]`, nothing else); one
+//! with a path, userinfo, a query or a port that is not a number matches nothing.
+//!
+//! CORS is tower-http's [`CorsLayer`] behind the check, so it only sees allowed origins
+//! or none: it echoes the origin (never `*`), answers preflights with the API's methods
+//! and the request headers clients send, exposes the answer headers the JavaScript client
+//! and pages read, and adds `Vary: Origin`. No credentials: rewind's auth is a bearer
+//! token, never a cookie.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::header::{HeaderName, ACCEPT, AUTHORIZATION, CONTENT_TYPE, ETAG, RETRY_AFTER};
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hyper::header::{
+    HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CONTENT_TYPE, ETAG, ORIGIN, RETRY_AFTER, VARY,
+};
 use hyper::Method;
+use rewind_protocol::ErrorCode;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use super::response::ApiError;
 
 /// How long a browser may reuse a preflight's answer (Chromium caps it at 2 hours).
 pub(crate) const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
@@ -24,22 +48,142 @@ pub(crate) const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 /// The answer header saying a publish was a retry of one already appended.
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// What every answer given outside the router carries (while the broker drains), so a
-/// page on another origin can read it too: the layer's `Access-Control-Allow-Origin` and
-/// `Access-Control-Expose-Headers`.
-pub(crate) fn decorate(headers: &mut hyper::HeaderMap) {
-    use hyper::header::{HeaderValue, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS};
-    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
-    headers.insert(
-        ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("retry-after,etag,idempotent-replayed"),
-    );
+/// The answer headers a page on an allowed origin may read: `Retry-After` (503, 429),
+/// `ETag` (long-poll reads) and `Idempotent-Replayed` (publishes).
+const EXPOSED: &str = "retry-after,etag,idempotent-replayed";
+
+/// The longest part of a refused `Origin` repeated in the refusal's message.
+const QUOTED_ORIGIN: usize = 200;
+
+/// The origins allowed to use the broker, normalised ([`normalise`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Origins {
+    /// `*` was listed: any origin but `null`.
+    any: bool,
+    /// `null` was listed.
+    null: bool,
+    /// The broker's own origins and the listed ones.
+    listed: Vec<String>,
 }
 
-/// The layer: any origin; the API's methods; the request headers its routes read.
-pub(crate) fn layer() -> CorsLayer {
+impl Origins {
+    /// The broker's own origins at `bound` (the listener's address, so a configured port
+    /// 0 gives the port actually bound) and the `allowed_origins` entries `configured`
+    /// (already normalised by the option's reading; any that is not is skipped).
+    pub(crate) fn new(configured: &[String], bound: SocketAddr) -> Origins {
+        let port = bound.port();
+        let mut own = vec![
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ];
+        let ip = bound.ip();
+        if !ip.is_unspecified() && !ip.is_loopback() {
+            own.push(match ip {
+                IpAddr::V4(v4) => format!("http://{v4}:{port}"),
+                IpAddr::V6(v6) => format!("http://[{v6}]:{port}"),
+            });
+        }
+        let mut origins = Origins {
+            any: false,
+            null: false,
+            listed: Vec::new(),
+        };
+        for entry in own.iter().chain(configured) {
+            match entry.as_str() {
+                "*" => origins.any = true,
+                "null" => origins.null = true,
+                other => {
+                    if let Some(o) = normalise(other) {
+                        if !origins.listed.contains(&o) {
+                            origins.listed.push(o);
+                        }
+                    }
+                }
+            }
+        }
+        origins
+    }
+
+    /// Whether a page of `origin` (an `Origin` header's value) may use the broker.
+    pub(crate) fn allows(&self, origin: &HeaderValue) -> bool {
+        let Ok(text) = origin.to_str() else {
+            return false;
+        };
+        if text.eq_ignore_ascii_case("null") {
+            return self.null;
+        }
+        match normalise(text) {
+            Some(o) => self.any || self.listed.contains(&o),
+            None => false,
+        }
+    }
+
+    /// `None` when `headers` carry no `Origin` or an allowed one; else why not.
+    fn refusal(&self, headers: &HeaderMap) -> Option<ApiError> {
+        let mut values = headers.get_all(ORIGIN).iter();
+        let origin = values.next()?;
+        if values.next().is_some() {
+            return Some(refused(
+                "a request carries one Origin header; this one has more",
+            ));
+        }
+        if self.allows(origin) {
+            return None;
+        }
+        let shown: String = String::from_utf8_lossy(origin.as_bytes())
+            .chars()
+            .take(QUOTED_ORIGIN)
+            .collect();
+        Some(refused(&format!(
+            "pages of origin {shown:?} may not use this broker: add the origin to \
+             allowed_origins (--allowed-origins) to allow them"
+        )))
+    }
+}
+
+/// `403 origin_not_allowed` saying `why`.
+fn refused(why: &str) -> ApiError {
+    ApiError::of(ErrorCode::OriginNotAllowed, why)
+}
+
+/// The middleware in front of every route (the router's outermost layer): a request whose
+/// `Origin` is not allowed is answered `403 origin_not_allowed` and goes no further.
+pub(crate) async fn check(
+    State(origins): State<Arc<Origins>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if is_public_file(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    match origins.refusal(req.headers()) {
+        Some(refusal) => refusal.into_response(),
+        None => next.run(req).await,
+    }
+}
+
+/// A `GET` or `HEAD` of the broker's own files (the dashboard, the JavaScript client and
+/// its declarations, `http::assets`): the same bytes for everyone, reading nothing of the
+/// log and changing nothing, and the client's files are made to be imported by pages of
+/// any origin (they carry `Access-Control-Allow-Origin: *`). So the origin check leaves
+/// them alone; what the dashboard then does is checked.
+fn is_public_file(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD)
+        && (matches!(path, "/" | "/rewind.js" | "/rewind.d.ts") || path.starts_with("/dashboard/"))
+}
+
+/// tower-http's CORS layer for the allowed `origins`: the request's origin echoed; the
+/// API's methods; the request headers its routes read; [`EXPOSED`] answer headers; a
+/// preflight's answer cached for [`PREFLIGHT_MAX_AGE`]; `Vary: Origin` (and the preflight
+/// request headers, tower-http's default); and Chromium's Private Network Access
+/// permission (`Access-Control-Allow-Private-Network: true` when a preflight asks), so a
+/// listed public origin's page may reach a broker on loopback.
+pub(crate) fn layer(origins: Arc<Origins>) -> CorsLayer {
     CorsLayer::new()
-        .allow_origin(AllowOrigin::any())
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origins.allows(origin)
+        }))
         .allow_methods([
             Method::GET,
             Method::HEAD,
@@ -56,5 +200,283 @@ pub(crate) fn layer() -> CorsLayer {
         ])
         .expose_headers([RETRY_AFTER, ETAG, IDEMPOTENT_REPLAYED])
         .max_age(PREFLIGHT_MAX_AGE)
-        .vary([])
+        .allow_private_network(true)
+}
+
+/// What an answer given outside the router (while the broker drains) carries for a page
+/// of an allowed origin, as the layer's answers do: `Access-Control-Allow-Origin` echoing
+/// it, the exposed headers and `Vary: Origin`. Nothing for other requests.
+pub(crate) fn decorate(origins: &Origins, request: &HeaderMap, headers: &mut HeaderMap) {
+    headers.append(VARY, HeaderValue::from_static("origin"));
+    let Some(origin) = request.get(ORIGIN) else {
+        return;
+    };
+    if !origins.allows(origin) {
+        return;
+    }
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
+}
+
+/// `text` as a serialised origin (RFC 6454 §6.2), normalised: `scheme://host` with
+/// `:port` unless it is the scheme's default (80 for `http`, 443 for `https`), scheme and
+/// host in lower case. `None` for anything else: a path (even `/`), a query, a fragment,
+/// userinfo (`@`), a port that is not a number from 0 to 65535, characters a host cannot
+/// have, or non-ASCII (browsers send hosts in punycode). `null` and `*` are not origins
+/// here: the caller handles them.
+pub(crate) fn normalise(text: &str) -> Option<String> {
+    let (scheme, rest) = text.split_once("://")?;
+    let mut chars = scheme.chars();
+    let scheme_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return None;
+    }
+    let scheme = scheme.to_ascii_lowercase();
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => {
+            let (inside, after) = v6.split_once(']')?;
+            let ok = !inside.is_empty()
+                && inside
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || matches!(c, ':' | '.'));
+            if !ok {
+                return None;
+            }
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':')?),
+            };
+            (format!("[{inside}]"), port)
+        }
+        None => {
+            let (host, port) = match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            };
+            let ok = !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+            if !ok {
+                return None;
+            }
+            (host.to_owned(), port)
+        }
+    };
+    let host = host.to_ascii_lowercase();
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    let default = match scheme.as_str() {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    };
+    Some(match port {
+        Some(p) if Some(p) != default => format!("{scheme}://{host}:{p}"),
+        _ => format!("{scheme}://{host}"),
+    })
+}
+
+/// An `allowed_origins` entry as the option reads it: `*`, `null`, or an origin, which is
+/// normalised ([`normalise`]) after one trailing `/` is dropped (an address copied from
+/// the browser's bar); `Err` saying why not.
+pub(crate) fn entry(text: &str) -> Result<String, String> {
+    match text {
+        "*" => return Ok("*".to_owned()),
+        t if t.eq_ignore_ascii_case("null") => return Ok("null".to_owned()),
+        _ => {}
+    }
+    let origin = text.strip_suffix('/').unwrap_or(text);
+    normalise(origin).ok_or_else(|| {
+        format!(
+            "{text:?} is not an origin: expected scheme://host or scheme://host:port \
+             (no path, user or query), `*` or `null`"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(configured: &[&str], bound: &str) -> Origins {
+        let configured: Vec<String> = configured.iter().map(|e| entry(e).unwrap()).collect();
+        Origins::new(&configured, bound.parse().unwrap())
+    }
+
+    fn allows(o: &Origins, origin: &str) -> bool {
+        o.allows(&HeaderValue::from_str(origin).unwrap())
+    }
+
+    #[test]
+    fn origins_are_normalised_and_anything_else_is_none() {
+        for (text, want) in [
+            ("HTTP://LOCALHOST:7070", "http://localhost:7070"),
+            ("http://localhost:80", "http://localhost"),
+            ("https://Example.COM:443", "https://example.com"),
+            ("https://example.com:80", "https://example.com:80"),
+            ("http://[::1]:7070", "http://[::1]:7070"),
+            ("http://[::1]", "http://[::1]"),
+            ("chrome-extension://abcdef", "chrome-extension://abcdef"),
+            ("http://127.0.0.1:07070", "http://127.0.0.1:7070"),
+        ] {
+            assert_eq!(normalise(text).as_deref(), Some(want), "{text}");
+        }
+        for bad in [
+            "",
+            "localhost:7070",
+            "http://",
+            "http://localhost:7070/",
+            "http://localhost:7070/path",
+            "http://127.0.0.1:7070.evil.example",
+            "http://127.0.0.1:7070@evil.example",
+            "http://user:pw@127.0.0.1:7070",
+            "http://evil.example#@127.0.0.1:7070",
+            "http://evil.example?x=127.0.0.1:7070",
+            "http://localhost:",
+            "http://localhost:65536",
+            "http://localhost:-1",
+            "http://[::1",
+            "http://[::1]x",
+            "http://[evil.example]:7070",
+            "http://ex ample",
+            "http://exämple.com",
+            "1http://localhost",
+            "*",
+            "null",
+        ] {
+            assert_eq!(normalise(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_own_origins_follow_the_bound_port_and_address() {
+        let o = origins(&[], "127.0.0.1:41234");
+        for own in [
+            "http://127.0.0.1:41234",
+            "http://localhost:41234",
+            "HTTP://LOCALHOST:41234",
+            "http://[::1]:41234",
+        ] {
+            assert!(allows(&o, own), "{own}");
+        }
+        for other in [
+            "http://127.0.0.1:41235",
+            "https://127.0.0.1:41234",
+            "http://evil.example",
+            "http://127.0.0.1:41234.evil.example",
+            "http://127.0.0.1:41234/",
+            "null",
+        ] {
+            assert!(!allows(&o, other), "{other}");
+        }
+        let o = origins(&[], "192.0.2.7:80");
+        assert!(allows(&o, "http://192.0.2.7"));
+        assert!(allows(&o, "http://localhost"));
+        let o = origins(&[], "0.0.0.0:7070");
+        assert!(!allows(&o, "http://0.0.0.0:7070"));
+    }
+
+    #[test]
+    fn listed_origins_star_and_null() {
+        let o = origins(
+            &["https://dash.example/", "http://localhost:5173"],
+            "127.0.0.1:7070",
+        );
+        assert!(allows(&o, "https://dash.example"));
+        assert!(allows(&o, "https://DASH.example:443"));
+        assert!(allows(&o, "http://localhost:5173"));
+        assert!(!allows(&o, "http://dash.example"));
+        assert!(!allows(&o, "null"));
+        let any = origins(&["*"], "127.0.0.1:7070");
+        assert!(allows(&any, "http://evil.example"));
+        assert!(!allows(&any, "null"), "* does not allow null");
+        assert!(!allows(&any, "not an origin"));
+        let null = origins(&["null"], "127.0.0.1:7070");
+        assert!(allows(&null, "null"));
+        assert!(allows(&null, "NULL"));
+        assert!(!allows(&null, "http://evil.example"));
+    }
+
+    #[test]
+    fn an_entry_is_an_origin_star_or_null() {
+        assert_eq!(entry("HTTPS://A.example/").unwrap(), "https://a.example");
+        assert_eq!(entry("Null").unwrap(), "null");
+        assert_eq!(entry("*").unwrap(), "*");
+        for bad in [
+            "a.example",
+            "https://a.example/x",
+            "https://u@a.example",
+            "**",
+        ] {
+            assert!(
+                entry(bad).unwrap_err().contains("is not an origin"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_is_403_origin_not_allowed_and_no_origin_passes() {
+        let o = origins(&[], "127.0.0.1:7070");
+        let mut headers = HeaderMap::new();
+        assert!(o.refusal(&headers).is_none());
+        headers.insert(ORIGIN, HeaderValue::from_static("http://localhost:7070"));
+        assert!(o.refusal(&headers).is_none());
+        headers.append(ORIGIN, HeaderValue::from_static("http://localhost:7070"));
+        let twice = o.refusal(&headers).unwrap();
+        assert_eq!(twice.code, ErrorCode::OriginNotAllowed);
+        headers.insert(ORIGIN, HeaderValue::from_static("http://evil.example"));
+        let evil = o.refusal(&headers).unwrap();
+        assert_eq!(evil.status, 403);
+        assert!(
+            evil.message.contains("http://evil.example"),
+            "{}",
+            evil.message
+        );
+        assert!(evil.message.contains("allowed_origins"), "{}", evil.message);
+    }
+
+    #[test]
+    fn only_reads_of_the_brokers_own_files_skip_the_check() {
+        for path in ["/", "/rewind.js", "/rewind.d.ts", "/dashboard/index.html"] {
+            assert!(is_public_file(&Method::GET, path), "{path}");
+            assert!(is_public_file(&Method::HEAD, path), "{path}");
+            assert!(!is_public_file(&Method::POST, path), "{path}");
+        }
+        for path in [
+            "/v1/ws",
+            "/v1/namespaces",
+            "/metrics",
+            "/healthz",
+            "/rewind.jsx",
+        ] {
+            assert!(!is_public_file(&Method::GET, path), "{path}");
+        }
+    }
+
+    #[test]
+    fn drain_answers_carry_cors_headers_for_allowed_origins_only() {
+        let o = origins(&[], "127.0.0.1:7070");
+        let mut request = HeaderMap::new();
+        request.insert(ORIGIN, HeaderValue::from_static("http://localhost:7070"));
+        let mut answer = HeaderMap::new();
+        decorate(&o, &request, &mut answer);
+        assert_eq!(answer[ACCESS_CONTROL_ALLOW_ORIGIN], "http://localhost:7070");
+        assert_eq!(answer[ACCESS_CONTROL_EXPOSE_HEADERS], EXPOSED);
+        assert_eq!(answer[VARY], "origin");
+        request.insert(ORIGIN, HeaderValue::from_static("http://evil.example"));
+        let mut answer = HeaderMap::new();
+        decorate(&o, &request, &mut answer);
+        assert!(!answer.contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
 }

@@ -25,13 +25,15 @@
 
 mod admin;
 mod assets;
-mod cors;
+pub(crate) mod cors;
 mod media;
 mod params;
 mod publish;
 mod read;
 pub(crate) mod response;
 mod sse;
+
+use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, OriginalUri, Request};
 use axum::http::request::Parts;
@@ -48,7 +50,8 @@ use crate::engine::Log;
 use response::{ApiError, Body};
 
 /// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
-pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
+/// Pages of origins not in `origins` are refused before routing ([`cors::check`]).
+pub(crate) fn router(log: Log, ws: MethodRouter<Log>, origins: Arc<cors::Origins>) -> Router {
     Router::new()
         .route("/", get(assets::index).fallback(only_get))
         .route("/rewind.js", get(assets::client).fallback(only_get))
@@ -83,9 +86,11 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
-        // Outermost, so a preflight is answered before routing and every answer, errors
-        // included, can be read by a page on another origin.
-        .layer(cors::layer())
+        // Outside the routes, so a preflight is answered before routing and every answer,
+        // errors included, can be read by a page of an allowed origin.
+        .layer(cors::layer(Arc::clone(&origins)))
+        // Outermost: a page of another origin gets no further, preflights included.
+        .layer(axum::middleware::from_fn_with_state(origins, cors::check))
         .with_state(log)
 }
 
@@ -179,8 +184,9 @@ async fn no_route(uri: Uri, original: Option<axum::Extension<OriginalUri>>) -> A
 /// shutting_down` with `Retry-After`, each with `Connection: close`. No new work is
 /// taken, and a load balancer polling readiness sees the broker leave. An SSE request
 /// gets an empty event stream instead ([`sse::draining`]): an `EventSource` gives up for
-/// good on any answer but `200 text/event-stream`, and this one makes it retry.
-pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
+/// good on any answer but `200 text/event-stream`, and this one makes it retry. A page of
+/// an allowed origin (`origins`) can read the answer.
+pub(crate) fn draining<B>(req: &Request<B>, log: &Log, origins: &cors::Origins) -> Response {
     let mut res = match req.uri().path().trim_end_matches('/') {
         "/healthz" => response::json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
         "/readyz" => admin::ready(log),
@@ -196,7 +202,7 @@ pub(crate) fn draining<B>(req: &Request<B>, log: &Log) -> Response {
     };
     res.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
-    cors::decorate(res.headers_mut());
+    cors::decorate(origins, req.headers(), res.headers_mut());
     if req.method() == Method::HEAD {
         without_body(res)
     } else {
@@ -241,8 +247,6 @@ fn query<B>(req: &Request<B>) -> params::Query<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use axum::body::Body;
     use http_body_util::BodyExt;
 
@@ -282,7 +286,12 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let router = router(log.clone(), get(|| async { StatusCode::IM_A_TEAPOT }));
+        let origins = Arc::new(cors::Origins::new(&[], "127.0.0.1:7070".parse().unwrap()));
+        let router = router(
+            log.clone(),
+            get(|| async { StatusCode::IM_A_TEAPOT }),
+            origins,
+        );
 
         let (status, _, body) = ask(&router, Method::GET, "/healthz/").await;
         assert_eq!(
