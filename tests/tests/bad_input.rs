@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use rewind_tests::ws::Client;
-use rewind_tests::{rss_kib, status_and_json, Broker, StatusCode};
+use rewind_tests::{rss_kib, status_and_json, Broker, Method, StatusCode};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -496,6 +496,73 @@ async fn huge_and_non_numeric_positions_are_bad_position_and_the_last_offset_is_
         .post_json("/v1/namespaces/p/events", r#"{"event":"a","data":2}"#)
         .await;
     assert_eq!(res.json()["offset"], 1);
+}
+
+/// `Last-Event-ID` (an `EventSource`'s resume point, sent by the browser as the page left
+/// it, so anything a page or a proxy put there): huge (2^64, 10^30, 60,000 digits),
+/// negative, signed, non-numeric, hex, fractional, and 2^64−1 (whose next offset does not
+/// exist) are each `400 bad_position` before a stream starts, in bounded memory; the last
+/// offset that has a successor but lies beyond the log is `bad_position` too.
+#[tokio::test]
+async fn sse_last_event_ids_that_are_no_offset_are_bad_position_in_bounded_memory() {
+    let b = Broker::start(&[]);
+    b.publish("p", r#"{"event":"a","data":1}"#).await;
+    let long = "9".repeat(60_000);
+    let ids = [
+        "18446744073709551616",
+        "1000000000000000000000000000000",
+        long.as_str(),
+        "-1",
+        "+1",
+        "abc",
+        "0x10",
+        "1e3",
+        "1.0",
+        "1 2",
+        "18446744073709551615",
+        "18446744073709551614",
+    ];
+    let cost = measured(
+        &b,
+        "SSE Last-Event-ID: 12 kinds that are no offset, 100 times each",
+        async {
+            for _ in 0..100 {
+                for id in ids {
+                    let r = b
+                        .request(
+                            Method::GET,
+                            "/v1/namespaces/p/sse?from=0",
+                            &[("accept", "text/event-stream"), ("last-event-id", id)],
+                            "",
+                        )
+                        .await;
+                    let shown: String = id.chars().take(24).collect();
+                    assert_eq!(r.status, StatusCode::BAD_REQUEST, "Last-Event-ID: {shown}");
+                    assert_eq!(r.error_code(), "bad_position", "Last-Event-ID: {shown}");
+                    // The message quotes a bounded part of what was sent.
+                    assert!(
+                        r.body.len() < 512,
+                        "Last-Event-ID: {shown}: {} bytes",
+                        r.body.len()
+                    );
+                }
+            }
+        },
+    )
+    .await;
+    assert!(
+        cost.rss_grown_kib < 4 << 10,
+        "{} KiB for bad Last-Event-IDs",
+        cost.rss_grown_kib
+    );
+    // The offset of the one event resumes after it: a stream, not a refusal.
+    let r = rewind_tests::sse::Sse::open(
+        b.addr,
+        "/v1/namespaces/p/sse?from=0",
+        &[("last-event-id", "0")],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.headers);
 }
 
 #[tokio::test]
