@@ -1157,7 +1157,7 @@ impl OptionValue for RedisUrl {
 }
 
 /// The `allowed_origins` option: each entry normalised
-/// (`crate::http::cors::entry`: an origin, `*` or `null`), in the order given.
+/// (`crate::origin::entry`: an origin, `*` or `null`), in the order given.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AllowedOrigins(pub Vec<String>);
 
@@ -1170,7 +1170,7 @@ impl OptionValue for AllowedOrigins {
         text.split(',')
             .map(str::trim)
             .filter(|e| !e.is_empty())
-            .map(crate::http::cors::entry)
+            .map(crate::origin::entry)
             .collect::<Result<_, _>>()
             .map(AllowedOrigins)
     }
@@ -1180,7 +1180,7 @@ impl OptionValue for AllowedOrigins {
             toml::Value::Array(items) => items
                 .iter()
                 .map(|item| match item {
-                    toml::Value::String(s) => crate::http::cors::entry(s.trim()),
+                    toml::Value::String(s) => crate::origin::entry(s.trim()),
                     other => Err(format!("expected an origin, found {}", found(other))),
                 })
                 .collect::<Result<_, _>>()

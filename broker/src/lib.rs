@@ -37,6 +37,7 @@ pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod limits;
 pub(crate) mod metrics;
+pub(crate) mod origin;
 pub mod server;
 pub(crate) mod storage;
 pub(crate) mod ws;
