@@ -4,6 +4,9 @@
 //!
 //! ### Where our answers replace axum's
 //!
+//! - Origins: before anything else, a request carrying an `Origin` the broker does not
+//!   allow is answered `403 origin_not_allowed` ([`cors::check`], the outermost layer),
+//!   the WebSocket upgrade included; CORS ([`cors::layer`]) answers only allowed origins.
 //! - Paths: before routing, [`serve`] decodes `%XX` escapes of unreserved characters
 //!   (RFC 3986 §6.2.2.2: `/v1/n%61mespaces` is `/v1/namespaces`) and drops trailing `/`s.
 //!   A namespace segment is then decoded whole by [`Ns`] (`%2F` stays inside it, so it
