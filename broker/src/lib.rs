@@ -32,6 +32,7 @@ pub use storage::log_store::LogStore;
 pub use storage::open::OpenOptions;
 pub use storage::{Storage, StoreError};
 
+pub mod auth;
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod http;

@@ -25,6 +25,7 @@
 
 mod admin;
 mod assets;
+mod auth;
 mod cors;
 mod media;
 mod params;
@@ -48,7 +49,12 @@ use crate::engine::Log;
 use response::{ApiError, Body};
 
 /// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
-pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
+/// With `auth`, every route checks its request's token first ([`auth::guard`]).
+pub(crate) fn router(
+    log: Log,
+    ws: MethodRouter<Log>,
+    auth: Option<std::sync::Arc<crate::auth::Auth>>,
+) -> Router {
     Router::new()
         .route("/", get(assets::index).fallback(only_get))
         .route("/rewind.js", get(assets::client).fallback(only_get))
@@ -76,11 +82,16 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>) -> Router {
                 .fallback(|| async { not_allowed(&[Method::GET, Method::POST]) }),
         )
         .route("/v1/namespaces/{ns}/sse", get(sse::sse).fallback(only_get))
+        .route_layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         .fallback(no_route)
         // 5xx answers (503 while shutting down, 507 while storage fails) are expected
         // states, logged where they arise: the trace records them at debug level.
         .layer(
             TraceLayer::new_for_http()
+                // The path without the query, which may carry a token.
+                .make_span_with(|req: &Request| {
+                    tracing::debug_span!("request", method = %req.method(), path = req.uri().path())
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         // Outermost, so a preflight is answered before routing and every answer, errors
@@ -282,7 +293,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let router = router(log.clone(), get(|| async { StatusCode::IM_A_TEAPOT }));
+        let router = router(log.clone(), get(|| async { StatusCode::IM_A_TEAPOT }), None);
 
         let (status, _, body) = ask(&router, Method::GET, "/healthz/").await;
         assert_eq!(

@@ -53,6 +53,7 @@ use super::link::Link;
 use super::report::Report;
 use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
+use crate::auth::Grant;
 use crate::config::seconds;
 use crate::engine::{Idempotency, LogError, QueueSlot};
 use crate::limits::PublishRate;
@@ -119,6 +120,8 @@ enum Turn {
     Shutdown,
     /// Shutting down, and every publish has been answered.
     Settled,
+    /// The token's expiry warning is due, or its expiry.
+    Token,
     /// An `open` to serve.
     Open(Box<OpenRequest>),
     /// The connection is over.
@@ -166,6 +169,8 @@ struct Session {
     report: Report,
     /// `publish_rate`: publishes past it are answered `rate_limited`.
     publish_rate: PublishRate,
+    /// What the connection's token allows, and until when ([`super::token`]).
+    token: super::token::TokenState,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -178,10 +183,17 @@ fn reason(text: &str) -> String {
 }
 
 /// Serves one upgraded connection until it ends.
-pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext, peer: Option<Peer>) {
+pub(super) async fn run(
+    ws: Socket,
+    encoding: Encoding,
+    ctx: WsContext,
+    peer: Option<Peer>,
+    grant: Grant,
+) {
     let report = Report::new(&ctx.log, peer.map(|p| p.0));
     let publish_rate = PublishRate::new(ctx.log.config().publish_rate);
     let session = Session {
+        token: super::token::TokenState::new(grant),
         report,
         publish_rate,
         ctx,
@@ -215,12 +227,17 @@ impl Session {
                 tokio::pin!(stop);
                 let silence = sleep_until(self.deadline);
                 tokio::pin!(silence);
+                let token_due = sleep_until(self.token.due());
+                tokio::pin!(token_due);
                 poll_fn(|cx| {
                     if !closing && stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Turn::Shutdown);
                     }
                     if silence.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Turn::Deadline);
+                    }
+                    if !closing && token_due.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Turn::Token);
                     }
                     if ping.poll_tick(cx).is_ready() {
                         return Poll::Ready(Turn::Ping);
@@ -252,6 +269,11 @@ impl Session {
                     self.begin_closing(CloseCode::Away, "broker shutting down".to_owned());
                 }
                 Turn::Settled => break self.closing.take(),
+                Turn::Token => match self.token.on_due() {
+                    Ok(Some(warning)) => self.send_frame(&warning),
+                    Ok(None) => {}
+                    Err(close) => self.begin_closing(close.0, close.1),
+                },
                 Turn::Open(req) => Box::pin(self.open(*req)).await,
                 // A client that broke the protocol still gets the answers of the publishes
                 // taken before: they may be appended already, and an unanswered one would
@@ -646,6 +668,19 @@ impl Session {
             },
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
             ClientFrame::Pong => {}
+            ClientFrame::Auth { token } => match self.token.refresh(&token) {
+                Ok(answer) => {
+                    self.send_frame(&answer);
+                    for ns in self.token.revoked(self.subs.keys()) {
+                        if let Some(sub) = self.subs.remove(&ns) {
+                            sub.abort.abort();
+                            let reason = Some(ErrorCode::Forbidden.as_str().to_owned());
+                            self.send_frame(&ServerFrame::Closed { ns, reason });
+                        }
+                    }
+                }
+                Err(refused) => self.send_frame(&refused),
+            },
         }
         Step::Go
     }
@@ -659,6 +694,9 @@ impl Session {
             epoch,
             credit,
         } = req;
+        if let Err(refused) = self.token.grant().may_subscribe(&ns) {
+            return self.error(refused.code, refused.message, Some(ns));
+        }
         if self.subs.contains_key(&ns) {
             return self.error(
                 ErrorCode::AlreadyOpen,
@@ -740,6 +778,9 @@ impl Session {
         key: Option<String>,
         idempotency_key: Option<String>,
     ) {
+        if let Err(refused) = self.token.grant().may_publish(&ns) {
+            return self.refuse_publish(id, ns, refused.code, refused.message);
+        }
         if let Err((code, message)) = self.publish_rate.admit() {
             return self.refuse_publish(id, ns, code, message);
         }

@@ -42,11 +42,17 @@ fn option_arg(spec: &'static OptionSpec) -> Arg {
         .most()
         .map(|most| format!(" [max: {most}]"))
         .unwrap_or_default();
-    Arg::new(spec.name)
+    let arg = Arg::new(spec.name)
         .long(spec.flag())
         .value_name(spec.value_name)
-        .action(ArgAction::Set)
-        .value_parser(move |text: &str| spec.check_text(text).map(|()| text.to_owned()))
+        .action(ArgAction::Set);
+    // A yes/no option given alone means yes: `--insecure-open`.
+    let arg = if spec.value_name == "BOOL" {
+        arg.num_args(0..=1).default_missing_value("true")
+    } else {
+        arg
+    };
+    arg.value_parser(move |text: &str| spec.check_text(text).map(|()| text.to_owned()))
         .help(format!(
             "{} [default: {}]{most} [env: {}]",
             spec.summary,
