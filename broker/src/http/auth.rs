@@ -85,26 +85,21 @@ impl Need {
     }
 }
 
-/// The request's token: the `Authorization: Bearer` header's, else `?token=`'s.
-fn token_of(req: &Request) -> Result<Option<String>, Response> {
+/// The request's token: the `Authorization: Bearer` header's, else `?token=`'s; `Err`
+/// with the reason when the header is not a bearer token or `token` is unreadable.
+fn token_of(req: &Request) -> Result<Option<String>, String> {
     if let Some(value) = req.headers().get(AUTHORIZATION) {
         let text = value.to_str().unwrap_or_default();
         return match text.split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => {
                 Ok(Some(token.trim().to_owned()))
             }
-            _ => Err(unauthorized(
-                "Authorization must be Bearer <token>".into(),
-                false,
-            )),
+            _ => Err("Authorization must be Bearer <token>".into()),
         };
     }
     params::Query::parse(req.uri().query())
         .get("token", ErrorCode::Unauthorized)
-        .map_err(|mut e| {
-            e.status = hyper::StatusCode::UNAUTHORIZED;
-            e.into_response()
-        })
+        .map_err(|e| e.message)
 }
 
 /// `401 unauthorized` with its `WWW-Authenticate` (`error="invalid_token"` when a token
@@ -152,7 +147,7 @@ pub(super) async fn guard(
                 false,
             )
         }
-        Err(res) => return res,
+        Err(why) => return unauthorized(why, true),
     };
     let grant = match auth.verify(&token) {
         Ok(grant) => grant,

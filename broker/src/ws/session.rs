@@ -120,7 +120,7 @@ enum Turn {
     Shutdown,
     /// Shutting down, and every publish has been answered.
     Settled,
-    /// The token's expiry warning is due, or its expiry.
+    /// The token's expiry warning is due, or its expiry, or the token changed.
     Token,
     /// An `open` to serve.
     Open(Box<OpenRequest>),
@@ -131,6 +131,8 @@ enum Turn {
 /// What handling one client frame asks for.
 enum Step {
     Go,
+    /// The token changed: its deadlines are taken again ([`Turn::Token`]).
+    Token,
     Open(Box<OpenRequest>),
     End(CloseWith),
 }
@@ -376,6 +378,7 @@ impl Session {
             self.deadline = None;
             match self.handle(m) {
                 Step::Go => {}
+                Step::Token => return Err(Turn::Token),
                 Step::Open(req) => return Err(Turn::Open(req)),
                 Step::End(close) => return Err(Turn::End(close)),
             }
@@ -678,6 +681,7 @@ impl Session {
                             self.send_frame(&ServerFrame::Closed { ns, reason });
                         }
                     }
+                    return Step::Token;
                 }
                 Err(refused) => self.send_frame(&refused),
             },

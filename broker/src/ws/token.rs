@@ -60,13 +60,16 @@ impl TokenState {
         )
     }
 
-    /// At [`TokenState::due`]: the `auth_expiring` frame to send, or the close the
-    /// connection ends with once the token has expired.
+    /// At [`TokenState::due`] (or any time before: then nothing): the `auth_expiring`
+    /// frame to send, or the close the connection ends with once the token has expired.
     pub(super) fn on_due(&mut self) -> Result<Option<ServerFrame>, (CloseCode, String)> {
-        let Some(expires) = self.expires else {
+        let (Some(expires), Some(due)) = (self.expires, self.due()) else {
             return Ok(None);
         };
         let now = Instant::now();
+        if now < due {
+            return Ok(None);
+        }
         if now >= expires {
             return Err((
                 CloseCode::from(EXPIRED),
