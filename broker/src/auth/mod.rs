@@ -1,5 +1,5 @@
 //! Tokens (spec §6, `docs/security.md` "Tokens"): JWTs verified with `jsonwebtoken`, and
-//! the [`Grant`] a verified token gives a request or a WebSocket.
+//! the `Grant` a verified token gives a request or a WebSocket.
 //!
 //! Authentication is on when the configuration names a key: `auth_secret_file` (HS256)
 //! or `auth_public_keys` (RS256/ES256, PEM or JWKS files). The algorithm is the
@@ -7,8 +7,8 @@
 //! `alg: none` and an HS256 token made with an RS256 public key as its secret are refused.
 //!
 //! Claims: `exp` (required, seconds since the Unix epoch), `nbf`, `aud` and `iss` (checked
-//! when configured), `sub` (logged), `publish` and `subscribe` (lists of namespace
-//! patterns, [`pattern`]), `admin` (a boolean: namespace administration and
+//! when configured), `sub` (a refresh must keep it), `publish` and `subscribe` (lists of namespace
+//! patterns, `auth::pattern`), `admin` (a boolean: namespace administration and
 //! `/metrics`). A token whose claims have another shape is refused as a whole.
 //!
 //! Where each is checked: `http::auth` for every HTTP route and the WebSocket upgrade,
