@@ -35,7 +35,7 @@ pub(super) async fn list(
     State(log): State<Log>,
     grant: Option<axum::Extension<crate::auth::Grant>>,
 ) -> Result<Response<Body>, ApiError> {
-    let grant = super::auth::grant_of(grant);
+    let grant = super::auth::grant_of(grant)?;
     let all: Vec<serde_json::Value> = log
         .list()
         .await?

@@ -8,8 +8,10 @@
 //! - No token, or one not taken: `401 unauthorized` with `WWW-Authenticate: Bearer` (RFC
 //!   6750 §3) and the reason. A good token that does not allow the request: `403
 //!   forbidden`. Both before the handler runs, so a refused request creates nothing.
-//! - Open to all: `/healthz`, `/readyz`, the browser files, `OPTIONS` preflights (answered
-//!   by the CORS layer before this), unknown paths and methods (`404`, `405`).
+//! - Deny by default: open to all are only the paths of [`OPEN`] (`/healthz`, `/readyz`,
+//!   the browser files `/`, `/rewind.js`, `/rewind.d.ts`, `/dashboard/*`) and `OPTIONS`
+//!   preflights (answered by the CORS layer before this). Every other path, unknown ones
+//!   and unknown methods included, needs a taken token before its `404` or `405`.
 //! - An SSE stream ends when its token expires, after `event: rewind.closed` with
 //!   `{"reason": "token_expired"}`.
 
@@ -52,37 +54,61 @@ enum Need {
     See(String),
 }
 
+/// The paths open to all, whatever the method: health, readiness and the browser files
+/// (`/dashboard/` and every file under it). Everything else needs a token.
+const OPEN: &[&str] = &["/", "/healthz", "/readyz", "/rewind.js", "/rewind.d.ts"];
+
+/// Whether `path` is on the open list ([`OPEN`], or a file under `/dashboard/`).
+fn is_open(path: &str) -> bool {
+    OPEN.contains(&path)
+        || path
+            .strip_prefix("/dashboard/")
+            .is_some_and(|file| !file.is_empty() && !file.contains('/'))
+}
+
 impl Need {
+    /// What `method path` needs: its declared requirement, else a token (deny by
+    /// default: a route nobody classified, an unknown path or method, is never open).
     fn of(method: &Method, path: &str) -> Need {
+        Need::declared(method, path).unwrap_or(Need::Token)
+    }
+
+    /// The requirement declared for `method path`; `None` when none is.
+    fn declared(method: &Method, path: &str) -> Option<Need> {
+        if is_open(path) {
+            return Some(Need::Nothing);
+        }
         let read = matches!(*method, Method::GET | Method::HEAD);
         let parts: Vec<&str> = path.split('/').collect();
         match parts.as_slice() {
-            ["", "metrics"] if read => Need::Admin,
-            ["", "v1", "ws"] if read => Need::Token,
-            ["", "v1", "namespaces"] if read => Need::Token,
+            ["", "metrics"] if read => Some(Need::Admin),
+            ["", "v1", "ws"] if read => Some(Need::Token),
+            ["", "v1", "namespaces"] if read => Some(Need::Token),
             ["", "v1", "namespaces", ns, rest @ ..] => {
                 // A name that breaks the rules is the handler's `400 bad_namespace`,
                 // once the token is known to be good.
                 let Some(ns) = params::segment(ns).filter(|n| validate_namespace(n).is_ok()) else {
-                    return Need::Token;
+                    return Some(Need::Token);
                 };
                 match (rest, method) {
-                    ([], m) if read || *m == Method::PUT || *m == Method::DELETE => {
-                        if read {
-                            Need::See(ns)
-                        } else {
-                            Need::Admin
-                        }
-                    }
-                    (["events"], &Method::POST) => Need::Publish(ns),
-                    (["events"], _) if read => Need::Subscribe(ns),
-                    (["sse"], _) if read => Need::Stream(ns),
-                    _ => Need::Nothing,
+                    ([], _) if read => Some(Need::See(ns)),
+                    ([], &Method::PUT | &Method::DELETE) => Some(Need::Admin),
+                    (["events"], &Method::POST) => Some(Need::Publish(ns)),
+                    (["events"], _) if read => Some(Need::Subscribe(ns)),
+                    (["sse"], _) if read => Some(Need::Stream(ns)),
+                    _ => None,
                 }
             }
-            _ => Need::Nothing,
+            _ => None,
         }
     }
+}
+
+/// Whether `method path` has a declared requirement (the route walk of `http` checks
+/// every route of the table has one for `GET`).
+#[cfg(test)]
+pub(super) fn declared(method: &Method, path: &str) -> bool {
+    Need::declared(method, path).is_some()
 }
 
 /// The request's token: the `Authorization: Bearer` header's, else `?token=`'s; `Err`
@@ -126,13 +152,16 @@ fn forbidden(refusal: Refusal) -> Response {
     res.into_response()
 }
 
-/// The middleware: with authentication off, every request goes on with the open grant.
+/// The middleware, over every route and the fallback: with authentication off, every
+/// request goes on with the open grant; with it on, a request goes on with its token's
+/// grant, or with none on an open path (a handler finding no grant refuses, [`grant_of`]).
 pub(super) async fn guard(
     State(auth): State<Option<Arc<Auth>>>,
     mut req: Request,
     next: Next,
 ) -> Response {
     let Some(auth) = auth else {
+        req.extensions_mut().insert(Grant::open());
         return next.run(req).await;
     };
     let need = Need::of(req.method(), req.uri().path());
@@ -178,9 +207,15 @@ pub(super) async fn guard(
     }
 }
 
-/// The grant a handler was given: the open one when authentication is off.
-pub(super) fn grant_of(grant: Option<axum::Extension<Grant>>) -> Grant {
-    grant.map(|g| g.0).unwrap_or_else(Grant::open)
+/// The grant [`guard`] gave the request (the open one when authentication is off); a
+/// request without one is refused `401`, never let through.
+pub(super) fn grant_of(grant: Option<axum::Extension<Grant>>) -> Result<Grant, ApiError> {
+    grant.map(|g| g.0).ok_or_else(|| {
+        ApiError::of(
+            ErrorCode::Unauthorized,
+            "this route was reached without a checked token",
+        )
+    })
 }
 
 /// An SSE body that ends when its token expires, with a last `rewind.closed`.
@@ -264,9 +299,10 @@ mod tests {
             Need::Stream("a".into())
         );
         assert_eq!(need(Method::GET, "/v1/namespaces/a%FF/events"), Need::Token);
-        assert_eq!(
-            need(Method::PATCH, "/v1/namespaces/a/events"),
-            Need::Nothing
-        );
+        assert_eq!(need(Method::PATCH, "/v1/namespaces/a/events"), Need::Token);
+        assert_eq!(need(Method::POST, "/metrics"), Need::Token);
+        assert_eq!(need(Method::GET, "/v2/unknown"), Need::Token);
+        assert_eq!(need(Method::GET, "/dashboard/app.js"), Need::Nothing);
+        assert_eq!(need(Method::GET, "/dashboard/a/b"), Need::Token);
     }
 }

@@ -82,8 +82,10 @@ pub(crate) fn router(
                 .fallback(|| async { not_allowed(&[Method::GET, Method::POST]) }),
         )
         .route("/v1/namespaces/{ns}/sse", get(sse::sse).fallback(only_get))
-        .route_layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         .fallback(no_route)
+        // Over every route and the fallback (a `route_layer` would miss routes added
+        // after it and unknown paths): deny by default.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         // 5xx answers (503 while shutting down, 507 while storage fails) are expected
         // states, logged where they arise: the trace records them at debug level.
         .layer(
@@ -324,6 +326,71 @@ mod tests {
         let (status, _, body) = ask(&router, Method::GET, "/v1/namespaces/x%FFy").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "bad_namespace");
+        log.shutdown().await;
+    }
+
+    /// Every path the route table names (read from this file, so a new route is walked
+    /// without anyone listing it here), with sample segments.
+    fn routed_paths() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        let table = source.split("#[cfg(test)]").next().unwrap_or_default();
+        table
+            .split(".route(")
+            .skip(1)
+            .filter_map(|after| after.trim_start().strip_prefix('"')?.split('"').next())
+            .map(|p| p.replace("{ns}", "a").replace("{file}", "dashboard.js"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn with_tokens_every_route_but_the_open_ones_refuses_a_request_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        let config = Arc::new(Config {
+            data_dir: dir.path().join("data"),
+            auth_secret_file: Some(secret),
+            ..Config::default()
+        });
+        let auth = crate::auth::Auth::from_config(&config).unwrap();
+        assert!(auth.is_some());
+        let log = tokio::task::spawn_blocking(move || Log::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let router = router(log.clone(), get(|| async { StatusCode::IM_A_TEAPOT }), auth);
+
+        let paths = routed_paths();
+        assert!(paths.len() >= 12, "{paths:?}");
+        for path in &paths {
+            assert!(
+                auth::declared(&Method::GET, path),
+                "{path} has no declared need"
+            );
+        }
+        let open = ["/", "/rewind.js", "/rewind.d.ts", "/dashboard/dashboard.js"];
+        let open = |p: &str| open.contains(&p) || p == "/healthz" || p == "/readyz";
+        for path in paths
+            .iter()
+            .map(String::as_str)
+            .chain(["/v2/unknown", "/v1/ws/x"])
+        {
+            for method in [
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+            ] {
+                let (status, _, _) = ask(&router, method.clone(), path).await;
+                if open(path) {
+                    assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                } else {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                }
+            }
+        }
         log.shutdown().await;
     }
 

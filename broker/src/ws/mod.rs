@@ -192,12 +192,10 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
         return refusal(ErrorCode::Overloaded, "too many connections");
     };
     let peer = req.extensions().get::<crate::metrics::Peer>().copied();
-    // Put there by `http::auth` once the token was taken; the open grant without tokens.
-    let grant = req
-        .extensions()
-        .get::<crate::auth::Grant>()
-        .cloned()
-        .unwrap_or_else(crate::auth::Grant::open);
+    // Put there by `http::auth` (the open grant without tokens); none is a refusal.
+    let Some(grant) = req.extensions().get::<crate::auth::Grant>().cloned() else {
+        return refusal(ErrorCode::Unauthorized, "no checked token for this upgrade");
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_ctx = ctx.clone();
     let config = ctx.socket_config();
