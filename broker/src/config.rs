@@ -493,6 +493,38 @@ options! {
     redis_heal_interval_ms: u64 = 1000, "MS",
         "With --redis: how often a node re-reads every namespace's state from Redis, in ms",
         min 1;
+    /// Tokens: the JWT algorithm every token must be signed with, `HS256` (with
+    /// `auth_secret_file`), `RS256` or `ES256` (with `auth_public_keys`). A token naming
+    /// any other algorithm, `none` included, is refused: the algorithm comes from here,
+    /// never from the token (`docs/security.md`, "Tokens").
+    auth_alg: AuthAlg = AuthAlg::Hs256, "HS256|RS256|ES256", "Tokens: the one JWT algorithm accepted";
+    /// Tokens: a file holding the HS256 secret (its bytes, a final newline dropped); at
+    /// least 32 bytes (RFC 7518 §3.2). A file, not a flag, so the secret never shows in
+    /// `ps`. Setting it turns authentication on.
+    auth_secret_file: Option<PathBuf> = None, "FILE|none", "Tokens: file holding the HS256 secret";
+    /// Tokens: the RS256/ES256 public keys, a comma-separated list of files (a TOML array
+    /// too), each a PEM public key or a JWKS (a `.json` file, RFC 7517 §5); a token with a
+    /// `kid` is checked with the key of that id. Setting it turns authentication on. Keys
+    /// are read at start only.
+    auth_public_keys: Vec<PathBuf> = Vec::new(), "FILE[,FILE]|none",
+        "Tokens: PEM or JWKS files of the RS256/ES256 public keys";
+    /// Tokens: the `aud` every token must carry (one of its audiences); none: tokens with
+    /// an `aud` are taken whatever it says.
+    auth_audience: Option<String> = None, "AUD|none", "Tokens: the audience tokens must carry";
+    /// Tokens: the `iss` every token must carry; none: not checked.
+    auth_issuer: Option<String> = None, "ISS|none", "Tokens: the issuer tokens must carry";
+    /// Tokens: seconds of clock skew allowed past `exp` (and before `nbf`); a WebSocket
+    /// is closed this long after its token's `exp`. At most a day: jsonwebtoken subtracts
+    /// it from the current time, and more than a day of skew is a broken clock.
+    auth_leeway_secs: u64 = 5, "SECS", "Tokens: clock skew allowed past exp, in seconds",
+        max 86_400;
+    /// Tokens: seconds before a WebSocket's token expires that the broker sends
+    /// `auth_expiring` (a token that has less left when it arrives gets it at once).
+    auth_expiry_warning_secs: u64 = 30, "SECS",
+        "Tokens: how long before expiry a WebSocket is warned, in seconds";
+    /// Start without authentication on a listen address that is not loopback; without
+    /// it such a start is refused (spec §6).
+    insecure_open: bool = false, "BOOL", "Allow no auth on a non-loopback listen address";
     @retention {
         /// keep at most this many events of a namespace.
         retention_max_events => max_events = None, "N|none",
@@ -1134,6 +1166,104 @@ impl OptionValue for ListenAddr {
     }
 }
 
+/// The `auth_alg` option: the one JWT algorithm tokens are taken in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthAlg {
+    /// HMAC with SHA-256, with the secret of `auth_secret_file`.
+    Hs256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256, with the keys of `auth_public_keys`.
+    Rs256,
+    /// ECDSA on P-256 with SHA-256, with the keys of `auth_public_keys`.
+    Es256,
+}
+
+impl OptionValue for AuthAlg {
+    const EXPECTED: &'static str = "\"HS256\", \"RS256\" or \"ES256\"";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        match text.to_ascii_uppercase().as_str() {
+            "HS256" => Ok(AuthAlg::Hs256),
+            "RS256" => Ok(AuthAlg::Rs256),
+            "ES256" => Ok(AuthAlg::Es256),
+            _ => Err(format!("expected HS256, RS256 or ES256, found {text:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            AuthAlg::Hs256 => "HS256",
+            AuthAlg::Rs256 => "RS256",
+            AuthAlg::Es256 => "ES256",
+        }
+        .to_owned()
+    }
+}
+
+/// An optional path: `none` for none.
+impl OptionValue for Option<PathBuf> {
+    const EXPECTED: &'static str = "a path or \"none\"";
+    fn from_text(text: &str, option: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(None),
+            _ => PathBuf::from_text(text, option).map(Some),
+        }
+    }
+    fn show(&self) -> String {
+        self.as_ref()
+            .map_or_else(|| "none".to_owned(), PathBuf::show)
+    }
+}
+
+/// A list of paths: comma-separated in a flag or variable, a string or an array of
+/// strings in TOML; `none` (or an empty array) for none.
+impl OptionValue for Vec<PathBuf> {
+    const EXPECTED: &'static str = "paths or \"none\"";
+    fn from_text(text: &str, option: &str) -> Result<Self, String> {
+        if text == "none" {
+            return Ok(Vec::new());
+        }
+        text.split(',')
+            .map(|p| PathBuf::from_text(p.trim(), option))
+            .collect()
+    }
+    fn from_toml(value: &toml::Value, option: &str) -> Result<Self, String> {
+        match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|item| match item {
+                    toml::Value::String(s) => PathBuf::from_text(s, option),
+                    other => Err(format!("expected a path, found {}", found(other))),
+                })
+                .collect(),
+            toml::Value::String(s) => Self::from_text(s, option),
+            other => Err(format!(
+                "expected {}, found {}",
+                Self::EXPECTED,
+                found(other)
+            )),
+        }
+    }
+    fn show(&self) -> String {
+        if self.is_empty() {
+            return "none".to_owned();
+        }
+        self.iter().map(PathBuf::show).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Optional text: `none` for none.
+impl OptionValue for Option<String> {
+    const EXPECTED: &'static str = "text or \"none\"";
+    fn from_text(text: &str, _option: &str) -> Result<Self, String> {
+        match text {
+            "" => Err("the value is empty; none for no value".to_owned()),
+            "none" => Ok(None),
+            _ => Ok(Some(text.to_owned())),
+        }
+    }
+    fn show(&self) -> String {
+        self.clone().unwrap_or_else(|| "none".to_owned())
+    }
+}
+
 /// The `redis` option: a `redis://` or `rediss://` URL, or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisUrl(pub Option<String>);
@@ -1371,7 +1501,8 @@ mod tests {
     /// A value no option takes, as text, for every option.
     fn bad_text(spec: &OptionSpec) -> &'static str {
         match spec.name {
-            "data_dir" => "",
+            "data_dir" | "auth_secret_file" | "auth_public_keys" | "auth_audience"
+            | "auth_issuer" => "",
             "listen" => "nowhere",
             "redis_prefix" => "{tag}",
             _ => "bogus",
@@ -1542,6 +1673,7 @@ mod tests {
             ("http_max_headers", 10_000),
             ("http_max_header_bytes", 417_792),
             ("redis_wait_replicas", 1_000_000),
+            ("auth_leeway_secs", 86_400),
         ];
         for (option, most) in cases {
             let spec = OptionSpec::named(option).unwrap();
@@ -1890,7 +2022,7 @@ mod tests {
         assert_eq!(shown("redis"), "none");
         assert_eq!(shown("redis_prefix"), "rewind");
         assert_eq!(shown("allowed_origins"), "none");
-        assert_eq!(OPTIONS.len(), 51);
+        assert_eq!(OPTIONS.len(), 59);
     }
 
     #[test]

@@ -12,6 +12,8 @@
 //! - `storage`: the [`Storage`] trait and the segmented store, [`LogStore`] (offsets,
 //!   epochs, retention, the write-ahead log and its group-commit sync, idempotency records).
 //! - `metrics`: the figures `GET /metrics` reports, one set per [`Log`].
+//! - [`auth`]: tokens (JWT) and what each allows; `http` checks every request with it,
+//!   `ws` every `open` and `publish`.
 //! - [`server`]: the accept loop with its connection cap and graceful shutdown; tests
 //!   call [`server::run`] on a listener bound to port 0.
 //! - [`config`]: [`Config`], each option declared once, and how flags, environment and
@@ -32,6 +34,7 @@ pub use storage::log_store::LogStore;
 pub use storage::open::OpenOptions;
 pub use storage::{Storage, StoreError};
 
+pub mod auth;
 pub mod config;
 pub(crate) mod engine;
 pub(crate) mod http;

@@ -52,7 +52,17 @@ const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(1);
 /// readers, closes WebSockets with 1001, gives in-flight requests up to
 /// `shutdown_timeout_secs` to finish (answering new requests meanwhile with 503, and
 /// `/readyz` with 503), lets the writer commit everything queued, and returns.
+///
+/// With tokens configured (`crate::auth`), their keys are read first; keys that cannot be
+/// read are logged and nothing is served (the binary checks them before it listens).
 pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output = ()>) {
+    let auth = match crate::auth::Auth::from_config(log.config()) {
+        Ok(auth) => auth,
+        Err(e) => {
+            tracing::error!(error = %e, "not serving");
+            return;
+        }
+    };
     let connections = TaskTracker::new();
     let sessions = TaskTracker::new();
     // The requests being answered (not the idle connections), and the signal that they
@@ -68,7 +78,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         &log.config().allowed_origins.0,
         bound_address(&listener),
     ));
-    let router = http::router(log.clone(), upgrade, Arc::clone(&origins));
+    let router = http::router(log.clone(), upgrade, Arc::clone(&origins), auth);
     let slots = Arc::new(Semaphore::new(log.config().max_connections));
     let peers = PeerLimits::new(
         log.config().max_connections_per_ip,

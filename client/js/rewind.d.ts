@@ -41,6 +41,14 @@ export interface Options {
   pollEvery?: number;
   /** The WebSocket URL, when it is not the broker URL's `/v1/ws`. */
   wsUrl?: string | null;
+  /**
+   * A token (JWT) for a broker that checks them: a string, or a function (may be async)
+   * called for every connection, request and refresh, so it can hand out a fresh one.
+   * Sent as `?token=` on the WebSocket and `Authorization: Bearer` on HTTP; on the
+   * broker's `auth_expiring` the function is called and its token sent as `auth`.
+   * Default null.
+   */
+  token?: string | (() => string | Promise<string>) | null;
   /** The WebSocket constructor (default `globalThis.WebSocket`). */
   WebSocket?: unknown;
   /** The fetch function (default `globalThis.fetch`). */

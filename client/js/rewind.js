@@ -26,6 +26,7 @@ export const DEFAULTS = Object.freeze({
   pollHeld: 4, // long-polls held at once; browsers allow 6 connections per host (HTTP/1.1)
   pollEvery: 1000, // ms between short polls of the subscriptions past pollHeld
   wsUrl: null, // the WebSocket URL, when it is not the broker URL's /v1/ws
+  token: null, // a JWT, or a function (may be async) giving a fresh one for each connection and refresh
 });
 
 /** An error the broker answered (`code` as in docs/protocol.md) or a client-side refusal. */
@@ -373,6 +374,8 @@ class WsTransport {
   frame(f) {
     const client = this.client;
     if (f.t === "ping") return this.send({ t: "pong" });
+    if (f.t === "auth_expiring") return client.refreshToken(this);
+    if (f.t === "auth_ok") return;
     if (f.t === "published") return client.answered(f.id, f.offset, null);
     if (f.t === "error" && f.id !== undefined && f.id !== null) {
       return client.answered(f.id, null, new RewindError(f.code, f.message));
@@ -592,7 +595,13 @@ export class Client {
     this.http = urls.http;
     this.wsUrl = this.options.wsUrl ?? urls.ws;
     this.WebSocket = this.options.WebSocket ?? globalThis.WebSocket;
-    this.fetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+    const fetch = this.options.fetch ?? globalThis.fetch.bind(globalThis);
+    // Every request carries the token, if any, as `Authorization: Bearer`.
+    this.fetch = async (url, init = {}) => {
+      const token = await this.token();
+      if (!token) return fetch(url, init);
+      return fetch(url, { ...init, headers: { ...(init.headers ?? {}), authorization: `Bearer ${token}` } });
+    };
     this.subs = new Map(); // ns -> Subscription
     this.pending = new Map(); // publish id -> pending publish
     this.nextId = 1;
@@ -663,12 +672,39 @@ export class Client {
     return this.firstOpen;
   }
 
-  /** Opens a WebSocket; on success it becomes the transport. */
-  dial() {
+  /** The token to send now: the `token` option, or what its function gives; null without. */
+  async token() {
+    const t = this.options.token;
+    return (typeof t === "function" ? await t() : t) || null;
+  }
+
+  /** The broker warned that the connection's token expires: a fresh one, sent in place. */
+  async refreshToken(t) {
+    if (typeof this.options.token !== "function") return;
+    try {
+      const token = await this.options.token();
+      if (token && this.active === t) t.send({ t: "auth", token });
+    } catch (error) {
+      this.emit("error", { ns: null, error });
+    }
+  }
+
+  /** Opens a WebSocket (the token, if any, in `?token=`: a browser's WebSocket cannot set
+   * headers); on success it becomes the transport. */
+  async dial() {
+    if (this.stopped) return;
+    let url = this.wsUrl;
+    try {
+      const token = await this.token();
+      if (token) url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+    } catch (e) {
+      this.wsFailed(e);
+      return;
+    }
     if (this.stopped) return;
     let socket;
     try {
-      socket = new this.WebSocket(this.wsUrl, "rewind.v1.json");
+      socket = new this.WebSocket(url, "rewind.v1.json");
     } catch (e) {
       this.wsFailed(e);
       return;

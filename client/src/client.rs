@@ -52,6 +52,10 @@ pub struct ClientOptions {
     /// Root certificates trusted for `wss://`/`https://` besides the bundled Mozilla
     /// roots (a private CA, a proxy's self-signed certificate). Default none.
     pub root_certificates: Vec<Certificate>,
+    /// A token for a broker that checks them (a JWT, `docs/security.md`, "Tokens"), sent
+    /// as `Authorization: Bearer` on every connection. It is not refreshed: a connection
+    /// is closed (4001) when it expires, and reconnects are refused after. Default none.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +66,7 @@ impl Default for ClientOptions {
             liveness: Duration::from_secs(45),
             buffer: 256,
             root_certificates: Vec::new(),
+            token: None,
         }
     }
 }
@@ -194,8 +199,18 @@ fn ws_url(url: &str) -> Result<String, ClientError> {
 /// handling the frame; larger frames still arrive, in more reads.
 const READ_BUFFER_BYTES: usize = 16 << 10;
 
-async fn dial(url: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Socket, String> {
+async fn dial(
+    url: &str,
+    tls: &Arc<rustls::ClientConfig>,
+    token: Option<&str>,
+) -> Result<Socket, String> {
     let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .map_err(|_| "the token is not a valid header value".to_owned())?;
+        req.headers_mut().insert("authorization", value);
+    }
     req.headers_mut().insert(
         "sec-websocket-protocol",
         "rewind.v1.msgpack"
@@ -218,7 +233,9 @@ impl Client {
         let url = ws_url(url)?;
         let tls = crate::tls::client_config(&options.root_certificates)
             .map_err(|e| ClientError::Tls(e.to_string()))?;
-        let socket = dial(&url, &tls).await.map_err(ClientError::Connect)?;
+        let socket = dial(&url, &tls, options.token.as_deref())
+            .await
+            .map_err(ClientError::Connect)?;
         let (cmd, cmd_rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let driver = Driver {
@@ -415,7 +432,7 @@ impl Driver {
         loop {
             let ws = match socket.take() {
                 Some(ws) => ws,
-                None => match dial(&self.url, &self.tls).await {
+                None => match dial(&self.url, &self.tls, self.options.token.as_deref()).await {
                     Ok(ws) => {
                         backoff.reset();
                         ws
@@ -725,7 +742,10 @@ impl Driver {
             ServerMessage::Frame(ServerFrame::Ping) => {
                 return Self::send(ws, &ClientFrame::Pong).await
             }
-            ServerMessage::Frame(ServerFrame::Pong) => {}
+            // A fixed token cannot be refreshed: the broker closes at its expiry.
+            ServerMessage::Frame(
+                ServerFrame::Pong | ServerFrame::AuthExpiring { .. } | ServerFrame::AuthOk { .. },
+            ) => {}
         }
         true
     }

@@ -63,6 +63,9 @@ pub struct PublisherOptions {
     /// Root certificates trusted for `https://` besides the bundled Mozilla roots.
     /// Default none.
     pub root_certificates: Vec<Certificate>,
+    /// A token for a broker that checks them (a JWT), sent as `Authorization: Bearer`
+    /// with every publish. Default none.
+    pub token: Option<String>,
 }
 
 impl Default for PublisherOptions {
@@ -73,6 +76,7 @@ impl Default for PublisherOptions {
             backoff_max: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             root_certificates: Vec::new(),
+            token: None,
         }
     }
 }
@@ -293,15 +297,17 @@ impl Publisher {
 
     async fn attempt(&self, out: &Outgoing<'_>) -> Attempt {
         let url = format!("{}/v1/namespaces/{}/events{}", self.base, out.ns, out.query);
-        let sent = self
+        let mut req = self
             .http
             .post(url)
             .header("content-type", out.content_type)
             .header("idempotency-key", &out.key)
             .timeout(self.options.timeout)
-            .body(out.body.clone())
-            .send()
-            .await;
+            .body(out.body.clone());
+        if let Some(token) = &self.options.token {
+            req = req.bearer_auth(token);
+        }
+        let sent = req.send().await;
         let res = match sent {
             Ok(res) => res,
             Err(e) if e.is_builder() => {

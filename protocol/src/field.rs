@@ -22,7 +22,7 @@ pub(crate) enum Want {
 
 /// The frame fields a decoder reads with a fixed type (`from` and `data` take any type
 /// and are checked on their own), in the order their mistakes are reported.
-pub(crate) const TYPED_FIELDS: [(&str, Want); 9] = [
+pub(crate) const TYPED_FIELDS: [(&str, Want); 10] = [
     ("id", Want::U64),
     ("ns", Want::Str),
     ("event", Want::Str),
@@ -32,6 +32,7 @@ pub(crate) const TYPED_FIELDS: [(&str, Want); 9] = [
     ("credit", Want::U64),
     ("n", Want::U64),
     ("bin", Want::Bool),
+    ("token", Want::Str),
 ];
 
 /// The sentence for field `name` that should be `want` but is `got` (a short

@@ -67,6 +67,12 @@ pub enum ClientFrame {
     Ping,
     /// Answer to the broker's `ping`.
     Pong,
+    /// A new token for this connection, in place of the one it was opened with
+    /// (`docs/protocol.md`, "Tokens"); answered `auth_ok`, or `error` `unauthorized`.
+    Auth {
+        /// The JWT.
+        token: String,
+    },
 }
 
 /// Why a frame was not accepted.
@@ -130,6 +136,8 @@ struct Wire<D> {
     key: Option<String>,
     #[serde(default)]
     idempotency_key: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
 }
 
 /// A present field is `Some`, even when its value is `null` (a JSON `null` payload is a
@@ -392,6 +400,7 @@ pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFr
         let credit = msgpack_field(raw("credit"), "credit", Want::U64)?;
         let n = msgpack_field(raw("n"), "n", Want::U64)?;
         let bin = msgpack_field(raw("bin"), "bin", Want::Bool)?;
+        let token = msgpack_field(raw("token"), "token", Want::Str)?;
         Ok(Wire {
             t: loose.t.clone(),
             ns,
@@ -405,6 +414,7 @@ pub fn decode_msgpack(bytes: &[u8], max_payload_bytes: usize) -> Result<ClientFr
             bin,
             key,
             idempotency_key,
+            token,
         })
     })();
     match wire {
@@ -473,7 +483,10 @@ pub fn is_epoch(e: &str) -> bool {
 }
 
 fn known_type(t: &str) -> bool {
-    matches!(t, "open" | "close" | "credit" | "publish" | "ping" | "pong")
+    matches!(
+        t,
+        "open" | "close" | "credit" | "publish" | "ping" | "pong" | "auth"
+    )
 }
 
 fn validate<D: IntoPayload>(
@@ -586,6 +599,10 @@ fn validate<D: IntoPayload>(
         }
         "ping" => Ok(ClientFrame::Ping),
         "pong" => Ok(ClientFrame::Pong),
+        "auth" => match wire.token {
+            Some(token) if !token.is_empty() => Ok(ClientFrame::Auth { token }),
+            _ => Err(fail(ErrorCode::BadFrame, "auth needs token".into())),
+        },
         other => Err(fail(
             ErrorCode::UnknownType,
             format!(
@@ -663,6 +680,21 @@ pub enum ServerFrame {
     Ping,
     /// Answer to a client's `ping`.
     Pong,
+    /// The connection's token expires in `in_ms` milliseconds (its `exp` plus the
+    /// broker's leeway); send `auth` with a new one before then, or the connection is
+    /// closed with 4001.
+    #[serde(rename = "auth_expiring")]
+    AuthExpiring {
+        /// Milliseconds until the connection is closed.
+        in_ms: u64,
+    },
+    /// An `auth` was taken: the new token is in force, and expires in `in_ms`
+    /// milliseconds.
+    #[serde(rename = "auth_ok")]
+    AuthOk {
+        /// Milliseconds until the new token expires.
+        in_ms: u64,
+    },
 }
 
 impl ServerFrame {
@@ -880,6 +912,7 @@ pub fn encode_client_json(frame: &ClientFrame) -> String {
         ClientFrame::Publish { ns, .. } => ("publish", Some(ns)),
         ClientFrame::Ping => ("ping", None),
         ClientFrame::Pong => ("pong", None),
+        ClientFrame::Auth { .. } => ("auth", None),
     };
     out.extend_from_slice(b"{\"t\":");
     write_json_str(&mut out, t);
@@ -937,6 +970,10 @@ pub fn encode_client_json(frame: &ClientFrame) -> String {
                 field(&mut out, "idempotency_key");
                 write_json_str(&mut out, k);
             }
+        }
+        ClientFrame::Auth { token } => {
+            field(&mut out, "token");
+            write_json_str(&mut out, token);
         }
         _ => {}
     }
@@ -1014,6 +1051,8 @@ pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
         key: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        token: Option<&'a str>,
     }
     struct DataOut<'a>(&'a Payload);
     impl Serialize for DataOut<'_> {
@@ -1052,6 +1091,7 @@ pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
         data: None,
         key: None,
         idempotency_key: None,
+        token: None,
     };
     match frame {
         ClientFrame::Open {
@@ -1093,6 +1133,10 @@ pub fn encode_client_msgpack(frame: &ClientFrame) -> Vec<u8> {
         }
         ClientFrame::Ping => {}
         ClientFrame::Pong => out.t = "pong",
+        ClientFrame::Auth { token } => {
+            out.t = "auth";
+            out.token = Some(token);
+        }
     }
     rmp_serde::to_vec_named(&out).unwrap_or_default()
 }
@@ -1153,6 +1197,7 @@ mod tests {
                 }),
             Just(ClientFrame::Ping),
             Just(ClientFrame::Pong),
+            "[A-Za-z0-9_.-]{1,40}".prop_map(|token| ClientFrame::Auth { token }),
         ]
     }
 

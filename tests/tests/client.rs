@@ -18,6 +18,7 @@ fn quick() -> PublisherOptions {
         backoff_max: Duration::from_millis(50),
         timeout: Duration::from_secs(10),
         root_certificates: Vec::new(),
+        token: None,
     }
 }
 
@@ -249,6 +250,7 @@ mod websocket_client {
             liveness: Duration::from_secs(10),
             buffer,
             root_certificates: Vec::new(),
+            token: None,
         }
     }
 

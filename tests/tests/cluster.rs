@@ -33,6 +33,7 @@ fn options() -> ClientOptions {
         liveness: Duration::from_secs(10),
         buffer: 64,
         root_certificates: Vec::new(),
+        token: None,
     }
 }
 

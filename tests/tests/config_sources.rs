@@ -70,7 +70,9 @@ fn shown_options() -> Vec<Shown> {
 fn bad_value(option: &Shown) -> &'static str {
     // Any text is a path but the empty one; a key prefix has no braces.
     match option.key().as_str() {
-        "data_dir" => "",
+        "data_dir" | "auth_secret_file" | "auth_public_keys" | "auth_audience" | "auth_issuer" => {
+            ""
+        }
         "redis_prefix" => "{tag}",
         _ => "bogus",
     }
@@ -311,10 +313,11 @@ async fn options_at_their_extremes_serve_and_stop() {
     for option in shown_options() {
         let whole = option.default.parse::<u64>().is_ok() || option.default == "none";
         // `redis` is a URL or none, not a number (the Redis options are tested with a
-        // real Redis in tests/tests/cluster.rs); `allowed_origins` a list of origins or
-        // none (tests/tests/origins.rs).
-        let not_numbers = ["ws_write_buffer_bytes", "redis", "allowed_origins"];
-        if !whole || not_numbers.contains(&option.key().as_str()) {
+        // real Redis in tests/tests/cluster.rs), and so are the token options that default
+        // to none (files and names: tests/tests/auth.rs), and `allowed_origins`
+        // (tests/tests/origins.rs).
+        let named = option.default == "none" && !option.key().starts_with("retention_");
+        if !whole || named || option.key() == "ws_write_buffer_bytes" {
             continue;
         }
         // u64::MAX itself is `none` for a retention limit.

@@ -9,7 +9,9 @@
 //! proxy) and `REWIND_CONTROL_URL`, which answers `POST /restart` (kill -9, then the broker
 //! again on the same port and data dir, answered once it listens), `POST /ws/refuse`,
 //! `POST /ws/cut` (handshakes pass, each socket is cut 100 ms later), `POST /ws/allow`
-//! and `GET /ws/upgrades` (WebSocket handshakes the proxy passed).
+//! and `GET /ws/upgrades` (WebSocket handshakes the proxy passed); and `REWIND_AUTH_URL`,
+//! a second broker that checks HS256 tokens made with `REWIND_AUTH_SECRET` (no leeway, a
+//! 2 s expiry warning), for `auth.test.mjs`.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -181,6 +183,18 @@ fn javascript_client_tests_pass_under_node_against_the_real_broker() {
     let proxy = WsProxy::start(broker.addr);
     let broker = Arc::new(Mutex::new(broker));
     let control = control(Arc::clone(&broker), proxy.clone());
+    let secret_dir = tempfile::tempdir().expect("temp dir");
+    let secret = "js-client-test-secret-of-at-least-32-bytes";
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, secret).expect("write the secret");
+    let secured = Broker::start(&[
+        "--auth-secret-file",
+        secret_file.to_str().expect("utf-8 path"),
+        "--auth-leeway-secs",
+        "0",
+        "--auth-expiry-warning-secs",
+        "2",
+    ]);
     let (ok, output) = run_node(
         &[
             "--experimental-websocket",
@@ -193,6 +207,8 @@ fn javascript_client_tests_pass_under_node_against_the_real_broker() {
             ("REWIND_URL", url),
             ("REWIND_PROXY_URL", proxy.url()),
             ("REWIND_CONTROL_URL", format!("http://{control}")),
+            ("REWIND_AUTH_URL", secured.url()),
+            ("REWIND_AUTH_SECRET", secret.to_owned()),
         ],
     );
     // The control thread keeps its handle for ever: the broker is stopped here.
@@ -200,7 +216,7 @@ fn javascript_client_tests_pass_under_node_against_the_real_broker() {
     println!("{output}");
     assert!(ok, "the JavaScript client's Node tests failed:\n{output}");
     // The run covered both files (a test runner that found nothing would succeed too).
-    for file in ["logic.test.mjs", "broker.test.mjs"] {
+    for file in ["logic.test.mjs", "broker.test.mjs", "auth.test.mjs"] {
         assert!(
             js_dir().join("test").join(file).is_file(),
             "client/js/test/{file} is missing"

@@ -17,6 +17,9 @@ const HEX_BYTES = 32; // bytes of a byte payload shown in hex
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
+// A token for a broker that checks them, from `#token=…`: the fragment is never sent to
+// the server, so it stays out of request logs (docs/security.md, "Tokens").
+const token = new URLSearchParams(location.hash.slice(1)).get("token") || null;
 
 /** `n` bytes for people: 1.2 MiB. */
 function size(n) {
@@ -83,7 +86,7 @@ const history = new Map(); // name -> {next, at, rates: number[]}
 
 async function pollNamespaces() {
   try {
-    const res = await fetch("/v1/namespaces");
+    const res = await fetch("/v1/namespaces", token ? { headers: { authorization: `Bearer ${token}` } } : {});
     const body = await res.json();
     if (!res.ok) throw new Error(body?.error?.message ?? res.status);
     showNamespaces(body.namespaces, performance.now());
@@ -267,7 +270,7 @@ async function main() {
   });
   pollNamespaces();
   const transport = params.get("transport") ?? "auto";
-  client = await connect(location.origin, { transport });
+  client = await connect(location.origin, { transport, token });
   client.on("state", showConnection);
   showConnection({ state: client.state, transport: client.transport });
   const ns = params.get("ns");

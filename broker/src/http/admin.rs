@@ -30,12 +30,17 @@ fn info_json(log: &Log, info: &NsInfo) -> serde_json::Value {
     })
 }
 
-/// `GET /v1/namespaces`.
-pub(super) async fn list(State(log): State<Log>) -> Result<Response<Body>, ApiError> {
+/// `GET /v1/namespaces`. With tokens, only the namespaces the request's token may see are listed.
+pub(super) async fn list(
+    State(log): State<Log>,
+    grant: Option<axum::Extension<crate::auth::Grant>>,
+) -> Result<Response<Body>, ApiError> {
+    let grant = super::auth::grant_of(grant)?;
     let all: Vec<serde_json::Value> = log
         .list()
         .await?
         .iter()
+        .filter(|i| grant.may_see(&i.name))
         .map(|i| info_json(&log, i))
         .collect();
     Ok(response::json(

@@ -28,6 +28,7 @@
 
 mod admin;
 mod assets;
+mod auth;
 pub(crate) mod cors;
 mod media;
 mod params;
@@ -53,8 +54,14 @@ use crate::engine::Log;
 use response::{ApiError, Body};
 
 /// The route table. `ws` answers `GET /v1/ws` (and its `HEAD`); the server builds it.
-/// Pages of origins not in `origins` are refused before routing ([`cors::check`]).
-pub(crate) fn router(log: Log, ws: MethodRouter<Log>, origins: Arc<cors::Origins>) -> Router {
+/// Pages of origins not in `origins` are refused before routing ([`cors::check`]); with
+/// `auth`, every route checks its request's token next ([`auth::guard`]).
+pub(crate) fn router(
+    log: Log,
+    ws: MethodRouter<Log>,
+    origins: Arc<cors::Origins>,
+    auth: Option<Arc<crate::auth::Auth>>,
+) -> Router {
     Router::new()
         .route("/", get(assets::index).fallback(only_get))
         .route("/rewind.js", get(assets::client).fallback(only_get))
@@ -83,10 +90,17 @@ pub(crate) fn router(log: Log, ws: MethodRouter<Log>, origins: Arc<cors::Origins
         )
         .route("/v1/namespaces/{ns}/sse", get(sse::sse).fallback(only_get))
         .fallback(no_route)
+        // Over every route and the fallback (a `route_layer` would miss routes added
+        // after it and unknown paths): deny by default.
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
         // 5xx answers (503 while shutting down, 507 while storage fails) are expected
         // states, logged where they arise: the trace records them at debug level.
         .layer(
             TraceLayer::new_for_http()
+                // The path without the query, which may carry a token.
+                .make_span_with(|req: &Request| {
+                    tracing::debug_span!("request", method = %req.method(), path = req.uri().path())
+                })
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
         )
         // Outside the routes, so a preflight is answered before routing and every answer,
@@ -294,6 +308,7 @@ mod tests {
             log.clone(),
             get(|| async { StatusCode::IM_A_TEAPOT }),
             origins,
+            None,
         );
 
         let (status, _, body) = ask(&router, Method::GET, "/healthz/").await;
@@ -325,6 +340,77 @@ mod tests {
         let (status, _, body) = ask(&router, Method::GET, "/v1/namespaces/x%FFy").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert_eq!(body["error"]["code"], "bad_namespace");
+        log.shutdown().await;
+    }
+
+    /// Every path the route table names (read from this file, so a new route is walked
+    /// without anyone listing it here), with sample segments.
+    fn routed_paths() -> Vec<String> {
+        let source = include_str!("mod.rs");
+        let table = source.split("#[cfg(test)]").next().unwrap_or_default();
+        table
+            .split(".route(")
+            .skip(1)
+            .filter_map(|after| after.trim_start().strip_prefix('"')?.split('"').next())
+            .map(|p| p.replace("{ns}", "a").replace("{file}", "dashboard.js"))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn with_tokens_every_route_but_the_open_ones_refuses_a_request_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, [7u8; 32]).unwrap();
+        let config = Arc::new(Config {
+            data_dir: dir.path().join("data"),
+            auth_secret_file: Some(secret),
+            ..Config::default()
+        });
+        let auth = crate::auth::Auth::from_config(&config).unwrap();
+        assert!(auth.is_some());
+        let log = tokio::task::spawn_blocking(move || Log::open(config))
+            .await
+            .unwrap()
+            .unwrap();
+        let origins = Arc::new(cors::Origins::new(&[], "127.0.0.1:7070".parse().unwrap()));
+        let router = router(
+            log.clone(),
+            get(|| async { StatusCode::IM_A_TEAPOT }),
+            origins,
+            auth,
+        );
+
+        let paths = routed_paths();
+        assert!(paths.len() >= 12, "{paths:?}");
+        for path in &paths {
+            assert!(
+                auth::declared(&Method::GET, path),
+                "{path} has no declared need"
+            );
+        }
+        let open = ["/", "/rewind.js", "/rewind.d.ts", "/dashboard/dashboard.js"];
+        let open = |p: &str| open.contains(&p) || p == "/healthz" || p == "/readyz";
+        for path in paths
+            .iter()
+            .map(String::as_str)
+            .chain(["/v2/unknown", "/v1/ws/x"])
+        {
+            for method in [
+                Method::GET,
+                Method::HEAD,
+                Method::POST,
+                Method::PUT,
+                Method::DELETE,
+                Method::PATCH,
+            ] {
+                let (status, _, _) = ask(&router, method.clone(), path).await;
+                if open(path) {
+                    assert_ne!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                } else {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}");
+                }
+            }
+        }
         log.shutdown().await;
     }
 

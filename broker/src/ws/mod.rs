@@ -18,6 +18,7 @@ mod link;
 mod report;
 mod session;
 mod subscription;
+mod token;
 
 use std::sync::Arc;
 
@@ -191,6 +192,10 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
         return refusal(ErrorCode::Overloaded, "too many connections");
     };
     let peer = req.extensions().get::<crate::metrics::Peer>().copied();
+    // Put there by `http::auth` (the open grant without tokens); none is a refusal.
+    let Some(grant) = req.extensions().get::<crate::auth::Grant>().cloned() else {
+        return refusal(ErrorCode::Unauthorized, "no checked token for this upgrade");
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let session_ctx = ctx.clone();
     let config = ctx.socket_config();
@@ -204,7 +209,7 @@ pub(crate) fn upgrade<B>(mut req: Request<B>, ctx: &WsContext) -> Response<Body>
                     Some(config),
                 )
                 .await;
-                session::run(ws, encoding, session_ctx, peer).await;
+                session::run(ws, encoding, session_ctx, peer, grant).await;
             }
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }

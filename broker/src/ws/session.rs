@@ -53,6 +53,7 @@ use super::link::Link;
 use super::report::Report;
 use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
+use crate::auth::Grant;
 use crate::config::seconds;
 use crate::engine::{Idempotency, LogError, QueueSlot};
 use crate::limits::PublishRate;
@@ -119,6 +120,8 @@ enum Turn {
     Shutdown,
     /// Shutting down, and every publish has been answered.
     Settled,
+    /// The token's expiry warning is due, or its expiry, or the token changed.
+    Token,
     /// An `open` to serve.
     Open(Box<OpenRequest>),
     /// The connection is over.
@@ -128,6 +131,8 @@ enum Turn {
 /// What handling one client frame asks for.
 enum Step {
     Go,
+    /// The token changed: its deadlines are taken again ([`Turn::Token`]).
+    Token,
     Open(Box<OpenRequest>),
     End(CloseWith),
 }
@@ -166,6 +171,8 @@ struct Session {
     report: Report,
     /// `publish_rate`: publishes past it are answered `rate_limited`.
     publish_rate: PublishRate,
+    /// What the connection's token allows, and until when ([`super::token`]).
+    token: super::token::TokenState,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -178,10 +185,17 @@ fn reason(text: &str) -> String {
 }
 
 /// Serves one upgraded connection until it ends.
-pub(super) async fn run(ws: Socket, encoding: Encoding, ctx: WsContext, peer: Option<Peer>) {
+pub(super) async fn run(
+    ws: Socket,
+    encoding: Encoding,
+    ctx: WsContext,
+    peer: Option<Peer>,
+    grant: Grant,
+) {
     let report = Report::new(&ctx.log, peer.map(|p| p.0));
     let publish_rate = PublishRate::new(ctx.log.config().publish_rate);
     let session = Session {
+        token: super::token::TokenState::new(grant),
         report,
         publish_rate,
         ctx,
@@ -215,12 +229,17 @@ impl Session {
                 tokio::pin!(stop);
                 let silence = sleep_until(self.deadline);
                 tokio::pin!(silence);
+                let token_due = sleep_until(self.token.due());
+                tokio::pin!(token_due);
                 poll_fn(|cx| {
                     if !closing && stop.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Turn::Shutdown);
                     }
                     if silence.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Turn::Deadline);
+                    }
+                    if !closing && token_due.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Turn::Token);
                     }
                     if ping.poll_tick(cx).is_ready() {
                         return Poll::Ready(Turn::Ping);
@@ -252,6 +271,11 @@ impl Session {
                     self.begin_closing(CloseCode::Away, "broker shutting down".to_owned());
                 }
                 Turn::Settled => break self.closing.take(),
+                Turn::Token => match self.token.on_due() {
+                    Ok(Some(warning)) => self.send_frame(&warning),
+                    Ok(None) => {}
+                    Err(close) => self.begin_closing(close.0, close.1),
+                },
                 Turn::Open(req) => Box::pin(self.open(*req)).await,
                 // A client that broke the protocol still gets the answers of the publishes
                 // taken before: they may be appended already, and an unanswered one would
@@ -354,6 +378,7 @@ impl Session {
             self.deadline = None;
             match self.handle(m) {
                 Step::Go => {}
+                Step::Token => return Err(Turn::Token),
                 Step::Open(req) => return Err(Turn::Open(req)),
                 Step::End(close) => return Err(Turn::End(close)),
             }
@@ -646,6 +671,20 @@ impl Session {
             },
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
             ClientFrame::Pong => {}
+            ClientFrame::Auth { token } => match self.token.refresh(&token) {
+                Ok(answer) => {
+                    self.send_frame(&answer);
+                    for ns in self.token.revoked(self.subs.keys()) {
+                        if let Some(sub) = self.subs.remove(&ns) {
+                            sub.abort.abort();
+                            let reason = Some(ErrorCode::Forbidden.as_str().to_owned());
+                            self.send_frame(&ServerFrame::Closed { ns, reason });
+                        }
+                    }
+                    return Step::Token;
+                }
+                Err(refused) => self.send_frame(&refused),
+            },
         }
         Step::Go
     }
@@ -659,6 +698,9 @@ impl Session {
             epoch,
             credit,
         } = req;
+        if let Err(refused) = self.token.grant().may_subscribe(&ns) {
+            return self.error(refused.code, refused.message, Some(ns));
+        }
         if self.subs.contains_key(&ns) {
             return self.error(
                 ErrorCode::AlreadyOpen,
@@ -740,6 +782,9 @@ impl Session {
         key: Option<String>,
         idempotency_key: Option<String>,
     ) {
+        if let Err(refused) = self.token.grant().may_publish(&ns) {
+            return self.refuse_publish(id, ns, refused.code, refused.message);
+        }
         if let Err((code, message)) = self.publish_rate.admit() {
             return self.refuse_publish(id, ns, code, message);
         }

@@ -27,6 +27,10 @@ pub struct Target {
     /// built-in Mozilla roots (e.g. the certificate of a TLS proxy in front of the broker)
     #[arg(long, env = "REWIND_CA_CERT", value_name = "FILE")]
     pub ca_cert: Option<PathBuf>,
+    /// A token (JWT) for a broker that checks them, sent as `Authorization: Bearer`.
+    /// Prefer the variable: a flag shows in `ps`
+    #[arg(long, env = "REWIND_TOKEN", value_name = "JWT", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 impl Target {
@@ -62,8 +66,16 @@ impl Target {
 
     /// An HTTP client trusting the built-in roots and `--ca-cert`.
     fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .context("--token is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         Ok(http_client_builder(&self.roots()?)?
             .timeout(Duration::from_secs(30))
+            .default_headers(headers)
             .build()?)
     }
 }
@@ -167,6 +179,7 @@ pub struct NamespacesArgs {
 pub async fn publish(args: PublishArgs) -> anyhow::Result<()> {
     let mut options = PublisherOptions {
         root_certificates: args.target.roots()?,
+        token: args.target.token.clone(),
         ..PublisherOptions::default()
     };
     if args.lines {
@@ -410,6 +423,7 @@ pub async fn tail(args: TailArgs) -> anyhow::Result<()> {
     }
     let options = ClientOptions {
         root_certificates: args.target.roots()?,
+        token: args.target.token.clone(),
         ..ClientOptions::default()
     };
     let client = Client::connect(&args.target.url, options).await?;

@@ -211,6 +211,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
+    // Tokens' keys are read, and the listen address checked, before anything is opened.
+    let auth = rewind_broker::auth::Auth::from_config(&config)?;
+    if auth.is_none() && !config.insecure_open {
+        let addrs = tokio::net::lookup_host(config.listen.as_str())
+            .await
+            .with_context(|| format!("resolving the listen address {}", config.listen))?;
+        if let Some(open) = addrs.map(|a| a.ip()).find(|ip| !ip.is_loopback()) {
+            anyhow::bail!(
+                "refusing to listen on {} ({open} is not loopback) with no authentication: \
+                 configure tokens (auth_secret_file or auth_public_keys, docs/security.md), \
+                 or pass --insecure-open to let anyone who can reach it in",
+                config.listen
+            );
+        }
+    }
     let config = Arc::new(config);
     let open_config = Arc::clone(&config);
     let recover = args.recover;

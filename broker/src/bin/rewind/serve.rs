@@ -42,11 +42,17 @@ fn option_arg(spec: &'static OptionSpec) -> Arg {
         .most()
         .map(|most| format!(" [max: {most}]"))
         .unwrap_or_default();
-    Arg::new(spec.name)
+    let arg = Arg::new(spec.name)
         .long(spec.flag())
         .value_name(spec.value_name)
-        .action(ArgAction::Set)
-        .value_parser(move |text: &str| spec.check_text(text).map(|()| text.to_owned()))
+        .action(ArgAction::Set);
+    // A yes/no option given alone means yes: `--insecure-open`.
+    let arg = if spec.value_name == "BOOL" {
+        arg.num_args(0..=1).default_missing_value("true")
+    } else {
+        arg
+    };
+    arg.value_parser(move |text: &str| spec.check_text(text).map(|()| text.to_owned()))
         .help(format!(
             "{} [default: {}]{most} [env: {}]",
             spec.summary,
@@ -121,15 +127,33 @@ mod tests {
     }
 
     #[test]
+    fn a_yes_no_flag_alone_means_yes() {
+        let args = parse(&["--insecure-open", "--auto-create"]).unwrap();
+        assert!(args
+            .flags
+            .contains(&("insecure_open".to_owned(), "true".to_owned())));
+        assert!(args
+            .flags
+            .contains(&("auto_create".to_owned(), "true".to_owned())));
+        let args = parse(&["--auto-create", "false"]).unwrap();
+        assert_eq!(args.flags, [("auto_create".to_owned(), "false".to_owned())]);
+    }
+
+    #[test]
     fn every_option_is_a_flag_named_after_it_with_its_default_in_help() {
         let mut cmd = ServeArgs::augment_args(Command::new("serve"));
         let help = cmd.render_help().to_string();
         // Each flag's entry: its name, value name and help, up to the next flag.
         let entries: Vec<&str> = help.split("\n      --").skip(1).collect();
         for spec in OPTIONS {
+            // A yes/no flag's value may be left out (`--insecure-open`).
+            let value = match spec.value_name {
+                "BOOL" => "[<BOOL>]".to_owned(),
+                other => format!("<{other}>"),
+            };
             let entry = entries
                 .iter()
-                .find(|e| e.starts_with(&format!("{} <{}>", spec.flag(), spec.value_name)))
+                .find(|e| e.starts_with(&format!("{} {value}", spec.flag())))
                 .unwrap_or_else(|| panic!("--{} not in {help}", spec.flag()));
             assert!(
                 entry.contains(&format!("[default: {}]", spec.default_text())),
