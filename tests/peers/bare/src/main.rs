@@ -15,7 +15,7 @@
 //!   `Arc<[Message]>` and each `Message::Text` shares its bytes (`Utf8Bytes`).
 //! - Each subscriber has a queue of [`QUEUE`] batches; the publisher waits while one is
 //!   full (so a flooding publisher is held back by TCP, as rewind's is by its window), and
-//!   a subscriber's queue, in frames, is bounded by `QUEUE × BATCH`.
+//!   a subscriber's queue, in frames, is bounded by `QUEUE × BATCH` (shared batches).
 //!
 //! Usage: `peer-bare-broadcast [ADDR]` (default `127.0.0.1:0`); the first line on stdout
 //! is `listening on ws://ADDR`.
@@ -34,8 +34,12 @@ use tokio_tungstenite::tungstenite::Message;
 /// Frames the publisher takes from its socket, at most, before it hands them on.
 const BATCH: usize = 256;
 
-/// Batches a subscriber may have queued before the publisher waits for it.
-const QUEUE: usize = 16;
+/// Batches a subscriber may have queued before the publisher waits for it. Counted in
+/// batches, which are one frame each when the publisher is paced: 1,024, as many frames
+/// as the first version's queue held, so a subscriber a few milliseconds late at 10,000
+/// events/s does not hold the publisher back. The batches are shared: what waits is the
+/// slowest subscriber's backlog, at most `QUEUE × BATCH` frames, once for everyone.
+const QUEUE: usize = 1024;
 
 /// Frames handed on together, shared by every subscriber.
 type Batch = Arc<[Message]>;
