@@ -13,9 +13,9 @@
 //!   a batch is one frame and nothing waits for more.
 //! - A frame is never copied per subscriber before tungstenite frames it: the batch is an
 //!   `Arc<[Message]>` and each `Message::Text` shares its bytes (`Utf8Bytes`).
-//! - Each subscriber has a queue of [`QUEUE`] batches; the publisher waits while one is
-//!   full (so a flooding publisher is held back by TCP, as rewind's is by its window), and
-//!   a subscriber's queue, in frames, is bounded by `QUEUE × BATCH` (shared batches).
+//! - Each subscriber has a queue of [`QUEUE_FRAMES`] frames (in shared batches); the
+//!   publisher waits while one is full, so a flooding publisher is held back by TCP, as
+//!   rewind's is by its window.
 //!
 //! Usage: `peer-bare-broadcast [ADDR]` (default `127.0.0.1:0`); the first line on stdout
 //! is `listening on ws://ADDR`.
@@ -26,7 +26,7 @@ use std::task::Poll;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
@@ -34,19 +34,26 @@ use tokio_tungstenite::tungstenite::Message;
 /// Frames the publisher takes from its socket, at most, before it hands them on.
 const BATCH: usize = 256;
 
-/// Batches a subscriber may have queued before the publisher waits for it. Counted in
-/// batches, which are one frame each when the publisher is paced: 1,024, as many frames
-/// as the first version's queue held, so a subscriber a few milliseconds late at 10,000
-/// events/s does not hold the publisher back. The batches are shared: what waits is the
-/// slowest subscriber's backlog, at most `QUEUE × BATCH` frames, once for everyone.
-const QUEUE: usize = 1024;
+/// Frames a subscriber may have queued before the publisher waits for it. Counted in
+/// frames, not batches: paced, a batch is one frame, and a queue of a few batches held
+/// the publisher back as soon as one subscriber was a millisecond late at 10,000
+/// events/s; a queue of many batches let a flood queue a quarter of a million frames per
+/// subscriber, and the broadcast slowed down under its own backlog.
+const QUEUE_FRAMES: u32 = 4096;
 
 /// Frames handed on together, shared by every subscriber.
 type Batch = Arc<[Message]>;
 
+/// One subscriber's queue: the batches, and the room left in it, in frames.
+#[derive(Clone)]
+struct Queue {
+    batches: mpsc::UnboundedSender<Batch>,
+    room: Arc<Semaphore>,
+}
+
 /// The subscribers, replaced whole when one joins or leaves, so a publisher reads a
 /// snapshot without holding the lock.
-type Subscribers = Arc<Mutex<Arc<Vec<mpsc::Sender<Batch>>>>>;
+type Subscribers = Arc<Mutex<Arc<Vec<Queue>>>>;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -94,11 +101,15 @@ async fn connection(tcp: TcpStream, subscribers: Subscribers) {
 
 async fn subscriber(ws: tokio_tungstenite::WebSocketStream<TcpStream>, subscribers: Subscribers) {
     let (mut sink, mut stream) = ws.split();
-    let (tx, mut rx) = mpsc::channel::<Batch>(QUEUE);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Batch>();
+    let room = Arc::new(Semaphore::new(QUEUE_FRAMES as usize));
     {
         let mut all = subscribers.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = Vec::clone(&all);
-        next.push(tx);
+        next.push(Queue {
+            batches: tx,
+            room: Arc::clone(&room),
+        });
         *all = Arc::new(next);
     }
     if sink.send(Message::text("ready")).await.is_err() {
@@ -116,12 +127,15 @@ async fn subscriber(ws: tokio_tungstenite::WebSocketStream<TcpStream>, subscribe
                     break 'out;
                 }
             }
+            room.add_permits(b.len());
             batch = rx.try_recv().ok();
         }
         if sink.flush().await.is_err() {
             break;
         }
     }
+    // A publisher waiting for room in this queue stops waiting for it.
+    room.close();
     reader.abort();
 }
 
@@ -166,17 +180,26 @@ async fn publisher(ws: tokio_tungstenite::WebSocketStream<TcpStream>, subscriber
     while let Read::Frames(frames) = read_batch(&mut stream).await {
         let batch: Batch = frames.into();
         let now = Arc::clone(&subscribers.lock().unwrap_or_else(|e| e.into_inner()));
+        // At most BATCH frames, so the count fits the semaphore's u32.
+        let frames = batch.len() as u32;
         let mut gone = false;
-        for tx in now.iter() {
-            match tx.try_send(Arc::clone(&batch)) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(b)) => gone |= tx.send(b).await.is_err(),
-                Err(mpsc::error::TrySendError::Closed(_)) => gone = true,
+        for q in now.iter() {
+            match q.room.try_acquire_many(frames) {
+                Ok(permits) => permits.forget(),
+                Err(_) => match q.room.acquire_many(frames).await {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => gone = true,
+                },
             }
+            gone |= q.batches.send(Arc::clone(&batch)).is_err();
         }
         if gone {
             let mut all = subscribers.lock().unwrap_or_else(|e| e.into_inner());
-            let next: Vec<_> = all.iter().filter(|t| !t.is_closed()).cloned().collect();
+            let next: Vec<_> = all
+                .iter()
+                .filter(|q| !q.batches.is_closed())
+                .cloned()
+                .collect();
             *all = Arc::new(next);
         }
     }
