@@ -124,6 +124,9 @@ fn idle_namespaces_and_publish_run_tiny_cases() {
             "{r}"
         );
         assert!(num(r, "events_per_sec") > 0.0, "{r}");
+        // The broker is a child process, so its CPU is its own (issue 14 part B).
+        assert!(num(r, "server_cpu_s_per_million") > 0.0, "{r}");
+        assert!(num(r, "loadgen_cores") >= 0.0, "{r}");
     }
 }
 

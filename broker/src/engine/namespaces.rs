@@ -10,9 +10,11 @@
 //! - One [`Namespace`] is one incarnation of a namespace: a delete and re-create makes a new
 //!   one, with a new epoch. Readers hold an `Arc` of the incarnation they read.
 //! - Every reader that waits on a namespace (a WebSocket subscription at any credit, a
-//!   long-poll, any reader added later) also waits on [`Namespace::deleted`], and checks
-//!   [`Namespace::is_deleted`] after each read of the store: the moment the writer deletes
-//!   the namespace, each reader stops serving that incarnation and says so.
+//!   long-poll, any reader added later) also waits on [`Namespace::deleted`] — or, waiting
+//!   for its live ring, on the ring alone, which a delete clears (and so wakes) after
+//!   marking the namespace deleted — and checks [`Namespace::is_deleted`] after each
+//!   wake-up and each read of the store: the moment the writer deletes the namespace, each
+//!   reader stops serving that incarnation and says so.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -79,7 +81,10 @@ impl Namespace {
         woken.await;
     }
 
-    /// Marks this incarnation deleted and wakes everyone waiting in [`Namespace::deleted`].
+    /// Marks this incarnation deleted and wakes everyone waiting in [`Namespace::deleted`],
+    /// then everyone waiting on the live ring (its `clear` wakes them): a WebSocket
+    /// subscription waiting for live events waits on the ring only, and finds the mark
+    /// once woken (`ws::subscription`). The mark must come first.
     fn mark_deleted(&self) {
         self.deleted.store(true, Ordering::Release);
         self.on_delete.notify_waiters();

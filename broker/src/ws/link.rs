@@ -25,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Pieces handed to one vectored write, at most (Linux's `IOV_MAX` is 1024).
 const MAX_SLICES: usize = 64;
 
+/// Slots of the piece queue kept once it is empty (32 bytes each).
+const KEPT_SLOTS: usize = 8;
+
 /// Bytes waiting to be written, in order: shared pieces (events framed once for every
 /// subscriber, see [`crate::engine::fanout`]) and small frames gathered in one buffer.
 #[derive(Debug, Default)]
@@ -112,8 +115,12 @@ impl Outbox {
                 self.pieces.pop_front();
             }
         }
-        // An idle connection keeps no buffer: most connections write a little, rarely.
-        self.pieces = VecDeque::new();
+        // An idle connection keeps no more than a few slots: most connections write a
+        // little, rarely, and one that delivers live events writes a piece or two per
+        // event (not freeing and allocating the queue for each is issue 14's profile).
+        if self.pieces.capacity() > KEPT_SLOTS {
+            self.pieces = VecDeque::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

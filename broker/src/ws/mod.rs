@@ -14,6 +14,7 @@
 //! written with vectored writes.
 
 mod answers;
+mod gate;
 mod link;
 mod report;
 mod session;

@@ -49,6 +49,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::answers::Answers;
+use super::gate::Gate;
 use super::link::Link;
 use super::report::Report;
 use super::subscription::{Credit, Subscription, Yield};
@@ -173,6 +174,9 @@ struct Session {
     publish_rate: PublishRate,
     /// What the connection's token allows, and until when ([`super::token`]).
     token: super::token::TokenState,
+    /// The reading of the connection (the socket, a publish held for the writer's queue):
+    /// polled only once woken, or after a pass stopped reading for a limit of its own.
+    reading: Gate,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -208,6 +212,7 @@ pub(super) async fn run(
         held: None,
         deadline: None,
         closing: None,
+        reading: Gate::new(),
     };
     session.serve().await;
 }
@@ -222,6 +227,9 @@ impl Session {
         ping.tick().await;
         let ping_timeout = seconds(cfg.ws_ping_timeout_secs);
         let shutdown = self.ctx.log.shutdown_signal();
+        // Shutdown, the ping deadline and the ping tick are polled only once one of them
+        // woke the session (or its turn created them anew), not on every delivery.
+        let rare = Gate::new();
         let close = loop {
             let turn = {
                 let closing = self.closing.is_some();
@@ -231,18 +239,22 @@ impl Session {
                 tokio::pin!(silence);
                 let token_due = sleep_until(self.token.due());
                 tokio::pin!(token_due);
+                rare.open();
                 poll_fn(|cx| {
-                    if !closing && stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Turn::Shutdown);
-                    }
-                    if silence.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Turn::Deadline);
-                    }
-                    if !closing && token_due.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Turn::Token);
-                    }
-                    if ping.poll_tick(cx).is_ready() {
-                        return Poll::Ready(Turn::Ping);
+                    if rare.enter(cx) {
+                        let mut rcx = Context::from_waker(rare.waker());
+                        if !closing && stop.as_mut().poll(&mut rcx).is_ready() {
+                            return Poll::Ready(Turn::Shutdown);
+                        }
+                        if silence.as_mut().poll(&mut rcx).is_ready() {
+                            return Poll::Ready(Turn::Deadline);
+                        }
+                        if !closing && token_due.as_mut().poll(&mut rcx).is_ready() {
+                            return Poll::Ready(Turn::Token);
+                        }
+                        if ping.poll_tick(&mut rcx).is_ready() {
+                            return Poll::Ready(Turn::Ping);
+                        }
                     }
                     self.poll_pass(cx)
                 })
@@ -298,7 +310,7 @@ impl Session {
     /// outbox. Ready when the session loop has something to do.
     fn poll_pass(&mut self, cx: &mut Context<'_>) -> Poll<Turn> {
         loop {
-            let read = match self.read_frames(cx) {
+            let read = match self.poll_reading(cx) {
                 Ok(stopped) => stopped,
                 Err(turn) => return Poll::Ready(turn),
             };
@@ -321,6 +333,22 @@ impl Session {
             }
             return Poll::Pending;
         }
+    }
+
+    /// Reads client frames if the connection or a held publish woke the session since the
+    /// last read came to wait, or the last read stopped for a limit or a turn; otherwise
+    /// there is nothing to read. Read with the reading's own waker, so a delivery does not
+    /// poll the socket.
+    fn poll_reading(&mut self, cx: &Context<'_>) -> Result<Stopped, Turn> {
+        if !self.reading.enter(cx) {
+            return Ok(Stopped::Waiting);
+        }
+        let waker = self.reading.waker().clone();
+        let read = self.read_frames(&mut Context::from_waker(&waker));
+        if !matches!(read, Ok(Stopped::Waiting)) {
+            self.reading.open();
+        }
+        read
     }
 
     fn outbox_len(&self) -> usize {

@@ -19,8 +19,9 @@
 //!   subscription never waits for memory others hold, and a stalled one holds at most one
 //!   step's worth.
 //! - Once the namespace is deleted, the next thing yielded is `closed` with reason
-//!   `deleted`, and the stream ends: every wait (credit, the ring) also waits on the
-//!   deletion, and nothing read from the store after it is sent.
+//!   `deleted`, and the stream ends: the wait for credit also waits on the deletion, the
+//!   wait for the ring is woken by it (a delete clears the ring after marking the
+//!   namespace deleted), and nothing read from the store after it is sent.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -217,18 +218,21 @@ impl Subscription {
                 // Boxed, so a waiting subscription is only as big as its live wait.
                 return Box::pin(self.catch_up(visible)).await;
             }
-            // Nothing to send: wait for the next push. Created before the check, the wait
-            // sees a push made after `visible` was read.
+            // Nothing to send: wait for the next push. Created before the checks, the wait
+            // sees a push made after `visible` was read, and a delete made after
+            // `is_deleted` was read: a delete marks the namespace deleted, then clears the
+            // ring, which wakes this wait like a push (`Namespace::mark_deleted`). So the
+            // wait for a push is the only one, not a second one on the namespace's
+            // deletion that every subscriber would register and drop for every event.
             let ring = Arc::clone(self.live.ring());
             let arrived = ring.arrived();
+            if self.state.is_deleted() {
+                return self.deleted();
+            }
             if self.state.visible() > self.cursor {
                 continue;
             }
-            tokio::select! {
-                biased;
-                () = arrived => {}
-                () = self.state.deleted() => return self.deleted(),
-            }
+            arrived.await;
         }
     }
 

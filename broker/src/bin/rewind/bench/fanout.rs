@@ -176,14 +176,14 @@ pub struct IdleArgs {
 }
 
 /// The broker under test, as a child process.
-struct ChildBroker {
+pub(super) struct ChildBroker {
     child: Child,
-    addr: SocketAddr,
+    pub(super) addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
 impl ChildBroker {
-    fn start(extra: &[&str]) -> Result<ChildBroker, BenchError> {
+    pub(super) fn start(extra: &[&str]) -> Result<ChildBroker, BenchError> {
         let dir = tempfile::tempdir()?;
         let args = ["--ws-ping-interval-secs", "3600"].iter().chain(extra);
         let (child, addr) = super::spawn_serve(dir.path(), args)?;
@@ -195,7 +195,7 @@ impl ChildBroker {
     }
 
     /// User plus system CPU seconds so far.
-    fn cpu_secs(&self) -> Result<f64, BenchError> {
+    pub(super) fn cpu_secs(&self) -> Result<f64, BenchError> {
         super::loadgen::proc_cpu_secs(self.child.id())
     }
 }
@@ -230,7 +230,10 @@ async fn subscribe_with_credit(
     let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("ws://{addr}/v1/ws"),
         Some(config),
-        false,
+        // TCP_NODELAY, as a latency-minded client sets it: with Nagle's algorithm a
+        // connection that only sends (a peer's publisher gets nothing back) holds each
+        // small frame until the previous one is acknowledged, which a delayed ACK defers.
+        true,
     )
     .await
     .map_err(err)?;

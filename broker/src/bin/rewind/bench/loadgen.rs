@@ -119,7 +119,10 @@ pub(super) async fn peer_connect(url: &str, path: &str) -> Result<Ws, BenchError
     let (ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("{}/{path}", url.trim_end_matches('/')),
         Some(config),
-        false,
+        // TCP_NODELAY, as a latency-minded client sets it: with Nagle's algorithm a
+        // connection that only sends (a peer's publisher gets nothing back) holds each
+        // small frame until the previous one is acknowledged, which a delayed ACK defers.
+        true,
     )
     .await
     .map_err(err)?;

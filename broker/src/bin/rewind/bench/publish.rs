@@ -1,21 +1,21 @@
 //! `rewind bench publish`: measures the durable HTTP publish path against the raw store, in
 //! one run on one machine, so the two numbers can be compared.
 //!
-//! It starts a broker in this process on `127.0.0.1:0` with a temporary data directory
-//! (`--durability`, durable by default; the default configuration otherwise), then runs each scenario for a fixed
-//! time with keep-alive HTTP/1.1 connections, one per publisher. The load generator shares
+//! It starts a broker as a child process (`rewind serve` on `127.0.0.1:0` with a
+//! temporary data directory; `--durability`, durable by default; the default
+//! configuration otherwise), so the broker's CPU is read from `/proc/<pid>` apart from the
+//! load generator's, then runs each scenario for a fixed time with keep-alive HTTP/1.1
+//! connections, one per publisher, or one WebSocket connection. The load generator shares
 //! the machine with the broker, as a dashboard fleet's publishers would not; the numbers
 //! are therefore a floor.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Args;
-use rewind_broker::{server, Config, Log, LogStore, OpenOptions, Retention, Storage, StoreError};
+use rewind_broker::{Config, LogStore, OpenOptions, Retention, Storage, StoreError};
 use rewind_protocol::{NewEvent, Payload};
-use tokio::net::TcpListener;
 
 use super::http::Http;
 use super::{BenchError, Measured};
@@ -217,10 +217,9 @@ async fn http_scenario(
 /// as the broker allows (`ws_max_inflight_publishes`).
 async fn ws_scenario(
     addr: std::net::SocketAddr,
-    config: &Config,
+    window: usize,
     args: &PublishArgs,
 ) -> Result<Measured, BenchError> {
-    let window = config.ws_max_inflight_publishes;
     let ns = format!("bench.{}", SCENARIO.fetch_add(1, Ordering::Relaxed));
     let mut publisher = super::ws::WsPublisher::connect(addr, &ns, window).await?;
     let data = payload(args.payload_bytes);
@@ -251,86 +250,102 @@ async fn ws_scenario(
     })
 }
 
+/// Fills in `m`'s broker CPU per million events and cores, and the load generator's cores,
+/// from two marks of (broker CPU s, own CPU s, instant).
+fn with_cpu(mut m: Measured, c0: (f64, f64, Instant), c1: (f64, f64, Instant)) -> Measured {
+    let secs = (c1.2 - c0.2).as_secs_f64().max(1e-9);
+    let events = (m.events_per_sec * secs).max(1.0);
+    m.server_cpu_per_million = Some((c1.0 - c0.0) / events * 1e6);
+    m.server_cores = Some((c1.0 - c0.0) / secs);
+    let own = (c1.1 - c0.1) / secs;
+    m.loadgen_cores = Some(own);
+    if own >= super::loadgen::LOADGEN_BOTTLENECK_CORES {
+        m.warning = Some(format!(
+            "the load generator used {own:.2} cores: it may be the bottleneck"
+        ));
+    }
+    m
+}
+
 /// Runs every scenario and returns the results in order.
 pub async fn run(args: &PublishArgs) -> Result<Vec<Measured>, BenchError> {
     let mut results = Vec::new();
 
-    let dir = tempfile::tempdir()?;
-    let defaults = Config::default();
-    let config = Arc::new(Config {
-        data_dir: dir.path().to_owned(),
-        ws_max_inflight_publishes: args
-            .ws_inflight
-            .unwrap_or(defaults.ws_max_inflight_publishes),
-        durability: match args.durability {
-            super::fanout::DurabilityArg::Durable => rewind_broker::config::Durability::Durable,
-            super::fanout::DurabilityArg::Relaxed => rewind_broker::config::Durability::Relaxed,
-        },
-        redis: rewind_broker::config::RedisUrl(args.redis.clone()),
-        redis_prefix: rewind_broker::config::KeyPrefix(format!("bench-{}", std::process::id())),
-        ..defaults
-    });
-    let open_config = Arc::clone(&config);
-    let log = tokio::task::spawn_blocking(move || Log::open(open_config))
-        .await
-        .map_err(|e| BenchError::Publish(e.to_string()))??;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(listener, log, async {
-        let _ = stop_rx.await;
-    }));
+    let window = args
+        .ws_inflight
+        .unwrap_or(Config::default().ws_max_inflight_publishes);
+    let window_arg = window.to_string();
+    let prefix = format!("bench-{}", std::process::id());
+    let mut extra = vec![
+        "--durability",
+        args.durability.as_str(),
+        "--ws-max-inflight-publishes",
+        window_arg.as_str(),
+    ];
+    if let Some(url) = &args.redis {
+        extra.extend(["--redis", url.as_str(), "--redis-prefix", prefix.as_str()]);
+    }
+    let broker = super::fanout::ChildBroker::start(&extra)?;
+    let addr = broker.addr;
+    // Each scenario with the broker's CPU and this process's over it.
+    let mark = || -> Result<(f64, f64, Instant), BenchError> {
+        Ok((
+            broker.cpu_secs()?,
+            super::loadgen::own_cpu_secs(),
+            Instant::now(),
+        ))
+    };
+    let measured =
+        |m: Measured, c0| -> Result<Measured, BenchError> { Ok(with_cpu(m, c0, mark()?)) };
 
     let one = format!(
         r#"{{"event":"bench","data":{}}}"#,
         payload(args.payload_bytes)
     );
-    results.push(ws_scenario(addr, &config, args).await?);
+    let c0 = mark()?;
+    results.push(measured(ws_scenario(addr, window, args).await?, c0)?);
     let publishers = if args.ws_only {
         vec![64]
     } else {
         args.publishers.clone()
     };
     for n in publishers {
-        results.push(
-            http_scenario(
-                format!(
-                    "{} HTTP publish, {n} concurrent single-event publishers",
-                    args.durability.as_str()
-                ),
-                addr,
-                n,
-                Bytes::from(one.clone()),
-                1,
-                args.seconds,
-            )
-            .await?,
-        );
+        let c0 = mark()?;
+        let m = http_scenario(
+            format!(
+                "{} HTTP publish, {n} concurrent single-event publishers",
+                args.durability.as_str()
+            ),
+            addr,
+            n,
+            Bytes::from(one.clone()),
+            1,
+            args.seconds,
+        )
+        .await?;
+        results.push(measured(m, c0)?);
     }
     if args.ws_only {
-        let _ = stop_tx.send(());
-        let _ = server.await;
         return Ok(results);
     }
     let batch = format!("[{}]", vec![one.as_str(); args.batch].join(","));
-    results.push(
-        http_scenario(
-            format!(
-                "{} HTTP publish, batches of {}, {} concurrent publishers",
-                args.durability.as_str(),
-                args.batch,
-                args.batch_publishers
-            ),
-            addr,
-            args.batch_publishers,
-            Bytes::from(batch),
-            args.batch as u64,
-            args.seconds,
-        )
-        .await?,
-    );
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    let c0 = mark()?;
+    let m = http_scenario(
+        format!(
+            "{} HTTP publish, batches of {}, {} concurrent publishers",
+            args.durability.as_str(),
+            args.batch,
+            args.batch_publishers
+        ),
+        addr,
+        args.batch_publishers,
+        Bytes::from(batch),
+        args.batch as u64,
+        args.seconds,
+    )
+    .await?;
+    results.push(measured(m, c0)?);
+    drop(broker);
     if args.redis.is_some() {
         for m in &mut results {
             m.name = format!("[Redis] {}", m.name);

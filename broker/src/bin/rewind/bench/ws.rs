@@ -24,7 +24,10 @@ pub(super) async fn connect(addr: SocketAddr, read_buffer: usize) -> Result<Ws, 
     let (ws, _) = tokio_tungstenite::connect_async_with_config(
         format!("ws://{addr}/v1/ws"),
         Some(config),
-        false,
+        // TCP_NODELAY, as a latency-minded client sets it: with Nagle's algorithm a
+        // connection that only sends (a peer's publisher gets nothing back) holds each
+        // small frame until the previous one is acknowledged, which a delayed ACK defers.
+        true,
     )
     .await
     .map_err(err)?;
