@@ -4,7 +4,8 @@
 //!   takes a connection slot and hands the upgraded socket to a session.
 //! - [`session`] runs one connection: it reads client frames, multiplexes subscriptions,
 //!   publishes, keeps the link alive, and writes every outgoing frame; [`answers`] keeps
-//!   the publishes' answers in the order the publishes came.
+//!   the publishes' answers in the order the publishes came; [`streams`] holds its open
+//!   subscriptions as one stream.
 //! - [`link`] is the connection's socket with its outbox: nothing the session sends ever
 //!   waits for the socket.
 //! - [`subscription`] runs one open namespace: catch-up from the log, then live events
@@ -18,6 +19,7 @@ mod gate;
 mod link;
 mod report;
 mod session;
+mod streams;
 mod subscription;
 mod token;
 

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use futures::stream::{AbortHandle, Abortable, SelectAll};
+use futures::stream::{AbortHandle, Abortable};
 use futures::{FutureExt, SinkExt, Stream, StreamExt};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -52,6 +52,7 @@ use super::answers::Answers;
 use super::gate::Gate;
 use super::link::Link;
 use super::report::Report;
+use super::streams::Streams;
 use super::subscription::{Credit, Subscription, Yield};
 use super::WsContext;
 use crate::auth::Grant;
@@ -157,7 +158,7 @@ struct Session {
     encoding: Encoding,
     ws: Socket,
     subs: HashMap<String, OpenSub>,
-    streams: SelectAll<SubStream>,
+    streams: Streams<SubStream>,
     /// Publishes not answered yet, oldest first.
     answers: Answers,
     /// Set by a JSON frame with `bin: true`: the next binary frame is its payload.
@@ -206,7 +207,7 @@ pub(super) async fn run(
         encoding,
         ws,
         subs: HashMap::new(),
-        streams: SelectAll::new(),
+        streams: Streams::default(),
         answers: Answers::default(),
         payload_due: None,
         held: None,
@@ -476,7 +477,7 @@ impl Session {
         for (_, sub) in self.subs.drain() {
             sub.abort.abort();
         }
-        self.streams = SelectAll::new();
+        self.streams = Streams::default();
     }
 
     /// Sends the close frame if any, writes what is still owed, and ends the socket; a
