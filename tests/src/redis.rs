@@ -215,3 +215,129 @@ impl Drop for Balancer {
         self.task.abort();
     }
 }
+
+/// A TCP proxy between broker nodes and a `redis-server` that can hold back what Redis
+/// sends on Pub/Sub connections (those whose client sent `SUBSCRIBE`), and only on them:
+/// a node behind it while [`PubSubStall::stall`] is in force hears of no announcement,
+/// while its commands (reads, lookups, appends) go through as usual. This is a node whose
+/// listener lags, made on demand, with the real binary.
+pub struct PubSubStall {
+    /// Where nodes connect.
+    pub addr: SocketAddr,
+    stalled: tokio::sync::watch::Sender<bool>,
+    subscribed: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PubSubStall {
+    /// Listens on a free port of 127.0.0.1 and forwards every connection to `redis`.
+    pub async fn start(redis: SocketAddr) -> PubSubStall {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let addr = listener.local_addr().expect("proxy address");
+        let (stalled, watch) = tokio::sync::watch::channel(false);
+        let subscribed = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&subscribed);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(redis).await else {
+                    continue;
+                };
+                tokio::spawn(forward(
+                    inbound,
+                    outbound,
+                    watch.clone(),
+                    Arc::clone(&counter),
+                ));
+            }
+        });
+        PubSubStall {
+            addr,
+            stalled,
+            subscribed,
+            task,
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT` of the proxy.
+    pub fn url(&self) -> String {
+        format!("redis://{}", self.addr)
+    }
+
+    /// How many connections through the proxy sent `SUBSCRIBE` so far.
+    pub fn subscribed(&self) -> usize {
+        self.subscribed.load(Ordering::Acquire)
+    }
+
+    /// From now on, nothing Redis sends on a Pub/Sub connection reaches its node: every
+    /// byte read from Redis after this call is held until [`PubSubStall::resume`].
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets what was held, and everything after it, through.
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
+    }
+}
+
+impl Drop for PubSubStall {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Copies both ways; once the client sent `SUBSCRIBE`, Redis's bytes wait while stalled.
+async fn forward(
+    inbound: tokio::net::TcpStream,
+    outbound: tokio::net::TcpStream,
+    mut stalled: tokio::sync::watch::Receiver<bool>,
+    subscribed: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_rx, mut client_tx) = inbound.into_split();
+    let (mut redis_rx, mut redis_tx) = outbound.into_split();
+    let pubsub = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let marked = Arc::clone(&pubsub);
+    let up = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match client_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let chunk = &buf[..n];
+            if !marked.load(Ordering::Acquire)
+                && chunk
+                    .windows(9)
+                    .any(|w| w.eq_ignore_ascii_case(b"SUBSCRIBE"))
+            {
+                marked.store(true, Ordering::Release);
+                subscribed.fetch_add(1, Ordering::AcqRel);
+            }
+            if redis_tx.write_all(chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = redis_tx.shutdown().await;
+    };
+    let down = async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match redis_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Checked after the read: whatever arrives once stalled is held.
+            if pubsub.load(Ordering::Acquire) && stalled.wait_for(|s| !*s).await.is_err() {
+                break;
+            }
+            if client_tx.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = client_tx.shutdown().await;
+    };
+    tokio::join!(up, down);
+}

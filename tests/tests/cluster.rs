@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
-use rewind_tests::redis::{Balancer, Persistence, RedisServer};
+use rewind_tests::redis::{Balancer, Persistence, PubSubStall, RedisServer};
 use rewind_tests::{ws, Broker, StatusCode};
 
 /// Every test's deadline for a condition it waits on.
@@ -592,49 +592,52 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
 }
 
 /// A client told an offset by one node starts there on another at once (found by a
-/// new-user tester): the other node's visible end may lag Redis by a moment, and a start
-/// beyond it but within what Redis holds is looked up there, not refused `bad_position` —
-/// on every transport.
+/// new-user tester: `open` with the true next refused `bad_position` 66/200): the other
+/// node's visible end lags Redis until it hears the announcement, and a start beyond it
+/// but within what Redis holds is looked up in Redis, not refused — on every transport.
+/// The lag is made, not hoped for: node B reaches Redis through a proxy that holds back
+/// its Pub/Sub connection, and re-reads the store only once a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_another_node_has_not_heard_of_yet_is_taken_on_every_transport() {
+async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport() {
     let redis = RedisServer::start(Persistence::None);
-    // The second node re-reads the store only once a minute, so what it has heard of is
-    // only what the announcements told it: a start past that must be looked up.
-    let url = redis.url();
-    let nodes = [
-        node(&redis, &[]),
-        Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]),
-    ];
-    for i in 0..40u64 {
-        let offset = publish_ok(&nodes[0], "lag", i).await;
-        let mut c = raw_subscribe(&nodes[1], "lag", offset).await;
-        match c.next().await {
-            ServerMessage::Frame(ServerFrame::Opened { from, .. }) => assert_eq!(from, offset),
-            other => panic!("open at {offset} on the other node: {other:?}"),
-        }
-        consecutive(&mut c, offset, 1).await;
-        let next = offset + 1;
-        let r = nodes[1]
-            .get(&format!("/v1/namespaces/lag/events?from={}", next + 1))
-            .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "beyond Redis's next too");
-        let published = publish_ok(&nodes[0], "lag", i).await;
-        let r = nodes[1]
-            .get(&format!("/v1/namespaces/lag/events?from={published}"))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "long-poll read at {published}");
-        let sse = rewind_tests::sse::Sse::open(
-            nodes[1].addr,
-            &format!("/v1/namespaces/lag/sse?from={}", published + 1),
-            &[],
-        )
-        .await;
-        assert_eq!(
-            sse.status,
-            200,
-            "SSE at {}: {:?}",
-            published + 1,
-            sse.headers
-        );
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &[]);
+    let url = proxy.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    publish_ok(&a, "lag", 0).await;
+    let mut early = raw_subscribe(&b, "lag", 0).await;
+    consecutive(&mut early, 0, 1).await;
+    // B hears of A's appends through its Pub/Sub connection, and through nothing else.
+    publish_ok(&a, "lag", 1).await;
+    consecutive(&mut early, 1, 1).await;
+    assert_eq!(proxy.subscribed(), 1, "one Pub/Sub connection");
+    proxy.stall();
+    for i in 2..6 {
+        assert_eq!(publish_ok(&a, "lag", i).await, i);
     }
+    let known = b.get("/v1/namespaces/lag").await.json();
+    assert_eq!(known["next"], 2, "B has heard of 2..=5 already: {known}");
+    // WebSocket `open` at the true next.
+    let mut c = raw_subscribe(&b, "lag", 6).await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Opened { from, next, .. }) => {
+            assert_eq!((from, next), (6, 6))
+        }
+        other => panic!("open at 6 on the lagging node: {other:?}"),
+    }
+    // Beyond what Redis holds is still refused.
+    let r = b.get("/v1/namespaces/lag/events?from=8").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "beyond Redis's next");
+    // Long-poll (a read) at the true next.
+    assert_eq!(publish_ok(&a, "lag", 6).await, 6);
+    let r = b.get("/v1/namespaces/lag/events?from=7").await;
+    assert_eq!(r.status, StatusCode::OK, "read at 7: {:?}", r.json());
+    assert_eq!(r.json()["next"], 7);
+    // SSE at the true next.
+    assert_eq!(publish_ok(&a, "lag", 7).await, 7);
+    let sse = rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/lag/sse?from=8", &[]).await;
+    assert_eq!(sse.status, 200, "SSE at 8: {:?}", sse.headers);
+    // What was held back arrives, in order, once the node hears again.
+    proxy.resume();
+    consecutive(&mut early, 2, 6).await;
 }
