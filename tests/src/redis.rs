@@ -19,7 +19,8 @@ use tempfile::TempDir;
 /// How a `redis-server` keeps its data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persistence {
-    /// Nothing on disk: a restart starts empty.
+    /// Nothing on disk unless the test asks for a snapshot ([`RedisServer::save`]): a
+    /// restart starts empty, or from that snapshot.
     None,
     /// An append-only file synced on every write (`appendfsync always`).
     AofAlways,
@@ -120,6 +121,36 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Sends one command (as a RESP array of bulk strings) and answers the first line of
+    /// the reply (`+OK`, `:1`, `-ERR ...`, `$5` ...).
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::{Read, Write};
+        let mut con = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        con.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        con.write_all(req.as_bytes()).expect("send");
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            match con.read(&mut byte) {
+                Ok(1) => line.push(byte[0]),
+                _ => break,
+            }
+        }
+        String::from_utf8_lossy(&line).trim_end().to_owned()
+    }
+
+    /// Writes a snapshot (`SAVE`): every later [`RedisServer::restart`] starts from it,
+    /// whatever was written after (nothing else saves, `--save ""`), as a Redis restored
+    /// from an RDB backup does.
+    pub fn save(&self) {
+        assert_eq!(self.command(&["SAVE"]), "+OK", "SAVE");
     }
 
     /// Kills the server (SIGKILL) and waits for it: whatever it did not persist is lost.

@@ -3,7 +3,7 @@
 //! the nodes, subscribers on other nodes, a node killed with `kill -9`, Redis stopped and
 //! restarted with and without persistence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
@@ -640,4 +640,108 @@ async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport
     // What was held back arrives, in order, once the node hears again.
     proxy.resume();
     consecutive(&mut early, 2, 6).await;
+}
+
+/// Reads `ns` from offset 0 on every node and records each `(epoch, offset)` with its
+/// event, asserting none carries two different events; answers the epoch all nodes serve.
+async fn witness_pairs(
+    nodes: &[Broker],
+    ns: &str,
+    pairs: &mut HashMap<(String, u64), String>,
+) -> String {
+    let mut epochs = BTreeSet::new();
+    for b in nodes {
+        let page = b
+            .get(&format!("/v1/namespaces/{ns}/events?from=0&limit=1000"))
+            .await
+            .json();
+        let epoch = page["epoch"].as_str().expect("epoch").to_owned();
+        for e in page["events"].as_array().expect("events") {
+            let offset = e["offset"].as_u64().expect("offset");
+            let data = e["data"].to_string();
+            let before = pairs.entry((epoch.clone(), offset)).or_insert(data.clone());
+            assert_eq!(
+                *before, data,
+                "({epoch}, {offset}) handed to two different events"
+            );
+        }
+        epochs.insert(epoch);
+    }
+    assert_eq!(
+        epochs.len(),
+        1,
+        "the nodes serve different epochs: {epochs:?}"
+    );
+    epochs.into_iter().next().expect("an epoch")
+}
+
+/// Tester finding 2: the same RDB snapshot restored twice brought an old epoch back with a
+/// lower `next`, and an offset was handed out a second time under that epoch. The nodes
+/// are witnesses: a lower `next` under the epoch they follow, or an epoch they saw
+/// replaced, gives the namespace a fresh epoch before anything is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_snapshot_restored_twice_never_hands_out_an_epoch_and_offset_twice() {
+    let mut redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    let mut pairs = HashMap::new();
+    for i in 0..5 {
+        publish_ok(&nodes[0], "snap", i).await;
+    }
+    redis.save();
+    for i in 5..10 {
+        publish_ok(&nodes[0], "snap", i).await;
+    }
+    let mut epochs = vec![witness_pairs(&nodes, "snap", &mut pairs).await];
+    for round in 0..2u64 {
+        redis.restart();
+        // Every node moves to an epoch never served before, the same one.
+        let seen = epochs.clone();
+        let fresh = nodes[round as usize]
+            .wait_for("/v1/namespaces/snap", |v| {
+                v["epoch"]
+                    .as_str()
+                    .is_some_and(|e| !seen.iter().any(|o| o == e))
+            })
+            .await["epoch"]
+            .as_str()
+            .expect("epoch")
+            .to_owned();
+        for b in &nodes {
+            b.wait_for("/v1/namespaces/snap", |v| v["epoch"] == fresh.as_str())
+                .await;
+        }
+        // The snapshot's next is 5: offsets 5.. again, under the fresh epoch only.
+        for i in 0..3 {
+            let on = &nodes[((round + i) % 2) as usize];
+            assert_eq!(publish_ok(on, "snap", 100 * (round + 1) + i).await, 5 + i);
+        }
+        assert_eq!(witness_pairs(&nodes, "snap", &mut pairs).await, fresh);
+        // A client resuming with the epoch before is told.
+        let old = epochs.last().expect("an epoch").clone();
+        for b in &nodes {
+            let mut c = ws::Client::connect(b.addr, None).await;
+            c.send(&ClientFrame::Open {
+                ns: "snap".into(),
+                from: Position::Offset(8),
+                epoch: Some(old.clone()),
+                credit: 100,
+            })
+            .await;
+            loop {
+                match c.next().await {
+                    ServerMessage::Frame(ServerFrame::Truncated {
+                        requested, reason, ..
+                    }) => {
+                        assert_eq!((requested, reason.as_str()), (8, "epoch"));
+                        break;
+                    }
+                    ServerMessage::Frame(ServerFrame::Opened { epoch, .. }) => {
+                        assert_eq!(epoch, fresh)
+                    }
+                    other => panic!("resuming with {old} at 8: {other:?}"),
+                }
+            }
+        }
+        epochs.push(fresh);
+    }
 }

@@ -32,6 +32,7 @@ const RETAIN_PAGE: u64 = 64;
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
+mod witness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,16 +76,23 @@ pub struct RedisStore {
     writer: Mutex<Option<Connection>>,
     /// True from a call that could not reach Redis until the next one that did.
     failing: Arc<AtomicBool>,
+    /// Set when a connection failed: Redis went away, so the writer's connection, idle
+    /// meanwhile, is dropped before its next use rather than failing a publish with
+    /// "outcome unknown" (`reset_connections`).
+    writer_stale: AtomicBool,
     /// True when the last `WAIT` reached fewer replicas than asked for.
     under_replicated: AtomicBool,
     /// The value of the instance marker (`P:instance`) this broker last saw: a Redis that
     /// lost its data has lost the marker too.
     instance: Mutex<Option<String>>,
+    /// What this node saw of each namespace's incarnations ([`witness`]).
+    witness: Mutex<witness::Witness>,
     append: Script,
     create: Script,
     delete: Script,
     retain: Script,
     prune: Script,
+    rotate: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -186,13 +194,16 @@ impl RedisStore {
             pool: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
             failing: Arc::new(AtomicBool::new(false)),
+            writer_stale: AtomicBool::new(false),
             under_replicated: AtomicBool::new(false),
             instance: Mutex::new(None),
+            witness: Mutex::new(witness::Witness::default()),
             append: Script::new(scripts::APPEND),
             create: Script::new(scripts::CREATE),
             delete: Script::new(scripts::DELETE),
             retain: Script::new(scripts::RETAIN),
             prune: Script::new(scripts::PRUNE),
+            rotate: Script::new(scripts::ROTATE),
         });
         store.ping()?;
         store.lost_data()?;
@@ -270,8 +281,19 @@ impl RedisStore {
         let keep = self.note(&result);
         if keep {
             self.give_back(con);
+        } else {
+            self.reset_connections();
         }
         result.map_err(store_error)
+    }
+
+    /// Drops the idle connections and, before its next use, the writer's: one connection
+    /// failing (Redis restarted, a network cut) means the others, opened before, are most
+    /// likely dead too, and a publish sent on a dead one would be answered 503 "outcome
+    /// unknown" when nothing was run.
+    pub(crate) fn reset_connections(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.writer_stale.store(true, Ordering::Release);
     }
 
     /// Runs `f` on the writer's connection (see `writer`), opening it if need be.
@@ -280,6 +302,9 @@ impl RedisStore {
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.writer_stale.swap(false, Ordering::AcqRel) {
+            *slot = None;
+        }
         if slot.is_none() {
             *slot = Some(self.connect_counted(true)?);
         }
@@ -346,6 +371,58 @@ impl RedisStore {
         }))
     }
 
+    fn info_unwitnessed(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
+        Self::info_from(ns, &fields)
+    }
+
+    /// Records `info` as seen ([`witness`]); when Redis went back in time (a lower `next`
+    /// under the epoch followed, or an epoch seen replaced), gives the namespace a fresh
+    /// epoch first and answers the namespace as it is then.
+    fn witnessed(&self, info: NsInfo) -> Result<NsInfo, StoreError> {
+        let verdict = self
+            .witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(&info.name, &info.epoch, info.next);
+        let witness::Verdict::Regressed { epoch, min_next } = verdict else {
+            return Ok(info);
+        };
+        let fresh = new_epoch()?;
+        let mut inv = self.rotate.prepare_invoke();
+        inv.key(self.key(&info.name, "meta"))
+            .key(self.key(&info.name, "idem"))
+            .key(self.key(&info.name, "idemts"))
+            .arg(&epoch)
+            .arg(min_next)
+            .arg(&fresh)
+            .arg(self.channel())
+            .arg(&info.name);
+        let rotated: i64 = self.with_writer(|con| inv.invoke(con))?;
+        if rotated == 1 {
+            tracing::warn!(
+                ns = %info.name,
+                old_epoch = %epoch,
+                epoch = %fresh,
+                next = info.next,
+                seen_next = min_next,
+                "Redis went back in time (a snapshot restored, a failover to a replica without the tail): new epoch"
+            );
+        }
+        let now = self
+            .info_unwitnessed(&info.name)?
+            .ok_or_else(|| StoreError::NotFound(info.name.clone()))?;
+        // The fresh epoch (or whatever replaced the judged one meanwhile) is news: seen
+        // once more, it retires the one that went back. Never judged as a regression
+        // again, unless Redis went back again in between.
+        self.witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(&now.name, &now.epoch, now.next);
+        Ok(now)
+    }
+
     fn run_delete(&self, ns: &str, only_empty: bool) -> Result<bool, StoreError> {
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.key(ns, "meta"))
@@ -377,16 +454,17 @@ impl Storage for RedisStore {
         let mut out = Vec::with_capacity(names.len());
         for (ns, fields) in names.iter().zip(&metas) {
             if let Some(info) = Self::info_from(ns, fields)? {
-                out.push(info);
+                out.push(self.witnessed(info)?);
             }
         }
         Ok(out)
     }
 
     fn info(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
-        Self::info_from(ns, &fields)
+        match self.info_unwitnessed(ns)? {
+            Some(info) => self.witnessed(info).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
@@ -408,6 +486,12 @@ impl Storage for RedisStore {
         match answer.as_slice() {
             [ok, next] if ok == "ok" => {
                 let next = parse_offset(next)?;
+                // Retires the incarnation this one replaces: were it to come back (a
+                // snapshot restored), it would be given a fresh epoch.
+                self.witness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .observe(ns, &epoch, next);
                 Ok(NsInfo {
                     name: ns.to_owned(),
                     epoch,
@@ -512,10 +596,16 @@ impl Storage for RedisStore {
         }
         let answer: Vec<String> = self.with_writer(|con| inv.invoke(con))?;
         match answer.as_slice() {
-            [new, first, last] if new == "new" => Ok(Appended::New {
-                first: parse_offset(first)?,
-                last: parse_offset(last)?,
-            }),
+            [new, first, last] if new == "new" => {
+                let (first, last) = (parse_offset(first)?, parse_offset(last)?);
+                if !epoch.is_empty() {
+                    self.witness
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(ns, epoch, last + 1);
+                }
+                Ok(Appended::New { first, last })
+            }
             [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
                 first: parse_offset(first)?,
                 last: parse_offset(last)?,
