@@ -745,3 +745,64 @@ async fn the_same_snapshot_restored_twice_never_hands_out_an_epoch_and_offset_tw
         epochs.push(fresh);
     }
 }
+
+/// Tester finding 3: a restored snapshot from before a namespace was created was taken as
+/// a delete by another broker (logged so, subscribers `closed` `deleted`, the namespace
+/// 404 on every node). A delete keeps the namespace's metadata in Redis; metadata gone
+/// entirely is lost data: the namespace is created again with a new epoch, its
+/// subscribers end with `closed` reason `epoch`, and resuming is told `truncated` epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_before_a_namespace_existed_is_lost_data_not_a_delete() {
+    let mut redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "older", 0).await;
+    redis.save();
+    for i in 0..3 {
+        publish_ok(&nodes[0], "younger", i).await;
+    }
+    let old_epoch = nodes[1].get("/v1/namespaces/younger").await.json()["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let mut sub = raw_subscribe(&nodes[1], "younger", 0).await;
+    consecutive(&mut sub, 0, 3).await;
+    redis.restart();
+    loop {
+        match sub.next().await {
+            ServerMessage::Frame(ServerFrame::Closed { reason, .. }) => {
+                assert_eq!(reason.as_deref(), Some("epoch"));
+                break;
+            }
+            ServerMessage::Frame(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    for b in &nodes {
+        let now = b
+            .wait_for("/v1/namespaces/younger", |v| {
+                v["epoch"].as_str().is_some_and(|e| e != old_epoch)
+            })
+            .await;
+        assert_eq!(now["next"], 0, "{now}");
+    }
+    let mut c = ws::Client::connect(nodes[0].addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: "younger".into(),
+        from: Position::Offset(3),
+        epoch: Some(old_epoch.clone()),
+        credit: 100,
+    })
+    .await;
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Truncated {
+                requested, reason, ..
+            }) => {
+                assert_eq!((requested, reason.as_str()), (3, "epoch"));
+                break;
+            }
+            ServerMessage::Frame(ServerFrame::Opened { .. }) => {}
+            other => panic!("resuming with {old_epoch} at 3: {other:?}"),
+        }
+    }
+}

@@ -763,23 +763,56 @@ impl Storage for RedisStore {
     fn lost_data(&self) -> Result<bool, StoreError> {
         let key = format!("{}:instance", self.opts.prefix);
         let fresh = new_epoch()?;
+        // A namespace whose metadata is gone entirely was not deleted (a delete keeps it,
+        // `live` 0, and `next` with it): Redis lost it, e.g. a snapshot from before it
+        // was created was restored, which the marker (restored too) cannot tell.
+        let known = self
+            .witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .names();
         // Sets a marker when there is none, and answers the one in force either way.
-        let (_, now): ((), String) = self.with_writer(|con| {
-            redis::pipe()
-                .atomic()
+        let (now, exists): (String, Vec<bool>) = self.with_writer(|con| {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .cmd("SET")
                 .arg(&key)
                 .arg(&fresh)
                 .arg("NX")
                 .ignore()
                 .cmd("GET")
-                .arg(&key)
-                .query(con)
-                .map(|(now,): (String,)| ((), now))
+                .arg(&key);
+            for ns in &known {
+                pipe.cmd("EXISTS").arg(self.key(ns, "meta"));
+            }
+            let mut answers: Vec<redis::Value> = pipe.query(con)?;
+            let exists = answers
+                .split_off(1.min(answers.len()))
+                .iter()
+                .map(|v| matches!(v, redis::Value::Int(1)))
+                .collect();
+            let now = match answers.pop() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => String::new(),
+            };
+            Ok((now, exists))
         })?;
+        let vanished: Vec<&String> = known
+            .iter()
+            .zip(&exists)
+            .filter(|(_, e)| !**e)
+            .map(|(ns, _)| ns)
+            .collect();
         let mut seen = self.instance.lock().unwrap_or_else(|p| p.into_inner());
-        let lost = seen.as_ref().is_some_and(|old| *old != now);
+        let mut lost = seen.as_ref().is_some_and(|old| *old != now);
         *seen = Some(now);
+        if !vanished.is_empty() {
+            tracing::warn!(
+                namespaces = ?vanished,
+                "Redis lost namespaces this broker knew (their metadata is gone, which no delete does): a snapshot from before they were created restored?"
+            );
+            lost = true;
+        }
         Ok(lost)
     }
 }

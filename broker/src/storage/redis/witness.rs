@@ -45,6 +45,13 @@ pub(super) struct Witness {
 }
 
 impl Witness {
+    /// Every namespace name seen live, sorted.
+    pub(super) fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.seen.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
     /// Records that Redis shows `epoch` with `next` for `ns`, and judges it.
     pub(super) fn observe(&mut self, ns: &str, epoch: &str, next: u64) -> Verdict {
         let seen = self.seen.entry(ns.to_owned()).or_default();
