@@ -32,6 +32,8 @@ pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
     persistence: Persistence,
+    /// More `redis-server` arguments (`--replicaof ...`).
+    extra: Vec<String>,
     dir: TempDir,
 }
 
@@ -45,10 +47,28 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start(persistence: Persistence) -> RedisServer {
+        RedisServer::start_with(persistence, Vec::new())
+    }
+
+    /// Starts a read-only replica of `primary` (`--replicaof`) on a free port: it answers
+    /// reads and refuses writes (`READONLY`), as an old primary does after a failover.
+    pub fn start_replica(primary: &RedisServer) -> RedisServer {
+        RedisServer::start_with(
+            Persistence::None,
+            vec![
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.port.to_string(),
+            ],
+        )
+    }
+
+    fn start_with(persistence: Persistence, extra: Vec<String>) -> RedisServer {
         let mut server = RedisServer {
             child: None,
             port: 0,
             persistence,
+            extra,
             dir: tempfile::tempdir().expect("temp dir"),
         };
         for _ in 0..5 {
@@ -73,6 +93,7 @@ impl RedisServer {
             "--save".into(),
             String::new(),
         ];
+        args.extend(self.extra.iter().cloned());
         match self.persistence {
             Persistence::None => args.extend(["--appendonly".into(), "no".into()]),
             Persistence::AofAlways => args.extend([

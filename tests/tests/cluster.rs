@@ -806,3 +806,82 @@ async fn a_snapshot_from_before_a_namespace_existed_is_lost_data_not_a_delete() 
         }
     }
 }
+
+/// Polls `/readyz` on `b` until its status is `want`, at most `polls` times: each answer
+/// is fresh (`/readyz` asks Redis), so a small bound, not a clock, says how soon.
+async fn ready_within(b: &Broker, want: &str, polls: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..polls {
+        last = b.get("/readyz").await.json();
+        if last["status"] == want {
+            return last;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("/readyz not {want} after {polls} polls: {last}");
+}
+
+/// Tester finding 4: `/readyz` took 1.5–2.6 s to notice Redis gone (it only followed the
+/// health ping every `redis_heal_interval_ms`). Each `/readyz` now asks Redis itself, so
+/// the first one after Redis is killed says not ready, and the first one after Redis is
+/// back, ready. The heal interval is a minute here: nothing else would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_at_once_that_redis_is_gone_and_back() {
+    let mut redis = RedisServer::start(Persistence::AofAlways);
+    let url = redis.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    ready_within(&b, "ready", 1).await;
+    publish_ok(&b, "r", 0).await;
+    for _ in 0..2 {
+        redis.stop();
+        let r = ready_within(&b, "storage_unavailable", 1).await;
+        assert_eq!(r["error"]["code"], "unavailable");
+        redis.restart();
+        // A pooled connection from before the restart may fail once.
+        ready_within(&b, "ready", 2).await;
+    }
+    publish_ok(&b, "r", 1).await;
+}
+
+/// Review F12: against a read-only replica (an old primary after a failover) every write
+/// fails `READONLY`, but `/readyz` said ready after each successful read. Now it is not
+/// ready, and publishes are `503` `unavailable`, for as long as Redis takes no writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_read_only_replica_is_not_ready_and_refuses_publishes() {
+    let primary = RedisServer::start(Persistence::None);
+    let replica = RedisServer::start_replica(&primary);
+    let url = replica.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "100"]);
+    for _ in 0..3 {
+        let r = ready_within(&b, "storage_unavailable", 1).await;
+        assert_eq!(r["error"]["code"], "unavailable");
+        let (status, body) = publish(&b, "ro", 0).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        // Reads succeed on a replica, and must not make the node ready.
+        assert_eq!(b.get("/v1/namespaces").await.status, StatusCode::OK);
+    }
+}
+
+/// Decision (tester finding 5): a node whose Redis is down at startup does not exit; it
+/// starts, not ready (`/readyz` 503, publishes 503), and serves once Redis answers, as a
+/// node behind a load balancer should (the balancer's checks keep traffic away meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_waits_for_it_not_ready() {
+    let mut redis = RedisServer::start(Persistence::None);
+    redis.stop();
+    let url = redis.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "100"]);
+    let r = ready_within(&b, "storage_unavailable", 1).await;
+    assert_eq!(r["error"]["code"], "unavailable");
+    let (status, body) = publish(&b, "late", 0).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    redis.restart();
+    ready_within(&b, "ready", 2).await;
+    let a = node(&redis, &[]);
+    assert_eq!(publish_ok(&a, "late", 0).await, 0);
+    let mut sub = raw_subscribe(&b, "late", 0).await;
+    consecutive(&mut sub, 0, 1).await;
+    assert_eq!(publish_ok(&b, "late", 1).await, 1);
+    consecutive(&mut sub, 1, 1).await;
+}

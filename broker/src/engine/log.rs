@@ -586,6 +586,20 @@ impl Log {
         self.inner.store.is_failing()
     }
 
+    /// With a shared store, asks it now whether it takes writes (Redis: `ROLE`, within
+    /// `redis_timeout_ms`), so [`Log::storage_failing`] is fresh for `/readyz`; on the
+    /// blocking pool. Nothing for the embedded store, whose failures are its own writes'.
+    pub async fn probe_storage(&self) {
+        if !self.inner.store.is_shared() {
+            return;
+        }
+        let store = Arc::clone(&self.inner.store);
+        let probed = tokio::task::spawn_blocking(move || store.probe()).await;
+        if let Ok(Err(e)) = probed {
+            tracing::debug!(error = %e, "readiness probe");
+        }
+    }
+
     /// Wakes waiting readers, stops the timers and reports not ready. Writes are still
     /// taken until [`Log::shutdown`], so in-flight publishes can finish.
     pub fn begin_shutdown(&self) {

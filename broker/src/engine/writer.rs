@@ -195,7 +195,14 @@ impl Writer {
             config.fanout_buffer,
             config.fanout_memory_bytes,
         ));
-        for info in store.namespaces()? {
+        let infos = match store.namespaces() {
+            Ok(infos) => infos,
+            // A shared store that cannot serve yet: start with none; the heal takes them
+            // once it answers (`docs/cluster.md`, "Starting").
+            Err(StoreError::Unavailable(_)) if store.is_shared() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for info in infos {
             namespaces.open(&info);
         }
         Ok(Writer {

@@ -338,6 +338,13 @@ pub trait Storage: Send + Sync + 'static {
         false
     }
 
+    /// Asks the store now whether it can take writes, for `/readyz`: afterwards
+    /// [`Storage::is_failing`] says so. Redis: `ROLE` on a pooled connection (a read-only
+    /// replica cannot). Blocking: call it off the async workers.
+    fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Whether the last [`Storage::sync`] reached the replicas it was asked to (Redis
     /// `WAIT`); true for a store without replicas.
     fn last_sync_replicated(&self) -> bool {

@@ -76,6 +76,10 @@ pub struct RedisStore {
     writer: Mutex<Option<Connection>>,
     /// True from a call that could not reach Redis until the next one that did.
     failing: Arc<AtomicBool>,
+    /// True while Redis answers that it takes no writes (a read-only replica: `ROLE` says
+    /// so, or a script was refused `READONLY`), until a probe finds a primary or a write
+    /// succeeds. Reads that succeed do not clear it (review F12: `/readyz` flapped).
+    read_only: AtomicBool,
     /// Set when a connection failed: Redis went away, so the writer's connection, idle
     /// meanwhile, is dropped before its next use rather than failing a publish with
     /// "outcome unknown" (`reset_connections`).
@@ -181,10 +185,9 @@ fn id_offset(id: &str) -> Result<u64, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to Redis (one `PING`) and starts a thread that pings it every
-    /// `health_interval` so `is_failing` (and `/readyz`) follow it while nothing is
-    /// written. Errors: [`StoreError::Unavailable`] when Redis cannot be reached,
-    /// [`StoreError::Redis`] for a bad URL.
+    /// Connects to Redis (one `ROLE`); a Redis that cannot be reached or takes no writes
+    /// is logged and the store starts failing (it recovers by itself once Redis answers).
+    /// Errors: [`StoreError::Redis`] for a bad URL.
     pub fn open(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
         let client =
             redis::Client::open(opts.url.as_str()).map_err(|e| StoreError::Redis(e.to_string()))?;
@@ -195,6 +198,7 @@ impl RedisStore {
             writer: Mutex::new(None),
             failing: Arc::new(AtomicBool::new(false)),
             writer_stale: AtomicBool::new(false),
+            read_only: AtomicBool::new(false),
             under_replicated: AtomicBool::new(false),
             instance: Mutex::new(None),
             witness: Mutex::new(witness::Witness::default()),
@@ -205,12 +209,22 @@ impl RedisStore {
             prune: Script::new(scripts::PRUNE),
             rotate: Script::new(scripts::ROTATE),
         });
-        store.ping()?;
-        store.lost_data()?;
+        // Redis not there (yet), or a replica: the node starts all the same, not ready,
+        // and follows Redis once it answers (`docs/cluster.md`, "Starting").
+        let first = store.probe().and_then(|()| store.lost_data().map(drop));
+        match first {
+            Ok(()) => {}
+            Err(StoreError::Unavailable(why)) => tracing::warn!(
+                error = %why,
+                "Redis cannot take writes at startup: starting not ready (/readyz 503), retrying"
+            ),
+            Err(e) => return Err(e),
+        }
         Ok(store)
     }
 
-    /// Pings Redis every `every` from a thread of its own, for as long as the store lives.
+    /// Probes Redis ([`Storage::probe`]) every `every` from a thread of its own, for as
+    /// long as the store lives.
     pub fn watch_health(self: &Arc<Self>, every: Duration) -> Result<(), StoreError> {
         let weak: Weak<RedisStore> = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -219,7 +233,7 @@ impl RedisStore {
                 std::thread::sleep(every);
                 match weak.upgrade() {
                     Some(store) => {
-                        if let Err(e) = store.ping() {
+                        if let Err(e) = store.probe() {
                             tracing::debug!(error = %e, "redis health check failed");
                         }
                     }
@@ -314,6 +328,11 @@ impl RedisStore {
         let result = f(con);
         if !self.note(&result) {
             *slot = None;
+        }
+        match &result {
+            Ok(_) => self.read_only.store(false, Ordering::Release),
+            Err(e) if e.code() == Some("READONLY") => self.read_only.store(true, Ordering::Release),
+            Err(_) => {}
         }
         result.map_err(write_error)
     }
@@ -749,7 +768,20 @@ impl Storage for RedisStore {
     }
 
     fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
+        self.failing.load(Ordering::Acquire) || self.read_only.load(Ordering::Acquire)
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let role: Vec<redis::Value> = self.with(|con| redis::cmd("ROLE").query(con))?;
+        let primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        self.read_only.store(!primary, Ordering::Release);
+        if primary {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "Redis is a read-only replica (ROLE): point --redis at the primary".into(),
+            ))
+        }
     }
 
     fn is_shared(&self) -> bool {
@@ -1001,8 +1033,15 @@ mod tests {
         // Whether it ran is what the store cannot know: here Redis drops the paused
         // command with the closed connection; over a slow network it would have run.
         let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
-        // Nobody listens on port 1.
-        match RedisStore::open(opts("redis://127.0.0.1:1".into())) {
+        // Nobody listens on port 1: the store opens (a node starts not ready) and fails.
+        let nowhere = RedisStore::open(opts("redis://127.0.0.1:1".into())).unwrap();
+        assert!(nowhere.is_failing());
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        match nowhere.append("u", &[ev], 1, None) {
             Err(StoreError::Unavailable(why)) => assert!(why.contains("not sent"), "{why}"),
             other => panic!("{other:?}"),
         }
