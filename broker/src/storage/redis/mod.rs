@@ -84,6 +84,12 @@ pub struct RedisStore {
     /// meanwhile, is dropped before its next use rather than failing a publish with
     /// "outcome unknown" (`reset_connections`).
     writer_stale: AtomicBool,
+    /// Which writer connection this is: counted up each time one is opened (`WAIT`
+    /// counts only its own connection's writes).
+    writer_generation: std::sync::atomic::AtomicU64,
+    /// The writer connection that made the first write since the last `sync`, if any: a
+    /// `WAIT` on a later connection cannot vouch for it (review F6).
+    unsynced_since: Mutex<Option<u64>>,
     /// True when the last `WAIT` reached fewer replicas than asked for.
     under_replicated: AtomicBool,
     /// The value of the instance marker (`P:instance`) this broker last saw: a Redis that
@@ -199,6 +205,8 @@ impl RedisStore {
             failing: Arc::new(AtomicBool::new(false)),
             writer_stale: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
+            writer_generation: std::sync::atomic::AtomicU64::new(0),
+            unsynced_since: Mutex::new(None),
             under_replicated: AtomicBool::new(false),
             instance: Mutex::new(None),
             witness: Mutex::new(witness::Witness::default()),
@@ -321,14 +329,22 @@ impl RedisStore {
         }
         if slot.is_none() {
             *slot = Some(self.connect_counted(true)?);
+            self.writer_generation.fetch_add(1, Ordering::AcqRel);
         }
         let Some(con) = slot.as_mut() else {
             return Err(StoreError::Unavailable("no connection".into()));
         };
+        let generation = self.writer_generation.load(Ordering::Acquire);
         let result = f(con);
         if !self.note(&result) {
             *slot = None;
         }
+        // Whatever was sent may have changed Redis: the first such connection since the
+        // last sync is the one a `WAIT` must run on to vouch for it.
+        self.unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(generation);
         match &result {
             Ok(_) => self.read_only.store(false, Ordering::Release),
             Err(e) if e.code() == Some("READONLY") => self.read_only.store(true, Ordering::Release),
@@ -737,13 +753,30 @@ impl Storage for RedisStore {
         if self.opts.wait_replicas == 0 {
             return Ok(());
         }
+        let first = self
+            .unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let reached: u64 = self.with_writer(|con| {
             redis::cmd("WAIT")
                 .arg(self.opts.wait_replicas)
                 .arg(self.opts.wait_timeout_ms)
                 .query(con)
         })?;
-        let short = reached < self.opts.wait_replicas;
+        // The `WAIT` itself went through `with_writer`: what it recorded is not a write.
+        self.unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Writes made on a connection that has since been replaced: this `WAIT` counted
+        // none of them, so it cannot say they reached the replicas.
+        let reconnected =
+            first.is_some_and(|g| g != self.writer_generation.load(Ordering::Acquire));
+        if reconnected {
+            tracing::warn!("the writer's connection to Redis was replaced since the group's first write: not claimed replicated");
+        }
+        let short = reached < self.opts.wait_replicas || reconnected;
         if short {
             tracing::warn!(
                 reached,
@@ -1153,5 +1186,71 @@ mod tests {
         let now = store.info("r").unwrap().expect("r");
         assert_ne!(now.epoch, info.epoch);
         assert_eq!(now.next, 5);
+    }
+
+    /// Review F6: an append on the writer's connection, then that connection lost (here
+    /// killed by Redis), then `WAIT` on a new connection, which wrote nothing, so it
+    /// returned at once with every replica: the group was claimed replicated. A real
+    /// replica is attached, so `WAIT` does answer 1 on a connection that wrote nothing.
+    #[test]
+    fn a_wait_on_a_new_connection_does_not_vouch_for_the_old_ones_writes() {
+        use super::{RedisOptions, RedisStore, Retention, Storage};
+        use rewind_protocol::{NewEvent, Payload};
+        let replica = redis::Client::open(test_server::replica_url()).unwrap();
+        let mut rcon = replica.get_connection().unwrap();
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f6-generation".into(),
+            wait_replicas: 1,
+            wait_timeout_ms: 5000,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        store.create("g", Retention::default()).unwrap();
+        // The replica is in sync: a WAIT reaches it.
+        loop {
+            store
+                .append("g", std::slice::from_ref(&ev), 1, None)
+                .unwrap();
+            store.sync().unwrap();
+            if store.last_sync_replicated() {
+                break;
+            }
+            let _: () = redis::cmd("PING").query(&mut rcon).unwrap();
+        }
+        store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .unwrap();
+        let id: i64 = store
+            .with_writer(|con| redis::cmd("CLIENT").arg("ID").query(con))
+            .unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut admin = client.get_connection().unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(killed, 1);
+        // The next call finds the connection dead, and the one after opens a new one.
+        assert!(store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .is_err());
+        store.sync().unwrap();
+        assert!(
+            !store.last_sync_replicated(),
+            "a WAIT on a new connection vouched for the old one's writes"
+        );
+        store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .unwrap();
+        store.sync().unwrap();
+        assert!(store.last_sync_replicated());
     }
 }
