@@ -388,12 +388,61 @@ async fn wait_for_a_replica_that_is_not_there_says_not_replicated_and_stores_any
         r.json(),
         serde_json::json!({"first": 1, "last": 2, "replicated": false})
     );
+    // The same on WebSocket, in JSON and MessagePack: `published` says `replicated`
+    // false, and the event is stored.
+    for (offset, protocol) in (3..).zip(["rewind.v1.json", "rewind.v1.msgpack"]) {
+        let mut c = ws::Client::connect(waiting.addr, Some(protocol)).await;
+        c.send(&ClientFrame::Publish {
+            id: 7,
+            ns: "w".into(),
+            event: "n".into(),
+            data: Some(rewind_protocol::Payload::Json("5".into())),
+            key: None,
+            idempotency_key: None,
+        })
+        .await;
+        match c.next().await {
+            ServerMessage::Frame(f) => assert_eq!(
+                f,
+                ServerFrame::Published {
+                    id: 7,
+                    ns: "w".into(),
+                    offset,
+                    replicated: Some(false)
+                },
+                "{protocol}"
+            ),
+            other => panic!("{protocol}: {other:?}"),
+        }
+    }
     // Without WAIT the answer is as always, and the events are there for every node.
+    let mut c = ws::Client::connect(plain.addr, None).await;
+    c.send(&ClientFrame::Publish {
+        id: 8,
+        ns: "w".into(),
+        event: "n".into(),
+        data: Some(rewind_protocol::Payload::Json("6".into())),
+        key: None,
+        idempotency_key: None,
+    })
+    .await;
+    match c.next().await {
+        ServerMessage::Frame(f) => assert_eq!(
+            f,
+            ServerFrame::Published {
+                id: 8,
+                ns: "w".into(),
+                offset: 5,
+                replicated: None
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
     let (status, body) = publish(&plain, "w", 3).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(body, serde_json::json!({"offset": 3}));
+    assert_eq!(body, serde_json::json!({"offset": 6}));
     let page = plain.get("/v1/namespaces/w/events?from=0").await.json();
-    assert_eq!(page["events"].as_array().map(Vec::len), Some(4));
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
