@@ -656,9 +656,19 @@ async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport
     publish_ok(&a, "lag", 0).await;
     let mut early = raw_subscribe(&b, "lag", 0).await;
     consecutive(&mut early, 0, 1).await;
-    // B hears of A's appends through its Pub/Sub connection, and through nothing else.
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    // The listener asks its writer for a heal once subscribed, before it reads any
+    // announcement: once event 1 reached B's subscriber, that heal is queued, and once the
+    // writer answered a later command, it is done. B then hears of A's appends through
+    // its Pub/Sub connection only (its next heal is a minute away).
     publish_ok(&a, "lag", 1).await;
     consecutive(&mut early, 1, 1).await;
+    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
     assert_eq!(proxy.subscribed(), 1, "one Pub/Sub connection");
     proxy.stall();
     for i in 2..6 {
