@@ -484,7 +484,15 @@ impl Log {
             .await
             .map_err(|e| LogError::Storage(e.to_string()))?
             .map_err(|e| LogError::from(&e))?;
-        Ok(info.map(|i| state.as_read(i)))
+        match info {
+            // Another incarnation than this broker follows yet (another node re-created
+            // it, Redis lost data): never its epoch with this one's ends. Followed first.
+            Some(i) if i.epoch != state.epoch => match self.refresh(ns).await? {
+                Some(s) if s.epoch == i.epoch => Ok(Some(s.as_read(i))),
+                _ => Ok(Some(i)),
+            },
+            other => Ok(other.map(|i| state.as_read(i))),
+        }
     }
 
     /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
