@@ -43,7 +43,10 @@ use redis::{Connection, RedisError, Script};
 use rewind_protocol::{Event, NewEvent};
 
 use super::record;
-use super::{new_epoch, now_ms, Appended, IdempotencyKey, NsInfo, Retention, Storage, StoreError};
+use super::{
+    new_epoch, now_ms, AppendRequest, Appended, IdempotencyKey, NsInfo, Retention, Storage,
+    StoreError,
+};
 
 /// Idle connections kept for reuse.
 const POOL_IDLE: usize = 16;
@@ -156,6 +159,16 @@ fn not_sent(e: StoreError) -> StoreError {
             StoreError::Unavailable(format!("not sent: no connection to Redis ({why})"))
         }
         other => other,
+    }
+}
+
+/// `e` again, for each append of a pipeline that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        StoreError::NotFound(ns) => StoreError::NotFound(ns.clone()),
+        other => StoreError::Redis(other.to_string()),
     }
 }
 
@@ -458,6 +471,79 @@ impl RedisStore {
         Ok(now)
     }
 
+    /// The APPEND script's invocation for `r`.
+    fn append_invocation<'s>(
+        &'s self,
+        r: &AppendRequest<'_>,
+    ) -> Result<redis::ScriptInvocation<'s>, StoreError> {
+        if r.events.is_empty() {
+            return Err(StoreError::Corrupt("an append of no events".into()));
+        }
+        let mut inv = self.append.prepare_invoke();
+        inv.key(self.key(r.ns, "meta"))
+            .key(self.key(r.ns, "log"))
+            .key(self.key(r.ns, "idem"))
+            .key(self.key(r.ns, "idemts"))
+            .arg(r.ts_ms);
+        match &r.idempotency {
+            Some(k) => inv
+                .arg(k.key)
+                .arg(hex(&k.request.0))
+                .arg(hex(&k.request_v1.0))
+                .arg(if k.batch { "true" } else { "false" })
+                .arg(k.not_before_ms),
+            None => inv.arg("").arg("").arg("").arg("false").arg(0),
+        };
+        // A fresh epoch for the script to take if the namespace's `next` went back.
+        let fresh = if r.epoch.is_empty() {
+            String::new()
+        } else {
+            new_epoch()?
+        };
+        inv.arg(self.channel())
+            .arg(r.ns)
+            .arg(r.epoch)
+            .arg(r.min_next)
+            .arg(fresh);
+        for ev in r.events {
+            inv.arg(record::encode(ev, r.ts_ms));
+        }
+        Ok(inv)
+    }
+
+    /// What the APPEND script's `answer` to `r` means.
+    fn append_answer(
+        &self,
+        r: &AppendRequest<'_>,
+        answer: &[String],
+    ) -> Result<Appended, StoreError> {
+        match answer {
+            [new, first, last] if new == "new" => {
+                let (first, last) = (parse_offset(first)?, parse_offset(last)?);
+                if !r.epoch.is_empty() {
+                    self.witness
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(r.ns, r.epoch, last + 1);
+                }
+                Ok(Appended::New { first, last })
+            }
+            [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
+                first: parse_offset(first)?,
+                last: parse_offset(last)?,
+                batch: Some(batch == "true"),
+            }),
+            [conflict, first, last] if conflict == "conflict" => {
+                Err(StoreError::IdempotencyConflict {
+                    first: parse_offset(first)?,
+                    last: parse_offset(last)?,
+                })
+            }
+            [missing] if missing == "missing" => Err(StoreError::NotFound(r.ns.to_owned())),
+            other => Err(StoreError::Corrupt(format!("append answered {other:?}"))),
+        }
+    }
+
     fn run_delete(&self, ns: &str, only_empty: bool) -> Result<bool, StoreError> {
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.key(ns, "meta"))
@@ -597,63 +683,66 @@ impl Storage for RedisStore {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::Corrupt("an append of no events".into()));
-        }
-        let mut inv = self.append.prepare_invoke();
-        inv.key(self.key(ns, "meta"))
-            .key(self.key(ns, "log"))
-            .key(self.key(ns, "idem"))
-            .key(self.key(ns, "idemts"))
-            .arg(ts_ms);
-        match &idempotency {
-            Some(k) => inv
-                .arg(k.key)
-                .arg(hex(&k.request.0))
-                .arg(hex(&k.request_v1.0))
-                .arg(if k.batch { "true" } else { "false" })
-                .arg(k.not_before_ms),
-            None => inv.arg("").arg("").arg("").arg("false").arg(0),
+        let request = AppendRequest {
+            ns,
+            epoch,
+            min_next,
+            events,
+            ts_ms,
+            idempotency,
         };
-        // A fresh epoch for the script to take if the namespace's `next` went back.
-        let fresh = if epoch.is_empty() {
-            String::new()
-        } else {
-            new_epoch()?
-        };
-        inv.arg(self.channel())
-            .arg(ns)
-            .arg(epoch)
-            .arg(min_next)
-            .arg(fresh);
-        for ev in events {
-            inv.arg(record::encode(ev, ts_ms));
-        }
+        let inv = self.append_invocation(&request)?;
         let answer: Vec<String> = self.with_writer(|con| inv.invoke(con))?;
-        match answer.as_slice() {
-            [new, first, last] if new == "new" => {
-                let (first, last) = (parse_offset(first)?, parse_offset(last)?);
-                if !epoch.is_empty() {
-                    self.witness
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .observe(ns, epoch, last + 1);
-                }
-                Ok(Appended::New { first, last })
-            }
-            [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
-                first: parse_offset(first)?,
-                last: parse_offset(last)?,
-                batch: Some(batch == "true"),
-            }),
-            [conflict, first, last] if conflict == "conflict" => {
-                Err(StoreError::IdempotencyConflict {
-                    first: parse_offset(first)?,
-                    last: parse_offset(last)?,
+        self.append_answer(&request, &answer)
+    }
+
+    fn append_all(&self, requests: &[AppendRequest<'_>]) -> Vec<Result<Appended, StoreError>> {
+        if requests.len() < 2 {
+            return requests
+                .iter()
+                .map(|r| {
+                    self.append_at_epoch(
+                        r.ns,
+                        r.epoch,
+                        r.min_next,
+                        r.events,
+                        r.ts_ms,
+                        r.idempotency,
+                    )
                 })
-            }
-            [missing] if missing == "missing" => Err(StoreError::NotFound(ns.to_owned())),
-            other => Err(StoreError::Corrupt(format!("append answered {other:?}"))),
+                .collect();
+        }
+        let invocations: Result<Vec<_>, StoreError> =
+            requests.iter().map(|r| self.append_invocation(r)).collect();
+        let invocations = match invocations {
+            Ok(invocations) => invocations,
+            Err(e) => return requests.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        // One round trip: the script loaded (a no-op when it is, and Redis forgets
+        // scripts on a restart), then every append in order. Each script is atomic on its
+        // own, so each batch is still all or nothing.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.append).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        match self.with_writer(|con| pipe.query::<Vec<Vec<String>>>(con)) {
+            Ok(answers) if answers.len() == requests.len() => requests
+                .iter()
+                .zip(&answers)
+                .map(|(r, a)| self.append_answer(r, a))
+                .collect(),
+            Ok(answers) => requests
+                .iter()
+                .map(|_| {
+                    Err(StoreError::Corrupt(format!(
+                        "{} answers to {} appends",
+                        answers.len(),
+                        requests.len()
+                    )))
+                })
+                .collect(),
+            Err(e) => requests.iter().map(|_| Err(same_error(&e))).collect(),
         }
     }
 
@@ -1252,5 +1341,92 @@ mod tests {
             .unwrap();
         store.sync().unwrap();
         assert!(store.last_sync_replicated());
+    }
+
+    /// Appends sent together (one pipeline) answer as they would one by one: in order,
+    /// each all or nothing, an idempotency key recorded by an earlier append of the same
+    /// pipeline answered as a duplicate, one to a stale incarnation refused without
+    /// touching the others.
+    #[test]
+    fn appends_sent_together_answer_as_one_by_one() {
+        use super::{AppendRequest, Appended, IdempotencyKey, RedisOptions, RedisStore};
+        use super::{Retention, Storage, StoreError};
+        use rewind_protocol::idempotency::RequestDigest;
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "pipelined".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = |n: usize| NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        };
+        let x = store.create("x", Retention::default()).unwrap();
+        let y = store.create("y", Retention::default()).unwrap();
+        let two = [ev(0), ev(1)];
+        let one = [ev(2)];
+        let key = IdempotencyKey {
+            key: "k",
+            request: RequestDigest([1; 32]),
+            request_v1: RequestDigest([2; 32]),
+            batch: false,
+            not_before_ms: 0,
+        };
+        let req = |ns, epoch, events, idempotency| AppendRequest {
+            ns,
+            epoch,
+            min_next: 0,
+            events,
+            ts_ms: 1,
+            idempotency,
+        };
+        let answers = store.append_all(&[
+            req("x", &x.epoch, &two[..], None),
+            req("y", &y.epoch, &one[..], None),
+            req("x", "stale", &one[..], None),
+            req("x", &x.epoch, &one[..], Some(key)),
+            req("x", &x.epoch, &one[..], Some(key)),
+            req("y", &y.epoch, &two[..], None),
+        ]);
+        let got: Vec<String> = answers.iter().map(|a| format!("{a:?}")).collect();
+        assert!(
+            matches!(answers[0], Ok(Appended::New { first: 0, last: 1 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[1], Ok(Appended::New { first: 0, last: 0 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[2], Err(StoreError::NotFound(_))),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[3], Ok(Appended::New { first: 2, last: 2 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                answers[4],
+                Ok(Appended::Duplicate {
+                    first: 2,
+                    last: 2,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[5], Ok(Appended::New { first: 1, last: 2 })),
+            "{got:?}"
+        );
+        let xs = store.read("x", 0, u64::MAX, 10, 1 << 20).unwrap();
+        assert_eq!(xs.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(store.info("x").unwrap().expect("x").epoch, x.epoch);
     }
 }
