@@ -786,6 +786,83 @@ async fn a_refreshed_websocket_outlives_its_first_token() {
 }
 
 #[tokio::test]
+async fn a_refresh_inside_the_warning_window_is_not_warned_again() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&[
+        "--auth-secret-file",
+        &secret,
+        "--auth-leeway-secs",
+        "0",
+        "--auth-expiry-warning-secs",
+        "30",
+    ]);
+    let token = |secs| {
+        hs256(
+            SECRET,
+            &claims(json!({"exp": now() + secs, "publish": ["p"]})),
+        )
+    };
+    let mut c = ws(broker.addr, &token(3), true).await.expect("upgrade");
+    // Inside the 30 s window from the start: warned at once.
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthExpiring { .. })
+    ));
+    // Answered with another token that is also inside the window, as a client whose
+    // issuer hands out short tokens would: `auth_ok`, and then no warning until the
+    // close, where a warning at once would make the client refresh again, for ever.
+    c.send(&ClientFrame::Auth { token: token(4) }).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthOk { .. })
+    ));
+    let mut warnings = 0;
+    let close = loop {
+        match c.recv().await {
+            Received::Message(ServerMessage::Frame(ServerFrame::AuthExpiring { .. })) => {
+                warnings += 1;
+                c.send(&ClientFrame::Auth { token: token(4) }).await;
+                assert!(warnings < 50, "a refresh loop");
+            }
+            Received::Message(_) => {}
+            Received::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+        }
+    };
+    assert_eq!((warnings, close), (0, Some(4001)));
+}
+
+#[tokio::test]
+async fn auth_frames_share_the_publish_rate_bucket() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret, "--publish-rate", "2"]);
+    let token = hs256(SECRET, &claims(json!({"publish": ["p"]})));
+    let mut c = ws(broker.addr, &token, true).await.expect("upgrade");
+    for _ in 0..6 {
+        c.send(&ClientFrame::Auth {
+            token: token.clone(),
+        })
+        .await;
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..6 {
+        match frame(&mut c).await {
+            ServerMessage::Frame(ServerFrame::AuthOk { .. }) => ok += 1,
+            ServerMessage::Frame(ServerFrame::Error { code, .. }) if code == "rate_limited" => {
+                limited += 1
+            }
+            other => panic!("expected auth_ok or rate_limited, got {other:?}"),
+        }
+    }
+    assert!(ok >= 1 && limited >= 1, "{ok} taken, {limited} limited");
+    // The connection goes on.
+    c.send(&ClientFrame::Ping).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::Pong)
+    ));
+}
+
+#[tokio::test]
 async fn an_sse_stream_ends_when_its_token_expires() {
     let (_dir, secret) = secret_dir();
     let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);

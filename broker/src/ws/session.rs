@@ -671,6 +671,16 @@ impl Session {
             },
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
             ClientFrame::Pong => {}
+            ClientFrame::Auth { .. } if self.publish_rate.admit().is_err() => {
+                let message =
+                    "more auth and publish frames a second than publish_rate allows; retry later";
+                self.send_frame(&ServerFrame::error(
+                    ErrorCode::RateLimited,
+                    message,
+                    None,
+                    None,
+                ));
+            }
             ClientFrame::Auth { token } => match self.token.refresh(&token) {
                 Ok(answer) => {
                     self.send_frame(&answer);
