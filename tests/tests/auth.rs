@@ -1075,6 +1075,25 @@ async fn tokens_never_reach_the_log() {
 }
 
 #[tokio::test]
+async fn a_refused_token_is_never_echoed() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let token = hs256(SECRET, &claims(json!({"subscribe": ["*"]})));
+    let signature = token.rsplit('.').next().expect("three parts");
+    for path in [
+        format!("/v1/namespaces/n/events?token={token}%FF"),
+        format!("/v1/namespaces/n/events?token={token}&token={token}"),
+        format!("/v1/namespaces/n/events?token={token}x"),
+        format!("/v1/ws?token={token}%FF"),
+    ] {
+        let r = call(&broker, Method::GET, &path, None).await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", &path);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains(signature), "{path}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn the_cli_takes_a_token_from_its_flag_or_variable() {
     let (_dir, secret) = secret_dir();
     let broker = Broker::start(&["--auth-secret-file", &secret]);
