@@ -999,6 +999,20 @@ async fn bad_key_configuration_refuses_to_start() {
             "auth_public_keys",
         ),
         (vec!["--auth-alg", "none"], "HS256, RS256 or ES256"),
+        // Token options without a key: the broker would start open.
+        (
+            vec!["--auth-audience", "rewind"],
+            "auth_audience is set but no key",
+        ),
+        (
+            vec!["--auth-issuer", "issuer"],
+            "auth_issuer is set but no key",
+        ),
+        (vec!["--auth-alg", "RS256"], "auth_alg is set but no key"),
+        (
+            vec!["--auth-expiry-warning-secs", "5"],
+            "auth_expiry_warning_secs is set but no key",
+        ),
     ] {
         let (code, stderr) = serve("127.0.0.1:0", &args, dir.path())
             .err()
@@ -1006,6 +1020,39 @@ async fn bad_key_configuration_refuses_to_start() {
         assert_ne!(code, 0, "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn token_options_at_their_extremes_serve() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&[
+        "--auth-secret-file",
+        &secret,
+        "--auth-leeway-secs",
+        "86400",
+        "--auth-expiry-warning-secs",
+        "18446744073709551615",
+    ]);
+    let token = hs256(SECRET, &claims(json!({"publish": ["*"]})));
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut c = ws(broker.addr, &token, true).await.expect("upgrade");
+    // Every token is inside a warning window that long: warned at once.
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthExpiring { .. })
+    ));
+    c.send(&publish(1, "a")).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::Published { id: 1, .. })
+    ));
 }
 
 #[tokio::test]
