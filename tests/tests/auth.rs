@@ -415,6 +415,45 @@ async fn audience_and_issuer_are_checked_when_configured() {
 }
 
 #[tokio::test]
+async fn nbf_and_iat_of_the_wrong_type_are_refused() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let later = now() + 3600;
+    let good = json!({"nbf": now() - 10, "iat": now() - 10, "publish": ["*"]});
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&hs256(SECRET, &claims(good))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for (what, c) in [
+        // jsonwebtoken 9 skips the nbf check for a string (CVE-2026-25537).
+        (
+            "nbf a string, in the future",
+            json!({"nbf": later.to_string(), "publish": ["*"]}),
+        ),
+        ("nbf in the future", json!({"nbf": later, "publish": ["*"]})),
+        ("nbf an object", json!({"nbf": {"t": 1}, "publish": ["*"]})),
+        (
+            "iat a string",
+            json!({"iat": "yesterday", "publish": ["*"]}),
+        ),
+        ("iat negative", json!({"iat": -1, "publish": ["*"]})),
+    ] {
+        let r = call(
+            &broker,
+            Method::POST,
+            "/v1/namespaces/a/events",
+            Some(&hs256(SECRET, &claims(c))),
+        )
+        .await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", what);
+    }
+}
+
+#[tokio::test]
 async fn rs256_takes_its_keys_tokens_and_refuses_the_key_confusion_attack() {
     let public = keys_dir().join("rs256-test-public.pem");
     let private = std::fs::read(keys_dir().join("rs256-test-private.pem")).expect("private key");

@@ -66,11 +66,18 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// The claims rewind reads; the others are ignored.
+/// The claims rewind reads; the others are ignored. `nbf` and `iat` are read only for
+/// their type: jsonwebtoken 9 skips its `nbf` check when `nbf` is not a number
+/// (CVE-2026-25537, fixed in 10.3.0), so a token whose `nbf` or `iat` is not a
+/// NumericDate fails here, as a whole.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default, rename = "nbf")]
+    _nbf: Option<u64>,
+    #[serde(default, rename = "iat")]
+    _iat: Option<u64>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
