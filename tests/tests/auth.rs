@@ -415,6 +415,37 @@ async fn audience_and_issuer_are_checked_when_configured() {
 }
 
 #[tokio::test]
+async fn without_an_audience_configured_a_token_naming_one_is_refused() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&hs256(SECRET, &claims(json!({"publish": ["*"]})))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for (what, aud) in [
+        ("one audience", json!("another-service")),
+        ("several", json!(["another-service", "rewind"])),
+        ("a number", json!(5)),
+    ] {
+        let r = call(
+            &broker,
+            Method::POST,
+            "/v1/namespaces/a/events",
+            Some(&hs256(
+                SECRET,
+                &claims(json!({"aud": aud, "publish": ["*"]})),
+            )),
+        )
+        .await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", what);
+    }
+}
+
+#[tokio::test]
 async fn nbf_and_iat_of_the_wrong_type_are_refused() {
     let (_dir, secret) = secret_dir();
     let broker = Broker::start(&["--auth-secret-file", &secret]);

@@ -6,7 +6,8 @@
 //! configured one (`auth_alg`) and no other: the token's header cannot choose it, so
 //! `alg: none` and an HS256 token made with an RS256 public key as its secret are refused.
 //!
-//! Claims: `exp` (required, seconds since the Unix epoch), `nbf`, `aud` and `iss` (checked
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf`, `aud` (checked against
+//! `auth_audience`; without it, a token naming an audience is refused) and `iss` (checked
 //! when configured), `sub` (a refresh must keep it), `publish` and `subscribe` (lists of namespace
 //! patterns, `auth::pattern`), `admin` (a boolean: namespace administration and
 //! `/metrics`). A token whose claims have another shape is refused as a whole.
@@ -78,6 +79,10 @@ struct Claims {
     _nbf: Option<u64>,
     #[serde(default, rename = "iat")]
     _iat: Option<u64>,
+    /// Read for its type too: jsonwebtoken checks an `aud` only when it is a string or a
+    /// list of strings.
+    #[serde(default, rename = "aud")]
+    _aud: Option<Audience>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -86,6 +91,14 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     admin: bool,
+}
+
+/// The shapes of `aud` (RFC 7519 §4.1.3): one string, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(#[allow(dead_code)] String),
+    Many(#[allow(dead_code)] Vec<String>),
 }
 
 /// What a verified token allows.
@@ -110,12 +123,11 @@ impl Auth {
         validation.leeway = config.auth_leeway_secs;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        match &config.auth_audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
+        // Without `auth_audience`, jsonwebtoken's default stands: a token that names an
+        // audience was meant for some service, so it is refused rather than taken here.
+        if let Some(aud) = &config.auth_audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
         }
         if let Some(iss) = &config.auth_issuer {
             validation.set_issuer(&[iss]);
