@@ -933,6 +933,38 @@ async fn auth_frames_share_the_publish_rate_bucket() {
 }
 
 #[tokio::test]
+async fn a_long_poll_waits_no_longer_than_its_token_lives() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
+    let admin = hs256(SECRET, &claims(json!({"admin": true, "publish": ["*"]})));
+    broker.publish_as(&admin, "lp").await;
+    let exp = now() + 2;
+    let token = hs256(SECRET, &claims(json!({"exp": exp, "subscribe": ["lp"]})));
+    let bearer = format!("Bearer {token}");
+    let addr = broker.addr;
+    let poll = tokio::spawn(async move {
+        rewind_tests::request(
+            addr,
+            Method::GET,
+            "/v1/namespaces/lp/events?from=1&wait=30",
+            &[("authorization", bearer.as_str())],
+            Default::default(),
+        )
+        .await
+        .expect("long-poll")
+    });
+    // Once the token has expired, an event: not the poll's to deliver.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.publish_as(&admin, "lp").await;
+    let r = poll.await.expect("poll task");
+    assert_eq!(r.status, StatusCode::OK);
+    let page = r.json();
+    assert_eq!(page["events"], json!([]), "{page}");
+}
+
+#[tokio::test]
 async fn an_sse_stream_ends_when_its_token_expires() {
     let (_dir, secret) = secret_dir();
     let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
