@@ -1221,6 +1221,14 @@ async fn tokens_never_reach_the_log() {
         !log.contains(&token) && !log.contains("wrong.wrong"),
         "a token in the log: {log}"
     );
+    // The token's `sub` names who made each request and session.
+    let lines = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains("sub=\"tester\""))
+            .count()
+    };
+    assert!(lines("/v1/namespaces/n/events") >= 2, "{log}");
+    assert_eq!(lines("websocket session"), 1, "{log}");
 }
 
 #[tokio::test]

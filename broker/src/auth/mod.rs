@@ -214,6 +214,11 @@ fn describe(kind: &ErrorKind) -> String {
     }
 }
 
+/// The `sub` of the token a request was answered under, put on its response for the
+/// request log line (never the token itself).
+#[derive(Debug, Clone)]
+pub(crate) struct Subject(pub String);
+
 /// What a request or a WebSocket may do: everything when authentication is off, else
 /// what its token's claims allow, until the token expires. Cheap to clone.
 #[derive(Debug, Clone, Default)]

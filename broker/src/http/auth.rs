@@ -33,7 +33,7 @@ use rewind_protocol::{validate_namespace, ErrorCode};
 
 use super::params;
 use super::response::ApiError;
-use crate::auth::{Auth, Grant, Refusal};
+use crate::auth::{Auth, Grant, Refusal, Subject};
 
 /// What a route needs of a token.
 #[derive(Debug, PartialEq, Eq)]
@@ -201,8 +201,12 @@ pub(super) async fn guard(
         return forbidden(refusal);
     }
     let remaining = grant.remaining();
+    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     req.extensions_mut().insert(grant);
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
+    if let Some(subject) = subject {
+        res.extensions_mut().insert(subject);
+    }
     match (need, remaining) {
         (Need::Stream(_), Some(left)) if res.status().is_success() => {
             res.map(|body| AxumBody::new(UntilExpiry::new(body, left)))

@@ -192,7 +192,11 @@ pub(super) async fn run(
     peer: Option<Peer>,
     grant: Grant,
 ) {
-    let report = Report::new(&ctx.log, peer.map(|p| p.0));
+    let report = Report::new(
+        &ctx.log,
+        peer.map(|p| p.0),
+        grant.subject().map(str::to_owned),
+    );
     let publish_rate = PublishRate::new(ctx.log.config().publish_rate);
     let session = Session {
         token: super::token::TokenState::new(grant),
