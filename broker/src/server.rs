@@ -470,11 +470,16 @@ impl RequestLine {
         let status = res.status().as_u16();
         let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         let (method, path, peer) = (self.method.as_str(), self.uri.path(), self.peer);
+        // The token's `sub`, when a token was taken (never the token).
+        let sub = res
+            .extensions()
+            .get::<crate::auth::Subject>()
+            .map(|s| s.0.as_str());
         let quiet = matches!(path, "/metrics" | "/healthz" | "/readyz") || status == 101;
         if quiet {
-            tracing::debug!(method, path, status, duration_ms, %peer, "request");
+            tracing::debug!(method, path, status, duration_ms, %peer, sub, "request");
         } else {
-            tracing::info!(method, path, status, duration_ms, %peer, "request");
+            tracing::info!(method, path, status, duration_ms, %peer, sub, "request");
         }
     }
 }

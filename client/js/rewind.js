@@ -311,6 +311,8 @@ class WsTransport {
     this.open = false;
     this.openedAt = 0;
     this.silence = null;
+    // The token the connection was opened or last refreshed with (null without one).
+    this.token = null;
     // Namespace -> how many `close`s sent here still wait for their answer. The broker
     // answers in order (opened, …, closed, opened, …), so every frame for the name up to
     // the last pending answer belongs to a subscription already closed.
@@ -678,12 +680,17 @@ export class Client {
     return (typeof t === "function" ? await t() : t) || null;
   }
 
-  /** The broker warned that the connection's token expires: a fresh one, sent in place. */
+  /** The broker warned that the connection's token expires: a fresh one, sent in place.
+   * The token the connection already has is not sent again: it would be warned of again
+   * at once, and the two would loop. */
   async refreshToken(t) {
     if (typeof this.options.token !== "function") return;
     try {
       const token = await this.options.token();
-      if (token && this.active === t) t.send({ t: "auth", token });
+      if (token && token !== t.token && this.active === t) {
+        t.token = token;
+        t.send({ t: "auth", token });
+      }
     } catch (error) {
       this.emit("error", { ns: null, error });
     }
@@ -694,8 +701,9 @@ export class Client {
   async dial() {
     if (this.stopped) return;
     let url = this.wsUrl;
+    let token;
     try {
-      const token = await this.token();
+      token = await this.token();
       if (token) url += `${url.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
     } catch (e) {
       this.wsFailed(e);
@@ -711,6 +719,7 @@ export class Client {
     }
     socket.binaryType = "arraybuffer";
     const t = new WsTransport(this, socket);
+    t.token = token;
     let opened = false;
     let abandoned = false;
     // A handshake that hangs (a proxy that holds it, a listener that never answers) fails.

@@ -36,8 +36,9 @@ use crate::tls::Certificate;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-/// How a [`Client`] behaves. Each default is stated.
-#[derive(Debug, Clone)]
+/// How a [`Client`] behaves. Each default is stated. Its `Debug` shows whether a token is
+/// set, never the token.
+#[derive(Clone)]
 pub struct ClientOptions {
     /// First wait before reconnecting; doubles per failed attempt. Default 100 ms.
     pub backoff_min: Duration,
@@ -56,6 +57,19 @@ pub struct ClientOptions {
     /// as `Authorization: Bearer` on every connection. It is not refreshed: a connection
     /// is closed (4001) when it expires, and reconnects are refused after. Default none.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ClientOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientOptions")
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("liveness", &self.liveness)
+            .field("buffer", &self.buffer)
+            .field("root_certificates", &self.root_certificates)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for ClientOptions {
@@ -777,6 +791,18 @@ fn closing_answer(msg: &ServerMessage, closing: &HashSet<String>) -> Option<Opti
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let options = ClientOptions {
+            token: Some("eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into()),
+            ..ClientOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("c2lnbmF0dXJl"), "{shown}");
+        assert!(shown.contains("token: Some(\"<redacted>\")"), "{shown}");
+        assert!(format!("{:?}", ClientOptions::default()).contains("token: None"));
+    }
 
     #[test]
     fn urls() {

@@ -49,8 +49,9 @@ pub enum PublishError {
     },
 }
 
-/// How a [`Publisher`] retries, and whom it trusts.
-#[derive(Debug, Clone)]
+/// How a [`Publisher`] retries, and whom it trusts. Its `Debug` shows whether a token is
+/// set, never the token.
+#[derive(Clone)]
 pub struct PublisherOptions {
     /// Attempts per publish, the first included. Default 5.
     pub attempts: u32,
@@ -66,6 +67,19 @@ pub struct PublisherOptions {
     /// A token for a broker that checks them (a JWT), sent as `Authorization: Bearer`
     /// with every publish. Default none.
     pub token: Option<String>,
+}
+
+impl std::fmt::Debug for PublisherOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublisherOptions")
+            .field("attempts", &self.attempts)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("timeout", &self.timeout)
+            .field("root_certificates", &self.root_certificates)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Default for PublisherOptions {
@@ -410,6 +424,18 @@ fn form_query(name: &str, value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let options = PublisherOptions {
+            token: Some("eyJhbGciOiJIUzI1NiJ9.e30.c2lnbmF0dXJl".into()),
+            ..PublisherOptions::default()
+        };
+        let shown = format!("{options:?}");
+        assert!(!shown.contains("c2lnbmF0dXJl"), "{shown}");
+        assert!(shown.contains("token: Some(\"<redacted>\")"), "{shown}");
+        assert!(format!("{:?}", PublisherOptions::default()).contains("token: None"));
+    }
 
     #[test]
     fn urls_must_be_http_or_https_host_port() {

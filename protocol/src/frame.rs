@@ -658,6 +658,11 @@ pub enum ServerFrame {
         ns: String,
         /// The event's offset.
         offset: u64,
+        /// `false` when the broker was asked to wait for Redis replicas
+        /// (`redis_wait_replicas`) and `WAIT` fell short: the event is stored on the
+        /// primary, not known to be on the replicas. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replicated: Option<bool>,
     },
     /// Something went wrong; the connection stays up.
     Error {
@@ -1322,6 +1327,13 @@ mod tests {
                 id: 1,
                 ns: "n".into(),
                 offset: 9,
+                replicated: None,
+            },
+            ServerFrame::Published {
+                id: 2,
+                ns: "n".into(),
+                offset: 10,
+                replicated: Some(false),
             },
             ServerFrame::error(ErrorCode::NotOpen, "no", Some(3), None),
             ServerFrame::Ping,

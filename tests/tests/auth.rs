@@ -415,6 +415,76 @@ async fn audience_and_issuer_are_checked_when_configured() {
 }
 
 #[tokio::test]
+async fn without_an_audience_configured_a_token_naming_one_is_refused() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&hs256(SECRET, &claims(json!({"publish": ["*"]})))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for (what, aud) in [
+        ("one audience", json!("another-service")),
+        ("several", json!(["another-service", "rewind"])),
+        ("a number", json!(5)),
+    ] {
+        let r = call(
+            &broker,
+            Method::POST,
+            "/v1/namespaces/a/events",
+            Some(&hs256(
+                SECRET,
+                &claims(json!({"aud": aud, "publish": ["*"]})),
+            )),
+        )
+        .await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", what);
+    }
+}
+
+#[tokio::test]
+async fn nbf_and_iat_of_the_wrong_type_are_refused() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let later = now() + 3600;
+    let good = json!({"nbf": now() - 10, "iat": now() - 10, "publish": ["*"]});
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&hs256(SECRET, &claims(good))),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    for (what, c) in [
+        // jsonwebtoken 9 skips the nbf check for a string (CVE-2026-25537).
+        (
+            "nbf a string, in the future",
+            json!({"nbf": later.to_string(), "publish": ["*"]}),
+        ),
+        ("nbf in the future", json!({"nbf": later, "publish": ["*"]})),
+        ("nbf an object", json!({"nbf": {"t": 1}, "publish": ["*"]})),
+        (
+            "iat a string",
+            json!({"iat": "yesterday", "publish": ["*"]}),
+        ),
+        ("iat negative", json!({"iat": -1, "publish": ["*"]})),
+    ] {
+        let r = call(
+            &broker,
+            Method::POST,
+            "/v1/namespaces/a/events",
+            Some(&hs256(SECRET, &claims(c))),
+        )
+        .await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", what);
+    }
+}
+
+#[tokio::test]
 async fn rs256_takes_its_keys_tokens_and_refuses_the_key_confusion_attack() {
     let public = keys_dir().join("rs256-test-public.pem");
     let private = std::fs::read(keys_dir().join("rs256-test-private.pem")).expect("private key");
@@ -786,6 +856,115 @@ async fn a_refreshed_websocket_outlives_its_first_token() {
 }
 
 #[tokio::test]
+async fn a_refresh_inside_the_warning_window_is_not_warned_again() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&[
+        "--auth-secret-file",
+        &secret,
+        "--auth-leeway-secs",
+        "0",
+        "--auth-expiry-warning-secs",
+        "30",
+    ]);
+    let token = |secs| {
+        hs256(
+            SECRET,
+            &claims(json!({"exp": now() + secs, "publish": ["p"]})),
+        )
+    };
+    let mut c = ws(broker.addr, &token(3), true).await.expect("upgrade");
+    // Inside the 30 s window from the start: warned at once.
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthExpiring { .. })
+    ));
+    // Answered with another token that is also inside the window, as a client whose
+    // issuer hands out short tokens would: `auth_ok`, and then no warning until the
+    // close, where a warning at once would make the client refresh again, for ever.
+    c.send(&ClientFrame::Auth { token: token(4) }).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthOk { .. })
+    ));
+    let mut warnings = 0;
+    let close = loop {
+        match c.recv().await {
+            Received::Message(ServerMessage::Frame(ServerFrame::AuthExpiring { .. })) => {
+                warnings += 1;
+                c.send(&ClientFrame::Auth { token: token(4) }).await;
+                assert!(warnings < 50, "a refresh loop");
+            }
+            Received::Message(_) => {}
+            Received::Closed(frame) => break frame.map(|f| u16::from(f.code)),
+        }
+    };
+    assert_eq!((warnings, close), (0, Some(4001)));
+}
+
+#[tokio::test]
+async fn auth_frames_share_the_publish_rate_bucket() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret, "--publish-rate", "2"]);
+    let token = hs256(SECRET, &claims(json!({"publish": ["p"]})));
+    let mut c = ws(broker.addr, &token, true).await.expect("upgrade");
+    for _ in 0..6 {
+        c.send(&ClientFrame::Auth {
+            token: token.clone(),
+        })
+        .await;
+    }
+    let (mut ok, mut limited) = (0, 0);
+    for _ in 0..6 {
+        match frame(&mut c).await {
+            ServerMessage::Frame(ServerFrame::AuthOk { .. }) => ok += 1,
+            ServerMessage::Frame(ServerFrame::Error { code, .. }) if code == "rate_limited" => {
+                limited += 1
+            }
+            other => panic!("expected auth_ok or rate_limited, got {other:?}"),
+        }
+    }
+    assert!(ok >= 1 && limited >= 1, "{ok} taken, {limited} limited");
+    // The connection goes on.
+    c.send(&ClientFrame::Ping).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::Pong)
+    ));
+}
+
+#[tokio::test]
+async fn a_long_poll_waits_no_longer_than_its_token_lives() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
+    let admin = hs256(SECRET, &claims(json!({"admin": true, "publish": ["*"]})));
+    broker.publish_as(&admin, "lp").await;
+    let exp = now() + 2;
+    let token = hs256(SECRET, &claims(json!({"exp": exp, "subscribe": ["lp"]})));
+    let bearer = format!("Bearer {token}");
+    let addr = broker.addr;
+    let poll = tokio::spawn(async move {
+        rewind_tests::request(
+            addr,
+            Method::GET,
+            "/v1/namespaces/lp/events?from=1&wait=30",
+            &[("authorization", bearer.as_str())],
+            Default::default(),
+        )
+        .await
+        .expect("long-poll")
+    });
+    // Once the token has expired, an event: not the poll's to deliver.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    broker.publish_as(&admin, "lp").await;
+    let r = poll.await.expect("poll task");
+    assert_eq!(r.status, StatusCode::OK);
+    let page = r.json();
+    assert_eq!(page["events"], json!([]), "{page}");
+}
+
+#[tokio::test]
 async fn an_sse_stream_ends_when_its_token_expires() {
     let (_dir, secret) = secret_dir();
     let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
@@ -922,6 +1101,20 @@ async fn bad_key_configuration_refuses_to_start() {
             "auth_public_keys",
         ),
         (vec!["--auth-alg", "none"], "HS256, RS256 or ES256"),
+        // Token options without a key: the broker would start open.
+        (
+            vec!["--auth-audience", "rewind"],
+            "auth_audience is set but no key",
+        ),
+        (
+            vec!["--auth-issuer", "issuer"],
+            "auth_issuer is set but no key",
+        ),
+        (vec!["--auth-alg", "RS256"], "auth_alg is set but no key"),
+        (
+            vec!["--auth-expiry-warning-secs", "5"],
+            "auth_expiry_warning_secs is set but no key",
+        ),
     ] {
         let (code, stderr) = serve("127.0.0.1:0", &args, dir.path())
             .err()
@@ -929,6 +1122,39 @@ async fn bad_key_configuration_refuses_to_start() {
         assert_ne!(code, 0, "{args:?}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+#[tokio::test]
+async fn token_options_at_their_extremes_serve() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&[
+        "--auth-secret-file",
+        &secret,
+        "--auth-leeway-secs",
+        "86400",
+        "--auth-expiry-warning-secs",
+        "18446744073709551615",
+    ]);
+    let token = hs256(SECRET, &claims(json!({"publish": ["*"]})));
+    let r = call(
+        &broker,
+        Method::POST,
+        "/v1/namespaces/a/events",
+        Some(&token),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let mut c = ws(broker.addr, &token, true).await.expect("upgrade");
+    // Every token is inside a warning window that long: warned at once.
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::AuthExpiring { .. })
+    ));
+    c.send(&publish(1, "a")).await;
+    assert!(matches!(
+        frame(&mut c).await,
+        ServerMessage::Frame(ServerFrame::Published { id: 1, .. })
+    ));
 }
 
 #[tokio::test]
@@ -995,6 +1221,33 @@ async fn tokens_never_reach_the_log() {
         !log.contains(&token) && !log.contains("wrong.wrong"),
         "a token in the log: {log}"
     );
+    // The token's `sub` names who made each request and session.
+    let lines = |what: &str| {
+        log.lines()
+            .filter(|l| l.contains(what) && l.contains("sub=\"tester\""))
+            .count()
+    };
+    assert!(lines("/v1/namespaces/n/events") >= 2, "{log}");
+    assert_eq!(lines("websocket session"), 1, "{log}");
+}
+
+#[tokio::test]
+async fn a_refused_token_is_never_echoed() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let token = hs256(SECRET, &claims(json!({"subscribe": ["*"]})));
+    let signature = token.rsplit('.').next().expect("three parts");
+    for path in [
+        format!("/v1/namespaces/n/events?token={token}%FF"),
+        format!("/v1/namespaces/n/events?token={token}&token={token}"),
+        format!("/v1/namespaces/n/events?token={token}x"),
+        format!("/v1/ws?token={token}%FF"),
+    ] {
+        let r = call(&broker, Method::GET, &path, None).await;
+        assert_refused(&r, StatusCode::UNAUTHORIZED, "unauthorized", &path);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains(signature), "{path}: {body}");
+    }
 }
 
 #[tokio::test]

@@ -3,13 +3,13 @@
 //! the nodes, subscribers on other nodes, a node killed with `kill -9`, Redis stopped and
 //! restarted with and without persistence.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use rewind_client::{Client, ClientOptions, Item, Resume, StreamExt, Subscription};
 use rewind_protocol::frame::{ClientFrame, ServerFrame, ServerMessage};
 use rewind_protocol::Position;
-use rewind_tests::redis::{Balancer, Persistence, RedisServer};
+use rewind_tests::redis::{Balancer, Persistence, PubSubStall, RedisServer};
 use rewind_tests::{ws, Broker, StatusCode};
 
 /// Every test's deadline for a condition it waits on.
@@ -389,12 +389,61 @@ async fn wait_for_a_replica_that_is_not_there_says_not_replicated_and_stores_any
         r.json(),
         serde_json::json!({"first": 1, "last": 2, "replicated": false})
     );
+    // The same on WebSocket, in JSON and MessagePack: `published` says `replicated`
+    // false, and the event is stored.
+    for (offset, protocol) in (3..).zip(["rewind.v1.json", "rewind.v1.msgpack"]) {
+        let mut c = ws::Client::connect(waiting.addr, Some(protocol)).await;
+        c.send(&ClientFrame::Publish {
+            id: 7,
+            ns: "w".into(),
+            event: "n".into(),
+            data: Some(rewind_protocol::Payload::Json("5".into())),
+            key: None,
+            idempotency_key: None,
+        })
+        .await;
+        match c.next().await {
+            ServerMessage::Frame(f) => assert_eq!(
+                f,
+                ServerFrame::Published {
+                    id: 7,
+                    ns: "w".into(),
+                    offset,
+                    replicated: Some(false)
+                },
+                "{protocol}"
+            ),
+            other => panic!("{protocol}: {other:?}"),
+        }
+    }
     // Without WAIT the answer is as always, and the events are there for every node.
+    let mut c = ws::Client::connect(plain.addr, None).await;
+    c.send(&ClientFrame::Publish {
+        id: 8,
+        ns: "w".into(),
+        event: "n".into(),
+        data: Some(rewind_protocol::Payload::Json("6".into())),
+        key: None,
+        idempotency_key: None,
+    })
+    .await;
+    match c.next().await {
+        ServerMessage::Frame(f) => assert_eq!(
+            f,
+            ServerFrame::Published {
+                id: 8,
+                ns: "w".into(),
+                offset: 5,
+                replicated: None
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
     let (status, body) = publish(&plain, "w", 3).await;
     assert_eq!(status, StatusCode::CREATED);
-    assert_eq!(body, serde_json::json!({"offset": 3}));
+    assert_eq!(body, serde_json::json!({"offset": 6}));
     let page = plain.get("/v1/namespaces/w/events?from=0").await.json();
-    assert_eq!(page["events"].as_array().map(Vec::len), Some(4));
+    assert_eq!(page["events"].as_array().map(Vec::len), Some(7));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -593,49 +642,306 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
 }
 
 /// A client told an offset by one node starts there on another at once (found by a
-/// new-user tester): the other node's visible end may lag Redis by a moment, and a start
-/// beyond it but within what Redis holds is looked up there, not refused `bad_position` —
-/// on every transport.
+/// new-user tester: `open` with the true next refused `bad_position` 66/200): the other
+/// node's visible end lags Redis until it hears the announcement, and a start beyond it
+/// but within what Redis holds is looked up in Redis, not refused — on every transport.
+/// The lag is made, not hoped for: node B reaches Redis through a proxy that holds back
+/// its Pub/Sub connection, and re-reads the store only once a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_start_another_node_has_not_heard_of_yet_is_taken_on_every_transport() {
+async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport() {
     let redis = RedisServer::start(Persistence::None);
-    // The second node re-reads the store only once a minute, so what it has heard of is
-    // only what the announcements told it: a start past that must be looked up.
-    let url = redis.url();
-    let nodes = [
-        node(&redis, &[]),
-        Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]),
-    ];
-    for i in 0..40u64 {
-        let offset = publish_ok(&nodes[0], "lag", i).await;
-        let mut c = raw_subscribe(&nodes[1], "lag", offset).await;
-        match c.next().await {
-            ServerMessage::Frame(ServerFrame::Opened { from, .. }) => assert_eq!(from, offset),
-            other => panic!("open at {offset} on the other node: {other:?}"),
-        }
-        consecutive(&mut c, offset, 1).await;
-        let next = offset + 1;
-        let r = nodes[1]
-            .get(&format!("/v1/namespaces/lag/events?from={}", next + 1))
-            .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "beyond Redis's next too");
-        let published = publish_ok(&nodes[0], "lag", i).await;
-        let r = nodes[1]
-            .get(&format!("/v1/namespaces/lag/events?from={published}"))
-            .await;
-        assert_eq!(r.status, StatusCode::OK, "long-poll read at {published}");
-        let sse = rewind_tests::sse::Sse::open(
-            nodes[1].addr,
-            &format!("/v1/namespaces/lag/sse?from={}", published + 1),
-            &[],
-        )
-        .await;
-        assert_eq!(
-            sse.status,
-            200,
-            "SSE at {}: {:?}",
-            published + 1,
-            sse.headers
-        );
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &[]);
+    let url = proxy.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    publish_ok(&a, "lag", 0).await;
+    let mut early = raw_subscribe(&b, "lag", 0).await;
+    consecutive(&mut early, 0, 1).await;
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
     }
+    // The listener asks its writer for a heal once subscribed, before it reads any
+    // announcement: once event 1 reached B's subscriber, that heal is queued, and once the
+    // writer answered a later command, it is done. B then hears of A's appends through
+    // its Pub/Sub connection only (its next heal is a minute away).
+    publish_ok(&a, "lag", 1).await;
+    consecutive(&mut early, 1, 1).await;
+    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    assert_eq!(proxy.subscribed(), 1, "one Pub/Sub connection");
+    proxy.stall();
+    for i in 2..6 {
+        assert_eq!(publish_ok(&a, "lag", i).await, i);
+    }
+    let known = b.get("/v1/namespaces/lag").await.json();
+    assert_eq!(known["next"], 2, "B has heard of 2..=5 already: {known}");
+    // WebSocket `open` at the true next.
+    let mut c = raw_subscribe(&b, "lag", 6).await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Opened { from, next, .. }) => {
+            assert_eq!((from, next), (6, 6))
+        }
+        other => panic!("open at 6 on the lagging node: {other:?}"),
+    }
+    // Beyond what Redis holds is still refused.
+    let r = b.get("/v1/namespaces/lag/events?from=8").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "beyond Redis's next");
+    // Long-poll (a read) at the true next.
+    assert_eq!(publish_ok(&a, "lag", 6).await, 6);
+    let r = b.get("/v1/namespaces/lag/events?from=7").await;
+    assert_eq!(r.status, StatusCode::OK, "read at 7: {:?}", r.json());
+    assert_eq!(r.json()["next"], 7);
+    // SSE at the true next.
+    assert_eq!(publish_ok(&a, "lag", 7).await, 7);
+    let sse = rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/lag/sse?from=8", &[]).await;
+    assert_eq!(sse.status, 200, "SSE at 8: {:?}", sse.headers);
+    // What was held back arrives, in order, once the node hears again.
+    proxy.resume();
+    consecutive(&mut early, 2, 6).await;
+}
+
+/// Reads `ns` from offset 0 on every node and records each `(epoch, offset)` with its
+/// event, asserting none carries two different events; answers the epoch all nodes serve.
+async fn witness_pairs(
+    nodes: &[Broker],
+    ns: &str,
+    pairs: &mut HashMap<(String, u64), String>,
+) -> String {
+    let mut epochs = BTreeSet::new();
+    for b in nodes {
+        let page = b
+            .get(&format!("/v1/namespaces/{ns}/events?from=0&limit=1000"))
+            .await
+            .json();
+        let epoch = page["epoch"].as_str().expect("epoch").to_owned();
+        for e in page["events"].as_array().expect("events") {
+            let offset = e["offset"].as_u64().expect("offset");
+            let data = e["data"].to_string();
+            let before = pairs.entry((epoch.clone(), offset)).or_insert(data.clone());
+            assert_eq!(
+                *before, data,
+                "({epoch}, {offset}) handed to two different events"
+            );
+        }
+        epochs.insert(epoch);
+    }
+    assert_eq!(
+        epochs.len(),
+        1,
+        "the nodes serve different epochs: {epochs:?}"
+    );
+    epochs.into_iter().next().expect("an epoch")
+}
+
+/// Tester finding 2: the same RDB snapshot restored twice brought an old epoch back with a
+/// lower `next`, and an offset was handed out a second time under that epoch. The nodes
+/// are witnesses: a lower `next` under the epoch they follow, or an epoch they saw
+/// replaced, gives the namespace a fresh epoch before anything is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_snapshot_restored_twice_never_hands_out_an_epoch_and_offset_twice() {
+    let mut redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    let mut pairs = HashMap::new();
+    for i in 0..5 {
+        publish_ok(&nodes[0], "snap", i).await;
+    }
+    redis.save();
+    for i in 5..10 {
+        publish_ok(&nodes[0], "snap", i).await;
+    }
+    let mut epochs = vec![witness_pairs(&nodes, "snap", &mut pairs).await];
+    for round in 0..2u64 {
+        redis.restart();
+        // Every node moves to an epoch never served before, the same one.
+        let seen = epochs.clone();
+        let fresh = nodes[round as usize]
+            .wait_for("/v1/namespaces/snap", |v| {
+                v["epoch"]
+                    .as_str()
+                    .is_some_and(|e| !seen.iter().any(|o| o == e))
+            })
+            .await["epoch"]
+            .as_str()
+            .expect("epoch")
+            .to_owned();
+        for b in &nodes {
+            b.wait_for("/v1/namespaces/snap", |v| v["epoch"] == fresh.as_str())
+                .await;
+        }
+        // The snapshot's next is 5: offsets 5.. again, under the fresh epoch only.
+        for i in 0..3 {
+            let on = &nodes[((round + i) % 2) as usize];
+            assert_eq!(publish_ok(on, "snap", 100 * (round + 1) + i).await, 5 + i);
+        }
+        assert_eq!(witness_pairs(&nodes, "snap", &mut pairs).await, fresh);
+        // A client resuming with the epoch before is told.
+        let old = epochs.last().expect("an epoch").clone();
+        for b in &nodes {
+            let mut c = ws::Client::connect(b.addr, None).await;
+            c.send(&ClientFrame::Open {
+                ns: "snap".into(),
+                from: Position::Offset(8),
+                epoch: Some(old.clone()),
+                credit: 100,
+            })
+            .await;
+            loop {
+                match c.next().await {
+                    ServerMessage::Frame(ServerFrame::Truncated {
+                        requested, reason, ..
+                    }) => {
+                        assert_eq!((requested, reason.as_str()), (8, "epoch"));
+                        break;
+                    }
+                    ServerMessage::Frame(ServerFrame::Opened { epoch, .. }) => {
+                        assert_eq!(epoch, fresh)
+                    }
+                    other => panic!("resuming with {old} at 8: {other:?}"),
+                }
+            }
+        }
+        epochs.push(fresh);
+    }
+}
+
+/// Tester finding 3: a restored snapshot from before a namespace was created was taken as
+/// a delete by another broker (logged so, subscribers `closed` `deleted`, the namespace
+/// 404 on every node). A delete keeps the namespace's metadata in Redis; metadata gone
+/// entirely is lost data: the namespace is created again with a new epoch, its
+/// subscribers end with `closed` reason `epoch`, and resuming is told `truncated` epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_before_a_namespace_existed_is_lost_data_not_a_delete() {
+    let mut redis = RedisServer::start(Persistence::None);
+    let nodes = nodes(&redis, 2);
+    publish_ok(&nodes[0], "older", 0).await;
+    redis.save();
+    for i in 0..3 {
+        publish_ok(&nodes[0], "younger", i).await;
+    }
+    let old_epoch = nodes[1].get("/v1/namespaces/younger").await.json()["epoch"]
+        .as_str()
+        .expect("epoch")
+        .to_owned();
+    let mut sub = raw_subscribe(&nodes[1], "younger", 0).await;
+    consecutive(&mut sub, 0, 3).await;
+    redis.restart();
+    loop {
+        match sub.next().await {
+            ServerMessage::Frame(ServerFrame::Closed { reason, .. }) => {
+                assert_eq!(reason.as_deref(), Some("epoch"));
+                break;
+            }
+            ServerMessage::Frame(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    for b in &nodes {
+        let now = b
+            .wait_for("/v1/namespaces/younger", |v| {
+                v["epoch"].as_str().is_some_and(|e| e != old_epoch)
+            })
+            .await;
+        assert_eq!(now["next"], 0, "{now}");
+    }
+    let mut c = ws::Client::connect(nodes[0].addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: "younger".into(),
+        from: Position::Offset(3),
+        epoch: Some(old_epoch.clone()),
+        credit: 100,
+    })
+    .await;
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Truncated {
+                requested, reason, ..
+            }) => {
+                assert_eq!((requested, reason.as_str()), (3, "epoch"));
+                break;
+            }
+            ServerMessage::Frame(ServerFrame::Opened { .. }) => {}
+            other => panic!("resuming with {old_epoch} at 3: {other:?}"),
+        }
+    }
+}
+
+/// Polls `/readyz` on `b` until its status is `want`, at most `polls` times: each answer
+/// is fresh (`/readyz` asks Redis), so a small bound, not a clock, says how soon.
+async fn ready_within(b: &Broker, want: &str, polls: usize) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..polls {
+        last = b.get("/readyz").await.json();
+        if last["status"] == want {
+            return last;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("/readyz not {want} after {polls} polls: {last}");
+}
+
+/// Tester finding 4: `/readyz` took 1.5–2.6 s to notice Redis gone (it only followed the
+/// health ping every `redis_heal_interval_ms`). Each `/readyz` now asks Redis itself, so
+/// the first one after Redis is killed says not ready, and the first one after Redis is
+/// back, ready. The heal interval is a minute here: nothing else would notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_at_once_that_redis_is_gone_and_back() {
+    let mut redis = RedisServer::start(Persistence::AofAlways);
+    let url = redis.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    ready_within(&b, "ready", 1).await;
+    publish_ok(&b, "r", 0).await;
+    for _ in 0..2 {
+        redis.stop();
+        let r = ready_within(&b, "storage_unavailable", 1).await;
+        assert_eq!(r["error"]["code"], "unavailable");
+        redis.restart();
+        // A pooled connection from before the restart may fail once.
+        ready_within(&b, "ready", 2).await;
+    }
+    publish_ok(&b, "r", 1).await;
+}
+
+/// Review F12: against a read-only replica (an old primary after a failover) every write
+/// fails `READONLY`, but `/readyz` said ready after each successful read. Now it is not
+/// ready, and publishes are `503` `unavailable`, for as long as Redis takes no writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_on_a_read_only_replica_is_not_ready_and_refuses_publishes() {
+    let primary = RedisServer::start(Persistence::None);
+    let replica = RedisServer::start_replica(&primary);
+    let url = replica.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "100"]);
+    for _ in 0..3 {
+        let r = ready_within(&b, "storage_unavailable", 1).await;
+        assert_eq!(r["error"]["code"], "unavailable");
+        let (status, body) = publish(&b, "ro", 0).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        // Reads succeed on a replica, and must not make the node ready.
+        assert_eq!(b.get("/v1/namespaces").await.status, StatusCode::OK);
+    }
+}
+
+/// Decision (tester finding 5): a node whose Redis is down at startup does not exit; it
+/// starts, not ready (`/readyz` 503, publishes 503), and serves once Redis answers, as a
+/// node behind a load balancer should (the balancer's checks keep traffic away meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_waits_for_it_not_ready() {
+    let mut redis = RedisServer::start(Persistence::None);
+    redis.stop();
+    let url = redis.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "100"]);
+    let r = ready_within(&b, "storage_unavailable", 1).await;
+    assert_eq!(r["error"]["code"], "unavailable");
+    let (status, body) = publish(&b, "late", 0).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    redis.restart();
+    ready_within(&b, "ready", 2).await;
+    let a = node(&redis, &[]);
+    assert_eq!(publish_ok(&a, "late", 0).await, 0);
+    let mut sub = raw_subscribe(&b, "late", 0).await;
+    consecutive(&mut sub, 0, 1).await;
+    assert_eq!(publish_ok(&b, "late", 1).await, 1);
+    consecutive(&mut sub, 1, 1).await;
 }

@@ -241,7 +241,8 @@ async fn websocket_json_publishes_refuse_what_messagepack_cannot_carry() {
         ServerFrame::Published {
             id: 99,
             ns: "enc".into(),
-            offset: 0
+            offset: 0,
+            replicated: None
         }
     );
     assert_eq!(next_offset(&b, "enc").await, 1);
@@ -382,7 +383,8 @@ async fn websocket_messagepack_publishes_refuse_what_json_cannot_carry() {
         ServerFrame::Published {
             id: 100,
             ns: "enc".into(),
-            offset: 0
+            offset: 0,
+            replicated: None
         }
     );
     let page = b.get("/v1/namespaces/enc/events?from=0").await;

@@ -185,7 +185,8 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
             ServerFrame::Published {
                 id: 1,
                 ns: ns.into(),
-                offset: 0
+                offset: 0,
+                replicated: None
             }
         );
         // Another payload under that key, and one event under a batch's key: conflicts.
@@ -211,7 +212,8 @@ async fn a_websocket_retry_answers_the_original_and_a_different_publish_is_a_con
             ServerFrame::Published {
                 id: 4,
                 ns: ns.into(),
-                offset: 3
+                offset: 3,
+                replicated: None
             }
         );
         created(
@@ -307,7 +309,8 @@ async fn one_idempotency_key_rule_on_every_transport() {
                 ServerFrame::Published {
                     id: 1,
                     ns: "keys".into(),
-                    offset: next as u64
+                    offset: next as u64,
+                    replicated: None
                 },
                 "{protocol} {key:?}"
             );
@@ -333,7 +336,8 @@ fn published(f: ServerFrame, id: u64, offset: u64) {
         ServerFrame::Published {
             id,
             ns: "ws1".into(),
-            offset
+            offset,
+            replicated: None
         }
     );
 }

@@ -145,9 +145,13 @@ async fn stalled_catch_up_subscribers_are_held_to_the_budget_and_freed_on_close(
         BUDGET / 1024
     );
     // Without the budget every subscription held a read of up to 1000 events (2 MB), and
-    // hundreds of blocking threads their own memory: RSS grew by 294 MB here. The store's own growth varies by ±10 MB, so the margin is 24 MiB.
+    // hundreds of blocking threads their own memory: RSS grew by 294 MB here. With the
+    // budget, growth measured 41–106 MB across runs on this 2-core machine (the high end
+    // with other builds running: more blocking threads busy at once, each with its own
+    // allocator pages), so the margin is 48 MiB: the bound (116 MiB) still fails the
+    // unbudgeted broker by far.
     assert!(
-        growth <= BUDGET / 1024 + outboxes + threads + 24 * MIB,
+        growth <= BUDGET / 1024 + outboxes + threads + 48 * MIB,
         "RSS grew {growth} KiB with stalled subscribers"
     );
 

@@ -17,9 +17,12 @@ const HEX_BYTES = 32; // bytes of a byte payload shown in hex
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
-// A token for a broker that checks them, from `#token=…`: the fragment is never sent to
-// the server, so it stays out of request logs (docs/security.md, "Tokens").
+// A token for a broker that checks them, from `#token=…`. The fragment is not sent with
+// the page's own request, but the token then goes out as `Authorization` on fetches and
+// as `?token=` on the WebSocket, which a proxy may log (docs/browser.md). Once read, it is
+// cleared from the address bar and the history entry, so it is not bookmarked or shared.
 const token = new URLSearchParams(location.hash.slice(1)).get("token") || null;
+if (token) window.history.replaceState(window.history.state, "", location.pathname + location.search);
 
 /** `n` bytes for people: 1.2 MiB. */
 function size(n) {

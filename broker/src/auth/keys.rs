@@ -37,13 +37,21 @@ pub(super) fn algorithm(alg: AuthAlg) -> Algorithm {
 }
 
 /// The keys `config` names: the secret for HS256, the public keys for RS256/ES256;
-/// `Ok(None)` when it names none (authentication off). A secret with RS256/ES256, public
+/// `Ok(None)` when it names none and sets no other token option (authentication off). A
+/// token option (`auth_alg`, `auth_audience`, `auth_issuer`, `auth_leeway_secs`,
+/// `auth_expiry_warning_secs`) set without a key is refused: the broker would start open. A secret with RS256/ES256, public
 /// keys with HS256, or both, are refused: which one would be meant cannot be told.
 pub(super) fn load(config: &Config) -> Result<Option<Vec<Key>>, AuthError> {
     let secret = config.auth_secret_file.as_deref();
     let public = &config.auth_public_keys;
     match (config.auth_alg, secret, public.is_empty()) {
-        (_, None, true) => Ok(None),
+        (_, None, true) => match partial(config) {
+            Some(option) => Err(AuthError::Config(format!(
+                "{option} is set but no key is (auth_secret_file or auth_public_keys): \
+                 the broker would start without checking tokens; set a key or remove {option}"
+            ))),
+            None => Ok(None),
+        },
         (_, Some(_), false) => Err(AuthError::Config(
             "auth_secret_file and auth_public_keys are both set; set one".into(),
         )),
@@ -69,6 +77,27 @@ pub(super) fn load(config: &Config) -> Result<Option<Vec<Key>>, AuthError> {
             Ok(Some(keys))
         }
     }
+}
+
+/// The first token option `config` sets away from its default, when it names no key: a
+/// configuration that means tokens to be checked, but would start open.
+fn partial(config: &Config) -> Option<&'static str> {
+    let default = Config::default();
+    [
+        ("auth_alg", config.auth_alg != default.auth_alg),
+        ("auth_audience", config.auth_audience.is_some()),
+        ("auth_issuer", config.auth_issuer.is_some()),
+        (
+            "auth_leeway_secs",
+            config.auth_leeway_secs != default.auth_leeway_secs,
+        ),
+        (
+            "auth_expiry_warning_secs",
+            config.auth_expiry_warning_secs != default.auth_expiry_warning_secs,
+        ),
+    ]
+    .into_iter()
+    .find_map(|(name, set)| set.then_some(name))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AuthError> {

@@ -6,7 +6,8 @@
 //! configured one (`auth_alg`) and no other: the token's header cannot choose it, so
 //! `alg: none` and an HS256 token made with an RS256 public key as its secret are refused.
 //!
-//! Claims: `exp` (required, seconds since the Unix epoch), `nbf`, `aud` and `iss` (checked
+//! Claims: `exp` (required, seconds since the Unix epoch), `nbf`, `aud` (checked against
+//! `auth_audience`; without it, a token naming an audience is refused) and `iss` (checked
 //! when configured), `sub` (a refresh must keep it), `publish` and `subscribe` (lists of namespace
 //! patterns, `auth::pattern`), `admin` (a boolean: namespace administration and
 //! `/metrics`). A token whose claims have another shape is refused as a whole.
@@ -66,11 +67,22 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-/// The claims rewind reads; the others are ignored.
+/// The claims rewind reads; the others are ignored. `nbf` and `iat` are read only for
+/// their type: jsonwebtoken 9 skips its `nbf` check when `nbf` is not a number
+/// (CVE-2026-25537, fixed in 10.3.0), so a token whose `nbf` or `iat` is not a
+/// NumericDate fails here, as a whole.
 #[derive(Deserialize)]
 struct Claims {
     #[serde(default)]
     exp: Option<u64>,
+    #[serde(default, rename = "nbf")]
+    _nbf: Option<u64>,
+    #[serde(default, rename = "iat")]
+    _iat: Option<u64>,
+    /// Read for its type too: jsonwebtoken checks an `aud` only when it is a string or a
+    /// list of strings.
+    #[serde(default, rename = "aud")]
+    _aud: Option<Audience>,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -79,6 +91,14 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     admin: bool,
+}
+
+/// The shapes of `aud` (RFC 7519 §4.1.3): one string, or a list of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Audience {
+    One(#[allow(dead_code)] String),
+    Many(#[allow(dead_code)] Vec<String>),
 }
 
 /// What a verified token allows.
@@ -103,12 +123,11 @@ impl Auth {
         validation.leeway = config.auth_leeway_secs;
         validation.validate_nbf = true;
         let mut required = vec!["exp"];
-        match &config.auth_audience {
-            Some(aud) => {
-                validation.set_audience(&[aud]);
-                required.push("aud");
-            }
-            None => validation.validate_aud = false,
+        // Without `auth_audience`, jsonwebtoken's default stands: a token that names an
+        // audience was meant for some service, so it is refused rather than taken here.
+        if let Some(aud) = &config.auth_audience {
+            validation.set_audience(&[aud]);
+            required.push("aud");
         }
         if let Some(iss) = &config.auth_issuer {
             validation.set_issuer(&[iss]);
@@ -194,6 +213,11 @@ fn describe(kind: &ErrorKind) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// The `sub` of the token a request was answered under, put on its response for the
+/// request log line (never the token itself).
+#[derive(Debug, Clone)]
+pub(crate) struct Subject(pub String);
 
 /// What a request or a WebSocket may do: everything when authentication is off, else
 /// what its token's claims allow, until the token expires. Cheap to clone.

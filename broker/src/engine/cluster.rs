@@ -88,6 +88,7 @@ pub(crate) fn spawn_listener(
             while !shutdown.is_cancelled() {
                 if let Err(e) = listen(&store, &namespaces, &tx, &shutdown) {
                     tracing::warn!(error = %e, "cluster listener: reconnecting");
+                    store.reset_connections();
                     std::thread::sleep(BACKOFF);
                 }
             }

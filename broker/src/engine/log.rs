@@ -56,12 +56,24 @@ pub type QueueSlot = mpsc::OwnedPermit<Command>;
 
 /// The writer's answer to a queued command, to be awaited; a publish's carries the timer
 /// of its latency, observed when the answer is dropped.
-pub struct Pending<T>(oneshot::Receiver<Result<T, LogError>>, Option<Timer>);
+pub struct Pending<T>(
+    oneshot::Receiver<Result<T, LogError>>,
+    Option<Timer>,
+    Option<Arc<std::sync::atomic::AtomicBool>>,
+);
 
 impl<T> Pending<T> {
     /// Waits for the answer.
     pub async fn wait(self) -> Result<T, LogError> {
         self.await
+    }
+
+    /// Once answered: `Some(false)` when the commit that made an append durable did not
+    /// reach the replicas `redis_wait_replicas` asks for (Redis `WAIT` fell short);
+    /// `None` when no replicas are asked for, or they were reached.
+    pub fn not_replicated(&self) -> Option<bool> {
+        let flag = self.2.as_ref()?;
+        (!flag.load(std::sync::atomic::Ordering::Acquire)).then_some(false)
     }
 }
 
@@ -255,7 +267,7 @@ impl Log {
             mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
             mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
         })?;
-        Ok(Pending(answer, None))
+        Ok(Pending(answer, None, None))
     }
 
     async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
@@ -293,14 +305,17 @@ impl Log {
         idempotency: Option<Idempotency>,
     ) -> Pending<Appended> {
         let (reply, answer) = oneshot::channel();
+        // Only when replicas are asked for: the answer then says when `WAIT` fell short.
+        let replicated = (self.inner.config.redis_wait_replicas > 0)
+            .then(|| Arc::new(std::sync::atomic::AtomicBool::new(true)));
         slot.send(Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency,
             reply,
-            replicated: None,
+            replicated: replicated.clone(),
         });
-        Pending(answer, Some(self.inner.metrics.publish_timer()))
+        Pending(answer, Some(self.inner.metrics.publish_timer()), replicated)
     }
 
     /// Events of `ns` with offsets in `from..until`, at most `max_events` (and
@@ -469,7 +484,15 @@ impl Log {
             .await
             .map_err(|e| LogError::Storage(e.to_string()))?
             .map_err(|e| LogError::from(&e))?;
-        Ok(info.map(|i| state.as_read(i)))
+        match info {
+            // Another incarnation than this broker follows yet (another node re-created
+            // it, Redis lost data): never its epoch with this one's ends. Followed first.
+            Some(i) if i.epoch != state.epoch => match self.refresh(ns).await? {
+                Some(s) if s.epoch == i.epoch => Ok(Some(s.as_read(i))),
+                _ => Ok(Some(i)),
+            },
+            other => Ok(other.map(|i| state.as_read(i))),
+        }
     }
 
     /// Every namespace, sorted by name, with `earliest` and `next` as readers see them.
@@ -584,6 +607,20 @@ impl Log {
     /// error); false after the next one succeeds.
     pub fn storage_failing(&self) -> bool {
         self.inner.store.is_failing()
+    }
+
+    /// With a shared store, asks it now whether it takes writes (Redis: `ROLE`, within
+    /// `redis_timeout_ms`), so [`Log::storage_failing`] is fresh for `/readyz`; on the
+    /// blocking pool. Nothing for the embedded store, whose failures are its own writes'.
+    pub async fn probe_storage(&self) {
+        if !self.inner.store.is_shared() {
+            return;
+        }
+        let store = Arc::clone(&self.inner.store);
+        let probed = tokio::task::spawn_blocking(move || store.probe()).await;
+        if let Ok(Err(e)) = probed {
+            tracing::debug!(error = %e, "readiness probe");
+        }
     }
 
     /// Wakes waiting readers, stops the timers and reports not ready. Writes are still

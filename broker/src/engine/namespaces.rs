@@ -44,6 +44,9 @@ pub struct Namespace {
     pub name: Arc<str>,
     /// Turns true, once, when this incarnation is deleted.
     deleted: AtomicBool,
+    /// True when it ended because another incarnation replaced it (the store showed a new
+    /// epoch: Redis lost data, or went back in time), rather than by a delete.
+    replaced: AtomicBool,
     /// Wakes everyone waiting in [`Namespace::deleted`]. A `Notify` rather than a `watch`:
     /// its wait is less than half the size, and every waiting subscription holds one.
     on_delete: Notify,
@@ -60,6 +63,7 @@ impl Namespace {
             live: LiveRing::new(fanout_buffer, Arc::clone(budget)),
             name: Arc::from(info.name.as_str()),
             deleted: AtomicBool::new(false),
+            replaced: AtomicBool::new(false),
             on_delete: Notify::new(),
         }
     }
@@ -67,6 +71,17 @@ impl Namespace {
     /// True once this incarnation has been deleted: nothing more is served from it.
     pub fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
+    }
+
+    /// Why this incarnation ended, for the `closed` frame's `reason`: `epoch` when
+    /// another incarnation replaced it (resubscribing with the epoch gets `truncated`
+    /// reason `epoch`), `deleted` otherwise.
+    pub fn end_reason(&self) -> &'static str {
+        if self.replaced.load(Ordering::Acquire) {
+            "epoch"
+        } else {
+            "deleted"
+        }
     }
 
     /// Completes once this incarnation has been deleted (at once if it already was).
@@ -212,6 +227,7 @@ impl Namespaces {
             .unwrap_or_else(|p| p.into_inner())
             .insert(info.name.clone(), Arc::clone(&state));
         if let Some(old) = old {
+            old.replaced.store(true, Ordering::Release);
             old.mark_deleted();
         }
         state
@@ -317,8 +333,11 @@ mod tests {
         let old = map.open(&info("n", "e1"));
         map.open(&info("n", "e2"));
         assert!(old.is_deleted());
+        assert_eq!(old.end_reason(), "epoch");
         woken(&old).await;
         assert_eq!(map.get("n").expect("the new one").epoch, "e2");
+        let gone = map.remove("n").expect("e2");
+        assert_eq!(gone.end_reason(), "deleted");
     }
 
     #[test]

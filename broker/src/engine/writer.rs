@@ -30,7 +30,9 @@ use crate::engine::error::LogError;
 use crate::engine::fanout::SharedRun;
 use crate::engine::namespaces::{Namespace, Namespaces};
 use crate::metrics::Metrics;
-use crate::storage::{now_ms, Appended, IdempotencyKey, NsInfo, Storage, StoreError};
+use crate::storage::{
+    now_ms, AppendRequest, Appended, IdempotencyKey, NsInfo, Storage, StoreError,
+};
 use crate::storage::{Durability, Retention};
 
 /// An idempotency key with what the request it came with asked for.
@@ -147,6 +149,24 @@ impl Ack {
     }
 }
 
+/// An append the store answered, or is about to: what the writer keeps of it.
+struct Attempt {
+    ns: String,
+    events: Vec<NewEvent>,
+    state: Arc<Namespace>,
+    created: bool,
+    now: u64,
+}
+
+/// An append held until the group's appends are sent together (a shared store).
+struct Deferred {
+    ns: String,
+    events: Vec<NewEvent>,
+    idempotency: Option<Idempotency>,
+    reply: Reply<Appended>,
+    replicated: Option<Arc<AtomicBool>>,
+}
+
 /// Events appended in this group, kept until the commit for live subscribers.
 struct PendingLive {
     state: Arc<Namespace>,
@@ -168,6 +188,9 @@ struct Group {
     newly_dirty: Vec<String>,
     /// Relaxed mode: a flush was asked for.
     flush: bool,
+    /// A shared store: appends not sent yet, in the order they came
+    /// ([`Writer::send_deferred`]).
+    deferred: Vec<Deferred>,
     commands: usize,
 }
 
@@ -195,7 +218,14 @@ impl Writer {
             config.fanout_buffer,
             config.fanout_memory_bytes,
         ));
-        for info in store.namespaces()? {
+        let infos = match store.namespaces() {
+            Ok(infos) => infos,
+            // A shared store that cannot serve yet: start with none; the heal takes them
+            // once it answers (`docs/cluster.md`, "Starting").
+            Err(StoreError::Unavailable(_)) if store.is_shared() => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for info in infos {
             namespaces.open(&info);
         }
         Ok(Writer {
@@ -231,6 +261,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.send_deferred(&mut group);
             self.commit(group);
         }
         // Everything is on disk after the checkpoint, so the dirty marks can go: a clean
@@ -247,6 +278,30 @@ impl Writer {
 
     fn apply(&mut self, cmd: Command, group: &mut Group, rx: &mut mpsc::Receiver<Command>) {
         group.commands += 1;
+        // With a shared store, appends wait to be sent together (one round trip for the
+        // group); anything else goes after the appends before it.
+        let cmd = match cmd {
+            Command::Append {
+                ns,
+                events,
+                idempotency,
+                reply,
+                replicated,
+            } if self.store.is_shared() => {
+                group.deferred.push(Deferred {
+                    ns,
+                    events,
+                    idempotency,
+                    reply,
+                    replicated,
+                });
+                return;
+            }
+            other => {
+                self.send_deferred(group);
+                other
+            }
+        };
         match cmd {
             Command::Append {
                 ns,
@@ -322,6 +377,51 @@ impl Writer {
         Ok(info)
     }
 
+    /// The namespace an append goes to: known here, found in a shared store, or created
+    /// (auto-create; `true` then). An error is the caller's answer.
+    fn append_target(
+        &mut self,
+        ns: &str,
+        group: &mut Group,
+    ) -> Result<(Arc<Namespace>, bool), LogError> {
+        let known = match self.namespaces.get(ns) {
+            Some(state) => Some(state),
+            // Another broker may have created it.
+            None if self.store.is_shared() => self.refresh(ns),
+            None => None,
+        };
+        match known {
+            Some(state) => Ok((state, false)),
+            None if self.config.auto_create => match self.create(ns, Retention::default()) {
+                Ok(_) => {
+                    group.needs_sync = true;
+                    self.namespaces
+                        .get(ns)
+                        .map(|state| (state, true))
+                        .ok_or_else(|| LogError::NotFound(ns.to_owned()))
+                }
+                Err(e) => Err(LogError::from(&e)),
+            },
+            None => Err(LogError::NotFound(ns.to_owned())),
+        }
+    }
+
+    /// The idempotency key of an append made at `now`, with its window.
+    fn idempotency_key<'a>(
+        &self,
+        idempotency: Option<&'a Idempotency>,
+        now: u64,
+    ) -> Option<IdempotencyKey<'a>> {
+        idempotency.map(|i| IdempotencyKey {
+            key: &i.key,
+            request: i.request,
+            request_v1: i.request_v1,
+            batch: i.batch,
+            not_before_ms: now
+                .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
+        })
+    }
+
     fn append(
         &mut self,
         ns: String,
@@ -331,49 +431,119 @@ impl Writer {
         group: &mut Group,
         retried: bool,
     ) {
-        let mut created = false;
-        let known = match self.namespaces.get(&ns) {
-            Some(state) => Some(state),
-            // Another broker may have created it.
-            None if self.store.is_shared() => self.refresh(&ns),
-            None => None,
-        };
-        let state = match known {
-            Some(state) => state,
-            None if self.config.auto_create => match self.create(&ns, Retention::default()) {
-                Ok(_) => {
-                    created = true;
-                    group.needs_sync = true;
-                    match self.namespaces.get(&ns) {
-                        Some(state) => state,
-                        None => return,
-                    }
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(LogError::from(&e)));
-                    return;
-                }
-            },
-            None => {
-                let _ = reply.send(Err(LogError::NotFound(ns)));
+        let (state, created) = match self.append_target(&ns, group) {
+            Ok(target) => target,
+            Err(e) => {
+                let _ = reply.send(Err(e));
                 return;
             }
         };
         let now = now_ms();
-        let key = idempotency.map(|i| IdempotencyKey {
-            key: &i.key,
-            request: i.request,
-            request_v1: i.request_v1,
-            batch: i.batch,
-            not_before_ms: now
-                .saturating_sub(self.config.idempotency_window_secs.saturating_mul(1000)),
-        });
+        let key = self.idempotency_key(idempotency, now);
         // With a shared store, only to the incarnation this broker serves: another one's
         // offsets must never become this one's (`NotFound`, then once more below).
-        match self
-            .store
-            .append_at_epoch(&ns, &state.epoch, state.visible(), &events, now, key)
-        {
+        let result =
+            self.store
+                .append_at_epoch(&ns, &state.epoch, state.visible(), &events, now, key);
+        let appended = Attempt {
+            ns,
+            events,
+            state,
+            created,
+            now,
+        };
+        self.appended(
+            appended,
+            result,
+            idempotency,
+            (reply, replicated),
+            group,
+            retried,
+        );
+    }
+
+    /// Sends the appends held in `group` together ([`Storage::append_all`]: one round
+    /// trip to Redis for all of them), then answers each as [`Writer::append`] does.
+    fn send_deferred(&mut self, group: &mut Group) {
+        let deferred = std::mem::take(&mut group.deferred);
+        if deferred.len() < 2 {
+            for d in deferred {
+                let idempotency = d.idempotency;
+                self.append(
+                    d.ns,
+                    d.events,
+                    idempotency.as_ref(),
+                    (d.reply, d.replicated),
+                    group,
+                    false,
+                );
+            }
+            return;
+        }
+        let now = now_ms();
+        let mut ready = Vec::with_capacity(deferred.len());
+        for d in deferred {
+            match self.append_target(&d.ns, group) {
+                Ok((state, created)) => ready.push((d, state, created)),
+                Err(e) => {
+                    let _ = d.reply.send(Err(e));
+                }
+            }
+        }
+        let results = {
+            let requests: Vec<AppendRequest<'_>> = ready
+                .iter()
+                .map(|(d, state, _)| AppendRequest {
+                    ns: &d.ns,
+                    epoch: &state.epoch,
+                    min_next: state.visible(),
+                    events: &d.events,
+                    ts_ms: now,
+                    idempotency: self.idempotency_key(d.idempotency.as_ref(), now),
+                })
+                .collect();
+            self.store.append_all(&requests)
+        };
+        for ((d, state, created), result) in ready.into_iter().zip(results) {
+            let appended = Attempt {
+                ns: d.ns,
+                events: d.events,
+                state,
+                created,
+                now,
+            };
+            let idempotency = d.idempotency;
+            self.appended(
+                appended,
+                result,
+                idempotency.as_ref(),
+                (d.reply, d.replicated),
+                group,
+                false,
+            );
+        }
+    }
+
+    /// Takes the store's answer to an append: into the group on success; once more after
+    /// a shared store's `NotFound` (its state is refreshed first); else answered with the
+    /// error, and a namespace its first publish created goes again.
+    fn appended(
+        &mut self,
+        a: Attempt,
+        result: Result<Appended, StoreError>,
+        idempotency: Option<&Idempotency>,
+        (reply, replicated): (Reply<Appended>, Option<Arc<AtomicBool>>),
+        group: &mut Group,
+        retried: bool,
+    ) {
+        let Attempt {
+            ns,
+            events,
+            state,
+            created,
+            now,
+        } = a;
+        match result {
             Ok(appended) => {
                 if let Appended::New { first, last } = appended {
                     group.visible.push((Arc::clone(&state), last + 1));

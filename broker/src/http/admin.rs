@@ -160,7 +160,8 @@ pub(super) async fn delete(State(log): State<Log>, Ns(ns): Ns) -> Result<Respons
 /// `GET /readyz`: 200 while serving; 503 `{"status": "storage_failing", ...}` while the
 /// store's last write, sync or checkpoint failed (a full disk), 200 again after the next
 /// success; with Redis, 503 `{"status": "storage_unavailable", ...}` (code `unavailable`)
-/// while Redis cannot be reached; 503 `shutting_down` once shutdown has begun.
+/// while Redis cannot be reached or takes no writes (a read-only replica), found by a
+/// probe each `/readyz` makes; 503 `shutting_down` once shutdown has begun.
 pub(super) fn ready(log: &Log) -> Response<Body> {
     if log.is_ready() && log.storage_failing() && log.storage_shared() {
         response::json(
@@ -169,7 +170,7 @@ pub(super) fn ready(log: &Log) -> Response<Body> {
                 "status": "storage_unavailable",
                 "error": {
                     "code": rewind_protocol::ErrorCode::Unavailable.as_str(),
-                    "message": "Redis cannot be reached; publishes are refused until it can (docs/cluster.md)",
+                    "message": "Redis cannot be reached or takes no writes (a read-only replica); publishes are refused until it can (docs/cluster.md)",
                 },
             }),
         )

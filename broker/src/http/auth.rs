@@ -33,7 +33,7 @@ use rewind_protocol::{validate_namespace, ErrorCode};
 
 use super::params;
 use super::response::ApiError;
-use crate::auth::{Auth, Grant, Refusal};
+use crate::auth::{Auth, Grant, Refusal, Subject};
 
 /// What a route needs of a token.
 #[derive(Debug, PartialEq, Eq)]
@@ -112,7 +112,8 @@ pub(super) fn declared(method: &Method, path: &str) -> bool {
 }
 
 /// The request's token: the `Authorization: Bearer` header's, else `?token=`'s; `Err`
-/// with the reason when the header is not a bearer token or `token` is unreadable.
+/// with the reason when the header is not a bearer token or `token` is unreadable. No
+/// reason quotes what was sent, so a refusal never echoes a token.
 fn token_of(req: &Request) -> Result<Option<String>, String> {
     if let Some(value) = req.headers().get(AUTHORIZATION) {
         let text = value.to_str().unwrap_or_default();
@@ -123,9 +124,12 @@ fn token_of(req: &Request) -> Result<Option<String>, String> {
             _ => Err("Authorization must be Bearer <token>".into()),
         };
     }
+    // A fixed message: the parameter's own (which quotes the value) would echo the token.
     params::Query::parse(req.uri().query())
         .get("token", ErrorCode::Unauthorized)
-        .map_err(|e| e.message)
+        .map_err(|_| {
+            "the token query parameter must be given once, UTF-8 once percent-decoded".into()
+        })
 }
 
 /// `401 unauthorized` with its `WWW-Authenticate` (`error="invalid_token"` when a token
@@ -197,8 +201,12 @@ pub(super) async fn guard(
         return forbidden(refusal);
     }
     let remaining = grant.remaining();
+    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     req.extensions_mut().insert(grant);
-    let res = next.run(req).await;
+    let mut res = next.run(req).await;
+    if let Some(subject) = subject {
+        res.extensions_mut().insert(subject);
+    }
     match (need, remaining) {
         (Need::Stream(_), Some(left)) if res.status().is_success() => {
             res.map(|body| AxumBody::new(UntilExpiry::new(body, left)))

@@ -169,6 +169,7 @@ async fn healthz() -> Response<Body> {
 }
 
 async fn readyz(axum::extract::State(log): axum::extract::State<Log>) -> impl IntoResponse {
+    log.probe_storage().await;
     admin::ready(&log)
 }
 

@@ -25,7 +25,8 @@ fn bad_position(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadPosition, message)
 }
 
-/// Reads a page of events, waiting up to `wait` seconds for the first one.
+/// Reads a page of events, waiting up to `wait` seconds for the first one, and with
+/// tokens no longer than the request's token has left.
 pub(super) async fn read(
     State(log): State<Log>,
     Ns(ns): Ns,
@@ -68,6 +69,16 @@ pub(super) async fn read(
             }
         }
         None => Duration::ZERO,
+    };
+    // Never past the token's life: what is published after it expires is not this
+    // request's to deliver (`docs/security.md`, "SSE and long-poll").
+    let wait = match req
+        .extensions()
+        .get::<crate::auth::Grant>()
+        .and_then(crate::auth::Grant::remaining)
+    {
+        Some(left) => wait.min(left),
+        None => wait,
     };
     let accept: Vec<&str> = req
         .headers()

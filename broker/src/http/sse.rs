@@ -338,7 +338,7 @@ impl Tail {
     fn closed(&mut self) -> Bytes {
         self.finished = true;
         let mut out = Vec::new();
-        let data = json!({"ns": &*self.state.name, "reason": "deleted"});
+        let data = json!({"ns": &*self.state.name, "reason": self.state.end_reason()});
         message(
             &mut out,
             Some(None),

@@ -101,6 +101,12 @@ impl<T: Storage> Storage for ArcStore<T> {
         self.0
             .append_at_epoch(ns, epoch, min_next, events, ts_ms, idempotency)
     }
+    fn append_all(
+        &self,
+        requests: &[super::AppendRequest<'_>],
+    ) -> Vec<Result<Appended, StoreError>> {
+        self.0.append_all(requests)
+    }
     fn is_shared(&self) -> bool {
         self.0.is_shared()
     }

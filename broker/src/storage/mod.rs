@@ -94,6 +94,23 @@ impl Appended {
     }
 }
 
+/// One append of [`Storage::append_all`]: the arguments of [`Storage::append_at_epoch`].
+#[derive(Debug, Clone, Copy)]
+pub struct AppendRequest<'a> {
+    /// The namespace.
+    pub ns: &'a str,
+    /// The incarnation appended to (empty: whichever).
+    pub epoch: &'a str,
+    /// The end the appending broker has shown readers of that incarnation.
+    pub min_next: u64,
+    /// The events, all or nothing.
+    pub events: &'a [NewEvent],
+    /// Their timestamp, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The idempotency key, if any.
+    pub idempotency: Option<IdempotencyKey<'a>>,
+}
+
 /// An idempotency key together with the oldest record time that still counts.
 #[derive(Debug, Clone, Copy)]
 pub struct IdempotencyKey<'a> {
@@ -293,6 +310,18 @@ pub trait Storage: Send + Sync + 'static {
         self.append(ns, events, ts_ms, idempotency)
     }
 
+    /// Several [`Storage::append_at_epoch`]s, applied in order, each all or nothing on its
+    /// own; answers one result per request, in order. A store that pays a round trip per
+    /// call sends them together (Redis: one pipeline); the others apply them one by one.
+    fn append_all(&self, requests: &[AppendRequest<'_>]) -> Vec<Result<Appended, StoreError>> {
+        requests
+            .iter()
+            .map(|r| {
+                self.append_at_epoch(r.ns, r.epoch, r.min_next, r.events, r.ts_ms, r.idempotency)
+            })
+            .collect()
+    }
+
     /// Events with offsets in `from..until`, at most `max_events` of them and, past the
     /// first, at most `max_bytes` of records. Offsets below `earliest` are skipped.
     fn read(
@@ -336,6 +365,13 @@ pub trait Storage: Send + Sync + 'static {
     /// succeed in a partly filled page while the disk is still full). `/readyz` reports it.
     fn is_failing(&self) -> bool {
         false
+    }
+
+    /// Asks the store now whether it can take writes, for `/readyz`: afterwards
+    /// [`Storage::is_failing`] says so. Redis: `ROLE` on a pooled connection (a read-only
+    /// replica cannot). Blocking: call it off the async workers.
+    fn probe(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// Whether the last [`Storage::sync`] reached the replicas it was asked to (Redis

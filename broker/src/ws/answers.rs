@@ -61,11 +61,11 @@ impl Answers {
     /// oldest one waiting is answered.
     pub(super) fn poll_ready(&mut self, cx: &mut Context<'_>, mut send: impl FnMut(ServerFrame)) {
         while let Some(front) = self.queue.front_mut() {
-            let result = match front {
-                Slot::Answered(_) => None,
-                Slot::Waiting { pending, .. } => match Pin::new(pending).poll(cx) {
+            let (result, replicated) = match front {
+                Slot::Answered(_) => (None, None),
+                Slot::Waiting { pending, .. } => match Pin::new(&mut *pending).poll(cx) {
                     Poll::Pending => return,
-                    Poll::Ready(result) => Some(result),
+                    Poll::Ready(result) => (Some(result), pending.not_replicated()),
                 },
             };
             let answer = match (self.queue.pop_front(), result) {
@@ -75,6 +75,7 @@ impl Answers {
                         id,
                         ns,
                         offset: appended.first(),
+                        replicated,
                     }
                 }
                 (Some(Slot::Waiting { id, ns, .. }), Some(Err(e))) => {

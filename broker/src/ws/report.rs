@@ -12,6 +12,8 @@ use crate::metrics::Open;
 /// A session's figures, logged at `info` when it ends.
 pub(super) struct Report {
     peer: Option<SocketAddr>,
+    /// The `sub` of the session's token, when it has one (a refresh keeps it).
+    sub: Option<String>,
     started: Instant,
     /// Subscriptions opened (`opened` answers sent).
     pub(super) opened: u64,
@@ -23,9 +25,10 @@ pub(super) struct Report {
 }
 
 impl Report {
-    pub(super) fn new(log: &Log, peer: Option<SocketAddr>) -> Report {
+    pub(super) fn new(log: &Log, peer: Option<SocketAddr>, sub: Option<String>) -> Report {
         Report {
             peer,
+            sub,
             started: Instant::now(),
             opened: 0,
             events_in: 0,
@@ -40,6 +43,7 @@ impl Report {
         let peer = self.peer.map(|p| p.to_string()).unwrap_or_default();
         tracing::info!(
             peer,
+            sub = self.sub.as_deref(),
             duration_ms = self.started.elapsed().as_secs_f64() * 1000.0,
             subscriptions = self.opened,
             events_in = self.events_in,

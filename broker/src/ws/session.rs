@@ -197,7 +197,11 @@ pub(super) async fn run(
     peer: Option<Peer>,
     grant: Grant,
 ) {
-    let report = Report::new(&ctx.log, peer.map(|p| p.0));
+    let report = Report::new(
+        &ctx.log,
+        peer.map(|p| p.0),
+        grant.subject().map(str::to_owned),
+    );
     let publish_rate = PublishRate::new(ctx.log.config().publish_rate);
     let session = Session {
         token: super::token::TokenState::new(grant),
@@ -700,6 +704,16 @@ impl Session {
             },
             ClientFrame::Ping => self.send_frame(&ServerFrame::Pong),
             ClientFrame::Pong => {}
+            ClientFrame::Auth { .. } if self.publish_rate.admit().is_err() => {
+                let message =
+                    "more auth and publish frames a second than publish_rate allows; retry later";
+                self.send_frame(&ServerFrame::error(
+                    ErrorCode::RateLimited,
+                    message,
+                    None,
+                    None,
+                ));
+            }
             ClientFrame::Auth { token } => match self.token.refresh(&token) {
                 Ok(answer) => {
                     self.send_frame(&answer);

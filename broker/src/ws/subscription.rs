@@ -190,7 +190,7 @@ impl Subscription {
         let ns = self.state.name.to_string();
         self.finish(ServerFrame::Closed {
             ns,
-            reason: Some("deleted".into()),
+            reason: Some(self.state.end_reason().into()),
         })
     }
 

@@ -4,7 +4,9 @@
 //!
 //! The session waits on one timer for it, [`TokenState::due`], and only when tokens are
 //! on: a connection wakes for its token twice at most per token (the warning, the
-//! expiry).
+//! expiry). A refresh whose token is already inside the warning window is not warned
+//! again, and `{"t":"auth"}` frames share the connection's `publish_rate` bucket, so
+//! neither the broker nor a client can drive a refresh loop.
 
 use std::time::Duration;
 
@@ -91,7 +93,13 @@ impl TokenState {
         match self.grant.refreshed(token) {
             Ok(grant) => {
                 let left = grant.remaining().unwrap_or_default();
-                *self = TokenState::new(grant);
+                let mut next = TokenState::new(grant);
+                // A token already inside the warning window gets no `auth_expiring`:
+                // its `auth_ok` says how long it has, and a warning now would ask at once
+                // for another refresh, which a client refreshing with such tokens would
+                // answer, and so on without end (the refresh loop).
+                next.warned = left <= next.grant.warning();
+                *self = next;
                 Ok(ServerFrame::AuthOk {
                     in_ms: millis(left),
                 })

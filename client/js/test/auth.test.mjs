@@ -99,3 +99,23 @@ test("a connection whose token cannot be refreshed is closed at expiry and recon
   const ns = `js.expired.${process.pid}`;
   assert.equal(await client.publish(ns, "e", 1), 0);
 });
+
+test("a token function that gives back the same token does not loop on auth_expiring", async () => {
+  need();
+  let calls = 0;
+  // Inside the 2 s warning window from the start: warned at once, and each refresh
+  // offers the very same token.
+  const fixed = jwt(ALLOW, 2);
+  const token = () => {
+    calls += 1;
+    return fixed;
+  };
+  const client = await connect(URL_, { ...FAST, transport: "websocket", token, backoffMin: 5000, backoffMax: 5000 });
+  clients.add(client);
+  const states = [];
+  client.on("state", (s) => states.push(s.state));
+  await until(() => states.includes("connecting"), "the close at expiry");
+  // The dial and one refresh (the identical token is not sent); a loop would have called
+  // the function on every auth_expiring until expiry.
+  assert.ok(calls <= 2, `${calls} calls of the token function`);
+});

@@ -241,6 +241,15 @@ async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    // Checked again on the address bound: the name is resolved once more by the bind,
+    // and may have answered otherwise than the check before opening the store.
+    if auth.is_none() && !config.insecure_open && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve on {addr} (not loopback) with no authentication: configure \
+             tokens (auth_secret_file or auth_public_keys, docs/security.md), or pass \
+             --insecure-open to let anyone who can reach it in"
+        );
+    }
     if let Ok(all) = tokio::net::lookup_host(config.listen.as_str()).await {
         let others: Vec<String> = all
             .filter(|a| a.ip() != addr.ip())

@@ -32,6 +32,7 @@ const RETAIN_PAGE: u64 = 64;
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
+mod witness;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +43,10 @@ use redis::{Connection, RedisError, Script};
 use rewind_protocol::{Event, NewEvent};
 
 use super::record;
-use super::{new_epoch, now_ms, Appended, IdempotencyKey, NsInfo, Retention, Storage, StoreError};
+use super::{
+    new_epoch, now_ms, AppendRequest, Appended, IdempotencyKey, NsInfo, Retention, Storage,
+    StoreError,
+};
 
 /// Idle connections kept for reuse.
 const POOL_IDLE: usize = 16;
@@ -75,16 +79,33 @@ pub struct RedisStore {
     writer: Mutex<Option<Connection>>,
     /// True from a call that could not reach Redis until the next one that did.
     failing: Arc<AtomicBool>,
+    /// True while Redis answers that it takes no writes (a read-only replica: `ROLE` says
+    /// so, or a script was refused `READONLY`), until a probe finds a primary or a write
+    /// succeeds. Reads that succeed do not clear it (review F12: `/readyz` flapped).
+    read_only: AtomicBool,
+    /// Set when a connection failed: Redis went away, so the writer's connection, idle
+    /// meanwhile, is dropped before its next use rather than failing a publish with
+    /// "outcome unknown" (`reset_connections`).
+    writer_stale: AtomicBool,
+    /// Which writer connection this is: counted up each time one is opened (`WAIT`
+    /// counts only its own connection's writes).
+    writer_generation: std::sync::atomic::AtomicU64,
+    /// The writer connection that made the first write since the last `sync`, if any: a
+    /// `WAIT` on a later connection cannot vouch for it (review F6).
+    unsynced_since: Mutex<Option<u64>>,
     /// True when the last `WAIT` reached fewer replicas than asked for.
     under_replicated: AtomicBool,
     /// The value of the instance marker (`P:instance`) this broker last saw: a Redis that
     /// lost its data has lost the marker too.
     instance: Mutex<Option<String>>,
+    /// What this node saw of each namespace's incarnations ([`witness`]).
+    witness: Mutex<witness::Witness>,
     append: Script,
     create: Script,
     delete: Script,
     retain: Script,
     prune: Script,
+    rotate: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -141,6 +162,16 @@ fn not_sent(e: StoreError) -> StoreError {
     }
 }
 
+/// `e` again, for each append of a pipeline that failed as a whole.
+fn same_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Unavailable(why) => StoreError::Unavailable(why.clone()),
+        StoreError::Corrupt(why) => StoreError::Corrupt(why.clone()),
+        StoreError::NotFound(ns) => StoreError::NotFound(ns.clone()),
+        other => StoreError::Redis(other.to_string()),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -173,10 +204,9 @@ fn id_offset(id: &str) -> Result<u64, StoreError> {
 }
 
 impl RedisStore {
-    /// Connects to Redis (one `PING`) and starts a thread that pings it every
-    /// `health_interval` so `is_failing` (and `/readyz`) follow it while nothing is
-    /// written. Errors: [`StoreError::Unavailable`] when Redis cannot be reached,
-    /// [`StoreError::Redis`] for a bad URL.
+    /// Connects to Redis (one `ROLE`); a Redis that cannot be reached or takes no writes
+    /// is logged and the store starts failing (it recovers by itself once Redis answers).
+    /// Errors: [`StoreError::Redis`] for a bad URL.
     pub fn open(opts: RedisOptions) -> Result<Arc<RedisStore>, StoreError> {
         let client =
             redis::Client::open(opts.url.as_str()).map_err(|e| StoreError::Redis(e.to_string()))?;
@@ -186,20 +216,36 @@ impl RedisStore {
             pool: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
             failing: Arc::new(AtomicBool::new(false)),
+            writer_stale: AtomicBool::new(false),
+            read_only: AtomicBool::new(false),
+            writer_generation: std::sync::atomic::AtomicU64::new(0),
+            unsynced_since: Mutex::new(None),
             under_replicated: AtomicBool::new(false),
             instance: Mutex::new(None),
+            witness: Mutex::new(witness::Witness::default()),
             append: Script::new(scripts::APPEND),
             create: Script::new(scripts::CREATE),
             delete: Script::new(scripts::DELETE),
             retain: Script::new(scripts::RETAIN),
             prune: Script::new(scripts::PRUNE),
+            rotate: Script::new(scripts::ROTATE),
         });
-        store.ping()?;
-        store.lost_data()?;
+        // Redis not there (yet), or a replica: the node starts all the same, not ready,
+        // and follows Redis once it answers (`docs/cluster.md`, "Starting").
+        let first = store.probe().and_then(|()| store.lost_data().map(drop));
+        match first {
+            Ok(()) => {}
+            Err(StoreError::Unavailable(why)) => tracing::warn!(
+                error = %why,
+                "Redis cannot take writes at startup: starting not ready (/readyz 503), retrying"
+            ),
+            Err(e) => return Err(e),
+        }
         Ok(store)
     }
 
-    /// Pings Redis every `every` from a thread of its own, for as long as the store lives.
+    /// Probes Redis ([`Storage::probe`]) every `every` from a thread of its own, for as
+    /// long as the store lives.
     pub fn watch_health(self: &Arc<Self>, every: Duration) -> Result<(), StoreError> {
         let weak: Weak<RedisStore> = Arc::downgrade(self);
         std::thread::Builder::new()
@@ -208,7 +254,7 @@ impl RedisStore {
                 std::thread::sleep(every);
                 match weak.upgrade() {
                     Some(store) => {
-                        if let Err(e) = store.ping() {
+                        if let Err(e) = store.probe() {
                             tracing::debug!(error = %e, "redis health check failed");
                         }
                     }
@@ -270,8 +316,19 @@ impl RedisStore {
         let keep = self.note(&result);
         if keep {
             self.give_back(con);
+        } else {
+            self.reset_connections();
         }
         result.map_err(store_error)
+    }
+
+    /// Drops the idle connections and, before its next use, the writer's: one connection
+    /// failing (Redis restarted, a network cut) means the others, opened before, are most
+    /// likely dead too, and a publish sent on a dead one would be answered 503 "outcome
+    /// unknown" when nothing was run.
+    pub(crate) fn reset_connections(&self) {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.writer_stale.store(true, Ordering::Release);
     }
 
     /// Runs `f` on the writer's connection (see `writer`), opening it if need be.
@@ -280,15 +337,31 @@ impl RedisStore {
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if self.writer_stale.swap(false, Ordering::AcqRel) {
+            *slot = None;
+        }
         if slot.is_none() {
             *slot = Some(self.connect_counted(true)?);
+            self.writer_generation.fetch_add(1, Ordering::AcqRel);
         }
         let Some(con) = slot.as_mut() else {
             return Err(StoreError::Unavailable("no connection".into()));
         };
+        let generation = self.writer_generation.load(Ordering::Acquire);
         let result = f(con);
         if !self.note(&result) {
             *slot = None;
+        }
+        // Whatever was sent may have changed Redis: the first such connection since the
+        // last sync is the one a `WAIT` must run on to vouch for it.
+        self.unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(generation);
+        match &result {
+            Ok(_) => self.read_only.store(false, Ordering::Release),
+            Err(e) if e.code() == Some("READONLY") => self.read_only.store(true, Ordering::Release),
+            Err(_) => {}
         }
         result.map_err(write_error)
     }
@@ -346,6 +419,131 @@ impl RedisStore {
         }))
     }
 
+    fn info_unwitnessed(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
+        let fields: HashMap<String, String> =
+            self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
+        Self::info_from(ns, &fields)
+    }
+
+    /// Records `info` as seen ([`witness`]); when Redis went back in time (a lower `next`
+    /// under the epoch followed, or an epoch seen replaced), gives the namespace a fresh
+    /// epoch first and answers the namespace as it is then.
+    fn witnessed(&self, info: NsInfo) -> Result<NsInfo, StoreError> {
+        let verdict = self
+            .witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(&info.name, &info.epoch, info.next);
+        let witness::Verdict::Regressed { epoch, min_next } = verdict else {
+            return Ok(info);
+        };
+        let fresh = new_epoch()?;
+        let mut inv = self.rotate.prepare_invoke();
+        inv.key(self.key(&info.name, "meta"))
+            .key(self.key(&info.name, "idem"))
+            .key(self.key(&info.name, "idemts"))
+            .arg(&epoch)
+            .arg(min_next)
+            .arg(&fresh)
+            .arg(self.channel())
+            .arg(&info.name);
+        let rotated: i64 = self.with_writer(|con| inv.invoke(con))?;
+        if rotated == 1 {
+            tracing::warn!(
+                ns = %info.name,
+                old_epoch = %epoch,
+                epoch = %fresh,
+                next = info.next,
+                seen_next = min_next,
+                "Redis went back in time (a snapshot restored, a failover to a replica without the tail): new epoch"
+            );
+        }
+        let now = self
+            .info_unwitnessed(&info.name)?
+            .ok_or_else(|| StoreError::NotFound(info.name.clone()))?;
+        // The fresh epoch (or whatever replaced the judged one meanwhile) is news: seen
+        // once more, it retires the one that went back. Never judged as a regression
+        // again, unless Redis went back again in between.
+        self.witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(&now.name, &now.epoch, now.next);
+        Ok(now)
+    }
+
+    /// The APPEND script's invocation for `r`.
+    fn append_invocation<'s>(
+        &'s self,
+        r: &AppendRequest<'_>,
+    ) -> Result<redis::ScriptInvocation<'s>, StoreError> {
+        if r.events.is_empty() {
+            return Err(StoreError::Corrupt("an append of no events".into()));
+        }
+        let mut inv = self.append.prepare_invoke();
+        inv.key(self.key(r.ns, "meta"))
+            .key(self.key(r.ns, "log"))
+            .key(self.key(r.ns, "idem"))
+            .key(self.key(r.ns, "idemts"))
+            .arg(r.ts_ms);
+        match &r.idempotency {
+            Some(k) => inv
+                .arg(k.key)
+                .arg(hex(&k.request.0))
+                .arg(hex(&k.request_v1.0))
+                .arg(if k.batch { "true" } else { "false" })
+                .arg(k.not_before_ms),
+            None => inv.arg("").arg("").arg("").arg("false").arg(0),
+        };
+        // A fresh epoch for the script to take if the namespace's `next` went back.
+        let fresh = if r.epoch.is_empty() {
+            String::new()
+        } else {
+            new_epoch()?
+        };
+        inv.arg(self.channel())
+            .arg(r.ns)
+            .arg(r.epoch)
+            .arg(r.min_next)
+            .arg(fresh);
+        for ev in r.events {
+            inv.arg(record::encode(ev, r.ts_ms));
+        }
+        Ok(inv)
+    }
+
+    /// What the APPEND script's `answer` to `r` means.
+    fn append_answer(
+        &self,
+        r: &AppendRequest<'_>,
+        answer: &[String],
+    ) -> Result<Appended, StoreError> {
+        match answer {
+            [new, first, last] if new == "new" => {
+                let (first, last) = (parse_offset(first)?, parse_offset(last)?);
+                if !r.epoch.is_empty() {
+                    self.witness
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .observe(r.ns, r.epoch, last + 1);
+                }
+                Ok(Appended::New { first, last })
+            }
+            [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
+                first: parse_offset(first)?,
+                last: parse_offset(last)?,
+                batch: Some(batch == "true"),
+            }),
+            [conflict, first, last] if conflict == "conflict" => {
+                Err(StoreError::IdempotencyConflict {
+                    first: parse_offset(first)?,
+                    last: parse_offset(last)?,
+                })
+            }
+            [missing] if missing == "missing" => Err(StoreError::NotFound(r.ns.to_owned())),
+            other => Err(StoreError::Corrupt(format!("append answered {other:?}"))),
+        }
+    }
+
     fn run_delete(&self, ns: &str, only_empty: bool) -> Result<bool, StoreError> {
         let mut inv = self.delete.prepare_invoke();
         inv.key(self.key(ns, "meta"))
@@ -377,16 +575,17 @@ impl Storage for RedisStore {
         let mut out = Vec::with_capacity(names.len());
         for (ns, fields) in names.iter().zip(&metas) {
             if let Some(info) = Self::info_from(ns, fields)? {
-                out.push(info);
+                out.push(self.witnessed(info)?);
             }
         }
         Ok(out)
     }
 
     fn info(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
-        let fields: HashMap<String, String> =
-            self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
-        Self::info_from(ns, &fields)
+        match self.info_unwitnessed(ns)? {
+            Some(info) => self.witnessed(info).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn create(&self, ns: &str, retention: Retention) -> Result<NsInfo, StoreError> {
@@ -408,6 +607,12 @@ impl Storage for RedisStore {
         match answer.as_slice() {
             [ok, next] if ok == "ok" => {
                 let next = parse_offset(next)?;
+                // Retires the incarnation this one replaces: were it to come back (a
+                // snapshot restored), it would be given a fresh epoch.
+                self.witness
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .observe(ns, &epoch, next);
                 Ok(NsInfo {
                     name: ns.to_owned(),
                     epoch,
@@ -478,57 +683,66 @@ impl Storage for RedisStore {
         ts_ms: u64,
         idempotency: Option<IdempotencyKey<'_>>,
     ) -> Result<Appended, StoreError> {
-        if events.is_empty() {
-            return Err(StoreError::Corrupt("an append of no events".into()));
-        }
-        let mut inv = self.append.prepare_invoke();
-        inv.key(self.key(ns, "meta"))
-            .key(self.key(ns, "log"))
-            .key(self.key(ns, "idem"))
-            .key(self.key(ns, "idemts"))
-            .arg(ts_ms);
-        match &idempotency {
-            Some(k) => inv
-                .arg(k.key)
-                .arg(hex(&k.request.0))
-                .arg(hex(&k.request_v1.0))
-                .arg(if k.batch { "true" } else { "false" })
-                .arg(k.not_before_ms),
-            None => inv.arg("").arg("").arg("").arg("false").arg(0),
+        let request = AppendRequest {
+            ns,
+            epoch,
+            min_next,
+            events,
+            ts_ms,
+            idempotency,
         };
-        // A fresh epoch for the script to take if the namespace's `next` went back.
-        let fresh = if epoch.is_empty() {
-            String::new()
-        } else {
-            new_epoch()?
-        };
-        inv.arg(self.channel())
-            .arg(ns)
-            .arg(epoch)
-            .arg(min_next)
-            .arg(fresh);
-        for ev in events {
-            inv.arg(record::encode(ev, ts_ms));
-        }
+        let inv = self.append_invocation(&request)?;
         let answer: Vec<String> = self.with_writer(|con| inv.invoke(con))?;
-        match answer.as_slice() {
-            [new, first, last] if new == "new" => Ok(Appended::New {
-                first: parse_offset(first)?,
-                last: parse_offset(last)?,
-            }),
-            [dup, first, last, batch] if dup == "dup" => Ok(Appended::Duplicate {
-                first: parse_offset(first)?,
-                last: parse_offset(last)?,
-                batch: Some(batch == "true"),
-            }),
-            [conflict, first, last] if conflict == "conflict" => {
-                Err(StoreError::IdempotencyConflict {
-                    first: parse_offset(first)?,
-                    last: parse_offset(last)?,
+        self.append_answer(&request, &answer)
+    }
+
+    fn append_all(&self, requests: &[AppendRequest<'_>]) -> Vec<Result<Appended, StoreError>> {
+        if requests.len() < 2 {
+            return requests
+                .iter()
+                .map(|r| {
+                    self.append_at_epoch(
+                        r.ns,
+                        r.epoch,
+                        r.min_next,
+                        r.events,
+                        r.ts_ms,
+                        r.idempotency,
+                    )
                 })
-            }
-            [missing] if missing == "missing" => Err(StoreError::NotFound(ns.to_owned())),
-            other => Err(StoreError::Corrupt(format!("append answered {other:?}"))),
+                .collect();
+        }
+        let invocations: Result<Vec<_>, StoreError> =
+            requests.iter().map(|r| self.append_invocation(r)).collect();
+        let invocations = match invocations {
+            Ok(invocations) => invocations,
+            Err(e) => return requests.iter().map(|_| Err(same_error(&e))).collect(),
+        };
+        // One round trip: the script loaded (a no-op when it is, and Redis forgets
+        // scripts on a restart), then every append in order. Each script is atomic on its
+        // own, so each batch is still all or nothing.
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.append).ignore();
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        match self.with_writer(|con| pipe.query::<Vec<Vec<String>>>(con)) {
+            Ok(answers) if answers.len() == requests.len() => requests
+                .iter()
+                .zip(&answers)
+                .map(|(r, a)| self.append_answer(r, a))
+                .collect(),
+            Ok(answers) => requests
+                .iter()
+                .map(|_| {
+                    Err(StoreError::Corrupt(format!(
+                        "{} answers to {} appends",
+                        answers.len(),
+                        requests.len()
+                    )))
+                })
+                .collect(),
+            Err(e) => requests.iter().map(|_| Err(same_error(&e))).collect(),
         }
     }
 
@@ -628,13 +842,30 @@ impl Storage for RedisStore {
         if self.opts.wait_replicas == 0 {
             return Ok(());
         }
+        let first = self
+            .unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         let reached: u64 = self.with_writer(|con| {
             redis::cmd("WAIT")
                 .arg(self.opts.wait_replicas)
                 .arg(self.opts.wait_timeout_ms)
                 .query(con)
         })?;
-        let short = reached < self.opts.wait_replicas;
+        // The `WAIT` itself went through `with_writer`: what it recorded is not a write.
+        self.unsynced_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // Writes made on a connection that has since been replaced: this `WAIT` counted
+        // none of them, so it cannot say they reached the replicas.
+        let reconnected =
+            first.is_some_and(|g| g != self.writer_generation.load(Ordering::Acquire));
+        if reconnected {
+            tracing::warn!("the writer's connection to Redis was replaced since the group's first write: not claimed replicated");
+        }
+        let short = reached < self.opts.wait_replicas || reconnected;
         if short {
             tracing::warn!(
                 reached,
@@ -659,7 +890,20 @@ impl Storage for RedisStore {
     }
 
     fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Acquire)
+        self.failing.load(Ordering::Acquire) || self.read_only.load(Ordering::Acquire)
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        let role: Vec<redis::Value> = self.with(|con| redis::cmd("ROLE").query(con))?;
+        let primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        self.read_only.store(!primary, Ordering::Release);
+        if primary {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "Redis is a read-only replica (ROLE): point --redis at the primary".into(),
+            ))
+        }
     }
 
     fn is_shared(&self) -> bool {
@@ -673,23 +917,56 @@ impl Storage for RedisStore {
     fn lost_data(&self) -> Result<bool, StoreError> {
         let key = format!("{}:instance", self.opts.prefix);
         let fresh = new_epoch()?;
+        // A namespace whose metadata is gone entirely was not deleted (a delete keeps it,
+        // `live` 0, and `next` with it): Redis lost it, e.g. a snapshot from before it
+        // was created was restored, which the marker (restored too) cannot tell.
+        let known = self
+            .witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .names();
         // Sets a marker when there is none, and answers the one in force either way.
-        let (_, now): ((), String) = self.with_writer(|con| {
-            redis::pipe()
-                .atomic()
+        let (now, exists): (String, Vec<bool>) = self.with_writer(|con| {
+            let mut pipe = redis::pipe();
+            pipe.atomic()
                 .cmd("SET")
                 .arg(&key)
                 .arg(&fresh)
                 .arg("NX")
                 .ignore()
                 .cmd("GET")
-                .arg(&key)
-                .query(con)
-                .map(|(now,): (String,)| ((), now))
+                .arg(&key);
+            for ns in &known {
+                pipe.cmd("EXISTS").arg(self.key(ns, "meta"));
+            }
+            let mut answers: Vec<redis::Value> = pipe.query(con)?;
+            let exists = answers
+                .split_off(1.min(answers.len()))
+                .iter()
+                .map(|v| matches!(v, redis::Value::Int(1)))
+                .collect();
+            let now = match answers.pop() {
+                Some(v) => redis::from_redis_value(v)?,
+                None => String::new(),
+            };
+            Ok((now, exists))
         })?;
+        let vanished: Vec<&String> = known
+            .iter()
+            .zip(&exists)
+            .filter(|(_, e)| !**e)
+            .map(|(ns, _)| ns)
+            .collect();
         let mut seen = self.instance.lock().unwrap_or_else(|p| p.into_inner());
-        let lost = seen.as_ref().is_some_and(|old| *old != now);
+        let mut lost = seen.as_ref().is_some_and(|old| *old != now);
         *seen = Some(now);
+        if !vanished.is_empty() {
+            tracing::warn!(
+                namespaces = ?vanished,
+                "Redis lost namespaces this broker knew (their metadata is gone, which no delete does): a snapshot from before they were created restored?"
+            );
+            lost = true;
+        }
         Ok(lost)
     }
 }
@@ -878,8 +1155,15 @@ mod tests {
         // Whether it ran is what the store cannot know: here Redis drops the paused
         // command with the closed connection; over a slow network it would have run.
         let _: () = redis::cmd("CLIENT").arg("UNPAUSE").query(&mut con).unwrap();
-        // Nobody listens on port 1.
-        match RedisStore::open(opts("redis://127.0.0.1:1".into())) {
+        // Nobody listens on port 1: the store opens (a node starts not ready) and fails.
+        let nowhere = RedisStore::open(opts("redis://127.0.0.1:1".into())).unwrap();
+        assert!(nowhere.is_failing());
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        match nowhere.append("u", &[ev], 1, None) {
             Err(StoreError::Unavailable(why)) => assert!(why.contains("not sent"), "{why}"),
             other => panic!("{other:?}"),
         }
@@ -991,5 +1275,158 @@ mod tests {
         let now = store.info("r").unwrap().expect("r");
         assert_ne!(now.epoch, info.epoch);
         assert_eq!(now.next, 5);
+    }
+
+    /// Review F6: an append on the writer's connection, then that connection lost (here
+    /// killed by Redis), then `WAIT` on a new connection, which wrote nothing, so it
+    /// returned at once with every replica: the group was claimed replicated. A real
+    /// replica is attached, so `WAIT` does answer 1 on a connection that wrote nothing.
+    #[test]
+    fn a_wait_on_a_new_connection_does_not_vouch_for_the_old_ones_writes() {
+        use super::{RedisOptions, RedisStore, Retention, Storage};
+        use rewind_protocol::{NewEvent, Payload};
+        let replica = redis::Client::open(test_server::replica_url()).unwrap();
+        let mut rcon = replica.get_connection().unwrap();
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "f6-generation".into(),
+            wait_replicas: 1,
+            wait_timeout_ms: 5000,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        store.create("g", Retention::default()).unwrap();
+        // The replica is in sync: a WAIT reaches it.
+        loop {
+            store
+                .append("g", std::slice::from_ref(&ev), 1, None)
+                .unwrap();
+            store.sync().unwrap();
+            if store.last_sync_replicated() {
+                break;
+            }
+            let _: () = redis::cmd("PING").query(&mut rcon).unwrap();
+        }
+        store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .unwrap();
+        let id: i64 = store
+            .with_writer(|con| redis::cmd("CLIENT").arg("ID").query(con))
+            .unwrap();
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut admin = client.get_connection().unwrap();
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query(&mut admin)
+            .unwrap();
+        assert_eq!(killed, 1);
+        // The next call finds the connection dead, and the one after opens a new one.
+        assert!(store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .is_err());
+        store.sync().unwrap();
+        assert!(
+            !store.last_sync_replicated(),
+            "a WAIT on a new connection vouched for the old one's writes"
+        );
+        store
+            .append("g", std::slice::from_ref(&ev), 1, None)
+            .unwrap();
+        store.sync().unwrap();
+        assert!(store.last_sync_replicated());
+    }
+
+    /// Appends sent together (one pipeline) answer as they would one by one: in order,
+    /// each all or nothing, an idempotency key recorded by an earlier append of the same
+    /// pipeline answered as a duplicate, one to a stale incarnation refused without
+    /// touching the others.
+    #[test]
+    fn appends_sent_together_answer_as_one_by_one() {
+        use super::{AppendRequest, Appended, IdempotencyKey, RedisOptions, RedisStore};
+        use super::{Retention, Storage, StoreError};
+        use rewind_protocol::idempotency::RequestDigest;
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: "pipelined".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = |n: usize| NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        };
+        let x = store.create("x", Retention::default()).unwrap();
+        let y = store.create("y", Retention::default()).unwrap();
+        let two = [ev(0), ev(1)];
+        let one = [ev(2)];
+        let key = IdempotencyKey {
+            key: "k",
+            request: RequestDigest([1; 32]),
+            request_v1: RequestDigest([2; 32]),
+            batch: false,
+            not_before_ms: 0,
+        };
+        let req = |ns, epoch, events, idempotency| AppendRequest {
+            ns,
+            epoch,
+            min_next: 0,
+            events,
+            ts_ms: 1,
+            idempotency,
+        };
+        let answers = store.append_all(&[
+            req("x", &x.epoch, &two[..], None),
+            req("y", &y.epoch, &one[..], None),
+            req("x", "stale", &one[..], None),
+            req("x", &x.epoch, &one[..], Some(key)),
+            req("x", &x.epoch, &one[..], Some(key)),
+            req("y", &y.epoch, &two[..], None),
+        ]);
+        let got: Vec<String> = answers.iter().map(|a| format!("{a:?}")).collect();
+        assert!(
+            matches!(answers[0], Ok(Appended::New { first: 0, last: 1 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[1], Ok(Appended::New { first: 0, last: 0 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[2], Err(StoreError::NotFound(_))),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[3], Ok(Appended::New { first: 2, last: 2 })),
+            "{got:?}"
+        );
+        assert!(
+            matches!(
+                answers[4],
+                Ok(Appended::Duplicate {
+                    first: 2,
+                    last: 2,
+                    ..
+                })
+            ),
+            "{got:?}"
+        );
+        assert!(
+            matches!(answers[5], Ok(Appended::New { first: 1, last: 2 })),
+            "{got:?}"
+        );
+        let xs = store.read("x", 0, u64::MAX, 10, 1 << 20).unwrap();
+        assert_eq!(xs.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(store.info("x").unwrap().expect("x").epoch, x.epoch);
     }
 }

@@ -151,3 +151,20 @@ for _, k in ipairs(old) do
 end
 return #old
 "#;
+
+/// Gives a namespace a fresh epoch when Redis went back in time (`witness`): only if it
+/// is live, still has the epoch the node judged, and its `next` is below what the node
+/// saw under it. KEYS: meta, idem, idemts. ARGV: the epoch judged, the `next` the node
+/// saw, the fresh epoch, channel, namespace. The idempotency records go (they name
+/// offsets of the old epoch). Answers 1 if it gave the fresh epoch, else 0. Announces
+/// `c 0 EPOCH NS`.
+pub(super) const ROTATE: &str = r#"
+local meta = KEYS[1]
+if redis.call('HGET', meta, 'live') ~= '1' then return 0 end
+if redis.call('HGET', meta, 'epoch') ~= ARGV[1] then return 0 end
+if tonumber(redis.call('HGET', meta, 'next')) >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', meta, 'epoch', ARGV[3])
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('PUBLISH', ARGV[4], 'c 0 ' .. ARGV[3] .. ' ' .. ARGV[5])
+return 1
+"#;

@@ -9,6 +9,36 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// A replica of the process's test server (`--replicaof`), started on first use and kept
+/// for the process's life like the server; answers its URL.
+pub(crate) fn replica_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        let primary = url();
+        let port = primary.rsplit(':').next().unwrap_or_default().to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("redis-test-replica".into())
+            .spawn(move || {
+                let started = start(&["--replicaof".into(), "127.0.0.1".into(), port]);
+                let failed = started.is_err();
+                let _ = tx.send(started);
+                if !failed {
+                    loop {
+                        std::thread::park();
+                    }
+                }
+            })
+            .expect("spawn the replica keeper thread");
+        match rx.recv() {
+            Ok(Ok(url)) => url,
+            Ok(Err(why)) => panic!("{why}"),
+            Err(_) => panic!("the replica keeper thread died"),
+        }
+    })
+    .clone()
+}
+
 /// The URL of the process's test server, started on first use.
 pub(crate) fn url() -> String {
     static URL: OnceLock<String> = OnceLock::new();
@@ -17,7 +47,7 @@ pub(crate) fn url() -> String {
         std::thread::Builder::new()
             .name("redis-test-server".into())
             .spawn(move || {
-                let started = start();
+                let started = start(&[]);
                 let failed = started.is_err();
                 let _ = tx.send(started);
                 if !failed {
@@ -46,7 +76,13 @@ fn free_port() -> u16 {
 
 /// Starts `redis-server` on a free port; retries when another process took the port
 /// between the probe and the server's bind.
-fn start() -> Result<String, String> {
+fn start(extra: &[String]) -> Result<String, String> {
+    // Its own directory: a replica's full sync writes `dump.rdb` there, and a server
+    // started in a directory holding one loads it (the next test run would see this
+    // run's keys). Kept for the process's life, like the server.
+    let dir = tempfile::tempdir()
+        .map_err(|e| format!("a temp dir for redis-server: {e}"))?
+        .keep();
     for _ in 0..5 {
         let port = free_port();
         let mut cmd = Command::new("redis-server");
@@ -60,6 +96,9 @@ fn start() -> Result<String, String> {
             "--appendonly",
             "no",
         ])
+        .arg("--dir")
+        .arg(&dir)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
         // SAFETY: prctl is async-signal-safe and touches nothing of the parent's.
