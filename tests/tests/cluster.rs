@@ -945,3 +945,42 @@ async fn a_node_started_while_redis_is_down_waits_for_it_not_ready() {
     assert_eq!(publish_ok(&b, "late", 1).await, 1);
     consecutive(&mut sub, 1, 1).await;
 }
+
+/// Tester finding 1 (i13-fix2): a node started while Redis was down answered `404
+/// not_found` for a namespace that exists (its refresh took "the store did not answer"
+/// for "not there"). A lookup that cannot reach Redis is `503 unavailable` on every
+/// transport; once Redis is back the same namespace is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_reach_redis_says_unavailable_not_not_found_on_every_transport() {
+    let mut redis = RedisServer::start(Persistence::AofAlways);
+    let a = node(&redis, &[]);
+    publish_ok(&a, "snap", 0).await;
+    redis.stop();
+    let b = node(&redis, &[]);
+    for path in [
+        "/v1/namespaces/snap",
+        "/v1/namespaces/snap/events?from=0",
+        "/v1/namespaces/snap/events?from=1&wait=1",
+        "/v1/namespaces/snap/sse?from=earliest",
+    ] {
+        let r = b.get(path).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert_eq!(r.error_code(), "unavailable", "{path}");
+    }
+    let mut c = raw_subscribe(&b, "snap", 0).await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Error { code, ns, .. }) => {
+            assert_eq!(
+                (code.as_str(), ns.as_deref()),
+                ("unavailable", Some("snap"))
+            );
+        }
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    redis.restart();
+    ready_within(&b, "ready", 2).await;
+    let info = b.wait_for("/v1/namespaces/snap", |v| v["next"] == 1).await;
+    assert_eq!(info["next"], 1);
+    let mut c = raw_subscribe(&b, "snap", 0).await;
+    consecutive(&mut c, 0, 1).await;
+}

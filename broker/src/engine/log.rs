@@ -464,7 +464,7 @@ impl Log {
             })
             .await
             .map_err(|_| LogError::ShuttingDown)?;
-        answer.await.map_err(|_| LogError::ShuttingDown)
+        answer.await.map_err(|_| LogError::ShuttingDown)?
     }
 
     /// True when the store is shared with other brokers (Redis).

@@ -106,8 +106,9 @@ pub enum Command {
     Refresh {
         /// The namespace.
         ns: String,
-        /// Answered with the namespace's state once refreshed.
-        reply: Option<oneshot::Sender<Option<Arc<Namespace>>>>,
+        /// Answered with the namespace's state once refreshed, or the store's error when
+        /// it could not be asked (never "not found" for a store that did not answer).
+        reply: Option<oneshot::Sender<Result<Option<Arc<Namespace>>, LogError>>>,
     },
     /// A shared store: refresh every namespace, and give a new epoch to those the store
     /// lost (sent on a timer and after the cluster listener reconnects).
@@ -355,7 +356,7 @@ impl Writer {
             Command::Refresh { ns, reply } => {
                 let state = self.refresh(&ns);
                 if let Some(reply) = reply {
-                    let _ = reply.send(state);
+                    let _ = reply.send(state.map_err(|e| LogError::from(&e)));
                 }
             }
             Command::RefreshAll => self.refresh_all(),
@@ -387,7 +388,7 @@ impl Writer {
         let known = match self.namespaces.get(ns) {
             Some(state) => Some(state),
             // Another broker may have created it.
-            None if self.store.is_shared() => self.refresh(ns),
+            None if self.store.is_shared() => self.refresh(ns).map_err(|e| LogError::from(&e))?,
             None => None,
         };
         match known {
@@ -562,7 +563,10 @@ impl Writer {
             // A shared store lost the namespace, or another broker deleted it, since this
             // broker last looked: once more with the store's state.
             Err(StoreError::NotFound(_)) if self.store.is_shared() && !created && !retried => {
-                self.refresh(&ns);
+                if let Err(e) = self.refresh(&ns) {
+                    let _ = reply.send(Err(LogError::from(&e)));
+                    return;
+                }
                 self.append(ns, events, idempotency, (reply, replicated), group, true);
             }
             Err(e) => {
@@ -688,31 +692,34 @@ impl Writer {
     }
 
     /// Makes this broker's state of `ns` match the shared store's; returns it.
-    fn refresh(&mut self, ns: &str) -> Option<Arc<Namespace>> {
+    /// The store's state of `ns`, taken as this broker's. A store that cannot be asked is
+    /// an error, never "not found": a node that does not know a namespace yet (started
+    /// while Redis was down) must answer `503 unavailable` for it, not `404`.
+    fn refresh(&mut self, ns: &str) -> Result<Option<Arc<Namespace>>, StoreError> {
         match self.store.info(ns) {
-            Ok(Some(info)) => Some(self.follow(&info)),
-            Ok(None) if self.namespaces.get(ns).is_none() => None,
+            Ok(Some(info)) => Ok(Some(self.follow(&info))),
+            Ok(None) if self.namespaces.get(ns).is_none() => Ok(None),
             // Gone from the store: deleted by another broker, unless the store lost its
             // data, and then it is created again with a new epoch (`refresh_all`).
             Ok(None) => match self.store_lost_data() {
                 Ok(true) => {
                     self.refresh_all();
-                    self.namespaces.get(ns)
+                    Ok(self.namespaces.get(ns))
                 }
                 Ok(false) => {
                     if self.namespaces.remove(ns).is_some() {
                         tracing::info!(ns, "namespace deleted by another broker");
                     }
-                    None
+                    Ok(None)
                 }
                 Err(e) => {
                     tracing::warn!(ns, error = %e, "checking the shared store failed");
-                    self.namespaces.get(ns)
+                    Err(e)
                 }
             },
             Err(e) => {
                 tracing::warn!(ns, error = %e, "refreshing a namespace from the store failed");
-                self.namespaces.get(ns)
+                Err(e)
             }
         }
     }

@@ -422,7 +422,15 @@ impl RedisStore {
     fn info_unwitnessed(&self, ns: &str) -> Result<Option<NsInfo>, StoreError> {
         let fields: HashMap<String, String> =
             self.with(|con| redis::cmd("HGETALL").arg(self.key(ns, "meta")).query(con))?;
-        Self::info_from(ns, &fields)
+        let info = Self::info_from(ns, &fields)?;
+        // Metadata kept with `live` 0: deleted (by any node), not lost.
+        if info.is_none() && !fields.is_empty() {
+            self.witness
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .gone(ns);
+        }
+        Ok(info)
     }
 
     /// Records `info` as seen ([`witness`]); when Redis went back in time (a lower `next`
@@ -661,7 +669,12 @@ impl Storage for RedisStore {
     }
 
     fn delete(&self, ns: &str) -> Result<bool, StoreError> {
-        self.run_delete(ns, false)
+        let existed = self.run_delete(ns, false)?;
+        self.witness
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .gone(ns);
+        Ok(existed)
     }
 
     fn append(
@@ -965,6 +978,11 @@ impl Storage for RedisStore {
                 namespaces = ?vanished,
                 "Redis lost namespaces this broker knew (their metadata is gone, which no delete does): a snapshot from before they were created restored?"
             );
+            // Reported once: the heal creates them again (seen live, they count again).
+            let mut witness = self.witness.lock().unwrap_or_else(|p| p.into_inner());
+            for ns in &vanished {
+                witness.gone(ns);
+            }
             lost = true;
         }
         Ok(lost)
@@ -1116,6 +1134,46 @@ mod tests {
             Ok(Appended::New { first, last }) => assert_eq!((first, last), (0, 0)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Tester finding 4 (i13-fix2): after Redis lost its data, namespaces deleted before
+    /// the loss were reported lost again at every heal, forever (nothing re-creates a
+    /// deleted namespace). A deleted one is not owed a re-creation, and a loss is told
+    /// once: once the lost one is created again, Redis has lost nothing.
+    #[test]
+    fn a_loss_is_told_once_and_never_for_a_namespace_deleted_before_it() {
+        use super::{RedisOptions, RedisStore, Retention, Storage};
+        let prefix = format!("f4-once-{}", std::process::id());
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: prefix.clone(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 2000,
+        })
+        .unwrap();
+        store.create("kept", Retention::default()).unwrap();
+        store.create("dropped", Retention::default()).unwrap();
+        assert!(store.delete("dropped").unwrap());
+        assert!(!store.lost_data().unwrap());
+        // What a FLUSHALL does to this prefix (the test server is shared by other tests).
+        let client = redis::Client::open(test_server::url()).unwrap();
+        let mut con = client.get_connection().unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}:*"))
+            .query(&mut con)
+            .unwrap();
+        let _: () = redis::cmd("DEL").arg(&keys).query(&mut con).unwrap();
+        assert!(store.lost_data().unwrap());
+        assert!(store.witness.lock().unwrap().names().is_empty());
+        store.create("kept", Retention::default()).unwrap();
+        for _ in 0..3 {
+            assert!(!store.lost_data().unwrap(), "a loss told again");
+        }
+        assert_eq!(
+            store.witness.lock().unwrap().names(),
+            vec!["kept".to_owned()]
+        );
     }
 
     /// Review F7: a 503 whose outcome is unknown (the script went out, no answer came)

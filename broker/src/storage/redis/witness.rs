@@ -36,6 +36,9 @@ struct Seen {
     epoch: String,
     next: u64,
     retired: Vec<String>,
+    /// Deleted, or already reported lost: not owed a re-creation, so not in `names`
+    /// (its epochs are still remembered) until it is seen live again.
+    gone: bool,
 }
 
 /// Per namespace: the epoch followed, its highest `next` seen, the epochs seen replaced.
@@ -45,16 +48,31 @@ pub(super) struct Witness {
 }
 
 impl Witness {
-    /// Every namespace name seen live, sorted.
+    /// Every namespace name seen live and not gone since, sorted.
     pub(super) fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.seen.keys().cloned().collect();
+        let mut names: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| !s.gone)
+            .map(|(name, _)| name.clone())
+            .collect();
         names.sort();
         names
+    }
+
+    /// Notes that `ns` was deleted, or that its loss was reported: until seen live again
+    /// it is left out of [`Witness::names`] (a deleted namespace is not owed a
+    /// re-creation, and a loss is reported once), its epochs still remembered.
+    pub(super) fn gone(&mut self, ns: &str) {
+        if let Some(seen) = self.seen.get_mut(ns) {
+            seen.gone = true;
+        }
     }
 
     /// Records that Redis shows `epoch` with `next` for `ns`, and judges it.
     pub(super) fn observe(&mut self, ns: &str, epoch: &str, next: u64) -> Verdict {
         let seen = self.seen.entry(ns.to_owned()).or_default();
+        seen.gone = false;
         if seen.epoch.is_empty() {
             seen.epoch = epoch.to_owned();
             seen.next = next;
