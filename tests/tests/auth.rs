@@ -1199,6 +1199,21 @@ async fn tokens_never_reach_the_log() {
     .await
     .expect("read");
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A good token refused `403` is logged with its `sub` too.
+    let reader = hs256(
+        SECRET,
+        &claims(json!({"sub": "reader", "subscribe": ["*"]})),
+    );
+    let r = rewind_tests::request(
+        addr,
+        Method::POST,
+        &format!("/v1/namespaces/refused/events?token={reader}"),
+        &[("content-type", "application/json")],
+        r#"{"event":"e"}"#.into(),
+    )
+    .await
+    .expect("publish");
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     let mut c = ws(addr, &token, true).await.expect("upgrade");
     c.send(&ClientFrame::Auth {
         token: token.clone(),
@@ -1218,7 +1233,7 @@ async fn tokens_never_reach_the_log() {
         "the requests were logged: {log}"
     );
     assert!(
-        !log.contains(&token) && !log.contains("wrong.wrong"),
+        !log.contains(&token) && !log.contains(&reader) && !log.contains("wrong.wrong"),
         "a token in the log: {log}"
     );
     // The token's `sub` names who made each request and session.
@@ -1229,6 +1244,13 @@ async fn tokens_never_reach_the_log() {
     };
     assert!(lines("/v1/namespaces/n/events") >= 2, "{log}");
     assert_eq!(lines("websocket session"), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/v1/namespaces/refused/events")
+                && l.contains("403")
+                && l.contains("sub=\"reader\"")),
+        "the 403 line names its sub: {log}"
+    );
 }
 
 #[tokio::test]

@@ -197,11 +197,16 @@ pub(super) async fn guard(
             message: format!("the token allows nothing on {ns}"),
         }),
     };
+    // The request log names the token's `sub` on a `403` too.
+    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     if let Err(refusal) = allowed {
-        return forbidden(refusal);
+        let mut res = forbidden(refusal);
+        if let Some(subject) = subject {
+            res.extensions_mut().insert(subject);
+        }
+        return res;
     }
     let remaining = grant.remaining();
-    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     req.extensions_mut().insert(grant);
     let mut res = next.run(req).await;
     if let Some(subject) = subject {
