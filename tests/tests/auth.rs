@@ -1006,13 +1006,23 @@ fn serve(
     args: &[&str],
     dir: &Path,
 ) -> Result<(Child, SocketAddr, PathBuf), (i32, String)> {
+    serve_logged(listen, args, dir, "debug")
+}
+
+/// [`serve`] with `RUST_LOG=rust_log`.
+fn serve_logged(
+    listen: &str,
+    args: &[&str],
+    dir: &Path,
+    rust_log: &str,
+) -> Result<(Child, SocketAddr, PathBuf), (i32, String)> {
     let err = dir.join("stderr");
     let mut child = Command::new(rewind_bin())
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(dir.join("data"))
         .args(args)
         .env_remove("REWIND_CONFIG")
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err).expect("stderr file"))
         .spawn()
@@ -1161,8 +1171,14 @@ async fn token_options_at_their_extremes_serve() {
 async fn tokens_never_reach_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_secret_dir, secret) = secret_dir();
-    let (mut child, addr, err) =
-        serve("127.0.0.1:0", &["--auth-secret-file", &secret], dir.path()).expect("start");
+    // At `trace`, where every library writes the most.
+    let (mut child, addr, err) = serve_logged(
+        "127.0.0.1:0",
+        &["--auth-secret-file", &secret],
+        dir.path(),
+        "trace",
+    )
+    .expect("start");
     let token = hs256(
         SECRET,
         &claims(json!({"publish": ["*"], "subscribe": ["*"]})),
