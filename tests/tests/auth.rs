@@ -1345,3 +1345,73 @@ async fn the_cli_takes_a_token_from_its_flag_or_variable() {
         "{once:?}"
     );
 }
+
+/// A second `Authorization` header is `400 bad_frame` on every route and the WebSocket
+/// upgrade, whichever copy comes first: no copy silently wins (`docs/http-api.md`).
+#[tokio::test]
+async fn a_second_authorization_header_is_refused_bad_frame() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let all = hs256(
+        SECRET,
+        &claims(json!({"admin": true, "publish": ["*"], "subscribe": ["*"]})),
+    );
+    let good = format!("Bearer {all}");
+    let none = format!(
+        "Bearer {}",
+        hs256(SECRET, &claims(json!({"subscribe": ["other"]})))
+    );
+    for (first, second) in [
+        (good.as_str(), none.as_str()),
+        (none.as_str(), good.as_str()),
+        (good.as_str(), "Bearer garbage"),
+        (good.as_str(), good.as_str()),
+    ] {
+        for (method, path) in [
+            (Method::POST, "/v1/namespaces/two/events"),
+            (Method::GET, "/v1/namespaces/two/events"),
+            (Method::HEAD, "/v1/namespaces/two/events"),
+            (Method::GET, "/v1/namespaces/two/sse"),
+            (Method::GET, "/v1/namespaces/two"),
+            (Method::PUT, "/v1/namespaces/two"),
+            (Method::DELETE, "/v1/namespaces/two"),
+            (Method::GET, "/v1/namespaces"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/v1/unknown"),
+        ] {
+            let r = broker
+                .request(
+                    method.clone(),
+                    path,
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", first),
+                        ("authorization", second),
+                    ],
+                    r#"{"event":"e"}"#.to_owned(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}");
+            if method != Method::HEAD {
+                assert_eq!(r.error_code(), "bad_frame", "{method} {path}");
+            }
+        }
+        let mut req = format!("ws://{}/v1/ws", broker.addr)
+            .into_client_request()
+            .expect("request");
+        for value in [first, second] {
+            req.headers_mut()
+                .append("authorization", value.parse().expect("header"));
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status().as_u16(), 400)
+            }
+            Ok(_) => panic!("upgraded with two Authorization headers"),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Nothing was created by the refused publishes and PUTs.
+    let r = call(&broker, Method::GET, "/v1/namespaces/two", Some(&all)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+}

@@ -3,7 +3,8 @@
 //! the handler the [`Grant`] (the WebSocket upgrade passes it on to its session).
 //!
 //! - The token: `Authorization: Bearer <jwt>`, else the query parameter `token` (browsers
-//!   cannot set headers on a WebSocket or an `EventSource`). The request log and the
+//!   cannot set headers on a WebSocket or an `EventSource`). A second `Authorization`
+//!   header is `400 bad_frame`, on every route and the WebSocket upgrade. The request log and the
 //!   trace print the path without its query, so never a token.
 //! - No token, or one not taken: `401 unauthorized` with `WWW-Authenticate: Bearer` (RFC
 //!   6750 §3) and the reason. A good token that does not allow the request: `403
@@ -171,6 +172,13 @@ pub(super) async fn guard(
     let need = Need::of(req.method(), req.uri().path());
     if need == Need::Nothing {
         return next.run(req).await;
+    }
+    // No copy silently wins, as with every header read once (`http-api.md`).
+    if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return ApiError::bad_request(
+            "the Authorization header appears more than once; send it once",
+        )
+        .into_response();
     }
     let token = match token_of(&req) {
         Ok(Some(token)) => token,
