@@ -171,6 +171,18 @@ async fn hs256_tokens_gate_every_http_route() {
             Some(hs256(SECRET, &claims(json!({"publish": ["lo*gs"]})))),
         ),
         (
+            "a pattern with a space",
+            Some(hs256(SECRET, &claims(json!({"subscribe": ["a b"]})))),
+        ),
+        (
+            "a pattern with a trailing space",
+            Some(hs256(SECRET, &claims(json!({"subscribe": ["orders "]})))),
+        ),
+        (
+            "a prefix pattern whose name breaks the rules",
+            Some(hs256(SECRET, &claims(json!({"publish": ["a..b.*"]})))),
+        ),
+        (
             "publish not a list",
             Some(hs256(SECRET, &claims(json!({"publish": "logs.a"})))),
         ),
