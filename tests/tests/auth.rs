@@ -49,6 +49,19 @@ fn hs256(secret: &str, claims: &Value) -> String {
     .expect("sign")
 }
 
+/// An HS256 token signed with [`SECRET`] whose JOSE header is `header`, as given.
+fn with_header(header: &Value, claims: &Value) -> String {
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let message = format!("{}.{}", part(header), part(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{message}.{signature}")
+}
+
 /// A token with `alg: none` and no signature (RFC 7519 §6.1).
 fn unsigned(claims: &Value) -> String {
     let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
@@ -181,6 +194,13 @@ async fn hs256_tokens_gate_every_http_route() {
         (
             "a prefix pattern whose name breaks the rules",
             Some(hs256(SECRET, &claims(json!({"publish": ["a..b.*"]})))),
+        ),
+        (
+            "a critical extension in the header",
+            Some(with_header(
+                &json!({"alg": "HS256", "typ": "JWT", "crit": ["foo"], "foo": 1}),
+                &claims(json!({"publish": ["*"], "admin": true})),
+            )),
         ),
         (
             "publish not a list",
