@@ -600,8 +600,9 @@ fn validate<D: IntoPayload>(
         "ping" => Ok(ClientFrame::Ping),
         "pong" => Ok(ClientFrame::Pong),
         "auth" => match wire.token {
-            Some(token) if !token.is_empty() => Ok(ClientFrame::Auth { token }),
-            _ => Err(fail(ErrorCode::BadFrame, "auth needs token".into())),
+            // An empty token is the verifier's `unauthorized`, as an empty `?token=` is.
+            Some(token) => Ok(ClientFrame::Auth { token }),
+            None => Err(fail(ErrorCode::BadFrame, "auth needs token".into())),
         },
         other => Err(fail(
             ErrorCode::UnknownType,

@@ -49,6 +49,19 @@ fn hs256(secret: &str, claims: &Value) -> String {
     .expect("sign")
 }
 
+/// An HS256 token signed with [`SECRET`] whose JOSE header is `header`, as given.
+fn with_header(header: &Value, claims: &Value) -> String {
+    let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
+    let message = format!("{}.{}", part(header), part(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{message}.{signature}")
+}
+
 /// A token with `alg: none` and no signature (RFC 7519 §6.1).
 fn unsigned(claims: &Value) -> String {
     let part = |v: &Value| URL_SAFE_NO_PAD.encode(v.to_string());
@@ -169,6 +182,25 @@ async fn hs256_tokens_gate_every_http_route() {
         (
             "a pattern rewind does not read",
             Some(hs256(SECRET, &claims(json!({"publish": ["lo*gs"]})))),
+        ),
+        (
+            "a pattern with a space",
+            Some(hs256(SECRET, &claims(json!({"subscribe": ["a b"]})))),
+        ),
+        (
+            "a pattern with a trailing space",
+            Some(hs256(SECRET, &claims(json!({"subscribe": ["orders "]})))),
+        ),
+        (
+            "a prefix pattern whose name breaks the rules",
+            Some(hs256(SECRET, &claims(json!({"publish": ["a..b.*"]})))),
+        ),
+        (
+            "a critical extension in the header",
+            Some(with_header(
+                &json!({"alg": "HS256", "typ": "JWT", "crit": ["foo"], "foo": 1}),
+                &claims(json!({"publish": ["*"], "admin": true})),
+            )),
         ),
         (
             "publish not a list",
@@ -764,14 +796,17 @@ async fn a_websocket_gets_forbidden_per_namespace_refreshes_in_place_and_closes_
         .json();
     assert_eq!(r["next"], 1, "{r}");
 
-    // A bad refresh is refused and the connection keeps its token.
-    c.send(&ClientFrame::Auth {
-        token: "nope".into(),
-    })
-    .await;
-    assert!(
-        matches!(frame(&mut c).await, ServerMessage::Frame(ServerFrame::Error { code, .. }) if code == "unauthorized")
-    );
+    // A bad refresh is refused and the connection keeps its token; an empty token is
+    // `unauthorized` too, as an empty `?token=` is on HTTP.
+    for bad in ["nope", ""] {
+        c.send(&ClientFrame::Auth { token: bad.into() }).await;
+        match frame(&mut c).await {
+            ServerMessage::Frame(ServerFrame::Error { code, .. }) => {
+                assert_eq!(code, "unauthorized", "{bad:?}")
+            }
+            other => panic!("{bad:?}: expected unauthorized, got {other:?}"),
+        }
+    }
     let someone_else = hs256(
         SECRET,
         &claims(json!({"sub": "intruder", "subscribe": ["*"]})),
@@ -1006,13 +1041,23 @@ fn serve(
     args: &[&str],
     dir: &Path,
 ) -> Result<(Child, SocketAddr, PathBuf), (i32, String)> {
+    serve_logged(listen, args, dir, "debug")
+}
+
+/// [`serve`] with `RUST_LOG=rust_log`.
+fn serve_logged(
+    listen: &str,
+    args: &[&str],
+    dir: &Path,
+    rust_log: &str,
+) -> Result<(Child, SocketAddr, PathBuf), (i32, String)> {
     let err = dir.join("stderr");
     let mut child = Command::new(rewind_bin())
         .args(["serve", "--listen", listen, "--data-dir"])
         .arg(dir.join("data"))
         .args(args)
         .env_remove("REWIND_CONFIG")
-        .env("RUST_LOG", "debug")
+        .env("RUST_LOG", rust_log)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&err).expect("stderr file"))
         .spawn()
@@ -1161,8 +1206,14 @@ async fn token_options_at_their_extremes_serve() {
 async fn tokens_never_reach_the_log() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (_secret_dir, secret) = secret_dir();
-    let (mut child, addr, err) =
-        serve("127.0.0.1:0", &["--auth-secret-file", &secret], dir.path()).expect("start");
+    // At `trace`, where every library writes the most.
+    let (mut child, addr, err) = serve_logged(
+        "127.0.0.1:0",
+        &["--auth-secret-file", &secret],
+        dir.path(),
+        "trace",
+    )
+    .expect("start");
     let token = hs256(
         SECRET,
         &claims(json!({"publish": ["*"], "subscribe": ["*"]})),
@@ -1199,6 +1250,21 @@ async fn tokens_never_reach_the_log() {
     .await
     .expect("read");
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // A good token refused `403` is logged with its `sub` too.
+    let reader = hs256(
+        SECRET,
+        &claims(json!({"sub": "reader", "subscribe": ["*"]})),
+    );
+    let r = rewind_tests::request(
+        addr,
+        Method::POST,
+        &format!("/v1/namespaces/refused/events?token={reader}"),
+        &[("content-type", "application/json")],
+        r#"{"event":"e"}"#.into(),
+    )
+    .await
+    .expect("publish");
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     let mut c = ws(addr, &token, true).await.expect("upgrade");
     c.send(&ClientFrame::Auth {
         token: token.clone(),
@@ -1218,7 +1284,7 @@ async fn tokens_never_reach_the_log() {
         "the requests were logged: {log}"
     );
     assert!(
-        !log.contains(&token) && !log.contains("wrong.wrong"),
+        !log.contains(&token) && !log.contains(&reader) && !log.contains("wrong.wrong"),
         "a token in the log: {log}"
     );
     // The token's `sub` names who made each request and session.
@@ -1229,6 +1295,13 @@ async fn tokens_never_reach_the_log() {
     };
     assert!(lines("/v1/namespaces/n/events") >= 2, "{log}");
     assert_eq!(lines("websocket session"), 1, "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/v1/namespaces/refused/events")
+                && l.contains("403")
+                && l.contains("sub=\"reader\"")),
+        "the 403 line names its sub: {log}"
+    );
 }
 
 #[tokio::test]
@@ -1306,4 +1379,74 @@ async fn the_cli_takes_a_token_from_its_flag_or_variable() {
         2,
         "{once:?}"
     );
+}
+
+/// A second `Authorization` header is `400 bad_frame` on every route and the WebSocket
+/// upgrade, whichever copy comes first: no copy silently wins (`docs/http-api.md`).
+#[tokio::test]
+async fn a_second_authorization_header_is_refused_bad_frame() {
+    let (_dir, secret) = secret_dir();
+    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let all = hs256(
+        SECRET,
+        &claims(json!({"admin": true, "publish": ["*"], "subscribe": ["*"]})),
+    );
+    let good = format!("Bearer {all}");
+    let none = format!(
+        "Bearer {}",
+        hs256(SECRET, &claims(json!({"subscribe": ["other"]})))
+    );
+    for (first, second) in [
+        (good.as_str(), none.as_str()),
+        (none.as_str(), good.as_str()),
+        (good.as_str(), "Bearer garbage"),
+        (good.as_str(), good.as_str()),
+    ] {
+        for (method, path) in [
+            (Method::POST, "/v1/namespaces/two/events"),
+            (Method::GET, "/v1/namespaces/two/events"),
+            (Method::HEAD, "/v1/namespaces/two/events"),
+            (Method::GET, "/v1/namespaces/two/sse"),
+            (Method::GET, "/v1/namespaces/two"),
+            (Method::PUT, "/v1/namespaces/two"),
+            (Method::DELETE, "/v1/namespaces/two"),
+            (Method::GET, "/v1/namespaces"),
+            (Method::GET, "/metrics"),
+            (Method::GET, "/v1/unknown"),
+        ] {
+            let r = broker
+                .request(
+                    method.clone(),
+                    path,
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", first),
+                        ("authorization", second),
+                    ],
+                    r#"{"event":"e"}"#.to_owned(),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}");
+            if method != Method::HEAD {
+                assert_eq!(r.error_code(), "bad_frame", "{method} {path}");
+            }
+        }
+        let mut req = format!("ws://{}/v1/ws", broker.addr)
+            .into_client_request()
+            .expect("request");
+        for value in [first, second] {
+            req.headers_mut()
+                .append("authorization", value.parse().expect("header"));
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status().as_u16(), 400)
+            }
+            Ok(_) => panic!("upgraded with two Authorization headers"),
+            Err(e) => panic!("connect: {e}"),
+        }
+    }
+    // Nothing was created by the refused publishes and PUTs.
+    let r = call(&broker, Method::GET, "/v1/namespaces/two", Some(&all)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
 }

@@ -346,7 +346,12 @@ async fn a_preflight_is_answered_for_listed_origins_only() {
         .to_str()
         .unwrap()
         .to_ascii_lowercase();
-    for header in ["retry-after", "etag", "idempotent-replayed"] {
+    for header in [
+        "retry-after",
+        "etag",
+        "idempotent-replayed",
+        "www-authenticate",
+    ] {
         assert!(exposed.contains(header), "{exposed}");
     }
     // A long-poll read varies by Accept and by Origin.

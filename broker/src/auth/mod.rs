@@ -148,6 +148,11 @@ impl Auth {
     pub(crate) fn verify(self: &Arc<Self>, token: &str) -> Result<Grant, AuthError> {
         let refused = |why: &str| AuthError::Token(format!("token refused: {why}"));
         let header = decode_header(token).map_err(|e| refused(&describe(e.kind())))?;
+        if has_crit(token) {
+            return Err(refused(
+                "its header lists critical extensions (crit), and this broker understands none",
+            ));
+        }
         if !self.validation.algorithms.contains(&header.alg) {
             return Err(refused(&format!(
                 "signed with {:?}; this broker takes {:?} only",
@@ -193,6 +198,23 @@ impl Auth {
             })),
         })
     }
+}
+
+/// Whether the JOSE header of `token` (already read by `decode_header`) has a `crit`
+/// member. RFC 7515 §4.1.11: a token naming critical extensions the recipient does not
+/// understand is refused, and rewind understands none, so any `crit` is refused.
+fn has_crit(token: &str) -> bool {
+    use base64::Engine;
+    let Some(part) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part.trim_end_matches('='))
+        .ok()
+        .and_then(|bytes| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        })
+        .is_some_and(|header| header.contains_key("crit"))
 }
 
 /// A sentence for a refused token, without echoing it.

@@ -6,8 +6,12 @@
 //!   `logs.a.b`, not `logs` itself nor `logsx`: list `logs` beside it for that);
 //! - anything else: that one namespace, exactly.
 //!
-//! A `*` anywhere else makes the pattern, and so the token, invalid: a token that says
-//! `lo*` means something rewind does not do, and is refused rather than read otherwise.
+//! A `*` anywhere else, or a name that breaks the namespace rules (`a b`, `orders `, `a..b`;
+//! `docs/http-api.md`), makes the pattern, and so the token, invalid: a token that says
+//! `lo*` or `orders ` means something rewind does not do, and is refused rather than read
+//! otherwise (or as allowing nothing).
+
+use rewind_protocol::validate_namespace;
 
 /// One pattern of a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +26,7 @@ pub(crate) enum Pattern {
 
 impl Pattern {
     /// Reads `text`; `Err` with the reason for a `*` other than as `*` or a final `.*`,
-    /// or an empty pattern.
+    /// or a name (before the `.*`) that is not a valid namespace name.
     pub(crate) fn parse(text: &str) -> Result<Pattern, String> {
         if text == "*" {
             return Ok(Pattern::All);
@@ -31,7 +35,7 @@ impl Pattern {
             Some(body) => (body, true),
             None => (text, false),
         };
-        if body.is_empty() || body.contains('*') {
+        if validate_namespace(body).is_err() || (prefix && body.ends_with('.')) {
             return Err(format!(
                 "namespace pattern {:?} is not a name, name.* or *",
                 text.chars().take(64).collect::<String>()
@@ -87,6 +91,25 @@ mod tests {
     #[test]
     fn a_star_elsewhere_is_refused() {
         for bad in ["", ".*", "lo*", "*.logs", "logs.*.x", "a**", "logs*"] {
+            assert!(Pattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_name_breaking_the_namespace_rules_is_refused() {
+        let long = "a".repeat(129);
+        for bad in [
+            "a b",
+            "orders ",
+            " orders",
+            "a..b",
+            ".a",
+            "a/b",
+            "é",
+            "a b.*",
+            "a..*",
+            long.as_str(),
+        ] {
             assert!(Pattern::parse(bad).is_err(), "{bad}");
         }
     }

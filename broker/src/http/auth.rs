@@ -3,7 +3,8 @@
 //! the handler the [`Grant`] (the WebSocket upgrade passes it on to its session).
 //!
 //! - The token: `Authorization: Bearer <jwt>`, else the query parameter `token` (browsers
-//!   cannot set headers on a WebSocket or an `EventSource`). The request log and the
+//!   cannot set headers on a WebSocket or an `EventSource`). A second `Authorization`
+//!   header is `400 bad_frame`, on every route and the WebSocket upgrade. The request log and the
 //!   trace print the path without its query, so never a token.
 //! - No token, or one not taken: `401 unauthorized` with `WWW-Authenticate: Bearer` (RFC
 //!   6750 §3) and the reason. A good token that does not allow the request: `403
@@ -172,6 +173,13 @@ pub(super) async fn guard(
     if need == Need::Nothing {
         return next.run(req).await;
     }
+    // No copy silently wins, as with every header read once (`http-api.md`).
+    if req.headers().get_all(AUTHORIZATION).iter().nth(1).is_some() {
+        return ApiError::bad_request(
+            "the Authorization header appears more than once; send it once",
+        )
+        .into_response();
+    }
     let token = match token_of(&req) {
         Ok(Some(token)) => token,
         Ok(None) => {
@@ -197,11 +205,16 @@ pub(super) async fn guard(
             message: format!("the token allows nothing on {ns}"),
         }),
     };
+    // The request log names the token's `sub` on a `403` too.
+    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     if let Err(refusal) = allowed {
-        return forbidden(refusal);
+        let mut res = forbidden(refusal);
+        if let Some(subject) = subject {
+            res.extensions_mut().insert(subject);
+        }
+        return res;
     }
     let remaining = grant.remaining();
-    let subject = grant.subject().map(|s| Subject(s.to_owned()));
     req.extensions_mut().insert(grant);
     let mut res = next.run(req).await;
     if let Some(subject) = subject {

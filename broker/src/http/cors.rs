@@ -35,6 +35,7 @@ use axum::response::{IntoResponse, Response};
 use hyper::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, ACCESS_CONTROL_ALLOW_ORIGIN,
     ACCESS_CONTROL_EXPOSE_HEADERS, AUTHORIZATION, CONTENT_TYPE, ETAG, ORIGIN, RETRY_AFTER, VARY,
+    WWW_AUTHENTICATE,
 };
 use hyper::Method;
 use rewind_protocol::ErrorCode;
@@ -50,8 +51,9 @@ pub(crate) const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// The answer headers a page on an allowed origin may read: `Retry-After` (503, 429),
-/// `ETag` (long-poll reads) and `Idempotent-Replayed` (publishes).
-const EXPOSED: &str = "retry-after,etag,idempotent-replayed";
+/// `ETag` (long-poll reads), `Idempotent-Replayed` (publishes) and `WWW-Authenticate`
+/// (401 and 403 with tokens on: `error="invalid_token"` or `"insufficient_scope"`).
+const EXPOSED: &str = "retry-after,etag,idempotent-replayed,www-authenticate";
 
 /// The longest part of a refused `Origin` repeated in the refusal's message.
 const QUOTED_ORIGIN: usize = 200;
@@ -199,7 +201,7 @@ pub(crate) fn layer(origins: Arc<Origins>) -> CorsLayer {
             HeaderName::from_static("idempotency-key"),
             HeaderName::from_static("last-event-id"),
         ])
-        .expose_headers([RETRY_AFTER, ETAG, IDEMPOTENT_REPLAYED])
+        .expose_headers([RETRY_AFTER, ETAG, IDEMPOTENT_REPLAYED, WWW_AUTHENTICATE])
         .max_age(PREFLIGHT_MAX_AGE)
         .allow_private_network(true)
 }

@@ -128,7 +128,8 @@ fn refused(e: clap::Error) -> std::process::ExitCode {
 /// The log filter: `RUST_LOG` if it is set and valid, else `info` with sled's own lines
 /// off (sled's damage reports blame sled versions and name no store; rewind reports what
 /// sled refused in its own words). An invalid one is named in a warning once logging is
-/// up, instead of silently changing what is logged.
+/// up, instead of silently changing what is logged. A `RUST_LOG` turning every target up
+/// to `trace` gets `tungstenite` capped at `debug` ([`caps_tungstenite`]).
 fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
     use tracing_subscriber::EnvFilter;
     let fallback = || EnvFilter::new("info,sled=off");
@@ -138,6 +139,13 @@ fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
             (fallback(), Some(format!("RUST_LOG={v:?} is not UTF-8")))
         }
         Ok(v) => match EnvFilter::try_new(&v) {
+            Ok(filter) if caps_tungstenite(&v) => match "tungstenite=debug".parse() {
+                Ok(cap) => (filter.add_directive(cap), None),
+                Err(e) => (
+                    filter,
+                    Some(format!("tungstenite=debug is not a directive: {e}")),
+                ),
+            },
             Ok(filter) => (filter, None),
             Err(e) => (
                 fallback(),
@@ -145,6 +153,40 @@ fn log_filter() -> (tracing_subscriber::EnvFilter, Option<String>) {
             ),
         },
     }
+}
+
+/// Whether the `RUST_LOG` filter `filter` needs `tungstenite=debug` added: it has a
+/// directive without a target at `trace` (`trace`, `info,trace`, `[span]=trace`) and names
+/// no `tungstenite` target itself. `tungstenite` writes every WebSocket message whole at
+/// `trace`, an `auth` frame's token included (`docs/security.md`: no token is ever
+/// logged); who names `tungstenite` asked for its lines and gets them.
+fn caps_tungstenite(filter: &str) -> bool {
+    let mut wide_trace = false;
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (target, level) = match directive.rsplit_once('=') {
+            Some((target, level)) => (target, level),
+            None if directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_ok() =>
+            {
+                ("", directive)
+            }
+            // A target alone turns it up to `trace`.
+            None => (directive, "trace"),
+        };
+        let target = target.split('[').next().unwrap_or_default().trim();
+        if target.starts_with("tungstenite") {
+            return false;
+        }
+        if target.is_empty()
+            && level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_ok_and(|l| l == tracing_subscriber::filter::LevelFilter::TRACE)
+        {
+            wide_trace = true;
+        }
+    }
+    wide_trace
 }
 
 /// Sets up logging to stderr in `format`: tracing-subscriber's plain lines, coloured only
@@ -330,4 +372,35 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caps_tungstenite;
+
+    #[test]
+    fn tungstenite_is_capped_under_a_wide_trace_unless_named() {
+        for filter in [
+            "trace",
+            "TRACE",
+            "info,trace",
+            "5",
+            "rewind_broker=info,trace",
+            "[conn]=trace",
+        ] {
+            assert!(caps_tungstenite(filter), "{filter}");
+        }
+        for filter in [
+            "",
+            "info",
+            "debug",
+            "rewind_broker=trace",
+            "trace,tungstenite=trace",
+            "tungstenite",
+            "trace,tungstenite::protocol=trace",
+            "bogus",
+        ] {
+            assert!(!caps_tungstenite(filter), "{filter}");
+        }
+    }
 }
