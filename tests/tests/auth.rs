@@ -81,6 +81,16 @@ fn secret_dir() -> (TempDir, String) {
     (dir, path)
 }
 
+/// A broker that takes HS256 tokens signed with [`SECRET`], started with `extra` flags;
+/// the directory holding the secret file lives as long as the returned `TempDir`.
+fn hs256_broker(extra: &[&str]) -> (TempDir, Broker) {
+    let (dir, secret) = secret_dir();
+    let mut args = vec!["--auth-secret-file", secret.as_str()];
+    args.extend_from_slice(extra);
+    let broker = Broker::start(&args);
+    (dir, broker)
+}
+
 fn keys_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("keys")
 }
@@ -130,8 +140,7 @@ fn assert_refused(r: &rewind_tests::Response, status: StatusCode, code: &str, wh
 
 #[tokio::test]
 async fn hs256_tokens_gate_every_http_route() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
+    let (_dir, broker) = hs256_broker(&["--auth-leeway-secs", "0"]);
     let admin = hs256(
         SECRET,
         &claims(json!({"admin": true, "publish": ["*"], "subscribe": ["*"]})),
@@ -392,10 +401,7 @@ impl PublishAs for Broker {
 
 #[tokio::test]
 async fn audience_and_issuer_are_checked_when_configured() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&[
-        "--auth-secret-file",
-        &secret,
+    let (_dir, broker) = hs256_broker(&[
         "--auth-audience",
         "rewind",
         "--auth-issuer",
@@ -448,8 +454,7 @@ async fn audience_and_issuer_are_checked_when_configured() {
 
 #[tokio::test]
 async fn without_an_audience_configured_a_token_naming_one_is_refused() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let (_dir, broker) = hs256_broker(&[]);
     let r = call(
         &broker,
         Method::POST,
@@ -479,8 +484,7 @@ async fn without_an_audience_configured_a_token_naming_one_is_refused() {
 
 #[tokio::test]
 async fn nbf_and_iat_of_the_wrong_type_are_refused() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let (_dir, broker) = hs256_broker(&[]);
     let later = now() + 3600;
     let good = json!({"nbf": now() - 10, "iat": now() - 10, "publish": ["*"]});
     let r = call(
@@ -722,15 +726,8 @@ async fn frame(c: &mut Client) -> ServerMessage {
 
 #[tokio::test]
 async fn a_websocket_gets_forbidden_per_namespace_refreshes_in_place_and_closes_at_expiry() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&[
-        "--auth-secret-file",
-        &secret,
-        "--auth-leeway-secs",
-        "0",
-        "--auth-expiry-warning-secs",
-        "2",
-    ]);
+    let (_dir, broker) =
+        hs256_broker(&["--auth-leeway-secs", "0", "--auth-expiry-warning-secs", "2"]);
     let admin = hs256(
         SECRET,
         &claims(json!({"admin": true, "publish": ["*"], "subscribe": ["*"]})),
@@ -851,15 +848,8 @@ async fn a_websocket_gets_forbidden_per_namespace_refreshes_in_place_and_closes_
 
 #[tokio::test]
 async fn a_refreshed_websocket_outlives_its_first_token() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&[
-        "--auth-secret-file",
-        &secret,
-        "--auth-leeway-secs",
-        "0",
-        "--auth-expiry-warning-secs",
-        "2",
-    ]);
+    let (_dir, broker) =
+        hs256_broker(&["--auth-leeway-secs", "0", "--auth-expiry-warning-secs", "2"]);
     let token = |secs| {
         hs256(
             SECRET,
@@ -892,10 +882,7 @@ async fn a_refreshed_websocket_outlives_its_first_token() {
 
 #[tokio::test]
 async fn a_refresh_inside_the_warning_window_is_not_warned_again() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&[
-        "--auth-secret-file",
-        &secret,
+    let (_dir, broker) = hs256_broker(&[
         "--auth-leeway-secs",
         "0",
         "--auth-expiry-warning-secs",
@@ -938,8 +925,7 @@ async fn a_refresh_inside_the_warning_window_is_not_warned_again() {
 
 #[tokio::test]
 async fn auth_frames_share_the_publish_rate_bucket() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret, "--publish-rate", "2"]);
+    let (_dir, broker) = hs256_broker(&["--publish-rate", "2"]);
     let token = hs256(SECRET, &claims(json!({"publish": ["p"]})));
     let mut c = ws(broker.addr, &token, true).await.expect("upgrade");
     for _ in 0..6 {
@@ -969,8 +955,7 @@ async fn auth_frames_share_the_publish_rate_bucket() {
 
 #[tokio::test]
 async fn a_long_poll_waits_no_longer_than_its_token_lives() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
+    let (_dir, broker) = hs256_broker(&["--auth-leeway-secs", "0"]);
     let admin = hs256(SECRET, &claims(json!({"admin": true, "publish": ["*"]})));
     broker.publish_as(&admin, "lp").await;
     let exp = now() + 2;
@@ -1001,8 +986,7 @@ async fn a_long_poll_waits_no_longer_than_its_token_lives() {
 
 #[tokio::test]
 async fn an_sse_stream_ends_when_its_token_expires() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret, "--auth-leeway-secs", "0"]);
+    let (_dir, broker) = hs256_broker(&["--auth-leeway-secs", "0"]);
     let admin = hs256(SECRET, &claims(json!({"admin": true, "publish": ["*"]})));
     broker.publish_as(&admin, "s").await;
     let token = hs256(
@@ -1171,10 +1155,7 @@ async fn bad_key_configuration_refuses_to_start() {
 
 #[tokio::test]
 async fn token_options_at_their_extremes_serve() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&[
-        "--auth-secret-file",
-        &secret,
+    let (_dir, broker) = hs256_broker(&[
         "--auth-leeway-secs",
         "86400",
         "--auth-expiry-warning-secs",
@@ -1306,8 +1287,7 @@ async fn tokens_never_reach_the_log() {
 
 #[tokio::test]
 async fn a_refused_token_is_never_echoed() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let (_dir, broker) = hs256_broker(&[]);
     let token = hs256(SECRET, &claims(json!({"subscribe": ["*"]})));
     let signature = token.rsplit('.').next().expect("three parts");
     for path in [
@@ -1325,8 +1305,7 @@ async fn a_refused_token_is_never_echoed() {
 
 #[tokio::test]
 async fn the_cli_takes_a_token_from_its_flag_or_variable() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let (_dir, broker) = hs256_broker(&[]);
     let token = hs256(
         SECRET,
         &claims(json!({"publish": ["cli"], "subscribe": ["cli"], "admin": true})),
@@ -1385,8 +1364,7 @@ async fn the_cli_takes_a_token_from_its_flag_or_variable() {
 /// upgrade, whichever copy comes first: no copy silently wins (`docs/http-api.md`).
 #[tokio::test]
 async fn a_second_authorization_header_is_refused_bad_frame() {
-    let (_dir, secret) = secret_dir();
-    let broker = Broker::start(&["--auth-secret-file", &secret]);
+    let (_dir, broker) = hs256_broker(&[]);
     let all = hs256(
         SECRET,
         &claims(json!({"admin": true, "publish": ["*"], "subscribe": ["*"]})),
