@@ -702,6 +702,150 @@ async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport
     consecutive(&mut early, 2, 6).await;
 }
 
+/// Sends `DELETE /v1/namespaces/{ns}` to `b` and asserts it was deleted.
+async fn delete_ns(b: &Broker, ns: &str) {
+    let r = rewind_tests::request(
+        b.addr,
+        rewind_tests::Method::DELETE,
+        &format!("/v1/namespaces/{ns}"),
+        &[],
+        bytes::Bytes::new(),
+    )
+    .await
+    .expect("delete");
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "delete {ns}");
+}
+
+/// The next frame of a raw subscription that is not `opened` must be `closed` with
+/// `reason`: no event and no `truncated` of a deleted (or lost) incarnation before it.
+async fn closed_first(c: &mut ws::Client, ns: &str, reason: &str) {
+    loop {
+        match c.next().await {
+            ServerMessage::Frame(ServerFrame::Opened { .. }) => {}
+            ServerMessage::Frame(ServerFrame::Closed { reason: r, .. }) => {
+                assert_eq!(r.as_deref(), Some(reason), "{ns}");
+                return;
+            }
+            other => panic!("{ns}: before closed {reason}: {other:?}"),
+        }
+    }
+}
+
+/// Tester finding 3: a node whose listener is behind reads a namespace by name across a
+/// delete. Its feed read the re-created incarnation's events into the old one's ring (a
+/// `truncated` reason `retention`, then the new incarnation's events under the old epoch),
+/// and a catch-up found the old log gone and jumped to the visible end (`truncated`
+/// reason `retention`, no retention configured). Every read now checks the incarnation
+/// in the same step; a reader that finds it gone gets `closed` and nothing else. The lag
+/// is made, not hoped for: node B's Pub/Sub connection is held back by a proxy, and B
+/// re-reads the store once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_never_reads_across_a_delete_by_name() {
+    let redis = RedisServer::start(Persistence::None);
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &[]);
+    let url = proxy.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    publish_ok(&a, "inc", 0).await;
+    let mut fed = raw_subscribe(&b, "inc", 0).await;
+    consecutive(&mut fed, 0, 1).await;
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    // As in the test of a lagging start: once event 1 reached B's subscriber and B's
+    // writer answered a later command, B's first heal is done.
+    publish_ok(&a, "inc", 1).await;
+    consecutive(&mut fed, 1, 1).await;
+    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    for i in 0..10 {
+        assert_eq!(publish_ok(&a, "caught", i).await, i);
+    }
+    let mut early = raw_subscribe(&b, "caught", 0).await;
+    consecutive(&mut early, 0, 10).await;
+
+    proxy.stall();
+    // The feed: 2 and 3 of the old incarnation, then a delete and a re-create (offsets
+    // continue at 4) whose events B's listener must not read into the old ring.
+    assert_eq!(publish_ok(&a, "inc", 2).await, 2);
+    assert_eq!(publish_ok(&a, "inc", 3).await, 3);
+    delete_ns(&a, "inc").await;
+    for i in 104..108 {
+        assert_eq!(publish_ok(&a, "inc", i).await, i - 100);
+    }
+    // The catch-up: B still serves `caught` with 10 visible; a new subscriber from 0
+    // reads a log that is gone.
+    delete_ns(&a, "caught").await;
+    let mut late = raw_subscribe(&b, "caught", 0).await;
+    match late.next().await {
+        ServerMessage::Frame(ServerFrame::Opened { next, .. }) => assert_eq!(next, 10),
+        other => panic!("open on the lagging node: {other:?}"),
+    }
+    // SSE and HTTP reads of the same gone log on the lagging node.
+    let mut sse =
+        rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/caught/sse?from=0", &[]).await;
+    assert_eq!(
+        sse.status, 200,
+        "SSE on the lagging node: {:?}",
+        sse.headers
+    );
+    let r = b.get("/v1/namespaces/caught/events?from=0").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found"),
+        "an HTTP read of the deleted log: {:?}",
+        r.json()
+    );
+    proxy.resume();
+    closed_first(&mut late, "caught", "deleted").await;
+    closed_first(&mut fed, "inc", "deleted").await;
+    closed_first(&mut early, "caught", "deleted").await;
+    loop {
+        let m = sse.message().await;
+        match m.event.as_str() {
+            "rewind.opened" => {}
+            "rewind.closed" => {
+                assert_eq!(m.json()["reason"], "deleted", "{m:?}");
+                break;
+            }
+            _ => panic!("SSE before rewind.closed: {m:?}"),
+        }
+    }
+
+    // Redis loses everything while B is not listening: node A notices and creates `lost`
+    // again with a new epoch; B's subscribers of the old one are told `epoch`, and a
+    // catch-up there sends nothing of the new log under the old epoch.
+    for i in 0..5 {
+        assert_eq!(publish_ok(&a, "lost", i).await, i);
+    }
+    let mut held = raw_subscribe(&b, "lost", 0).await;
+    consecutive(&mut held, 0, 5).await;
+    let old = a.get("/v1/namespaces/lost").await.json()["epoch"].clone();
+    proxy.stall();
+    redis.command(&["FLUSHALL"]);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = a.get("/v1/namespaces/lost").await;
+        if now.status == StatusCode::OK && now.json()["epoch"] != old {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A never created `lost` again");
+        tokio::task::yield_now().await;
+    }
+    let mut after = raw_subscribe(&b, "lost", 0).await;
+    match after.next().await {
+        ServerMessage::Frame(ServerFrame::Opened { next, epoch, .. }) => {
+            assert_eq!((next, serde_json::Value::from(epoch)), (5, old))
+        }
+        other => panic!("open on the lagging node: {other:?}"),
+    }
+    proxy.resume();
+    closed_first(&mut after, "lost", "epoch").await;
+    closed_first(&mut held, "lost", "epoch").await;
+}
+
 /// Reads `ns` from offset 0 on every node and records each `(epoch, offset)` with its
 /// event, asserting none carries two different events; answers the epoch all nodes serve.
 async fn witness_pairs(

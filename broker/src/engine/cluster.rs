@@ -206,7 +206,18 @@ fn feed(
         return None;
     }
     let from = from.max(next.saturating_sub(TAIL_EVENTS));
-    match store.read(name, from, u64::MAX, TAIL_EVENTS as usize, TAIL_BYTES) {
+    // Checked against the epoch in the same step: once the incarnation is gone (deleted,
+    // perhaps re-created, under the same name) nothing is read, so nothing of the next one
+    // reaches this one's ring or moves its visible end.
+    let read = store.read_at_epoch(
+        name,
+        &state.epoch,
+        from,
+        u64::MAX,
+        TAIL_EVENTS as usize,
+        TAIL_BYTES,
+    );
+    match read {
         Ok(events) => {
             let tail = events.last()?.offset + 1;
             state.send_live(SharedRun::split(&state.name, events, state.live_budget()));
@@ -306,6 +317,41 @@ mod tests {
             5,
             "the old incarnation was fed the new one's"
         );
+        assert!(old.is_deleted(), "the delete was not handled at once");
+    }
+
+    /// Tester finding 3: the old incarnation's state is opened before anything is
+    /// appended, so its listener feed reads from offset 0 when it handles the first
+    /// append's announcement. By then the namespace was deleted and re-created (offsets
+    /// continue at 5): a read by name found the new incarnation's 5..8, pushed them into
+    /// the old ring and moved the old visible end to 8. The epoch-checked read finds the
+    /// incarnation gone and feeds nothing.
+    #[test]
+    fn a_feed_behind_a_delete_reads_nothing_of_the_next_incarnation() {
+        let store = store("i13-feed-behind");
+        let mut con = store.connect(Some(Duration::from_secs(5))).unwrap();
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(store.channel()).unwrap();
+        store.create("x", Retention::default()).unwrap();
+        let namespaces = Namespaces::new(16, u64::MAX);
+        let old = namespaces.open(&store.info("x").unwrap().expect("x"));
+        assert_eq!(old.visible(), 0);
+        let sub = old.subscribe_live();
+        store.append("x", &events(5), 1, None).unwrap();
+        assert!(store.delete("x").unwrap());
+        let again = store.create("x", Retention::default()).unwrap();
+        assert_eq!(again.next, 5, "offsets continue after a delete");
+        store.append("x", &events(3), 2, None).unwrap();
+        let (tx, _rx) = mpsc::channel(16);
+        let mut tails = HashMap::new();
+        // create, append, delete, create, append: handled in the order they were made.
+        for payload in announcements(&mut pubsub, 5) {
+            handle(&store, &namespaces, &tx, &mut tails, &payload);
+            assert!(old.visible() <= 5, "old visible end {}", old.visible());
+            let fed = sub.ring().runs_from(0, u64::MAX);
+            let end = fed.iter().map(|r| r.end()).max().unwrap_or(0);
+            assert!(end <= 5, "the old ring was fed up to {end}");
+        }
         assert!(old.is_deleted(), "the delete was not handled at once");
     }
 

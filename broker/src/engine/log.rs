@@ -328,15 +328,18 @@ impl Log {
         max_events: usize,
     ) -> Result<Vec<rewind_protocol::Event>, LogError> {
         let max_bytes = self.inner.config.max_read_bytes;
-        self.read_range_within(ns, from, until, max_events, max_bytes)
+        self.read_range_within(ns, "", from, until, max_events, max_bytes)
             .await
     }
 
-    /// As [`Log::read_range`], with at most `max_bytes` of records past the first event
-    /// (`max_read_bytes` still applies).
+    /// As [`Log::read_range`], of the incarnation whose epoch is `epoch` (empty:
+    /// whichever), with at most `max_bytes` of records past the first event
+    /// (`max_read_bytes` still applies). [`LogError::NotFound`] when the store no longer
+    /// has that incarnation ([`Storage::read_at_epoch`]): nothing of another one is read.
     pub async fn read_range_within(
         &self,
         ns: &str,
+        epoch: &str,
         from: u64,
         until: u64,
         max_events: usize,
@@ -344,11 +347,14 @@ impl Log {
     ) -> Result<Vec<rewind_protocol::Event>, LogError> {
         let store = Arc::clone(&self.inner.store);
         let name = ns.to_owned();
+        let epoch = epoch.to_owned();
         let max_bytes = max_bytes.min(self.inner.config.max_read_bytes);
-        tokio::task::spawn_blocking(move || store.read(&name, from, until, max_events, max_bytes))
-            .await
-            .map_err(|e| LogError::Storage(e.to_string()))?
-            .map_err(|e| LogError::from(&e))
+        tokio::task::spawn_blocking(move || {
+            store.read_at_epoch(&name, &epoch, from, until, max_events, max_bytes)
+        })
+        .await
+        .map_err(|e| LogError::Storage(e.to_string()))?
+        .map_err(|e| LogError::from(&e))
     }
 
     /// A token cancelled when shutdown begins (a child: cancelling it stops nothing else).
@@ -551,12 +557,18 @@ impl Log {
         let store = Arc::clone(&self.inner.store);
         let name = ns.to_owned();
         let max_bytes = cfg.max_read_bytes;
+        let epoch = state.epoch.clone();
         let events = tokio::task::spawn_blocking(move || {
-            store.read(&name, read_from, until, limit, max_bytes)
+            store.read_at_epoch(&name, &epoch, read_from, until, limit, max_bytes)
         })
         .await
         .map_err(|e| LogError::Storage(e.to_string()))?
-        .map_err(|e| LogError::from(&e))?;
+        .map_err(|e| match e {
+            // The incarnation this node serves is gone from the store (deleted, re-created
+            // or lost), whether or not this node has heard of it yet.
+            StoreError::NotFound(_) => LogError::Deleted(ns.to_owned()),
+            e => LogError::from(&e),
+        })?;
         // Deleted meanwhile: what was read belongs to a log that is gone.
         if state.is_deleted() {
             return Err(LogError::Deleted(ns.to_owned()));

@@ -368,6 +368,7 @@ impl Tail {
             .log
             .read_range_within(
                 &self.state.name,
+                &self.state.epoch,
                 self.cursor,
                 visible,
                 SSE_BATCH,
@@ -378,7 +379,14 @@ impl Tail {
             // Deleted meanwhile: nothing of that log is sent.
             _ if self.state.is_deleted() => return self.closed(),
             Ok(events) => events,
-            Err(LogError::NotFound(_) | LogError::Deleted(_)) => return self.closed(),
+            // A shared store no longer has this incarnation, and this node has not yet
+            // heard: nothing is sent until it has (as for a WebSocket catch-up).
+            Err(LogError::NotFound(_) | LogError::Deleted(_)) => {
+                if self.log.storage_shared() {
+                    self.state.deleted().await;
+                }
+                return self.closed();
+            }
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "SSE read failed");
                 self.finished = true;

@@ -333,6 +333,26 @@ pub trait Storage: Send + Sync + 'static {
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError>;
 
+    /// [`Storage::read`] of the incarnation of `ns` whose epoch is `epoch` (empty:
+    /// whichever): a shared store checks, in the same atomic step as the read, that the
+    /// namespace is live under that epoch, and answers [`StoreError::NotFound`] when it is
+    /// not (deleted, re-created with another epoch, or lost), so a reader never gets
+    /// another incarnation's events, or an empty answer for a log that is gone, under the
+    /// epoch it serves. A store only this broker writes has no other incarnation to meet:
+    /// the broker marks its own deletes before anything else can be stored under the name.
+    fn read_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        let _ = epoch;
+        self.read(ns, from, until, max_events, max_bytes)
+    }
+
     /// Removes the oldest events that break `policy` at time `now_ms`; returns the new
     /// `earliest` if anything was removed.
     fn enforce_retention(

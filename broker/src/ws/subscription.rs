@@ -292,14 +292,32 @@ impl Subscription {
         };
         let events = match self
             .log
-            .read_range_within(&self.state.name, self.cursor, visible, n, max_bytes)
+            .read_range_within(
+                &self.state.name,
+                &self.state.epoch,
+                self.cursor,
+                visible,
+                n,
+                max_bytes,
+            )
             .await
         {
             // Deleted meanwhile: nothing of that log is sent (a re-created one may
             // already be in the store under the same name).
             _ if self.state.is_deleted() => return self.deleted(),
             Ok(events) => events,
-            Err(LogError::NotFound(_) | LogError::Deleted(_)) => return self.deleted(),
+            // A shared store no longer has this incarnation, and this node has not yet
+            // heard (its listener is behind): nothing is sent until it has, so the reason
+            // in `closed` is the one the node learns (`deleted`, or `epoch` when Redis
+            // lost it), and no `truncated` stands in for it. The node hears at the latest
+            // at its next heal (`redis_heal_interval_ms`).
+            Err(LogError::NotFound(_) | LogError::Deleted(_)) => {
+                drop(charge);
+                if self.log.storage_shared() {
+                    self.state.deleted().await;
+                }
+                return self.deleted();
+            }
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "catch-up read failed");
                 let ns = Some(self.state.name.to_string());

@@ -197,6 +197,30 @@ fn parse_offset(s: &str) -> Result<u64, StoreError> {
 }
 
 /// The offset of stream entry id `n-1`.
+/// One stream entry as `XRANGE` answers it: the id and the fields, name then value.
+type StreamEntry = (String, Vec<Vec<u8>>);
+
+/// The events of `entries` (in offset order), and past the first at most `max_bytes` of
+/// records.
+fn decode_entries(entries: Vec<StreamEntry>, max_bytes: usize) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::with_capacity(entries.len());
+    let mut bytes = 0usize;
+    for (id, fields) in entries {
+        let offset = id_offset(&id)?;
+        let rec = fields
+            .chunks(2)
+            .find(|f| f.first().map(Vec::as_slice) == Some(b"r"))
+            .and_then(|f| f.get(1))
+            .ok_or_else(|| StoreError::Corrupt(format!("entry {id} without a record")))?;
+        if !out.is_empty() && bytes.saturating_add(rec.len()) > max_bytes {
+            break;
+        }
+        bytes += rec.len();
+        out.push(record::decode(offset, rec)?);
+    }
+    Ok(out)
+}
+
 fn id_offset(id: &str) -> Result<u64, StoreError> {
     id.split_once('-')
         .and_then(|(ms, _)| ms.parse().ok())
@@ -770,8 +794,7 @@ impl Storage for RedisStore {
         if from >= until || max_events == 0 {
             return Ok(Vec::new());
         }
-        type Entry = (String, Vec<Vec<u8>>);
-        let entries: Vec<Entry> = self.with(|con| {
+        let entries: Vec<StreamEntry> = self.with(|con| {
             redis::cmd("XRANGE")
                 .arg(self.key(ns, "log"))
                 .arg(format!("{from}-1"))
@@ -780,22 +803,45 @@ impl Storage for RedisStore {
                 .arg(max_events)
                 .query(con)
         })?;
-        let mut out = Vec::with_capacity(entries.len());
-        let mut bytes = 0usize;
-        for (id, fields) in entries {
-            let offset = id_offset(&id)?;
-            let rec = fields
-                .chunks(2)
-                .find(|f| f.first().map(Vec::as_slice) == Some(b"r"))
-                .and_then(|f| f.get(1))
-                .ok_or_else(|| StoreError::Corrupt(format!("entry {id} without a record")))?;
-            if !out.is_empty() && bytes.saturating_add(rec.len()) > max_bytes {
-                break;
-            }
-            bytes += rec.len();
-            out.push(record::decode(offset, rec)?);
+        decode_entries(entries, max_bytes)
+    }
+
+    fn read_at_epoch(
+        &self,
+        ns: &str,
+        epoch: &str,
+        from: u64,
+        until: u64,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        // One transaction (`MULTI`/`EXEC`; both keys carry the `{ns}` hash tag): the
+        // incarnation checked and its entries read with nothing run between them, so a
+        // delete and a re-create under the same name cannot slip in between.
+        let (meta, entries): ((Option<String>, Option<String>), Vec<StreamEntry>) =
+            self.with(|con| {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(self.key(ns, "meta"))
+                    .arg("live")
+                    .arg("epoch")
+                    .cmd("XRANGE")
+                    .arg(self.key(ns, "log"))
+                    .arg(format!("{from}-1"))
+                    .arg(format!("{}-1", until.max(1) - 1))
+                    .arg("COUNT")
+                    .arg(max_events.max(1))
+                    .query(con)
+            })?;
+        let (live, stored) = meta;
+        if live.as_deref() != Some("1") || (!epoch.is_empty() && stored.as_deref() != Some(epoch)) {
+            return Err(StoreError::NotFound(ns.to_owned()));
         }
-        Ok(out)
+        if from >= until || max_events == 0 {
+            return Ok(Vec::new());
+        }
+        decode_entries(entries, max_bytes)
     }
 
     fn enforce_retention(
@@ -1134,6 +1180,52 @@ mod tests {
             Ok(Appended::New { first, last }) => assert_eq!((first, last), (0, 0)),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Tester finding 3: a read names the incarnation it is for. Once that one is
+    /// deleted, re-created (offsets continue) or lost, the read answers `NotFound`, never
+    /// the next incarnation's events or an empty page; the current epoch, or none, reads.
+    #[test]
+    fn a_read_at_an_epoch_never_answers_for_another_incarnation() {
+        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let store = RedisStore::open(RedisOptions {
+            url: test_server::url(),
+            prefix: format!("i13-read-at-epoch-{}", std::process::id()),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap();
+        let ev = |n: usize| NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json(n.to_string()),
+        };
+        let old = store.create("x", Retention::default()).unwrap().epoch;
+        store.append("x", &[ev(0), ev(1)], 1, None).unwrap();
+        let read = |epoch: &str| store.read_at_epoch("x", epoch, 0, u64::MAX, 10, 1 << 20);
+        let got: Vec<u64> = read(&old).unwrap().iter().map(|e| e.offset).collect();
+        assert_eq!(got, vec![0, 1]);
+        assert!(store.delete("x").unwrap());
+        assert!(
+            matches!(read(&old), Err(StoreError::NotFound(_))),
+            "deleted"
+        );
+        let new = store.create("x", Retention::default()).unwrap().epoch;
+        store.append("x", &[ev(2)], 2, None).unwrap();
+        match read(&old) {
+            Err(StoreError::NotFound(_)) => {}
+            other => panic!("the old epoch read {other:?}"),
+        }
+        for epoch in [new.as_str(), ""] {
+            let got: Vec<u64> = read(epoch).unwrap().iter().map(|e| e.offset).collect();
+            assert_eq!(got, vec![2], "{epoch:?}");
+        }
+        assert!(matches!(
+            store.read_at_epoch("never", "", 0, u64::MAX, 10, 1 << 20),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     /// Tester finding 4 (i13-fix2): after Redis lost its data, namespaces deleted before
