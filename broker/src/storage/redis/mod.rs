@@ -1045,6 +1045,19 @@ mod tests {
 
     use super::test_server;
 
+    /// A store on the test process's `redis-server` under its own key `prefix`, with no
+    /// `WAIT` and a 5 s command timeout.
+    fn test_store(prefix: impl Into<String>) -> std::sync::Arc<super::RedisStore> {
+        super::RedisStore::open(super::RedisOptions {
+            url: test_server::url(),
+            prefix: prefix.into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 5000,
+        })
+        .unwrap()
+    }
+
     /// Sorted latencies' `p` quantile, in microseconds.
     fn quantile(sorted: &[Duration], p: f64) -> u128 {
         let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
@@ -1144,16 +1157,9 @@ mod tests {
     /// entries and every `XADD` failed with an id below the stream's top.
     #[test]
     fn create_clears_what_an_earlier_incarnation_left_behind() {
-        use super::{Appended, RedisOptions, RedisStore, Retention, Storage};
+        use super::{Appended, Retention, Storage};
         use rewind_protocol::{NewEvent, Payload};
-        let store = RedisStore::open(RedisOptions {
-            url: test_server::url(),
-            prefix: "f8-leftovers".into(),
-            wait_replicas: 0,
-            wait_timeout_ms: 100,
-            timeout_ms: 5000,
-        })
-        .unwrap();
+        let store = test_store("f8-leftovers");
         let ev = |n: usize| NewEvent {
             event: "n".into(),
             key: None,
@@ -1187,16 +1193,9 @@ mod tests {
     /// the next incarnation's events or an empty page; the current epoch, or none, reads.
     #[test]
     fn a_read_at_an_epoch_never_answers_for_another_incarnation() {
-        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use super::{Retention, Storage, StoreError};
         use rewind_protocol::{NewEvent, Payload};
-        let store = RedisStore::open(RedisOptions {
-            url: test_server::url(),
-            prefix: format!("i13-read-at-epoch-{}", std::process::id()),
-            wait_replicas: 0,
-            wait_timeout_ms: 100,
-            timeout_ms: 5000,
-        })
-        .unwrap();
+        let store = test_store(format!("i13-read-at-epoch-{}", std::process::id()));
         let ev = |n: usize| NewEvent {
             event: "n".into(),
             key: None,
@@ -1325,16 +1324,9 @@ mod tests {
     /// until the policy holds.
     #[test]
     fn one_retain_call_removes_one_page_at_most() {
-        use super::{RedisOptions, RedisStore, Retention, Storage, RETAIN_PAGE};
+        use super::{Retention, Storage, RETAIN_PAGE};
         use rewind_protocol::{NewEvent, Payload};
-        let store = RedisStore::open(RedisOptions {
-            url: test_server::url(),
-            prefix: "f9-page".into(),
-            wait_replicas: 0,
-            wait_timeout_ms: 100,
-            timeout_ms: 5000,
-        })
-        .unwrap();
+        let store = test_store("f9-page");
         let events: Vec<NewEvent> = (0..200)
             .map(|i| NewEvent {
                 event: "n".into(),
@@ -1375,16 +1367,9 @@ mod tests {
     /// rotates the epoch and writes nothing.
     #[test]
     fn an_append_that_meets_a_regressed_next_rotates_the_epoch() {
-        use super::{RedisOptions, RedisStore, Retention, Storage, StoreError};
+        use super::{Retention, Storage, StoreError};
         use rewind_protocol::{NewEvent, Payload};
-        let store = RedisStore::open(RedisOptions {
-            url: test_server::url(),
-            prefix: "f4-regressed".into(),
-            wait_replicas: 0,
-            wait_timeout_ms: 100,
-            timeout_ms: 5000,
-        })
-        .unwrap();
+        let store = test_store("f4-regressed");
         let events: Vec<NewEvent> = (0..10)
             .map(|i| NewEvent {
                 event: "n".into(),
@@ -1499,18 +1484,11 @@ mod tests {
     /// touching the others.
     #[test]
     fn appends_sent_together_answer_as_one_by_one() {
-        use super::{AppendRequest, Appended, IdempotencyKey, RedisOptions, RedisStore};
+        use super::{AppendRequest, Appended, IdempotencyKey};
         use super::{Retention, Storage, StoreError};
         use rewind_protocol::idempotency::RequestDigest;
         use rewind_protocol::{NewEvent, Payload};
-        let store = RedisStore::open(RedisOptions {
-            url: test_server::url(),
-            prefix: "pipelined".into(),
-            wait_replicas: 0,
-            wait_timeout_ms: 100,
-            timeout_ms: 5000,
-        })
-        .unwrap();
+        let store = test_store("pipelined");
         let ev = |n: usize| NewEvent {
             event: "n".into(),
             key: None,
