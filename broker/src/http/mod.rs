@@ -293,13 +293,12 @@ mod tests {
         (status, allow, json)
     }
 
-    #[tokio::test]
-    async fn our_404_and_405_replace_axums_and_paths_route_once_normalised() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Arc::new(Config {
-            data_dir: dir.path().to_owned(),
-            ..Config::default()
-        });
+    /// A log opened on `config` and the route table over it (origins: the defaults for
+    /// 127.0.0.1:7070; `/v1/ws` answers 418), with `auth` when given.
+    async fn test_router(
+        config: Arc<Config>,
+        auth: Option<Arc<crate::auth::Auth>>,
+    ) -> (Log, Router) {
         let log = tokio::task::spawn_blocking(move || Log::open(config))
             .await
             .unwrap()
@@ -309,8 +308,19 @@ mod tests {
             log.clone(),
             get(|| async { StatusCode::IM_A_TEAPOT }),
             origins,
-            None,
+            auth,
         );
+        (log, router)
+    }
+
+    #[tokio::test]
+    async fn our_404_and_405_replace_axums_and_paths_route_once_normalised() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Arc::new(Config {
+            data_dir: dir.path().to_owned(),
+            ..Config::default()
+        });
+        let (log, router) = test_router(config, None).await;
 
         let (status, _, body) = ask(&router, Method::GET, "/healthz/").await;
         assert_eq!(
@@ -369,17 +379,7 @@ mod tests {
         });
         let auth = crate::auth::Auth::from_config(&config).unwrap();
         assert!(auth.is_some());
-        let log = tokio::task::spawn_blocking(move || Log::open(config))
-            .await
-            .unwrap()
-            .unwrap();
-        let origins = Arc::new(cors::Origins::new(&[], "127.0.0.1:7070".parse().unwrap()));
-        let router = router(
-            log.clone(),
-            get(|| async { StatusCode::IM_A_TEAPOT }),
-            origins,
-            auth,
-        );
+        let (log, router) = test_router(config, auth).await;
 
         let paths = routed_paths();
         assert!(paths.len() >= 12, "{paths:?}");
