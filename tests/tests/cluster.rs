@@ -120,6 +120,32 @@ async fn publish_ok(b: &Broker, ns: &str, i: u64) -> u64 {
     body["offset"].as_u64().expect("an offset")
 }
 
+/// Node A on `redis`, and node B reaching it through a [`PubSubStall`] and re-reading the
+/// store once a minute, with a subscriber on B that has read `ns`'s offsets 0 and 1
+/// (published on A), and B's first heal done. The listener asks its writer for a heal once
+/// subscribed, before it reads any announcement: once event 1 reached B's subscriber, that
+/// heal is queued, and once the writer answered a later command, it is done. B then hears
+/// of A's appends through its Pub/Sub connection only, which the proxy can hold back.
+async fn lagging_node(redis: &RedisServer, ns: &str) -> (PubSubStall, Broker, Broker, ws::Client) {
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(redis, &[]);
+    let url = proxy.url();
+    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
+    publish_ok(&a, ns, 0).await;
+    let mut sub = raw_subscribe(&b, ns, 0).await;
+    consecutive(&mut sub, 0, 1).await;
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    publish_ok(&a, ns, 1).await;
+    consecutive(&mut sub, 1, 1).await;
+    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    (proxy, a, b, sub)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_spread_over_three_nodes_make_one_dense_log_every_node_reads_alike() {
     let redis = RedisServer::start(Persistence::None);
@@ -650,26 +676,7 @@ async fn one_idempotency_key_sent_to_two_nodes_at_once_appends_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport() {
     let redis = RedisServer::start(Persistence::None);
-    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
-    let a = node(&redis, &[]);
-    let url = proxy.url();
-    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
-    publish_ok(&a, "lag", 0).await;
-    let mut early = raw_subscribe(&b, "lag", 0).await;
-    consecutive(&mut early, 0, 1).await;
-    let deadline = Instant::now() + PATIENCE;
-    while proxy.subscribed() == 0 {
-        assert!(Instant::now() < deadline, "B's listener never subscribed");
-        tokio::task::yield_now().await;
-    }
-    // The listener asks its writer for a heal once subscribed, before it reads any
-    // announcement: once event 1 reached B's subscriber, that heal is queued, and once the
-    // writer answered a later command, it is done. B then hears of A's appends through
-    // its Pub/Sub connection only (its next heal is a minute away).
-    publish_ok(&a, "lag", 1).await;
-    consecutive(&mut early, 1, 1).await;
-    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
-    assert!(r.status.is_success(), "{:?}", r.status);
+    let (proxy, a, b, mut early) = lagging_node(&redis, "lag").await;
     assert_eq!(proxy.subscribed(), 1, "one Pub/Sub connection");
     proxy.stall();
     for i in 2..6 {
@@ -742,24 +749,7 @@ async fn closed_first(c: &mut ws::Client, ns: &str, reason: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_node_never_reads_across_a_delete_by_name() {
     let redis = RedisServer::start(Persistence::None);
-    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
-    let a = node(&redis, &[]);
-    let url = proxy.url();
-    let b = Broker::start(&["--redis", &url, "--redis-heal-interval-ms", "60000"]);
-    publish_ok(&a, "inc", 0).await;
-    let mut fed = raw_subscribe(&b, "inc", 0).await;
-    consecutive(&mut fed, 0, 1).await;
-    let deadline = Instant::now() + PATIENCE;
-    while proxy.subscribed() == 0 {
-        assert!(Instant::now() < deadline, "B's listener never subscribed");
-        tokio::task::yield_now().await;
-    }
-    // As in the test of a lagging start: once event 1 reached B's subscriber and B's
-    // writer answered a later command, B's first heal is done.
-    publish_ok(&a, "inc", 1).await;
-    consecutive(&mut fed, 1, 1).await;
-    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
-    assert!(r.status.is_success(), "{:?}", r.status);
+    let (proxy, a, b, mut fed) = lagging_node(&redis, "inc").await;
     for i in 0..10 {
         assert_eq!(publish_ok(&a, "caught", i).await, i);
     }
