@@ -193,6 +193,26 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (`SIGSTOP`): the kernel still accepts TCP connections on its
+    /// port and nothing answers them, as a hung Redis. [`RedisServer::resume`] undoes it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (`SIGCONT`): it runs what it received meanwhile.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("a running redis-server");
+        let status = Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {}", child.id());
+    }
+
     /// Starts it again on the same port (with what its persistence kept), retrying for a
     /// while if the port is not free yet.
     pub fn restart(&mut self) {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::engine::error::LogError;
 use crate::engine::namespaces::{Namespace, Namespaces};
-use crate::engine::writer::{Command, Idempotency, Reply, Writer};
+use crate::engine::writer::{Command, Deadline, Idempotency, Reply, Writer};
 use crate::metrics::{Metrics, Snapshot, Timer};
 use crate::storage::log_store::LogStore;
 use crate::storage::open::OpenOptions;
@@ -55,12 +55,34 @@ struct Inner {
 pub type QueueSlot = mpsc::OwnedPermit<Command>;
 
 /// The writer's answer to a queued command, to be awaited; a publish's carries the timer
-/// of its latency, observed when the answer is dropped.
+/// of its latency, observed when the answer is dropped. With a shared store it waits until
+/// the command's [`Deadline`] (and [`GIVE_UP_MARGIN`]) at most, then answers `unavailable`
+/// itself: "not sent" when the writer had not taken the command (it never will),
+/// "outcome unknown" when it had. Dropped unanswered, it gives up the same way.
 pub struct Pending<T>(
     oneshot::Receiver<Result<T, LogError>>,
     Option<Timer>,
     Option<Arc<std::sync::atomic::AtomicBool>>,
+    Option<Patience>,
 );
+
+/// How long past a command's deadline its caller still waits for the writer's own answer
+/// (the writer answers "not sent" at once when it finds a deadline passed).
+pub const GIVE_UP_MARGIN: Duration = Duration::from_millis(50);
+
+/// A caller's deadline, and its timer once polled.
+struct Patience {
+    deadline: Deadline,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Drop for Pending<T> {
+    fn drop(&mut self) {
+        if let Some(p) = &self.3 {
+            p.deadline.give_up();
+        }
+    }
+}
 
 impl<T> Pending<T> {
     /// Waits for the answer.
@@ -82,9 +104,29 @@ impl<T> Future for Pending<T> {
     type Output = Result<T, LogError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|answer| answer.map_err(|_| LogError::ShuttingDown)?)
+        if let Poll::Ready(answer) = Pin::new(&mut self.0).poll(cx) {
+            return Poll::Ready(answer.map_err(|_| LogError::ShuttingDown)?);
+        }
+        let Some(patience) = self.3.as_mut() else {
+            return Poll::Pending;
+        };
+        let at = patience.deadline.at() + GIVE_UP_MARGIN;
+        let timer = patience
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let never_sent = patience.deadline.give_up();
+        // The writer may have answered between the two polls.
+        if let Ok(answer) = self.0.try_recv() {
+            return Poll::Ready(answer);
+        }
+        Poll::Ready(Err(LogError::Unavailable(if never_sent {
+            "not sent: the broker's writer did not take it within redis_timeout_ms (Redis slow or unreachable); nothing was written, retry".to_owned()
+        } else {
+            "outcome unknown: sent to Redis and no answer within redis_timeout_ms; it may have been applied, retry with the same Idempotency-Key".to_owned()
+        })))
     }
 }
 
@@ -261,16 +303,40 @@ impl Log {
 
     /// Queues a command now; the returned future waits for its answer. Splitting the two
     /// keeps the order in which one caller's commands are queued.
-    fn submit<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<Pending<T>, LogError> {
+    fn submit<T>(
+        &self,
+        make: impl FnOnce(Reply<T>, Option<Deadline>) -> Command,
+    ) -> Result<Pending<T>, LogError> {
         let (reply, answer) = oneshot::channel();
-        self.inner.tx.try_send(make(reply)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
-        })?;
-        Ok(Pending(answer, None, None))
+        let deadline = self.deadline();
+        self.inner
+            .tx
+            .try_send(make(reply, deadline.clone()))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => LogError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => LogError::ShuttingDown,
+            })?;
+        Ok(Pending(answer, None, None, patience(deadline)))
     }
 
-    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, LogError> {
+    /// With a shared store, the deadline of a command queued now: `redis_timeout_ms`, and
+    /// `redis_wait_timeout_ms` more when `WAIT` runs (`docs/decisions.md`, "A hung Redis").
+    fn deadline(&self) -> Option<Deadline> {
+        if !self.inner.store.is_shared() {
+            return None;
+        }
+        let cfg = &self.inner.config;
+        let mut ms = cfg.redis_timeout_ms;
+        if cfg.redis_wait_replicas > 0 {
+            ms = ms.saturating_add(cfg.redis_wait_timeout_ms);
+        }
+        Some(Deadline::after(Duration::from_millis(ms)))
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>, Option<Deadline>) -> Command,
+    ) -> Result<T, LogError> {
         self.submit(make)?.wait().await
     }
 
@@ -308,14 +374,21 @@ impl Log {
         // Only when replicas are asked for: the answer then says when `WAIT` fell short.
         let replicated = (self.inner.config.redis_wait_replicas > 0)
             .then(|| Arc::new(std::sync::atomic::AtomicBool::new(true)));
+        let deadline = self.deadline();
         slot.send(Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency,
             reply,
             replicated: replicated.clone(),
+            deadline: deadline.clone(),
         });
-        Pending(answer, Some(self.inner.metrics.publish_timer()), replicated)
+        Pending(
+            answer,
+            Some(self.inner.metrics.publish_timer()),
+            replicated,
+            patience(deadline),
+        )
     }
 
     /// Events of `ns` with offsets in `from..until`, at most `max_events` (and
@@ -370,12 +443,13 @@ impl Log {
         events: Vec<NewEvent>,
         idempotency: Option<Idempotency>,
     ) -> Result<Appended, LogError> {
-        let mut pending = self.submit(|reply| Command::Append {
+        let mut pending = self.submit(|reply, deadline| Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency,
             reply,
             replicated: None,
+            deadline,
         })?;
         pending.1 = Some(self.inner.metrics.publish_timer());
         pending.wait().await
@@ -392,12 +466,13 @@ impl Log {
     ) -> Result<(Appended, bool), LogError> {
         let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
         let replicated = Some(Arc::clone(&flag));
-        let mut pending = self.submit(|reply| Command::Append {
+        let mut pending = self.submit(|reply, deadline| Command::Append {
             ns: ns.to_owned(),
             events,
             idempotency,
             reply,
             replicated,
+            deadline,
         })?;
         pending.1 = Some(self.inner.metrics.publish_timer());
         let appended = pending.wait().await?;
@@ -406,19 +481,21 @@ impl Log {
 
     /// Creates a namespace or replaces its retention; true if it was created.
     pub async fn put(&self, ns: &str, retention: Retention) -> Result<(NsInfo, bool), LogError> {
-        self.request(|reply| Command::Put {
+        self.request(|reply, deadline| Command::Put {
             ns: ns.to_owned(),
             retention,
             reply,
+            deadline,
         })
         .await
     }
 
     /// Deletes a namespace; false if it did not exist.
     pub async fn delete(&self, ns: &str) -> Result<bool, LogError> {
-        self.request(|reply| Command::Delete {
+        self.request(|reply, deadline| Command::Delete {
             ns: ns.to_owned(),
             reply,
+            deadline,
         })
         .await
     }
@@ -622,16 +699,25 @@ impl Log {
     }
 
     /// With a shared store, asks it now whether it takes writes (Redis: `ROLE`, within
-    /// `redis_timeout_ms`), so [`Log::storage_failing`] is fresh for `/readyz`; on the
-    /// blocking pool. Nothing for the embedded store, whose failures are its own writes'.
-    pub async fn probe_storage(&self) {
+    /// one `redis_timeout_ms` for connect and reply, and not at all while its circuit is
+    /// open), so [`Log::storage_failing`] is fresh for `/readyz`; on the blocking pool.
+    /// False when no answer came within `redis_timeout_ms` (and [`GIVE_UP_MARGIN`]): the
+    /// store is not ready. Nothing for the embedded store, whose failures are its own
+    /// writes'.
+    pub async fn probe_storage(&self) -> bool {
         if !self.inner.store.is_shared() {
-            return;
+            return true;
         }
         let store = Arc::clone(&self.inner.store);
-        let probed = tokio::task::spawn_blocking(move || store.probe()).await;
-        if let Ok(Err(e)) = probed {
-            tracing::debug!(error = %e, "readiness probe");
+        let within = Duration::from_millis(self.inner.config.redis_timeout_ms) + GIVE_UP_MARGIN;
+        let probe = tokio::task::spawn_blocking(move || store.probe());
+        match tokio::time::timeout(within, probe).await {
+            Ok(Ok(Err(e))) => {
+                tracing::debug!(error = %e, "readiness probe");
+                true
+            }
+            Ok(_) => true,
+            Err(_) => false,
         }
     }
 
@@ -663,6 +749,13 @@ impl Log {
             }
         }
     }
+}
+
+fn patience(deadline: Option<Deadline>) -> Option<Patience> {
+    deadline.map(|deadline| Patience {
+        deadline,
+        timer: None,
+    })
 }
 
 /// A Redis URL without its password, for logs.

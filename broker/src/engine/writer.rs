@@ -16,10 +16,14 @@
 //!   itself.
 //! - Namespaces are created here only, by a `Put` or by an `Append` when `auto_create` is
 //!   on: a read, a subscription or a refused request never creates one.
+//! - With a shared store, an `Append`, `Put` or `Delete` whose caller stopped waiting (its
+//!   [`Deadline`] passed, or it went away) before this thread took it is never sent: it is
+//!   answered `unavailable` "not sent", so nothing is written after its caller was told so.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rewind_protocol::idempotency::RequestDigest;
 use rewind_protocol::{Event, NewEvent};
@@ -64,6 +68,89 @@ impl Idempotency {
 /// The reply channel of a command.
 pub type Reply<T> = oneshot::Sender<Result<T, LogError>>;
 
+/// With a shared store: until when a command's caller waits for its answer (its arrival
+/// plus `redis_timeout_ms`, plus `redis_wait_timeout_ms` when `WAIT` runs), and which of
+/// the caller and the writer came first. The writer sends a command only if it takes it
+/// before the caller gives up; a caller that gives up first knows the command was never
+/// sent ([`Deadline::give_up`]). Cheap to clone: the clones share the claim.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    at: Instant,
+    claim: Arc<AtomicU8>,
+}
+
+/// Neither the writer nor the caller has claimed the command yet.
+const WAITING: u8 = 0;
+/// The writer took it: it may have been sent.
+const TAKEN: u8 = 1;
+/// The caller gave up first, or the writer found the deadline passed: never sent.
+const GIVEN_UP: u8 = 2;
+
+impl Deadline {
+    /// A deadline `after` from now.
+    pub fn after(after: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + after,
+            claim: Arc::new(AtomicU8::new(WAITING)),
+        }
+    }
+
+    /// When the caller stops waiting.
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The writer's claim, before it sends anything of the command: false (do not send)
+    /// when the caller gave up or the deadline has passed.
+    fn take(&self) -> bool {
+        if Instant::now() >= self.at {
+            let _ =
+                self.claim
+                    .compare_exchange(WAITING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire);
+        }
+        match self
+            .claim
+            .compare_exchange(WAITING, TAKEN, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == TAKEN,
+        }
+    }
+
+    /// The caller's: stops waiting. True when the writer had not taken the command, which
+    /// then is never sent; false when it may have been.
+    pub fn give_up(&self) -> bool {
+        match self
+            .claim
+            .compare_exchange(WAITING, GIVEN_UP, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => true,
+            Err(now) => now == GIVEN_UP,
+        }
+    }
+}
+
+/// Whether the writer may send a command whose caller waits on `reply` until `deadline`,
+/// claiming it if so; always without a deadline (the embedded store). A caller that went
+/// away has dropped its receiver: nobody would be told the outcome.
+fn may_send<T>(deadline: Option<&Deadline>, reply: &Reply<T>) -> bool {
+    let Some(deadline) = deadline else {
+        return true;
+    };
+    if reply.is_closed() {
+        deadline.give_up();
+        return false;
+    }
+    deadline.take()
+}
+
+/// The answer to a command the writer did not send ([`may_send`]).
+fn not_sent_late() -> LogError {
+    LogError::Unavailable(
+        "not sent: it waited in this node's write queue past its deadline (redis_timeout_ms) while Redis was slow or unreachable; nothing was written, retry".into(),
+    )
+}
+
 /// What the writer can be asked to do.
 pub enum Command {
     /// Append events to a namespace (all or nothing).
@@ -79,6 +166,8 @@ pub enum Command {
         /// Set to false before the answer when the commit's replication (Redis `WAIT`,
         /// `redis_wait_replicas`) fell short; `None` when the caller does not ask.
         replicated: Option<Arc<AtomicBool>>,
+        /// A shared store: when the caller stops waiting ([`Deadline`]).
+        deadline: Option<Deadline>,
     },
     /// Create a namespace, or set the retention of an existing one. The reply says
     /// whether it was created.
@@ -89,6 +178,8 @@ pub enum Command {
         retention: Retention,
         /// Answered once the change is durable.
         reply: Reply<(NsInfo, bool)>,
+        /// A shared store: when the caller stops waiting ([`Deadline`]).
+        deadline: Option<Deadline>,
     },
     /// Delete a namespace; the reply says whether it existed.
     Delete {
@@ -96,6 +187,8 @@ pub enum Command {
         ns: String,
         /// Answered once the change is durable.
         reply: Reply<bool>,
+        /// A shared store: when the caller stops waiting ([`Deadline`]).
+        deadline: Option<Deadline>,
     },
     /// Enforce retention on every namespace (sent on a timer).
     Retention,
@@ -166,6 +259,7 @@ struct Deferred {
     idempotency: Option<Idempotency>,
     reply: Reply<Appended>,
     replicated: Option<Arc<AtomicBool>>,
+    deadline: Option<Deadline>,
 }
 
 /// Events appended in this group, kept until the commit for live subscribers.
@@ -288,6 +382,7 @@ impl Writer {
                 idempotency,
                 reply,
                 replicated,
+                deadline,
             } if self.store.is_shared() => {
                 group.deferred.push(Deferred {
                     ns,
@@ -295,6 +390,7 @@ impl Writer {
                     idempotency,
                     reply,
                     replicated,
+                    deadline,
                 });
                 return;
             }
@@ -310,7 +406,8 @@ impl Writer {
                 idempotency,
                 reply,
                 replicated,
-            } => self.append(
+                deadline,
+            } if may_send(deadline.as_ref(), &reply) => self.append(
                 ns,
                 events,
                 idempotency.as_ref(),
@@ -318,10 +415,18 @@ impl Writer {
                 group,
                 false,
             ),
+            Command::Append { reply, .. } => drop(reply.send(Err(not_sent_late()))),
+            Command::Put {
+                reply, deadline, ..
+            } if !may_send(deadline.as_ref(), &reply) => drop(reply.send(Err(not_sent_late()))),
+            Command::Delete {
+                reply, deadline, ..
+            } if !may_send(deadline.as_ref(), &reply) => drop(reply.send(Err(not_sent_late()))),
             Command::Put {
                 ns,
                 retention,
                 reply,
+                ..
             } => {
                 let result = match self.store.info(&ns) {
                     Ok(Some(_)) => self.store.set_retention(&ns, retention).map(|i| (i, false)),
@@ -338,7 +443,7 @@ impl Writer {
                     }
                 }
             }
-            Command::Delete { ns, reply } => match self.store.delete(&ns) {
+            Command::Delete { ns, reply, .. } => match self.store.delete(&ns) {
                 Ok(existed) => {
                     // Tells every reader of this incarnation now, not after the sync: the
                     // store no longer has it, so there is nothing left to serve them.
@@ -466,7 +571,19 @@ impl Writer {
     /// Sends the appends held in `group` together ([`Storage::append_all`]: one round
     /// trip to Redis for all of them), then answers each as [`Writer::append`] does.
     fn send_deferred(&mut self, group: &mut Group) {
-        let deferred = std::mem::take(&mut group.deferred);
+        // Claimed now, just before anything of theirs is sent (a lookup, a create, the
+        // append): those whose callers gave up are answered and dropped.
+        let deferred: Vec<Deferred> = std::mem::take(&mut group.deferred)
+            .into_iter()
+            .filter_map(|d| {
+                if may_send(d.deadline.as_ref(), &d.reply) {
+                    Some(d)
+                } else {
+                    let _ = d.reply.send(Err(not_sent_late()));
+                    None
+                }
+            })
+            .collect();
         if deferred.len() < 2 {
             for d in deferred {
                 let idempotency = d.idempotency;
@@ -1032,6 +1149,7 @@ mod tests {
             idempotency: None,
             reply,
             replicated: None,
+            deadline: None,
         };
         (cmd, answer)
     }

@@ -161,16 +161,25 @@ pub(super) async fn delete(State(log): State<Log>, Ns(ns): Ns) -> Result<Respons
 /// store's last write, sync or checkpoint failed (a full disk), 200 again after the next
 /// success; with Redis, 503 `{"status": "storage_unavailable", ...}` (code `unavailable`)
 /// while Redis cannot be reached or takes no writes (a read-only replica), found by a
-/// probe each `/readyz` makes; 503 `shutting_down` once shutdown has begun.
+/// probe each `/readyz` makes (bounded by one `redis_timeout_ms`; none while the store's
+/// circuit is open, which answers at once); 503 `shutting_down` once shutdown has begun.
 pub(super) fn ready(log: &Log) -> Response<Body> {
-    if log.is_ready() && log.storage_failing() && log.storage_shared() {
+    ready_after_probe(log, true)
+}
+
+/// [`ready`] after the probe `/readyz` makes: `answered` false (Redis gave no answer within
+/// `redis_timeout_ms`) is `storage_unavailable` whatever the store said before, so a hung
+/// Redis never makes `/readyz` wait longer than that.
+pub(super) fn ready_after_probe(log: &Log, answered: bool) -> Response<Body> {
+    let unavailable = !answered || log.storage_failing();
+    if log.is_ready() && unavailable && log.storage_shared() {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &serde_json::json!({
                 "status": "storage_unavailable",
                 "error": {
                     "code": rewind_protocol::ErrorCode::Unavailable.as_str(),
-                    "message": "Redis cannot be reached or takes no writes (a read-only replica); publishes are refused until it can (docs/cluster.md)",
+                    "message": "Redis cannot be reached, does not answer within redis_timeout_ms, or takes no writes (a read-only replica); publishes are refused until it can (docs/cluster.md)",
                 },
             }),
         )

@@ -169,8 +169,8 @@ async fn healthz() -> Response<Body> {
 }
 
 async fn readyz(axum::extract::State(log): axum::extract::State<Log>) -> impl IntoResponse {
-    log.probe_storage().await;
-    admin::ready(&log)
+    let answered = log.probe_storage().await;
+    admin::ready_after_probe(&log, answered)
 }
 
 /// `GET /metrics`: the OpenMetrics text of [`crate::metrics`].

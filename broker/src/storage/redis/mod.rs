@@ -12,6 +12,13 @@
 //! dropped, and the next call opens a new one, which is how the store recovers when Redis
 //! comes back.
 //!
+//! A circuit keeps a hung Redis (connections accepted, nothing answered) from costing each
+//! command its own `redis_timeout_ms`: the first command that times out opens it, and from
+//! then on every call is refused at once, "not sent", without touching the network, until
+//! the store's prober thread gets an answer: a fresh connection and `ROLE` within one
+//! `redis_timeout_ms` in total, tried at most once per `redis_timeout_ms`
+//! (`docs/decisions.md`, "A hung Redis").
+//!
 //! ### Exceptions to the trait's invariants (docs/storage.md)
 //!
 //! - Durability is Redis's: [`Storage::sync`] runs `WAIT` when replicas are asked for, and
@@ -37,7 +44,7 @@ mod witness;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use redis::{Connection, RedisError, Script};
 use rewind_protocol::{Event, NewEvent};
@@ -79,6 +86,11 @@ pub struct RedisStore {
     writer: Mutex<Option<Connection>>,
     /// True from a call that could not reach Redis until the next one that did.
     failing: Arc<AtomicBool>,
+    /// The circuit: true from a command or connect that timed out until the prober gets
+    /// an answer; meanwhile every call is refused at once, nothing sent (module docs).
+    circuit_open: AtomicBool,
+    /// The prober thread, woken when the circuit opens.
+    prober: Mutex<Option<std::thread::Thread>>,
     /// True while Redis answers that it takes no writes (a read-only replica: `ROLE` says
     /// so, or a script was refused `READONLY`), until a probe finds a primary or a write
     /// succeeds. Reads that succeed do not clear it (review F12: `/readyz` flapped).
@@ -240,6 +252,8 @@ impl RedisStore {
             pool: Mutex::new(Vec::new()),
             writer: Mutex::new(None),
             failing: Arc::new(AtomicBool::new(false)),
+            circuit_open: AtomicBool::new(false),
+            prober: Mutex::new(None),
             writer_stale: AtomicBool::new(false),
             read_only: AtomicBool::new(false),
             writer_generation: std::sync::atomic::AtomicU64::new(0),
@@ -254,6 +268,7 @@ impl RedisStore {
             prune: Script::new(scripts::PRUNE),
             rotate: Script::new(scripts::ROTATE),
         });
+        store.spawn_prober()?;
         // Redis not there (yet), or a replica: the node starts all the same, not ready,
         // and follows Redis once it answers (`docs/cluster.md`, "Starting").
         let first = store.probe().and_then(|()| store.lost_data().map(drop));
@@ -288,6 +303,130 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Starts the thread that closes the circuit: parked while it is closed, it tries
+    /// [`RedisStore::probe_fresh`] at most once per `redis_timeout_ms` while it is open.
+    /// It ends once the store is dropped.
+    fn spawn_prober(self: &Arc<Self>) -> Result<(), StoreError> {
+        let weak: Weak<RedisStore> = Arc::downgrade(self);
+        let period = Duration::from_millis(self.opts.timeout_ms.max(1));
+        let handle = std::thread::Builder::new()
+            .name("rewind-redis-probe".into())
+            .spawn(move || loop {
+                let open = match weak.upgrade() {
+                    Some(store) => store.circuit_open.load(Ordering::Acquire),
+                    None => break,
+                };
+                if !open {
+                    // Woken by `open_circuit`; the timeout only notices a dropped store.
+                    std::thread::park_timeout(Duration::from_secs(1));
+                    continue;
+                }
+                let started = Instant::now();
+                let still_open = match weak.upgrade() {
+                    Some(store) => {
+                        if let Err(e) = store.probe_fresh() {
+                            tracing::debug!(error = %e, "Redis probe: no answer yet");
+                        }
+                        store.circuit_open.load(Ordering::Acquire)
+                    }
+                    None => break,
+                };
+                if still_open {
+                    std::thread::sleep(period.saturating_sub(started.elapsed()));
+                }
+            })?;
+        *self.prober.lock().unwrap_or_else(|p| p.into_inner()) = Some(handle.thread().clone());
+        Ok(())
+    }
+
+    /// Opens the circuit (a command or a connect timed out): until the prober gets an
+    /// answer, every call is refused at once, nothing sent.
+    fn open_circuit(&self) {
+        self.failing.store(true, Ordering::Release);
+        if !self.circuit_open.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                timeout_ms = self.opts.timeout_ms,
+                "Redis did not answer within redis_timeout_ms: commands are refused (503 unavailable, not sent) until a probe gets an answer"
+            );
+            if let Some(prober) = &*self.prober.lock().unwrap_or_else(|p| p.into_inner()) {
+                prober.unpark();
+            }
+        }
+    }
+
+    /// `Err` "not sent" while the circuit is open.
+    fn circuit_closed(&self) -> Result<(), StoreError> {
+        if self.circuit_open.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(format!(
+                "not sent: Redis did not answer within redis_timeout_ms ({} ms) and has not answered a probe since",
+                self.opts.timeout_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// The prober's question: a new connection and `ROLE`, within one `redis_timeout_ms`
+    /// in total. An answer closes the circuit; the connections opened before are dropped
+    /// (they may be dead), this one is kept.
+    fn probe_fresh(&self) -> Result<(), StoreError> {
+        let mut con = self.connect_counted(false)?;
+        let role = self.role_within(&mut con, Instant::now() + self.timeout());
+        let answered = match &role {
+            Ok(_) => true,
+            Err(e) => e.code().is_some(),
+        };
+        if !answered {
+            return role.map(drop).map_err(store_error);
+        }
+        self.reset_connections();
+        self.circuit_open.store(false, Ordering::Release);
+        tracing::info!("Redis answers again: commands are sent again");
+        let primary = self.take_role(role.map_err(store_error)?);
+        self.failing.store(false, Ordering::Release);
+        self.give_back(con);
+        primary
+    }
+
+    /// `ROLE` on `con`, its reply read before `deadline` at the latest; the connection's
+    /// read timeout is `redis_timeout_ms` again afterwards.
+    fn role_within(
+        &self,
+        con: &mut Connection,
+        deadline: Instant,
+    ) -> Result<Vec<redis::Value>, RedisError> {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no time left for ROLE within redis_timeout_ms",
+                ))
+            })?;
+        con.set_read_timeout(Some(left))?;
+        let role = redis::cmd("ROLE").query(con);
+        con.set_read_timeout(Some(self.timeout()))?;
+        role
+    }
+
+    /// Records what `ROLE` answered; `Err` for a replica.
+    fn take_role(&self, role: Vec<redis::Value>) -> Result<(), StoreError> {
+        let primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
+        self.read_only.store(!primary, Ordering::Release);
+        if primary {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "Redis is a read-only replica (ROLE): point --redis at the primary".into(),
+            ))
+        }
+    }
+
+    /// `redis_timeout_ms`.
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.opts.timeout_ms.clamp(1, DAY_MS))
+    }
+
     /// One `PING`.
     pub fn ping(&self) -> Result<(), StoreError> {
         self.with(|con| redis::cmd("PING").query::<String>(con))
@@ -303,6 +442,11 @@ impl RedisStore {
         let con = self
             .client
             .get_connection_with_timeout(timeout)
+            .inspect_err(|e| {
+                if e.is_timeout() {
+                    self.open_circuit();
+                }
+            })
             .map_err(store_error)?;
         con.set_write_timeout(Some(timeout)).map_err(store_error)?;
         con.set_read_timeout(read).map_err(store_error)?;
@@ -331,6 +475,7 @@ impl RedisStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
+        self.circuit_closed()?;
         let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut con = match idle {
             Some(con) => con,
@@ -360,6 +505,7 @@ impl RedisStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, RedisError>,
     ) -> Result<T, StoreError> {
+        self.circuit_closed()?;
         let mut slot = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if self.writer_stale.swap(false, Ordering::AcqRel) {
             *slot = None;
@@ -409,6 +555,9 @@ impl RedisStore {
         match result {
             Err(e) if is_unavailable(e) => {
                 self.failing.store(true, Ordering::Release);
+                if e.is_timeout() {
+                    self.open_circuit();
+                }
                 false
             }
             _ => {
@@ -949,20 +1098,29 @@ impl Storage for RedisStore {
     }
 
     fn is_failing(&self) -> bool {
-        self.failing.load(Ordering::Acquire) || self.read_only.load(Ordering::Acquire)
+        self.failing.load(Ordering::Acquire)
+            || self.read_only.load(Ordering::Acquire)
+            || self.circuit_open.load(Ordering::Acquire)
     }
 
+    /// `ROLE` on a pooled connection, or a new one, within one `redis_timeout_ms` in
+    /// total (connect and reply); at once `Err` while the circuit is open (the prober
+    /// asks then).
     fn probe(&self) -> Result<(), StoreError> {
-        let role: Vec<redis::Value> = self.with(|con| redis::cmd("ROLE").query(con))?;
-        let primary = matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master");
-        self.read_only.store(!primary, Ordering::Release);
-        if primary {
-            Ok(())
+        self.circuit_closed()?;
+        let deadline = Instant::now() + self.timeout();
+        let idle = self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut con = match idle {
+            Some(con) => con,
+            None => self.connect_counted(false)?,
+        };
+        let role = self.role_within(&mut con, deadline);
+        if self.note(&role) {
+            self.give_back(con);
         } else {
-            Err(StoreError::Unavailable(
-                "Redis is a read-only replica (ROLE): point --redis at the primary".into(),
-            ))
+            self.reset_connections();
         }
+        self.take_role(role.map_err(store_error)?)
     }
 
     fn is_shared(&self) -> bool {
