@@ -1396,6 +1396,8 @@ mod tests {
     struct Down {
         names: Vec<NsInfo>,
         calls: AtomicUsize,
+        /// Says it is shared (as Redis): commands then carry deadlines.
+        shared: bool,
     }
 
     impl Down {
@@ -1466,6 +1468,9 @@ mod tests {
         fn clear_dirty(&self) -> Result<(), StoreError> {
             self.down()
         }
+        fn is_shared(&self) -> bool {
+            self.shared
+        }
     }
 
     /// Review F11: with Redis down, the retention pass went on through every namespace,
@@ -1488,6 +1493,7 @@ mod tests {
             let store = Arc::new(Down {
                 names: names.clone(),
                 calls: AtomicUsize::new(0),
+                shared: false,
             });
             let writer = Writer::new(
                 Arc::clone(&store) as Arc<dyn Storage>,
@@ -1504,5 +1510,107 @@ mod tests {
         };
         let shutdown = calls(&names, Vec::new());
         assert_eq!(calls(&names, vec![Command::Retention]), shutdown + 1);
+    }
+
+    /// Tester finding (i13, a hung Redis): commands queued behind a slow one were sent
+    /// long after their callers had been answered. With a shared store, an append, `PUT`
+    /// or `DELETE` whose deadline passed before the writer took it, or whose caller went
+    /// away, is answered "not sent" and never reaches the store; one still in time is
+    /// sent (here answered the store's `Unavailable`).
+    #[test]
+    fn a_command_past_its_deadline_or_without_its_caller_is_never_sent() {
+        let names = vec![NsInfo {
+            name: "n".into(),
+            epoch: "e".into(),
+            retention: Retention::default(),
+            earliest: 0,
+            next: 0,
+            bytes: 0,
+        }];
+        // The store calls a writer makes for `commands`, then a shutdown.
+        let calls = |commands: Vec<Command>| {
+            let store = Arc::new(Down {
+                names: names.clone(),
+                calls: AtomicUsize::new(0),
+                shared: true,
+            });
+            let writer = Writer::new(
+                Arc::clone(&store) as Arc<dyn Storage>,
+                Arc::new(Config::default()),
+            )
+            .expect("writer");
+            let (tx, rx) = mpsc::channel(8);
+            for c in commands {
+                tx.try_send(c).expect("queue");
+            }
+            tx.try_send(Command::Shutdown).expect("queue");
+            writer.run(rx);
+            store.calls.load(Ordering::SeqCst)
+        };
+        let shutdown = calls(Vec::new());
+        let with = |deadline: Deadline| {
+            let (reply, answer) = oneshot::channel();
+            let cmd = Command::Append {
+                ns: "n".into(),
+                events: event("e", 0),
+                idempotency: None,
+                reply,
+                replicated: None,
+                deadline: Some(deadline),
+            };
+            (cmd, answer)
+        };
+        let (late, mut late_answer) = with(Deadline::after(Duration::ZERO));
+        let (gone, gone_answer) = with(Deadline::after(BOUND));
+        drop(gone_answer);
+        let (put_reply, mut put_answer) = oneshot::channel();
+        let put = Command::Put {
+            ns: "p".into(),
+            retention: Retention::default(),
+            reply: put_reply,
+            deadline: Some(Deadline::after(Duration::ZERO)),
+        };
+        assert_eq!(
+            calls(vec![late, gone, put]),
+            shutdown,
+            "a late command was sent"
+        );
+        for answer in [
+            late_answer.try_recv().map(drop),
+            put_answer.try_recv().map(drop),
+        ] {
+            match answer {
+                Ok(()) => {}
+                Err(e) => panic!("not answered: {e}"),
+            }
+        }
+        let (in_time, mut answer) = with(Deadline::after(BOUND));
+        assert_eq!(calls(vec![in_time]), shutdown + 1, "sent once");
+        assert_eq!(
+            answer.try_recv().expect("answered"),
+            Err(LogError::Unavailable("down".into()))
+        );
+        let (late, mut answer) = with(Deadline::after(Duration::ZERO));
+        calls(vec![late]);
+        match answer.try_recv().expect("answered") {
+            Err(LogError::Unavailable(why)) => assert!(why.starts_with("not sent"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The claim a caller and the writer race for: whoever comes first decides; a caller
+    /// that gave up first knows the command was never sent.
+    #[test]
+    fn the_first_of_caller_and_writer_claims_a_command() {
+        let d = Deadline::after(BOUND);
+        assert!(d.take(), "in time, unclaimed");
+        assert!(!d.give_up(), "taken: it may have been sent");
+        let d = Deadline::after(BOUND);
+        assert!(d.give_up());
+        assert!(d.give_up(), "given up stays given up");
+        assert!(!d.take(), "never sent once given up");
+        let d = Deadline::after(Duration::ZERO);
+        assert!(!d.take(), "past its deadline");
+        assert!(d.give_up(), "and its caller knows it was not sent");
     }
 }

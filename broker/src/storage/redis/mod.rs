@@ -1715,4 +1715,41 @@ mod tests {
         assert_eq!(xs.iter().map(|e| e.offset).collect::<Vec<_>>(), [0, 1, 2]);
         assert_eq!(store.info("x").unwrap().expect("x").epoch, x.epoch);
     }
+
+    /// Tester finding (i13, a hung Redis): each command waited out its own timeout, one
+    /// behind another. A "Redis" that accepts connections and never answers (a listener
+    /// nobody reads, as a `SIGSTOP`ped server): the open's probe times out and opens the
+    /// circuit; from then on every call, the readiness probe too, is refused "not sent" by
+    /// the circuit, without a connection of its own.
+    #[test]
+    fn a_redis_that_never_answers_opens_the_circuit() {
+        use super::{RedisOptions, RedisStore, Storage, StoreError};
+        use rewind_protocol::{NewEvent, Payload};
+        let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = hung.local_addr().unwrap().port();
+        let store = RedisStore::open(RedisOptions {
+            url: format!("redis://127.0.0.1:{port}"),
+            prefix: "i13-circuit".into(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
+            timeout_ms: 200,
+        })
+        .unwrap();
+        assert!(store.is_failing());
+        let ev = NewEvent {
+            event: "n".into(),
+            key: None,
+            data: Payload::Json("1".into()),
+        };
+        let circuit = |r: Result<(), StoreError>| match r {
+            Err(StoreError::Unavailable(why)) => {
+                assert!(why.starts_with("not sent: Redis did not answer"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        };
+        circuit(store.append("u", &[ev], 1, None).map(drop));
+        circuit(store.info("u").map(drop));
+        circuit(store.probe());
+        drop(hung);
+    }
 }
