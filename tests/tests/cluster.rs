@@ -682,8 +682,14 @@ async fn a_start_a_lagging_node_has_not_heard_of_yet_is_taken_on_every_transport
     for i in 2..6 {
         assert_eq!(publish_ok(&a, "lag", i).await, i);
     }
+    assert_eq!(
+        head_on(&b, "lag").await,
+        Some(2),
+        "B has heard of 2..=5 already"
+    );
+    // Its answers hold what Redis holds, heard or not.
     let known = b.get("/v1/namespaces/lag").await.json();
-    assert_eq!(known["next"], 2, "B has heard of 2..=5 already: {known}");
+    assert_eq!(known["next"], 6, "{known}");
     // WebSocket `open` at the true next.
     let mut c = raw_subscribe(&b, "lag", 6).await;
     match c.next().await {
@@ -1117,4 +1123,115 @@ async fn a_node_that_cannot_reach_redis_says_unavailable_not_not_found_on_every_
     assert_eq!(info["next"], 1);
     let mut c = raw_subscribe(&b, "snap", 0).await;
     consecutive(&mut c, 0, 1).await;
+}
+
+/// Tester finding D (i13, third tester): a node that knows a namespace, reading it while
+/// Redis is down, sent SSE readers `rewind.error` code `internal` where HTTP and WebSocket
+/// say `unavailable` for the same failure. The same mistake gets the same code on every
+/// transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_that_cannot_reach_redis_is_unavailable_on_sse_as_on_http() {
+    let mut redis = RedisServer::start(Persistence::AofAlways);
+    let a = node(&redis, &[]);
+    for i in 0..3 {
+        publish_ok(&a, "down", i).await;
+    }
+    redis.stop();
+    let r = a.get("/v1/namespaces/down/events?from=0").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.error_code(), "unavailable");
+    let mut sse = rewind_tests::sse::Sse::open(a.addr, "/v1/namespaces/down/sse?from=0", &[]).await;
+    assert_eq!(sse.status, 200, "{:?}", sse.headers);
+    // The node knows the namespace, so the stream opens; its first read fails.
+    sse.expect("rewind.opened").await;
+    let error = sse.expect("rewind.error").await.json();
+    assert_eq!(error["code"], "unavailable", "{error}");
+}
+
+/// A page read on a node that has not yet heard of another node's appends holds them:
+/// with Redis, what the store holds is acknowledged, so it is readable on every node at
+/// once (the rule: whatever is acknowledged is readable by every reader). Before, such a
+/// read stopped at the reading node's own visible end (a race seen in
+/// `publishes_spread_over_three_nodes_…`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_read_on_a_lagging_node_holds_what_another_node_acknowledged() {
+    let redis = RedisServer::start(Persistence::None);
+    let (proxy, a, b, _sub) = lagging_node(&redis, "through").await;
+    proxy.stall();
+    for i in 2..6 {
+        assert_eq!(publish_ok(&a, "through", i).await, i);
+    }
+    assert_eq!(
+        head_on(&b, "through").await,
+        Some(2),
+        "B has heard of 2..=5 already"
+    );
+    let page = b.get("/v1/namespaces/through/events?from=0").await.json();
+    let offsets: Vec<u64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("offset"))
+        .collect();
+    assert_eq!(offsets, (0..6).collect::<Vec<u64>>(), "{page}");
+    assert_eq!(page["next"], 6);
+    proxy.resume();
+}
+
+/// Tester finding C (i13, third tester): a page whose read began after retention moved
+/// the log's start, on a node that had not heard of it yet, said `truncated: true` with an
+/// `earliest` below the offset asked for (docs: `truncated` means the requested offset is
+/// below `earliest`). The page's `earliest` is at least its first event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_page_never_reports_an_earliest_below_its_first_event() {
+    let redis = RedisServer::start(Persistence::None);
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &["--retention-interval-ms", "20"]);
+    let url = proxy.url();
+    let b = Broker::start(&[
+        "--redis",
+        &url,
+        "--redis-heal-interval-ms",
+        "60000",
+        "--retention-interval-ms",
+        "3600000",
+    ]);
+    publish_ok(&a, "trim", 0).await;
+    publish_ok(&a, "trim", 1).await;
+    // B follows the namespace (a subscriber there), with earliest 0.
+    let mut sub = raw_subscribe(&b, "trim", 0).await;
+    consecutive(&mut sub, 0, 2).await;
+    proxy.stall();
+    let r = a
+        .put_json("/v1/namespaces/trim", r#"{"retention":{"max_events":2}}"#)
+        .await;
+    assert!(r.status.is_success(), "{:?}", r.status);
+    for i in 2..6 {
+        publish_ok(&a, "trim", i).await;
+    }
+    a.wait_for("/v1/namespaces/trim", |v| v["earliest"] == 4)
+        .await;
+    assert_eq!(
+        head_on(&b, "trim").await,
+        Some(2),
+        "B has heard of 2..=5 already"
+    );
+    let page = b.get("/v1/namespaces/trim/events?from=1").await.json();
+    assert_eq!(page["truncated"], true, "{page}");
+    assert_eq!(page["events"][0]["offset"], 4, "{page}");
+    assert!(page["earliest"].as_u64() >= Some(4), "{page}");
+    proxy.resume();
+}
+
+/// Node `b`'s visible end of `ns` as its `/metrics` shows it (`rewind_namespace_head_offset`,
+/// present while `ns` has a subscriber there): what the node has heard of, whatever Redis
+/// holds.
+async fn head_on(b: &Broker, ns: &str) -> Option<u64> {
+    let r = b.get("/metrics").await;
+    let text = String::from_utf8_lossy(&r.body);
+    let series = format!("rewind_namespace_head_offset{{namespace=\"{ns}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
 }

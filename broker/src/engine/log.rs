@@ -570,10 +570,14 @@ impl Log {
         match info {
             // Another incarnation than this broker follows yet (another node re-created
             // it, Redis lost data): never its epoch with this one's ends. Followed first.
-            Some(i) if i.epoch != state.epoch => match self.refresh(ns).await? {
-                Some(s) if s.epoch == i.epoch => Ok(Some(s.as_read(i))),
-                _ => Ok(Some(i)),
-            },
+            // With a shared store (the only one whose epoch can differ), what the store
+            // holds is acknowledged: its ends are the namespace's, on every node, whether
+            // or not this one has heard yet.
+            Some(i) if i.epoch != state.epoch => {
+                self.refresh(ns).await?;
+                Ok(Some(i))
+            }
+            other if self.inner.store.is_shared() => Ok(other),
             other => Ok(other.map(|i| state.as_read(i))),
         }
     }
@@ -586,6 +590,9 @@ impl Log {
             .await
             .map_err(|e| LogError::Storage(e.to_string()))?
             .map_err(|e| LogError::from(&e))?;
+        if self.inner.store.is_shared() {
+            return Ok(all);
+        }
         Ok(all
             .into_iter()
             .map(|info| match self.inner.namespaces.get(&info.name) {
@@ -625,9 +632,19 @@ impl Log {
                 () = shutdown.cancelled() => {}
             }
         }
-        let until = state.visible();
+        // With a shared store, what the store holds is acknowledged (offsets are assigned
+        // and the events written in one script), so a read takes all of it: a page read on
+        // one node right after a publish answered by another holds that event, although
+        // this node may not have heard of it yet. The embedded store's visible end is
+        // where its acknowledged events end.
+        let until = if self.inner.store.is_shared() {
+            u64::MAX
+        } else {
+            state.visible()
+        };
         // Taken before the read, so a page never reports an `earliest` above its own events
-        // when retention runs meanwhile (the read then simply starts later).
+        // when retention runs meanwhile (the read then simply starts later, and `earliest`
+        // is raised to its first event below).
         let earliest = state.earliest();
         let read_from = start.max(earliest);
         let limit = req.limit.clamp(1, cfg.max_read_events);
@@ -652,6 +669,14 @@ impl Log {
         }
         let first = events.first().map_or(read_from, |e| e.offset);
         let truncated = matches!(req.from, Position::Offset(n) if n < first);
+        // Retention ran between taking `earliest` and the read: the page starts later
+        // than `earliest` said, and a page is `truncated` only below `earliest`, so the
+        // oldest event held is now at least its first.
+        let earliest = if first > read_from {
+            earliest.max(first)
+        } else {
+            earliest
+        };
         let next = events.last().map_or(first.max(start), |e| e.offset + 1);
         Ok(ReadPage {
             events,

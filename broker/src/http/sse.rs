@@ -390,7 +390,7 @@ impl Tail {
             Err(e) => {
                 tracing::warn!(ns = %self.state.name, error = %e, "SSE read failed");
                 self.finished = true;
-                let data = json!({"code": ErrorCode::Internal.as_str(), "message": e.to_string()});
+                let data = json!({"code": e.code().as_str(), "message": e.to_string()});
                 message(&mut out, None, "rewind.error", data.to_string().as_bytes());
                 return out.into();
             }
