@@ -299,7 +299,8 @@ options! {
     /// writer's lock, for the write-ahead log segment it starts: twice what the segment
     /// it closes took, rounded up to 64 KiB (16 MiB; 0: none). A group commit's
     /// `fdatasync` then overwrites blocks that exist instead of growing the file, which
-    /// on ext4 also commits an inode update (measured in `docs/benchmarks.md`). A segment
+    /// on a journaled ext4 also waits for a journal commit (measured in
+    /// `docs/benchmarks.md`). A segment
     /// that outgrows it keeps growing, as without it.
     wal_preallocate_bytes: u64 = 16 << 20, "BYTES",
         "Most zeros written ahead for each write-ahead log segment a checkpoint starts, in bytes (0: off)";
