@@ -960,6 +960,116 @@ async fn a_lagging_node_serves_a_client_the_epoch_another_node_gave_it() {
     proxy.resume();
 }
 
+/// Waits until Redis holds a client back in `CLIENT PAUSE WRITE` (flag `b`) on `cmd`.
+async fn held_in_pause(redis: &RedisServer, cmd: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let list = redis.bulk(&["CLIENT", "LIST"]);
+        let held = list.lines().any(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            fields.contains(&"flags=b") && fields.contains(&format!("cmd={cmd}").as_str())
+        });
+        if held {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing held in the pause: {list}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Review F11: a read or `open` of a name the node did not know asked Redis through the
+/// node's writer, one `HGETALL` in line behind every publish queued there, and a
+/// WebSocket session waited for it inline. Now the lookup runs on the blocking pool. The
+/// writer is held busy, made so: Redis pauses writes (`CLIENT PAUSE WRITE`, reads go on)
+/// while node B's writer has a publish's append script in flight. Meanwhile B looks up a
+/// name that does not exist (WebSocket `open`, HTTP read: `not_found`) and one another node
+/// created (B's Pub/Sub is held back, so it has not heard): served, while the publish is
+/// still unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_of_an_unknown_name_does_not_wait_behind_the_writer() {
+    let redis = RedisServer::start(Persistence::None);
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &[]);
+    let url = proxy.url();
+    // A Redis timeout longer than the pause: the writer waits for its append.
+    let b = Broker::start(&[
+        "--redis",
+        &url,
+        "--redis-heal-interval-ms",
+        "60000",
+        "--redis-timeout-ms",
+        "60000",
+    ]);
+    assert_eq!(publish_ok(&b, "busy", 0).await, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    proxy.stall();
+    for i in 0..3 {
+        assert_eq!(publish_ok(&a, "elsewhere", i).await, i);
+    }
+    // Until the test lets it go, or 40 s pass (the test then fails on a finished publish).
+    redis.command(&["CLIENT", "PAUSE", "40000", "WRITE"]);
+    let addr = b.addr;
+    let held = tokio::spawn(async move {
+        rewind_tests::request(
+            addr,
+            rewind_tests::Method::POST,
+            "/v1/namespaces/busy/events",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from_static(br#"{"event":"n","data":1}"#),
+        )
+        .await
+        .expect("the publish is answered")
+    });
+    held_in_pause(&redis, "evalsha").await;
+
+    let mut c = ws::Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: "nowhere".into(),
+        from: Position::Earliest,
+        epoch: None,
+        credit: 100,
+    })
+    .await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Error { code, ns, .. }) => {
+            assert_eq!(
+                (code.as_str(), ns.as_deref()),
+                ("not_found", Some("nowhere"))
+            )
+        }
+        other => panic!("open of a name that does not exist: {other:?}"),
+    }
+    let r = b.get("/v1/namespaces/nowhere/events").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    c.send(&ClientFrame::Open {
+        ns: "elsewhere".into(),
+        from: Position::Offset(0),
+        epoch: None,
+        credit: 100,
+    })
+    .await;
+    consecutive(&mut c, 0, 3).await;
+    let r = b.get("/v1/namespaces/elsewhere/events?from=1").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["events"][0]["offset"], 1);
+    assert!(!held.is_finished(), "the writer was not held meanwhile");
+
+    redis.command(&["CLIENT", "UNPAUSE"]);
+    let answer = held.await.expect("the publish task");
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json());
+    proxy.resume();
+}
+
 /// Reads `ns` from offset 0 on every node and records each `(epoch, offset)` with its
 /// event, asserting none carries two different events; answers the epoch all nodes serve.
 async fn witness_pairs(

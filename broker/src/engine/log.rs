@@ -442,7 +442,10 @@ impl Log {
     }
 
     /// The live state of a namespace; with a shared store, a namespace this broker does
-    /// not know yet is looked up there (another broker may have created it).
+    /// not know yet is looked up there (another broker may have created it). The lookup
+    /// runs on the blocking pool, not through the writer (review F11): names a client
+    /// chooses, existing or not, never wait behind publishes. It creates nothing; a store
+    /// that cannot be asked is [`LogError::Unavailable`], never "not found".
     pub async fn namespace_fresh(&self, ns: &str) -> Result<Option<Arc<Namespace>>, LogError> {
         if let Some(state) = self.namespace(ns) {
             return Ok(Some(state));
@@ -450,7 +453,16 @@ impl Log {
         if !self.inner.store.is_shared() {
             return Ok(None);
         }
-        self.refresh(ns).await
+        let seen = self.inner.namespaces.generation();
+        match self.look_up(ns).await? {
+            None => Ok(None),
+            Some(info) => match self.inner.namespaces.adopt(&info, seen) {
+                Some(state) => Ok(Some(state)),
+                // Something was opened or removed meanwhile: the writer, which orders
+                // them, decides.
+                None => self.refresh(ns).await,
+            },
+        }
     }
 
     /// [`Log::namespace_fresh`] for a reader starting at `from` with the epoch `epoch`
