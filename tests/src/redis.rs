@@ -178,6 +178,31 @@ impl RedisServer {
         String::from_utf8_lossy(&line).trim_end().to_owned()
     }
 
+    /// Sends one command whose reply is a bulk string (`CLIENT LIST`, `INFO`) and answers
+    /// that string.
+    pub fn bulk(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let mut con = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        con.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("read timeout");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        con.write_all(req.as_bytes()).expect("send");
+        let mut reader = BufReader::new(con);
+        let mut head = String::new();
+        reader.read_line(&mut head).expect("a reply");
+        let len: usize = head
+            .trim_end()
+            .strip_prefix('$')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("not a bulk string: {head:?}"));
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body).expect("the bulk string");
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
     /// Writes a snapshot (`SAVE`): every later [`RedisServer::restart`] starts from it,
     /// whatever was written after (nothing else saves, `--save ""`), as a Redis restored
     /// from an RDB backup does.

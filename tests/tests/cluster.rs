@@ -842,6 +842,240 @@ async fn a_lagging_node_never_reads_across_a_delete_by_name() {
     closed_first(&mut held, "lost", "epoch").await;
 }
 
+/// The epoch node `a` serves for `ns` now.
+async fn epoch_on(a: &Broker, ns: &str) -> String {
+    let info = a.get(&format!("/v1/namespaces/{ns}")).await.json();
+    info["epoch"].as_str().expect("an epoch").to_owned()
+}
+
+/// A raw WebSocket `open` of `ns` on `b` at `from` with `epoch`; asserts the broker opens
+/// the incarnation `epoch` at `from`, then sends `n` events from there with no
+/// `truncated` and nothing of another incarnation.
+async fn opened_with_epoch(b: &Broker, ns: &str, from: u64, epoch: &str, n: u64) {
+    let mut c = ws::Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: ns.to_owned(),
+        from: Position::Offset(from),
+        epoch: Some(epoch.to_owned()),
+        credit: 1_000_000,
+    })
+    .await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Opened {
+            from: opened,
+            epoch: e,
+            ..
+        }) => assert_eq!((opened, e.as_str()), (from, epoch), "{ns}"),
+        other => panic!("{ns}: open on the lagging node: {other:?}"),
+    }
+    consecutive(&mut c, from, n).await;
+}
+
+/// Review F1, the rest: a node that has not heard yet that another node deleted and
+/// created a namespace again (or that Redis lost its data and another node created it
+/// anew) judged a client's start against its own, stale incarnation. A client that had
+/// the new epoch from another node got `truncated` reason `epoch` over WebSocket and SSE,
+/// and an HTTP read `404` `not_found` though the namespace is there. Now a start with an
+/// epoch other than the node's own, or a read that finds the node's incarnation gone, is
+/// looked up in Redis first. The lag is made: node B's Pub/Sub is held back, and B
+/// re-reads the store once a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_serves_a_client_the_epoch_another_node_gave_it() {
+    let redis = RedisServer::start(Persistence::None);
+    let (proxy, a, b, _fed) = lagging_node(&redis, "lag").await;
+    let names = ["ws", "sse", "read", "flushed"];
+    for ns in names {
+        for i in 0..5 {
+            assert_eq!(publish_ok(&a, ns, i).await, i);
+        }
+        let known = b.get(&format!("/v1/namespaces/{ns}")).await;
+        assert_eq!(known.status, StatusCode::OK, "B knows {ns}");
+    }
+    let old = epoch_on(&b, "ws").await;
+    proxy.stall();
+    // Deleted and created again on A; the offsets go on at 5, which B takes for its
+    // own incarnation's end: only the epoch tells them apart.
+    for ns in ["ws", "sse", "read"] {
+        delete_ns(&a, ns).await;
+        for i in 5..8 {
+            assert_eq!(publish_ok(&a, ns, i).await, i);
+        }
+    }
+    let new = epoch_on(&a, "ws").await;
+    assert_ne!(new, old);
+
+    // WebSocket `open` at 5 with the epoch A gave.
+    opened_with_epoch(&b, "ws", 5, &new, 3).await;
+    // SSE at 5 with the epoch A gave: `rewind.opened` of that epoch, then event 5.
+    let new_sse = epoch_on(&a, "sse").await;
+    let path = format!("/v1/namespaces/sse/sse?from=5&epoch={new_sse}");
+    let mut sse = rewind_tests::sse::Sse::open(b.addr, &path, &[]).await;
+    assert_eq!(
+        sse.status, 200,
+        "SSE on the lagging node: {:?}",
+        sse.headers
+    );
+    let opened = sse.message().await;
+    assert_eq!(opened.event, "rewind.opened", "{opened:?}");
+    assert_eq!(
+        (
+            opened.json()["epoch"].as_str(),
+            opened.json()["from"].as_u64()
+        ),
+        (Some(new_sse.as_str()), Some(5)),
+        "{opened:?}"
+    );
+    let first = sse.message().await;
+    assert_eq!(first.id.as_deref(), Some("5"), "not event 5: {first:?}");
+    // An HTTP read (no epoch to give) of the namespace created again: its events.
+    let r = b.get("/v1/namespaces/read/events?from=5").await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "read on the lagging node: {:?}",
+        r.json()
+    );
+    let page = r.json();
+    assert_eq!(
+        page["epoch"].as_str(),
+        Some(epoch_on(&a, "read").await.as_str())
+    );
+    let offsets: Vec<u64> = page["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["offset"].as_u64().expect("an offset"))
+        .collect();
+    assert_eq!(offsets, [5, 6, 7]);
+
+    // Redis loses its data; A creates `flushed` again with a new epoch from 0.
+    let before = epoch_on(&a, "flushed").await;
+    redis.command(&["FLUSHALL"]);
+    let deadline = Instant::now() + PATIENCE;
+    let lost = loop {
+        let now = a.get("/v1/namespaces/flushed").await;
+        if now.status == StatusCode::OK && now.json()["epoch"] != before.as_str() {
+            break now.json()["epoch"].as_str().expect("an epoch").to_owned();
+        }
+        assert!(Instant::now() < deadline, "A never created `flushed` again");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(publish_ok(&a, "flushed", 0).await, 0);
+    assert_eq!(epoch_on(&a, "flushed").await, lost, "a second loss");
+    opened_with_epoch(&b, "flushed", 0, &lost, 1).await;
+    proxy.resume();
+}
+
+/// Waits until Redis holds a client back in `CLIENT PAUSE WRITE` (flag `b`) on `cmd`.
+async fn held_in_pause(redis: &RedisServer, cmd: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let list = redis.bulk(&["CLIENT", "LIST"]);
+        let held = list.lines().any(|l| {
+            let fields: Vec<&str> = l.split(' ').collect();
+            fields.contains(&"flags=b") && fields.contains(&format!("cmd={cmd}").as_str())
+        });
+        if held {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nothing held in the pause: {list}"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Review F11: a read or `open` of a name the node did not know asked Redis through the
+/// node's writer, one `HGETALL` in line behind every publish queued there, and a
+/// WebSocket session waited for it inline. Now the lookup runs on the blocking pool. The
+/// writer is held busy, made so: Redis pauses writes (`CLIENT PAUSE WRITE`, reads go on)
+/// while node B's writer has a publish's append script in flight. Meanwhile B looks up a
+/// name that does not exist (WebSocket `open`, HTTP read: `not_found`) and one another node
+/// created (B's Pub/Sub is held back, so it has not heard): served, while the publish is
+/// still unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_of_an_unknown_name_does_not_wait_behind_the_writer() {
+    let redis = RedisServer::start(Persistence::None);
+    let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
+    let a = node(&redis, &[]);
+    let url = proxy.url();
+    // A Redis timeout longer than the pause: the writer waits for its append.
+    let b = Broker::start(&[
+        "--redis",
+        &url,
+        "--redis-heal-interval-ms",
+        "60000",
+        "--redis-timeout-ms",
+        "60000",
+    ]);
+    assert_eq!(publish_ok(&b, "busy", 0).await, 0);
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    proxy.stall();
+    for i in 0..3 {
+        assert_eq!(publish_ok(&a, "elsewhere", i).await, i);
+    }
+    // Until the test lets it go, or 40 s pass (the test then fails on a finished publish).
+    redis.command(&["CLIENT", "PAUSE", "40000", "WRITE"]);
+    let addr = b.addr;
+    let held = tokio::spawn(async move {
+        rewind_tests::request(
+            addr,
+            rewind_tests::Method::POST,
+            "/v1/namespaces/busy/events",
+            &[("content-type", "application/json")],
+            bytes::Bytes::from_static(br#"{"event":"n","data":1}"#),
+        )
+        .await
+        .expect("the publish is answered")
+    });
+    held_in_pause(&redis, "evalsha").await;
+
+    let mut c = ws::Client::connect(b.addr, None).await;
+    c.send(&ClientFrame::Open {
+        ns: "nowhere".into(),
+        from: Position::Earliest,
+        epoch: None,
+        credit: 100,
+    })
+    .await;
+    match c.next().await {
+        ServerMessage::Frame(ServerFrame::Error { code, ns, .. }) => {
+            assert_eq!(
+                (code.as_str(), ns.as_deref()),
+                ("not_found", Some("nowhere"))
+            )
+        }
+        other => panic!("open of a name that does not exist: {other:?}"),
+    }
+    let r = b.get("/v1/namespaces/nowhere/events").await;
+    assert_eq!(
+        (r.status, r.error_code().as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    c.send(&ClientFrame::Open {
+        ns: "elsewhere".into(),
+        from: Position::Offset(0),
+        epoch: None,
+        credit: 100,
+    })
+    .await;
+    consecutive(&mut c, 0, 3).await;
+    let r = b.get("/v1/namespaces/elsewhere/events?from=1").await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.json());
+    assert_eq!(r.json()["events"][0]["offset"], 1);
+    assert!(!held.is_finished(), "the writer was not held meanwhile");
+
+    redis.command(&["CLIENT", "UNPAUSE"]);
+    let answer = held.await.expect("the publish task");
+    assert_eq!(answer.status, StatusCode::CREATED, "{:?}", answer.json());
+    proxy.resume();
+}
+
 /// Reads `ns` from offset 0 on every node and records each `(epoch, offset)` with its
 /// event, asserting none carries two different events; answers the epoch all nodes serve.
 async fn witness_pairs(

@@ -2,7 +2,9 @@
 //!
 //! Every mutation script announces itself on the store's Pub/Sub channel
 //! ([`RedisStore::channel`]). Each node keeps ONE Pub/Sub connection, on a thread of its
-//! own, and for each announcement:
+//! own, and handles announcements in batches (what is pending once one came; appends to one
+//! incarnation coalesced into one, with the highest `NEXT`; see [`Listener::handle_batch`]).
+//! For each:
 //!
 //! - `a NEXT NS` (an append, by any node, this one included): if this node has the
 //!   namespace and it has live subscribers, the events from where this listener last got
@@ -15,8 +17,10 @@
 //!   subscriber on the publishing node never waits for the next append. Whatever is not in the ring (a first announcement, a long
 //!   burst, a missed one) readers take from the store, from their own offsets, so no
 //!   reader skips an offset. Namespaces this node has no state for cost one map lookup.
-//! - `c`, `d`, `r` (create, delete, retention): the writer refreshes the namespace from
-//!   the store ([`Command::Refresh`]), so deletes reach every node's readers at once.
+//! - `c`, `r` (create, retention): the writer refreshes the namespace from the store
+//!   ([`Command::Refresh`]) and the listener waits for it, so the announcements after it
+//!   find the namespace as the store has it.
+//! - `d` (delete): the incarnation it names ends here at once, on the listener.
 //!
 //! A missed announcement (the connection dropped, the writer's queue was full) is healed by
 //! [`Command::RefreshAll`]: after every (re)connect, and every `redis_heal_interval_ms`.
@@ -45,6 +49,11 @@ const TAIL_BYTES: usize = 4 << 20;
 const POLL: Duration = Duration::from_millis(250);
 /// The wait before reconnecting after the connection failed.
 const BACKOFF: Duration = Duration::from_millis(200);
+/// Announcements received and not handled yet, at most: past it the reader waits, and
+/// Redis holds them (up to its `client-output-buffer-limit pubsub`).
+const QUEUE: usize = 65_536;
+/// Most announcements handled together (review F13: coalesced per namespace).
+const BATCH: usize = 4096;
 
 /// One announcement on the channel; each names the epoch of the incarnation it is about.
 #[derive(Debug, PartialEq, Eq)]
@@ -104,42 +113,190 @@ fn listen(
     shutdown: &CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut con = store.connect(Some(POLL))?;
-    let mut pubsub = con.as_pubsub();
-    pubsub.subscribe(store.channel())?;
-    pubsub.set_read_timeout(Some(POLL))?;
-    // Whatever happened while this node was not listening.
-    let _ = tx.try_send(Command::RefreshAll);
-    // Per namespace: the epoch and the offset up to which its ring has been fed.
-    let mut tails: HashMap<String, (String, u64)> = HashMap::new();
-    while !shutdown.is_cancelled() {
-        let msg = match pubsub.get_message() {
-            Ok(msg) => msg,
-            Err(e) if e.is_timeout() => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let payload: String = match msg.get_payload() {
-            Ok(p) => p,
-            Err(_) => continue,
-        };
-        handle(store, namespaces, tx, &mut tails, &payload);
-    }
-    Ok(())
+    let (queue, queued) = std::sync::mpsc::sync_channel::<String>(QUEUE);
+    std::thread::scope(|scope| {
+        // Reads the connection as fast as Redis sends, whatever the handling costs, so
+        // Redis does not hold announcements for it (and cut it at its
+        // `client-output-buffer-limit pubsub`) while one batch is handled.
+        let reader = scope.spawn(move || -> redis::RedisResult<()> {
+            let mut pubsub = con.as_pubsub();
+            pubsub.subscribe(store.channel())?;
+            pubsub.set_read_timeout(Some(POLL))?;
+            // Whatever happened while this node was not listening.
+            let _ = tx.try_send(Command::RefreshAll);
+            while !shutdown.is_cancelled() {
+                match pubsub.get_message() {
+                    Ok(msg) => {
+                        if let Ok(payload) = msg.get_payload() {
+                            if queue.send(payload).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Err(e) if e.is_timeout() => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        let mut listener = Listener::new(store, namespaces, tx);
+        // Ends once the reader stopped (shutdown, or the connection failed).
+        while let Some(batch) = next_batch(&queued) {
+            listener.handle_batch(&batch);
+        }
+        match reader.join() {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err("the cluster listener's reader panicked".into()),
+        }
+    })
 }
 
-/// Handles one announcement: `tails` is the listener's, per connection.
-fn handle(
-    store: &RedisStore,
-    namespaces: &Namespaces,
-    tx: &mpsc::Sender<Command>,
-    tails: &mut HashMap<String, (String, u64)>,
-    payload: &str,
-) {
-    match parse(payload) {
-        Some(Change::Appended { ns, epoch, next }) => match namespaces.get(ns) {
+/// The next announcement (waiting for it) and every one already received behind it, at
+/// most [`BATCH`]; `None` once the reader stopped. It never waits for more.
+fn next_batch(queued: &std::sync::mpsc::Receiver<String>) -> Option<Vec<String>> {
+    let mut batch = vec![queued.recv().ok()?];
+    while batch.len() < BATCH {
+        match queued.try_recv() {
+            Ok(payload) => batch.push(payload),
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
+/// What the listener keeps over one connection's life.
+struct Listener<'a> {
+    store: &'a RedisStore,
+    namespaces: &'a Namespaces,
+    tx: &'a mpsc::Sender<Command>,
+    /// Per namespace: the epoch and the offset up to which its ring has been fed.
+    tails: HashMap<String, (String, u64)>,
+    /// How many times it asked the store (a tail read, or a namespace's `next`).
+    reads: u64,
+    /// How many refreshes it asked the writer for.
+    refreshes: u64,
+}
+
+impl<'a> Listener<'a> {
+    fn new(
+        store: &'a RedisStore,
+        namespaces: &'a Namespaces,
+        tx: &'a mpsc::Sender<Command>,
+    ) -> Listener<'a> {
+        Listener {
+            store,
+            namespaces,
+            tx,
+            tails: HashMap::new(),
+            reads: 0,
+            refreshes: 0,
+        }
+    }
+
+    /// Handles a batch of announcements, coalesced (review F13): of the appends to one
+    /// incarnation only the highest `next` counts, so each namespace is read once per
+    /// batch, after the others' announcements before it; a delete, a create or a trim of a
+    /// namespace first handles the appends announced for it before, then itself, in the
+    /// order they were made; each namespace is refreshed at most once per batch, after
+    /// the batch (a refresh reads the store as it is then).
+    fn handle_batch(&mut self, batch: &[String]) {
+        // Appends not handled yet, in the order first announced: (namespace, epoch,
+        // highest next); `None` once handled. `pending` finds a namespace's entry.
+        let mut appends: Vec<Option<(&str, &str, u64)>> = Vec::new();
+        let mut pending: HashMap<&str, usize> = HashMap::new();
+        // The (namespace, epoch) pairs of appends to an incarnation this node did not
+        // follow, refreshed once in this batch.
+        let mut refreshed: Vec<(&str, &str)> = Vec::new();
+        for payload in batch {
+            match parse(payload) {
+                Some(Change::Appended { ns, epoch, next }) => {
+                    if let Some(&i) = pending.get(ns) {
+                        match &mut appends[i] {
+                            Some((_, e, n)) if *e == epoch => {
+                                *n = (*n).max(next);
+                                continue;
+                            }
+                            slot => {
+                                if let Some((ns, e, n)) = slot.take() {
+                                    self.appended(ns, e, n, &mut refreshed);
+                                }
+                            }
+                        }
+                    }
+                    pending.insert(ns, appends.len());
+                    appends.push(Some((ns, epoch, next)));
+                }
+                Some(Change::Deleted { ns, epoch }) => {
+                    self.flush(ns, &mut appends, &mut pending, &mut refreshed);
+                    self.deleted(ns, epoch);
+                }
+                Some(Change::Other { ns }) => {
+                    self.flush(ns, &mut appends, &mut pending, &mut refreshed);
+                    self.refresh(ns);
+                }
+                None => tracing::debug!(payload, "cluster listener: unknown announcement"),
+            }
+        }
+        for (ns, epoch, next) in appends.into_iter().flatten() {
+            self.appended(ns, epoch, next, &mut refreshed);
+        }
+    }
+
+    /// Has the writer refresh `ns` from the store, and waits until it has: the
+    /// announcements after this one then find the namespace as the store has it.
+    fn refresh(&mut self, ns: &str) {
+        self.refreshes += 1;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = self.tx.blocking_send(Command::Refresh {
+            ns: ns.to_owned(),
+            reply: Some(reply),
+        });
+        if asked.is_ok() {
+            let _ = answer.blocking_recv();
+        }
+    }
+
+    /// Handles the appends announced for `ns` so far in this batch, if any.
+    fn flush<'b>(
+        &mut self,
+        ns: &str,
+        appends: &mut [Option<(&'b str, &'b str, u64)>],
+        pending: &mut HashMap<&'b str, usize>,
+        refreshed: &mut Vec<(&'b str, &'b str)>,
+    ) {
+        if let Some(i) = pending.remove(ns) {
+            if let Some((ns, epoch, next)) = appends[i].take() {
+                self.appended(ns, epoch, next, refreshed);
+            }
+        }
+    }
+
+    /// Offsets below `next` of incarnation `epoch` of `ns` are in the store.
+    fn appended<'b>(
+        &mut self,
+        ns: &'b str,
+        epoch: &'b str,
+        next: u64,
+        refreshed: &mut Vec<(&'b str, &'b str)>,
+    ) {
+        let mut state = self.namespaces.get(ns);
+        // Another incarnation than the one this node serves: nothing of it is fed to this
+        // one. The writer asks the store which is current (once per batch), and the
+        // append counts for the incarnation it then follows, if it is that one.
+        if matches!(&state, Some(s) if s.epoch != epoch) && !refreshed.contains(&(ns, epoch)) {
+            refreshed.push((ns, epoch));
+            self.refresh(ns);
+            state = self.namespaces.get(ns);
+        }
+        match state {
             Some(state) if state.epoch == epoch => {
                 // Never the number in the message: whoever can `PUBLISH` chooses it. What
                 // was read from the stream, or else the store's own `next` for the epoch.
-                let known = feed(store, &state, next, tails).or_else(|| stored_next(store, &state));
+                let known = match self.feed(&state, next) {
+                    Some(known) => Some(known),
+                    None => self.stored_next(&state),
+                };
                 if let Some(known) = known {
                     state.publish_remote(known);
                 }
@@ -149,34 +306,32 @@ fn handle(
                     state.wake_live();
                 }
             }
-            // Another incarnation than the one this node serves: nothing of it is fed to
-            // this one. The writer asks the store which is current (waited for, not
-            // dropped when its queue is full).
-            Some(_) => refresh(tx, ns),
+            Some(_) => {}
             None => {
-                tails.remove(ns);
-            }
-        },
-        Some(Change::Deleted { ns, epoch }) => {
-            // At once, here: every reader of that incarnation stops before anything of
-            // the next one could reach it. An epoch is never reused, so a newer
-            // incarnation this node already follows stays.
-            tails.remove(ns);
-            if namespaces.remove_epoch(ns, epoch).is_some() {
-                tracing::info!(ns, epoch, "namespace deleted by another broker");
+                self.tails.remove(ns);
             }
         }
-        Some(Change::Other { ns }) => refresh(tx, ns),
-        None => tracing::debug!(payload, "cluster listener: unknown announcement"),
     }
-}
 
-/// Asks the writer to refresh `ns` from the store; waits while its queue is full.
-fn refresh(tx: &mpsc::Sender<Command>, ns: &str) {
-    let _ = tx.blocking_send(Command::Refresh {
-        ns: ns.to_owned(),
-        reply: None,
-    });
+    fn feed(&mut self, state: &Namespace, next: u64) -> Option<u64> {
+        feed(self.store, state, next, &mut self.tails, &mut self.reads)
+    }
+
+    fn stored_next(&mut self, state: &Namespace) -> Option<u64> {
+        self.reads += 1;
+        stored_next(self.store, state)
+    }
+
+    /// Incarnation `epoch` of `ns` was deleted.
+    fn deleted(&mut self, ns: &str, epoch: &str) {
+        // At once, here: every reader of that incarnation stops before anything of the
+        // next one could reach it. An epoch is never reused, so a newer incarnation this
+        // node already follows stays.
+        self.tails.remove(ns);
+        if self.namespaces.remove_epoch(ns, epoch).is_some() {
+            tracing::info!(ns, epoch, "namespace deleted by another broker");
+        }
+    }
 }
 
 /// Pushes the events from where the ring of `state` got to, up to `next` and whatever else
@@ -191,6 +346,7 @@ fn feed(
     state: &Namespace,
     next: u64,
     tails: &mut HashMap<String, (String, u64)>,
+    reads: &mut u64,
 ) -> Option<u64> {
     let name: &str = &state.name;
     let from = match tails.get(name) {
@@ -206,6 +362,7 @@ fn feed(
         return None;
     }
     let from = from.max(next.saturating_sub(TAIL_EVENTS));
+    *reads += 1;
     // Checked against the epoch in the same step: once the incarnation is gone (deleted,
     // perhaps re-created, under the same name) nothing is read, so nothing of the next one
     // reaches this one's ring or moves its visible end.
@@ -265,6 +422,25 @@ mod tests {
         .unwrap()
     }
 
+    /// A writer that answers every refresh at once (with nothing) and, once every sender
+    /// is gone, the namespaces it was asked to refresh, in order.
+    fn answering_writer() -> (mpsc::Sender<Command>, std::thread::JoinHandle<Vec<String>>) {
+        let (tx, mut rx) = mpsc::channel(1024);
+        let writer = std::thread::spawn(move || {
+            let mut asked = Vec::new();
+            while let Some(command) = rx.blocking_recv() {
+                if let Command::Refresh { ns, reply } = command {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Ok(None));
+                    }
+                    asked.push(ns);
+                }
+            }
+            asked
+        });
+        (tx, writer)
+    }
+
     fn events(n: usize) -> Vec<NewEvent> {
         (0..n)
             .map(|i| NewEvent {
@@ -306,12 +482,15 @@ mod tests {
         assert!(store.delete("x").unwrap());
         store.create("x", Retention::default()).unwrap();
         store.append("x", &events(3), 2, None).unwrap();
-        let (tx, _rx) = mpsc::channel(16);
-        let mut tails = HashMap::new();
-        // The announcements of the first create and append, then of the rest.
-        for payload in announcements(&mut pubsub, 5) {
-            handle(&store, &namespaces, &tx, &mut tails, &payload);
+        let (tx, _writer) = answering_writer();
+        let mut listener = Listener::new(&store, &namespaces, &tx);
+        // The announcements of the first create and append, then of the rest: one by one,
+        // then all in one batch, coalesced.
+        let all = announcements(&mut pubsub, 5);
+        for payload in &all {
+            listener.handle_batch(std::slice::from_ref(payload));
         }
+        Listener::new(&store, &namespaces, &tx).handle_batch(&all);
         assert_eq!(
             old.visible(),
             5,
@@ -342,11 +521,11 @@ mod tests {
         let again = store.create("x", Retention::default()).unwrap();
         assert_eq!(again.next, 5, "offsets continue after a delete");
         store.append("x", &events(3), 2, None).unwrap();
-        let (tx, _rx) = mpsc::channel(16);
-        let mut tails = HashMap::new();
+        let (tx, _writer) = answering_writer();
+        let mut listener = Listener::new(&store, &namespaces, &tx);
         // create, append, delete, create, append: handled in the order they were made.
         for payload in announcements(&mut pubsub, 5) {
-            handle(&store, &namespaces, &tx, &mut tails, &payload);
+            listener.handle_batch(&[payload]);
             assert!(old.visible() <= 5, "old visible end {}", old.visible());
             let fed = sub.ring().runs_from(0, u64::MAX);
             let end = fed.iter().map(|r| r.end()).max().unwrap_or(0);
@@ -368,16 +547,78 @@ mod tests {
         let namespaces = Namespaces::new(16, u64::MAX);
         let info = store.info("y").unwrap().expect("y");
         let state = namespaces.open(&info);
-        let (tx, _rx) = mpsc::channel(16);
-        let mut tails = HashMap::new();
+        let (tx, _writer) = answering_writer();
+        let mut listener = Listener::new(&store, &namespaces, &tx);
         for sub in [None, Some(state.subscribe_live())] {
             let forged = format!("a {} {} y", u64::MAX, info.epoch);
-            handle(&store, &namespaces, &tx, &mut tails, &forged);
+            listener.handle_batch(&[forged]);
             assert_eq!(state.visible(), 3, "moved by a forged announcement");
             drop(sub);
         }
         let db1 = store_in("f2-forged", &format!("{}/1", test_server::url()));
         assert_ne!(db1.channel(), store.channel());
+    }
+
+    /// The offsets of the events in `state`'s ring, in ring order.
+    fn ring_offsets(sub: &crate::engine::live::LiveSubscriber) -> Vec<u64> {
+        sub.ring()
+            .runs_from(0, u64::MAX)
+            .iter()
+            .flat_map(|run| run.first()..run.end())
+            .collect()
+    }
+
+    /// Review F13: the listener handled one announcement at a time, each with its own
+    /// look at Redis: at high rates it fell behind its Pub/Sub connection until Redis cut
+    /// it. Announcements queued while it was not reading (Redis keeps them for the
+    /// connection) are now drained and handled together: one read per namespace with
+    /// subscribers, one refresh per namespace whose epoch this node does not follow, and
+    /// the subscribers' rings get every offset once, in order.
+    #[test]
+    fn queued_announcements_are_handled_with_one_read_per_namespace() {
+        let store = store("f13-coalesce");
+        for ns in ["x", "y", "z"] {
+            store.create(ns, Retention::default()).unwrap();
+        }
+        let namespaces = Namespaces::new(64, u64::MAX);
+        let x = namespaces.open(&store.info("x").unwrap().expect("x"));
+        let y = namespaces.open(&store.info("y").unwrap().expect("y"));
+        let (sx, sy) = (x.subscribe_live(), y.subscribe_live());
+        // `z` as a node follows it whose listener is behind an epoch change.
+        let mut z = store.info("z").unwrap().expect("z");
+        z.epoch = "0123456789abcdef".into();
+        let z = namespaces.open(&z);
+        let _sz = z.subscribe_live();
+        let mut con = store.connect(Some(Duration::from_secs(5))).unwrap();
+        let mut pubsub = con.as_pubsub();
+        pubsub.subscribe(store.channel()).unwrap();
+        for i in 0..40 {
+            store.append("x", &events(1), i, None).unwrap();
+            store.append("y", &events(2), i, None).unwrap();
+            store.append("z", &events(1), i, None).unwrap();
+        }
+        // All 120 announcements received while the listener was busy, then a batch.
+        let (queue, queued) = std::sync::mpsc::sync_channel(QUEUE);
+        for payload in announcements(&mut pubsub, 120) {
+            queue.send(payload).unwrap();
+        }
+        let batch = next_batch(&queued).unwrap();
+        assert_eq!(batch.len(), 120, "{batch:?}");
+        let (tx, writer) = answering_writer();
+        let mut listener = Listener::new(&store, &namespaces, &tx);
+        listener.handle_batch(&batch);
+        assert_eq!(listener.reads, 2, "one read for x, one for y");
+        assert_eq!(listener.refreshes, 1, "one refresh, for z");
+        assert_eq!(ring_offsets(&sx), (0..40).collect::<Vec<_>>());
+        assert_eq!(ring_offsets(&sy), (0..80).collect::<Vec<_>>());
+        assert_eq!((x.visible(), y.visible(), z.visible()), (40, 80, 0));
+        // Announced again (a duplicate, a forged one): nothing read twice.
+        listener.handle_batch(&batch);
+        assert_eq!(ring_offsets(&sx), (0..40).collect::<Vec<_>>());
+        assert_eq!(listener.reads, 2);
+        drop(listener);
+        drop(tx);
+        assert_eq!(writer.join().expect("the writer"), ["z", "z"]);
     }
 
     #[test]

@@ -38,6 +38,19 @@ pub struct ReadRequest {
     pub wait: Duration,
 }
 
+/// How one attempt of [`Log::read`] failed.
+enum ReadOf {
+    /// The store no longer has the incarnation with this epoch.
+    Gone(String),
+    Log(LogError),
+}
+
+impl From<LogError> for ReadOf {
+    fn from(e: LogError) -> Self {
+        ReadOf::Log(e)
+    }
+}
+
 struct Inner {
     store: Arc<dyn Storage>,
     namespaces: Arc<Namespaces>,
@@ -507,7 +520,10 @@ impl Log {
     }
 
     /// The live state of a namespace; with a shared store, a namespace this broker does
-    /// not know yet is looked up there (another broker may have created it).
+    /// not know yet is looked up there (another broker may have created it). The lookup
+    /// runs on the blocking pool, not through the writer (review F11): names a client
+    /// chooses, existing or not, never wait behind publishes. It creates nothing; a store
+    /// that cannot be asked is [`LogError::Unavailable`], never "not found".
     pub async fn namespace_fresh(&self, ns: &str) -> Result<Option<Arc<Namespace>>, LogError> {
         if let Some(state) = self.namespace(ns) {
             return Ok(Some(state));
@@ -515,26 +531,65 @@ impl Log {
         if !self.inner.store.is_shared() {
             return Ok(None);
         }
-        self.refresh(ns).await
+        let seen = self.inner.namespaces.generation();
+        match self.look_up(ns).await? {
+            None => Ok(None),
+            Some(info) => match self.inner.namespaces.adopt(&info, seen) {
+                Some(state) => Ok(Some(state)),
+                // Something was opened or removed meanwhile: the writer, which orders
+                // them, decides.
+                None => self.refresh(ns).await,
+            },
+        }
     }
 
-    /// [`Log::namespace_fresh`] for a reader starting at `from`. With a shared store, a
-    /// start beyond this broker's visible end may already be in the store: another broker
-    /// appended it a moment ago and this one has not heard yet. The namespace is then
-    /// looked up in the store again (moving the visible end to what it holds), so a client
-    /// resuming on another node with the `next` it was told is not refused `bad_position`.
+    /// [`Log::namespace_fresh`] for a reader starting at `from` with the epoch `epoch`
+    /// the client was given (by any node), if any. With a shared store, this broker may
+    /// not have heard yet of what another one did a moment ago:
+    ///
+    /// - a start beyond this broker's visible end may already be in the store (another
+    ///   broker appended it), so a client resuming on another node with the `next` it was
+    ///   told is not refused `bad_position`;
+    /// - an epoch other than the one this broker follows may be the store's current one
+    ///   (the namespace was deleted and created again, or Redis lost its data and another
+    ///   broker created it anew), so a client that already knows it is served, not told
+    ///   `truncated` reason `epoch` by a node that is behind (review F1).
+    ///
+    /// Either way the store is asked (on the blocking pool); only when it shows another
+    /// incarnation than this broker follows does the writer take it as this broker's.
     pub async fn namespace_reaching(
         &self,
         ns: &str,
         from: &Position,
+        epoch: Option<&str>,
     ) -> Result<Option<Arc<Namespace>>, LogError> {
-        let state = self.namespace_fresh(ns).await?;
-        match (&state, from) {
-            (Some(s), Position::Offset(n)) if self.inner.store.is_shared() && *n > s.visible() => {
-                self.refresh(ns).await
-            }
-            _ => Ok(state),
+        let Some(state) = self.namespace_fresh(ns).await? else {
+            return Ok(None);
+        };
+        let beyond = matches!(from, Position::Offset(n) if *n > state.visible());
+        let other_epoch = epoch.is_some_and(|e| e != state.epoch);
+        if !self.inner.store.is_shared() || !(beyond || other_epoch) {
+            return Ok(Some(state));
         }
+        match self.look_up(ns).await? {
+            // The same incarnation: the end the store holds for it is readable.
+            Some(info) if info.epoch == state.epoch => {
+                state.publish_remote(info.next);
+                Ok(Some(state))
+            }
+            // Deleted, or another incarnation: the writer follows the store.
+            _ => self.refresh(ns).await,
+        }
+    }
+
+    /// The store's description of `ns`, asked on the blocking pool.
+    async fn look_up(&self, ns: &str) -> Result<Option<NsInfo>, LogError> {
+        let store = Arc::clone(&self.inner.store);
+        let name = ns.to_owned();
+        tokio::task::spawn_blocking(move || store.info(&name))
+            .await
+            .map_err(|e| LogError::Storage(e.to_string()))?
+            .map_err(|e| LogError::from(&e))
     }
 
     /// Has the writer take the store's view of `ns` as this broker's.
@@ -607,11 +662,41 @@ impl Log {
     /// the end of the wait, or shutdown. [`LogError::NotFound`] when the namespace does
     /// not exist, or is deleted while waiting or reading (at once, not at the wait's end).
     pub async fn read(&self, ns: &str, req: ReadRequest) -> Result<ReadPage, LogError> {
-        let cfg = &self.inner.config;
         let state = self
-            .namespace_reaching(ns, &req.from)
+            .namespace_reaching(ns, &req.from, None)
             .await?
             .ok_or_else(|| LogError::NotFound(ns.to_owned()))?;
+        match self.read_of(ns, state, &req).await {
+            // With a shared store, the incarnation this broker follows was gone when read:
+            // another broker deleted it, and perhaps created the namespace again, and this
+            // one has not heard yet (review F1). Once the writer has followed the store,
+            // the read is made of the current incarnation, if there is one.
+            Err(ReadOf::Gone(old)) if self.inner.store.is_shared() => {
+                match self.refresh(ns).await? {
+                    Some(state) if state.epoch != old => {
+                        match self.read_of(ns, state, &req).await {
+                            Ok(page) => Ok(page),
+                            Err(ReadOf::Gone(_)) => Err(LogError::Deleted(ns.to_owned())),
+                            Err(ReadOf::Log(e)) => Err(e),
+                        }
+                    }
+                    _ => Err(LogError::Deleted(ns.to_owned())),
+                }
+            }
+            Ok(page) => Ok(page),
+            Err(ReadOf::Gone(_)) => Err(LogError::Deleted(ns.to_owned())),
+            Err(ReadOf::Log(e)) => Err(e),
+        }
+    }
+
+    /// [`Log::read`] of the incarnation `state`.
+    async fn read_of(
+        &self,
+        ns: &str,
+        state: Arc<Namespace>,
+        req: &ReadRequest,
+    ) -> Result<ReadPage, ReadOf> {
+        let cfg = &self.inner.config;
         let mut visible_rx = state.watch_visible();
         let visible = *visible_rx.borrow_and_update();
         let start = req
@@ -625,10 +710,10 @@ impl Log {
             tokio::select! {
                 moved = visible_rx.wait_for(|v| *v > start) => {
                     if moved.is_err() {
-                        return Err(LogError::NotFound(ns.to_owned()));
+                        return Err(LogError::NotFound(ns.to_owned()).into());
                     }
                 }
-                () = state.deleted() => return Err(LogError::Deleted(ns.to_owned())),
+                () = state.deleted() => return Err(LogError::Deleted(ns.to_owned()).into()),
                 _ = tokio::time::sleep(wait) => {}
                 () = shutdown.cancelled() => {}
             }
@@ -661,12 +746,12 @@ impl Log {
         .map_err(|e| match e {
             // The incarnation this node serves is gone from the store (deleted, re-created
             // or lost), whether or not this node has heard of it yet.
-            StoreError::NotFound(_) => LogError::Deleted(ns.to_owned()),
-            e => LogError::from(&e),
+            StoreError::NotFound(_) => ReadOf::Gone(state.epoch.clone()),
+            e => ReadOf::Log(LogError::from(&e)),
         })?;
         // Deleted meanwhile: what was read belongs to a log that is gone.
         if state.is_deleted() {
-            return Err(LogError::Deleted(ns.to_owned()));
+            return Err(LogError::Deleted(ns.to_owned()).into());
         }
         let first = events.first().map_or(read_from, |e| e.offset);
         let truncated = matches!(req.from, Position::Offset(n) if n < first);

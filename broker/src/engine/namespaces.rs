@@ -1,7 +1,8 @@
 //! The live state of every namespace that readers look at without touching the store:
 //! its epoch, how far it is durable, where it starts, its ring of live events, and
 //! whether it was deleted. One struct ([`Namespace`]) per incarnation, and one owner: the
-//! writer creates, moves and removes them (the mutators are `pub(super)`); everyone else
+//! writer creates, moves and removes them (the mutators are `pub(super)`), but for a name a
+//! reader looked up in a shared store itself ([`Namespaces::adopt`]); everyone else
 //! reads. The store's own description ([`NsInfo`]) is turned into what readers see in one
 //! place, [`Namespace::as_read`].
 //!
@@ -187,10 +188,16 @@ impl Namespace {
     }
 }
 
-/// All live namespaces. The writer inserts and removes; everyone reads.
+/// All live namespaces. The writer inserts and removes (readers only [`Namespaces::adopt`]);
+/// everyone reads.
 #[derive(Debug)]
 pub struct Namespaces {
     map: RwLock<HashMap<String, Arc<Namespace>>>,
+    /// Counts every [`Namespaces::open`], [`Namespaces::remove`] and
+    /// [`Namespaces::remove_epoch`] call (changed under the map's write lock), so that a
+    /// lookup made off the writer can tell whether anything was opened or removed while it
+    /// asked the store ([`Namespaces::adopt`]).
+    changes: AtomicU64,
     /// Runs per namespace ring, at most (`fanout_buffer`).
     fanout_buffer: usize,
     /// What every ring's runs may hold together (`fanout_memory_bytes`).
@@ -203,6 +210,7 @@ impl Namespaces {
     pub fn new(fanout_buffer: usize, fanout_memory_bytes: u64) -> Namespaces {
         Namespaces {
             map: RwLock::default(),
+            changes: AtomicU64::new(0),
             fanout_buffer,
             budget: LiveBudget::new(fanout_memory_bytes),
         }
@@ -217,15 +225,40 @@ impl Namespaces {
             .cloned()
     }
 
+    /// How many times the map was changed so far; taken before a lookup in the store that
+    /// [`Namespaces::adopt`] then takes as this broker's.
+    pub(super) fn generation(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
+    }
+
+    /// Takes `info`, which the store gave for a name this broker did not know, as this
+    /// broker's, without the writer (review F11): only when nothing was opened or removed
+    /// since [`Namespaces::generation`] answered `seen` (the writer's own delete of the
+    /// name, or the cluster listener's for another broker's, may have come between the
+    /// lookup and now). Answers the state, or `None` when the caller must ask the writer.
+    pub(super) fn adopt(&self, info: &NsInfo, seen: u64) -> Option<Arc<Namespace>> {
+        let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(state) = map.get(&info.name) {
+            return (state.epoch == info.epoch).then(|| Arc::clone(state));
+        }
+        if self.changes.load(Ordering::Acquire) != seen {
+            return None;
+        }
+        self.changes.fetch_add(1, Ordering::AcqRel);
+        let state = Arc::new(Namespace::new(info, self.fanout_buffer, &self.budget));
+        map.insert(info.name.clone(), Arc::clone(&state));
+        Some(state)
+    }
+
     /// Adds the incarnation the store reports in `info` and returns it; an incarnation it
     /// replaces counts as deleted. The writer's alone.
     pub(super) fn open(&self, info: &NsInfo) -> Arc<Namespace> {
         let state = Arc::new(Namespace::new(info, self.fanout_buffer, &self.budget));
-        let old = self
-            .map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(info.name.clone(), Arc::clone(&state));
+        let old = {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            map.insert(info.name.clone(), Arc::clone(&state))
+        };
         if let Some(old) = old {
             old.replaced.store(true, Ordering::Release);
             old.mark_deleted();
@@ -236,11 +269,11 @@ impl Namespaces {
     /// Removes a namespace and marks it deleted: every reader waiting on it in
     /// [`Namespace::deleted`] is woken at once. The writer's alone.
     pub(super) fn remove(&self, ns: &str) -> Option<Arc<Namespace>> {
-        let old = self
-            .map
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(ns);
+        let old = {
+            let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            self.changes.fetch_add(1, Ordering::AcqRel);
+            map.remove(ns)
+        };
         if let Some(old) = &old {
             old.mark_deleted();
         }
@@ -253,6 +286,7 @@ impl Namespaces {
     pub(super) fn remove_epoch(&self, ns: &str, epoch: &str) -> Option<Arc<Namespace>> {
         let old = {
             let mut map = self.map.write().unwrap_or_else(|p| p.into_inner());
+            self.changes.fetch_add(1, Ordering::AcqRel);
             match map.get(ns) {
                 Some(state) if state.epoch == epoch => map.remove(ns),
                 _ => None,
@@ -338,6 +372,32 @@ mod tests {
         assert_eq!(map.get("n").expect("the new one").epoch, "e2");
         let gone = map.remove("n").expect("e2");
         assert_eq!(gone.end_reason(), "deleted");
+    }
+
+    /// Review F11: a reader adopts what it looked up in the store for a name the broker
+    /// did not know only if nothing was opened or removed since it asked: a delete that
+    /// came in between (the writer's, or the listener's for another broker) must not be
+    /// undone by the lookup's older answer.
+    #[test]
+    fn a_lookup_is_adopted_only_when_nothing_changed_meanwhile() {
+        let map = Namespaces::new(4, u64::MAX);
+        let seen = map.generation();
+        let adopted = map.adopt(&info("n", "e1"), seen).expect("nothing changed");
+        assert!(Arc::ptr_eq(&adopted, &map.get("n").expect("adopted")));
+        // The same incarnation again: the one held.
+        let again = map.adopt(&info("n", "e1"), seen).expect("the same epoch");
+        assert!(Arc::ptr_eq(&again, &adopted));
+        // Another incarnation than the one held: for the writer to decide.
+        assert!(map.adopt(&info("n", "e2"), map.generation()).is_none());
+        // Looked up, then deleted (even a name not held), then adopted: refused.
+        let seen = map.generation();
+        map.remove_epoch("m", "e1");
+        assert!(map.adopt(&info("m", "e1"), seen).is_none());
+        assert!(map.get("m").is_none());
+        let seen = map.generation();
+        map.remove("m");
+        assert!(map.adopt(&info("m", "e1"), seen).is_none());
+        assert!(map.adopt(&info("m", "e1"), map.generation()).is_some());
     }
 
     #[test]

@@ -135,8 +135,10 @@ pub(super) async fn sse(
     let from = resumed.map_or(from, Position::Offset);
     // With a shared store (Redis) another broker may have created it, or appended past
     // what this one has heard of.
+    // The epoch is judged only without a `Last-Event-ID` (below): only then is it looked up.
+    let judged = epoch.as_deref().filter(|_| resumed.is_none());
     let state = log
-        .namespace_reaching(&ns, &from)
+        .namespace_reaching(&ns, &from, judged)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::from(LogError::NotFound(ns.clone())))?;

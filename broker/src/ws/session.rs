@@ -758,9 +758,14 @@ impl Session {
         }
         // A subscription never creates its namespace (as an HTTP read does not): only
         // a publish or a PUT does.
-        // With a shared store (Redis) another broker may have created it, or appended past
-        // what this one has heard of.
-        let state = match self.ctx.log.namespace_reaching(&ns, &from).await {
+        // With a shared store (Redis) another broker may have created it, appended past
+        // what this one has heard of, or replaced the incarnation this one follows.
+        let state = match self
+            .ctx
+            .log
+            .namespace_reaching(&ns, &from, epoch.as_deref())
+            .await
+        {
             Ok(Some(state)) => state,
             Ok(None) => {
                 let e = LogError::NotFound(ns.clone());
