@@ -1,11 +1,18 @@
 //! Per-peer limits of the accept loop and the publish rate of a connection: token buckets
 //! and the count of open connections per IP address (`max_connections_per_ip`,
-//! `new_connections_per_sec_per_ip`, `publish_rate`; `docs/operations.md`, "Limits").
+//! `new_connections_per_sec_per_ip`, `publish_rate`), and the idle connections closed to
+//! make room when every `max_connections` slot is taken (`docs/operations.md`, "Limits").
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use rewind_protocol::ErrorCode;
 
@@ -207,44 +214,157 @@ impl Drop for PeerGuard {
     }
 }
 
+/// Idle connections looked at, oldest first, when one must be closed to make room: a
+/// `recv(MSG_PEEK)` each, so one eviction costs at most this many system calls however
+/// many connections are open.
+const EVICTION_WINDOW: usize = 64;
+
+/// What waits unread in a connection's socket, seen without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Nothing: the client is sending nothing (or nothing more of a head).
+    Nothing,
+    /// Bytes the connection's task has not read yet: the client is sending a request.
+    Bytes,
+    /// The peer closed (end of stream) or reset the connection: it only holds its slot
+    /// until its task notices.
+    Closed,
+}
+
+/// A non-blocking peek at the socket `fd`: one byte at most, nothing consumed.
+fn pending(fd: RawFd) -> Pending {
+    let mut byte = 0u8;
+    // SAFETY: `byte` is a valid one-byte buffer. `fd` is an open socket: it is only peeked
+    // at while its entry is in the registry, under the registry's lock, and the entry is
+    // removed under that lock before the socket is closed (`TrackedStream`'s drop).
+    let n = unsafe {
+        libc::recv(
+            fd,
+            std::ptr::from_mut(&mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => Pending::Closed,
+        n if n > 0 => Pending::Bytes,
+        _ => match std::io::Error::last_os_error().kind() {
+            std::io::ErrorKind::WouldBlock => Pending::Nothing,
+            // Not known to be idle: left alone this time.
+            std::io::ErrorKind::Interrupted => Pending::Bytes,
+            // Reset, or any other error its own next read gets too.
+            _ => Pending::Closed,
+        },
+    }
+}
+
 /// The HTTP connections with no request being answered — waiting for their first
 /// request's head, for the rest of a head (a slowloris), or idle between keep-alive
-/// requests — in the order they became so. When every connection slot is taken, the
-/// accept loop closes the one idle the longest to make room ([`IdleConnections::evict_oldest`]),
-/// so clients that hold connections without sending requests cannot lock others out.
+/// requests — in the order they became so, and the connection slots they hold. When every
+/// slot is taken, the accept loop closes one of them to make room
+/// ([`IdleConnections::take_slot`]), so clients that hold connections without sending
+/// requests cannot lock others out.
 #[derive(Clone, Default)]
 pub(crate) struct IdleConnections {
     inner: Arc<Mutex<IdleInner>>,
+    /// Signalled, while the accept loop waits with no connection to close, when one may
+    /// have become closable: a connection became idle, or one skipped for its unread
+    /// bytes has read some.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Default)]
 struct IdleInner {
     next: u64,
-    idle: std::collections::BTreeMap<u64, tokio_util::sync::CancellationToken>,
+    idle: std::collections::BTreeMap<u64, Arc<ConnShared>>,
+    /// The accept loop found every slot taken and no connection to close.
+    waiting: bool,
+}
+
+/// What [`IdleConnections::take_slot`] did.
+pub(crate) enum Slot {
+    /// A free slot.
+    Taken(OwnedSemaphorePermit),
+    /// No slot was free: a connection was told to close, and its slot comes back when it
+    /// has (wait on the semaphore).
+    Evicted,
+    /// No slot was free and no idle connection may be closed: wait on the semaphore or
+    /// [`IdleConnections::changed`], whichever comes first, and ask again.
+    NoneIdle,
 }
 
 impl IdleConnections {
-    /// Signals the connection idle the longest to close; false when none is idle.
-    pub(crate) fn evict_oldest(&self) -> bool {
+    /// A free slot of `slots`, or with none free, a connection closed to make room: of the
+    /// [`EVICTION_WINDOW`] connections idle the longest, the first whose peer has closed
+    /// it, else the one idle the longest with nothing waiting unread in its socket and
+    /// its task not running. A connection with unread bytes is sending a request its task
+    /// has not read yet (a busy broker), and one whose task is running may have read a
+    /// whole head it is about to answer: neither is closed so. Slots are released under
+    /// the same lock ([`IdleState::close`]), so a connection that has just ended is never
+    /// mistaken for one holding its slot.
+    pub(crate) fn take_slot(&self, slots: &Arc<Semaphore>) -> Slot {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        match inner.idle.pop_first() {
-            Some((_, evict)) => {
-                evict.cancel();
-                true
+        inner.waiting = false;
+        if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
+            return Slot::Taken(permit);
+        }
+        let mut victim = None;
+        for (key, conn) in inner.idle.iter().take(EVICTION_WINDOW) {
+            // Told first, so that a task ending its run after the check below signals.
+            conn.recheck.store(true, Ordering::SeqCst);
+            if conn.running.load(Ordering::SeqCst) {
+                // Its task may have read a whole head it is about to answer.
+                continue;
             }
-            None => false,
+            match pending(conn.fd) {
+                Pending::Closed => {
+                    victim = Some(*key);
+                    break;
+                }
+                Pending::Nothing => {
+                    victim.get_or_insert(*key);
+                }
+                Pending::Bytes => {}
+            }
+        }
+        match victim.and_then(|key| inner.idle.remove(&key)) {
+            Some(conn) => {
+                conn.evicted.cancel();
+                Slot::Evicted
+            }
+            None => {
+                inner.waiting = true;
+                Slot::NoneIdle
+            }
         }
     }
 
-    /// A new connection, idle from now; `evicted` is cancelled if it is chosen to close.
-    pub(crate) fn track(&self, evicted: tokio_util::sync::CancellationToken) -> IdleState {
-        let state = IdleState {
+    /// Completes when a connection may have become closable since [`Slot::NoneIdle`]
+    /// (at once if that happened before this was called).
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// A new connection on `stream`, idle from now; `evicted` is cancelled if it is chosen
+    /// to close. Serve the connection on the returned stream: the connection is tracked
+    /// while it is open.
+    pub(crate) fn track(
+        &self,
+        evicted: tokio_util::sync::CancellationToken,
+        stream: tokio::net::TcpStream,
+    ) -> TrackedStream {
+        let idle = IdleState {
             registry: self.clone(),
-            evicted,
-            key: Arc::new(Mutex::new(None)),
+            conn: Arc::new(ConnShared {
+                evicted,
+                fd: stream.as_raw_fd(),
+                key: Mutex::new(None),
+                running: AtomicBool::new(false),
+                recheck: AtomicBool::new(false),
+            }),
         };
-        state.idle();
-        state
+        idle.idle();
+        TrackedStream { stream, idle }
     }
 
     #[cfg(test)]
@@ -257,19 +377,32 @@ impl IdleConnections {
     }
 }
 
+/// What a connection's clones of [`IdleState`] and the registry share.
+struct ConnShared {
+    evicted: tokio_util::sync::CancellationToken,
+    fd: RawFd,
+    /// Its key among the idle connections, while it is one.
+    key: Mutex<Option<u64>>,
+    /// Its task is running (being polled).
+    running: AtomicBool,
+    /// Looked at by the accept loop: the end of its task's next run signals
+    /// [`IdleConnections::changed`].
+    recheck: AtomicBool,
+}
+
 /// One connection's place among the [`IdleConnections`]; clones share it. Dropping the
-/// last clone does not remove it: the connection calls [`IdleState::busy`] when it ends.
+/// last clone does not remove it: the connection calls [`IdleState::close`] when it ends
+/// (and its [`TrackedStream`] removes it when dropped, whatever happened).
 #[derive(Clone)]
 pub(crate) struct IdleState {
     registry: IdleConnections,
-    evicted: tokio_util::sync::CancellationToken,
-    key: Arc<Mutex<Option<u64>>>,
+    conn: Arc<ConnShared>,
 }
 
 impl IdleState {
     /// A request is being answered: the connection may not be chosen to close.
     pub(crate) fn busy(&self) {
-        let mut key = self.key.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(k) = key.take() {
             let mut inner = self
                 .registry
@@ -282,8 +415,8 @@ impl IdleState {
 
     /// The answer is done: the connection waits for its next request, the newest idle.
     pub(crate) fn idle(&self) {
-        let mut key = self.key.lock().unwrap_or_else(PoisonError::into_inner);
-        if key.is_some() || self.evicted.is_cancelled() {
+        let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
+        if key.is_some() || self.conn.evicted.is_cancelled() {
             return;
         }
         let mut inner = self
@@ -293,14 +426,113 @@ impl IdleState {
             .unwrap_or_else(PoisonError::into_inner);
         let k = inner.next;
         inner.next += 1;
-        inner.idle.insert(k, self.evicted.clone());
+        inner.idle.insert(k, Arc::clone(&self.conn));
         *key = Some(k);
+        if inner.waiting {
+            self.registry.changed.notify_one();
+        }
+    }
+
+    /// The connection has ended: it leaves the idle connections and gives its slot back,
+    /// both under the registry's lock.
+    pub(crate) fn close(&self, slot: OwnedSemaphorePermit) {
+        let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self
+            .registry
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = key.take() {
+            inner.idle.remove(&k);
+        }
+        drop(slot);
+    }
+
+    /// Runs `task`, the connection's task, marked as running while it is polled: the
+    /// accept loop leaves a running connection alone (hyper may have read a whole head and
+    /// not yet called the service, which marks it [`IdleState::busy`]), and looks again
+    /// when the run ends if it skipped it (or one with bytes unread) meanwhile.
+    pub(crate) async fn run<F: std::future::Future>(&self, task: F) -> F::Output {
+        tokio::pin!(task);
+        std::future::poll_fn(|cx| {
+            self.conn.running.store(true, Ordering::SeqCst);
+            let polled = task.as_mut().poll(cx);
+            self.conn.running.store(false, Ordering::SeqCst);
+            if self.conn.recheck.swap(false, Ordering::SeqCst) {
+                self.registry.changed.notify_one();
+            }
+            polled
+        })
+        .await
+    }
+}
+
+/// A connection's socket as hyper reads and writes it: it leaves the idle connections
+/// before the socket closes, so the accept loop never looks at a closed (or reused)
+/// descriptor.
+pub(crate) struct TrackedStream {
+    stream: tokio::net::TcpStream,
+    idle: IdleState,
+}
+
+impl TrackedStream {
+    /// The connection's place among the idle connections.
+    pub(crate) fn idle_state(&self) -> IdleState {
+        self.idle.clone()
+    }
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        self.idle.busy();
+    }
+}
+
+impl tokio::io::AsyncRead for TrackedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for TrackedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn a_bucket_admits_its_rate_then_refuses_until_it_refills() {
@@ -365,25 +597,154 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_connection_idle_the_longest_is_evicted_and_busy_ones_never() {
-        let registry = IdleConnections::default();
-        let tokens: Vec<_> = (0..3)
-            .map(|_| tokio_util::sync::CancellationToken::new())
+    /// A connected pair on loopback: the client's end and the broker's.
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// A semaphore of `n` slots, all taken (the permits returned).
+    fn full(n: usize) -> (Arc<Semaphore>, Vec<OwnedSemaphorePermit>) {
+        let slots = Arc::new(Semaphore::new(n));
+        let held = (0..n)
+            .map(|_| Arc::clone(&slots).try_acquire_owned().unwrap())
             .collect();
-        let states: Vec<_> = tokens.iter().map(|t| registry.track(t.clone())).collect();
+        (slots, held)
+    }
+
+    fn evicted(slot: Slot) -> bool {
+        match slot {
+            Slot::Taken(_) => panic!("no slot was free"),
+            Slot::Evicted => true,
+            Slot::NoneIdle => false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_idle_the_longest_is_evicted_and_busy_ones_never() {
+        let registry = IdleConnections::default();
+        let (slots, mut held) = full(3);
+        let mut clients = Vec::new();
+        let mut tokens = Vec::new();
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            let (client, server) = pair().await;
+            let token = tokio_util::sync::CancellationToken::new();
+            conns.push(registry.track(token.clone(), server));
+            clients.push(client);
+            tokens.push(token);
+        }
+        let states: Vec<_> = conns.iter().map(TrackedStream::idle_state).collect();
         // The oldest is busy answering a request; then it is idle again, the newest.
         states[0].busy();
-        assert!(registry.evict_oldest());
+        assert!(evicted(registry.take_slot(&slots)));
         assert!(tokens[1].is_cancelled() && !tokens[0].is_cancelled());
         states[0].idle();
-        assert!(registry.evict_oldest());
+        assert!(evicted(registry.take_slot(&slots)));
         assert!(tokens[2].is_cancelled() && !tokens[0].is_cancelled());
-        assert!(registry.evict_oldest());
+        assert!(evicted(registry.take_slot(&slots)));
         assert!(tokens[0].is_cancelled());
-        assert!(!registry.evict_oldest());
+        assert!(!evicted(registry.take_slot(&slots)));
         // An evicted connection never comes back into the list.
         states[0].idle();
+        assert_eq!(registry.len(), 0);
+        // A connection that ends gives its slot back, and the next asks get it.
+        states[1].close(held.pop().unwrap());
+        assert!(matches!(registry.take_slot(&slots), Slot::Taken(_)));
+    }
+
+    #[tokio::test]
+    async fn a_connection_with_unread_bytes_is_never_evicted_and_a_silent_one_is() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(2);
+        // The older one has sent the start of a request its task has not read yet.
+        let (mut sending, server) = pair().await;
+        sending
+            .write_all(b"POST /v1/namespaces/a/events HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(
+            server.peek(&mut byte).await.unwrap(),
+            1,
+            "the bytes are there"
+        );
+        let sending_token = tokio_util::sync::CancellationToken::new();
+        let mut sending_conn = registry.track(sending_token.clone(), server);
+        // The newer one has sent nothing.
+        let (_silent, server) = pair().await;
+        let silent_token = tokio_util::sync::CancellationToken::new();
+        let _silent_conn = registry.track(silent_token.clone(), server);
+
+        assert!(evicted(registry.take_slot(&slots)));
+        assert!(silent_token.is_cancelled());
+        assert!(!sending_token.is_cancelled());
+        // Only the sending one is left: no connection to close, until it reads its bytes.
+        assert!(!evicted(registry.take_slot(&slots)));
+        assert!(registry.changed().now_or_never().is_none());
+        // Its task runs and reads them: the end of the run signals.
+        let sending_state = sending_conn.idle_state();
+        let mut head = [0u8; 64];
+        let n = sending_state
+            .run(async {
+                // While it runs (it may have read a whole head), it is left alone.
+                let n = sending_conn.read(&mut head).await.unwrap();
+                assert!(!evicted(registry.take_slot(&slots)));
+                n
+            })
+            .await;
+        assert!(n > 0);
+        assert!(
+            registry.changed().now_or_never().is_some(),
+            "the end of the run signals"
+        );
+        // Its head unfinished and nothing more sent, it is a slowloris now.
+        assert!(evicted(registry.take_slot(&slots)));
+        assert!(sending_token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_connection_its_peer_closed_is_evicted_before_any_live_one() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(2);
+        // The older one is live and silent; the newer one's client has closed it.
+        let (_live, server) = pair().await;
+        let live_token = tokio_util::sync::CancellationToken::new();
+        let _live_conn = registry.track(live_token.clone(), server);
+        let (closed, server) = pair().await;
+        drop(closed);
+        let mut byte = [0u8; 1];
+        assert_eq!(server.peek(&mut byte).await.unwrap(), 0, "the end is there");
+        let closed_token = tokio_util::sync::CancellationToken::new();
+        let _closed_conn = registry.track(closed_token.clone(), server);
+
+        assert!(evicted(registry.take_slot(&slots)));
+        assert!(closed_token.is_cancelled());
+        assert!(!live_token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_connection_becoming_idle_signals_a_waiting_accept_loop() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(1);
+        let (_client, server) = pair().await;
+        let token = tokio_util::sync::CancellationToken::new();
+        let conn = registry.track(token.clone(), server);
+        let state = conn.idle_state();
+        state.busy();
+        assert!(!evicted(registry.take_slot(&slots)));
+        assert!(registry.changed().now_or_never().is_none());
+        state.idle();
+        assert!(registry.changed().now_or_never().is_some());
+        assert!(evicted(registry.take_slot(&slots)));
+        assert!(token.is_cancelled());
+        // Dropping the stream takes it out of the list, whatever happened.
+        state.idle();
+        drop(conn);
         assert_eq!(registry.len(), 0);
     }
 

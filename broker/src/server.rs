@@ -10,10 +10,11 @@
 //!
 //! Limits (`docs/operations.md`, "Limits"; [`crate::limits`]): each accepted connection is
 //! checked against its address's limits first (refused ones are answered and closed
-//! without a slot), then takes a slot; with none free, the connection idle the longest is
-//! closed to make room. hyper enforces the head's deadline, size and header count; the
-//! service refuses transfer codings other than `chunked` before routing, and hands each
-//! request its connection's [`PublishRate`].
+//! without a slot), then takes a slot; with none free, an idle connection is closed to make
+//! room (one its client closed first, never one with a request waiting unread in its
+//! socket: [`IdleConnections::take_slot`]). hyper enforces the head's deadline, size and
+//! header count; the service refuses transfer codings other than `chunked` before routing,
+//! and hands each request its connection's [`PublishRate`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 use crate::http;
-use crate::limits::{IdleConnections, IdleState, PeerLimits, PublishRate};
+use crate::limits::{IdleConnections, IdleState, PeerLimits, PublishRate, Slot};
 use crate::metrics::{Peer, Transport};
 use crate::ws::{self, WsContext};
 
@@ -111,28 +112,22 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
                 continue;
             }
         };
-        // With every slot taken, the connection idle the longest (a slowloris still
-        // sending its head, or an idle keep-alive) is closed to make room; with none
-        // idle, this one waits for a slot, and further ones in the kernel's backlog.
-        let permit = match Arc::clone(&slots).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if idle.evict_oldest() {
-                    tracing::debug!(%peer, "every connection slot taken: closing the connection idle the longest");
-                }
-                tokio::select! {
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
+        // With every slot taken, an idle connection (a slowloris still sending its head,
+        // one that never sent a byte, an idle keep-alive, or one whose peer has closed it)
+        // is closed to make room; with none, this one waits for a slot, and further ones
+        // in the kernel's backlog.
+        let permit = tokio::select! {
+            permit = free_slot(&idle, &slots) => match permit {
+                Some(permit) => permit,
+                None => break,
+            },
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         let open = log.metrics().http_connection();
         let evicted = CancellationToken::new();
-        let idle_state = idle.track(evicted.clone());
+        let stream = idle.track(evicted.clone(), stream);
+        let idle_state = stream.idle_state();
         let conn_idle = idle_state.clone();
         let publish_rate = PublishRate::new(log.config().publish_rate);
         let conn_router = router.clone();
@@ -172,50 +167,54 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             .with_upgrades();
         let stop = log.shutdown_signal();
         let drained = drained.clone();
+        let running = idle_state.clone();
         connections.spawn(async move {
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                // Chosen to make room while idle (no request being answered, its last
-                // answer sent whole): closed at once, as an idle keep-alive may be.
-                () = evicted.cancelled() => Ok(()),
-                () = stop.cancelled() => {
-                    // While in-flight work drains, the connection stays open: a request
-                    // sent on it meanwhile is answered `503 shutting_down` (and the
-                    // connection closed after that answer), not met by a closed socket.
-                    let during = tokio::select! {
-                        ended = conn.as_mut() => Some(ended),
-                        () = drained.cancelled() => None,
-                    };
-                    // Accepted just before the signal and its first request not read yet
-                    // (often a health check): closing it now would leave that client with
-                    // no answer at all, so it gets a moment to be answered under the
-                    // draining rules (which close the connection).
-                    let early = if during.is_some() {
-                        during
-                    } else if served.load(Ordering::Relaxed) {
-                        None
-                    } else {
-                        tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
-                    };
-                    match early {
-                        Some(ended) => ended,
-                        None => {
-                            // Finish the request in flight, then close; idle keep-alives
-                            // close now.
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
+            running
+                .run(async move {
+                    tokio::pin!(conn);
+                    let ended = tokio::select! {
+                        ended = conn.as_mut() => ended,
+                        // Chosen to make room while idle (no request being answered, its last
+                        // answer sent whole): closed at once, as an idle keep-alive may be.
+                        () = evicted.cancelled() => Ok(()),
+                        () = stop.cancelled() => {
+                            // While in-flight work drains, the connection stays open: a request
+                            // sent on it meanwhile is answered `503 shutting_down` (and the
+                            // connection closed after that answer), not met by a closed socket.
+                            let during = tokio::select! {
+                                ended = conn.as_mut() => Some(ended),
+                                () = drained.cancelled() => None,
+                            };
+                            // Accepted just before the signal and its first request not read yet
+                            // (often a health check): closing it now would leave that client with
+                            // no answer at all, so it gets a moment to be answered under the
+                            // draining rules (which close the connection).
+                            let early = if during.is_some() {
+                                during
+                            } else if served.load(Ordering::Relaxed) {
+                                None
+                            } else {
+                                tokio::time::timeout(FIRST_REQUEST_GRACE, conn.as_mut()).await.ok()
+                            };
+                            match early {
+                                Some(ended) => ended,
+                                None => {
+                                    // Finish the request in flight, then close; idle keep-alives
+                                    // close now.
+                                    conn.as_mut().graceful_shutdown();
+                                    conn.await
+                                }
+                            }
                         }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, error = %e, "connection ended with an error");
                     }
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            idle_state.busy();
-            drop(open);
-            drop(admitted);
-            drop(permit);
+                    drop(open);
+                    drop(admitted);
+                    idle_state.close(permit);
+                })
+                .await;
         });
     }
     // Ready no more from here; the listener stays open while in-flight work drains, so
@@ -310,6 +309,29 @@ async fn serve_draining(
             let _ = done.run_until_cancelled(conn).await;
             drop(permit);
         });
+    }
+}
+
+/// A connection slot for a new connection: a free one, or the one an idle connection
+/// closed to make room gives back ([`IdleConnections::take_slot`]). With none idle, it
+/// waits for a slot, and looks again whenever a connection may have become closable.
+/// `None` once the semaphore is closed.
+async fn free_slot(
+    idle: &IdleConnections,
+    slots: &Arc<Semaphore>,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    loop {
+        match idle.take_slot(slots) {
+            Slot::Taken(permit) => return Some(permit),
+            Slot::Evicted => {
+                tracing::debug!("every connection slot taken: closing an idle connection");
+                return Arc::clone(slots).acquire_owned().await.ok();
+            }
+            Slot::NoneIdle => tokio::select! {
+                permit = Arc::clone(slots).acquire_owned() => return permit.ok(),
+                () = idle.changed() => {}
+            },
+        }
     }
 }
 

@@ -391,3 +391,127 @@ async fn bodies_sent_a_byte_at_a_time_cost_bounded_memory_and_time_out() {
         StatusCode::NOT_FOUND
     );
 }
+
+/// The broker stopped (SIGSTOP) until dropped (SIGCONT): connections made meanwhile wait,
+/// with what their clients sent, in the broker's kernel, so its accept loop meets them
+/// before any of their tasks has run — what a busy broker meets now and then.
+struct Frozen(libc::pid_t);
+
+impl Frozen {
+    fn new(b: &Broker) -> Frozen {
+        let pid = libc::pid_t::try_from(b.pid()).expect("pid");
+        // SAFETY: kill has no memory preconditions.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0, "SIGSTOP");
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Waits until the broker's kernel has acknowledged everything sent on `stream` (a
+/// `FIN` too, once the stream is shut down): then it is waiting in the broker's socket.
+async fn until_acknowledged(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    // Linux's TCP states (include/net/tcp_states.h).
+    const FIN_WAIT1: u8 = 4;
+    const CLOSING: u8 = 11;
+    let fd = stream.as_raw_fd();
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            // SAFETY: a zeroed tcp_info is valid; `info` and `len` are valid pointers.
+            let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = unsafe {
+                libc::getsockopt(
+                    fd,
+                    libc::IPPROTO_TCP,
+                    libc::TCP_INFO,
+                    std::ptr::from_mut(&mut info).cast(),
+                    &mut len,
+                )
+            };
+            assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+            if info.tcpi_unacked == 0 && info.tcpi_state != FIN_WAIT1 && info.tcpi_state != CLOSING
+            {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the broker's kernel acknowledges");
+}
+
+/// `GET /healthz` on `stream` (closing after the answer); its status, 0 for none.
+async fn health_on(stream: &mut TcpStream) -> u16 {
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return 0;
+    }
+    let answer = until_closed(stream).await;
+    if answer.is_empty() {
+        return 0;
+    }
+    status_and_json(&answer).0
+}
+
+#[tokio::test]
+async fn a_connection_sending_a_request_is_never_closed_to_make_room_a_silent_one_is() {
+    let b = Broker::start(&[
+        "--max-connections",
+        "2",
+        "--http-header-timeout-secs",
+        "60",
+        "--http-body-timeout-secs",
+        "60",
+    ]);
+    let body = br#"{"event":"a","data":{"k":1}}"#;
+    let frozen = Frozen::new(&b);
+    // The oldest connection has sent a request head and part of its body, not read yet;
+    // the next has sent nothing; a third needs a slot.
+    let mut sending = TcpStream::connect(b.addr).await.expect("connect");
+    let head = format!(
+        "POST /v1/namespaces/pending/events HTTP/1.1\r\nhost: x\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    sending.write_all(head.as_bytes()).await.unwrap();
+    sending.write_all(&body[..5]).await.unwrap();
+    until_acknowledged(&sending).await;
+    let mut silent = TcpStream::connect(b.addr).await.expect("connect");
+    let mut third = TcpStream::connect(b.addr).await.expect("connect");
+    drop(frozen);
+    // The silent one makes room; the third is served.
+    assert!(until_closed(&mut silent).await.is_empty());
+    assert_eq!(health_on(&mut third).await, 200);
+    // The sending one was kept: the rest of its body gets its answer.
+    sending.write_all(&body[5..]).await.expect("still open");
+    let answer = until_closed(&mut sending).await;
+    assert_eq!(status_and_json(&answer).0, 201, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_connection_its_client_closed_makes_room_before_any_live_one() {
+    let b = Broker::start(&["--max-connections", "2", "--http-header-timeout-secs", "60"]);
+    let frozen = Frozen::new(&b);
+    // The oldest connection is live and silent; the next one's client has closed it; a
+    // third needs a slot.
+    let mut live = TcpStream::connect(b.addr).await.expect("connect");
+    let mut closed = TcpStream::connect(b.addr).await.expect("connect");
+    closed.shutdown().await.expect("shutdown");
+    until_acknowledged(&closed).await;
+    let mut third = TcpStream::connect(b.addr).await.expect("connect");
+    drop(frozen);
+    assert_eq!(health_on(&mut third).await, 200);
+    // The live one was kept.
+    assert_eq!(health_on(&mut live).await, 200);
+    drop(closed);
+}
