@@ -1118,3 +1118,66 @@ async fn a_node_that_cannot_reach_redis_says_unavailable_not_not_found_on_every_
     let mut c = raw_subscribe(&b, "snap", 0).await;
     consecutive(&mut c, 0, 1).await;
 }
+
+/// The next SSE message that is not `rewind.opened` must be `rewind.closed` with `reason`.
+async fn sse_closed_first(sse: &mut rewind_tests::sse::Sse, ns: &str, reason: &str) {
+    loop {
+        let m = sse.message().await;
+        match m.event.as_str() {
+            "rewind.opened" => {}
+            "rewind.closed" => {
+                assert_eq!(m.json()["reason"], reason, "{ns}: {m:?}");
+                return;
+            }
+            _ => panic!("{ns}: SSE before rewind.closed {reason}: {m:?}"),
+        }
+    }
+}
+
+/// Tester finding 13B: a DELETE on node A ended subscriptions on a publishing node B with
+/// `closed` reason `epoch` (Redis lost data) instead of `deleted`, when B's own publish
+/// found the namespace re-created (by A's publishers) before B's listener heard the
+/// delete: B took the new incarnation as a replacement of its old one. B now asks Redis,
+/// which keeps the epochs of deleted incarnations. The lag is made: B's Pub/Sub connection
+/// is held back while A deletes, so B hears of the delete only through its own publish.
+/// A loss (`FLUSHALL`) under the same lag still ends them with `epoch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_a_publishing_node_learns_of_late_ends_its_readers_deleted_not_epoch() {
+    let redis = RedisServer::start(Persistence::None);
+    let (proxy, a, b, mut ws_gone) = lagging_node(&redis, "gone").await;
+    let mut sse_gone =
+        rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/gone/sse?from=2", &[]).await;
+    sse_gone.expect("rewind.opened").await;
+    // Created by B itself after the delete (the path that already said `deleted`), and
+    // lost by Redis.
+    for ns in ["mine", "lost"] {
+        assert_eq!(publish_ok(&a, ns, 0).await, 0);
+    }
+    let mut ws_mine = raw_subscribe(&b, "mine", 0).await;
+    consecutive(&mut ws_mine, 0, 1).await;
+    let mut ws_lost = raw_subscribe(&b, "lost", 0).await;
+    consecutive(&mut ws_lost, 0, 1).await;
+    let mut sse_lost =
+        rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/lost/sse?from=1", &[]).await;
+    sse_lost.expect("rewind.opened").await;
+
+    proxy.stall();
+    // Deleted on A and re-created by A's next publish; then B publishes: its append to
+    // the old incarnation is refused, and B finds the new one in Redis.
+    delete_ns(&a, "gone").await;
+    assert_eq!(publish_ok(&a, "gone", 2).await, 2);
+    assert_eq!(publish_ok(&b, "gone", 3).await, 3);
+    closed_first(&mut ws_gone, "gone", "deleted").await;
+    sse_closed_first(&mut sse_gone, "gone", "deleted").await;
+    // Deleted on A; B's publish finds it gone and creates it again.
+    delete_ns(&a, "mine").await;
+    assert_eq!(publish_ok(&b, "mine", 1).await, 1);
+    closed_first(&mut ws_mine, "mine", "deleted").await;
+    // Lost: A's publish creates it again with a new epoch; B's publish finds that one.
+    redis.command(&["FLUSHALL"]);
+    assert_eq!(publish_ok(&a, "lost", 0).await, 0);
+    assert_eq!(publish_ok(&b, "lost", 1).await, 1);
+    closed_first(&mut ws_lost, "lost", "epoch").await;
+    sse_closed_first(&mut sse_lost, "lost", "epoch").await;
+    proxy.resume();
+}

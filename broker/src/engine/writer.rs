@@ -850,7 +850,23 @@ impl Writer {
                 state.publish_remote(info.next);
                 state
             }
-            _ => self.namespaces.open(info),
+            Some(old) => {
+                // Replaced before this broker heard why: deleted (and created again, by
+                // any broker), so its readers are told `deleted`; or lost by the store,
+                // and they are told `epoch` (`Namespaces::open`).
+                match self.store.was_deleted(&info.name, &old.epoch) {
+                    Ok(true) => {
+                        self.namespaces.remove_epoch(&info.name, &old.epoch);
+                        tracing::info!(ns = %info.name, epoch = %old.epoch, "namespace deleted by another broker");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(ns = %info.name, error = %e, "asking the store whether an incarnation was deleted failed")
+                    }
+                }
+                self.namespaces.open(info)
+            }
+            None => self.namespaces.open(info),
         }
     }
 

@@ -413,6 +413,14 @@ pub trait Storage: Send + Sync + 'static {
     fn lost_data(&self) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// A shared store: true when incarnation `epoch` of `ns` was deleted (by any broker),
+    /// false when it is live, was replaced without a delete (the store lost its data or
+    /// went back in time), or is not known. A broker that finds its incarnation replaced
+    /// asks, so its readers are told `deleted` rather than `epoch`.
+    fn was_deleted(&self, _ns: &str, _epoch: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// A fresh random epoch: 16 hex digits.

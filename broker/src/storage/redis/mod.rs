@@ -36,6 +36,11 @@
 /// read until done blocked Redis past `lua-time-limit` on a large first pass).
 const RETAIN_PAGE: u64 = 64;
 
+/// How many deleted incarnations' epochs a namespace's `deleted` list keeps: a node that
+/// missed more deletes of one namespace than this (between two of its heals) tells its
+/// readers `epoch` instead of `deleted`.
+pub(crate) const DELETED_EPOCHS: u64 = 64;
+
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
@@ -732,9 +737,11 @@ impl RedisStore {
             .key(self.key(ns, "idem"))
             .key(self.key(ns, "idemts"))
             .key(self.namespaces_key())
+            .key(self.key(ns, "deleted"))
             .arg(self.channel())
             .arg(ns)
-            .arg(if only_empty { "empty" } else { "" });
+            .arg(if only_empty { "empty" } else { "" })
+            .arg(DELETED_EPOCHS);
         let n: i64 = self.with_writer(|con| inv.invoke(con))?;
         Ok(n == 1)
     }
@@ -1190,6 +1197,17 @@ impl Storage for RedisStore {
             lost = true;
         }
         Ok(lost)
+    }
+
+    fn was_deleted(&self, ns: &str, epoch: &str) -> Result<bool, StoreError> {
+        let deleted: Vec<String> = self.with(|con| {
+            redis::cmd("LRANGE")
+                .arg(self.key(ns, "deleted"))
+                .arg(0)
+                .arg(-1)
+                .query(con)
+        })?;
+        Ok(deleted.iter().any(|e| e == epoch))
     }
 }
 
@@ -1751,5 +1769,34 @@ mod tests {
         circuit(store.info("u").map(drop));
         circuit(store.probe());
         drop(hung);
+    }
+
+    /// Tester finding 13B: a node that found its incarnation replaced took it as lost
+    /// data (`closed` reason `epoch`) when it had been deleted. Redis keeps the epochs of
+    /// the last [`super::DELETED_EPOCHS`] deleted incarnations; a live one and one of
+    /// another namespace are not among them.
+    #[test]
+    fn the_epochs_of_deleted_incarnations_are_kept_and_no_others() {
+        use super::{Retention, Storage, DELETED_EPOCHS};
+        let store = test_store("i13-deleted-epochs");
+        let first = store.create("x", Retention::default()).unwrap();
+        assert!(!store.was_deleted("x", &first.epoch).unwrap());
+        assert!(store.delete("x").unwrap());
+        let second = store.create("x", Retention::default()).unwrap();
+        assert!(store.was_deleted("x", &first.epoch).unwrap());
+        assert!(!store.was_deleted("x", &second.epoch).unwrap());
+        assert!(!store.was_deleted("y", &first.epoch).unwrap());
+        // An auto-create taken back is a delete too.
+        assert!(store.undo_create("x").unwrap());
+        assert!(store.was_deleted("x", &second.epoch).unwrap());
+        for _ in 0..DELETED_EPOCHS - 1 {
+            store.create("x", Retention::default()).unwrap();
+            assert!(store.delete("x").unwrap());
+        }
+        assert!(store.was_deleted("x", &second.epoch).unwrap());
+        assert!(
+            !store.was_deleted("x", &first.epoch).unwrap(),
+            "more than kept"
+        );
     }
 }
