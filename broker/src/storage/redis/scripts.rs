@@ -12,6 +12,8 @@
 //!   `P:{ns}:idemts`: sorted set of the same keys by `ts`, for pruning.
 //! - `P:{ns}:deleted`: list of the epochs of the namespace's deleted incarnations, the
 //!   latest first, at most [`super::DELETED_EPOCHS`].
+//! - `P:retention`: the default retention every broker of the prefix applies, as JSON
+//!   (`{"max_events":null,"max_bytes":null,"max_age_secs":604800}`), set by the first.
 //!
 //! Offsets are numbers in Lua (doubles), exact below 2^53, far beyond any log's reach.
 
