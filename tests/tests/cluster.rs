@@ -1469,3 +1469,186 @@ async fn head_on(b: &Broker, ns: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse::<f64>().ok())
         .map(|v| v as u64)
 }
+
+/// The next SSE message that is not `rewind.opened` must be `rewind.closed` with `reason`.
+async fn sse_closed_first(sse: &mut rewind_tests::sse::Sse, ns: &str, reason: &str) {
+    loop {
+        let m = sse.message().await;
+        match m.event.as_str() {
+            "rewind.opened" => {}
+            "rewind.closed" => {
+                assert_eq!(m.json()["reason"], reason, "{ns}: {m:?}");
+                return;
+            }
+            _ => panic!("{ns}: SSE before rewind.closed {reason}: {m:?}"),
+        }
+    }
+}
+
+/// Tester finding 13B: a DELETE on node A ended subscriptions on a publishing node B with
+/// `closed` reason `epoch` (Redis lost data) instead of `deleted`, when B's own publish
+/// found the namespace re-created (by A's publishers) before B's listener heard the
+/// delete: B took the new incarnation as a replacement of its old one. B now asks Redis,
+/// which keeps the epochs of deleted incarnations. The lag is made: B's Pub/Sub connection
+/// is held back while A deletes, so B hears of the delete only through its own publish.
+/// A loss (`FLUSHALL`) under the same lag still ends them with `epoch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_a_publishing_node_learns_of_late_ends_its_readers_deleted_not_epoch() {
+    let redis = RedisServer::start(Persistence::None);
+    let (proxy, a, b, mut ws_gone) = lagging_node(&redis, "gone").await;
+    let mut sse_gone =
+        rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/gone/sse?from=2", &[]).await;
+    sse_gone.expect("rewind.opened").await;
+    // Created by B itself after the delete (the path that already said `deleted`), and
+    // lost by Redis.
+    for ns in ["mine", "lost"] {
+        assert_eq!(publish_ok(&a, ns, 0).await, 0);
+    }
+    let mut ws_mine = raw_subscribe(&b, "mine", 0).await;
+    consecutive(&mut ws_mine, 0, 1).await;
+    let mut ws_lost = raw_subscribe(&b, "lost", 0).await;
+    consecutive(&mut ws_lost, 0, 1).await;
+    let mut sse_lost =
+        rewind_tests::sse::Sse::open(b.addr, "/v1/namespaces/lost/sse?from=1", &[]).await;
+    sse_lost.expect("rewind.opened").await;
+
+    proxy.stall();
+    // Deleted on A and re-created by A's next publish; then B publishes: its append to
+    // the old incarnation is refused, and B finds the new one in Redis.
+    delete_ns(&a, "gone").await;
+    assert_eq!(publish_ok(&a, "gone", 2).await, 2);
+    assert_eq!(publish_ok(&b, "gone", 3).await, 3);
+    closed_first(&mut ws_gone, "gone", "deleted").await;
+    sse_closed_first(&mut sse_gone, "gone", "deleted").await;
+    // Deleted on A; B's publish finds it gone and creates it again.
+    delete_ns(&a, "mine").await;
+    assert_eq!(publish_ok(&b, "mine", 1).await, 1);
+    closed_first(&mut ws_mine, "mine", "deleted").await;
+    // Lost: A's publish creates it again with a new epoch; B's publish finds that one.
+    redis.command(&["FLUSHALL"]);
+    assert_eq!(publish_ok(&a, "lost", 0).await, 0);
+    assert_eq!(publish_ok(&b, "lost", 1).await, 1);
+    closed_first(&mut ws_lost, "lost", "epoch").await;
+    sse_closed_first(&mut sse_lost, "lost", "epoch").await;
+    proxy.resume();
+}
+
+/// Starts a node on `redis` that must refuse to: its exit status and stderr.
+fn refused(redis: &RedisServer, extra: &[&str]) -> rewind_tests::Refusal {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let mut args = vec!["--redis", url.as_str()];
+    args.extend_from_slice(extra);
+    match Broker::open(dir.path(), &args) {
+        Ok(b) => panic!("a node with {extra:?} started on {}", b.addr),
+        Err(refusal) => refusal,
+    }
+}
+
+/// Tester finding 13A: a node started with another default retention than the running
+/// nodes (`--retention-max-age-secs 3`, or no flag: the built-in 7 days) trimmed the
+/// shared log of every namespace without its own retention, for every node, while the
+/// others reported no limit. The first node records the defaults in Redis; a node whose
+/// defaults differ refuses to start (exit status 1, a message naming both and how to
+/// change them) and trims nothing; one with the same defaults starts. Changing them:
+/// stop the nodes, delete the key, start them with the new defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_other_default_retention_than_the_cluster_refuses_to_start() {
+    let redis = RedisServer::start(Persistence::None);
+    let first = node(&redis, &["--retention-max-age-secs", "none"]);
+    for i in 0..3 {
+        assert_eq!(publish_ok(&first, "kept", i).await, i);
+    }
+    for (other, mine) in [
+        (&["--retention-max-age-secs", "3"][..], "max_age_secs 3"),
+        (&[][..], "max_age_secs 604800"),
+        (
+            &[
+                "--retention-max-age-secs",
+                "none",
+                "--retention-max-events",
+                "1",
+            ][..],
+            "max_events 1",
+        ),
+    ] {
+        let refusal = refused(&redis, other);
+        assert_eq!(refusal.status.code(), Some(1), "{other:?}: {refusal}");
+        for said in [
+            mine,
+            "max_events none, max_bytes none, max_age_secs none",
+            "redis-cli DEL rewind:retention",
+        ] {
+            assert!(
+                refusal.stderr.contains(said),
+                "{other:?}: no {said:?} in {refusal}"
+            );
+        }
+    }
+    let info = first.get("/v1/namespaces/kept").await.json();
+    assert_eq!(
+        (info["earliest"].as_u64(), info["next"].as_u64()),
+        (Some(0), Some(3)),
+        "{info}"
+    );
+    // The same defaults, however written, start.
+    let second = node(
+        &redis,
+        &[
+            "--retention-max-age-secs",
+            "none",
+            "--retention-max-bytes",
+            "none",
+        ],
+    );
+    let info = second.get("/v1/namespaces/kept").await.json();
+    assert_eq!(
+        info["retention"]["max_age_secs"],
+        serde_json::Value::Null,
+        "{info}"
+    );
+    assert_eq!(info["earliest"], 0, "{info}");
+    // Changing them: every node stopped, the record deleted, the new defaults started.
+    drop((first, second));
+    redis.command(&["DEL", "rewind:retention"]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = redis.url();
+    let changed = Broker::open(
+        dir.path(),
+        &[
+            "--redis",
+            &url,
+            "--retention-max-age-secs",
+            "none",
+            "--retention-max-events",
+            "2",
+        ],
+    )
+    .expect("the new defaults start");
+    let info = changed
+        .wait_for("/v1/namespaces/kept", |v| v["earliest"] == 1)
+        .await;
+    assert_eq!(info["retention"]["max_events"], 2, "{info}");
+    let refusal = refused(&redis, &["--retention-max-age-secs", "none"]);
+    assert!(refusal.stderr.contains("max_events 2"), "{refusal}");
+    // The record deleted while a node runs, and a node with other defaults started (its
+    // record written here, so that no retention pass of the running node comes first):
+    // the running one stops enforcing its own, and says so.
+    redis.command(&[
+        "SET",
+        "rewind:retention",
+        r#"{"max_events":null,"max_bytes":null,"max_age_secs":null}"#,
+    ]);
+    let deadline = Instant::now() + PATIENCE;
+    while !changed.stderr().contains("retention not enforced") {
+        assert!(
+            Instant::now() < deadline,
+            "the running node never noticed: {}",
+            changed.stderr()
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(changed
+        .stderr()
+        .contains("max_events 2, max_bytes none, max_age_secs none"));
+}

@@ -298,6 +298,9 @@ pub struct Writer {
     dirty: HashSet<String>,
     /// Retention passes so far; idempotency records are pruned every 60th.
     retention_passes: u64,
+    /// A shared store refuses this broker's default retention (another broker recorded
+    /// different defaults): retention is not enforced, and this is logged once.
+    retention_refused: bool,
     /// A shared store lost its data and the namespaces this broker knew are not all
     /// created again yet: kept until they are, whatever fails in between (the store says
     /// so only once, [`Storage::lost_data`]).
@@ -313,6 +316,13 @@ impl Writer {
             config.fanout_buffer,
             config.fanout_memory_bytes,
         ));
+        // Brokers sharing a store trim one log: they must agree on the default retention
+        // (`docs/cluster.md`, "Retention"). A store that cannot be asked yet is asked
+        // again before each retention pass, and nothing is trimmed until it answers.
+        match store.claim_retention_defaults(&config.retention) {
+            Ok(()) | Err(StoreError::Unavailable(_)) => {}
+            Err(e) => return Err(e),
+        }
         let infos = match store.namespaces() {
             Ok(infos) => infos,
             // A shared store that cannot serve yet: start with none; the heal takes them
@@ -328,6 +338,7 @@ impl Writer {
             namespaces,
             dirty: HashSet::new(),
             retention_passes: 0,
+            retention_refused: false,
             lost_pending: false,
             metrics: Arc::new(Metrics::new(config.metrics_namespaces)),
             config,
@@ -850,7 +861,23 @@ impl Writer {
                 state.publish_remote(info.next);
                 state
             }
-            _ => self.namespaces.open(info),
+            Some(old) => {
+                // Replaced before this broker heard why: deleted (and created again, by
+                // any broker), so its readers are told `deleted`; or lost by the store,
+                // and they are told `epoch` (`Namespaces::open`).
+                match self.store.was_deleted(&info.name, &old.epoch) {
+                    Ok(true) => {
+                        self.namespaces.remove_epoch(&info.name, &old.epoch);
+                        tracing::info!(ns = %info.name, epoch = %old.epoch, "namespace deleted by another broker");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(ns = %info.name, error = %e, "asking the store whether an incarnation was deleted failed")
+                    }
+                }
+                self.namespaces.open(info)
+            }
+            None => self.namespaces.open(info),
         }
     }
 
@@ -914,6 +941,26 @@ impl Writer {
     }
 
     fn enforce_retention(&mut self) {
+        // With a shared store, only under the defaults every broker recorded there (its
+        // record is made again by the first broker to look after Redis lost it).
+        match self.store.claim_retention_defaults(&self.config.retention) {
+            Ok(()) if self.retention_refused => {
+                self.retention_refused = false;
+                tracing::info!("the shared store's default retention is this broker's again: retention enforced");
+            }
+            Ok(()) => {}
+            Err(e @ StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "retention pass stopped: the store is unavailable");
+                return;
+            }
+            Err(e) => {
+                if !self.retention_refused {
+                    self.retention_refused = true;
+                    tracing::error!(error = %e, "retention not enforced");
+                }
+                return;
+            }
+        }
         let now = now_ms();
         // A store that cannot serve now fails every namespace alike, each after its own
         // timeout, while publishes wait behind this pass: the pass stops at the first.

@@ -413,6 +413,23 @@ pub trait Storage: Send + Sync + 'static {
     fn lost_data(&self) -> Result<bool, StoreError> {
         Ok(false)
     }
+
+    /// A shared store: records `defaults` (the broker's configured default retention) as
+    /// the one every broker of the store applies, unless one is recorded already, and
+    /// refuses defaults that differ from the recorded ones ([`StoreError::Redis`], naming
+    /// both and how to change them): brokers that trim one shared log must agree on the
+    /// policy (`docs/cluster.md`, "Retention"). A store of one broker records nothing.
+    fn claim_retention_defaults(&self, _defaults: &Retention) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    /// A shared store: true when incarnation `epoch` of `ns` was deleted (by any broker),
+    /// false when it is live, was replaced without a delete (the store lost its data or
+    /// went back in time), or is not known. A broker that finds its incarnation replaced
+    /// asks, so its readers are told `deleted` rather than `epoch`.
+    fn was_deleted(&self, _ns: &str, _epoch: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 /// A fresh random epoch: 16 hex digits.

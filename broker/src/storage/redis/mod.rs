@@ -36,6 +36,11 @@
 /// read until done blocked Redis past `lua-time-limit` on a large first pass).
 const RETAIN_PAGE: u64 = 64;
 
+/// How many deleted incarnations' epochs a namespace's `deleted` list keeps: a node that
+/// missed more deletes of one namespace than this (between two of its heals) tells its
+/// readers `epoch` instead of `deleted`.
+pub(crate) const DELETED_EPOCHS: u64 = 64;
+
 mod scripts;
 #[cfg(test)]
 pub(crate) mod test_server;
@@ -732,9 +737,11 @@ impl RedisStore {
             .key(self.key(ns, "idem"))
             .key(self.key(ns, "idemts"))
             .key(self.namespaces_key())
+            .key(self.key(ns, "deleted"))
             .arg(self.channel())
             .arg(ns)
-            .arg(if only_empty { "empty" } else { "" });
+            .arg(if only_empty { "empty" } else { "" })
+            .arg(DELETED_EPOCHS);
         let n: i64 = self.with_writer(|con| inv.invoke(con))?;
         Ok(n == 1)
     }
@@ -1191,6 +1198,63 @@ impl Storage for RedisStore {
         }
         Ok(lost)
     }
+
+    fn claim_retention_defaults(&self, defaults: &Retention) -> Result<(), StoreError> {
+        let key = format!("{}:retention", self.opts.prefix);
+        let mine = defaults.in_force();
+        let text = serde_json::to_string(&mine).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        // Sets the record when there is none, then reads the one in force. Two commands,
+        // not a transaction: a replica refuses the `SET` itself (`READONLY`, unavailable),
+        // where it would abort a `MULTI` with an error that is not.
+        self.with_writer(|con| {
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&text)
+                .arg("NX")
+                .query::<Option<String>>(con)
+        })?;
+        let recorded: Option<String> = self.with(|con| redis::cmd("GET").arg(&key).query(con))?;
+        let Some(recorded) = recorded else {
+            return Err(StoreError::Unavailable(format!(
+                "not sent: the record {key} was deleted while it was read; asked again at the next retention pass"
+            )));
+        };
+        let theirs: Retention = serde_json::from_str(&recorded).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "the cluster's default retention recorded in Redis under {key} is not readable ({e}): {recorded:?}"
+            ))
+        })?;
+        if theirs.in_force() == mine {
+            return Ok(());
+        }
+        Err(StoreError::Redis(format!(
+            "this node's default retention ({}) differs from the one the brokers sharing this Redis and prefix recorded under the key {key} ({}); every node trims the same shared log, so they must agree: start this node with the recorded defaults (retention_max_events, retention_max_bytes, retention_max_age_secs), or, to change the cluster's defaults, stop every node, delete the key (redis-cli DEL {key}) and start the nodes with the new ones (docs/cluster.md, \"Retention\")",
+            show_retention(&mine),
+            show_retention(&theirs.in_force()),
+        )))
+    }
+
+    fn was_deleted(&self, ns: &str, epoch: &str) -> Result<bool, StoreError> {
+        let deleted: Vec<String> = self.with(|con| {
+            redis::cmd("LRANGE")
+                .arg(self.key(ns, "deleted"))
+                .arg(0)
+                .arg(-1)
+                .query(con)
+        })?;
+        Ok(deleted.iter().any(|e| e == epoch))
+    }
+}
+
+/// `max_events N|none, max_bytes N|none, max_age_secs N|none`, as the options are written.
+fn show_retention(r: &Retention) -> String {
+    let show = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |n| n.to_string());
+    format!(
+        "max_events {}, max_bytes {}, max_age_secs {}",
+        show(r.max_events),
+        show(r.max_bytes),
+        show(r.max_age_secs)
+    )
 }
 
 #[cfg(test)]
@@ -1751,5 +1815,82 @@ mod tests {
         circuit(store.info("u").map(drop));
         circuit(store.probe());
         drop(hung);
+    }
+
+    /// Tester finding 13B: a node that found its incarnation replaced took it as lost
+    /// data (`closed` reason `epoch`) when it had been deleted. Redis keeps the epochs of
+    /// the last [`super::DELETED_EPOCHS`] deleted incarnations; a live one and one of
+    /// another namespace are not among them.
+    #[test]
+    fn the_epochs_of_deleted_incarnations_are_kept_and_no_others() {
+        use super::{Retention, Storage, DELETED_EPOCHS};
+        let store = test_store("i13-deleted-epochs");
+        let first = store.create("x", Retention::default()).unwrap();
+        assert!(!store.was_deleted("x", &first.epoch).unwrap());
+        assert!(store.delete("x").unwrap());
+        let second = store.create("x", Retention::default()).unwrap();
+        assert!(store.was_deleted("x", &first.epoch).unwrap());
+        assert!(!store.was_deleted("x", &second.epoch).unwrap());
+        assert!(!store.was_deleted("y", &first.epoch).unwrap());
+        // An auto-create taken back is a delete too.
+        assert!(store.undo_create("x").unwrap());
+        assert!(store.was_deleted("x", &second.epoch).unwrap());
+        for _ in 0..DELETED_EPOCHS - 1 {
+            store.create("x", Retention::default()).unwrap();
+            assert!(store.delete("x").unwrap());
+        }
+        assert!(store.was_deleted("x", &second.epoch).unwrap());
+        assert!(
+            !store.was_deleted("x", &first.epoch).unwrap(),
+            "more than kept"
+        );
+    }
+
+    /// Tester finding 13A: a node with other default retention than the running ones
+    /// trimmed the shared log for all of them. The first node's defaults are recorded;
+    /// the same ones (however written) are taken, others refused with both named.
+    #[test]
+    fn the_first_brokers_default_retention_is_the_one_every_broker_must_have() {
+        use super::{Retention, Storage, StoreError};
+        use crate::storage::NO_LIMIT;
+        let store = test_store("i13-defaults");
+        let none = Retention::default();
+        let week = Retention {
+            max_age_secs: Some(7 * 24 * 3600),
+            ..none
+        };
+        store.claim_retention_defaults(&none).unwrap();
+        store
+            .claim_retention_defaults(&Retention {
+                max_events: Some(NO_LIMIT),
+                ..none
+            })
+            .unwrap();
+        match store.claim_retention_defaults(&week) {
+            Err(StoreError::Redis(why)) => {
+                for said in [
+                    "(max_events none, max_bytes none, max_age_secs 604800)",
+                    "(max_events none, max_bytes none, max_age_secs none)",
+                    "redis-cli DEL i13-defaults:retention",
+                ] {
+                    assert!(why.contains(said), "no {said:?} in {why}");
+                }
+            }
+            other => panic!("other defaults taken: {other:?}"),
+        }
+        // Another prefix is another cluster.
+        test_store("i13-defaults-other")
+            .claim_retention_defaults(&week)
+            .unwrap();
+        let mut con = store.connect(None).unwrap();
+        redis::cmd("SET")
+            .arg("i13-defaults:retention")
+            .arg("7 days")
+            .query::<()>(&mut con)
+            .unwrap();
+        match store.claim_retention_defaults(&none) {
+            Err(StoreError::Corrupt(why)) => assert!(why.contains("\"7 days\""), "{why}"),
+            other => panic!("an unreadable record taken: {other:?}"),
+        }
     }
 }

@@ -10,6 +10,10 @@
 //!   `storage::record`) and `t` (its timestamp, ms).
 //! - `P:{ns}:idem`: hash idempotency key → `ts first last batch digest`;
 //!   `P:{ns}:idemts`: sorted set of the same keys by `ts`, for pruning.
+//! - `P:{ns}:deleted`: list of the epochs of the namespace's deleted incarnations, the
+//!   latest first, at most [`super::DELETED_EPOCHS`].
+//! - `P:retention`: the default retention every broker of the prefix applies, as JSON
+//!   (`{"max_events":null,"max_bytes":null,"max_age_secs":604800}`), set by the first.
 //!
 //! Offsets are numbers in Lua (doubles), exact below 2^53, far beyond any log's reach.
 
@@ -86,10 +90,12 @@ redis.call('PUBLISH', ARGV[6], 'c 0 ' .. ARGV[1] .. ' ' .. ARGV[7])
 return {'ok', next}
 "#;
 
-/// Deletes a namespace, keeping `next`. KEYS: meta, log, idem, idemts, namespaces set.
-/// ARGV: channel, namespace, `empty` (only delete when it never held an event: the undo
-/// of an auto-create). Answers 1 if it deleted, else 0. Announces `d 0 EPOCH NS` with the
-/// epoch of the incarnation deleted.
+/// Deletes a namespace, keeping `next`. KEYS: meta, log, idem, idemts, namespaces set,
+/// deleted epochs. ARGV: channel, namespace, `empty` (only delete when it never held an
+/// event: the undo of an auto-create), how many deleted epochs to keep. Answers 1 if it
+/// deleted, else 0. Announces `d 0 EPOCH NS` with the epoch of the incarnation deleted,
+/// and records that epoch first in the list of deleted epochs (at most the last N kept),
+/// so a node that finds its incarnation replaced can tell a delete from lost data.
 pub(super) const DELETE: &str = r#"
 local meta = KEYS[1]
 if redis.call('HGET', meta, 'live') ~= '1' then return 0 end
@@ -98,6 +104,8 @@ if ARGV[3] == 'empty' and (redis.call('HGET', meta, 'earliest') ~= next or redis
   return 0
 end
 local epoch = redis.call('HGET', meta, 'epoch')
+redis.call('LPUSH', KEYS[6], epoch)
+redis.call('LTRIM', KEYS[6], 0, tonumber(ARGV[4]) - 1)
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 redis.call('HSET', meta, 'live', '0', 'earliest', next, 'bytes', '0')
 redis.call('SREM', KEYS[5], ARGV[2])
