@@ -134,15 +134,15 @@ async fn slow(
     }
 }
 
-/// For every route, two slow bodies (stalled, or trickling) take two of the three
+/// For every route, two slow bodies (stalled, or trickling) take two of the four
 /// connection slots, as the slowloris client did: each gets a 408, nothing is kept, and the
-/// slots come back for `/healthz`. The third slot is for the test's own checks: a checking
-/// connection the test has closed can hold its slot until the broker notices, and with only
-/// two slots the next route's slow bodies then made the broker close the connection idle
+/// slots come back for `/healthz`. The other two slots are for the test's own two checks: a
+/// checking connection the test has closed can hold its slot until the broker notices, and
+/// with only the slow bodies' two slots the next route's slow bodies then made the broker close the connection idle
 /// the longest to make room — which can be a slow body just accepted whose first bytes it has
 /// not seen yet (eviction is tested in `limits.rs`).
 async fn slow_bodies_time_out(trickle: bool) {
-    let b = Broker::start(&["--http-body-timeout-secs", "1", "--max-connections", "3"]);
+    let b = Broker::start(&["--http-body-timeout-secs", "1", "--max-connections", "4"]);
     for (i, route) in ROUTES.iter().enumerate() {
         let ns = format!("slow{i}");
         let (first, second) = tokio::join!(
