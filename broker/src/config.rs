@@ -295,15 +295,6 @@ options! {
     checkpoint_interval_ms: u64 = 1000, "MS",
         "How often the store checkpoints (segments synced, manifest written, write-ahead log trimmed), in ms",
         min 1;
-    /// At most this many bytes of zeros a checkpoint writes and syncs, outside the
-    /// writer's lock, for the write-ahead log segment it starts: twice what the segment
-    /// it closes took, rounded up to 64 KiB (16 MiB; 0: none). A group commit's
-    /// `fdatasync` then overwrites blocks that exist instead of growing the file, which
-    /// on a journaled ext4 also waits for a journal commit (measured in
-    /// `docs/benchmarks.md`). A segment
-    /// that outgrows it keeps growing, as without it.
-    wal_preallocate_bytes: u64 = 16 << 20, "BYTES",
-        "Most zeros written ahead for each write-ahead log segment a checkpoint starts, in bytes (0: off)";
     /// Write requests that may wait for the writer; when full, publishers get 503 with
     /// `Retry-After`. At most tokio's `Semaphore::MAX_PERMITS` (2305843009213693951), the
     /// most a bounded channel holds.
@@ -2031,7 +2022,7 @@ mod tests {
         assert_eq!(shown("redis"), "none");
         assert_eq!(shown("redis_prefix"), "rewind");
         assert_eq!(shown("allowed_origins"), "none");
-        assert_eq!(OPTIONS.len(), 60);
+        assert_eq!(OPTIONS.len(), 59);
     }
 
     #[test]

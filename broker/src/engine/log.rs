@@ -171,8 +171,7 @@ impl Log {
             recover,
             relaxed: config.durability == Durability::Relaxed,
         };
-        let (mut store, opened) = LogStore::open(&config.data_dir, opts)?;
-        store.wal_preallocate = config.wal_preallocate_bytes;
+        let (store, opened) = LogStore::open(&config.data_dir, opts)?;
         if !recover {
             // Without --recover only relaxed mode's dirty marks give new epochs (a durable
             // log whose segments know more than the log is refused, docs/storage.md).

@@ -172,9 +172,6 @@ pub struct LogStore {
     failing: AtomicBool,
     /// Relaxed durability: a failed sync keeps what was written (it was acknowledged).
     pub(crate) keep_unsynced: bool,
-    /// Bytes a checkpoint zero-fills for the write-ahead log segment it rotates into
-    /// (`wal_preallocate_bytes`; 0: none, the segment grows from empty).
-    pub(crate) wal_preallocate: u64,
     /// Tests: the next sync fails with `ENOSPC` (what `fdatasync` on a full disk says).
     #[cfg(test)]
     pub(crate) fail_next_sync: AtomicBool,
@@ -218,7 +215,6 @@ impl LogStore {
             dirty: Mutex::new(HashSet::new()),
             failing: AtomicBool::new(false),
             keep_unsynced: false,
-            wal_preallocate: 0,
             failures: AtomicU64::new(0),
             #[cfg(test)]
             fail_next_sync: AtomicBool::new(false),
@@ -635,64 +631,21 @@ impl LogStore {
         Ok((cut, l.bytes - remaining))
     }
 
-    /// Whether a checkpoint has nothing to do. While failing, a checkpoint writes the
-    /// manifest anyway: only new files written and synced tell that the disk takes data
-    /// again.
-    fn nothing_to_checkpoint(&self, w: &Writing) -> bool {
-        !w.changed
-            && !self.is_failing()
-            && w.pending.is_empty()
-            && w.removals.is_empty()
-            && w.written.is_empty()
-            && w.dead.is_empty()
-    }
-
-    /// The zero-filled next write-ahead log segment for a checkpoint about to rotate (see
-    /// [`Wal::prepare_spare`]), made before the checkpoint takes the writer's lock so the
-    /// writer never waits for it. `None` with preallocation off, with nothing to
-    /// checkpoint, or when it cannot be made (the checkpoint then starts an empty segment,
-    /// which grows as it is written).
-    ///
-    /// Its size is twice what the segment being closed took (one checkpoint interval's
-    /// writes), rounded up to 64 KiB, at most `wal_preallocate` bytes: zeros written for
-    /// nothing cost disk writes too, at every checkpoint.
-    fn spare_for_rotation(&self) -> Option<wal::Spare> {
-        const STEP: u64 = 64 << 10;
-        let cap = self.wal_preallocate;
-        if cap == 0 {
-            return None;
-        }
-        let written = {
-            let w = lock(&self.writing);
-            if self.nothing_to_checkpoint(&w) {
-                return None;
-            }
-            w.wal.written()
-        };
-        let size = written
-            .saturating_mul(2)
-            .div_ceil(STEP)
-            .saturating_mul(STEP)
-            .clamp(STEP.min(cap), cap);
-        match Wal::prepare_spare(&self.paths.wal(), size) {
-            Ok(spare) => Some(spare),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not preallocate the next write-ahead log segment; it grows as it is written");
-                None
-            }
-        }
-    }
-
     /// Takes a checkpoint (see the module's invariants).
     fn checkpoint_inner(&self) -> Result<(), StoreError> {
         let _one = lock(&self.checkpoint_lock);
         let generation = self.generation.load(Ordering::Relaxed) + 1;
-        // Only this checkpoint (under `checkpoint_lock`) makes "nothing to do" true again,
-        // so a spare made here is rotated into below unless the sync fails.
-        let spare = self.spare_for_rotation();
         let (cut, entries, pending, removals, written, dead) = {
             let mut w = lock(&self.writing);
-            if self.nothing_to_checkpoint(&w) {
+            // While failing, a checkpoint writes the manifest anyway: only new files
+            // written and synced tell that the disk takes data again.
+            let nothing = !w.changed
+                && !self.is_failing()
+                && w.pending.is_empty()
+                && w.removals.is_empty()
+                && w.written.is_empty()
+                && w.dead.is_empty();
+            if nothing {
                 return Ok(());
             }
             // The writer may have applied appends it has not synced yet: taking them back
@@ -713,7 +666,7 @@ impl LogStore {
                 return Err(e);
             }
             w.undo.clear();
-            let cut = w.wal.rotate(spare);
+            let cut = w.wal.rotate();
             w.synced = w.wal.mark();
             let cut = cut?;
             let mut entries: Vec<NsEntry> = self

@@ -54,31 +54,6 @@ fn has_data(dir: &Path) -> Result<bool, StoreError> {
     }
 }
 
-/// Whether `wal/` holds anything but zeros: a checkpoint's spare file ([`wal::SPARE`])
-/// and preallocated segments that were never written to hold no data.
-fn wal_has_data(dir: &Path) -> Result<bool, StoreError> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(StoreError::io_at(dir, e)),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            return Ok(true);
-        }
-        if entry.file_name() == wal::SPARE {
-            continue;
-        }
-        let path = entry.path();
-        let bytes = std::fs::read(&path).map_err(|e| StoreError::io_at(&path, e))?;
-        if wal::data_end(&bytes) > 0 {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// Moves `path` (a file or directory under the data directory `dir`) to
 /// `<dir>/lost+found/<unix ms>/<its path under dir>`, and returns where it went. Recovery
 /// sets aside what it cannot place instead of deleting it or merging it into a log.
@@ -190,8 +165,7 @@ fn incarnation_dirs(
 /// first one replay reads (each start and each checkpoint begins the next number). Any
 /// other entry, and a segment whose number does not follow the one before it, is damage:
 /// refused naming it, or set aside by `recover` (see [`set_aside`]). Older segments (below
-/// `from`, not yet deleted by the last checkpoint) are not checked: open deletes them. A
-/// checkpoint's spare file ([`wal::SPARE`], zeros for the next segment) is deleted.
+/// `from`, not yet deleted by the last checkpoint) are not checked: open deletes them.
 fn check_wal_dir(
     dir: &Path,
     wal: &Path,
@@ -209,10 +183,6 @@ fn check_wal_dir(
         let entry = entry.map_err(|e| StoreError::io_at(wal, e))?;
         let path = entry.path();
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name == wal::SPARE && entry.file_type()?.is_file() {
-            std::fs::remove_file(&path).map_err(|e| StoreError::io_at(&path, e))?;
-            continue;
-        }
         let seq = name
             .strip_suffix(".wal")
             .filter(|n| n.len() == 20 && n.bytes().all(|b| b.is_ascii_digit()))
@@ -390,9 +360,8 @@ impl LogStore {
         };
         let mut opened = Opened::default();
         // sled's lock on idem/ is the store's: one process at a time.
-        let fresh = !manifest::path(dir).exists()
-            && !wal_has_data(&paths.wal())?
-            && !has_data(&paths.logs())?;
+        let fresh =
+            !manifest::path(dir).exists() && !has_data(&paths.wal())? && !has_data(&paths.logs())?;
         // A damaged idem/ moved aside by recovery: the fresh one holds nothing yet.
         let mut idem_refilled = false;
         let (idem_store, found) = match IdemStore::open(&paths.idem(), opts.cache_bytes) {
@@ -442,8 +411,7 @@ impl LogStore {
             // sled's files at the top level: the store before segment files, events in sled.
             return Err(StoreError::Incompatible(dir.to_owned()));
         }
-        let rebuild =
-            manifest.is_none() && (wal_has_data(&paths.wal())? || has_data(&paths.logs())?);
+        let rebuild = manifest.is_none() && (has_data(&paths.wal())? || has_data(&paths.logs())?);
         if rebuild && !opts.recover {
             return Err(StoreError::damaged(
                 &manifest::path(dir),

@@ -16,23 +16,9 @@
 //! acknowledged, because its `fdatasync` had not returned, and it is cut off. A bad frame
 //! anywhere else — before valid frames, or in an older segment — is damage
 //! ([`StoreError::Damaged`]), never silently dropped.
-//!
-//! Preallocation: a checkpoint zero-fills and syncs the next segment ([`Wal::prepare_spare`],
-//! outside the writer's lock) before it rotates into it, so a group commit's `fdatasync`
-//! overwrites blocks that exist instead of growing the file, which needs no metadata
-//! journal commit. A frame's length is never 0 (its body holds at least the operation's
-//! byte), so a header with length 0 marks the end of a segment's frames. In an older
-//! segment (synced whole before the next one was started) every byte after it must be 0:
-//! anything else is damage. In the newest segment, what follows the last valid frame —
-//! zeros and then other bytes included — is a torn tail unless valid frames follow it
-//! (see [`valid_frames_after`]): the pages of one write persist in any order on a power
-//! cut, so the page holding a frame's header can still be zeros while a later page of the
-//! same, never acknowledged, write holds its body. A segment that outgrows its
-//! preallocation keeps growing as before.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::fields::{put_retention, put_str, FieldDamage, Reader};
@@ -318,46 +304,24 @@ fn decode_placed(bytes: &[u8]) -> (Vec<Positioned>, usize) {
     (out, pos)
 }
 
-/// The length of `bytes` without its trailing zeros: everything from there on is
-/// preallocated (or never written) space, not data.
-pub(crate) fn data_end(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
-}
-
 /// The first byte position after `bad` (where a frame fails its checks) from which valid
-/// frames follow each other up to the end of the data (only zeros after them, see
-/// [`data_end`]). With one, the bad frame is damage, not a torn tail: a torn write only
-/// ever loses the end of what was written. (A chain that must reach the end keeps a
-/// payload that happens to hold a frame's bytes, inside a torn last frame, from passing
-/// for one.)
-///
-/// Cost: frames cannot be followed across zeros or a torn frame, so every byte position
-/// from `bad` to the end of the data is tried as a frame start. A position whose length
-/// field points past the data is refused after reading 8 bytes, one inside zeros after
-/// reading 8 zeros (length 0 never decodes), and only a length that fits costs a CRC over
-/// that many bytes; the trailing zeros of a preallocated segment are never scanned. In
-/// the newest segment the range is the bytes written since the last sync that persisted
-/// (a torn write), so the scan is bounded by one group commit's bytes.
+/// frames follow each other to the end of the file. With one, the bad frame is damage,
+/// not a torn tail: a torn write only ever loses the end of a file. (A chain that must
+/// reach the end exactly keeps a payload that happens to hold a frame's bytes, inside a
+/// torn last frame, from passing for one.)
 pub fn valid_frames_after(bytes: &[u8], bad: usize) -> Option<usize> {
-    let end = data_end(bytes);
-    (bad + 1..end).find(|&p| {
+    (bad + 1..bytes.len()).find(|&p| {
         let mut pos = p;
         while let Some((_, len)) = frame_at(bytes, pos) {
             pos += len;
         }
-        pos > p && pos >= end
+        pos > p && pos == bytes.len()
     })
 }
 
-/// The next position after `bad`, before `end`, where any valid frame starts (for salvage).
-fn next_valid_frame(bytes: &[u8], bad: usize, end: usize) -> Option<usize> {
-    (bad + 1..end).find(|&p| frame_at(bytes, p).is_some())
-}
-
-/// Whether a frame header with length 0 (the end of a preallocated segment's frames)
-/// starts at `pos`.
-fn end_marker_at(bytes: &[u8], pos: usize) -> bool {
-    bytes.get(pos..pos + 4) == Some(&[0u8; 4][..])
+/// The next position after `bad` where any valid frame starts (for salvage).
+fn next_valid_frame(bytes: &[u8], bad: usize) -> Option<usize> {
+    (bad + 1..bytes.len()).find(|&p| frame_at(bytes, p).is_some())
 }
 
 /// Damage found, and stepped over, while salvaging a segment for `--recover`.
@@ -373,34 +337,22 @@ pub struct Damage {
 
 /// Every valid frame of a segment with its byte position, stepping over damage byte by
 /// byte; with the damaged ranges, the last of which may be a torn tail (it reaches the end
-/// of the data). Trailing zeros (preallocated space) are not damage.
+/// of the file).
 fn salvage(bytes: &[u8]) -> (Vec<Positioned>, Vec<(usize, usize)>) {
     let mut ops = Vec::new();
     let mut bad = Vec::new();
     let mut pos = 0;
-    let end = data_end(bytes);
-    while pos < end {
+    while pos < bytes.len() {
         if let Some((op, len)) = frame_at(bytes, pos) {
             ops.push((op, pos));
             pos += len;
             continue;
         }
-        let resume = next_valid_frame(bytes, pos, end).unwrap_or(end);
+        let resume = next_valid_frame(bytes, pos).unwrap_or(bytes.len());
         bad.push((pos, resume - pos));
         pos = resume;
     }
     (ops, bad)
-}
-
-/// The file in the write-ahead log's directory that a checkpoint zero-fills before it
-/// rotates into it (see [`Wal::prepare_spare`]); not a segment. Open deletes a leftover.
-pub(crate) const SPARE: &str = "next-segment.spare";
-
-/// Zero-filled, synced space for the next segment, made by [`Wal::prepare_spare`].
-#[derive(Debug)]
-pub struct Spare {
-    path: PathBuf,
-    bytes: u64,
 }
 
 /// The file of segment `seq` in `dir`.
@@ -464,8 +416,6 @@ pub struct Wal {
     seq: u64,
     /// Bytes written to the current segment.
     len: u64,
-    /// Bytes of the current segment that were zero-filled before it was used (0: none).
-    prealloc: u64,
 }
 
 impl Wal {
@@ -473,12 +423,9 @@ impl Wal {
     /// segments numbered `from` and up, oldest first; older segments (left by a checkpoint
     /// that stopped before deleting them) are deleted. Writing continues in a new segment.
     ///
-    /// Zeros after the valid frames are preallocated space. In the last segment, whatever
-    /// follows the valid frames (a frame that fails its checks, or zeros and then other
-    /// bytes) is a torn tail, cut off, unless valid frames follow it to the end of the data
-    /// ([`valid_frames_after`]). In an older segment anything but zeros after the valid
-    /// frames is damage. Damage is [`StoreError::Damaged`] naming the segment and the byte
-    /// where its valid frames end; with `recover`, it is stepped over and reported in
+    /// A frame that fails its checks at the end of the last segment with no valid frame
+    /// after it is a torn tail, cut off. Any other bad frame is [`StoreError::Damaged`]
+    /// naming the segment and byte; with `recover`, it is stepped over and reported in
     /// [`Opened::damage`] instead.
     pub fn open(dir: &Path, from: u64, recover: bool) -> Result<(Wal, Opened), StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::io_at(dir, e))?;
@@ -493,10 +440,9 @@ impl Wal {
                 .map_err(|e| StoreError::io_at(&path, e))?;
             let last = i + 1 == seqs.len();
             let (ops, good) = decode_placed(&bytes);
-            let data = data_end(&bytes);
-            // An empty segment (each start begins one; a preallocated one holds only
-            // zeros) is named only when no segment before it holds anything.
-            if data > 0 || opened.end.is_none() {
+            // An empty segment (each start begins one) is named only when no segment
+            // before it holds anything.
+            if !bytes.is_empty() || opened.end.is_none() {
                 opened.end = Some((path.clone(), good as u64));
             }
             let placed: Vec<(WalOp, Place)> = ops
@@ -506,35 +452,29 @@ impl Wal {
                     (op, Place { seq, position })
                 })
                 .collect();
-            if good >= data {
+            if good == bytes.len() {
                 opened.ops.extend(placed);
                 continue;
             }
-            // Main's torn-tail rule, also across zeros: the last segment may end in a
-            // torn write whose header page was lost (zeros) while a later page of it
-            // persisted. Only a valid frame after it makes it damage (that frame may have
-            // been acknowledged). Older segments were synced whole before the next began.
             let torn = last && valid_frames_after(&bytes, good).is_none();
             if torn {
                 opened.ops.extend(placed);
                 tracing::warn!(
                     file = %path.display(),
                     position = good,
-                    discarded = data - good,
+                    discarded = bytes.len() - good,
                     "write-ahead log ends in a torn frame; cutting it off"
                 );
                 let f = OpenOptions::new().write(true).open(&path)?;
                 f.set_len(good as u64)?;
                 f.sync_data()?;
-                opened.torn_tail_bytes = (data - good) as u64;
+                opened.torn_tail_bytes = (bytes.len() - good) as u64;
                 opened.torn_tail_at = Some((path.clone(), good as u64));
                 continue;
             }
             if !recover {
                 let what = if last {
-                    "a write-ahead log frame fails its checksum, or zeros end the frames, and valid frames follow"
-                } else if end_marker_at(&bytes, good) {
-                    "non-zero bytes after the end of a write-ahead log segment's frames (a frame length of 0) before the newest segment"
+                    "a write-ahead log frame fails its checksum and valid frames follow it"
                 } else {
                     "a write-ahead log frame fails its checksum before the newest segment"
                 };
@@ -570,7 +510,6 @@ impl Wal {
                 file,
                 seq,
                 len: 0,
-                prealloc: 0,
             },
             opened,
         ))
@@ -579,48 +518,12 @@ impl Wal {
     fn create_segment(dir: &Path, seq: u64) -> Result<File, StoreError> {
         let path = segment_path(dir, seq);
         let file = OpenOptions::new()
-            .write(true)
+            .append(true)
             .create_new(true)
             .open(&path)
             .map_err(|e| StoreError::io_at(&path, e))?;
         sync_dir(dir)?;
         Ok(file)
-    }
-
-    /// Writes `bytes` zeros to the spare file in `dir` ([`SPARE`], replacing one left
-    /// there) and `fdatasync`s it, so that the segment [`Wal::rotate`] makes of it has its
-    /// blocks written and its size on disk. Blocks on the disk for as long as that takes:
-    /// call it outside the writer's lock.
-    pub fn prepare_spare(dir: &Path, bytes: u64) -> Result<Spare, StoreError> {
-        const CHUNK: usize = 64 << 10;
-        let path = dir.join(SPARE);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| StoreError::io_at(&path, e))?;
-        let zeros = vec![0u8; CHUNK];
-        let mut left = bytes;
-        let filled = (|| {
-            while left > 0 {
-                let n = left.min(CHUNK as u64) as usize;
-                file.write_all(&zeros[..n])?;
-                left -= n as u64;
-            }
-            file.sync_data()
-        })();
-        if let Err(e) = filled {
-            // A full disk: the half-filled spare would only take more of it.
-            let _ = std::fs::remove_file(&path);
-            return Err(StoreError::io_at(&path, e));
-        }
-        Ok(Spare { path, bytes })
-    }
-
-    /// Bytes written to the current segment.
-    pub fn written(&self) -> u64 {
-        self.len
     }
 
     /// Where the write-ahead log ends now.
@@ -635,9 +538,8 @@ impl Wal {
     /// durable). On an error the segment is cut back to where it was, so a refused write
     /// leaves nothing.
     pub fn write(&mut self, frames: &[u8]) -> Result<(), StoreError> {
-        if let Err(e) = self.file.write_all_at(frames, self.len) {
-            let tried = self.len + frames.len() as u64;
-            if let Err(cut) = self.clear_from(self.len, tried) {
+        if let Err(e) = self.file.write_all(frames) {
+            if let Err(cut) = self.cut_back(self.mark()) {
                 tracing::error!(error = %cut, "could not take back a failed write-ahead log write");
             }
             return Err(e.into());
@@ -650,21 +552,7 @@ impl Wal {
     /// rotated since and nothing after the mark is in the current segment).
     pub fn cut_back(&mut self, mark: Mark) -> Result<(), StoreError> {
         let len = if mark.seq == self.seq { mark.len } else { 0 };
-        self.clear_from(len, self.len)
-    }
-
-    /// Takes back the bytes `len..written` of the current segment: the file is cut to
-    /// `len`, but not below its preallocation, whose part is overwritten with zeros (so
-    /// that only zeros follow the end of the frames, see the module's format).
-    fn clear_from(&mut self, len: u64, written: u64) -> Result<(), StoreError> {
-        if self.prealloc == 0 || written > self.prealloc {
-            self.file.set_len(len.max(self.prealloc))?;
-        }
-        let zero_to = written.min(self.prealloc);
-        if len < zero_to {
-            let zeros = vec![0u8; (zero_to - len) as usize];
-            self.file.write_all_at(&zeros, len)?;
-        }
+        self.file.set_len(len)?;
         self.len = len;
         Ok(())
     }
@@ -675,29 +563,14 @@ impl Wal {
         Ok(())
     }
 
-    /// Syncs the current segment and starts a new one — the `spare` renamed, when there
-    /// is one, else an empty file; returns the sequence number below which segments may be
-    /// deleted once everything in them is checkpointed.
-    pub fn rotate(&mut self, spare: Option<Spare>) -> Result<u64, StoreError> {
+    /// Syncs the current segment and starts a new one; returns the sequence number below
+    /// which segments may be deleted once everything in them is checkpointed.
+    pub fn rotate(&mut self) -> Result<u64, StoreError> {
         self.file.sync_data()?;
         let next = self.seq + 1;
-        let (file, prealloc) = match spare {
-            Some(spare) => {
-                let path = segment_path(&self.dir, next);
-                std::fs::rename(&spare.path, &path).map_err(|e| StoreError::io_at(&path, e))?;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| StoreError::io_at(&path, e))?;
-                sync_dir(&self.dir)?;
-                (file, spare.bytes)
-            }
-            None => (Self::create_segment(&self.dir, next)?, 0),
-        };
-        self.file = file;
+        self.file = Self::create_segment(&self.dir, next)?;
         self.seq = next;
         self.len = 0;
-        self.prealloc = prealloc;
         Ok(next)
     }
 
@@ -922,7 +795,7 @@ mod tests {
             let mut frames = Vec::new();
             encode(&mut frames, &delete("a"));
             wal.write(&frames).unwrap();
-            let cut = wal.rotate(None).unwrap();
+            let cut = wal.rotate().unwrap();
             let mut frames = Vec::new();
             encode(&mut frames, &delete("b"));
             frames.extend_from_slice(&[9, 0, 0, 0, 1]);
@@ -982,15 +855,8 @@ mod tests {
             let opened = opened.unwrap();
             let kept = encode_all(&ops_of(&opened));
             prop_assert_eq!(&ops_of(&opened)[..], &ops[..opened.ops.len()]);
-            // Zeros after the whole frames are the end of the log (a preallocated
-            // segment's), not a torn frame: they are left, and not counted as torn.
-            prop_assert_eq!(&left[..kept.len()], &kept[..]);
-            prop_assert!(left[kept.len()..].iter().all(|&b| b == 0));
-            let torn = data_end(&bytes[..cut]).saturating_sub(kept.len());
-            prop_assert_eq!(opened.torn_tail_bytes as usize, torn);
-            if torn > 0 {
-                prop_assert_eq!(left, kept);
-            }
+            prop_assert_eq!(left, kept.clone());
+            prop_assert_eq!(opened.torn_tail_bytes as usize, cut - kept.len());
         }
 
         /// A flipped byte in any frame but the last of the newest segment is damage, named
@@ -1017,378 +883,6 @@ mod tests {
                 prop_assert!(ops_of(&recovered).contains(op));
             }
             prop_assert_eq!(recovered.damage.first().map(|d| d.position), Some(start as u64));
-        }
-    }
-
-    /// Frames for the preallocation tests: one of each kind, with zero bytes inside
-    /// (offsets, retention limits), so cuts land in zero runs of a frame too.
-    fn sample_ops() -> Vec<WalOp> {
-        vec![
-            WalOp::Create {
-                lsn: 1,
-                ns: "a".into(),
-                epoch: "e".into(),
-                floor: 0,
-                retention: Retention::default(),
-            },
-            WalOp::Append {
-                ns: "a".into(),
-                epoch: "e".into(),
-                first: 0,
-                idempotency_key: None,
-                request: None,
-                ts_ms: 256,
-                records: vec![vec![0, 0, 1, 0], vec![]],
-            },
-            delete("a"),
-        ]
-    }
-
-    /// `bytes` followed by zeros up to `size`, as a preallocated segment holds them.
-    fn preallocated(bytes: &[u8], size: usize) -> Vec<u8> {
-        let mut out = bytes.to_vec();
-        out.resize(size.max(bytes.len()), 0);
-        out
-    }
-
-    /// Checks what opening a preallocated newest segment, whose writes stopped at `cut`
-    /// of `frames` (the encoding of `ops`), read and left.
-    fn check_cut_preallocated(ops: &[WalOp], frames: &[u8], cut: usize, size: usize) {
-        let bytes = preallocated(&frames[..cut], size);
-        let (opened, left) = open_one(&bytes, false);
-        let opened = opened.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
-        let back = ops_of(&opened);
-        assert_eq!(&back[..], &ops[..back.len()], "cut at {cut}");
-        let kept = encode_all(&back).len();
-        // Every frame written whole is kept; one cut in its trailing zeros is whole too.
-        let whole = (0..=ops.len())
-            .filter(|&k| encode_all(&ops[..k]).len() <= cut)
-            .max()
-            .unwrap_or(0);
-        assert!(back.len() >= whole, "cut at {cut}: kept {}", back.len());
-        assert!(
-            frames[cut..kept.max(cut)].iter().all(|&b| b == 0),
-            "cut at {cut}: kept a frame whose written bytes differ"
-        );
-        let data = data_end(&bytes);
-        assert_eq!(
-            opened.torn_tail_bytes as usize,
-            data.saturating_sub(kept),
-            "cut at {cut}"
-        );
-        assert_eq!(&left[..kept], &frames[..kept], "cut at {cut}");
-        assert!(left[kept..].iter().all(|&b| b == 0), "cut at {cut}");
-        assert_eq!(
-            opened.end,
-            Some((opened.end.clone().unwrap().0, kept as u64)),
-            "cut at {cut}"
-        );
-    }
-
-    /// Issue 14: a write into a preallocated segment that stopped at any byte leaves the
-    /// whole frames before it, and the rest — a torn frame followed by zeros — is cut.
-    #[test]
-    fn a_torn_write_into_a_preallocated_segment_at_every_byte_keeps_the_whole_frames() {
-        let ops = sample_ops();
-        let frames = encode_all(&ops);
-        for cut in 0..=frames.len() {
-            check_cut_preallocated(&ops, &frames, cut, frames.len() + 4096);
-        }
-    }
-
-    /// Damage in a preallocated segment, named where the valid frames end.
-    fn expect_damaged(bytes: &[u8], at: usize) {
-        match open_one(bytes, false) {
-            (Err(StoreError::Damaged { position, .. }), left) => {
-                assert_eq!(position, at as u64);
-                assert_eq!(left, bytes, "a refused open changes nothing");
-            }
-            (other, _) => panic!(
-                "expected Damaged at {at}, got {:?}",
-                other.map(|o| ops_of(&o))
-            ),
-        }
-    }
-
-    /// Issue 14: zeros followed by a valid frame are damage, never the end of the log: an
-    /// acknowledged frame after them is never dropped, and `--recover` keeps it.
-    #[test]
-    fn zeros_between_frames_are_damage_and_recovery_keeps_every_frame() {
-        let ops = sample_ops();
-        let first = encode_all(&ops[..1]);
-        let rest = encode_all(&ops[1..]);
-        for zeros in 1..=12 {
-            let mut bytes = first.clone();
-            bytes.resize(first.len() + zeros, 0);
-            bytes.extend_from_slice(&rest);
-            let bytes = preallocated(&bytes, bytes.len() + 100);
-            expect_damaged(&bytes, first.len());
-            let (recovered, _) = open_one(&bytes, true);
-            let recovered = recovered.unwrap();
-            assert_eq!(ops_of(&recovered), ops, "{zeros} zeros");
-            assert_eq!(
-                recovered
-                    .damage
-                    .iter()
-                    .map(|d| (d.position, d.bytes))
-                    .collect::<Vec<_>>(),
-                [(first.len() as u64, zeros as u64)]
-            );
-        }
-    }
-
-    /// `bytes` as an older segment (a preallocated, empty newest one after it): what
-    /// opening the write-ahead log says, and the older segment's bytes after.
-    fn open_older(bytes: &[u8]) -> (Result<Opened, StoreError>, Vec<u8>) {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(segment_path(dir.path(), 1), bytes).unwrap();
-        std::fs::write(segment_path(dir.path(), 2), preallocated(&[], 4096)).unwrap();
-        let opened = Wal::open(dir.path(), 0, false).map(|(_, o)| o);
-        (opened, std::fs::read(segment_path(dir.path(), 1)).unwrap())
-    }
-
-    /// Checks that `bytes`, whose valid frames (`ops`) end at `good`, opens as a torn tail
-    /// when they are the newest segment — the frames kept, the rest (`data_end - good`
-    /// bytes) cut — and is refused at `good` when they are an older one, where recovery
-    /// keeps every frame.
-    fn check_torn_newest_damaged_older(ops: &[WalOp], bytes: &[u8], good: usize) {
-        let (opened, left) = open_one(bytes, false);
-        let opened = opened.unwrap_or_else(|e| panic!("newest segment: {e}"));
-        assert_eq!(ops_of(&opened), ops);
-        assert_eq!(opened.torn_tail_bytes as usize, data_end(bytes) - good);
-        assert_eq!(opened.torn_tail_at.map(|(_, at)| at), Some(good as u64));
-        assert_eq!(left, &bytes[..good]);
-        match open_older(bytes) {
-            (Err(StoreError::Damaged { file, position, .. }), left) => {
-                assert_eq!(file.file_name(), segment_path(Path::new(""), 1).file_name());
-                assert_eq!(position, good as u64);
-                assert_eq!(left, bytes, "a refused open changes nothing");
-            }
-            (other, _) => panic!(
-                "older segment: expected Damaged, got {:?}",
-                other.map(|o| ops_of(&o))
-            ),
-        }
-        let (recovered, _) = open_one(bytes, true);
-        assert_eq!(ops_of(&recovered.unwrap()), ops);
-    }
-
-    /// Issue 14: bytes other than zeros after the end marker (a frame length of 0) are a
-    /// torn tail in the newest segment — a write that never finished, whatever page of it
-    /// persisted — and damage in an older one, which was synced whole before the next
-    /// segment began.
-    #[test]
-    fn non_zero_bytes_after_the_end_marker_are_a_torn_tail_only_in_the_newest_segment() {
-        let ops = sample_ops();
-        let frames = encode_all(&ops);
-        for (gap, garbage) in [
-            (4, &[1u8][..]),
-            (8, &[0xff, 0xff, 0xff, 0xff][..]),
-            (500, &[7, 0, 0, 0, 9][..]),
-        ] {
-            let mut bytes = frames.clone();
-            bytes.resize(frames.len() + gap, 0);
-            bytes.extend_from_slice(garbage);
-            let bytes = preallocated(&bytes, bytes.len() + 64);
-            check_torn_newest_damaged_older(&ops, &bytes, frames.len());
-        }
-    }
-
-    /// Issue 14: a power cut during one write of a frame spanning pages, where the page
-    /// holding its header (after the synced frames) kept its zeros and a later page
-    /// persisted its body bytes, in the newest segment: a torn tail, cut, the synced
-    /// frames kept; a write after the reopen continues after them. The same bytes in an
-    /// older segment are damage.
-    #[test]
-    fn a_torn_multi_page_write_with_the_header_page_lost_is_a_torn_tail() {
-        const PAGE: usize = 4096;
-        let ops = sample_ops();
-        let synced = encode_all(&ops);
-        let torn_op = WalOp::Append {
-            ns: "a".into(),
-            epoch: "e".into(),
-            first: 1,
-            idempotency_key: None,
-            request: None,
-            ts_ms: 2,
-            records: vec![(0..3 * PAGE).map(|i| (i % 251) as u8 + 1).collect()],
-        };
-        let torn = encode_all(std::slice::from_ref(&torn_op));
-        let mut written = synced.clone();
-        written.extend_from_slice(&torn);
-        let size = 8 * PAGE;
-        // Each page of the write that did not persist holds its old zeros.
-        for lost in [vec![0], vec![0, 2], vec![0, 1, 3]] {
-            let mut bytes = preallocated(&written, size);
-            for page in &lost {
-                let from = (page * PAGE).max(synced.len());
-                let to = ((page + 1) * PAGE).min(written.len());
-                bytes[from..to].fill(0);
-            }
-            assert!(
-                data_end(&bytes) > PAGE,
-                "pages {lost:?}: body bytes persisted"
-            );
-            check_torn_newest_damaged_older(&ops, &bytes, synced.len());
-        }
-        // Through `Wal`: the reopened log writes after the kept frames, in a new segment.
-        let dir = tempfile::tempdir().unwrap();
-        let mut bytes = preallocated(&written, size);
-        bytes[synced.len()..PAGE].fill(0);
-        std::fs::write(segment_path(dir.path(), 1), &bytes).unwrap();
-        let (mut wal, opened) = Wal::open(dir.path(), 0, false).unwrap();
-        assert_eq!(ops_of(&opened), ops);
-        wal.write(&torn).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
-        let (_, opened) = Wal::open(dir.path(), 0, false).unwrap();
-        let mut want = ops.clone();
-        want.push(torn_op);
-        assert_eq!(ops_of(&opened), want);
-        assert_eq!(opened.torn_tail_bytes, 0);
-    }
-
-    /// Issue 14: zeros and then a valid frame in the newest segment are damage, not a
-    /// torn tail — that frame may have been acknowledged — named where the frames before
-    /// the zeros end.
-    #[test]
-    fn a_valid_frame_after_zeros_in_the_newest_segment_is_damage() {
-        let ops = sample_ops();
-        let head = encode_all(&ops[..2]);
-        let tail = encode_all(&ops[2..]);
-        for zeros in [4, 100, 5000] {
-            let mut bytes = head.clone();
-            bytes.resize(head.len() + zeros, 0);
-            bytes.extend_from_slice(&tail);
-            let bytes = preallocated(&bytes, bytes.len() + 4096);
-            expect_damaged(&bytes, head.len());
-        }
-    }
-
-    /// Issue 14: older segments that end in preallocated zeros are read whole; the end
-    /// of the log is the newest segment's last frame.
-    #[test]
-    fn zeros_ending_older_segments_are_not_damage() {
-        let ops = sample_ops();
-        let dir = tempfile::tempdir().unwrap();
-        for (seq, op) in ops.iter().enumerate() {
-            let bytes = preallocated(&encode_all(std::slice::from_ref(op)), 4096);
-            std::fs::write(segment_path(dir.path(), seq as u64 + 1), bytes).unwrap();
-        }
-        std::fs::write(segment_path(dir.path(), 4), preallocated(&[], 4096)).unwrap();
-        let (_, opened) = Wal::open(dir.path(), 0, false).unwrap();
-        assert_eq!(ops_of(&opened), ops);
-        assert_eq!(
-            opened.end,
-            Some((
-                segment_path(dir.path(), 3),
-                encode_all(&ops[2..]).len() as u64
-            ))
-        );
-        assert_eq!(opened.torn_tail_bytes, 0);
-    }
-
-    /// Issue 14: the writer in a preallocated segment — the spare becomes the next
-    /// segment at its full size; writes overwrite its zeros; a cut back puts zeros back
-    /// (never shrinking it); writing past it grows the file; and what a reopen reads is
-    /// exactly what was written, with later writes in a new segment after it.
-    #[test]
-    fn writes_into_a_preallocated_segment_read_back_and_cut_backs_leave_zeros() {
-        let dir = tempfile::tempdir().unwrap();
-        let wal_dir = dir.path().join("wal");
-        let ops = sample_ops();
-        let frames: Vec<Vec<u8>> = ops
-            .iter()
-            .map(|op| encode_all(std::slice::from_ref(op)))
-            .collect();
-        let size = 256u64;
-        {
-            let (mut wal, _) = Wal::open(&wal_dir, 0, false).unwrap();
-            let spare = Wal::prepare_spare(&wal_dir, size).unwrap();
-            assert_eq!(std::fs::metadata(wal_dir.join(SPARE)).unwrap().len(), size);
-            let seq = wal.rotate(Some(spare)).unwrap();
-            assert!(!wal_dir.join(SPARE).exists());
-            let path = segment_path(&wal_dir, seq);
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
-            wal.write(&frames[0]).unwrap();
-            let mark = wal.mark();
-            wal.write(&frames[1]).unwrap();
-            wal.cut_back(mark).unwrap();
-            let bytes = std::fs::read(&path).unwrap();
-            assert_eq!(bytes.len() as u64, size);
-            assert_eq!(bytes, preallocated(&frames[0], size as usize));
-            // Past the preallocation: the file grows, and a cut back below it shrinks
-            // it to the preallocation, zeros after the mark.
-            let big = WalOp::Append {
-                ns: "a".into(),
-                epoch: "e".into(),
-                first: 0,
-                idempotency_key: None,
-                request: None,
-                ts_ms: 1,
-                records: vec![vec![5; 400]],
-            };
-            wal.write(&encode_all(&[big])).unwrap();
-            assert!(std::fs::metadata(&path).unwrap().len() > size);
-            wal.cut_back(mark).unwrap();
-            assert_eq!(
-                std::fs::read(&path).unwrap(),
-                preallocated(&frames[0], size as usize)
-            );
-            wal.write(&frames[1]).unwrap();
-            wal.sync().unwrap();
-        }
-        let (mut wal, opened) = Wal::open(&wal_dir, 0, false).unwrap();
-        assert_eq!(ops_of(&opened), ops[..2]);
-        assert_eq!(opened.torn_tail_bytes, 0);
-        // After a reopen, writing continues in a new segment, after the old one's frames.
-        wal.write(&frames[2]).unwrap();
-        wal.sync().unwrap();
-        drop(wal);
-        let (_, opened) = Wal::open(&wal_dir, 0, false).unwrap();
-        assert_eq!(ops_of(&opened), ops);
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
-
-        /// Issue 14: any frames, cut anywhere, in a preallocated segment of any size.
-        #[test]
-        fn a_cut_preallocated_segment_is_a_torn_tail(ops in prop::collection::vec(op(), 1..5), cut in any::<prop::sample::Index>(), pad in 0usize..300) {
-            let frames = encode_all(&ops);
-            let cut = cut.index(frames.len() + 1);
-            check_cut_preallocated(&ops, &frames, cut, frames.len() + pad);
-        }
-
-        /// Issue 14: a zero run of any length between frames is refused at the end of the
-        /// valid frames before it, and recovery keeps every frame; zeros and then other
-        /// bytes after the valid frames are a torn tail in the newest segment (cut, the
-        /// frames kept) and damage in an older one.
-        #[test]
-        fn zeros_then_a_frame_is_damage_and_zeros_then_other_bytes_a_torn_tail(ops in prop::collection::vec(op(), 2..5), split in any::<prop::sample::Index>(), zeros in 1usize..40, garbage in prop::collection::vec(any::<u8>(), 1..20), frame_after in any::<bool>(), pad in 0usize..100) {
-            let k = 1 + split.index(ops.len() - 1);
-            let head = encode_all(&ops[..k]);
-            let mut bytes = head.clone();
-            bytes.resize(head.len() + zeros, 0);
-            if frame_after {
-                bytes.extend_from_slice(&encode_all(&ops[k..]));
-            } else {
-                bytes.extend_from_slice(&garbage);
-            }
-            prop_assume!(data_end(&bytes) > head.len() + zeros);
-            let bytes = preallocated(&bytes, bytes.len() + pad);
-            if !frame_after {
-                check_torn_newest_damaged_older(&ops[..k], &bytes, head.len());
-                return Ok(());
-            }
-            let (opened, left) = open_one(&bytes, false);
-            match opened {
-                Err(StoreError::Damaged { position, .. }) => prop_assert_eq!(position, head.len() as u64),
-                other => prop_assert!(false, "expected Damaged, got {:?}", other.map(|o| ops_of(&o))),
-            }
-            prop_assert_eq!(&left, &bytes);
-            let (recovered, _) = open_one(&bytes, true);
-            prop_assert_eq!(ops_of(&recovered.unwrap()), ops);
         }
     }
 }
