@@ -361,6 +361,7 @@ impl IdleConnections {
                 key: Mutex::new(None),
                 running: AtomicBool::new(false),
                 recheck: AtomicBool::new(false),
+                gone: AtomicBool::new(false),
             }),
         };
         idle.idle();
@@ -388,6 +389,10 @@ struct ConnShared {
     /// Looked at by the accept loop: the end of its task's next run signals
     /// [`IdleConnections::changed`].
     recheck: AtomicBool,
+    /// The connection has ended ([`IdleState::close`], or its socket dropped): it never
+    /// becomes idle again, although a response body dropped after it (an SSE stream whose
+    /// client went away) still says its answer is done. Set and read under `key`'s lock.
+    gone: AtomicBool,
 }
 
 /// One connection's place among the [`IdleConnections`]; clones share it. Dropping the
@@ -413,10 +418,27 @@ impl IdleState {
         }
     }
 
+    /// The connection's socket is closing: it leaves the idle connections for good.
+    fn leave(&self) {
+        let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
+        self.conn.gone.store(true, Ordering::SeqCst);
+        if let Some(k) = key.take() {
+            let mut inner = self
+                .registry
+                .inner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            inner.idle.remove(&k);
+        }
+    }
+
     /// The answer is done: the connection waits for its next request, the newest idle.
     pub(crate) fn idle(&self) {
         let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
-        if key.is_some() || self.conn.evicted.is_cancelled() {
+        if key.is_some()
+            || self.conn.evicted.is_cancelled()
+            || self.conn.gone.load(Ordering::SeqCst)
+        {
             return;
         }
         let mut inner = self
@@ -437,6 +459,7 @@ impl IdleState {
     /// both under the registry's lock.
     pub(crate) fn close(&self, slot: OwnedSemaphorePermit) {
         let mut key = self.conn.key.lock().unwrap_or_else(PoisonError::into_inner);
+        self.conn.gone.store(true, Ordering::SeqCst);
         let mut inner = self
             .registry
             .inner
@@ -484,7 +507,7 @@ impl TrackedStream {
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {
-        self.idle.busy();
+        self.idle.leave();
     }
 }
 
@@ -654,6 +677,34 @@ mod tests {
         assert_eq!(registry.len(), 0);
         // A connection that ends gives its slot back, and the next asks get it.
         states[1].close(held.pop().unwrap());
+        assert!(matches!(registry.take_slot(&slots), Slot::Taken(_)));
+    }
+
+    /// Review (i13): a response body still being sent when its connection ended (an SSE
+    /// client gone) is dropped after the socket, and said "answer done" then: the ended
+    /// connection came back into the list with its closed descriptor, never to leave, and
+    /// each later eviction picked it, cancelled nothing and freed no slot.
+    #[tokio::test]
+    async fn an_ended_connection_never_comes_back_into_the_list() {
+        let registry = IdleConnections::default();
+        let (slots, mut held) = full(2);
+        // Ended by its socket being dropped, then its answer's body dropped.
+        let (_client, server) = pair().await;
+        let dropped = registry.track(tokio_util::sync::CancellationToken::new(), server);
+        let state = dropped.idle_state();
+        state.busy();
+        drop(dropped);
+        state.idle();
+        assert_eq!(registry.len(), 0, "a dropped socket came back as idle");
+        // Ended by `close`, then its answer's body dropped.
+        let (_client, server) = pair().await;
+        let closed = registry.track(tokio_util::sync::CancellationToken::new(), server);
+        let state = closed.idle_state();
+        state.busy();
+        state.close(held.pop().expect("a slot"));
+        state.idle();
+        assert_eq!(registry.len(), 0, "a closed connection came back as idle");
+        // Its slot is free for the next, not taken by evicting a ghost.
         assert!(matches!(registry.take_slot(&slots), Slot::Taken(_)));
     }
 
