@@ -489,7 +489,10 @@ impl Writer {
                 .ok_or_else(|| StoreError::NotFound(ns.to_owned()))?,
             other => other?,
         };
-        self.namespaces.open(&info);
+        // Followed, not opened: a reader's lookup may have taken this very incarnation from
+        // the store a moment ago (`Namespaces::adopt`), and its readers keep it (review:
+        // opening replaced it, and they were told `closed` reason `epoch`).
+        self.follow(&info);
         tracing::info!(ns, epoch = %info.epoch, next = info.next, "namespace created");
         Ok(info)
     }
@@ -854,7 +857,7 @@ impl Writer {
 
     /// Takes the store's `info` of a namespace as this broker's: the same incarnation
     /// moves on, another one replaces it (its readers are told, as on a delete).
-    fn follow(&mut self, info: &NsInfo) -> Arc<Namespace> {
+    fn follow(&self, info: &NsInfo) -> Arc<Namespace> {
         match self.namespaces.get(&info.name) {
             Some(state) if state.epoch == info.epoch => {
                 state.set_earliest(info.earliest);
