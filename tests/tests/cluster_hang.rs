@@ -304,3 +304,32 @@ async fn a_hung_redis_answers_every_publish_503_in_time_and_appends_nothing_late
         assert_eq!(data.get(*offset as usize), Some(d), "offset {offset}");
     }
 }
+
+/// A page read on a node whose circuit is still closed, the moment Redis hangs, is
+/// answered `503 unavailable` within about one timeout, saying Redis did not answer
+/// (tester 13D: the read was a four-command `MULTI` pipeline, and the client waited out
+/// the timeout once per reply, ~4.3x `redis_timeout_ms`, with the socket's bare
+/// "Resource temporarily unavailable" as its message). The bound, 3x a small timeout, is
+/// an upper bound, not a speed target.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_on_a_hung_redis_waits_one_timeout() {
+    let redis = RedisServer::start(Persistence::None);
+    let b = node(&redis);
+    for data in 0..3 {
+        let (status, body, _, _) = publish_http(b.addr, data).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    redis.pause();
+    let started = Instant::now();
+    let r = b.get("/v1/namespaces/hung/events?from=0").await;
+    let took = started.elapsed();
+    redis.resume();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.error_code(), "unavailable");
+    let message = r.json()["error"]["message"].to_string();
+    assert!(message.contains("redis_timeout_ms"), "{message}");
+    assert!(
+        took <= Duration::from_millis(3 * TIMEOUT_MS),
+        "took {took:?} with redis_timeout_ms {TIMEOUT_MS}"
+    );
+}

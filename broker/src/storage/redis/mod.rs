@@ -123,6 +123,7 @@ pub struct RedisStore {
     retain: Script,
     prune: Script,
     rotate: Script,
+    read: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -148,7 +149,11 @@ fn is_unavailable(e: &RedisError) -> bool {
 }
 
 fn store_error(e: RedisError) -> StoreError {
-    if is_unavailable(&e) {
+    if is_unavailable(&e) && e.is_timeout() {
+        StoreError::Unavailable(format!(
+            "Redis did not answer within redis_timeout_ms ({e})"
+        ))
+    } else if is_unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Redis(e.to_string())
@@ -272,6 +277,7 @@ impl RedisStore {
             retain: Script::new(scripts::RETAIN),
             prune: Script::new(scripts::PRUNE),
             rotate: Script::new(scripts::ROTATE),
+            read: Script::new(scripts::READ),
         });
         store.spawn_prober()?;
         // Redis not there (yet), or a replica: the node starts all the same, not ready,
@@ -971,26 +977,16 @@ impl Storage for RedisStore {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        // One transaction (`MULTI`/`EXEC`; both keys carry the `{ns}` hash tag): the
-        // incarnation checked and its entries read with nothing run between them, so a
-        // delete and a re-create under the same name cannot slip in between.
-        let (meta, entries): ((Option<String>, Option<String>), Vec<StreamEntry>) =
-            self.with(|con| {
-                redis::pipe()
-                    .atomic()
-                    .cmd("HMGET")
-                    .arg(self.key(ns, "meta"))
-                    .arg("live")
-                    .arg("epoch")
-                    .cmd("XRANGE")
-                    .arg(self.key(ns, "log"))
-                    .arg(format!("{from}-1"))
-                    .arg(format!("{}-1", until.max(1) - 1))
-                    .arg("COUNT")
-                    .arg(max_events.max(1))
-                    .query(con)
-            })?;
-        let (live, stored) = meta;
+        // One script (both keys carry the `{ns}` hash tag): the incarnation checked and its
+        // entries read with nothing run between them, and one reply to wait for.
+        let mut inv = self.read.prepare_invoke();
+        inv.key(self.key(ns, "meta"))
+            .key(self.key(ns, "log"))
+            .arg(format!("{from}-1"))
+            .arg(format!("{}-1", until.max(1) - 1))
+            .arg(max_events.max(1));
+        let (live, stored, entries): (Option<String>, Option<String>, Vec<StreamEntry>) =
+            self.with(|con| inv.invoke(con))?;
         if live.as_deref() != Some("1") || (!epoch.is_empty() && stored.as_deref() != Some(epoch)) {
             return Err(StoreError::NotFound(ns.to_owned()));
         }
