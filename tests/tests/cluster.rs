@@ -1651,4 +1651,18 @@ async fn a_node_with_other_default_retention_than_the_cluster_refuses_to_start()
     assert!(changed
         .stderr()
         .contains("max_events 2, max_bytes none, max_age_secs none"));
+    // And is not ready, so a load balancer stops sending it clients (tester 13D: it said
+    // ready while it enforced nothing).
+    let r = changed.get("/readyz").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", r.body);
+    assert_eq!(r.json()["status"], "retention_mismatch");
+    // Ready again once the record is its own.
+    redis.command(&[
+        "SET",
+        "rewind:retention",
+        r#"{"max_events":2,"max_bytes":null,"max_age_secs":null}"#,
+    ]);
+    changed
+        .wait_for("/readyz", |v| v["status"] == "ready")
+        .await;
 }

@@ -62,6 +62,8 @@ struct Inner {
     /// The writer thread, joined on shutdown.
     writer: Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
+    /// Set while a shared store refuses this broker's default retention: not ready.
+    retention_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Room for one command in the writer's queue.
@@ -234,6 +236,7 @@ impl Log {
         let writer = Writer::new(Arc::clone(&store), Arc::clone(&config))?;
         let namespaces = writer.namespaces();
         let metrics = writer.metrics();
+        let retention_refused = writer.retention_refused();
         let (tx, rx) = mpsc::channel(config.write_queue);
         let handle = std::thread::Builder::new()
             .name("rewind-writer".into())
@@ -247,6 +250,7 @@ impl Log {
                 shutdown: CancellationToken::new(),
                 writer: Mutex::new(Some(handle)),
                 metrics,
+                retention_refused,
             }),
         };
         log.spawn_timer(Duration::from_millis(config.retention_interval_ms), || {
@@ -795,6 +799,14 @@ impl Log {
         self.inner
             .metrics
             .render(&snapshot, |ns| namespaces.get(ns).map(|s| s.visible()))
+    }
+
+    /// True while the shared store's recorded default retention differs from this
+    /// broker's (`docs/cluster.md`, "Retention"): it enforces none, and is not ready.
+    pub fn retention_refused(&self) -> bool {
+        self.inner
+            .retention_refused
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// False once shutdown has begun.

@@ -299,8 +299,9 @@ pub struct Writer {
     /// Retention passes so far; idempotency records are pruned every 60th.
     retention_passes: u64,
     /// A shared store refuses this broker's default retention (another broker recorded
-    /// different defaults): retention is not enforced, and this is logged once.
-    retention_refused: bool,
+    /// different defaults): retention is not enforced, this is logged once, and `/readyz`
+    /// says so ([`Writer::retention_refused`]).
+    retention_refused: Arc<AtomicBool>,
     /// A shared store lost its data and the namespaces this broker knew are not all
     /// created again yet: kept until they are, whatever fails in between (the store says
     /// so only once, [`Storage::lost_data`]).
@@ -338,7 +339,7 @@ impl Writer {
             namespaces,
             dirty: HashSet::new(),
             retention_passes: 0,
-            retention_refused: false,
+            retention_refused: Arc::new(AtomicBool::new(false)),
             lost_pending: false,
             metrics: Arc::new(Metrics::new(config.metrics_namespaces)),
             config,
@@ -353,6 +354,12 @@ impl Writer {
     /// The broker's metrics, which this writer moves for appends and syncs.
     pub(crate) fn metrics(&self) -> Arc<Metrics> {
         Arc::clone(&self.metrics)
+    }
+
+    /// True while a shared store refuses this broker's default retention (see
+    /// `docs/cluster.md`, "Retention"); set by the retention pass.
+    pub(crate) fn retention_refused(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.retention_refused)
     }
 
     /// Runs until a [`Command::Shutdown`] has been applied and the queue is drained, then
@@ -947,8 +954,8 @@ impl Writer {
         // With a shared store, only under the defaults every broker recorded there (its
         // record is made again by the first broker to look after Redis lost it).
         match self.store.claim_retention_defaults(&self.config.retention) {
-            Ok(()) if self.retention_refused => {
-                self.retention_refused = false;
+            Ok(()) if self.retention_refused.load(Ordering::Acquire) => {
+                self.retention_refused.store(false, Ordering::Release);
                 tracing::info!("the shared store's default retention is this broker's again: retention enforced");
             }
             Ok(()) => {}
@@ -957,8 +964,7 @@ impl Writer {
                 return;
             }
             Err(e) => {
-                if !self.retention_refused {
-                    self.retention_refused = true;
+                if !self.retention_refused.swap(true, Ordering::AcqRel) {
                     tracing::error!(error = %e, "retention not enforced");
                 }
                 return;

@@ -183,6 +183,17 @@ pub(super) fn ready_after_probe(log: &Log, answered: bool) -> Response<Body> {
                 },
             }),
         )
+    } else if log.is_ready() && log.retention_refused() {
+        response::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({
+                "status": "retention_mismatch",
+                "error": {
+                    "code": rewind_protocol::ErrorCode::Unavailable.as_str(),
+                    "message": "this node's default retention differs from the one recorded in Redis by the nodes sharing it; it enforces none until it is restarted with the recorded defaults (docs/cluster.md, Retention)",
+                },
+            }),
+        )
     } else if log.is_ready() && log.storage_failing() {
         response::json(
             StatusCode::SERVICE_UNAVAILABLE,
