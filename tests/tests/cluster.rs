@@ -1435,6 +1435,15 @@ async fn a_truncated_page_never_reports_an_earliest_below_its_first_event() {
     // B follows the namespace (a subscriber there), with earliest 0.
     let mut sub = raw_subscribe(&b, "trim", 0).await;
     consecutive(&mut sub, 0, 2).await;
+    // B's listener subscribed, and the heal it asks for once subscribed done (the writer
+    // answers commands in order): from here B hears of A only over Pub/Sub.
+    let deadline = Instant::now() + PATIENCE;
+    while proxy.subscribed() == 0 {
+        assert!(Instant::now() < deadline, "B's listener never subscribed");
+        tokio::task::yield_now().await;
+    }
+    let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
+    assert!(r.status.is_success(), "{:?}", r.status);
     proxy.stall();
     let r = a
         .put_json("/v1/namespaces/trim", r#"{"retention":{"max_events":2}}"#)
