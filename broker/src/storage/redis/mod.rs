@@ -1135,14 +1135,6 @@ impl Storage for RedisStore {
     }
 
     fn lost_data(&self) -> Result<bool, StoreError> {
-        // The page-read script kept in Redis's script cache (emptied by a restart or
-        // `SCRIPT FLUSH`): an `EVALSHA` Redis does not know waits out a write pause
-        // (`CLIENT PAUSE WRITE`, a failover), as it cannot tell it writes nothing, while
-        // one it knows as `no-writes` runs. `SCRIPT LOAD` itself is not paused. Checked at
-        // start and at every heal, as the instance marker below is.
-        if let Err(e) = self.with(|con| self.read.load(con)) {
-            tracing::debug!(error = %e, "loading the read script");
-        }
         let key = format!("{}:instance", self.opts.prefix);
         let fresh = new_epoch()?;
         // A namespace whose metadata is gone entirely was not deleted (a delete keeps it,

@@ -182,10 +182,8 @@ return 1
 /// reply to wait for: a `MULTI` pipeline's four replies each waited out
 /// `redis_timeout_ms` on a hung Redis (tester 13D). Read-only. KEYS: meta, log. ARGV:
 /// first id, last id, count. Answers `{live, epoch, entries}` (`live` and `epoch` nil when
-/// not set; `entries` as `XRANGE` gives them). Flagged `no-writes` (Redis 7.0 and later), so
-/// it runs while writes are paused (`CLIENT PAUSE WRITE`, a `FAILOVER`) and on replicas,
-/// as plain reads do.
-pub(super) const READ: &str = r#"#!lua flags=no-writes
+/// not set; `entries` as `XRANGE` gives them).
+pub(super) const READ: &str = r#"
 local m = redis.call('HMGET', KEYS[1], 'live', 'epoch')
 return {m[1], m[2], redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])}
 "#;
