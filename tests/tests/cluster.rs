@@ -1422,10 +1422,14 @@ async fn a_truncated_page_never_reports_an_earliest_below_its_first_event() {
     let proxy = PubSubStall::start(([127, 0, 0, 1], redis.port).into()).await;
     let a = node(&redis, &["--retention-interval-ms", "20"]);
     let url = proxy.url();
+    // A Redis timeout longer than the test: B's Pub/Sub liveness check never gives up on
+    // the held-back connection (a reconnect heals, and B would hear of A's appends).
     let b = Broker::start(&[
         "--redis",
         &url,
         "--redis-heal-interval-ms",
+        "60000",
+        "--redis-timeout-ms",
         "60000",
         "--retention-interval-ms",
         "3600000",

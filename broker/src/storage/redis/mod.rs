@@ -123,7 +123,6 @@ pub struct RedisStore {
     retain: Script,
     prune: Script,
     rotate: Script,
-    read: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -277,7 +276,6 @@ impl RedisStore {
             retain: Script::new(scripts::RETAIN),
             prune: Script::new(scripts::PRUNE),
             rotate: Script::new(scripts::ROTATE),
-            read: Script::new(scripts::READ),
         });
         store.spawn_prober()?;
         // Redis not there (yet), or a replica: the node starts all the same, not ready,
@@ -977,16 +975,30 @@ impl Storage for RedisStore {
         max_events: usize,
         max_bytes: usize,
     ) -> Result<Vec<Event>, StoreError> {
-        // One script (both keys carry the `{ns}` hash tag): the incarnation checked and its
-        // entries read with nothing run between them, and one reply to wait for.
-        let mut inv = self.read.prepare_invoke();
-        inv.key(self.key(ns, "meta"))
-            .key(self.key(ns, "log"))
-            .arg(format!("{from}-1"))
-            .arg(format!("{}-1", until.max(1) - 1))
-            .arg(max_events.max(1));
-        let (live, stored, entries): (Option<String>, Option<String>, Vec<StreamEntry>) =
-            self.with(|con| inv.invoke(con))?;
+        // One transaction (`MULTI`/`EXEC`; both keys carry the `{ns}` hash tag): the
+        // incarnation checked and its entries read with nothing run between them, so a
+        // delete and a re-create under the same name cannot slip in between. Not a script:
+        // an `EVALSHA` waits out a write pause (`CLIENT PAUSE WRITE`, a failover) when Redis
+        // does not know it reads only, which a transaction of reads never does. The cost: on
+        // a Redis that hangs, the client waits out `redis_timeout_ms` once per reply (four)
+        // before the circuit opens (`docs/cluster.md`, "A hung Redis").
+        let (meta, entries): ((Option<String>, Option<String>), Vec<StreamEntry>) =
+            self.with(|con| {
+                redis::pipe()
+                    .atomic()
+                    .cmd("HMGET")
+                    .arg(self.key(ns, "meta"))
+                    .arg("live")
+                    .arg("epoch")
+                    .cmd("XRANGE")
+                    .arg(self.key(ns, "log"))
+                    .arg(format!("{from}-1"))
+                    .arg(format!("{}-1", until.max(1) - 1))
+                    .arg("COUNT")
+                    .arg(max_events.max(1))
+                    .query(con)
+            })?;
+        let (live, stored) = meta;
         if live.as_deref() != Some("1") || (!epoch.is_empty() && stored.as_deref() != Some(epoch)) {
             return Err(StoreError::NotFound(ns.to_owned()));
         }

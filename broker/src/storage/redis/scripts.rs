@@ -176,14 +176,3 @@ redis.call('DEL', KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[4], 'c 0 ' .. ARGV[3] .. ' ' .. ARGV[5])
 return 1
 "#;
-
-/// Reads a page of an incarnation: the check and the read in one command, so nothing runs
-/// between them (a delete and a re-create under the same name cannot slip in), and one
-/// reply to wait for: a `MULTI` pipeline's four replies each waited out
-/// `redis_timeout_ms` on a hung Redis (tester 13D). Read-only. KEYS: meta, log. ARGV:
-/// first id, last id, count. Answers `{live, epoch, entries}` (`live` and `epoch` nil when
-/// not set; `entries` as `XRANGE` gives them).
-pub(super) const READ: &str = r#"
-local m = redis.call('HMGET', KEYS[1], 'live', 'epoch')
-return {m[1], m[2], redis.call('XRANGE', KEYS[2], ARGV[1], ARGV[2], 'COUNT', ARGV[3])}
-"#;
