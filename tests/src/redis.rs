@@ -155,10 +155,10 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Sends one command (as a RESP array of bulk strings) and answers the first line of
-    /// the reply (`+OK`, `:1`, `-ERR ...`, `$5` ...).
-    pub fn command(&self, args: &[&str]) -> String {
-        use std::io::{Read, Write};
+    /// A new connection with one command sent on it (a RESP array of bulk strings), its
+    /// reads waiting 20 s at most, for the caller to read the reply from.
+    fn send(&self, args: &[&str]) -> std::net::TcpStream {
+        use std::io::Write;
         let mut con = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         con.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("read timeout");
@@ -167,6 +167,14 @@ impl RedisServer {
             req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
         }
         con.write_all(req.as_bytes()).expect("send");
+        con
+    }
+
+    /// Sends one command (as a RESP array of bulk strings) and answers the first line of
+    /// the reply (`+OK`, `:1`, `-ERR ...`, `$5` ...).
+    pub fn command(&self, args: &[&str]) -> String {
+        use std::io::Read;
+        let mut con = self.send(args);
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         while !line.ends_with(b"\r\n") {
@@ -181,16 +189,8 @@ impl RedisServer {
     /// Sends one command whose reply is a bulk string (`CLIENT LIST`, `INFO`) and answers
     /// that string.
     pub fn bulk(&self, args: &[&str]) -> String {
-        use std::io::{BufRead, BufReader, Read, Write};
-        let mut con = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        con.set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("read timeout");
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        con.write_all(req.as_bytes()).expect("send");
-        let mut reader = BufReader::new(con);
+        use std::io::{BufRead, BufReader, Read};
+        let mut reader = BufReader::new(self.send(args));
         let mut head = String::new();
         reader.read_line(&mut head).expect("a reply");
         let len: usize = head
