@@ -99,6 +99,12 @@ const TOKIO_MAX_PERMITS: u64 = tokio::sync::Semaphore::MAX_PERMITS as u64;
 /// worker threads to the figure and overflows near `usize::MAX`.
 const MOST_BLOCKING_THREADS: u64 = 32_768;
 
+/// The most runtime workers: tokio starts every worker when the runtime is built (blocking
+/// threads only when needed) and panics when the system refuses a thread, so the bound is
+/// what a default system starts at once — 32768 threads did not start on the project's
+/// machine (`EAGAIN`), 1024 did — and more workers than cores only add context switches.
+const MOST_WORKER_THREADS: u64 = 1024;
+
 /// The largest WebSocket read buffer, 64 MiB: tungstenite allocates it for every
 /// connection and zero-fills all of it on every read (tungstenite-rs#547), so past a few
 /// MiB a larger one costs more than it saves; 64 MiB is sixty times the default largest
@@ -458,6 +464,15 @@ options! {
     blocking_threads: usize = 32, "N",
         "Threads for blocking work (store reads, checkpoints) at most", min 1,
         max MOST_BLOCKING_THREADS;
+    /// Threads that run the connections (tokio's runtime workers); 0, the default, starts
+    /// one fewer than the cores the process may use, at least 1
+    /// ([`Config::runtime_workers`]): the write-ahead log's writer thread takes part in
+    /// every publish and every delivery's wake-up, and with as many workers as cores a
+    /// third runnable thread on a 2-core machine cost 15-25 % more CPU per delivery at
+    /// 100 subscribers x 200 events/s (`docs/benchmarks.md`, issue 14). At most 1024.
+    worker_threads: usize = 0, "N",
+        "Threads running the connections (0: one fewer than the cores, at least 1)",
+        max MOST_WORKER_THREADS;
     /// `GET /metrics`: how many namespaces get series of their own (head offset,
     /// subscriber lag): those whose slowest subscriber lags the most at the scrape. Bounds
     /// the label cardinality whatever the number of namespaces; 0 gives none.
@@ -630,6 +645,17 @@ impl Sources {
 }
 
 impl Config {
+    /// How many runtime workers `rewind serve` starts, on a machine where the process may
+    /// use `cores` cores: `worker_threads`, or for its default of 0 one fewer than
+    /// `cores`, at least 1 (the write-ahead log's writer thread runs beside them;
+    /// `docs/decisions.md`, "runtime workers").
+    pub fn runtime_workers(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            0 => cores.saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+
     /// Reads a TOML file over the defaults (without the range check of [`Config::load`]).
     pub fn from_toml_file(path: &Path) -> Result<Config, ConfigError> {
         let layers = Figment::from(FileLayer::read(path)?);
@@ -1663,12 +1689,26 @@ mod tests {
     }
 
     #[test]
+    fn runtime_workers_leave_a_core_to_the_writer_unless_set() {
+        let auto = Config::default();
+        assert_eq!(auto.worker_threads, 0);
+        assert_eq!(
+            [1, 2, 3, 8].map(|cores| auto.runtime_workers(cores)),
+            [1, 1, 2, 7]
+        );
+        let set =
+            Config::load_from(&Sources::default().flag("worker_threads", "3"), env(&[])).unwrap();
+        assert_eq!([1, 2, 8].map(|cores| set.runtime_workers(cores)), [3, 3, 3]);
+    }
+
+    #[test]
     fn a_value_over_an_options_most_is_blamed_on_where_it_came_from() {
         let permits = tokio::sync::Semaphore::MAX_PERMITS as u64;
         let cases = [
             ("write_queue", permits),
             ("max_connections", permits),
             ("blocking_threads", 32_768),
+            ("worker_threads", 1024),
             ("ws_read_buffer_bytes", 64 << 20),
             ("http_max_headers", 10_000),
             ("http_max_header_bytes", 417_792),
@@ -2022,7 +2062,7 @@ mod tests {
         assert_eq!(shown("redis"), "none");
         assert_eq!(shown("redis_prefix"), "rewind");
         assert_eq!(shown("allowed_origins"), "none");
-        assert_eq!(OPTIONS.len(), 59);
+        assert_eq!(OPTIONS.len(), 60);
     }
 
     #[test]

@@ -251,6 +251,8 @@ fn a_value_over_an_options_most_is_refused_naming_its_source() {
         ("write_queue", permits),
         ("max_connections", permits),
         ("blocking_threads", 32_768),
+        // every worker starts with the runtime: 32768 threads did not start here.
+        ("worker_threads", 1024),
         // tungstenite allocates and zero-fills it for every connection.
         ("ws_read_buffer_bytes", 64 << 20),
         // hyper makes room for this many header lines per request.

@@ -220,6 +220,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .build()
             .context("starting the runtime")
     };
+    let serve_runtime = |config: &Config| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .worker_threads(config.runtime_workers(cores))
+            .max_blocking_threads(config.blocking_threads)
+            .build()
+            .context("starting the runtime")
+    };
     let default_threads = Config::default().blocking_threads;
     if !matches!(cli.command, Command::Serve(_)) {
         start_logging(LogFormat::Text);
@@ -230,7 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             // before logging starts: it says the log format.
             let config = Config::load(&args.sources())?;
             start_logging(config.log_format);
-            runtime(config.blocking_threads)?.block_on(serve(*args, config))
+            serve_runtime(&config)?.block_on(serve(*args, config))
         }
         Command::Publish(args) => runtime(default_threads)?.block_on(cli::publish(args)),
         Command::Tail(args) => runtime(default_threads)?.block_on(cli::tail(args)),
