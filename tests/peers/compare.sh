@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs rewind (durable, relaxed) and every peer ALTERNATELY, in one run, for each case of
-# issue 14's table, and prints one table of figures and of ratios rewind/peer.
+# issue 14's table, and prints one table of figures and of ratios rewind/peer. Each round
+# starts with the disk alone (`rewind bench store --only sync`: a 200-byte write +
+# fdatasync every 5 ms, no server running), the floor under rewind's durable latency.
 #
 #   tests/peers/compare.sh            # 2 rounds, 5 s per measurement, 10,000 idle
 #   tests/peers/compare.sh --quick    # 1 round, 2 s per measurement, 1,000 idle
@@ -34,7 +36,7 @@ while [ $# -gt 0 ]; do
     --seconds) SECONDS_EACH=$2; shift ;;
     --idle) IDLE=$2; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -126,8 +128,12 @@ measure() {
     flood_1000) subs=1000; kind=flood ;;
     flood_100) subs=100; kind=flood ;;
     idle) kind=idle ;;
+    sync) kind=sync ;;
   esac
   case "$server" in
+    disk)
+      # The disk alone, no server: what one durable sync costs it in this run.
+      cmd=("$REWIND" bench store --only sync --seconds "$SECONDS_EACH" --probe-interval-ms 5 --json) ;;
     rewind_durable|rewind_relaxed)
       if [ $kind = idle ]; then
         cmd=("$REWIND" bench idle --connections "$IDLE" --json)
@@ -165,7 +171,7 @@ measure() {
   line=$(tail -n 1 "$OUT/last.json")
   python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["server"]=sys.argv[2]; d["case"]=sys.argv[3]; print(json.dumps(d))' \
     "$line" "$server" "$case" >> "$RESULTS"
-  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("%.0f/s p99 %s us cpu/M %s lost %s%s" % (d["events_per_sec"], d["p99_us"], d.get("server_cpu_s_per_million"), d.get("lost"), " WARNING: "+d["warning"] if d.get("warning") else ""))' >&2
+  tail -n 1 "$RESULTS" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("%.0f/s p50 %s us p99 %s us cpu/M %s lost %s%s" % (d["events_per_sec"], d["p50_us"], d["p99_us"], d.get("server_cpu_s_per_million"), d.get("lost"), " WARNING: "+d["warning"] if d.get("warning") else ""))' >&2
 }
 
 SERVERS=(rewind_durable bare socketioxide rewind_relaxed socketio)
@@ -174,6 +180,7 @@ START=$(date +%s)
 echo "results: $RESULTS" >&2
 for round in $(seq "$ROUNDS"); do
   echo "== round $round of $ROUNDS" >&2
+  measure disk sync
   for case in "${CASES[@]}"; do
     # Alternate: the order of the servers turns by one each round.
     for i in $(seq 0 $((${#SERVERS[@]} - 1))); do

@@ -24,6 +24,10 @@
 //!   (`/proc/<pid>/io` `read_bytes`) are reported with each, to show which was which,
 //!   and the restart's start-up time (spawn to the `listening` line, the files dropped from
 //!   the page cache before it too) with the data's size.
+//! - `sync` (only when asked for): the disk probe alone for `seconds`, no broker running,
+//!   in a temporary directory where the brokers of `rewind bench` keep their data: what one
+//!   durable group commit's `fdatasync` costs this disk, the floor under every durable
+//!   latency (`tests/peers/compare.sh` runs it each round).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -53,6 +57,8 @@ pub enum StoreScenario {
     Latency,
     /// Catch-up from offset 0 with the data files out of the page cache, then in it
     Catchup,
+    /// The disk alone, no broker: the disk probe for `seconds` (not in the default list)
+    Sync,
 }
 
 /// How the latency scenario publishes.
@@ -87,7 +93,7 @@ pub struct StoreArgs {
     /// latency: events per second, all publishers together
     #[arg(long, default_value_t = 20_000)]
     pub rate: u64,
-    /// latency: seconds measured
+    /// latency, sync: seconds measured
     #[arg(long, default_value_t = 30)]
     pub seconds: u64,
     /// latency: WebSocket publishers, one namespace each
@@ -102,7 +108,8 @@ pub struct StoreArgs {
     /// namespaces in turn)
     #[arg(long, value_enum, default_value_t = LatencyTransport::Ws)]
     pub transport: LatencyTransport,
-    /// latency: milliseconds between the disk probe's `fdatasync`s (0: no probe)
+    /// latency, sync: milliseconds between the disk probe's `fdatasync`s (latency: 0, no
+    /// probe)
     #[arg(long, default_value_t = 10)]
     pub probe_interval_ms: u64,
     /// latency, `--transport http`: keep-alive connections; a publish that comes due
@@ -609,6 +616,37 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     Ok(out)
 }
 
+/// The disk probe alone for `args.seconds`, no broker running.
+async fn sync(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
+    let dir = tempfile::tempdir()?;
+    let interval = Duration::from_millis(args.probe_interval_ms.max(1));
+    let stop = StopProbe(Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let probe = disk_probe(dir.path().to_owned(), interval, Arc::clone(&stop.0));
+    // The benchmark's length, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    drop(stop);
+    let hist = tokio::task::spawn_blocking(move || probe.join())
+        .await
+        .map_err(err)?
+        .map_err(|_| err("the disk probe panicked"))??;
+    Ok(vec![Measured {
+        name: format!(
+            "disk alone: 200-byte write + fdatasync every {} ms for {} s, no broker ({} syncs; \
+             p99.9 {:.2} ms)",
+            interval.as_millis(),
+            args.seconds,
+            hist.len(),
+            hist.value_at_quantile(0.999) as f64 / 1000.0
+        ),
+        events_per_sec: 0.0,
+        p50_us: hist.value_at_quantile(0.50),
+        p99_us: hist.value_at_quantile(0.99),
+        p999_us: hist.value_at_quantile(0.999),
+        max_us: hist.max(),
+        ..Measured::default()
+    }])
+}
+
 /// Reads `ns` from offset 0 to `n` events with one subscriber; the rate and the bytes
 /// the broker read from the block layer meanwhile.
 async fn replay(b: &Broker, ns: &str, n: u64) -> Result<(f64, u64), BenchError> {
@@ -677,6 +715,7 @@ pub async fn run(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
             StoreScenario::Idle => idle(args).await?,
             StoreScenario::Latency => latency(args).await?,
             StoreScenario::Catchup => catchup(args).await?,
+            StoreScenario::Sync => sync(args).await?,
         });
     }
     Ok(out)
