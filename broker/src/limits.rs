@@ -291,6 +291,11 @@ pub(crate) enum Slot {
     /// No slot was free and no idle connection may be closed: wait on the semaphore or
     /// [`IdleConnections::changed`], whichever comes first, and ask again.
     NoneIdle,
+    /// No slot was free, no idle connection's peer had closed it, and one was passed over
+    /// because its task was running (its peer may just have closed it, and the run is
+    /// about to end it): wait as for [`Slot::NoneIdle`] — the end of that run signals
+    /// [`IdleConnections::changed`] — and ask again, then without waiting for a run.
+    Running,
 }
 
 impl IdleConnections {
@@ -301,24 +306,31 @@ impl IdleConnections {
     /// has not read yet (a busy broker), and one whose task is running may have read a
     /// whole head it is about to answer: neither is closed so. Slots are released under
     /// the same lock ([`IdleState::close`]), so a connection that has just ended is never
-    /// mistaken for one holding its slot.
-    pub(crate) fn take_slot(&self, slots: &Arc<Semaphore>) -> Slot {
+    /// mistaken for one holding its slot. With `wait_for_running`, a live connection is
+    /// not closed while one was passed over for its running task: [`Slot::Running`]
+    /// instead, so a connection whose client closed it and whose task happens to be
+    /// running goes first once the run ends (the accept loop waits for one run at most).
+    pub(crate) fn take_slot(&self, slots: &Arc<Semaphore>, wait_for_running: bool) -> Slot {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.waiting = false;
         if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
             return Slot::Taken(permit);
         }
         let mut victim = None;
+        let mut closed = false;
+        let mut running = false;
         for (key, conn) in inner.idle.iter().take(EVICTION_WINDOW) {
             // Told first, so that a task ending its run after the check below signals.
             conn.recheck.store(true, Ordering::SeqCst);
             if conn.running.load(Ordering::SeqCst) {
                 // Its task may have read a whole head it is about to answer.
+                running = true;
                 continue;
             }
             match pending(conn.fd) {
                 Pending::Closed => {
                     victim = Some(*key);
+                    closed = true;
                     break;
                 }
                 Pending::Nothing => {
@@ -326,6 +338,10 @@ impl IdleConnections {
                 }
                 Pending::Bytes => {}
             }
+        }
+        if wait_for_running && running && !closed {
+            inner.waiting = true;
+            return Slot::Running;
         }
         match victim.and_then(|key| inner.idle.remove(&key)) {
             Some(conn) => {
@@ -643,7 +659,7 @@ mod tests {
         match slot {
             Slot::Taken(_) => panic!("no slot was free"),
             Slot::Evicted => true,
-            Slot::NoneIdle => false,
+            Slot::NoneIdle | Slot::Running => false,
         }
     }
 
@@ -664,20 +680,20 @@ mod tests {
         let states: Vec<_> = conns.iter().map(TrackedStream::idle_state).collect();
         // The oldest is busy answering a request; then it is idle again, the newest.
         states[0].busy();
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(tokens[1].is_cancelled() && !tokens[0].is_cancelled());
         states[0].idle();
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(tokens[2].is_cancelled() && !tokens[0].is_cancelled());
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(tokens[0].is_cancelled());
-        assert!(!evicted(registry.take_slot(&slots)));
+        assert!(!evicted(registry.take_slot(&slots, false)));
         // An evicted connection never comes back into the list.
         states[0].idle();
         assert_eq!(registry.len(), 0);
         // A connection that ends gives its slot back, and the next asks get it.
         states[1].close(held.pop().unwrap());
-        assert!(matches!(registry.take_slot(&slots), Slot::Taken(_)));
+        assert!(matches!(registry.take_slot(&slots, false), Slot::Taken(_)));
     }
 
     /// Review (i13): a response body still being sent when its connection ended (an SSE
@@ -705,7 +721,7 @@ mod tests {
         state.idle();
         assert_eq!(registry.len(), 0, "a closed connection came back as idle");
         // Its slot is free for the next, not taken by evicting a ghost.
-        assert!(matches!(registry.take_slot(&slots), Slot::Taken(_)));
+        assert!(matches!(registry.take_slot(&slots, false), Slot::Taken(_)));
     }
 
     #[tokio::test]
@@ -731,11 +747,11 @@ mod tests {
         let silent_token = tokio_util::sync::CancellationToken::new();
         let _silent_conn = registry.track(silent_token.clone(), server);
 
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(silent_token.is_cancelled());
         assert!(!sending_token.is_cancelled());
         // Only the sending one is left: no connection to close, until it reads its bytes.
-        assert!(!evicted(registry.take_slot(&slots)));
+        assert!(!evicted(registry.take_slot(&slots, false)));
         assert!(registry.changed().now_or_never().is_none());
         // Its task runs and reads them: the end of the run signals.
         let sending_state = sending_conn.idle_state();
@@ -744,7 +760,7 @@ mod tests {
             .run(async {
                 // While it runs (it may have read a whole head), it is left alone.
                 let n = sending_conn.read(&mut head).await.unwrap();
-                assert!(!evicted(registry.take_slot(&slots)));
+                assert!(!evicted(registry.take_slot(&slots, false)));
                 n
             })
             .await;
@@ -754,7 +770,7 @@ mod tests {
             "the end of the run signals"
         );
         // Its head unfinished and nothing more sent, it is a slowloris now.
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(sending_token.is_cancelled());
     }
 
@@ -773,9 +789,57 @@ mod tests {
         let closed_token = tokio_util::sync::CancellationToken::new();
         let _closed_conn = registry.track(closed_token.clone(), server);
 
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(closed_token.is_cancelled());
         assert!(!live_token.is_cancelled());
+    }
+
+    /// Seen end to end under load (`tests/tests/limits.rs`,
+    /// `a_connection_its_client_closed_makes_room_before_any_live_one`): the task of the
+    /// connection whose client had closed it was running when the accept loop looked, was
+    /// passed over, and the live one was closed instead.
+    #[tokio::test]
+    async fn a_live_connection_is_not_closed_while_another_is_running_until_its_run_ends() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(2);
+        let (_live, server) = pair().await;
+        let live_token = tokio_util::sync::CancellationToken::new();
+        let _live_conn = registry.track(live_token.clone(), server);
+        let (closed, server) = pair().await;
+        drop(closed);
+        let closed_token = tokio_util::sync::CancellationToken::new();
+        let closed_conn = registry.track(closed_token.clone(), server);
+        let state = closed_conn.idle_state();
+        state.conn.running.store(true, Ordering::SeqCst);
+        assert!(matches!(registry.take_slot(&slots, true), Slot::Running));
+        assert!(!live_token.is_cancelled() && !closed_token.is_cancelled());
+        // Its run ends and signals the accept loop, which looks again.
+        let run = state.run(std::future::ready(()));
+        state.conn.running.store(false, Ordering::SeqCst);
+        run.await;
+        assert!(registry.changed().now_or_never().is_some());
+        assert!(evicted(registry.take_slot(&slots, true)));
+        assert!(closed_token.is_cancelled() && !live_token.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn after_one_wait_for_a_run_a_live_connection_is_closed() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(2);
+        let (_live, server) = pair().await;
+        let live_token = tokio_util::sync::CancellationToken::new();
+        let _live_conn = registry.track(live_token.clone(), server);
+        let (_busy, server) = pair().await;
+        let busy_token = tokio_util::sync::CancellationToken::new();
+        let busy_conn = registry.track(busy_token.clone(), server);
+        busy_conn
+            .idle_state()
+            .conn
+            .running
+            .store(true, Ordering::SeqCst);
+        assert!(matches!(registry.take_slot(&slots, true), Slot::Running));
+        assert!(evicted(registry.take_slot(&slots, false)));
+        assert!(live_token.is_cancelled() && !busy_token.is_cancelled());
     }
 
     #[tokio::test]
@@ -787,11 +851,11 @@ mod tests {
         let conn = registry.track(token.clone(), server);
         let state = conn.idle_state();
         state.busy();
-        assert!(!evicted(registry.take_slot(&slots)));
+        assert!(!evicted(registry.take_slot(&slots, false)));
         assert!(registry.changed().now_or_never().is_none());
         state.idle();
         assert!(registry.changed().now_or_never().is_some());
-        assert!(evicted(registry.take_slot(&slots)));
+        assert!(evicted(registry.take_slot(&slots, false)));
         assert!(token.is_cancelled());
         // Dropping the stream takes it out of the list, whatever happened.
         state.idle();

@@ -320,17 +320,22 @@ async fn free_slot(
     idle: &IdleConnections,
     slots: &Arc<Semaphore>,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    // A connection passed over for its running task is waited for once, not again.
+    let mut wait_for_running = true;
     loop {
-        match idle.take_slot(slots) {
+        match idle.take_slot(slots, wait_for_running) {
             Slot::Taken(permit) => return Some(permit),
             Slot::Evicted => {
                 tracing::debug!("every connection slot taken: closing an idle connection");
                 return Arc::clone(slots).acquire_owned().await.ok();
             }
-            Slot::NoneIdle => tokio::select! {
-                permit = Arc::clone(slots).acquire_owned() => return permit.ok(),
-                () = idle.changed() => {}
-            },
+            waiting @ (Slot::NoneIdle | Slot::Running) => {
+                wait_for_running &= !matches!(waiting, Slot::Running);
+                tokio::select! {
+                    permit = Arc::clone(slots).acquire_owned() => return permit.ok(),
+                    () = idle.changed() => {}
+                }
+            }
         }
     }
 }
