@@ -137,6 +137,144 @@ async fn epoch(b: &Broker, ns: &str) -> serde_json::Value {
     b.get(&format!("/v1/namespaces/{ns}")).await.json()["epoch"].clone()
 }
 
+/// The namespaces in the data directory's `dirty` file, and the file's identity (inode and
+/// modification time: each write of it creates a new file and renames it over the old).
+fn dirty_marks(b: &Broker) -> (Vec<String>, (u64, std::time::SystemTime)) {
+    use std::os::unix::fs::MetadataExt;
+    let path = b.data_dir.join("dirty");
+    let text = std::fs::read_to_string(&path).expect("the dirty file");
+    let meta = std::fs::metadata(&path).expect("the dirty file");
+    let id = (meta.ino(), meta.modified().expect("mtime"));
+    (text.lines().map(str::to_owned).collect(), id)
+}
+
+/// Waits (at most 10 s) until `done` holds for the dirty marks, and returns them.
+async fn dirty_marks_until(
+    b: &Broker,
+    done: impl Fn(&[String]) -> bool,
+) -> (Vec<String>, (u64, std::time::SystemTime)) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let marks = dirty_marks(b);
+        if done(&marks.0) {
+            return marks;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dirty marks never got there: {:?}",
+            marks.0
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// Issue 14: relaxed mode keeps a steadily published namespace's dirty mark across flushes
+/// (the `dirty` file is not written again while it is published) and clears a namespace's
+/// mark once it has gone quiet and been flushed. `kill -9` while publishing still gives the
+/// published namespace a new epoch, with every acknowledged event; the quiet one keeps its.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relaxed_mode_keeps_the_mark_of_a_namespace_published_steadily() {
+    const FLUSH_MS: u64 = 400;
+    const PUBLISHERS: usize = 2;
+    let flush = FLUSH_MS.to_string();
+    let mut b = Broker::start(&["--durability", "relaxed", "--flush-interval-ms", &flush]);
+    let addr = b.addr;
+    let (acks_tx, mut acks_rx) = watch::channel(0usize);
+    let acks_tx = Arc::new(acks_tx);
+    // Each publishes one event after another to `steady` until the broker is gone, and
+    // returns the offsets acknowledged.
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let acks_tx = Arc::clone(&acks_tx);
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for n in 0u64.. {
+                    let res = rewind_tests::request(
+                        addr,
+                        Method::POST,
+                        "/v1/namespaces/steady/events",
+                        &[("content-type", "application/json")],
+                        format!(r#"{{"event":"e","data":[{p},{n}]}}"#).into(),
+                    )
+                    .await;
+                    match res {
+                        Ok(r) if r.status == StatusCode::CREATED => {
+                            acked.push(r.json()["offset"].as_u64().unwrap());
+                            acks_tx.send_modify(|n| *n += 1);
+                        }
+                        // The broker is gone: stop.
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    acks_rx.wait_for(|n| *n >= 1).await.unwrap();
+    let steady_epoch = epoch(&b, "steady").await;
+
+    // A quiet namespace: marked on disk once its publish is answered (a flush clears it
+    // only at the second flush after, FLUSH_MS at least), unmarked once quiet and flushed.
+    for i in 0..3 {
+        b.publish("quiet", &format!(r#"{{"event":"q","data":{i}}}"#))
+            .await;
+    }
+    let (marks, _) = dirty_marks(&b);
+    assert!(marks.iter().any(|m| m == "quiet"), "{marks:?}");
+    let quiet_epoch = epoch(&b, "quiet").await;
+    let (_, id) = dirty_marks_until(&b, |m| m == ["steady"]).await;
+
+    // Six more flush intervals of steady publishing: the file is not written again. A
+    // pause of the publishers as long as a flush interval (a loaded machine) would let a
+    // flush clear the mark and the next publish write it again, so only the acknowledgements
+    // coming closer together than that make the check.
+    let before = *acks_rx.borrow();
+    let since = std::time::Instant::now();
+    let mut last = since;
+    let mut longest = std::time::Duration::ZERO;
+    while since.elapsed() < std::time::Duration::from_millis(6 * FLUSH_MS) {
+        acks_rx.changed().await.unwrap();
+        longest = longest.max(last.elapsed());
+        last = std::time::Instant::now();
+    }
+    let (marks_after, id_after) = dirty_marks(&b);
+    assert!(*acks_rx.borrow() > before + 6);
+    if longest < std::time::Duration::from_millis(FLUSH_MS / 2) {
+        assert_eq!(marks_after, ["steady"], "steady lost its mark");
+        assert_eq!(
+            id_after, id,
+            "the dirty file was written while steady was published"
+        );
+    } else {
+        eprintln!("publishers paused {longest:?}: the dirty file's identity is not checked");
+    }
+
+    b.kill9();
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    b.restart();
+    assert_eq!(
+        epoch(&b, "quiet").await,
+        quiet_epoch,
+        "quiet, flushed: same epoch"
+    );
+    assert_ne!(
+        epoch(&b, "steady").await,
+        steady_epoch,
+        "killed while published: new epoch"
+    );
+    let events = read_all(&b, "steady").await;
+    for offset in &acked {
+        assert!(
+            (*offset as usize) < events.len(),
+            "acknowledged offset {offset} lost"
+        );
+    }
+    assert_eq!(read_all(&b, "quiet").await.len(), 3);
+}
+
 #[tokio::test]
 async fn relaxed_mode_changes_the_epoch_only_after_an_unclean_shutdown() {
     // A long flush interval keeps the writes unflushed when the broker is killed.

@@ -7,8 +7,12 @@
 //! - In `durable` mode no publish is acknowledged, and no reader sees an event, before a
 //!   [`Storage::sync`] that covers it has returned. Every command taken from the queue
 //!   while the previous sync ran shares the next one (group commit).
-//! - In `relaxed` mode a namespace's first write after a flush is acknowledged only once
-//!   its dirty mark is durable, so a crash before the next flush gives it a new epoch.
+//! - In `relaxed` mode a write to a namespace without a durable dirty mark is acknowledged
+//!   only once its mark is durable, so a crash before the next flush gives it a new epoch.
+//!   Marks go only at an interval flush, after its sync, and only those of namespaces not
+//!   appended to since the flush before: a namespace published steadily keeps its mark
+//!   and causes no write of the `dirty` file (issue 14: clearing and re-marking it at
+//!   every flush cost 4 `fsync`s per flush interval).
 //! - The queue is bounded; when it is full, callers are told so instead of waiting.
 //! - The writer never waits for a transport or a reader: answers go out on oneshot
 //!   channels and live events into bounded live rings, neither of which blocks. So a
@@ -278,8 +282,8 @@ struct Group {
     live: Vec<PendingLive>,
     /// Something other than an append (a namespace change) must be made durable.
     needs_sync: bool,
-    /// Relaxed mode: namespaces written for the first time since the last flush; their
-    /// marks are made durable before anything in the group is acknowledged.
+    /// Relaxed mode: namespaces written to that have no durable dirty mark; their marks
+    /// are made durable before anything in the group is acknowledged.
     newly_dirty: Vec<String>,
     /// Relaxed mode: a flush was asked for.
     flush: bool,
@@ -296,6 +300,9 @@ pub struct Writer {
     config: Arc<Config>,
     /// Relaxed mode: namespaces whose dirty mark is durable and not yet cleared.
     dirty: HashSet<String>,
+    /// Relaxed mode: namespaces appended to since the last interval flush; the next flush
+    /// keeps their marks ([`Storage::retain_dirty`]).
+    appended_since_flush: HashSet<String>,
     /// Retention passes so far; idempotency records are pruned every 60th.
     retention_passes: u64,
     /// A shared store refuses this broker's default retention (another broker recorded
@@ -338,6 +345,7 @@ impl Writer {
             store,
             namespaces,
             dirty: HashSet::new(),
+            appended_since_flush: HashSet::new(),
             retention_passes: 0,
             retention_refused: Arc::new(AtomicBool::new(false)),
             lost_pending: false,
@@ -692,8 +700,13 @@ impl Writer {
                         ts_ms: now,
                         events,
                     });
-                    if self.config.durability == Durability::Relaxed && !self.dirty.contains(&ns) {
-                        group.newly_dirty.push(ns);
+                    if self.config.durability == Durability::Relaxed {
+                        if !self.appended_since_flush.contains(&ns) {
+                            self.appended_since_flush.insert(ns.clone());
+                        }
+                        if !self.dirty.contains(&ns) {
+                            group.newly_dirty.push(ns);
+                        }
                     }
                 }
                 group.acks.push(Ack::Append(reply, appended, replicated));
@@ -794,11 +807,27 @@ impl Writer {
             }
         }
         if group.flush {
-            let flushed = self.store.sync().and_then(|()| self.store.clear_dirty());
-            match flushed {
-                Ok(()) => self.dirty.clear(),
-                Err(e) => tracing::error!(error = %e, "interval flush failed"),
-            }
+            self.flush();
+        }
+    }
+
+    /// Relaxed mode's interval flush: syncs, then clears the dirty marks of the namespaces
+    /// not appended to since the flush before (everything they hold is synced now; the
+    /// writer is the only appender, so nothing lands between the sync and the clearing).
+    /// The others keep theirs, so steady publishing writes no marks; a namespace that went
+    /// quiet loses its mark at the second flush after its last append at the latest.
+    fn flush(&mut self) {
+        if let Err(e) = self.store.sync() {
+            // Nothing cleared: its next flush tries again.
+            tracing::error!(error = %e, "interval flush failed");
+            return;
+        }
+        let keep = std::mem::take(&mut self.appended_since_flush);
+        // Forgotten here whether or not the store manages to write the marks (it forgets
+        // them either way), so a next append marks the namespace again.
+        self.dirty.retain(|ns| keep.contains(ns));
+        if let Err(e) = self.store.retain_dirty(&keep) {
+            tracing::error!(error = %e, "clearing the dirty marks after a flush failed");
         }
     }
 
@@ -1185,6 +1214,9 @@ mod tests {
         fn clear_dirty(&self) -> Result<(), StoreError> {
             self.inner.clear_dirty()
         }
+        fn retain_dirty(&self, keep: &HashSet<String>) -> Result<(), StoreError> {
+            self.inner.retain_dirty(keep)
+        }
     }
 
     fn event(name: &str, n: usize) -> Vec<NewEvent> {
@@ -1325,6 +1357,127 @@ mod tests {
         tx.blocking_send(Command::Shutdown).expect("queue");
         writer.join().expect("writer");
         assert_eq!(store.syncs(), 2, "shutting down synced through `sync`");
+    }
+
+    /// Relaxed mode (issue 14): a namespace published across many flush intervals has its
+    /// dirty mark written once, not once per interval; one that goes quiet loses its mark
+    /// at the second flush after its last append; published again, it is marked again
+    /// before its append is answered; a deleted one's mark goes too, and one created again
+    /// under the same name is marked when it is written.
+    #[test]
+    fn steady_publishing_keeps_its_dirty_mark_and_a_quiet_namespace_loses_it() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = OpenOptions {
+            cache_bytes: 1 << 20,
+            segment_bytes: 1 << 20,
+            recover: false,
+            relaxed: true,
+        };
+        let (store, _) = LogStore::open(dir.path(), opts).expect("open the store");
+        let store = Arc::new(store);
+        let config = Arc::new(Config {
+            data_dir: dir.path().to_owned(),
+            durability: Durability::Relaxed,
+            ..Config::default()
+        });
+        let mut writer = Writer::new(Arc::clone(&store) as Arc<dyn Storage>, config)
+            .expect("a writer over the store");
+        let (_tx, mut rx) = mpsc::channel(1);
+        let marks = || -> Vec<String> {
+            let text = std::fs::read_to_string(dir.path().join("dirty")).expect("dirty file");
+            text.lines().map(str::to_owned).collect()
+        };
+        // One group commit, as `run` makes it; every append in it answered with offsets.
+        let mut step = |writer: &mut Writer, appends: &[&str], then: Option<Command>| {
+            let mut group = Group::default();
+            let mut answers = Vec::new();
+            for ns in appends {
+                let (cmd, answer) = append(ns, event("e", 0));
+                writer.apply(cmd, &mut group, &mut rx);
+                answers.push(answer);
+            }
+            if let Some(cmd) = then {
+                writer.apply(cmd, &mut group, &mut rx);
+            }
+            writer.commit(group);
+            for mut answer in answers {
+                offsets(answer.try_recv().expect("answered by the commit"));
+            }
+        };
+        let base = store.dirty_writes();
+
+        step(&mut writer, &["steady", "quiet"], None);
+        assert_eq!(marks(), ["quiet", "steady"]);
+        assert_eq!(store.dirty_writes(), base + 2, "one write per new mark");
+        // The interval that held quiet's append keeps its mark; the next one clears it.
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(marks(), ["quiet", "steady"]);
+        step(&mut writer, &["steady"], None);
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(marks(), ["steady"], "quiet kept its mark");
+        assert_eq!(store.dirty_writes(), base + 3);
+        // Ten intervals of steady appends (one shares its group with the flush): no write.
+        for i in 0..10 {
+            step(&mut writer, &["steady"], None);
+            step(
+                &mut writer,
+                &["steady"],
+                (i % 2 == 0).then_some(Command::Flush),
+            );
+            if i % 2 == 1 {
+                step(&mut writer, &[], Some(Command::Flush));
+            }
+        }
+        assert_eq!(marks(), ["steady"]);
+        assert_eq!(
+            store.dirty_writes(),
+            base + 3,
+            "steady appends wrote the dirty file again"
+        );
+
+        // Published again, quiet is marked again (with the commit that answers it).
+        step(&mut writer, &["quiet"], None);
+        assert_eq!(marks(), ["quiet", "steady"]);
+        assert_eq!(store.dirty_writes(), base + 4);
+        // Both go quiet: steady's mark goes at the next flush, quiet's at the one after.
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(marks(), ["quiet"]);
+        step(&mut writer, &[], Some(Command::Flush));
+        assert!(marks().is_empty(), "{:?}", marks());
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(store.dirty_writes(), base + 6, "an empty set written again");
+
+        // A namespace deleted while marked: its mark goes like any quiet one's.
+        let delete = |ns: &str| {
+            let (reply, deleted) = oneshot::channel();
+            let cmd = Command::Delete {
+                ns: ns.to_owned(),
+                reply,
+                deadline: None,
+            };
+            (cmd, deleted)
+        };
+        step(&mut writer, &["gone"], None);
+        let (cmd, mut deleted) = delete("gone");
+        step(&mut writer, &[], Some(cmd));
+        assert!(matches!(deleted.try_recv(), Ok(Ok(true))));
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(marks(), ["gone"]);
+        step(&mut writer, &[], Some(Command::Flush));
+        assert!(marks().is_empty(), "{:?}", marks());
+
+        // Deleted while marked and created again by its next append: the new incarnation
+        // is written with the mark on disk, and loses it once quiet.
+        step(&mut writer, &["again"], None);
+        let (cmd, mut deleted) = delete("again");
+        step(&mut writer, &[], Some(cmd));
+        assert!(matches!(deleted.try_recv(), Ok(Ok(true))));
+        step(&mut writer, &["again"], None);
+        assert_eq!(marks(), ["again"]);
+        step(&mut writer, &[], Some(Command::Flush));
+        assert_eq!(marks(), ["again"]);
+        step(&mut writer, &[], Some(Command::Flush));
+        assert!(marks().is_empty(), "{:?}", marks());
     }
 
     /// With the writer held in a sync and `write_queue` commands queued behind it, one
@@ -1522,6 +1675,9 @@ mod tests {
             self.down()
         }
         fn clear_dirty(&self) -> Result<(), StoreError> {
+            self.down()
+        }
+        fn retain_dirty(&self, _: &HashSet<String>) -> Result<(), StoreError> {
             self.down()
         }
         fn is_shared(&self) -> bool {

@@ -149,6 +149,9 @@ impl<T: Storage> Storage for ArcStore<T> {
     fn clear_dirty(&self) -> Result<(), StoreError> {
         self.0.clear_dirty()
     }
+    fn retain_dirty(&self, keep: &std::collections::HashSet<String>) -> Result<(), StoreError> {
+        self.0.retain_dirty(keep)
+    }
 }
 
 fn offsets_dense_and_batches_atomic<S: Subject>() {

@@ -166,8 +166,12 @@ pub struct LogStore {
     pub(crate) checkpoint_lock: Mutex<()>,
     /// The generation of the manifest on disk.
     pub(crate) generation: AtomicU64,
-    /// Relaxed mode: namespaces marked dirty, mirrored in the `dirty` file.
+    /// Relaxed mode: namespaces marked dirty, mirrored in the `dirty` file (which may hold
+    /// more after a failed write: never fewer).
     pub(crate) dirty: Mutex<HashSet<String>>,
+    /// Writes of the `dirty` file since open (each: a file created, `fsync`, `rename`,
+    /// `fsync` of the directory).
+    dirty_writes: AtomicU64,
     /// A write, sync or checkpoint failed, and no checkpoint has succeeded since.
     failing: AtomicBool,
     /// Relaxed durability: a failed sync keeps what was written (it was acknowledged).
@@ -213,6 +217,7 @@ impl LogStore {
             checkpoint_lock: Mutex::new(()),
             generation: AtomicU64::new(generation),
             dirty: Mutex::new(HashSet::new()),
+            dirty_writes: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             keep_unsynced: false,
             failures: AtomicU64::new(0),
@@ -767,9 +772,16 @@ impl LogStore {
         Ok(())
     }
 
+    /// Writes of the `dirty` file since open.
+    #[cfg(test)]
+    pub(crate) fn dirty_writes(&self) -> u64 {
+        self.dirty_writes.load(Ordering::Relaxed)
+    }
+
     /// Writes the relaxed-mode dirty set to its file, atomically and durably.
     fn write_dirty(&self, names: &HashSet<String>) -> Result<(), StoreError> {
         use std::io::Write;
+        self.dirty_writes.fetch_add(1, Ordering::Relaxed);
         let tmp = self.paths.dir.join("dirty.tmp");
         let mut f = std::fs::File::create(&tmp)?;
         let mut sorted: Vec<&String> = names.iter().collect();
@@ -1075,6 +1087,20 @@ impl Storage for LogStore {
             self.note(result)?;
         }
         Ok(())
+    }
+
+    fn retain_dirty(&self, keep: &HashSet<String>) -> Result<(), StoreError> {
+        let mut dirty = lock(&self.dirty);
+        let before = dirty.len();
+        // Forgotten before the write: if it fails, the file holds these marks or not, and
+        // either is safe (their writes are synced; a namespace's next append marks it
+        // again, as the writer forgets them too).
+        dirty.retain(|ns| keep.contains(ns));
+        if dirty.len() == before {
+            return Ok(());
+        }
+        let result = self.write_dirty(&dirty);
+        self.note(result)
     }
 
     fn is_failing(&self) -> bool {

@@ -377,8 +377,17 @@ pub trait Storage: Send + Sync + 'static {
     /// not synced yet, so that a crash before they are gives it a new epoch on open.
     fn mark_dirty(&self, ns: &str) -> Result<(), StoreError>;
 
-    /// Relaxed mode: forgets the dirty marks once a sync has made their writes durable.
+    /// Relaxed mode: forgets every dirty mark once a sync has made their writes durable
+    /// (at open and at a clean shutdown).
     fn clear_dirty(&self) -> Result<(), StoreError>;
+
+    /// Relaxed mode: forgets the dirty marks of the namespaces not in `keep`, once a sync
+    /// has made their writes durable (the interval flush: `keep` holds the namespaces
+    /// appended to since the flush before). Writes the marks only when one goes, so a
+    /// namespace published steadily keeps its mark and costs no write. After an error a
+    /// mark may or may not still be on disk; it is forgotten either way, so the next
+    /// [`Storage::mark_dirty`] of that namespace writes it again.
+    fn retain_dirty(&self, keep: &std::collections::HashSet<String>) -> Result<(), StoreError>;
 
     /// True from a failed write, sync or checkpoint (a full disk, an I/O error) until the
     /// next successful checkpoint, which writes and syncs new files (a small write can

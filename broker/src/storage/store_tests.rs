@@ -715,6 +715,49 @@ fn a_dirty_namespace_keeps_its_events_under_a_new_epoch() {
     );
 }
 
+/// Issue 14: the interval flush keeps the marks of the namespaces still written to and
+/// writes the `dirty` file only when a mark goes; after a crash the kept ones get a new
+/// epoch and the cleared ones keep theirs.
+#[test]
+fn retained_dirty_marks_are_written_only_when_one_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = || std::fs::read_to_string(dir.path().join("dirty")).unwrap();
+    let (busy, quiet) = {
+        let store = open(dir.path());
+        let busy = store.create("busy", Retention::default()).unwrap().epoch;
+        let quiet = store.create("quiet", Retention::default()).unwrap().epoch;
+        let base = store.dirty_writes();
+        store.mark_dirty("busy").unwrap();
+        store.mark_dirty("quiet").unwrap();
+        store.mark_dirty("busy").unwrap();
+        assert_eq!(
+            store.dirty_writes(),
+            base + 2,
+            "a mark already made written again"
+        );
+        fill(&store, "busy", 2);
+        fill(&store, "quiet", 1);
+        store.sync().unwrap();
+        let both: std::collections::HashSet<String> =
+            ["busy".to_owned(), "quiet".to_owned(), "never".to_owned()].into();
+        store.retain_dirty(&both).unwrap();
+        assert_eq!(store.dirty_writes(), base + 2, "nothing went, yet written");
+        assert_eq!(marks(), "busy\nquiet\n");
+        store.retain_dirty(&["busy".to_owned()].into()).unwrap();
+        assert_eq!(store.dirty_writes(), base + 3);
+        assert_eq!(marks(), "busy\n");
+        fill(&store, "busy", 1);
+        store.sync().unwrap();
+        (busy, quiet)
+    };
+    let store = open(dir.path());
+    assert_ne!(store.info("busy").unwrap().unwrap().epoch, busy);
+    assert_eq!(store.info("quiet").unwrap().unwrap().epoch, quiet);
+    assert_eq!(data(&store, "busy").len(), 3);
+    assert_eq!(data(&store, "quiet").len(), 1);
+    assert_eq!(marks(), "", "open clears the marks it acted on");
+}
+
 /// FIX9 item 1: a create taken back (its first publish was refused) leaves nothing — no
 /// namespace, no directory, nothing after a restart — and only an empty, unsynced create
 /// is taken back.

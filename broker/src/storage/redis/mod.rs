@@ -1112,6 +1112,10 @@ impl Storage for RedisStore {
         Ok(())
     }
 
+    fn retain_dirty(&self, _keep: &std::collections::HashSet<String>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn is_failing(&self) -> bool {
         self.failing.load(Ordering::Acquire)
             || self.read_only.load(Ordering::Acquire)
