@@ -1439,13 +1439,19 @@ async fn a_truncated_page_never_reports_an_earliest_below_its_first_event() {
     // B follows the namespace (a subscriber there), with earliest 0.
     let mut sub = raw_subscribe(&b, "trim", 0).await;
     consecutive(&mut sub, 0, 2).await;
-    // B's listener subscribed, and the heal it asks for once subscribed done (the writer
-    // answers commands in order): from here B hears of A only over Pub/Sub.
+    // B's listener subscribed, and the heal it asks for once subscribed done: the listener
+    // asks for it before it reads any announcement, so once event 2 (published after the
+    // subscription) reached B's subscriber it is queued, and the writer answers commands
+    // in order. (Without event 2 the heal could be asked for after A's appends below, under
+    // load, and B would read them: seen in a full test run.) From here B hears of A only
+    // over Pub/Sub.
     let deadline = Instant::now() + PATIENCE;
     while proxy.subscribed() == 0 {
         assert!(Instant::now() < deadline, "B's listener never subscribed");
         tokio::task::yield_now().await;
     }
+    publish_ok(&a, "trim", 2).await;
+    consecutive(&mut sub, 2, 1).await;
     let r = b.put_json("/v1/namespaces/after-the-heal", "{}").await;
     assert!(r.status.is_success(), "{:?}", r.status);
     proxy.stall();
@@ -1453,20 +1459,20 @@ async fn a_truncated_page_never_reports_an_earliest_below_its_first_event() {
         .put_json("/v1/namespaces/trim", r#"{"retention":{"max_events":2}}"#)
         .await;
     assert!(r.status.is_success(), "{:?}", r.status);
-    for i in 2..6 {
+    for i in 3..7 {
         publish_ok(&a, "trim", i).await;
     }
-    a.wait_for("/v1/namespaces/trim", |v| v["earliest"] == 4)
+    a.wait_for("/v1/namespaces/trim", |v| v["earliest"] == 5)
         .await;
     assert_eq!(
         head_on(&b, "trim").await,
-        Some(2),
-        "B has heard of 2..=5 already"
+        Some(3),
+        "B has heard of 3..=6 already"
     );
     let page = b.get("/v1/namespaces/trim/events?from=1").await.json();
     assert_eq!(page["truncated"], true, "{page}");
-    assert_eq!(page["events"][0]["offset"], 4, "{page}");
-    assert!(page["earliest"].as_u64() >= Some(4), "{page}");
+    assert_eq!(page["events"][0]["offset"], 5, "{page}");
+    assert!(page["earliest"].as_u64() >= Some(5), "{page}");
     proxy.resume();
 }
 

@@ -124,7 +124,16 @@ fn every_option_the_docs_name_is_in_help() {
         // Other programs' and the scripts' own flags are not rewind's (also after environment
         // variables: `REWIND_CRASH_ROUNDS=50 cargo test …`, `tests/peers/compare.sh --quick`).
         let command = span.split_whitespace().find(|w| !w.contains('='));
-        let other = ["cargo", "node", "npm", "npx", "redis-server", "chromium"];
+        let other = [
+            "cargo",
+            "node",
+            "npm",
+            "npx",
+            "redis-server",
+            "chromium",
+            "perf",
+            "strace",
+        ];
         if command.is_some_and(|c| other.contains(&c) || c.ends_with(".sh")) {
             continue;
         }
