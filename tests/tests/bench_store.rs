@@ -101,3 +101,46 @@ fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
         rows[1]
     );
 }
+
+/// `--only sync`: the disk alone, for the seconds asked, however long the interval (a
+/// tester's interval of 10^8 ms ran for a day instead of a second); an interval of 0 is
+/// refused with one line.
+#[test]
+fn the_sync_scenario_times_the_disk_alone_and_stops_on_time() {
+    let rows = bench_store(&[
+        "--only",
+        "sync",
+        "--seconds",
+        "1",
+        "--probe-interval-ms",
+        "5",
+    ]);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].starts_with("| disk alone:"), "{}", rows[0]);
+    let syncs = number_before(&rows[0], " syncs;");
+    assert!(syncs >= 2.0 && syncs <= 201.0, "{}", rows[0]);
+    for interval in ["100000000", "18446744073709551615"] {
+        // The run's own length bounds it: a probe that missed its stop would hang here.
+        let rows = bench_store(&[
+            "--only",
+            "sync",
+            "--seconds",
+            "1",
+            "--probe-interval-ms",
+            interval,
+        ]);
+        assert!(rows[0].contains("(1 syncs;"), "{}", rows[0]);
+    }
+    let out = Command::new(rewind_bin())
+        .args(["bench", "store", "--only", "sync", "--seconds", "1"])
+        .args(["--probe-interval-ms", "0"])
+        .output()
+        .expect("rewind runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("--probe-interval-ms must be at least 1"),
+        "{stderr}"
+    );
+}

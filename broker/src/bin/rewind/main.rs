@@ -222,12 +222,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let serve_runtime = |config: &Config| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        tokio::runtime::Builder::new_multi_thread()
+        let workers = config.runtime_workers(cores);
+        // tokio starts every worker here and panics when the system refuses a thread
+        // (a pids limit, an address-space limit); unwinding then waits forever for the
+        // workers already started. One line and exit status 1 instead, as for any bad
+        // configuration.
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let why = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("a thread could not be started");
+            eprintln!(
+                "rewind: starting {workers} runtime workers (worker_threads): {why}; \
+                 set worker_threads lower, or raise the system's thread limits"
+            );
+            std::process::exit(1);
+        }));
+        let built = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
-            .worker_threads(config.runtime_workers(cores))
+            .worker_threads(workers)
             .max_blocking_threads(config.blocking_threads)
             .build()
-            .context("starting the runtime")
+            .context("starting the runtime");
+        std::panic::set_hook(previous);
+        built
     };
     let default_threads = Config::default().blocking_threads;
     if !matches!(cli.command, Command::Serve(_)) {
@@ -311,7 +332,8 @@ async fn serve(args: ServeArgs, config: Config) -> anyhow::Result<()> {
         }
     }
     purge_freed_memory()?;
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability, "rewind started");
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), durability = ?config.durability, workers, "rewind started");
     let shutdown = shutdown_signal()?;
     // Scripts and tests read the bound address (the port may have been 0) from this line.
     let mut out = std::io::stdout();

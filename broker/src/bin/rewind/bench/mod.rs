@@ -65,8 +65,9 @@ pub enum BenchError {
     /// A socket or file failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    /// The broker answered something other than 201.
-    #[error("publish failed: {0}")]
+    /// Anything else: the broker answered something other than expected, a connection
+    /// failed, or the benchmark's options cannot run.
+    #[error("benchmark failed: {0}")]
     Publish(String),
 }
 

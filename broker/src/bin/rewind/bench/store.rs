@@ -25,9 +25,10 @@
 //!   and the restart's start-up time (spawn to the `listening` line, the files dropped from
 //!   the page cache before it too) with the data's size.
 //! - `sync` (only when asked for): the disk probe alone for `seconds`, no broker running,
-//!   in a temporary directory where the brokers of `rewind bench` keep their data: what one
-//!   durable group commit's `fdatasync` costs this disk, the floor under every durable
-//!   latency (`tests/peers/compare.sh` runs it each round).
+//!   in a temporary directory under `$TMPDIR` (else `/tmp`), where the brokers of `rewind
+//!   bench` keep their data too: what one durable group commit's `fdatasync` costs that
+//!   disk, the floor under every durable latency (`tests/peers/compare.sh` runs it each
+//!   round). Its events/s is 0: it publishes nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,8 +109,8 @@ pub struct StoreArgs {
     /// namespaces in turn)
     #[arg(long, value_enum, default_value_t = LatencyTransport::Ws)]
     pub transport: LatencyTransport,
-    /// latency, sync: milliseconds between the disk probe's `fdatasync`s (latency: 0, no
-    /// probe)
+    /// latency, sync: milliseconds between the disk probe's `fdatasync`s (latency: 0 runs
+    /// no probe; sync: at least 1)
     #[arg(long, default_value_t = 10)]
     pub probe_interval_ms: u64,
     /// latency, `--transport http`: keep-alive connections; a publish that comes due
@@ -443,6 +444,9 @@ impl Drop for StopProbe {
     }
 }
 
+/// How soon the disk probe sees that it is told to stop, at most.
+const STOP_SLICE: Duration = Duration::from_millis(10);
+
 /// The disk probe: until `stop`, every `interval` appends 200 bytes to a file in `dir` and
 /// `fdatasync`s it; returns the time each write and sync took, in µs. A thread of its own,
 /// so the benchmark's async tasks cannot delay it.
@@ -456,15 +460,20 @@ fn disk_probe(
         let mut hist = Histogram::<u64>::new(3).map_err(err)?;
         let path = dir.join("probe");
         let mut file = std::fs::File::create(&path)?;
-        let mut due = Instant::now();
+        let mut due = Some(Instant::now());
         while !stop.load(Ordering::Relaxed) {
-            let t0 = Instant::now();
-            file.write_all(&[b'p'; 200])?;
-            file.sync_data()?;
-            let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
-            hist.record(us).map_err(err)?;
-            due += interval;
-            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+            if due.is_some_and(|d| Instant::now() >= d) {
+                let t0 = Instant::now();
+                file.write_all(&[b'p'; 200])?;
+                file.sync_data()?;
+                let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
+                hist.record(us).map_err(err)?;
+                // Past what the clock holds: no further sync.
+                due = due.and_then(|d| d.checked_add(interval));
+            }
+            // In slices, so a stop is seen within one whatever the interval.
+            let wait = due.map_or(STOP_SLICE, |d| d.saturating_duration_since(Instant::now()));
+            std::thread::sleep(wait.min(STOP_SLICE));
         }
         drop(file);
         std::fs::remove_file(&path)?;
@@ -618,8 +627,13 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
 
 /// The disk probe alone for `args.seconds`, no broker running.
 async fn sync(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
+    if args.probe_interval_ms == 0 {
+        return Err(err(
+            "sync: --probe-interval-ms must be at least 1 (it is the probe's interval)",
+        ));
+    }
     let dir = tempfile::tempdir()?;
-    let interval = Duration::from_millis(args.probe_interval_ms.max(1));
+    let interval = Duration::from_millis(args.probe_interval_ms);
     let stop = StopProbe(Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let probe = disk_probe(dir.path().to_owned(), interval, Arc::clone(&stop.0));
     // The benchmark's length, not a wait for something to happen.
