@@ -10,7 +10,7 @@
 #
 # Measured on the project's loaded 2-core machine: --quick 3 min 16 s; the default 22 min,
 # its first round 15 min with the Socket.IO idle connections opened one at a time, its
-# second 8 min with them opened fifty at a time (as now). Much of the rest is floods
+# second 8 min with them opened fifty at a time (as now); on a quiet machine 9 min 22 s. Much of the rest is floods
 # draining: the bare broadcast leaves megabytes queued per subscriber, and every delivery
 # owed is waited for.
 #
