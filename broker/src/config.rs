@@ -468,7 +468,7 @@ options! {
     /// one fewer than the cores the process may use, at least 1
     /// ([`Config::runtime_workers`]): the write-ahead log's writer thread takes part in
     /// every publish and every delivery's wake-up, and with as many workers as cores a
-    /// third runnable thread on a 2-core machine cost 15-25 % more CPU per delivery at
+    /// third runnable thread on a 2-core machine cost 13-32 % more CPU per delivery at
     /// 100 subscribers x 200 events/s (`docs/benchmarks.md`, issue 14). At most 1024.
     worker_threads: usize = 0, "N",
         "Threads running the connections (0: one fewer than the cores, at least 1)",

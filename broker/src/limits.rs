@@ -313,6 +313,13 @@ impl IdleConnections {
     pub(crate) fn take_slot(&self, slots: &Arc<Semaphore>, wait_for_running: bool) -> Slot {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.waiting = false;
+        // A signal stored before this look (`notify_one` keeps one for the next waiter: a
+        // run that ended after an earlier look, even one that closed a connection) is about
+        // states this look sees anyway; left stored, it would end the next wait at once,
+        // and a live connection would be closed while another's run is still going.
+        // Signals for what this look finds are sent after it: a run sees `recheck` set
+        // below unless it stopped running before it was read.
+        let _ = futures::FutureExt::now_or_never(self.changed.notified());
         if let Ok(permit) = Arc::clone(slots).try_acquire_owned() {
             return Slot::Taken(permit);
         }
@@ -646,6 +653,21 @@ mod tests {
         (client, server)
     }
 
+    /// A connection tracked by `registry`: its client's end, its eviction token, and the
+    /// broker's end as the registry tracks it.
+    async fn tracked(
+        registry: &IdleConnections,
+    ) -> (
+        tokio::net::TcpStream,
+        tokio_util::sync::CancellationToken,
+        TrackedStream,
+    ) {
+        let (client, server) = pair().await;
+        let token = tokio_util::sync::CancellationToken::new();
+        let conn = registry.track(token.clone(), server);
+        (client, token, conn)
+    }
+
     /// A semaphore of `n` slots, all taken (the permits returned).
     fn full(n: usize) -> (Arc<Semaphore>, Vec<OwnedSemaphorePermit>) {
         let slots = Arc::new(Semaphore::new(n));
@@ -802,13 +824,9 @@ mod tests {
     async fn a_live_connection_is_not_closed_while_another_is_running_until_its_run_ends() {
         let registry = IdleConnections::default();
         let (slots, _held) = full(2);
-        let (_live, server) = pair().await;
-        let live_token = tokio_util::sync::CancellationToken::new();
-        let _live_conn = registry.track(live_token.clone(), server);
-        let (closed, server) = pair().await;
+        let (_live, live_token, _live_conn) = tracked(&registry).await;
+        let (closed, closed_token, closed_conn) = tracked(&registry).await;
         drop(closed);
-        let closed_token = tokio_util::sync::CancellationToken::new();
-        let closed_conn = registry.track(closed_token.clone(), server);
         let state = closed_conn.idle_state();
         state.conn.running.store(true, Ordering::SeqCst);
         assert!(matches!(registry.take_slot(&slots, true), Slot::Running));
@@ -822,16 +840,42 @@ mod tests {
         assert!(closed_token.is_cancelled() && !live_token.is_cancelled());
     }
 
+    /// Review (i14): every connection an eviction looked at signals at the end of its next
+    /// run, and `notify_one` kept that signal for the accept loop's next wait, which then
+    /// ended at once: the wait for a running connection was skipped after any eviction.
+    #[tokio::test]
+    async fn a_signal_from_before_a_look_does_not_end_the_wait_for_a_run() {
+        let registry = IdleConnections::default();
+        let (slots, _held) = full(3);
+        let mut tokens = Vec::new();
+        let mut conns = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            let (client, token, conn) = tracked(&registry).await;
+            conns.push(conn);
+            tokens.push(token);
+            clients.push(client);
+        }
+        assert!(evicted(registry.take_slot(&slots, true)));
+        assert!(tokens[0].is_cancelled());
+        // A connection that eviction looked at runs, and signals when the run ends.
+        let running = conns[1].idle_state();
+        running.run(std::future::ready(())).await;
+        running.conn.running.store(true, Ordering::SeqCst);
+        assert!(matches!(registry.take_slot(&slots, true), Slot::Running));
+        assert!(
+            registry.changed().now_or_never().is_none(),
+            "a signal from before the look ended the wait for the run"
+        );
+        assert!(!tokens[1].is_cancelled() && !tokens[2].is_cancelled());
+    }
+
     #[tokio::test]
     async fn after_one_wait_for_a_run_a_live_connection_is_closed() {
         let registry = IdleConnections::default();
         let (slots, _held) = full(2);
-        let (_live, server) = pair().await;
-        let live_token = tokio_util::sync::CancellationToken::new();
-        let _live_conn = registry.track(live_token.clone(), server);
-        let (_busy, server) = pair().await;
-        let busy_token = tokio_util::sync::CancellationToken::new();
-        let busy_conn = registry.track(busy_token.clone(), server);
+        let (_live, live_token, _live_conn) = tracked(&registry).await;
+        let (_busy, busy_token, busy_conn) = tracked(&registry).await;
         busy_conn
             .idle_state()
             .conn

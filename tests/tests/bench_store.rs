@@ -117,8 +117,7 @@ fn the_sync_scenario_times_the_disk_alone_and_stops_on_time() {
     ]);
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert!(rows[0].starts_with("| disk alone:"), "{}", rows[0]);
-    let syncs = number_before(&rows[0], " syncs;");
-    assert!((2.0..=201.0).contains(&syncs), "{}", rows[0]);
+    assert!(number_before(&rows[0], " syncs;") >= 2.0, "{}", rows[0]);
     for interval in ["100000000", "18446744073709551615"] {
         // The run's own length bounds it: a probe that missed its stop would hang here.
         let rows = bench_store(&[
