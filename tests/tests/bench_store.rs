@@ -107,27 +107,23 @@ fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
 /// refused with one line.
 #[test]
 fn the_sync_scenario_times_the_disk_alone_and_stops_on_time() {
-    let rows = bench_store(&[
-        "--only",
-        "sync",
-        "--seconds",
-        "1",
-        "--probe-interval-ms",
-        "5",
-    ]);
-    assert_eq!(rows.len(), 1, "{rows:#?}");
-    assert!(rows[0].starts_with("| disk alone:"), "{}", rows[0]);
-    assert!(number_before(&rows[0], " syncs;") >= 2.0, "{}", rows[0]);
-    for interval in ["100000000", "18446744073709551615"] {
-        // The run's own length bounds it: a probe that missed its stop would hang here.
-        let rows = bench_store(&[
+    let sync_for_a_second = |interval| {
+        bench_store(&[
             "--only",
             "sync",
             "--seconds",
             "1",
             "--probe-interval-ms",
             interval,
-        ]);
+        ])
+    };
+    let rows = sync_for_a_second("5");
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert!(rows[0].starts_with("| disk alone:"), "{}", rows[0]);
+    assert!(number_before(&rows[0], " syncs;") >= 2.0, "{}", rows[0]);
+    for interval in ["100000000", "18446744073709551615"] {
+        // The run's own length bounds it: a probe that missed its stop would hang here.
+        let rows = sync_for_a_second(interval);
         assert!(rows[0].contains("(1 syncs;"), "{}", rows[0]);
     }
     let out = Command::new(rewind_bin())
