@@ -330,7 +330,9 @@ async fn free_slot(
                 return Arc::clone(slots).acquire_owned().await.ok();
             }
             waiting @ (Slot::NoneIdle | Slot::Running) => {
-                wait_for_running &= !matches!(waiting, Slot::Running);
+                if matches!(waiting, Slot::Running) {
+                    wait_for_running = false;
+                }
                 tokio::select! {
                     permit = Arc::clone(slots).acquire_owned() => return permit.ok(),
                     () = idle.changed() => {}

@@ -213,12 +213,14 @@ fn start_logging(format: LogFormat) {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = |blocking_threads: usize| {
-        tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .max_blocking_threads(blocking_threads)
-            .build()
-            .context("starting the runtime")
+    // `workers`: tokio's default (one per core) when `None`.
+    let runtime = |workers: Option<usize>, blocking_threads: usize| {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.enable_all().max_blocking_threads(blocking_threads);
+        if let Some(n) = workers {
+            builder.worker_threads(n);
+        }
+        builder.build().context("starting the runtime")
     };
     let serve_runtime = |config: &Config| {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -241,12 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
             std::process::exit(1);
         }));
-        let built = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .worker_threads(workers)
-            .max_blocking_threads(config.blocking_threads)
-            .build()
-            .context("starting the runtime");
+        let built = runtime(Some(workers), config.blocking_threads);
         std::panic::set_hook(previous);
         built
     };
@@ -262,11 +259,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             start_logging(config.log_format);
             serve_runtime(&config)?.block_on(serve(*args, config))
         }
-        Command::Publish(args) => runtime(default_threads)?.block_on(cli::publish(args)),
-        Command::Tail(args) => runtime(default_threads)?.block_on(cli::tail(args)),
-        Command::Namespaces(args) => runtime(default_threads)?.block_on(cli::namespaces(args)),
+        Command::Publish(args) => runtime(None, default_threads)?.block_on(cli::publish(args)),
+        Command::Tail(args) => runtime(None, default_threads)?.block_on(cli::tail(args)),
+        Command::Namespaces(args) => {
+            runtime(None, default_threads)?.block_on(cli::namespaces(args))
+        }
         Command::Bench(which) => {
-            let results = runtime(default_threads)?.block_on(async {
+            let results = runtime(None, default_threads)?.block_on(async {
                 match &which {
                     BenchCommand::Publish(a) => bench::publish::run(a).await,
                     BenchCommand::Fanout(a) => bench::fanout::run(a).await,
