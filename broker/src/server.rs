@@ -87,6 +87,9 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
     );
     let builder = http1_builder(&log);
     let idle = IdleConnections::default();
+    // A connection accepted but still waiting for a slot when shutdown begins: answered
+    // by the draining server, never dropped unanswered.
+    let mut waiting = None;
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -121,7 +124,10 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
                 Some(permit) => permit,
                 None => break,
             },
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                waiting = Some((stream, peer));
+                break;
+            }
         };
         let _ = stream.set_nodelay(true);
         let open = log.metrics().http_connection();
@@ -254,7 +260,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             );
         }
     };
-    serve_draining(&listener, &log, &slots, &origins, drain).await;
+    serve_draining(&listener, waiting, &log, &slots, &origins, drain).await;
     drop(listener);
     log.shutdown().await;
     tracing::info!("shutdown complete");
@@ -262,9 +268,12 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
 
 /// Accepts connections until `drain` completes and answers each one's requests with
 /// [`http::draining`], one request per connection. Those connections end with this
-/// function.
+/// function. `waiting`, a connection the accept loop took before the signal but had no
+/// slot for, is answered first and without a slot: its socket is open already, and a
+/// slot may not come free before the drain ends.
 async fn serve_draining(
     listener: &TcpListener,
+    mut waiting: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
     log: &Log,
     slots: &Arc<Semaphore>,
     origins: &Arc<http::cors::Origins>,
@@ -277,23 +286,29 @@ async fn serve_draining(
     let mut builder = http1_builder(log);
     builder.keep_alive(false);
     loop {
-        let permit = tokio::select! {
-            () = &mut drain => return,
-            permit = Arc::clone(slots).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = &mut drain => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let (permit, (stream, peer)) = match waiting.take() {
+            Some(accepted) => (None, accepted),
+            None => {
+                let permit = tokio::select! {
+                    () = &mut drain => return,
+                    permit = Arc::clone(slots).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => return,
+                    },
+                };
+                let accepted = tokio::select! {
+                    () = &mut drain => return,
+                    accepted = listener.accept() => match accepted {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                };
+                (Some(permit), accepted)
+            }
         };
         let log = log.clone();
         let origins = Arc::clone(origins);
@@ -322,6 +337,8 @@ async fn free_slot(
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     // A connection passed over for its running task is waited for once, not again.
     let mut wait_for_running = true;
+    // Said once per connection that waits (at debug, as an eviction is).
+    let mut told = false;
     loop {
         match idle.take_slot(slots, wait_for_running) {
             Slot::Taken(permit) => return Some(permit),
@@ -330,6 +347,12 @@ async fn free_slot(
                 return Arc::clone(slots).acquire_owned().await.ok();
             }
             waiting @ (Slot::NoneIdle | Slot::Running) => {
+                if !told {
+                    tracing::debug!(
+                        "every connection slot taken, none idle: a new connection waits for one"
+                    );
+                    told = true;
+                }
                 if matches!(waiting, Slot::Running) {
                     wait_for_running = false;
                 }

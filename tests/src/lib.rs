@@ -798,14 +798,27 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Takes `child`'s piped stderr and reads it to the end on a thread (so a chatty child
-/// never blocks on a full pipe); the thread returns the whole text.
-fn stderr_to_end(child: &mut Child) -> std::thread::JoinHandle<String> {
-    let mut err = child.stderr.take().expect("piped stderr");
-    std::thread::spawn(move || {
+/// never blocks on a full pipe); the thread returns the whole text, and sends each line
+/// on the returned channel as it comes (for a test that waits for one).
+fn stderr_to_end(
+    child: &mut Child,
+) -> (
+    std::thread::JoinHandle<String>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    let err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
         let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        for line in BufReader::new(err).lines() {
+            let Ok(line) = line else { break };
+            text.push_str(&line);
+            text.push('\n');
+            let _ = tx.send(line);
+        }
         text
-    })
+    });
+    (reader, rx)
 }
 
 /// Runs `cmd`, a `rewind serve` that must refuse to start, and returns its stderr after
@@ -819,7 +832,7 @@ pub fn refusal(cmd: &mut Command) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("rewind starts");
-    let stderr = stderr_to_end(&mut child);
+    let (stderr, _) = stderr_to_end(&mut child);
     let mut line = String::new();
     let _ = BufReader::new(child.stdout.take().expect("piped stdout")).read_line(&mut line);
     if !line.is_empty() {
@@ -873,6 +886,8 @@ pub struct Piped {
     pub addr: SocketAddr,
     /// Its whole stderr, read on a thread until the process closes it.
     pub stderr: std::thread::JoinHandle<String>,
+    /// Its stderr's lines, each as it is read.
+    pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 /// Spawns `cmd` (a `rewind serve` on an ephemeral port) with stdout and stderr piped,
@@ -884,7 +899,7 @@ pub fn spawn_piped(cmd: &mut Command) -> Piped {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start rewind");
-    let stderr = stderr_to_end(&mut child);
+    let (stderr, lines) = stderr_to_end(&mut child);
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped stdout"))
         .read_line(&mut line)
@@ -899,5 +914,6 @@ pub fn spawn_piped(cmd: &mut Command) -> Piped {
         child,
         addr,
         stderr,
+        lines,
     }
 }

@@ -16,6 +16,7 @@ struct Served {
     child: Child,
     addr: SocketAddr,
     stderr: Option<JoinHandle<String>>,
+    lines: std::sync::mpsc::Receiver<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -42,7 +43,21 @@ impl Served {
             child: piped.child,
             addr: piped.addr,
             stderr: Some(piped.stderr),
+            lines: piped.lines,
             _dir: dir,
+        }
+    }
+
+    /// Waits (at most 20 s) for a line of stderr containing `needle`; panics without one.
+    fn wait_for_line(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line with {needle:?}: {e}"),
+            }
         }
     }
 
@@ -166,6 +181,37 @@ async fn readyz_answers_503_from_sigterm_while_in_flight_work_drains() {
     let (status, stderr) = b.wait();
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("still open"), "{stderr}");
+}
+
+/// A connection the broker accepted before the signal but had no slot for (every slot
+/// taken by a request in flight) is answered `503 shutting_down`, not closed unanswered.
+#[tokio::test]
+async fn a_connection_waiting_for_a_slot_at_the_signal_is_answered_503() {
+    let b = Served::start(
+        &["--max-connections", "1", "--shutdown-timeout-secs", "60"],
+        &[("RUST_LOG", "info,rewind_broker::server=debug")],
+    );
+    let publish = InFlight::start(b.addr);
+    let mut waiting = TcpStream::connect(b.addr).unwrap();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    waiting
+        .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    b.wait_for_line("a new connection waits for one");
+    b.sigterm();
+    let mut answer = String::new();
+    let read = waiting.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{read:?}: {answer:?}");
+    assert!(answer.contains("shutting_down"), "{answer}");
+    // The publish holding the slot still finishes.
+    let answer = tokio::task::spawn_blocking(move || publish.finish())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, stderr) = b.wait();
+    assert!(status.success(), "{stderr}");
 }
 
 #[tokio::test]
