@@ -7,6 +7,10 @@
 #   tests/peers/compare.sh            # 2 rounds, 5 s per measurement, 10,000 idle
 #   tests/peers/compare.sh --quick    # 1 round, 2 s per measurement, 1,000 idle
 #   tests/peers/compare.sh --rounds 3 --seconds 5 --idle 10000 --out DIR
+#   tests/peers/compare.sh --rounds 6 --cases paced_100x200,paced_100x10000
+#
+# Cases (--cases, comma-separated; default all): paced_100x200 paced_100x10000
+# paced_1000x20 flood_1000 flood_100 idle.
 #
 # Measured on the project's loaded 2-core machine: --quick 3 min 16 s; the default 22 min,
 # its first round 15 min with the Socket.IO idle connections opened one at a time, its
@@ -29,18 +33,30 @@ ROUNDS=2
 SECONDS_EACH=5
 IDLE=10000
 OUT=""
+ONLY=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) ROUNDS=1; SECONDS_EACH=2; IDLE=1000 ;;
     --rounds) ROUNDS=$2; shift ;;
     --seconds) SECONDS_EACH=$2; shift ;;
     --idle) IDLE=$2; shift ;;
+    --cases) IFS=, read -r -a ONLY <<< "$2"; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
+CASES=(paced_100x200 paced_100x10000 paced_1000x20 flood_1000 flood_100 idle)
+if [ ${#ONLY[@]} -gt 0 ]; then
+  for c in "${ONLY[@]}"; do
+    case " ${CASES[*]} " in
+      *" $c "*) ;;
+      *) echo "unknown case $c (cases: ${CASES[*]})" >&2; exit 2 ;;
+    esac
+  done
+  CASES=("${ONLY[@]}")
+fi
 OUT=${OUT:-$(mktemp -d /tmp/rewind-compare.XXXXXX)}
 mkdir -p "$OUT"
 RESULTS="$OUT/results.jsonl"
@@ -175,7 +191,6 @@ measure() {
 }
 
 SERVERS=(rewind_durable bare socketioxide rewind_relaxed socketio)
-CASES=(paced_100x200 paced_100x10000 paced_1000x20 flood_1000 flood_100 idle)
 START=$(date +%s)
 echo "results: $RESULTS" >&2
 for round in $(seq "$ROUNDS"); do

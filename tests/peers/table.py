@@ -143,9 +143,43 @@ def main(path):
     if None not in disk:
         print("\nThe disk alone (200-byte write + fdatasync every 5 ms, no server running): "
               f"p50 {disk[0]:.2f} ms, p99 {disk[1]:.2f} ms: every durable publish waits for one.")
+    sync_cpu = v("sync", "disk", lambda d: d.get("cpu_us_per_op"))
+    if sync_cpu is not None:
+        print(f"Its CPU: {sync_cpu:.0f} µs per write + fdatasync; at 100 × 200/s, where each durable "
+              f"event has a sync of its own, that alone is {sync_cpu / 100:.2f} CPU-s per million "
+              "deliveries (µs per event ÷ 100 deliveries).")
     print("\nTargets of issue 14 (rewind durable):\n")
     for text, ok in checks:
         print(f"- {'met' if ok else 'NOT met'}: {text}")
+    if rounds > 1:
+        print("\nRound by round (each server's measurement of the same round):\n")
+        for case, peer, get, test, text in ROUND_CHECKS:
+            for r in ("rewind_durable", "rewind_relaxed"):
+                k, n = rounds_where(by, case, r, peer, get, test)
+                if n:
+                    print(f"- {NAMES[r]}: {text} in {k} of {n} rounds")
+
+
+# (case, peer, figure, test of rewind's figure against the peer's, what the test says)
+ROUND_CHECKS = [
+    ("paced_100x200", "bare", ROWS[0][2], lambda r, p: r <= 1.3 * p,
+     "paced 100 × 200/s CPU/M ≤ 1.3× bare"),
+    ("paced_100x200", "socketioxide", ROWS[0][2], lambda r, p: r < p,
+     "paced 100 × 200/s CPU/M below socketioxide"),
+    ("paced_100x200", "bare", ROWS[1][2], lambda r, p: r <= p + 0.5,
+     "paced 100 × 200/s p99 ≤ bare + 0.5 ms"),
+    ("paced_100x10000", "bare", ROWS[2][2], lambda r, p: r <= 2 * p,
+     "paced 100 × 10,000/s p99 ≤ 2× bare"),
+]
+
+
+def rounds_where(by, case, server, peer, get, test):
+    """In how many rounds `test(server's figure, peer's figure)` held, of the rounds where
+    both were measured (the n-th measurement of each is of round n)."""
+    pairs = zip(by.get((case, server), []), by.get((case, peer), []))
+    figures = [(get(a), get(b)) for a, b in pairs if not a.get("failed") and not b.get("failed")]
+    figures = [(a, b) for a, b in figures if a is not None and b is not None]
+    return sum(1 for a, b in figures if test(a, b)), len(figures)
 
 
 if __name__ == "__main__":

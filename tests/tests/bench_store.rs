@@ -103,8 +103,8 @@ fn the_latency_scenario_publishes_over_http_on_the_same_schedule() {
 }
 
 /// `--only sync`: the disk alone, for the seconds asked, however long the interval (a
-/// tester's interval of 10^8 ms ran for a day instead of a second); an interval of 0 is
-/// refused with one line.
+/// tester's interval of 10^8 ms ran for a day instead of a second), with its CPU per
+/// sync; an interval of 0 is refused with one line.
 #[test]
 fn the_sync_scenario_times_the_disk_alone_and_stops_on_time() {
     let sync_for_a_second = |interval| {
@@ -121,6 +121,8 @@ fn the_sync_scenario_times_the_disk_alone_and_stops_on_time() {
     assert_eq!(rows.len(), 1, "{rows:#?}");
     assert!(rows[0].starts_with("| disk alone:"), "{}", rows[0]);
     assert!(number_before(&rows[0], " syncs;") >= 2.0, "{}", rows[0]);
+    // The probe thread's own CPU per write + sync: a sync is never free.
+    assert!(number_before(&rows[0], " µs each)") > 0.0, "{}", rows[0]);
     for interval in ["100000000", "18446744073709551615"] {
         // The run's own length bounds it: a probe that missed its stop would hang here.
         let rows = sync_for_a_second(interval);

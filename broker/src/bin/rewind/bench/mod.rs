@@ -129,6 +129,9 @@ pub struct Measured {
     pub loadgen_cores: Option<f64>,
     /// A warning about the run (the load generator near a full core, events lost).
     pub warning: Option<String>,
+    /// The measuring thread's own CPU per operation, in µs, where that is the figure (the
+    /// disk probe's write + `fdatasync`).
+    pub cpu_us_per_op: Option<f64>,
 }
 
 impl Measured {
@@ -155,6 +158,7 @@ impl Measured {
             "server_cores": self.server_cores,
             "loadgen_cores": self.loadgen_cores,
             "warning": self.warning,
+            "cpu_us_per_op": self.cpu_us_per_op,
         })
     }
 }

@@ -45,6 +45,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::fanout::{batch, replay_events, subscribe, Publisher};
 use super::http::Http;
+use super::loadgen::thread_cpu;
 use super::{err, BenchError, Measured};
 
 /// The scenarios of `rewind bench store`.
@@ -447,25 +448,51 @@ impl Drop for StopProbe {
 /// How soon the disk probe sees that it is told to stop, at most.
 const STOP_SLICE: Duration = Duration::from_millis(10);
 
+/// What the disk probe measured.
+struct Probed {
+    /// The time each write + `fdatasync` took, in µs.
+    latency: Histogram<u64>,
+    /// The probe thread's own CPU time in its writes and syncs, all of them together.
+    cpu: Duration,
+}
+
+impl Probed {
+    /// The probe thread's CPU per write + `fdatasync`, in µs (`None` before the first).
+    fn cpu_us_each(&self) -> Option<f64> {
+        let n = self.latency.len();
+        (n > 0).then(|| self.cpu.as_secs_f64() * 1e6 / n as f64)
+    }
+
+    /// `; CPU X µs each` for a result's name, or nothing before the first sync.
+    fn cpu_note(&self) -> String {
+        self.cpu_us_each()
+            .map_or(String::new(), |us| format!("; CPU {us:.0} µs each"))
+    }
+}
+
 /// The disk probe: until `stop`, every `interval` appends 200 bytes to a file in `dir` and
-/// `fdatasync`s it; returns the time each write and sync took, in µs. A thread of its own,
-/// so the benchmark's async tasks cannot delay it.
+/// `fdatasync`s it; returns the time each write and sync took, in µs, and the CPU time the
+/// probe's thread spent in them (on a virtual machine, a sync's exits to the host show up
+/// here). A thread of its own, so the benchmark's async tasks cannot delay it.
 fn disk_probe(
     dir: PathBuf,
     interval: Duration,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<Histogram<u64>, BenchError>> {
+) -> std::thread::JoinHandle<Result<Probed, BenchError>> {
     std::thread::spawn(move || {
         use std::io::Write;
         let mut hist = Histogram::<u64>::new(3).map_err(err)?;
+        let mut cpu = Duration::ZERO;
         let path = dir.join("probe");
         let mut file = std::fs::File::create(&path)?;
         let mut due = Some(Instant::now());
         while !stop.load(Ordering::Relaxed) {
             if due.is_some_and(|d| Instant::now() >= d) {
                 let t0 = Instant::now();
+                let cpu0 = thread_cpu();
                 file.write_all(&[b'p'; 200])?;
                 file.sync_data()?;
+                cpu += thread_cpu().saturating_sub(cpu0);
                 let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 hist.record(us).map_err(err)?;
                 // Past what the clock holds: no further sync.
@@ -477,7 +504,7 @@ fn disk_probe(
         }
         drop(file);
         std::fs::remove_file(&path)?;
-        Ok(hist)
+        Ok(Probed { latency: hist, cpu })
     })
 }
 
@@ -605,20 +632,23 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         ..Measured::default()
     }];
     if let Some(probe) = probe {
-        let probe = probe.join().map_err(|_| err("the disk probe panicked"))??;
+        let probed = probe.join().map_err(|_| err("the disk probe panicked"))??;
+        let probe = &probed.latency;
         out.push(Measured {
             name: format!(
                 "disk probe during that run: 200-byte write + fdatasync every {} ms beside the \
-                 data directory ({} syncs; p99.9 {:.2} ms)",
+                 data directory ({} syncs; p99.9 {:.2} ms{})",
                 args.probe_interval_ms,
                 probe.len(),
-                ms(probe.value_at_quantile(0.999))
+                ms(probe.value_at_quantile(0.999)),
+                probed.cpu_note()
             ),
             events_per_sec: 0.0,
             p50_us: probe.value_at_quantile(0.50),
             p99_us: probe.value_at_quantile(0.99),
             p999_us: probe.value_at_quantile(0.999),
             max_us: probe.max(),
+            cpu_us_per_op: probed.cpu_us_each(),
             ..Measured::default()
         });
     }
@@ -639,24 +669,27 @@ async fn sync(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     // The benchmark's length, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     drop(stop);
-    let hist = tokio::task::spawn_blocking(move || probe.join())
+    let probed = tokio::task::spawn_blocking(move || probe.join())
         .await
         .map_err(err)?
         .map_err(|_| err("the disk probe panicked"))??;
+    let hist = &probed.latency;
     Ok(vec![Measured {
         name: format!(
             "disk alone: 200-byte write + fdatasync every {} ms for {} s, no broker ({} syncs; \
-             p99.9 {:.2} ms)",
+             p99.9 {:.2} ms{})",
             interval.as_millis(),
             args.seconds,
             hist.len(),
-            hist.value_at_quantile(0.999) as f64 / 1000.0
+            hist.value_at_quantile(0.999) as f64 / 1000.0,
+            probed.cpu_note()
         ),
         events_per_sec: 0.0,
         p50_us: hist.value_at_quantile(0.50),
         p99_us: hist.value_at_quantile(0.99),
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
+        cpu_us_per_op: probed.cpu_us_each(),
         ..Measured::default()
     }])
 }
