@@ -233,3 +233,60 @@ async fn a_target_peer_is_measured_and_its_losses_are_reported() {
         }
     }
 }
+
+/// The processes whose command line names `path`.
+fn processes_naming(path: &std::path::Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&needle))
+        .collect()
+}
+
+/// A benchmark told to stop (Ctrl-C's SIGINT, or SIGTERM) stops the broker it started and
+/// removes that broker's temporary data directory, and says why it ended (a tester found
+/// both left behind).
+#[test]
+fn an_interrupted_benchmark_leaves_no_broker_and_no_temporary_directory() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    for signal in ["INT", "TERM"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let child = Command::new(rewind_bin())
+            .args(["bench", "fanout", "--subscribers", "2", "--case", "paced"])
+            .args(["--rate", "10", "--seconds", "600"])
+            .env("TMPDIR", tmp.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rewind runs");
+        // Polled (nothing announces it): the broker is running on its data directory.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while processes_naming(tmp.path()).is_empty() {
+            assert!(Instant::now() < deadline, "no broker started under {tmp:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(std::fs::read_dir(tmp.path()).unwrap().next().is_some());
+        let sent = Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{signal}: {stderr}");
+        assert!(
+            stderr.contains(&format!("interrupted by SIG{signal}")),
+            "{stderr}"
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{signal}: left behind {left:?}");
+        let running = processes_naming(tmp.path());
+        assert!(running.is_empty(), "{signal}: still running {running:?}");
+    }
+}

@@ -266,13 +266,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(which) => {
             let results = runtime(None, default_threads)?.block_on(async {
-                match &which {
-                    BenchCommand::Publish(a) => bench::publish::run(a).await,
-                    BenchCommand::Fanout(a) => bench::fanout::run(a).await,
-                    BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
-                    BenchCommand::Idle(a) => bench::fanout::idle(a).await,
-                    BenchCommand::Namespaces(a) => bench::fanout::namespaces(a).await,
-                    BenchCommand::Store(a) => bench::store::run(a).await,
+                let interrupted = bench::interrupted();
+                let run = async {
+                    match &which {
+                        BenchCommand::Publish(a) => bench::publish::run(a).await,
+                        BenchCommand::Fanout(a) => bench::fanout::run(a).await,
+                        BenchCommand::Catchup(a) => bench::fanout::catchup(a).await,
+                        BenchCommand::Idle(a) => bench::fanout::idle(a).await,
+                        BenchCommand::Namespaces(a) => bench::fanout::namespaces(a).await,
+                        BenchCommand::Store(a) => bench::store::run(a).await,
+                    }
+                };
+                // Interrupted, the run is dropped: the broker it started is killed and its
+                // temporary data directory removed, instead of left behind.
+                tokio::select! {
+                    results = run => results,
+                    signal = interrupted => Err(signal),
                 }
             })?;
             print!("{}", bench::render(&results, which.json()));

@@ -71,6 +71,32 @@ pub enum BenchError {
     Publish(String),
 }
 
+/// Installs the handlers for the signals that stop a benchmark (SIGINT, as Ctrl-C sends,
+/// and SIGTERM) at once — before the run starts, so a signal during its start-up is not
+/// the process's end — and returns what completes when one comes, as the error the
+/// benchmark ends with. If the handlers cannot be installed, that never completes (the
+/// signal then ends the process as before, leaving its temporary directory). Call it
+/// inside the runtime.
+pub fn interrupted() -> impl std::future::Future<Output = BenchError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let handlers = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        let (Ok(mut int), Ok(mut term)) = handlers else {
+            return std::future::pending().await;
+        };
+        let name = tokio::select! {
+            _ = int.recv() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        };
+        err(format!(
+            "interrupted by {name} (what it started is stopped, its temporary files removed)"
+        ))
+    }
+}
+
 /// Any other failure of a benchmark's connection or broker, as its message.
 fn err(e: impl std::fmt::Display) -> BenchError {
     BenchError::Publish(e.to_string())
