@@ -122,7 +122,10 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         let permit = tokio::select! {
             permit = free_slot(&idle, &slots) => match permit {
                 Some(permit) => permit,
-                None => break,
+                None => {
+                    waiting = Some((stream, peer));
+                    break;
+                }
             },
             () = &mut shutdown => {
                 waiting = Some((stream, peer));
@@ -260,44 +263,53 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             );
         }
     };
-    serve_draining(&listener, waiting, &log, &slots, &origins, drain).await;
+    serve_draining(&listener, waiting, &log, &origins, drain, deadline).await;
     drop(listener);
     log.shutdown().await;
     tracing::info!("shutdown complete");
 }
 
 /// Accepts connections until `drain` completes and answers each one's requests with
-/// [`http::draining`], one request per connection. Those connections end with this
-/// function. `waiting`, a connection the accept loop took before the signal but had no
-/// slot for, is answered first and without a slot: its socket is open already, and a
-/// slot may not come free before the drain ends.
+/// [`http::draining`], one request per connection, starting with `waiting` (a connection
+/// the accept loop took before the signal but had no slot for). The connections accepted
+/// here take none of the `max_connections` slots, which the in-flight work being drained
+/// may hold all of, but one of a second pool of as many: each is closed after one answer,
+/// so the pool bounds them as the slots bound the others (`waiting` takes none: its
+/// socket was open already). Once `drain` completes, no more are accepted, and those
+/// being answered get [`FIRST_REQUEST_GRACE`] (within `deadline`, the shutdown timeout's)
+/// to send their request and be answered, as a connection accepted before the signal
+/// does; then they end with this function.
 async fn serve_draining(
     listener: &TcpListener,
     mut waiting: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
     log: &Log,
-    slots: &Arc<Semaphore>,
     origins: &Arc<http::cors::Origins>,
     drain: impl Future<Output = ()>,
+    deadline: tokio::time::Instant,
 ) {
     tokio::pin!(drain);
+    let slots = Arc::new(Semaphore::new(log.config().max_connections));
     // Cancelled on return: the connections still being answered are dropped with it.
     let done = CancellationToken::new();
     let _cancel_on_return = done.clone().drop_guard();
+    let answering = TaskTracker::new();
     let mut builder = http1_builder(log);
     builder.keep_alive(false);
     loop {
+        // The connection that was waiting for a slot first, even if the drain is over, and
+        // without one of this pool's: at most one, so it cannot keep the others out.
         let (permit, (stream, peer)) = match waiting.take() {
             Some(accepted) => (None, accepted),
             None => {
                 let permit = tokio::select! {
-                    () = &mut drain => return,
-                    permit = Arc::clone(slots).acquire_owned() => match permit {
+                    () = &mut drain => break,
+                    permit = Arc::clone(&slots).acquire_owned() => match permit {
                         Ok(permit) => permit,
-                        Err(_) => return,
+                        Err(_) => break,
                     },
                 };
                 let accepted = tokio::select! {
-                    () = &mut drain => return,
+                    () = &mut drain => break,
                     accepted = listener.accept() => match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
@@ -320,11 +332,14 @@ async fn serve_draining(
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         let done = done.clone();
-        tokio::spawn(async move {
+        answering.spawn(async move {
             let _ = done.run_until_cancelled(conn).await;
             drop(permit);
         });
     }
+    answering.close();
+    let grace = (tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline);
+    let _ = tokio::time::timeout_at(grace, answering.wait()).await;
 }
 
 /// A connection slot for a new connection: a free one, or the one an idle connection
@@ -349,7 +364,7 @@ async fn free_slot(
             waiting @ (Slot::NoneIdle | Slot::Running) => {
                 if !told {
                     tracing::debug!(
-                        "every connection slot taken, none idle: a new connection waits for one"
+                        "every connection slot taken, none closable now: a new connection waits for one"
                     );
                     told = true;
                 }

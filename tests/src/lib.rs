@@ -810,11 +810,18 @@ fn stderr_to_end(
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
-        for line in BufReader::new(err).lines() {
-            let Ok(line) = line else { break };
+        let mut err = BufReader::new(err);
+        let mut bytes = Vec::new();
+        // To the end whatever the bytes (a line that is not UTF-8 is kept, lossily), so
+        // the child never blocks on a full pipe.
+        while matches!(err.read_until(b'\n', &mut bytes), Ok(n) if n > 0) {
+            let line = String::from_utf8_lossy(&bytes)
+                .trim_end_matches('\n')
+                .to_owned();
             text.push_str(&line);
             text.push('\n');
             let _ = tx.send(line);
+            bytes.clear();
         }
         text
     });

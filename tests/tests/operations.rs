@@ -183,10 +183,31 @@ async fn readyz_answers_503_from_sigterm_while_in_flight_work_drains() {
     assert!(!stderr.contains("still open"), "{stderr}");
 }
 
-/// A connection the broker accepted before the signal but had no slot for (every slot
-/// taken by a request in flight) is answered `503 shutting_down`, not closed unanswered.
+/// One raw `GET path` on a new connection (`Connection: close`): the whole answer, or
+/// what the read met instead (a reset, a timeout after 20 s).
+fn raw_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut answer = String::new();
+    match stream.read_to_string(&mut answer) {
+        Ok(_) if !answer.is_empty() => Ok(answer),
+        Ok(_) => Err("closed without an answer".to_owned()),
+        Err(e) => Err(format!("{e} after {answer:?}")),
+    }
+}
+
+/// With every slot held by a request in flight, shutdown still answers every connection:
+/// the one the broker accepted before the signal but had no slot for, and new ones during
+/// the drain (a tester found them left in the backlog and reset at exit).
 #[tokio::test]
-async fn a_connection_waiting_for_a_slot_at_the_signal_is_answered_503() {
+async fn connections_without_a_slot_are_answered_while_in_flight_work_drains() {
     let b = Served::start(
         &["--max-connections", "1", "--shutdown-timeout-secs", "60"],
         &[("RUST_LOG", "info,rewind_broker::server=debug")],
@@ -205,12 +226,68 @@ async fn a_connection_waiting_for_a_slot_at_the_signal_is_answered_503() {
     let read = waiting.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{read:?}: {answer:?}");
     assert!(answer.contains("shutting_down"), "{answer}");
+    let addr = b.addr;
+    let during = tokio::task::spawn_blocking(move || {
+        ["/readyz", "/healthz", "/v1/namespaces", "/readyz"].map(|path| (path, raw_get(addr, path)))
+    })
+    .await
+    .unwrap();
+    for (path, answer) in during {
+        let answer = answer.unwrap_or_else(|e| panic!("{path} during the drain: {e}"));
+        let want = if path == "/healthz" {
+            "HTTP/1.1 200"
+        } else {
+            "HTTP/1.1 503"
+        };
+        assert!(answer.starts_with(want), "{path}: {answer}");
+    }
     // The publish holding the slot still finishes.
     let answer = tokio::task::spawn_blocking(move || publish.finish())
         .await
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
     let (status, stderr) = b.wait();
+    assert!(status.success(), "{stderr}");
+}
+
+/// The connection that was waiting for a slot at the signal, like one accepted before it,
+/// gets a moment to send its request even if the drain is over by then (the reviewer
+/// showed it cut when the drain ended first).
+#[tokio::test]
+async fn a_connection_waiting_for_a_slot_may_send_its_request_after_the_drain() {
+    let b = Served::start(
+        &["--max-connections", "1", "--shutdown-timeout-secs", "60"],
+        &[("RUST_LOG", "info,rewind_broker::server=debug")],
+    );
+    let publish = InFlight::start(b.addr);
+    let mut late = TcpStream::connect(b.addr).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    b.wait_for_line("a new connection waits for one");
+    b.sigterm();
+    // Draining: a new connection is answered 503.
+    let addr = b.addr;
+    let draining = tokio::task::spawn_blocking(move || raw_get(addr, "/readyz"))
+        .await
+        .unwrap()
+        .expect("an answer during the drain");
+    assert!(draining.starts_with("HTTP/1.1 503"), "{draining}");
+    let answer = tokio::task::spawn_blocking(move || publish.finish())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // A client that sends its request a little after the drain ended (not a wait for
+    // anything: the request is late on purpose, well within the 1 s it is given).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    late.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let read = late.read_to_string(&mut answer);
+    let (status, stderr) = b.wait();
+    assert!(
+        answer.starts_with("HTTP/1.1 503"),
+        "{read:?}: {answer:?}\n{stderr}"
+    );
     assert!(status.success(), "{stderr}");
 }
 
