@@ -9,8 +9,9 @@
 #   tests/peers/compare.sh --rounds 3 --seconds 5 --idle 10000 --out DIR
 #   tests/peers/compare.sh --rounds 6 --cases paced_100x200,paced_100x10000
 #
-# Cases (--cases, comma-separated; default all): paced_100x200 paced_100x10000
-# paced_1000x20 flood_1000 flood_100 idle.
+# Cases (--cases, comma-separated, each once; default all): paced_100x200 paced_100x10000
+# paced_1000x20 flood_1000 flood_100 idle. With more than one round, the table is followed
+# by the number of rounds in which each target was met.
 #
 # Measured on the project's loaded 2-core machine: --quick 3 min 16 s; the default 22 min,
 # its first round 15 min with the Socket.IO idle connections opened one at a time, its
@@ -36,26 +37,34 @@ OUT=""
 ONLY=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --rounds|--seconds|--idle|--out)
+      [ -n "${2:-}" ] || { echo "$1 needs a value" >&2; exit 2; } ;;&
     --quick) ROUNDS=1; SECONDS_EACH=2; IDLE=1000 ;;
     --rounds) ROUNDS=$2; shift ;;
     --seconds) SECONDS_EACH=$2; shift ;;
     --idle) IDLE=$2; shift ;;
-    --cases) IFS=, read -r -a ONLY <<< "$2"; shift ;;
+    --cases)
+      [ -n "${2:-}" ] || { echo "--cases needs a comma-separated list of cases" >&2; exit 2; }
+      IFS=, read -r -a ONLY <<< "$2"; shift ;;
     --out) OUT=$2; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
   shift
 done
 CASES=(paced_100x200 paced_100x10000 paced_1000x20 flood_1000 flood_100 idle)
 if [ ${#ONLY[@]} -gt 0 ]; then
+  PICKED=()
   for c in "${ONLY[@]}"; do
-    case " ${CASES[*]} " in
-      *" $c "*) ;;
-      *) echo "unknown case $c (cases: ${CASES[*]})" >&2; exit 2 ;;
-    esac
+    known=0
+    for k in "${CASES[@]}"; do [ "$k" = "$c" ] && known=1; done
+    [ $known -eq 1 ] || { echo "unknown case '$c' (cases: ${CASES[*]})" >&2; exit 2; }
+    # Each case once, in the order given.
+    seen=0
+    for k in "${PICKED[@]:-}"; do [ "$k" = "$c" ] && seen=1; done
+    [ $seen -eq 1 ] || PICKED+=("$c")
   done
-  CASES=("${ONLY[@]}")
+  CASES=("${PICKED[@]}")
 fi
 OUT=${OUT:-$(mktemp -d /tmp/rewind-compare.XXXXXX)}
 mkdir -p "$OUT"
@@ -181,12 +190,12 @@ measure() {
   [ -n "$PEER_PID" ] && stop_peer
   if [ $rc -ne 0 ]; then
     echo "FAILED (exit $rc, see $OUT/loadgen.err)" >&2
-    printf '{"server":"%s","case":"%s","failed":true}\n' "$server" "$case" >> "$RESULTS"
+    printf '{"server":"%s","case":"%s","round":%d,"failed":true}\n' "$server" "$case" "$round" >> "$RESULTS"
     return 0
   fi
   line=$(tail -n 1 "$OUT/last.json")
-  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["server"]=sys.argv[2]; d["case"]=sys.argv[3]; print(json.dumps(d))' \
-    "$line" "$server" "$case" >> "$RESULTS"
+  python3 -c 'import json,sys; d=json.loads(sys.argv[1]); d["server"]=sys.argv[2]; d["case"]=sys.argv[3]; d["round"]=int(sys.argv[4]); print(json.dumps(d))' \
+    "$line" "$server" "$case" "$round" >> "$RESULTS"
   tail -n 1 "$RESULTS" | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print("%.0f/s p50 %s us p99 %s us cpu/M %s lost %s%s" % (d["events_per_sec"], d["p50_us"], d["p99_us"], d.get("server_cpu_s_per_million"), d.get("lost"), " WARNING: "+d["warning"] if d.get("warning") else ""))' >&2
 }
 

@@ -70,18 +70,22 @@ pub(super) fn own_cpu_secs() -> f64 {
 }
 
 /// The calling thread's own CPU time so far (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`,
-/// nanosecond resolution: fine enough for one `fdatasync`).
-pub(super) fn thread_cpu() -> Duration {
+/// nanosecond resolution: fine enough for one `fdatasync`); `None` if the clock cannot be
+/// read.
+pub(super) fn thread_cpu() -> Option<Duration> {
     // SAFETY: clock_gettime writes one `timespec` into the zeroed value it is given.
-    let ts = unsafe {
+    let (rc, ts) = unsafe {
         let mut ts: libc::timespec = std::mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
-        ts
+        let rc = libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        (rc, ts)
     };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
+    if rc != 0 {
+        return None;
+    }
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
 }
 
 /// User plus system CPU seconds of process `pid` so far, from `/proc/PID/stat`.

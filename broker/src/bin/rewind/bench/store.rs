@@ -452,21 +452,25 @@ const STOP_SLICE: Duration = Duration::from_millis(10);
 struct Probed {
     /// The time each write + `fdatasync` took, in µs.
     latency: Histogram<u64>,
-    /// The probe thread's own CPU time in its writes and syncs, all of them together.
-    cpu: Duration,
+    /// The probe thread's own CPU time in its writes and syncs, all of them together
+    /// (`None` if the thread's CPU clock could not be read).
+    cpu: Option<Duration>,
 }
 
 impl Probed {
-    /// The probe thread's CPU per write + `fdatasync`, in µs (`None` before the first).
+    /// The probe thread's CPU per write + `fdatasync`, in µs (`None` before the first, or
+    /// without the clock). The kernel's own threads' share (the journal's commit) is not
+    /// in it: a lower bound, as the servers' CPU figures are.
     fn cpu_us_each(&self) -> Option<f64> {
         let n = self.latency.len();
-        (n > 0).then(|| self.cpu.as_secs_f64() * 1e6 / n as f64)
+        let cpu = self.cpu?;
+        (n > 0).then(|| cpu.as_secs_f64() * 1e6 / n as f64)
     }
 
-    /// `; CPU X µs each` for a result's name, or nothing before the first sync.
+    /// `; CPU X µs each` for a result's name, or nothing without that figure.
     fn cpu_note(&self) -> String {
         self.cpu_us_each()
-            .map_or(String::new(), |us| format!("; CPU {us:.0} µs each"))
+            .map_or(String::new(), |us| format!("; CPU {us:.1} µs each"))
     }
 }
 
@@ -482,7 +486,7 @@ fn disk_probe(
     std::thread::spawn(move || {
         use std::io::Write;
         let mut hist = Histogram::<u64>::new(3).map_err(err)?;
-        let mut cpu = Duration::ZERO;
+        let mut cpu = Some(Duration::ZERO);
         let path = dir.join("probe");
         let mut file = std::fs::File::create(&path)?;
         let mut due = Some(Instant::now());
@@ -492,7 +496,10 @@ fn disk_probe(
                 let cpu0 = thread_cpu();
                 file.write_all(&[b'p'; 200])?;
                 file.sync_data()?;
-                cpu += thread_cpu().saturating_sub(cpu0);
+                cpu = cpu
+                    .zip(cpu0)
+                    .zip(thread_cpu())
+                    .map(|((sum, from), to)| sum + to.saturating_sub(from));
                 let us = u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX);
                 hist.record(us).map_err(err)?;
                 // Past what the clock holds: no further sync.
