@@ -203,24 +203,32 @@ fn raw_get(addr: SocketAddr, path: &str) -> Result<String, String> {
     }
 }
 
-/// With every slot held by a request in flight, shutdown still answers every connection:
-/// the one the broker accepted before the signal but had no slot for, and new ones during
-/// the drain (a tester found them left in the backlog and reset at exit).
-#[tokio::test]
-async fn connections_without_a_slot_are_answered_while_in_flight_work_drains() {
+/// A broker with one connection slot (and a shutdown timeout of 60 s), held by a publish
+/// in flight, and a second connection (20 s read timeout) it has accepted and is waiting
+/// for a slot for — once its debug line says so.
+fn one_slot_held_and_a_connection_waiting() -> (Served, InFlight, TcpStream) {
     let b = Served::start(
         &["--max-connections", "1", "--shutdown-timeout-secs", "60"],
         &[("RUST_LOG", "info,rewind_broker::server=debug")],
     );
     let publish = InFlight::start(b.addr);
-    let mut waiting = TcpStream::connect(b.addr).unwrap();
+    let waiting = TcpStream::connect(b.addr).unwrap();
     waiting
         .set_read_timeout(Some(Duration::from_secs(20)))
         .unwrap();
+    b.wait_for_line("a new connection waits for one");
+    (b, publish, waiting)
+}
+
+/// With every slot held by a request in flight, shutdown still answers every connection:
+/// the one the broker accepted before the signal but had no slot for, and new ones during
+/// the drain (a tester found them left in the backlog and reset at exit).
+#[tokio::test]
+async fn connections_without_a_slot_are_answered_while_in_flight_work_drains() {
+    let (b, publish, mut waiting) = one_slot_held_and_a_connection_waiting();
     waiting
         .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
-    b.wait_for_line("a new connection waits for one");
     b.sigterm();
     let mut answer = String::new();
     let read = waiting.read_to_string(&mut answer);
@@ -255,15 +263,7 @@ async fn connections_without_a_slot_are_answered_while_in_flight_work_drains() {
 /// showed it cut when the drain ended first).
 #[tokio::test]
 async fn a_connection_waiting_for_a_slot_may_send_its_request_after_the_drain() {
-    let b = Served::start(
-        &["--max-connections", "1", "--shutdown-timeout-secs", "60"],
-        &[("RUST_LOG", "info,rewind_broker::server=debug")],
-    );
-    let publish = InFlight::start(b.addr);
-    let mut late = TcpStream::connect(b.addr).unwrap();
-    late.set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    b.wait_for_line("a new connection waits for one");
+    let (b, publish, mut late) = one_slot_held_and_a_connection_waiting();
     b.sigterm();
     // Draining: a new connection is answered 503.
     let addr = b.addr;
