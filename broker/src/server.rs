@@ -263,26 +263,35 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             );
         }
     };
-    serve_draining(&listener, waiting, &log, &origins, drain, deadline).await;
+    serve_draining(&listener, waiting, &log, &peers, &origins, drain, deadline).await;
     drop(listener);
     log.shutdown().await;
     tracing::info!("shutdown complete");
 }
 
-/// Accepts connections until `drain` completes and answers each one's requests with
+/// How long the draining server goes on once the drain is over with nothing being
+/// answered and no connection coming: connections queued in the backlog are accepted well
+/// within it, so it ends only when there are none.
+const DRAINED_QUIET: Duration = Duration::from_millis(20);
+
+/// Accepts connections while in-flight work drains and answers each one's request with
 /// [`http::draining`], one request per connection, starting with `waiting` (a connection
-/// the accept loop took before the signal but had no slot for). The connections accepted
-/// here take none of the `max_connections` slots, which the in-flight work being drained
-/// may hold all of, but one of a second pool of as many: each is closed after one answer,
-/// so the pool bounds them as the slots bound the others (`waiting` takes none: its
-/// socket was open already). Once `drain` completes, no more are accepted, and those
-/// being answered get [`FIRST_REQUEST_GRACE`] (within `deadline`, the shutdown timeout's)
-/// to send their request and be answered, as a connection accepted before the signal
-/// does; then they end with this function.
+/// the accept loop took before the signal but had no slot for).
+///
+/// - Limits: the connections accepted here take none of the `max_connections` slots,
+///   which the in-flight work being drained may hold all of, but one of a second pool of
+///   as many (`waiting` takes none: its socket was open already); the per-address limits
+///   apply as before the signal; a connection has [`FIRST_REQUEST_GRACE`] (or
+///   `http_header_timeout_secs` if shorter) to send its request's head.
+/// - End: once `drain` completes, it goes on answering — the connections already queued
+///   in the backlog included — until nothing is being answered and none has come for
+///   [`DRAINED_QUIET`], at most [`FIRST_REQUEST_GRACE`] more (within `deadline`, the
+///   shutdown timeout's); the connections still open then end with this function.
 async fn serve_draining(
     listener: &TcpListener,
     mut waiting: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
     log: &Log,
+    peers: &PeerLimits,
     origins: &Arc<http::cors::Origins>,
     drain: impl Future<Output = ()>,
     deadline: tokio::time::Instant,
@@ -294,22 +303,37 @@ async fn serve_draining(
     let _cancel_on_return = done.clone().drop_guard();
     let answering = TaskTracker::new();
     let mut builder = http1_builder(log);
-    builder.keep_alive(false);
+    builder
+        .keep_alive(false)
+        .header_read_timeout(FIRST_REQUEST_GRACE.min(crate::config::seconds(
+            log.config().http_header_timeout_secs,
+        )));
+    // Set when the drain is over: the latest this goes on.
+    let mut ends: Option<tokio::time::Instant> = None;
+    let far = deadline.max(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
     loop {
-        // The connection that was waiting for a slot first, even if the drain is over, and
-        // without one of this pool's: at most one, so it cannot keep the others out.
-        let (permit, (stream, peer)) = match waiting.take() {
-            Some(accepted) => (None, accepted),
+        let (permit, admitted, (stream, peer)) = match waiting.take() {
+            // First, even if the drain is over.
+            Some(accepted) => (None, None, accepted),
             None => {
                 let permit = tokio::select! {
-                    () = &mut drain => break,
+                    () = &mut drain, if ends.is_none() => {
+                        ends = Some((tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(ends.unwrap_or(far)), if ends.is_some() => break,
                     permit = Arc::clone(&slots).acquire_owned() => match permit {
                         Ok(permit) => permit,
                         Err(_) => break,
                     },
                 };
                 let accepted = tokio::select! {
-                    () = &mut drain => break,
+                    () = &mut drain, if ends.is_none() => {
+                        ends = Some((tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
+                        continue;
+                    }
+                    () = tokio::time::sleep_until(ends.unwrap_or(far)), if ends.is_some() => break,
+                    () = quiet(&answering), if ends.is_some() => break,
                     accepted = listener.accept() => match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
@@ -319,7 +343,16 @@ async fn serve_draining(
                         }
                     },
                 };
-                (Some(permit), accepted)
+                let admitted = match peers.admit(accepted.1.ip()) {
+                    Ok(admitted) => admitted,
+                    Err(refusal) => {
+                        let (code, message) = refusal.answer();
+                        log.metrics().refused(Transport::Http, code.as_str());
+                        answering.spawn(refuse(accepted.0, code, message));
+                        continue;
+                    }
+                };
+                (Some(permit), Some(admitted), accepted)
             }
         };
         let log = log.clone();
@@ -334,12 +367,25 @@ async fn serve_draining(
         let done = done.clone();
         answering.spawn(async move {
             let _ = done.run_until_cancelled(conn).await;
+            drop(admitted);
             drop(permit);
         });
     }
     answering.close();
-    let grace = (tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline);
-    let _ = tokio::time::timeout_at(grace, answering.wait()).await;
+    let ends =
+        ends.unwrap_or_else(|| (tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
+    let _ = tokio::time::timeout_at(ends, answering.wait()).await;
+}
+
+/// Completes once nothing in `answering` is running after [`DRAINED_QUIET`] with no
+/// connection accepted (the caller starts it afresh after each one).
+async fn quiet(answering: &TaskTracker) {
+    loop {
+        tokio::time::sleep(DRAINED_QUIET).await;
+        if answering.is_empty() {
+            return;
+        }
+    }
 }
 
 /// A connection slot for a new connection: a free one, or the one an idle connection
