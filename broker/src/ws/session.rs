@@ -178,6 +178,9 @@ struct Session {
     /// The reading of the connection (the socket, a publish held for the writer's queue):
     /// polled only once woken, or after a pass stopped reading for a limit of its own.
     reading: Gate,
+    /// A read failed (a frame too big, text not UTF-8, a broken frame): tungstenite reads
+    /// nothing more, so the lingering close drops the client's bytes below the framing.
+    read_failed: bool,
 }
 
 /// Close reasons must fit in a control frame (123 bytes).
@@ -218,6 +221,7 @@ pub(super) async fn run(
         deadline: None,
         closing: None,
         reading: Gate::new(),
+        read_failed: false,
     };
     session.serve().await;
 }
@@ -405,7 +409,10 @@ impl Session {
             let m = match self.ws.poll_next_unpin(cx) {
                 Poll::Pending => return Ok(Stopped::Waiting),
                 Poll::Ready(None) => return Err(Turn::End(None)),
-                Poll::Ready(Some(Err(e))) => return Err(Turn::End(socket_error(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    self.read_failed = true;
+                    return Err(Turn::End(socket_error(e)));
+                }
                 Poll::Ready(Some(Ok(m))) => m,
             };
             self.deadline = None;
@@ -522,12 +529,16 @@ impl Session {
         // After a refused frame (too big, malformed) tungstenite gives up on the stream at
         // once, while the client may still be sending the rest of it: the bytes are then
         // read and dropped as they are, below the WebSocket framing.
+        // (Once a read has failed, tungstenite's stream only ends: straight to the bytes.)
+        let read_failed = self.read_failed;
         let _ = tokio::time::timeout_at(deadline, async {
-            loop {
-                match self.ws.next().await {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => break,
-                    None => return,
+            if !read_failed {
+                loop {
+                    match self.ws.next().await {
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) => break,
+                        None => return,
+                    }
                 }
             }
             let mut dropped = [0u8; 8 << 10];
