@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 use crate::http;
-use crate::limits::{IdleConnections, IdleState, PeerLimits, PublishRate, Slot};
+use crate::limits::{IdleConnections, IdleState, PeerGuard, PeerLimits, PublishRate, Slot};
 use crate::metrics::{Peer, Transport};
 use crate::ws::{self, WsContext};
 
@@ -123,12 +123,12 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             permit = free_slot(&idle, &slots) => match permit {
                 Some(permit) => permit,
                 None => {
-                    waiting = Some((stream, peer));
+                    waiting = Some((stream, peer, admitted));
                     break;
                 }
             },
             () = &mut shutdown => {
-                waiting = Some((stream, peer));
+                waiting = Some((stream, peer, admitted));
                 break;
             }
         };
@@ -274,22 +274,26 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
 /// within it, so it ends only when there are none.
 const DRAINED_QUIET: Duration = Duration::from_millis(20);
 
+/// A connection the accept loop took (and admitted for its address) but had no slot for
+/// when shutdown began.
+type Waiting = (tokio::net::TcpStream, std::net::SocketAddr, PeerGuard);
+
 /// Accepts connections while in-flight work drains and answers each one's request with
-/// [`http::draining`], one request per connection, starting with `waiting` (a connection
-/// the accept loop took before the signal but had no slot for).
+/// [`http::draining`], one request per connection, starting with `waiting`.
 ///
 /// - Limits: the connections accepted here take none of the `max_connections` slots,
 ///   which the in-flight work being drained may hold all of, but one of a second pool of
 ///   as many (`waiting` takes none: its socket was open already); the per-address limits
-///   apply as before the signal; a connection has [`FIRST_REQUEST_GRACE`] (or
-///   `http_header_timeout_secs` if shorter) to send its request's head.
-/// - End: once `drain` completes, it goes on answering — the connections already queued
+///   apply as before the signal; a connection has [`FIRST_REQUEST_GRACE`] to send its
+///   request's head.
+/// - End: once `drain` completes, it goes on accepting — the connections already queued
 ///   in the backlog included — until nothing is being answered and none has come for
-///   [`DRAINED_QUIET`], at most [`FIRST_REQUEST_GRACE`] more (within `deadline`, the
-///   shutdown timeout's); the connections still open then end with this function.
+///   [`DRAINED_QUIET`], for at most [`FIRST_REQUEST_GRACE`] more; those accepted last then
+///   get up to [`FIRST_REQUEST_GRACE`] to be answered. Neither goes past `deadline`, the
+///   shutdown timeout's; the connections still open then end with this function.
 async fn serve_draining(
     listener: &TcpListener,
-    mut waiting: Option<(tokio::net::TcpStream, std::net::SocketAddr)>,
+    mut waiting: Option<Waiting>,
     log: &Log,
     peers: &PeerLimits,
     origins: &Arc<http::cors::Origins>,
@@ -301,39 +305,46 @@ async fn serve_draining(
     // Cancelled on return: the connections still being answered are dropped with it.
     let done = CancellationToken::new();
     let _cancel_on_return = done.clone().drop_guard();
+    // The connections being answered; refusals (per-address limits) apart, so that one
+    // address's refusals do not hold the end off.
     let answering = TaskTracker::new();
     let mut builder = http1_builder(log);
     builder
         .keep_alive(false)
-        .header_read_timeout(FIRST_REQUEST_GRACE.min(crate::config::seconds(
-            log.config().http_header_timeout_secs,
-        )));
-    // Set when the drain is over: the latest this goes on.
+        .header_read_timeout(FIRST_REQUEST_GRACE);
+    // Set when the drain is over: until when connections are accepted.
     let mut ends: Option<tokio::time::Instant> = None;
-    let far = deadline.max(tokio::time::Instant::now() + FIRST_REQUEST_GRACE);
+    let over = |ends: Option<tokio::time::Instant>| async move {
+        match ends {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    };
+    let grace = || (tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline);
     loop {
         let (permit, admitted, (stream, peer)) = match waiting.take() {
             // First, even if the drain is over.
-            Some(accepted) => (None, None, accepted),
+            Some((stream, peer, admitted)) => (None, admitted, (stream, peer)),
             None => {
                 let permit = tokio::select! {
+                    biased;
+                    () = over(ends) => break,
                     () = &mut drain, if ends.is_none() => {
-                        ends = Some((tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
+                        ends = Some(grace());
                         continue;
                     }
-                    () = tokio::time::sleep_until(ends.unwrap_or(far)), if ends.is_some() => break,
                     permit = Arc::clone(&slots).acquire_owned() => match permit {
                         Ok(permit) => permit,
                         Err(_) => break,
                     },
                 };
                 let accepted = tokio::select! {
+                    biased;
+                    () = over(ends) => break,
                     () = &mut drain, if ends.is_none() => {
-                        ends = Some((tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
+                        ends = Some(grace());
                         continue;
                     }
-                    () = tokio::time::sleep_until(ends.unwrap_or(far)), if ends.is_some() => break,
-                    () = quiet(&answering), if ends.is_some() => break,
                     accepted = listener.accept() => match accepted {
                         Ok(pair) => pair,
                         Err(e) => {
@@ -342,17 +353,22 @@ async fn serve_draining(
                             continue;
                         }
                     },
+                    () = quiet(&answering), if ends.is_some() => break,
                 };
-                let admitted = match peers.admit(accepted.1.ip()) {
-                    Ok(admitted) => admitted,
+                match peers.admit(accepted.1.ip()) {
+                    Ok(admitted) => (Some(permit), admitted, accepted),
                     Err(refusal) => {
                         let (code, message) = refusal.answer();
                         log.metrics().refused(Transport::Http, code.as_str());
-                        answering.spawn(refuse(accepted.0, code, message));
+                        tracing::debug!(peer = %accepted.1, code = code.as_str(), "connection refused");
+                        let done = done.clone();
+                        tokio::spawn(async move {
+                            done.run_until_cancelled(refuse(accepted.0, code, message))
+                                .await
+                        });
                         continue;
                     }
-                };
-                (Some(permit), Some(admitted), accepted)
+                }
             }
         };
         let log = log.clone();
@@ -372,9 +388,7 @@ async fn serve_draining(
         });
     }
     answering.close();
-    let ends =
-        ends.unwrap_or_else(|| (tokio::time::Instant::now() + FIRST_REQUEST_GRACE).min(deadline));
-    let _ = tokio::time::timeout_at(ends, answering.wait()).await;
+    let _ = tokio::time::timeout_at(grace(), answering.wait()).await;
 }
 
 /// Completes once nothing in `answering` is running after [`DRAINED_QUIET`] with no
