@@ -220,6 +220,17 @@ fn one_slot_held_and_a_connection_waiting() -> (Served, InFlight, TcpStream) {
     (b, publish, waiting)
 }
 
+/// Sends the body of `publish` (held open across the signal), checks it is still answered
+/// `201`, and that the broker then exits 0.
+async fn publish_finishes_and_the_broker_exits(b: Served, publish: InFlight) {
+    let answer = tokio::task::spawn_blocking(move || publish.finish())
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    let (status, stderr) = tokio::task::spawn_blocking(move || b.wait()).await.unwrap();
+    assert!(status.success(), "{stderr}");
+}
+
 /// With every slot held by a request in flight, shutdown still answers every connection:
 /// the one the broker accepted before the signal but had no slot for, and new ones during
 /// the drain (a tester found them left in the backlog and reset at exit).
@@ -249,13 +260,7 @@ async fn connections_without_a_slot_are_answered_while_in_flight_work_drains() {
         };
         assert!(answer.starts_with(want), "{path}: {answer}");
     }
-    // The publish holding the slot still finishes.
-    let answer = tokio::task::spawn_blocking(move || publish.finish())
-        .await
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-    let (status, stderr) = b.wait();
-    assert!(status.success(), "{stderr}");
+    publish_finishes_and_the_broker_exits(b, publish).await;
 }
 
 /// The connection that was waiting for a slot at the signal, like one accepted before it,
@@ -372,12 +377,7 @@ async fn silent_connections_during_the_drain_do_not_starve_health_checks() {
     let probe = probe.expect("a probe behind silent connections is answered");
     assert!(probe.starts_with("HTTP/1.1 503"), "{probe}");
     drop(silent);
-    let answer = tokio::task::spawn_blocking(move || publish.finish())
-        .await
-        .unwrap();
-    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
-    let (status, stderr) = b.wait();
-    assert!(status.success(), "{stderr}");
+    publish_finishes_and_the_broker_exits(b, publish).await;
 }
 
 #[tokio::test]
