@@ -36,7 +36,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::engine::Log;
 use crate::http;
-use crate::limits::{IdleConnections, IdleState, PeerGuard, PeerLimits, PublishRate, Slot};
+use crate::limits::{
+    IdleConnections, IdleState, PeerGuard, PeerLimits, PublishRate, Refusal, Slot,
+};
 use crate::metrics::{Peer, Transport};
 use crate::ws::{self, WsContext};
 
@@ -108,10 +110,7 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
             Ok(admitted) => admitted,
             Err(refusal) => {
                 // A refused connection takes no slot: its answer is written at once.
-                let (code, message) = refusal.answer();
-                log.metrics().refused(Transport::Http, code.as_str());
-                tracing::debug!(%peer, code = code.as_str(), "connection refused");
-                tokio::spawn(refuse(stream, code, message));
+                tokio::spawn(refused(&log, stream, peer, refusal));
                 continue;
             }
         };
@@ -120,17 +119,12 @@ pub async fn run(listener: TcpListener, log: Log, shutdown: impl Future<Output =
         // is closed to make room; with none, this one waits for a slot, and further ones
         // in the kernel's backlog.
         let permit = tokio::select! {
-            permit = free_slot(&idle, &slots) => match permit {
-                Some(permit) => permit,
-                None => {
-                    waiting = Some((stream, peer, admitted));
-                    break;
-                }
-            },
-            () = &mut shutdown => {
-                waiting = Some((stream, peer, admitted));
-                break;
-            }
+            permit = free_slot(&idle, &slots) => permit,
+            () = &mut shutdown => None,
+        };
+        let Some(permit) = permit else {
+            waiting = Some((stream, peer, admitted));
+            break;
         };
         let _ = stream.set_nodelay(true);
         let open = log.metrics().http_connection();
@@ -326,46 +320,37 @@ async fn serve_draining(
             // First, even if the drain is over.
             Some((stream, peer, admitted)) => (None, admitted, (stream, peer)),
             None => {
-                let permit = tokio::select! {
-                    biased;
-                    () = over(ends) => break,
-                    () = &mut drain, if ends.is_none() => {
-                        ends = Some(grace());
-                        continue;
-                    }
-                    permit = Arc::clone(&slots).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
+                // A place in the pool, then a connection (`accept` is cancel-safe, and a
+                // permit taken before a branch below wins goes back with the future).
+                let next = async {
+                    let permit = Arc::clone(&slots).acquire_owned().await;
+                    (permit, listener.accept().await)
                 };
-                let accepted = tokio::select! {
+                let (permit, accepted) = tokio::select! {
                     biased;
                     () = over(ends) => break,
                     () = &mut drain, if ends.is_none() => {
                         ends = Some(grace());
                         continue;
                     }
-                    accepted = listener.accept() => match accepted {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    },
+                    next = next => next,
                     () = quiet(&answering), if ends.is_some() => break,
+                };
+                let Ok(permit) = permit else { break };
+                let accepted = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
                 };
                 match peers.admit(accepted.1.ip()) {
                     Ok(admitted) => (Some(permit), admitted, accepted),
                     Err(refusal) => {
-                        let (code, message) = refusal.answer();
-                        log.metrics().refused(Transport::Http, code.as_str());
-                        tracing::debug!(peer = %accepted.1, code = code.as_str(), "connection refused");
+                        let answer = refused(log, accepted.0, accepted.1, refusal);
                         let done = done.clone();
-                        tokio::spawn(async move {
-                            done.run_until_cancelled(refuse(accepted.0, code, message))
-                                .await
-                        });
+                        tokio::spawn(async move { done.run_until_cancelled(answer).await });
                         continue;
                     }
                 }
@@ -533,6 +518,19 @@ fn unsupported_transfer_coding<B>(req: &Request<B>) -> Option<axum::response::Re
         hyper::header::HeaderValue::from_static("close"),
     );
     Some(res)
+}
+
+/// Counts and logs a connection the per-address limits refuse; what answers and closes it.
+fn refused(
+    log: &Log,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    refusal: Refusal,
+) -> impl Future<Output = ()> {
+    let (code, message) = refusal.answer();
+    log.metrics().refused(Transport::Http, code.as_str());
+    tracing::debug!(%peer, code = code.as_str(), "connection refused");
+    refuse(stream, code, message)
 }
 
 /// Answers a refused connection with `code` and closes it: the JSON error in an HTTP/1.1
