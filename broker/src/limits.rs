@@ -765,9 +765,7 @@ mod tests {
         let sending_token = tokio_util::sync::CancellationToken::new();
         let mut sending_conn = registry.track(sending_token.clone(), server);
         // The newer one has sent nothing.
-        let (_silent, server) = pair().await;
-        let silent_token = tokio_util::sync::CancellationToken::new();
-        let _silent_conn = registry.track(silent_token.clone(), server);
+        let (_silent, silent_token, _silent_conn) = tracked(&registry).await;
 
         assert!(evicted(registry.take_slot(&slots, false)));
         assert!(silent_token.is_cancelled());
@@ -801,9 +799,7 @@ mod tests {
         let registry = IdleConnections::default();
         let (slots, _held) = full(2);
         // The older one is live and silent; the newer one's client has closed it.
-        let (_live, server) = pair().await;
-        let live_token = tokio_util::sync::CancellationToken::new();
-        let _live_conn = registry.track(live_token.clone(), server);
+        let (_live, live_token, _live_conn) = tracked(&registry).await;
         let (closed, server) = pair().await;
         drop(closed);
         let mut byte = [0u8; 1];
@@ -890,9 +886,7 @@ mod tests {
     async fn a_connection_becoming_idle_signals_a_waiting_accept_loop() {
         let registry = IdleConnections::default();
         let (slots, _held) = full(1);
-        let (_client, server) = pair().await;
-        let token = tokio_util::sync::CancellationToken::new();
-        let conn = registry.track(token.clone(), server);
+        let (_client, token, conn) = tracked(&registry).await;
         let state = conn.idle_state();
         state.busy();
         assert!(!evicted(registry.take_slot(&slots, false)));
