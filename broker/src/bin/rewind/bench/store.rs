@@ -515,6 +515,17 @@ fn disk_probe(
     })
 }
 
+/// What the disk probe measured, once it has stopped (told to by its [`StopProbe`]);
+/// waited for off the async workers.
+async fn probe_result(
+    probe: std::thread::JoinHandle<Result<Probed, BenchError>>,
+) -> Result<Probed, BenchError> {
+    tokio::task::spawn_blocking(move || probe.join())
+        .await
+        .map_err(err)?
+        .map_err(|_| err("the disk probe panicked"))?
+}
+
 /// The schedule the HTTP connections of the latency scenario share: publish k (to
 /// namespace `lat-{k mod namespaces}`) is due at `start + k × interval`.
 struct HttpSchedule {
@@ -639,7 +650,7 @@ async fn latency(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
         ..Measured::default()
     }];
     if let Some(probe) = probe {
-        let probed = probe.join().map_err(|_| err("the disk probe panicked"))??;
+        let probed = probe_result(probe).await?;
         let probe = &probed.latency;
         out.push(Measured {
             name: format!(
@@ -676,10 +687,7 @@ async fn sync(args: &StoreArgs) -> Result<Vec<Measured>, BenchError> {
     // The benchmark's length, not a wait for something to happen.
     tokio::time::sleep(Duration::from_secs(args.seconds)).await;
     drop(stop);
-    let probed = tokio::task::spawn_blocking(move || probe.join())
-        .await
-        .map_err(err)?
-        .map_err(|_| err("the disk probe panicked"))??;
+    let probed = probe_result(probe).await?;
     let hist = &probed.latency;
     Ok(vec![Measured {
         name: format!(
